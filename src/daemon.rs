@@ -1,0 +1,149 @@
+//! Wires the parts together and owns shutdown: one store, one WeChat client,
+//! one refresh task per account, all stopped by one cancellation token.
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::refresh::{Backoff, Refresher};
+use crate::store::{ConnectOptions, Store, StoreError};
+use crate::wechat::WechatClient;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Wechat(String),
+}
+
+/// A daemon ready to run.
+pub struct Daemon {
+    settings: Settings,
+    store: Store,
+    wechat: WechatClient,
+}
+
+impl Daemon {
+    /// Builds the clients. Does not contact MongoDB or WeChat.
+    pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
+        let store = connect_store(&settings).await?;
+        let wechat = WechatClient::new(&settings.wechat).map_err(DaemonError::Wechat)?;
+        Ok(Daemon {
+            settings,
+            store,
+            wechat,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then gives in-flight work up to
+    /// `daemon.shutdown_timeout` to finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Daemon {
+            settings,
+            store,
+            wechat,
+        } = self;
+        tracing::info!(
+            instance = %settings.daemon.instance_id,
+            database = store.database_name(),
+            accounts = settings.accounts.len(),
+            "wxtokend starting"
+        );
+        if !ensure_indexes(&store, &settings, &shutdown).await {
+            return;
+        }
+        let mut tasks = JoinSet::new();
+        for account in settings.accounts.iter().cloned() {
+            let refresher = Refresher::new(
+                account,
+                wechat.clone(),
+                store.clone(),
+                settings.refresh.clone(),
+                settings.daemon.instance_id.clone(),
+            );
+            tasks.spawn(refresher.run(shutdown.clone()));
+        }
+        shutdown.cancelled().await;
+        let grace = settings.daemon.shutdown_timeout;
+        tracing::info!(grace_s = grace.as_secs_f32(), "shutting down");
+        if tokio::time::timeout(grace, drain(&mut tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                unfinished = tasks.len(),
+                "shutdown timeout reached; abandoning in-flight work"
+            );
+            tasks.abort_all();
+        }
+        tracing::info!("wxtokend stopped");
+    }
+}
+
+async fn drain(tasks: &mut JoinSet<()>) {
+    while let Some(result) = tasks.join_next().await {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "a refresh task failed");
+        }
+    }
+}
+
+/// Creates the indexes, waiting for MongoDB as long as it takes. Returns
+/// false if shutdown came first.
+async fn ensure_indexes(store: &Store, settings: &Settings, shutdown: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(settings.refresh.retry_initial, settings.refresh.retry_max);
+    loop {
+        match store
+            .ensure_indexes(settings.mongodb.history_retention)
+            .await
+        {
+            Ok(()) => return true,
+            Err(e) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "cannot create indexes; is MongoDB up?");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The store as configured.
+pub async fn connect_store(settings: &Settings) -> Result<Store, StoreError> {
+    Store::connect(
+        &settings.mongodb.uri,
+        &settings.mongodb.database,
+        ConnectOptions {
+            server_selection_timeout: settings.mongodb.server_selection_timeout,
+            app_name: format!("wxtokend {}", settings.daemon.instance_id),
+        },
+    )
+    .await
+}
+
+/// Completes when the process receives SIGTERM (systemd, `docker stop`) or
+/// SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,225 @@
+//! The vocabulary shared by every module: what an account is, which kinds of
+//! credential exist, and how one stored credential looks in memory.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The configured id of an account: the appid for Official Accounts and Mini
+/// Programs. It is what business services query by (`app_id` in MongoDB).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for AccountId {
+    fn from(id: &str) -> Self {
+        Self::new(id)
+    }
+}
+
+/// Which WeChat product an account belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// 公众号
+    OfficialAccount,
+    /// 小程序
+    MiniProgram,
+}
+
+/// A kind of credential. Each kind has its own MongoDB collection and keeps
+/// WeChat's own name for the value field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    AccessToken,
+    JsapiTicket,
+    WxCardTicket,
+}
+
+impl CredentialKind {
+    pub const ALL: [CredentialKind; 3] = [Self::AccessToken, Self::JsapiTicket, Self::WxCardTicket];
+
+    /// The collection holding this kind's history.
+    pub fn collection(self) -> &'static str {
+        match self {
+            Self::AccessToken => "access_tokens",
+            Self::JsapiTicket => "jsapi_tickets",
+            Self::WxCardTicket => "wx_card_tickets",
+        }
+    }
+
+    /// The document field holding the credential, as WeChat names it.
+    pub fn value_field(self) -> &'static str {
+        match self {
+            Self::AccessToken => "access_token",
+            Self::JsapiTicket | Self::WxCardTicket => "ticket",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessToken => "access_token",
+            Self::JsapiTicket => "jsapi_ticket",
+            Self::WxCardTicket => "wx_card_ticket",
+        }
+    }
+}
+
+impl fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Position of a credential in its account's history: 1, 2, 3… The newest
+/// credential is the one with the highest generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Generation(pub i64);
+
+impl Generation {
+    pub const FIRST: Generation = Generation(1);
+
+    pub fn next(self) -> Generation {
+        Generation(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a credential was fetched; stored with it for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshReason {
+    /// No usable credential was stored when the daemon started.
+    Startup,
+    /// The stored credential entered its refresh margin.
+    Scheduled,
+    /// A business service reported that WeChat rejected the newest credential.
+    ReportedInvalid,
+    /// An operator asked for a refresh.
+    Manual,
+}
+
+impl RefreshReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Startup => "startup",
+            Self::Scheduled => "scheduled",
+            Self::ReportedInvalid => "reported_invalid",
+            Self::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Startup,
+            Self::Scheduled,
+            Self::ReportedInvalid,
+            Self::Manual,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for RefreshReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A credential as WeChat returned it, before it is stored. `Debug` never
+/// shows the value.
+#[derive(Clone)]
+pub struct FetchedCredential {
+    pub value: SecretString,
+    /// Lifetime as WeChat returned it.
+    pub expires_in: Duration,
+    /// When the fetch completed.
+    pub fetched_at: SystemTime,
+}
+
+impl FetchedCredential {
+    pub fn expires_at(&self) -> SystemTime {
+        self.fetched_at + self.expires_in
+    }
+}
+
+impl fmt::Debug for FetchedCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FetchedCredential")
+            .field("value", &"****")
+            .field("expires_in", &self.expires_in)
+            .field("fetched_at", &self.fetched_at)
+            .finish()
+    }
+}
+
+/// One stored credential, as business code reads it. The value is a
+/// [`SecretString`]: call `expose_secret()` where you send it to WeChat.
+#[derive(Clone)]
+pub struct Credential {
+    pub app_id: AccountId,
+    pub kind: CredentialKind,
+    pub value: SecretString,
+    pub expires_in: Duration,
+    pub fetched_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub generation: Generation,
+    pub reason: Option<RefreshReason>,
+    pub fetched_by: String,
+}
+
+impl Credential {
+    /// Time left before WeChat stops accepting it (zero once expired).
+    pub fn time_left(&self, now: SystemTime) -> Duration {
+        self.expires_at.duration_since(now).unwrap_or_default()
+    }
+
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.expires_at > now
+    }
+
+    /// The credential value, for sending to WeChat.
+    pub fn secret(&self) -> &str {
+        self.value.expose_secret()
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("app_id", &self.app_id)
+            .field("kind", &self.kind)
+            .field("value", &"****")
+            .field("expires_at", &self.expires_at)
+            .field("generation", &self.generation)
+            .field("reason", &self.reason)
+            .field("fetched_by", &self.fetched_by)
+            .finish()
+    }
+}

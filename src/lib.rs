@@ -1,0 +1,23 @@
+//! wxtokend keeps WeChat credentials fresh in MongoDB so that every business
+//! service reads a valid token with one indexed query, and only one process
+//! ever talks to WeChat's token endpoint.
+//!
+//! The crate is both the daemon and the small library business code imports:
+//!
+//! - [`domain`]: the vocabulary: account ids, credential kinds, generations, reasons.
+//! - [`config`]: typed settings, loaded in layers and validated with key names.
+//! - [`wechat`]: the upstream HTTP client and the one errcode classification table.
+//! - [`store`]: MongoDB documents, indexes and queries (the only module that speaks MongoDB).
+//! - [`refresh`]: one task per account: when to refresh, retries and backoff.
+//! - [`daemon`]: wires the parts together and owns shutdown.
+//! - [`reader`]: what Rust business code uses to read the newest valid token.
+//! - [`telemetry`]: logging setup.
+
+pub mod config;
+pub mod daemon;
+pub mod domain;
+pub mod reader;
+pub mod refresh;
+pub mod store;
+pub mod telemetry;
+pub mod wechat;

@@ -1,0 +1,201 @@
+//! The `wxtokend` command: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use wxtokend::config::{ConfigError, Scope, Settings};
+use wxtokend::daemon::{self, Daemon};
+use wxtokend::domain::{AccountId, Credential, CredentialKind};
+use wxtokend::reader::{ReadError, Reader};
+use wxtokend::telemetry;
+
+/// Exit codes, documented in the README and in `--help`.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    // 2 is clap's: bad command line.
+    pub const CONFIG: u8 = 3;
+    pub const MONGODB: u8 = 4;
+    pub const NO_VALID_CREDENTIAL: u8 = 5;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  unexpected failure
+  2  bad command line
+  3  invalid configuration (the message names the key)
+  4  MongoDB unreachable or failing
+  5  get: no valid credential stored (none yet, or the newest has expired)";
+
+/// Keeps WeChat access tokens fresh in MongoDB for every service to read.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// Configuration file (TOML) layered over the built-in defaults;
+    /// WXTOKEND__SECTION__KEY environment variables override both.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "WXTOKEND_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: refresh every configured account until SIGTERM/SIGINT.
+    Run,
+    /// Print the newest valid credential of ACCOUNT (exit 5 if there is none).
+    Get {
+        /// The account id (the appid) as configured.
+        account: String,
+        /// Which credential.
+        #[arg(long, value_enum, default_value_t = Kind::AccessToken)]
+        kind: Kind,
+        /// Print a JSON object with generation and expiry instead of the bare value.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration, read every secret, and reach MongoDB.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    AccessToken,
+    JsapiTicket,
+    WxCardTicket,
+}
+
+impl From<Kind> for CredentialKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::AccessToken => CredentialKind::AccessToken,
+            Kind::JsapiTicket => CredentialKind::JsapiTicket,
+            Kind::WxCardTicket => CredentialKind::WxCardTicket,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let scope = match cli.command {
+        Command::Get { .. } => Scope::StoreOnly,
+        Command::Run | Command::Check => Scope::Daemon,
+    };
+    let settings = match Settings::load(cli.config.as_deref(), scope) {
+        Ok(settings) => settings,
+        Err(e) => return config_failure(&e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Run => run(settings).await,
+            Command::Get {
+                account,
+                kind,
+                json,
+            } => get(settings, AccountId::new(account), kind.into(), json).await,
+            Command::Check => check(settings).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn config_failure(error: &ConfigError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(exit::CONFIG)
+}
+
+async fn run(settings: Settings) -> u8 {
+    telemetry::init(&settings.log);
+    let daemon = match Daemon::build(settings).await {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return exit::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        daemon::shutdown_signal().await;
+        trigger.cancel();
+    });
+    daemon.run(shutdown).await;
+    exit::OK
+}
+
+async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {
+    let store = match daemon::connect_store(&settings).await {
+        Ok(store) => store,
+        Err(e) => return report(&format!("{e}"), exit::MONGODB),
+    };
+    match Reader::new(store).latest_of(kind, &account).await {
+        Ok(credential) if json => {
+            println!("{}", credential_json(&credential));
+            exit::OK
+        }
+        Ok(credential) => {
+            println!("{}", credential.secret());
+            exit::OK
+        }
+        Err(e @ (ReadError::NotFound { .. } | ReadError::Expired { .. })) => {
+            report(&e.to_string(), exit::NO_VALID_CREDENTIAL)
+        }
+        Err(e) => report(&e.to_string(), exit::MONGODB),
+    }
+}
+
+fn credential_json(c: &Credential) -> serde_json::Value {
+    let now = SystemTime::now();
+    serde_json::json!({
+        "app_id": c.app_id,
+        "kind": c.kind,
+        c.kind.value_field(): c.secret(),
+        "expires_in": c.expires_in.as_secs(),
+        "fetched_at": humantime::format_rfc3339_seconds(c.fetched_at).to_string(),
+        "expires_at": humantime::format_rfc3339_seconds(c.expires_at).to_string(),
+        "time_left": c.time_left(now).as_secs(),
+        "generation": c.generation,
+        "reason": c.reason,
+        "fetched_by": c.fetched_by,
+    })
+}
+
+async fn check(settings: Settings) -> u8 {
+    let store = match daemon::connect_store(&settings).await {
+        Ok(store) => store,
+        Err(e) => return report(&format!("{e}"), exit::MONGODB),
+    };
+    if let Err(e) = store.ping().await {
+        return report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB);
+    }
+    println!(
+        "configuration valid: {} account(s); every secret readable; MongoDB reachable (database {:?})",
+        settings.accounts.len(),
+        store.database_name()
+    );
+    exit::OK
+}
+
+fn report(message: &str, code: u8) -> u8 {
+    eprintln!("error: {message}");
+    code
+}

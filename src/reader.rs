@@ -1,0 +1,155 @@
+//! What Rust business code uses to read the newest valid credential.
+//!
+//! ```no_run
+//! use wxtokend::reader::Reader;
+//!
+//! # async fn demo() -> Result<(), wxtokend::reader::ReadError> {
+//! let reader = Reader::connect("mongodb://127.0.0.1:27017", "wechat")
+//!     .await?
+//!     .with_cache(std::time::Duration::from_secs(30));
+//! let token = reader.latest(&"wx1234567890abcdef".into()).await?;
+//! let url = format!(
+//!     "https://api.weixin.qq.com/cgi-bin/getcallbackip?access_token={}",
+//!     token.secret()
+//! );
+//! # let _ = url;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The query is the one every language runs (see the README):
+//! `find({app_id, expires_at: {$gt: now}}).sort({generation: -1}).limit(1)`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use secrecy::SecretString;
+
+use crate::domain::{AccountId, Credential, CredentialKind, Generation};
+use crate::store::{ConnectOptions, Store, StoreError};
+
+/// WeChat keeps a replaced token valid for about five minutes. A cached token
+/// older than this could already be dead, so longer cache ages are capped.
+pub const MAX_CACHE_AGE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no {kind} stored for account {account}: is wxtokend configured for it and running?")]
+    NotFound {
+        account: AccountId,
+        kind: CredentialKind,
+    },
+    #[error(
+        "the newest {kind} for account {account} (generation {generation}) has expired: \
+         wxtokend is not refreshing it (check its logs and `wxtokend status`)"
+    )]
+    Expired {
+        account: AccountId,
+        kind: CredentialKind,
+        generation: Generation,
+        expired_at: SystemTime,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Reads credentials that wxtokend stored. Clone-free sharing: wrap it in an
+/// `Arc` or keep one per process; it holds one connection pool.
+#[derive(Debug)]
+pub struct Reader {
+    store: Store,
+    cache: Option<Cache>,
+}
+
+#[derive(Debug)]
+struct Cache {
+    max_age: Duration,
+    entries: Mutex<HashMap<(AccountId, CredentialKind), (Instant, Credential)>>,
+}
+
+impl Reader {
+    /// Connects lazily: the first read contacts MongoDB.
+    pub async fn connect(uri: &str, database: &str) -> Result<Reader, ReadError> {
+        let uri = SecretString::from(uri.to_owned());
+        let store = Store::connect(&uri, database, ConnectOptions::default()).await?;
+        Ok(Reader::new(store))
+    }
+
+    pub fn new(store: Store) -> Reader {
+        Reader { store, cache: None }
+    }
+
+    /// Keeps each credential in memory for up to `max_age` (capped at
+    /// [`MAX_CACHE_AGE`]). A cached credential is never returned at or after
+    /// its expiry.
+    pub fn with_cache(mut self, max_age: Duration) -> Reader {
+        self.cache = Some(Cache {
+            max_age: max_age.min(MAX_CACHE_AGE),
+            entries: Mutex::new(HashMap::new()),
+        });
+        self
+    }
+
+    /// The newest valid access token of `account`.
+    pub async fn latest(&self, account: &AccountId) -> Result<Credential, ReadError> {
+        self.latest_of(CredentialKind::AccessToken, account).await
+    }
+
+    /// The newest valid credential of any kind.
+    pub async fn latest_of(
+        &self,
+        kind: CredentialKind,
+        account: &AccountId,
+    ) -> Result<Credential, ReadError> {
+        let now = SystemTime::now();
+        if let Some(hit) = self.cached(kind, account, now) {
+            return Ok(hit);
+        }
+        let found = match self.store.newest_valid(kind, account, now).await? {
+            Some(credential) => credential,
+            None => return Err(self.explain_missing(kind, account).await),
+        };
+        if let Some(cache) = &self.cache {
+            lock(&cache.entries).insert((account.clone(), kind), (Instant::now(), found.clone()));
+        }
+        Ok(found)
+    }
+
+    fn cached(
+        &self,
+        kind: CredentialKind,
+        account: &AccountId,
+        now: SystemTime,
+    ) -> Option<Credential> {
+        let cache = self.cache.as_ref()?;
+        let entries = lock(&cache.entries);
+        let (stored_at, credential) = entries.get(&(account.clone(), kind))?;
+        (stored_at.elapsed() < cache.max_age && credential.is_valid_at(now))
+            .then(|| credential.clone())
+    }
+
+    /// Tells "never stored" from "stored but expired" (the daemon stopped).
+    async fn explain_missing(&self, kind: CredentialKind, account: &AccountId) -> ReadError {
+        match self.store.newest(kind, account).await {
+            Ok(Some(stale)) => ReadError::Expired {
+                account: account.clone(),
+                kind,
+                generation: stale.generation,
+                expired_at: stale.expires_at,
+            },
+            Ok(None) => ReadError::NotFound {
+                account: account.clone(),
+                kind,
+            },
+            Err(e) => ReadError::Store(e),
+        }
+    }
+}
+
+/// The cache holds plain data; a panic elsewhere cannot leave it inconsistent.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,145 @@
+//! The one table of WeChat errcodes this daemon knows, and what each means
+//! for the refresh loop. Everything that reacts to an errcode asks here.
+
+use std::fmt;
+
+/// What a failure means for the refresh loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Try again soon, with jittered exponential backoff.
+    Transient,
+    /// The account's daily quota for this call is spent: stop until it resets.
+    DailyQuota,
+    /// The configuration is wrong (secret, appid, IP whitelist...): log once,
+    /// retry rarely, keep serving the last good token while it is valid.
+    Permanent,
+    /// The token used in a call is invalid or expired.
+    InvalidToken,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::DailyQuota => "daily_quota",
+            Self::Permanent => "permanent",
+            Self::InvalidToken => "invalid_token",
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which kind of call returned the errcode: the same code can mean different
+/// things (40001 is a wrong AppSecret when asking for a token, and a stale
+/// token when using one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// A call that issues a credential (`/cgi-bin/token`).
+    IssueToken,
+    /// A call made with an access token (tickets, business APIs).
+    UseToken,
+}
+
+struct Entry {
+    code: i64,
+    class: ErrorClass,
+    meaning: &'static str,
+}
+
+const fn entry(code: i64, class: ErrorClass, meaning: &'static str) -> Entry {
+    Entry {
+        code,
+        class,
+        meaning,
+    }
+}
+
+use ErrorClass::{DailyQuota, InvalidToken, Permanent, Transient};
+
+/// Codes returned by calls that issue a credential.
+const ISSUE_TOKEN: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45011, Transient, "API minute quota reached"),
+    entry(45009, DailyQuota, "API daily quota reached"),
+    entry(40001, Permanent, "AppSecret is wrong"),
+    entry(40125, Permanent, "AppSecret is invalid"),
+    entry(40243, Permanent, "AppSecret is frozen"),
+    entry(40002, Permanent, "invalid grant_type"),
+    entry(40013, Permanent, "invalid appid"),
+    entry(40164, Permanent, "caller IP is not whitelisted"),
+    entry(
+        89503,
+        Permanent,
+        "caller IP needs administrator confirmation",
+    ),
+    entry(41002, Permanent, "appid missing"),
+    entry(41004, Permanent, "secret missing"),
+];
+
+/// Codes returned by calls made with an access token.
+const USE_TOKEN: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45011, Transient, "API minute quota reached"),
+    entry(45009, DailyQuota, "API daily quota reached"),
+    entry(
+        40001,
+        InvalidToken,
+        "access_token is invalid or not the latest",
+    ),
+    entry(40014, InvalidToken, "access_token is not valid"),
+    entry(42001, InvalidToken, "access_token expired"),
+];
+
+fn lookup(errcode: i64, call: Call) -> Option<&'static Entry> {
+    let table = match call {
+        Call::IssueToken => ISSUE_TOKEN,
+        Call::UseToken => USE_TOKEN,
+    };
+    table.iter().find(|e| e.code == errcode)
+}
+
+/// Classifies an errcode. Codes not in the table are treated as transient:
+/// retrying with capped backoff costs little, giving up on an unknown code
+/// could leave an account without a token.
+pub fn classify(errcode: i64, call: Call) -> ErrorClass {
+    lookup(errcode, call).map_or(Transient, |e| e.class)
+}
+
+/// A short English meaning for logs, or "unknown errcode".
+pub fn meaning(errcode: i64, call: Call) -> &'static str {
+    lookup(errcode, call).map_or("unknown errcode", |e| e.meaning)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuing_codes_follow_the_contract() {
+        for code in [-1, 45011] {
+            assert_eq!(classify(code, Call::IssueToken), Transient, "{code}");
+        }
+        assert_eq!(classify(45009, Call::IssueToken), DailyQuota);
+        for code in [40001, 40125, 40013, 40164, 89503, 41002, 41004] {
+            assert_eq!(classify(code, Call::IssueToken), Permanent, "{code}");
+        }
+    }
+
+    #[test]
+    fn using_a_stale_token_is_not_a_config_error() {
+        for code in [40001, 40014, 42001] {
+            assert_eq!(classify(code, Call::UseToken), InvalidToken, "{code}");
+        }
+    }
+
+    #[test]
+    fn unknown_codes_are_retried() {
+        assert_eq!(classify(99999, Call::IssueToken), Transient);
+        assert_eq!(meaning(99999, Call::IssueToken), "unknown errcode");
+    }
+}

@@ -1,0 +1,231 @@
+//! The real `wxtokend` binary as a child process, with its JSON log lines
+//! captured, as an operator would run it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_wxtokend")
+}
+
+/// One account of a test configuration; its secret is passed in the
+/// environment variable `secret_env`.
+#[derive(Clone)]
+pub struct TestAccount {
+    pub id: String,
+    pub secret: String,
+}
+
+impl TestAccount {
+    pub fn new(id: &str, secret: &str) -> Self {
+        Self {
+            id: id.into(),
+            secret: secret.into(),
+        }
+    }
+
+    pub fn secret_env(&self) -> String {
+        format!("WXT_SECRET_{}", self.id.to_uppercase())
+    }
+}
+
+/// A configuration file for a test run, with fast timings.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub mongodb_uri: String,
+    pub database: String,
+    pub wechat_url: String,
+    pub accounts: Vec<TestAccount>,
+    pub margin: &'static str,
+    pub retry_initial: &'static str,
+    pub retry_max: &'static str,
+    pub permanent_error_retry: &'static str,
+    pub request_timeout: &'static str,
+    pub instance_id: String,
+}
+
+impl TestConfig {
+    pub fn new(
+        mongodb_uri: &str,
+        database: &str,
+        wechat_url: &str,
+        accounts: &[TestAccount],
+    ) -> Self {
+        Self {
+            mongodb_uri: mongodb_uri.into(),
+            database: database.into(),
+            wechat_url: wechat_url.into(),
+            accounts: accounts.to_vec(),
+            margin: "10m",
+            retry_initial: "100ms",
+            retry_max: "400ms",
+            permanent_error_retry: "1h",
+            request_timeout: "2s",
+            instance_id: "test-instance".into(),
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut toml = format!(
+            r#"
+[daemon]
+instance_id = "{instance}"
+shutdown_timeout = "3s"
+
+[mongodb]
+uri = "{uri}"
+database = "{db}"
+server_selection_timeout = "1s"
+
+[wechat]
+base_url = "{wechat}"
+allow_http = true
+request_timeout = "{request_timeout}"
+
+[refresh]
+margin = "{margin}"
+retry_initial = "{retry_initial}"
+retry_max = "{retry_max}"
+permanent_error_retry = "{permanent}"
+
+[log]
+format = "json"
+level = "wxtokend=debug,info"
+"#,
+            instance = self.instance_id,
+            uri = self.mongodb_uri,
+            db = self.database,
+            wechat = self.wechat_url,
+            request_timeout = self.request_timeout,
+            margin = self.margin,
+            retry_initial = self.retry_initial,
+            retry_max = self.retry_max,
+            permanent = self.permanent_error_retry,
+        );
+        for a in &self.accounts {
+            toml.push_str(&format!(
+                "\n[[accounts]]\nid = \"{}\"\nplatform = \"official_account\"\nsecret_env = \"{}\"\n",
+                a.id,
+                a.secret_env()
+            ));
+        }
+        toml
+    }
+
+    /// Writes the file and returns the command to run `wxtokend ARGS`.
+    pub fn command(&self, dir: &tempfile::TempDir, args: &[&str]) -> Command {
+        let path: PathBuf = dir.path().join("wxtokend.toml");
+        std::fs::write(&path, self.to_toml()).expect("write config");
+        let mut cmd = Command::new(binary());
+        cmd.arg("--config").arg(&path).args(args);
+        for a in &self.accounts {
+            cmd.env(a.secret_env(), &a.secret);
+        }
+        cmd
+    }
+}
+
+/// A running `wxtokend run`.
+pub struct TestDaemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    pub fn spawn(config: &TestConfig) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = config
+            .command(&dir, &["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wxtokend");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("lock").push(line);
+            }
+        });
+        TestDaemon {
+            child,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    /// Every stderr line so far.
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+
+    /// Every log line so far, parsed (lines that are not JSON are skipped).
+    pub fn logs(&self) -> Vec<Value> {
+        self.raw_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Log lines whose message contains `text`.
+    pub fn logs_with(&self, text: &str) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
+            .collect()
+    }
+
+    pub async fn wait_for_log(&self, text: &str, limit: Duration) -> Value {
+        super::eventually(limit, &format!("log line {text:?}"), || async {
+            self.logs_with(text).into_iter().next()
+        })
+        .await
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "wxtokend did not exit within {limit:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Panics if any captured line contains one of `secrets`.
+    pub fn assert_logs_free_of(&self, secrets: &[String]) {
+        for line in self.raw_lines() {
+            for secret in secrets {
+                assert!(
+                    !line.contains(secret.as_str()),
+                    "a secret or token leaked into the log: {line}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
