@@ -1,0 +1,123 @@
+//! MongoDB goes away and comes back: the daemon keeps what it fetched in
+//! memory, writes it when MongoDB returns, and never fetches twice for it.
+
+mod support;
+
+use std::time::Duration;
+
+use fake_wechat::{AppConfig, FakeWechat};
+use mongodb::bson::{doc, Document};
+use support::daemon::{TestAccount, TestConfig, TestDaemon};
+use support::eventually;
+use support::mongo::{unique_db, PrivateMongo};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn stored_tokens(uri: &str, db: &str) -> Option<Vec<Document>> {
+    use futures_util::TryStreamExt;
+    let client = mongodb::Client::with_uri_str(uri).await.ok()?;
+    let cursor = client
+        .database(db)
+        .collection::<Document>("access_tokens")
+        .find(doc! {})
+        .sort(doc! { "generation": 1 })
+        .await
+        .ok()?;
+    cursor.try_collect().await.ok()
+}
+
+#[tokio::test]
+async fn token_fetched_during_an_outage_is_stored_when_mongodb_returns() {
+    let mut mongo = PrivateMongo::start();
+    let db = unique_db("outage");
+    let fake = FakeWechat::start().await.expect("fake");
+    let account = TestAccount::new("wx000000000outage1", "outage-secret-0123");
+    fake.add_app(
+        AppConfig::new(&account.id, &account.secret)
+            .expires_in(Duration::from_secs(10))
+            .overlap(Duration::from_secs(3)),
+    );
+    let mut config = TestConfig::new(
+        &mongo.uri(),
+        &db,
+        &fake.url(),
+        std::slice::from_ref(&account),
+    );
+    config.margin = "5s";
+    let daemon = TestDaemon::spawn(&config);
+    eventually(WAIT, "generation 1", || async {
+        stored_tokens(&mongo.uri(), &db)
+            .await
+            .filter(|d| d.len() == 1)
+    })
+    .await;
+
+    mongo.stop();
+    // The scheduled refresh (5 s after the first fetch) happens during the outage.
+    eventually(WAIT, "a refresh during the outage", || async {
+        (fake.tokens_issued(&account.id) == 2).then_some(())
+    })
+    .await;
+    daemon
+        .wait_for_log(
+            "cannot store the fetched access_token; keeping it in memory",
+            WAIT,
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fake.token_calls(&account.id),
+        2,
+        "fetched again instead of waiting for MongoDB"
+    );
+
+    mongo.restart();
+    let docs = eventually(WAIT, "generation 2 after MongoDB is back", || async {
+        stored_tokens(&mongo.uri(), &db)
+            .await
+            .filter(|d| d.len() == 2)
+    })
+    .await;
+    let issued = fake.issued_tokens(&account.id);
+    assert_eq!(docs[1].get_str("access_token"), Ok(issued[1].as_str()));
+    assert_eq!(docs[1].get_i64("generation"), Ok(2));
+    assert_eq!(fake.token_calls(&account.id), 2, "no duplicate fetch");
+    daemon
+        .wait_for_log("MongoDB is reachable again", WAIT)
+        .await;
+    let mut secrets = issued;
+    secrets.push(account.secret.clone());
+    daemon.assert_logs_free_of(&secrets);
+}
+
+#[tokio::test]
+async fn daemon_started_while_mongodb_is_down_waits_instead_of_fetching_blindly() {
+    let mut mongo = PrivateMongo::start();
+    mongo.stop();
+    let db = unique_db("down_at_start");
+    let fake = FakeWechat::start().await.expect("fake");
+    let account = TestAccount::new("wx00000000downstart", "down-secret-0123");
+    fake.add_app(AppConfig::new(&account.id, &account.secret));
+    let config = TestConfig::new(
+        &mongo.uri(),
+        &db,
+        &fake.url(),
+        std::slice::from_ref(&account),
+    );
+    let daemon = TestDaemon::spawn(&config);
+    daemon.wait_for_log("cannot create indexes", WAIT).await;
+    // Without MongoDB it cannot know whether a valid token is stored: a fetch
+    // now could rotate a token that services are using.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fake.token_calls(&account.id), 0);
+
+    mongo.restart();
+    let docs = eventually(WAIT, "generation 1 once MongoDB is up", || async {
+        stored_tokens(&mongo.uri(), &db)
+            .await
+            .filter(|d| d.len() == 1)
+    })
+    .await;
+    assert_eq!(docs[0].get_str("reason"), Ok("startup"));
+    assert_eq!(fake.token_calls(&account.id), 1);
+}
