@@ -2,6 +2,8 @@
 //! Nothing in this crate logs a secret or a token; `Debug` of every type
 //! that holds one prints `****` or `[REDACTED]`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -17,6 +19,7 @@ pub fn init(settings: &LogSettings) {
     let filter = parse_filter(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.format {
         LogFormat::Human => builder.init(),
