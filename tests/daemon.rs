@@ -232,6 +232,7 @@ async fn transient_failures_are_retried_until_a_token_is_stored() {
             Fault::Body("<html>Bad Gateway</html>".into()),
             Fault::Errcode(45011),
             Fault::Body(r#"{"access_token":"x","expires_in":0}"#.into()),
+            Fault::Body(format!(r#"{{"padding":"{}"}}"#, "x".repeat(100_000))),
             Fault::Delay(Duration::from_secs(3)), // longer than request_timeout
         ],
     );
@@ -240,9 +241,9 @@ async fn transient_failures_are_retried_until_a_token_is_stored() {
     let daemon = TestDaemon::spawn(&config);
     let docs = world.wait_for_generation(1).await;
     assert_eq!(docs.len(), 1);
-    assert_eq!(world.fake.token_calls(&world.account.id), 7);
+    assert_eq!(world.fake.token_calls(&world.account.id), 8);
     let retries = daemon.logs_with("access_token fetch failed; retrying");
-    assert_eq!(retries.len(), 6, "one warning per failed attempt");
+    assert_eq!(retries.len(), 7, "one warning per failed attempt");
     assert!(retries
         .iter()
         .all(|l| l["level"] == "WARN" && l["account"] == world.account.id.as_str()));
@@ -251,8 +252,11 @@ async fn transient_failures_are_retried_until_a_token_is_stored() {
         .is_some_and(|e| e.contains("errcode -1")));
     assert!(retries[5]["error"]
         .as_str()
+        .is_some_and(|e| e.contains("larger than 65536 bytes")));
+    assert!(retries[6]["error"]
+        .as_str()
         .is_some_and(|e| e.contains("timeout")));
-    // Backoff grows between attempts.
+    // Every retry waits within the configured bounds.
     let delays: Vec<u64> = retries
         .iter()
         .map(|l| l["retry_in_s"].as_u64().unwrap_or(0))
