@@ -27,6 +27,7 @@ pub struct Settings {
     pub mongodb: MongoSettings,
     pub wechat: WechatSettings,
     pub refresh: RefreshSettings,
+    pub lease: LeaseSettings,
     pub log: LogSettings,
     pub accounts: Vec<Account>,
 }
@@ -73,6 +74,20 @@ pub struct RefreshSettings {
     pub retry_max: Duration,
     #[serde(with = "humantime_serde")]
     pub permanent_error_retry: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub forced_min_interval: Duration,
+    pub daily_call_limit: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSettings {
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -225,6 +240,7 @@ struct RawSettings {
     mongodb: MongoSettings,
     wechat: WechatSettings,
     refresh: RefreshSettings,
+    lease: LeaseSettings,
     log: LogSettings,
     accounts: Vec<RawAccount>,
 }
@@ -287,6 +303,7 @@ impl RawSettings {
             mongodb: self.mongodb,
             wechat: self.wechat,
             refresh: self.refresh,
+            lease: self.lease,
             log: self.log,
             accounts,
         })
@@ -348,6 +365,26 @@ impl RawSettings {
             !self.refresh.permanent_error_retry.is_zero(),
             "refresh.permanent_error_retry",
             "must be more than zero, for example \"30m\"",
+        );
+        p.check(
+            !self.refresh.request_poll_interval.is_zero(),
+            "refresh.request_poll_interval",
+            "must be more than zero, for example \"1s\"",
+        );
+        p.check(
+            self.refresh.daily_call_limit >= 1,
+            "refresh.daily_call_limit",
+            "must be at least 1 (WeChat allows 2000 a day)",
+        );
+        p.check(
+            !self.lease.renew_interval.is_zero(),
+            "lease.renew_interval",
+            "must be more than zero, for example \"10s\"",
+        );
+        p.check(
+            self.lease.renew_interval.saturating_mul(3) <= self.lease.duration,
+            "lease.renew_interval",
+            "must be at most a third of lease.duration, so a lease is renewed before it can lapse",
         );
         if let Err(e) = crate::telemetry::parse_filter(&self.log.level) {
             p.add(

@@ -1,11 +1,14 @@
 //! Wires the parts together and owns shutdown: one store, one WeChat client,
-//! one refresh task per account, all stopped by one cancellation token.
+//! one coordinator (which runs the refresh tasks), stopped by one
+//! cancellation token.
 
-use tokio::task::JoinSet;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::refresh::{Backoff, Refresher};
+use crate::coordinator::Coordinator;
+use crate::refresh::{Backoff, Context};
 use crate::store::{ConnectOptions, Store, StoreError};
 use crate::wechat::WechatClient;
 
@@ -53,39 +56,31 @@ impl Daemon {
         if !ensure_indexes(&store, &settings, &shutdown).await {
             return;
         }
-        let mut tasks = JoinSet::new();
-        for account in settings.accounts.iter().cloned() {
-            let refresher = Refresher::new(
-                account,
-                wechat.clone(),
-                store.clone(),
-                settings.refresh.clone(),
-                settings.daemon.instance_id.clone(),
-            );
-            tasks.spawn(refresher.run(shutdown.clone()));
+        let ctx = Arc::new(Context {
+            wechat,
+            store,
+            refresh: settings.refresh.clone(),
+            lease_duration: settings.lease.duration,
+            instance_id: settings.daemon.instance_id.clone(),
+        });
+        let coordinator = Coordinator::new(ctx, settings.accounts.clone(), settings.lease.clone());
+        let mut task = tokio::spawn(coordinator.run(shutdown.clone()));
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            result = &mut task => {
+                tracing::error!(result = ?result, "the coordinator stopped unexpectedly");
+                return;
+            }
         }
-        shutdown.cancelled().await;
         let grace = settings.daemon.shutdown_timeout;
         tracing::info!(grace_s = grace.as_secs_f32(), "shutting down");
-        if tokio::time::timeout(grace, drain(&mut tasks))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
             tracing::warn!(
-                unfinished = tasks.len(),
-                "shutdown timeout reached; abandoning in-flight work"
+                "shutdown timeout reached; abandoning in-flight work (leases expire on their own)"
             );
-            tasks.abort_all();
+            task.abort();
         }
         tracing::info!("wxtokend stopped");
-    }
-}
-
-async fn drain(tasks: &mut JoinSet<()>) {
-    while let Some(result) = tasks.join_next().await {
-        if let Err(e) = result {
-            tracing::error!(error = %e, "a refresh task failed");
-        }
     }
 }
 

@@ -8,12 +8,14 @@
 //! - [`config`]: typed settings, loaded in layers and validated with key names.
 //! - [`wechat`]: the upstream HTTP client and the one errcode classification table.
 //! - [`store`]: MongoDB documents, indexes and queries (the only module that speaks MongoDB).
-//! - [`refresh`]: one task per account: when to refresh, retries and backoff.
+//! - [`refresh`]: one task per held account: when to refresh, retries and backoff.
+//! - [`coordinator`]: leases: which replica refreshes which account.
 //! - [`daemon`]: wires the parts together and owns shutdown.
 //! - [`reader`]: what Rust business code uses to read the newest valid token.
 //! - [`telemetry`]: logging setup.
 
 pub mod config;
+pub mod coordinator;
 pub mod daemon;
 pub mod domain;
 pub mod reader;

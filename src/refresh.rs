@@ -1,5 +1,6 @@
-//! One refresh task per account: decides when to fetch, fetches, stores, and
-//! reacts to failures.
+//! One refresh task per account whose lease this replica holds: decides
+//! when to fetch, asks MongoDB for a permit, fetches, stores (fenced by the
+//! lease term), and reacts to failures and refresh requests.
 //!
 //! [`Refresher::step`] does one unit of work and says how long to wait before
 //! the next; [`Refresher::run`] is only the loop around it. The state a step
@@ -7,19 +8,21 @@
 //! stored stays in memory and is written when MongoDB is back, without asking
 //! WeChat again (a new fetch would rotate the token for nothing).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Account, RefreshSettings};
-use crate::domain::{CredentialKind, FetchedCredential, Generation, RefreshReason};
-use crate::store::{Store, StoreError};
+use crate::domain::{
+    next_quota_reset, CredentialKind, FetchedCredential, Generation, RefreshReason,
+};
+use crate::store::lease::{Grant, Permit, PermitRules};
+use crate::store::requests::RefreshRequest;
+use crate::store::{Inserted, NewFetch, Store, StoreError};
 use crate::wechat::{ErrorClass, FetchError, WechatClient};
-
-/// Seconds east of UTC of Beijing time; WeChat's daily quotas reset at
-/// midnight there.
-const QUOTA_RESET_UTC_OFFSET: u64 = 8 * 3600;
 
 /// Exponential backoff with jitter: the n-th delay is drawn between half and
 /// all of `min(initial * 2^n, max)`, so retries of many accounts spread out.
@@ -63,13 +66,18 @@ pub fn effective_margin(margin: Duration, lifetime: Duration) -> Duration {
     margin.min(lifetime / 2)
 }
 
-/// When WeChat's daily quota resets after `now`: the next midnight in
-/// Beijing time.
-pub fn next_quota_reset(now: SystemTime) -> SystemTime {
-    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let local_day = (secs + QUOTA_RESET_UTC_OFFSET) / 86_400;
-    UNIX_EPOCH + Duration::from_secs((local_day + 1) * 86_400 - QUOTA_RESET_UTC_OFFSET)
+/// What every refresh task of this replica shares.
+#[derive(Debug)]
+pub struct Context {
+    pub wechat: WechatClient,
+    pub store: Store,
+    pub refresh: RefreshSettings,
+    pub lease_duration: Duration,
+    pub instance_id: String,
 }
+
+/// How long a task that lost its lease idles until it is cancelled.
+const FENCED_IDLE: Duration = Duration::from_secs(3600);
 
 /// The token this task currently relies on (stored, or in memory only).
 #[derive(Debug, Clone, Copy)]
@@ -90,50 +98,54 @@ struct Pending {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Problem {
     Fetch(ErrorClass, Option<i64>),
+    Quota,
     Store,
 }
 
-/// Keeps one account's access token fresh.
+/// Keeps one account's access token fresh while this replica holds its lease.
 pub struct Refresher {
     account: Account,
     kind: CredentialKind,
-    wechat: WechatClient,
-    store: Store,
-    settings: RefreshSettings,
-    instance_id: String,
+    ctx: Arc<Context>,
+    lease: watch::Receiver<Grant>,
+    requests: mpsc::Receiver<RefreshRequest>,
     loaded: bool,
     held: Option<Held>,
     pending: Option<Pending>,
+    /// A refresh asked for by a request, to do as soon as permitted.
+    forced: Option<RefreshReason>,
     /// No fetch before this instant (after a failure).
     fetch_not_before: Option<SystemTime>,
     fetch_backoff: Backoff,
     store_backoff: Backoff,
     last_problem: Option<Problem>,
+    /// The lease moved on: this task must not call WeChat or write again.
+    fenced: bool,
 }
 
 impl Refresher {
     pub fn new(
         account: Account,
-        wechat: WechatClient,
-        store: Store,
-        settings: RefreshSettings,
-        instance_id: String,
+        ctx: Arc<Context>,
+        lease: watch::Receiver<Grant>,
+        requests: mpsc::Receiver<RefreshRequest>,
     ) -> Self {
-        let backoff = Backoff::new(settings.retry_initial, settings.retry_max);
+        let backoff = Backoff::new(ctx.refresh.retry_initial, ctx.refresh.retry_max);
         Self {
             account,
             kind: CredentialKind::AccessToken,
-            wechat,
-            store,
-            settings,
-            instance_id,
+            ctx,
+            lease,
+            requests,
             loaded: false,
             held: None,
             pending: None,
+            forced: None,
             fetch_not_before: None,
             fetch_backoff: backoff.clone(),
             store_backoff: backoff,
             last_problem: None,
+            fenced: false,
         }
     }
 
@@ -149,10 +161,11 @@ impl Refresher {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
+                Some(request) = self.requests.recv() => self.on_request(&request),
             }
         }
-        if self.pending.is_some() {
-            tracing::info!(account = %self.account.id, "shutting down: storing the fetched token first");
+        if self.pending.is_some() && !self.fenced {
+            tracing::info!(account = %self.account.id, "stopping: storing the fetched token first");
             self.store_pending().await;
         }
     }
@@ -160,6 +173,9 @@ impl Refresher {
     /// Does the next unit of work (load stored state, store a pending token,
     /// or fetch) and returns how long to wait before the next step.
     pub async fn step(&mut self) -> Duration {
+        if self.fenced {
+            return FENCED_IDLE;
+        }
         if !self.loaded {
             return self.load_stored().await;
         }
@@ -167,71 +183,163 @@ impl Refresher {
             return self.store_pending().await;
         }
         let now = SystemTime::now();
-        let due = self
-            .refresh_due_at()
-            .max(self.fetch_not_before.unwrap_or(now));
+        let due = match self.forced {
+            Some(_) => now,
+            None => self.refresh_due_at(),
+        };
+        let due = due.max(self.fetch_not_before.unwrap_or(now));
         match due.duration_since(now) {
             Ok(wait) if !wait.is_zero() => wait,
             _ => self.fetch().await,
         }
     }
 
-    /// When the held token enters its margin (now, if none is held).
-    fn refresh_due_at(&self) -> SystemTime {
-        self.held.map_or(UNIX_EPOCH, |held| {
-            held.expires_at - effective_margin(self.settings.margin, held.lifetime)
-        })
-    }
-
-    /// At startup, reuse a stored token that is still valid: fetching would
-    /// rotate it under every service that already reads it.
-    async fn load_stored(&mut self) -> Duration {
-        match self.store.newest(self.kind, &self.account.id).await {
-            Ok(stored) => {
-                self.loaded = true;
-                self.recovered_from(&Problem::Store);
-                let now = SystemTime::now();
-                match stored.filter(|c| c.is_valid_at(now)) {
-                    Some(c) => {
-                        self.held = Some(Held {
-                            generation: Some(c.generation),
-                            expires_at: c.expires_at,
-                            lifetime: c.expires_in,
-                        });
-                        tracing::info!(
-                            account = %self.account.id,
-                            generation = %c.generation,
-                            time_left_s = c.time_left(now).as_secs(),
-                            "reusing the stored access_token"
-                        );
-                    }
-                    None => tracing::info!(
-                        account = %self.account.id,
-                        "no valid access_token stored; fetching one"
-                    ),
+    /// A business service reported a token WeChat rejected, or an operator
+    /// asked for a refresh. A report counts only for the newest generation,
+    /// so any number of reports of one token cause one refresh.
+    fn on_request(&mut self, request: &RefreshRequest) {
+        let account = &self.account.id;
+        match request.reason {
+            RefreshReason::ReportedInvalid => {
+                let newest = self.held.and_then(|h| h.generation);
+                if request.generation.is_some() && request.generation == newest {
+                    tracing::info!(%account, generation = ?request.generation, "newest access_token reported invalid; refreshing");
+                    self.forced = Some(RefreshReason::ReportedInvalid);
+                } else {
+                    tracing::debug!(%account, reported = ?request.generation, ?newest, "ignoring a report about an older or unknown generation");
                 }
-                Duration::ZERO
             }
-            Err(e) => self.store_failed(&e, "cannot read the stored access_token"),
+            _ => {
+                tracing::info!(%account, "manual refresh requested");
+                self.forced = Some(RefreshReason::Manual);
+            }
         }
     }
 
-    fn reason(&self) -> RefreshReason {
+    /// When the held token enters its margin (now, if none is held).
+    fn refresh_due_at(&self) -> SystemTime {
+        self.held.map_or(UNIX_EPOCH, |held| {
+            held.expires_at - effective_margin(self.ctx.refresh.margin, held.lifetime)
+        })
+    }
+
+    /// At the start of a lease, reuse a stored token that is still valid:
+    /// fetching would rotate it under every service that already reads it.
+    async fn load_stored(&mut self) -> Duration {
+        let stored = match self.ctx.store.newest(self.kind, &self.account.id).await {
+            Ok(stored) => stored,
+            Err(e) => return self.store_failed(&e, "cannot read the stored access_token"),
+        };
+        if let Some(newest) = &stored {
+            let floor = self
+                .ctx
+                .store
+                .raise_generation_floor(&self.account.id, self.kind, newest.generation)
+                .await;
+            if let Err(e) = floor {
+                return self.store_failed(&e, "cannot read the stored access_token");
+            }
+        }
+        self.loaded = true;
+        self.recovered_from(&Problem::Store);
         let now = SystemTime::now();
+        match stored.filter(|c| c.is_valid_at(now)) {
+            Some(c) => {
+                self.held = Some(Held {
+                    generation: Some(c.generation),
+                    expires_at: c.expires_at,
+                    lifetime: c.expires_in,
+                });
+                tracing::info!(
+                    account = %self.account.id,
+                    generation = %c.generation,
+                    time_left_s = c.time_left(now).as_secs(),
+                    "reusing the stored access_token"
+                );
+            }
+            None => tracing::info!(
+                account = %self.account.id,
+                "no valid access_token stored; fetching one"
+            ),
+        }
+        Duration::ZERO
+    }
+
+    fn reason(&self) -> RefreshReason {
+        if let Some(forced) = self.forced {
+            return forced;
+        }
         match self.held {
-            Some(held) if held.expires_at > now => RefreshReason::Scheduled,
+            Some(held) if held.expires_at > SystemTime::now() => RefreshReason::Scheduled,
             _ => RefreshReason::Startup,
         }
     }
 
+    /// Asks MongoDB for a permit, then calls WeChat.
     async fn fetch(&mut self) -> Duration {
         let reason = self.reason();
-        match self.wechat.fetch_access_token(&self.account).await {
+        let term = self.lease.borrow().term;
+        let rules = PermitRules {
+            min_remaining: self.ctx.lease_duration / 2,
+            daily_limit: self.ctx.refresh.daily_call_limit,
+            forced_min_interval: self.forced.map(|_| self.ctx.refresh.forced_min_interval),
+        };
+        let permit = self
+            .ctx
+            .store
+            .permit(&self.account.id, &self.ctx.instance_id, term, rules)
+            .await;
+        match permit {
+            Ok(Permit::Granted { calls_today }) => {
+                self.forced = None;
+                self.call_wechat(reason, calls_today).await
+            }
+            Ok(Permit::NotHolder) => {
+                // Either the lease moved on (the coordinator will stop this
+                // task) or its renewal is late: check again shortly.
+                tracing::debug!(account = %self.account.id, "no permit: lease not held with enough time left");
+                self.ctx.refresh.request_poll_interval
+            }
+            Ok(Permit::TooSoon { retry_in }) => {
+                tracing::info!(account = %self.account.id, retry_in_s = retry_in.as_secs(), %reason, "forced refresh postponed: the previous one was too recent");
+                self.fetch_not_before = Some(SystemTime::now() + retry_in);
+                retry_in
+            }
+            Ok(Permit::QuotaSpent { calls_today }) => self.quota_spent(calls_today, None),
+            Err(e) => self.store_failed(&e, "cannot get a permit to call WeChat"),
+        }
+    }
+
+    /// No fetch until WeChat's quota day ends; `cause` is WeChat's 45009
+    /// answer when it came from WeChat rather than our own ceiling.
+    fn quota_spent(&mut self, calls_today: i64, cause: Option<&FetchError>) -> Duration {
+        let now = SystemTime::now();
+        let wait = next_quota_reset(now).duration_since(now).unwrap_or_default()
+            // Spread the first calls of a new day over a minute.
+            + Duration::from_millis(rand::rng().random_range(0..60_000));
+        self.fetch_not_before = Some(now + wait);
+        if self.last_problem != Some(Problem::Quota) {
+            tracing::error!(
+                account = %self.account.id,
+                error = cause.map(tracing::field::display),
+                calls_today,
+                daily_call_limit = self.ctx.refresh.daily_call_limit,
+                retry_in_s = wait.as_secs(),
+                "daily quota for the token call is spent: no fetch until it resets"
+            );
+            self.last_problem = Some(Problem::Quota);
+        }
+        wait
+    }
+
+    async fn call_wechat(&mut self, reason: RefreshReason, calls_today: i64) -> Duration {
+        match self.ctx.wechat.fetch_access_token(&self.account).await {
             Ok(fetched) => {
                 tracing::debug!(
                     account = %self.account.id,
                     expires_in_s = fetched.expires_in.as_secs(),
                     %reason,
+                    calls_today,
                     "fetched a new access_token"
                 );
                 self.fetch_not_before = None;
@@ -245,26 +353,50 @@ impl Refresher {
                 Duration::ZERO
             }
             Err(e) => {
+                if e.class() == ErrorClass::DailyQuota {
+                    self.note_in_lease(|store, id, holder, term| async move {
+                        store.mark_quota_exhausted(&id, &holder, term).await
+                    })
+                    .await;
+                    return self.quota_spent(calls_today, Some(&e));
+                }
                 let wait = self.wait_after(&e);
                 self.fetch_not_before = Some(SystemTime::now() + wait);
                 self.report_fetch_error(&e, wait);
+                let message = e.to_string();
+                self.note_in_lease(|store, id, holder, term| async move {
+                    store.record_error(&id, &holder, term, Some(&message)).await
+                })
+                .await;
                 wait
             }
         }
     }
 
+    /// Best-effort bookkeeping in the lease document (for `status` and other
+    /// replicas); a failure here must not disturb refreshing.
+    async fn note_in_lease<F, Fut>(&self, write: F)
+    where
+        F: FnOnce(Store, crate::domain::AccountId, String, crate::store::lease::Term) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let term = self.lease.borrow().term;
+        let result = write(
+            self.ctx.store.clone(),
+            self.account.id.clone(),
+            self.ctx.instance_id.clone(),
+            term,
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(account = %self.account.id, error = %e, "cannot update the lease document");
+        }
+    }
+
     fn wait_after(&mut self, error: &FetchError) -> Duration {
         match error.class() {
-            ErrorClass::Transient | ErrorClass::InvalidToken => self.fetch_backoff.next_delay(),
-            ErrorClass::Permanent => self.settings.permanent_error_retry,
-            ErrorClass::DailyQuota => {
-                let now = SystemTime::now();
-                next_quota_reset(now)
-                    .duration_since(now)
-                    .unwrap_or_default()
-                    // Spread the first calls of a new day over a minute.
-                    + Duration::from_millis(rand::rng().random_range(0..60_000))
-            }
+            ErrorClass::Permanent => self.ctx.refresh.permanent_error_retry,
+            _ => self.fetch_backoff.next_delay(),
         }
     }
 
@@ -288,16 +420,14 @@ impl Refresher {
                 "access_token fetch refused by WeChat: fix this account's configuration \
                  (secret, appid, IP whitelist); the last good token is served while valid"
             ),
-            ErrorClass::DailyQuota => tracing::error!(
-                %account, error = %error, retry_in_s,
-                "daily quota for the token call is spent: no fetch until it resets"
-            ),
+            // Reported by quota_spent, which also stops fetching.
+            ErrorClass::DailyQuota => {}
         }
     }
 
-    /// Writes the pending token. On failure it stays pending and is retried
-    /// with backoff; one that expired meanwhile is dropped and a new fetch
-    /// follows.
+    /// Writes the pending token, fenced by the lease term. On failure it
+    /// stays pending and is retried with backoff; one that expired meanwhile
+    /// is dropped and a new fetch follows.
     async fn store_pending(&mut self) -> Duration {
         let Some(pending) = self.pending.take() else {
             return Duration::ZERO;
@@ -310,32 +440,30 @@ impl Refresher {
             self.held = None;
             return Duration::ZERO;
         }
-        let result = self
+        let term = self.lease.borrow().term;
+        let new = NewFetch {
+            kind: self.kind,
+            app_id: &self.account.id,
+            fetched: &pending.fetched,
+            reason: pending.reason,
+        };
+        match self
+            .ctx
             .store
-            .insert(
-                self.kind,
-                &self.account.id,
-                &pending.fetched,
-                pending.reason,
-                &self.instance_id,
-            )
-            .await;
-        match result {
-            Ok(generation) => {
-                self.recovered_from(&Problem::Store);
-                self.last_problem = None;
-                self.store_backoff.reset();
-                if let Some(held) = &mut self.held {
-                    held.generation = Some(generation);
-                }
-                tracing::info!(
-                    account = %self.account.id,
-                    %generation,
-                    expires_in_s = pending.fetched.expires_in.as_secs(),
-                    reason = %pending.reason,
-                    "stored a new access_token"
-                );
+            .insert_fenced(&new, &self.ctx.instance_id, term)
+            .await
+        {
+            Ok(Inserted::Stored(generation)) => {
+                self.stored(&pending, generation).await;
                 Duration::ZERO
+            }
+            Ok(Inserted::Fenced) => {
+                tracing::warn!(
+                    account = %self.account.id,
+                    "lost the lease before storing the fetched access_token; discarding it"
+                );
+                self.fenced = true;
+                FENCED_IDLE
             }
             Err(e) => {
                 self.pending = Some(pending);
@@ -345,6 +473,27 @@ impl Refresher {
                 )
             }
         }
+    }
+
+    async fn stored(&mut self, pending: &Pending, generation: Generation) {
+        self.recovered_from(&Problem::Store);
+        if self.last_problem.take().is_some() {
+            self.note_in_lease(|store, id, holder, term| async move {
+                store.record_error(&id, &holder, term, None).await
+            })
+            .await;
+        }
+        self.store_backoff.reset();
+        if let Some(held) = &mut self.held {
+            held.generation = Some(generation);
+        }
+        tracing::info!(
+            account = %self.account.id,
+            %generation,
+            expires_in_s = pending.fetched.expires_in.as_secs(),
+            reason = %pending.reason,
+            "stored a new access_token"
+        );
     }
 
     fn store_failed(&mut self, error: &StoreError, what: &str) -> Duration {
@@ -399,15 +548,5 @@ mod tests {
             effective_margin(ten_min, Duration::from_secs(60)),
             Duration::from_secs(30)
         );
-    }
-
-    #[test]
-    fn quota_resets_at_beijing_midnight() {
-        // 2026-11-24 15:59:59 UTC is 23:59:59 in Beijing.
-        let before = UNIX_EPOCH + Duration::from_secs(1_795_535_999);
-        let reset = next_quota_reset(before);
-        assert_eq!(reset, before + Duration::from_secs(1));
-        // One second later it is the next day there: the next reset is a day away.
-        assert_eq!(next_quota_reset(reset), reset + Duration::from_secs(86_400));
     }
 }

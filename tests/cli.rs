@@ -3,12 +3,11 @@
 mod support;
 
 use std::process::Output;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use support::daemon::{binary, TestAccount, TestConfig};
 use support::mongo::TestDb;
-use wxtokend::domain::{AccountId, CredentialKind, FetchedCredential, RefreshReason};
 use wxtokend::store::{ConnectOptions, Store};
 
 fn account() -> TestAccount {
@@ -171,21 +170,14 @@ async fn get_prints_the_newest_valid_token_and_needs_no_secret() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("no access_token stored"), "{err}");
 
-    let fetched = FetchedCredential {
-        value: SecretString::from("TOKEN-FOR-CLI".to_owned()),
-        expires_in: Duration::from_secs(7200),
-        fetched_at: SystemTime::now(),
-    };
-    store
-        .insert(
-            CredentialKind::AccessToken,
-            &AccountId::new(account().id),
-            &fetched,
-            RefreshReason::Startup,
-            "t",
-        )
-        .await
-        .expect("insert");
+    support::store_token(
+        &store,
+        &account().id,
+        "TOKEN-FOR-CLI",
+        Duration::ZERO,
+        Duration::from_secs(7200),
+    )
+    .await;
     let (code, out, err) = get(&["get", &account().id]);
     assert_eq!((code, out.as_str()), (0, "TOKEN-FOR-CLI\n"), "{err}");
 

@@ -1,11 +1,12 @@
 //! MongoDB goes away and comes back: the daemon keeps what it fetched in
-//! memory, writes it when MongoDB returns, and never fetches twice for it.
+//! memory, writes it when MongoDB returns, never fetches twice for it, and
+//! never calls WeChat without a permit from MongoDB.
 
 mod support;
 
 use std::time::Duration;
 
-use fake_wechat::{AppConfig, FakeWechat};
+use fake_wechat::{AppConfig, FakeWechat, Fault};
 use mongodb::bson::{doc, Document};
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
@@ -27,14 +28,14 @@ async fn stored_tokens(uri: &str, db: &str) -> Option<Vec<Document>> {
 }
 
 #[tokio::test]
-async fn token_fetched_during_an_outage_is_stored_when_mongodb_returns() {
+async fn token_fetched_as_mongodb_dies_is_stored_when_it_returns() {
     let mut mongo = PrivateMongo::start();
     let db = unique_db("outage");
     let fake = FakeWechat::start().await.expect("fake");
     let account = TestAccount::new("wx000000000outage1", "outage-secret-0123");
     fake.add_app(
         AppConfig::new(&account.id, &account.secret)
-            .expires_in(Duration::from_secs(10))
+            .expires_in(Duration::from_secs(12))
             .overlap(Duration::from_secs(3)),
     );
     let mut config = TestConfig::new(
@@ -43,7 +44,8 @@ async fn token_fetched_during_an_outage_is_stored_when_mongodb_returns() {
         &fake.url(),
         std::slice::from_ref(&account),
     );
-    config.margin = "5s";
+    config.margin = "6s";
+    config.request_timeout = "10s";
     let daemon = TestDaemon::spawn(&config);
     eventually(WAIT, "generation 1", || async {
         stored_tokens(&mongo.uri(), &db)
@@ -52,9 +54,15 @@ async fn token_fetched_during_an_outage_is_stored_when_mongodb_returns() {
     })
     .await;
 
+    // The scheduled refresh (6 s after the first fetch) gets its permit, then
+    // WeChat takes 3 s to answer, and MongoDB dies meanwhile.
+    fake.push_faults(&account.id, [Fault::Delay(Duration::from_secs(3))]);
+    eventually(WAIT, "the refresh call to start", || async {
+        (fake.token_calls(&account.id) == 2).then_some(())
+    })
+    .await;
     mongo.stop();
-    // The scheduled refresh (5 s after the first fetch) happens during the outage.
-    eventually(WAIT, "a refresh during the outage", || async {
+    eventually(WAIT, "the delayed token to be issued", || async {
         (fake.tokens_issued(&account.id) == 2).then_some(())
     })
     .await;
@@ -88,6 +96,46 @@ async fn token_fetched_during_an_outage_is_stored_when_mongodb_returns() {
     let mut secrets = issued;
     secrets.push(account.secret.clone());
     daemon.assert_logs_free_of(&secrets);
+}
+
+#[tokio::test]
+async fn no_wechat_call_while_mongodb_is_down() {
+    let mut mongo = PrivateMongo::start();
+    let db = unique_db("no_call_when_down");
+    let fake = FakeWechat::start().await.expect("fake");
+    let account = TestAccount::new("wx00000000nocall01", "nocall-secret-0123");
+    fake.add_app(AppConfig::new(&account.id, &account.secret).expires_in(Duration::from_secs(4)));
+    let mut config = TestConfig::new(
+        &mongo.uri(),
+        &db,
+        &fake.url(),
+        std::slice::from_ref(&account),
+    );
+    config.margin = "2s";
+    let daemon = TestDaemon::spawn(&config);
+    eventually(WAIT, "generation 1", || async {
+        stored_tokens(&mongo.uri(), &db)
+            .await
+            .filter(|d| d.len() == 1)
+    })
+    .await;
+    mongo.stop();
+    // The refresh falls due during the outage: without a permit from MongoDB
+    // (lease and quota) the daemon must not call WeChat, since another
+    // replica that can reach MongoDB may hold the account by now.
+    daemon
+        .wait_for_log("cannot get a permit to call WeChat", WAIT)
+        .await;
+    assert_eq!(fake.token_calls(&account.id), 1);
+    mongo.restart();
+    let docs = eventually(WAIT, "generation 2 once MongoDB is back", || async {
+        stored_tokens(&mongo.uri(), &db)
+            .await
+            .filter(|d| d.len() == 2)
+    })
+    .await;
+    assert_eq!(docs[1].get_i64("generation"), Ok(2));
+    assert_eq!(fake.token_calls(&account.id), 2);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 use support::mongo::TestDb;
-use wxtokend::domain::{AccountId, CredentialKind, FetchedCredential, Generation, RefreshReason};
+use wxtokend::domain::Generation;
 use wxtokend::reader::{ReadError, Reader};
 use wxtokend::store::{ConnectOptions, Store};
 
@@ -33,21 +33,7 @@ async fn put(
     age: Duration,
     lifetime: Duration,
 ) -> Generation {
-    let fetched = FetchedCredential {
-        value: SecretString::from(token.to_owned()),
-        expires_in: lifetime,
-        fetched_at: SystemTime::now() - age,
-    };
-    store
-        .insert(
-            CredentialKind::AccessToken,
-            &AccountId::new(account),
-            &fetched,
-            RefreshReason::Scheduled,
-            "test",
-        )
-        .await
-        .expect("insert")
+    support::store_token(store, account, token, age, lifetime).await
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

@@ -2,6 +2,8 @@
 //! services run. Only this module speaks MongoDB.
 
 pub mod document;
+pub mod lease;
+pub mod requests;
 
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +48,8 @@ pub enum StoreError {
         kind: CredentialKind,
         app_id: AccountId,
     },
+    #[error("the MongoDB server lacks a feature wxtokend needs: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Options for [`Store::connect`].
@@ -113,6 +117,45 @@ impl Store {
         for kind in CredentialKind::ALL {
             self.ensure_kind_indexes(kind, retention).await?;
         }
+        self.ensure_coordination_indexes().await
+    }
+
+    async fn ensure_coordination_indexes(&self) -> Result<(), StoreError> {
+        let ttl = |key: &str, name: &str, after: Duration| {
+            IndexModel::builder()
+                .keys(doc! { key: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name(name.to_string())
+                        .expire_after(after)
+                        .build(),
+                )
+                .build()
+        };
+        let requests = self.db.collection::<Document>(requests::REFRESH_REQUESTS);
+        requests
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { requests::field::APP_ID: 1 })
+                    .build(),
+            )
+            .await?;
+        requests
+            .create_index(ttl(
+                requests::field::REQUESTED_AT,
+                "requested_at_ttl",
+                requests::REQUEST_RETENTION,
+            ))
+            .await?;
+        // A replica's heartbeat is removed a minute after it stopped beating.
+        self.db
+            .collection::<Document>(lease::INSTANCES)
+            .create_index(ttl(
+                lease::field::EXPIRES_AT,
+                "expires_at_ttl",
+                Duration::from_secs(60),
+            ))
+            .await?;
         Ok(())
     }
 
@@ -205,38 +248,57 @@ impl Store {
             .transpose()
     }
 
-    /// Appends a freshly fetched credential as the next generation and
-    /// returns that generation. The unique index makes two writers that
-    /// compute the same generation fail instead of both succeeding; the loser
-    /// recomputes. If an earlier attempt did land (its answer was lost), the
-    /// credential is not written twice.
-    pub async fn insert(
+    /// Appends a freshly fetched credential as the next generation, if
+    /// `holder` still holds the account's lease at `term`. The generation
+    /// comes from the lease's counter, so a paused former holder that resumes
+    /// cannot write at all, and a newer holder always writes a higher
+    /// generation; the unique index is the last line of defence. If an
+    /// earlier attempt landed but its answer was lost, nothing is written
+    /// twice.
+    pub async fn insert_fenced(
         &self,
-        kind: CredentialKind,
-        app_id: &AccountId,
-        fetched: &FetchedCredential,
-        reason: RefreshReason,
-        fetched_by: &str,
-    ) -> Result<Generation, StoreError> {
+        new: &NewFetch<'_>,
+        holder: &str,
+        term: lease::Term,
+    ) -> Result<Inserted, StoreError> {
+        let NewFetch {
+            kind,
+            app_id,
+            fetched,
+            reason,
+        } = *new;
         for _ in 0..INSERT_ATTEMPTS {
             let newest = self.newest(kind, app_id).await?;
             if let Some(stored) = &newest {
                 if stored.secret() == fetched.value.expose_secret() {
-                    return Ok(stored.generation);
+                    return Ok(Inserted::Stored(stored.generation));
                 }
             }
-            let generation = newest.map_or(Generation::FIRST, |c| c.generation.next());
-            let new = NewCredential {
+            let Some(generation) = self.reserve_generation(app_id, kind, holder, term).await?
+            else {
+                return Ok(Inserted::Fenced);
+            };
+            let document = NewCredential {
                 kind,
                 app_id,
                 fetched,
                 generation,
                 reason,
-                fetched_by,
+                fetched_by: holder,
             };
-            match self.collection(kind).insert_one(new.to_document()).await {
-                Ok(_) => return Ok(generation),
-                Err(e) if is_duplicate_key(&e) => continue,
+            match self
+                .collection(kind)
+                .insert_one(document.to_document())
+                .await
+            {
+                Ok(_) => return Ok(Inserted::Stored(generation)),
+                // The counter was behind the stored history: catch it up.
+                Err(e) if is_duplicate_key(&e) => {
+                    if let Some(stored) = self.newest(kind, app_id).await? {
+                        self.raise_generation_floor(app_id, kind, stored.generation)
+                            .await?;
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -245,6 +307,23 @@ impl Store {
             app_id: app_id.clone(),
         })
     }
+}
+
+/// A fetched credential to store.
+#[derive(Clone, Copy)]
+pub struct NewFetch<'a> {
+    pub kind: CredentialKind,
+    pub app_id: &'a AccountId,
+    pub fetched: &'a FetchedCredential,
+    pub reason: RefreshReason,
+}
+
+/// The outcome of [`Store::insert_fenced`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Stored(Generation),
+    /// The lease moved to another holder or term: nothing was written.
+    Fenced,
 }
 
 /// The server's error code, for command and write errors.

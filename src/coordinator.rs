@@ -1,0 +1,279 @@
+//! One coordinator per replica: holds leases, runs a [`Refresher`] for each
+//! account whose lease it holds, and shares accounts fairly with the other
+//! replicas using the same database.
+//!
+//! Every `lease.renew_interval` it renews its leases (a lease found taken
+//! stops its refresher), announces itself, computes its fair share
+//! `ceil(accounts / live replicas)`, hands surplus leases back, and takes free
+//! ones up to its share. A lease left expired for longer than one renew
+//! interval is taken by anyone, whatever its share: no account is left
+//! without a refresher. Every `refresh.request_poll_interval` it hands open
+//! refresh requests to the refreshers of the accounts it holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::seq::SliceRandom;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Account, LeaseSettings};
+use crate::domain::{AccountId, CredentialKind, RefreshReason};
+use crate::refresh::{Context, Refresher};
+use crate::store::lease::{Grant, Term};
+use crate::store::requests::RefreshRequest;
+
+/// Most requests read per poll; a storm beyond it is read on the next polls.
+const REQUESTS_PER_POLL: i64 = 10_000;
+
+struct HeldLease {
+    term: Term,
+    grant: watch::Sender<Grant>,
+    requests: mpsc::Sender<RefreshRequest>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+pub struct Coordinator {
+    ctx: Arc<Context>,
+    accounts: Vec<Account>,
+    lease: LeaseSettings,
+    held: HashMap<AccountId, HeldLease>,
+}
+
+impl Coordinator {
+    pub fn new(ctx: Arc<Context>, accounts: Vec<Account>, lease: LeaseSettings) -> Self {
+        Self {
+            ctx,
+            accounts,
+            lease,
+            held: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown`, then stops every refresher (letting each
+    /// finish its step and store what it fetched) and releases the leases.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut maintain = tokio::time::interval(self.lease.renew_interval);
+        maintain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(self.ctx.refresh.request_poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                _ = maintain.tick() => self.maintain().await,
+                _ = poll.tick() => self.dispatch_requests().await,
+            }
+        }
+        self.stop_all().await;
+    }
+
+    async fn maintain(&mut self) {
+        self.renew_all().await;
+        let store = &self.ctx.store;
+        let live = match store
+            .heartbeat(&self.ctx.instance_id, self.lease.duration, self.held.len())
+            .await
+        {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot announce this replica; leases unchanged");
+                return;
+            }
+        };
+        let share = self.accounts.len().div_ceil(live);
+        while self.held.len() > share {
+            let Some(id) = self.held.keys().next().cloned() else {
+                break;
+            };
+            self.give_back(&id, "handing the lease to a less busy replica")
+                .await;
+        }
+        if let Err(e) = self.acquire_up_to(share).await {
+            tracing::warn!(error = %e, "cannot look for free leases");
+        }
+    }
+
+    async fn renew_all(&mut self) {
+        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
+        for id in ids {
+            let Some(held) = self.held.get(&id) else {
+                continue;
+            };
+            let renewed = self
+                .ctx
+                .store
+                .renew(&id, &self.ctx.instance_id, held.term, self.lease.duration)
+                .await;
+            match renewed {
+                Ok(Some(grant)) => {
+                    let _ = held.grant.send(grant);
+                }
+                Ok(None) => {
+                    tracing::warn!(account = %id, term = held.term.0, "lease taken over by another replica; stopping here");
+                    self.stop(&id).await;
+                }
+                Err(e) => {
+                    // Keep refreshing what can be: writes stay fenced by term.
+                    tracing::warn!(error = %e, "cannot renew leases");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn acquire_up_to(&mut self, share: usize) -> Result<(), crate::store::StoreError> {
+        let store = self.ctx.store.clone();
+        let ids: Vec<AccountId> = self.accounts.iter().map(|a| a.id.clone()).collect();
+        let infos: HashMap<AccountId, _> = store
+            .lease_infos(&ids)
+            .await?
+            .into_iter()
+            .map(|info| (info.app_id.clone(), info))
+            .collect();
+        let now = store.server_time().await?;
+        let mut candidates: Vec<Account> = self
+            .accounts
+            .iter()
+            .filter(|a| !self.held.contains_key(&a.id))
+            .filter(|a| infos.get(&a.id).is_none_or(|i| i.expires_at <= now))
+            .cloned()
+            .collect();
+        candidates.shuffle(&mut rand::rng());
+        for account in candidates {
+            let orphaned = infos
+                .get(&account.id)
+                .is_some_and(|i| i.expires_at + self.lease.renew_interval <= now);
+            if self.held.len() >= share && !orphaned {
+                continue;
+            }
+            if let Some(grant) = store
+                .try_acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
+                .await?
+            {
+                self.start(account, grant);
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, account: Account, grant: Grant) {
+        tracing::info!(account = %account.id, term = grant.term.0, "took the lease");
+        let (grant_tx, grant_rx) = watch::channel(grant);
+        let (requests_tx, requests_rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let id = account.id.clone();
+        let refresher = Refresher::new(account, self.ctx.clone(), grant_rx, requests_rx);
+        let task = tokio::spawn(refresher.run(stop.clone()));
+        self.held.insert(
+            id,
+            HeldLease {
+                term: grant.term,
+                grant: grant_tx,
+                requests: requests_tx,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Stops the account's refresher and waits for it (it stores what it
+    /// fetched before exiting).
+    async fn stop(&mut self, id: &AccountId) -> Option<Term> {
+        let held = self.held.remove(id)?;
+        held.stop.cancel();
+        if let Err(e) = held.task.await {
+            tracing::error!(account = %id, error = %e, "refresh task failed");
+        }
+        Some(held.term)
+    }
+
+    async fn give_back(&mut self, id: &AccountId, why: &str) {
+        if let Some(term) = self.stop(id).await {
+            match self
+                .ctx
+                .store
+                .release(id, &self.ctx.instance_id, term)
+                .await
+            {
+                Ok(()) => tracing::info!(account = %id, term = term.0, "released the lease: {why}"),
+                Err(e) => {
+                    tracing::warn!(account = %id, error = %e, "cannot release the lease; it expires on its own")
+                }
+            }
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for held in self.held.values() {
+            held.stop.cancel();
+        }
+        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
+        for id in ids {
+            self.give_back(&id, "shutting down").await;
+        }
+        if let Err(e) = self.ctx.store.leave(&self.ctx.instance_id).await {
+            tracing::debug!(error = %e, "cannot remove this replica's heartbeat");
+        }
+    }
+
+    /// Hands open refresh requests to the refreshers of held accounts: per
+    /// account, the newest reported generation and one manual request.
+    async fn dispatch_requests(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
+        let store = &self.ctx.store;
+        let requests = match store.open_requests(&ids, REQUESTS_PER_POLL).await {
+            Ok(requests) => requests,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read refresh requests");
+                return;
+            }
+        };
+        if requests.is_empty() {
+            return;
+        }
+        let handled: Vec<_> = requests.iter().map(|r| r.id).collect();
+        for request in summarize(requests) {
+            if let Some(held) = self.held.get(&request.app_id) {
+                // A full queue already holds a refresh for this account.
+                let _ = held.requests.try_send(request);
+            }
+        }
+        if let Err(e) = store.delete_requests(&handled).await {
+            tracing::debug!(error = %e, "cannot delete handled refresh requests");
+        }
+    }
+}
+
+/// Reduces a batch of requests to what matters: per account, the report of
+/// the highest generation and at most one manual request. Requests for
+/// ticket kinds are dropped (tickets are not refreshed by this version).
+fn summarize(requests: Vec<RefreshRequest>) -> Vec<RefreshRequest> {
+    let mut reported: HashMap<AccountId, RefreshRequest> = HashMap::new();
+    let mut manual: HashMap<AccountId, RefreshRequest> = HashMap::new();
+    for request in requests {
+        if request.kind != CredentialKind::AccessToken {
+            continue;
+        }
+        match request.reason {
+            RefreshReason::ReportedInvalid => {
+                let entry = reported
+                    .entry(request.app_id.clone())
+                    .or_insert(request.clone());
+                if request.generation > entry.generation {
+                    *entry = request;
+                }
+            }
+            _ => {
+                manual.entry(request.app_id.clone()).or_insert(request);
+            }
+        }
+    }
+    reported.into_values().chain(manual.into_values()).collect()
+}
