@@ -12,6 +12,7 @@
 //! - [`coordinator`]: leases: which replica refreshes which account.
 //! - [`daemon`]: wires the parts together and owns shutdown.
 //! - [`reader`]: what Rust business code uses to read the newest valid token.
+//! - [`status`]: the per-account overview behind `wxtokend status`.
 //! - [`telemetry`]: logging setup.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod domain;
 pub mod reader;
 pub mod refresh;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod wechat;

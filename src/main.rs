@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend::config::{ConfigError, Scope, Settings};
 use wxtokend::daemon::{self, Daemon};
-use wxtokend::domain::{AccountId, Credential, CredentialKind};
+use wxtokend::domain::{AccountId, Credential, CredentialKind, RefreshReason};
 use wxtokend::reader::{ReadError, Reader};
 use wxtokend::telemetry;
 
@@ -66,6 +66,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the daemon to refresh ACCOUNT now (rate-limited by
+    /// refresh.forced_min_interval). Needs no WeChat secret.
+    Refresh {
+        /// The account id (the appid) as configured.
+        account: String,
+    },
+    /// Show every account: generation, age, time left, lease holder, calls
+    /// today, last error.
+    Status {
+        /// Print JSON (an array, one object per account) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration, read every secret, and reach MongoDB.
     Check,
 }
@@ -90,7 +103,7 @@ impl From<Kind> for CredentialKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let scope = match cli.command {
-        Command::Get { .. } => Scope::StoreOnly,
+        Command::Get { .. } | Command::Refresh { .. } | Command::Status { .. } => Scope::StoreOnly,
         Command::Run | Command::Check => Scope::Daemon,
     };
     let settings = match Settings::load(cli.config.as_deref(), scope) {
@@ -112,6 +125,8 @@ fn main() -> ExitCode {
                 kind,
                 json,
             } => get(settings, AccountId::new(account), kind.into(), json).await,
+            Command::Refresh { account } => refresh(settings, AccountId::new(account)).await,
+            Command::Status { json } => status(settings, json).await,
             Command::Check => check(settings).await,
         }
     });
@@ -177,6 +192,56 @@ fn credential_json(c: &Credential) -> serde_json::Value {
         "reason": c.reason,
         "fetched_by": c.fetched_by,
     })
+}
+
+async fn refresh(settings: Settings, account: AccountId) -> u8 {
+    let store = match daemon::connect_store(&settings).await {
+        Ok(store) => store,
+        Err(e) => return report(&e.to_string(), exit::MONGODB),
+    };
+    let filed = store
+        .file_request(
+            &account,
+            CredentialKind::AccessToken,
+            RefreshReason::Manual,
+            None,
+            "wxtokend refresh",
+        )
+        .await;
+    match filed {
+        Ok(()) => {
+            println!(
+                "refresh requested for {account}; the daemon holding its lease acts within \
+                 refresh.request_poll_interval (see `wxtokend status`)"
+            );
+            exit::OK
+        }
+        Err(e) => report(&e.to_string(), exit::MONGODB),
+    }
+}
+
+async fn status(settings: Settings, json: bool) -> u8 {
+    let store = match daemon::connect_store(&settings).await {
+        Ok(store) => store,
+        Err(e) => return report(&e.to_string(), exit::MONGODB),
+    };
+    match wxtokend::status::collect(&store).await {
+        Ok(lines) if json => match serde_json::to_string(&lines) {
+            Ok(text) => {
+                println!("{text}");
+                exit::OK
+            }
+            Err(e) => report(&e.to_string(), exit::FAILURE),
+        },
+        Ok(lines) => {
+            print!(
+                "{}",
+                wxtokend::status::render(&lines, settings.refresh.daily_call_limit)
+            );
+            exit::OK
+        }
+        Err(e) => report(&e.to_string(), exit::MONGODB),
+    }
 }
 
 async fn check(settings: Settings) -> u8 {

@@ -26,12 +26,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
 
-use crate::domain::{AccountId, Credential, CredentialKind, Generation};
+use crate::domain::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
 use crate::store::{ConnectOptions, Store, StoreError};
 
 /// WeChat keeps a replaced token valid for about five minutes. A cached token
 /// older than this could already be dead, so longer cache ages are capped.
 pub const MAX_CACHE_AGE: Duration = Duration::from_secs(120);
+
+/// `requested_by` of the reports this module files.
+const REPORTER: &str = "wxtokend::reader";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -127,6 +130,27 @@ impl Reader {
         let (stored_at, credential) = entries.get(&(account.clone(), kind))?;
         (stored_at.elapsed() < cache.max_age && credential.is_valid_at(now))
             .then(|| credential.clone())
+    }
+
+    /// Tells the daemon that WeChat rejected `credential` when it was used
+    /// (errcode 40001, 40014 or 42001). The daemon refreshes only if it is
+    /// still the newest generation, once per generation however many
+    /// services report it, and within the forced-refresh rate limit. The
+    /// cached copy is dropped, so the next [`Reader::latest`] reads MongoDB.
+    pub async fn report_invalid(&self, credential: &Credential) -> Result<(), ReadError> {
+        if let Some(cache) = &self.cache {
+            lock(&cache.entries).remove(&(credential.app_id.clone(), credential.kind));
+        }
+        self.store
+            .file_request(
+                &credential.app_id,
+                credential.kind,
+                RefreshReason::ReportedInvalid,
+                Some(credential.generation),
+                REPORTER,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Tells "never stored" from "stored but expired" (the daemon stopped).

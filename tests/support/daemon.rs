@@ -47,6 +47,10 @@ pub struct TestConfig {
     pub permanent_error_retry: &'static str,
     pub request_timeout: &'static str,
     pub instance_id: String,
+    pub lease_duration: &'static str,
+    pub lease_renew_interval: &'static str,
+    pub forced_min_interval: &'static str,
+    pub daily_call_limit: u32,
 }
 
 impl TestConfig {
@@ -67,6 +71,10 @@ impl TestConfig {
             permanent_error_retry: "1h",
             request_timeout: "2s",
             instance_id: "test-instance".into(),
+            lease_duration: "3s",
+            lease_renew_interval: "500ms",
+            forced_min_interval: "1s",
+            daily_call_limit: 1800,
         }
     }
 
@@ -92,6 +100,13 @@ margin = "{margin}"
 retry_initial = "{retry_initial}"
 retry_max = "{retry_max}"
 permanent_error_retry = "{permanent}"
+request_poll_interval = "200ms"
+forced_min_interval = "{forced}"
+daily_call_limit = {limit}
+
+[lease]
+duration = "{lease}"
+renew_interval = "{renew}"
 
 [log]
 format = "json"
@@ -106,6 +121,10 @@ level = "wxtokend=debug,info"
             retry_initial = self.retry_initial,
             retry_max = self.retry_max,
             permanent = self.permanent_error_retry,
+            forced = self.forced_min_interval,
+            limit = self.daily_call_limit,
+            lease = self.lease_duration,
+            renew = self.lease_renew_interval,
         );
         for a in &self.accounts {
             toml.push_str(&format!(
@@ -189,14 +208,19 @@ impl TestDaemon {
         .await
     }
 
-    /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"KILL"`, `"TERM"`...).
+    pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.signal("TERM");
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

@@ -76,6 +76,9 @@ pub enum Fault {
     Body(String),
     /// Wait this long, then answer normally.
     Delay(Duration),
+    /// Issue the token at once (rotating the previous one), but answer only
+    /// after this long: a response stuck in the network.
+    AnswerLate(Duration),
 }
 
 struct Issued {
@@ -239,7 +242,7 @@ fn fault_response(fault: Fault) -> Option<Response> {
             Some((status, "<html><body>error</body></html>").into_response())
         }
         Fault::Body(body) => Some(body.into_response()),
-        Fault::Delay(_) => None,
+        Fault::Delay(_) | Fault::AnswerLate(_) => None,
     }
 }
 
@@ -252,12 +255,19 @@ async fn token(State(world): State<Shared>, Query(q): Query<TokenQuery>) -> Resp
             app.faults.pop_front().or_else(|| app.sticky.clone())
         })
     };
-    if let Some(fault) = fault {
-        if let Fault::Delay(delay) = fault {
+    match fault {
+        Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+        Some(Fault::AnswerLate(delay)) => {
+            let response = issue(&world, q);
             tokio::time::sleep(delay).await;
-        } else if let Some(response) = fault_response(fault) {
             return response;
         }
+        Some(fault) => {
+            if let Some(response) = fault_response(fault) {
+                return response;
+            }
+        }
+        None => {}
     }
     issue(&world, q)
 }
