@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 ACCOUNT=wxsandbox00000001
 dir=.sandbox
+rm -rf "$dir"   # every sandbox starts from an empty database
 mkdir -p "$dir"
 
 cargo build --workspace --bins --locked

@@ -28,6 +28,7 @@ pub struct Settings {
     pub wechat: WechatSettings,
     pub refresh: RefreshSettings,
     pub lease: LeaseSettings,
+    pub admin: AdminSettings,
     pub log: LogSettings,
     pub accounts: Vec<Account>,
 }
@@ -88,6 +89,20 @@ pub struct LeaseSettings {
     pub duration: Duration,
     #[serde(with = "humantime_serde")]
     pub renew_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Empty: no admin server.
+    pub listen: String,
+}
+
+impl AdminSettings {
+    /// The address to listen on, if the admin server is on.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -241,6 +256,7 @@ struct RawSettings {
     wechat: WechatSettings,
     refresh: RefreshSettings,
     lease: LeaseSettings,
+    admin: AdminSettings,
     log: LogSettings,
     accounts: Vec<RawAccount>,
 }
@@ -304,6 +320,7 @@ impl RawSettings {
             wechat: self.wechat,
             refresh: self.refresh,
             lease: self.lease,
+            admin: self.admin,
             log: self.log,
             accounts,
         })
@@ -385,6 +402,11 @@ impl RawSettings {
             self.lease.renew_interval.saturating_mul(3) <= self.lease.duration,
             "lease.renew_interval",
             "must be at most a third of lease.duration, so a lease is renewed before it can lapse",
+        );
+        p.check(
+            self.admin.listen.is_empty() || self.admin.address().is_some(),
+            "admin.listen",
+            "must be an address such as \"127.0.0.1:9464\", or \"\" to turn the admin server off",
         );
         if let Err(e) = crate::telemetry::parse_filter(&self.log.level) {
             p.add(

@@ -162,6 +162,7 @@ impl Coordinator {
 
     fn start(&mut self, account: Account, grant: Grant) {
         tracing::info!(account = %account.id, term = grant.term.0, "took the lease");
+        self.ctx.metrics.lease_taken(&account.id);
         let (grant_tx, grant_rx) = watch::channel(grant);
         let (requests_tx, requests_rx) = mpsc::channel(16);
         let stop = CancellationToken::new();
@@ -184,6 +185,7 @@ impl Coordinator {
     /// fetched before exiting).
     async fn stop(&mut self, id: &AccountId) -> Option<Term> {
         let held = self.held.remove(id)?;
+        self.ctx.metrics.lease_given_up(id);
         held.stop.cancel();
         if let Err(e) = held.task.await {
             tracing::error!(account = %id, error = %e, "refresh task failed");

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use tokio::net::TcpListener;
+
+use crate::admin;
 use crate::coordinator::Coordinator;
+use crate::metrics::Metrics;
 use crate::refresh::{Backoff, Context};
 use crate::store::{ConnectOptions, Store, StoreError};
 use crate::wechat::WechatClient;
@@ -18,6 +22,11 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Wechat(String),
+    #[error("cannot listen on admin.listen {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A daemon ready to run.
@@ -25,17 +34,28 @@ pub struct Daemon {
     settings: Settings,
     store: Store,
     wechat: WechatClient,
+    admin: Option<TcpListener>,
 }
 
 impl Daemon {
-    /// Builds the clients. Does not contact MongoDB or WeChat.
+    /// Builds the clients and binds the admin port. Does not contact
+    /// MongoDB or WeChat.
     pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
         let store = connect_store(&settings).await?;
         let wechat = WechatClient::new(&settings.wechat).map_err(DaemonError::Wechat)?;
+        let admin = match settings.admin.address() {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Admin { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Daemon {
             settings,
             store,
             wechat,
+            admin,
         })
     }
 
@@ -46,7 +66,24 @@ impl Daemon {
             settings,
             store,
             wechat,
+            admin,
         } = self;
+        let metrics = Arc::new(Metrics::new());
+        let admin_task = admin.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");
+            }
+            let accounts = settings.accounts.iter().map(|a| a.id.clone()).collect();
+            tokio::spawn(admin::serve(
+                listener,
+                store.clone(),
+                metrics.clone(),
+                accounts,
+                shutdown.clone(),
+            ))
+        });
+        // systemd (Type=notify): started. Readiness for traffic is /readyz.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         tracing::info!(
             instance = %settings.daemon.instance_id,
             database = store.database_name(),
@@ -62,6 +99,7 @@ impl Daemon {
             refresh: settings.refresh.clone(),
             lease_duration: settings.lease.duration,
             instance_id: settings.daemon.instance_id.clone(),
+            metrics,
         });
         let coordinator = Coordinator::new(ctx, settings.accounts.clone(), settings.lease.clone());
         let mut task = tokio::spawn(coordinator.run(shutdown.clone()));
@@ -74,11 +112,15 @@ impl Daemon {
         }
         let grace = settings.daemon.shutdown_timeout;
         tracing::info!(grace_s = grace.as_secs_f32(), "shutting down");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         if tokio::time::timeout(grace, &mut task).await.is_err() {
             tracing::warn!(
                 "shutdown timeout reached; abandoning in-flight work (leases expire on their own)"
             );
             task.abort();
+        }
+        if let Some(task) = admin_task {
+            let _ = tokio::time::timeout(grace, task).await;
         }
         tracing::info!("wxtokend stopped");
     }

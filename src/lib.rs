@@ -13,12 +13,16 @@
 //! - [`daemon`]: wires the parts together and owns shutdown.
 //! - [`reader`]: what Rust business code uses to read the newest valid token.
 //! - [`status`]: the per-account overview behind `wxtokend status`.
+//! - [`admin`]: the admin HTTP server: health, readiness, metrics.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`telemetry`]: logging setup.
 
+pub mod admin;
 pub mod config;
 pub mod coordinator;
 pub mod daemon;
 pub mod domain;
+pub mod metrics;
 pub mod reader;
 pub mod refresh;
 pub mod status;

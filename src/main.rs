@@ -81,6 +81,13 @@ enum Command {
     },
     /// Validate the configuration, read every secret, and reach MongoDB.
     Check,
+    /// Ask the running daemon's admin server whether it is alive (/healthz),
+    /// or with --ready whether every account has a valid token (/readyz).
+    /// Exit 0 if so, 1 if not. For container health checks.
+    Health {
+        #[arg(long)]
+        ready: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -103,7 +110,10 @@ impl From<Kind> for CredentialKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let scope = match cli.command {
-        Command::Get { .. } | Command::Refresh { .. } | Command::Status { .. } => Scope::StoreOnly,
+        Command::Get { .. }
+        | Command::Refresh { .. }
+        | Command::Status { .. }
+        | Command::Health { .. } => Scope::StoreOnly,
         Command::Run | Command::Check => Scope::Daemon,
     };
     let settings = match Settings::load(cli.config.as_deref(), scope) {
@@ -128,6 +138,7 @@ fn main() -> ExitCode {
             Command::Refresh { account } => refresh(settings, AccountId::new(account)).await,
             Command::Status { json } => status(settings, json).await,
             Command::Check => check(settings).await,
+            Command::Health { ready } => health(settings, ready).await,
         }
     });
     ExitCode::from(code)
@@ -241,6 +252,23 @@ async fn status(settings: Settings, json: bool) -> u8 {
             exit::OK
         }
         Err(e) => report(&e.to_string(), exit::MONGODB),
+    }
+}
+
+async fn health(settings: Settings, ready: bool) -> u8 {
+    let Some(mut addr) = settings.admin.address().filter(|a| a.port() != 0) else {
+        return report(
+            "admin.listen is off or uses port 0: set a fixed address to use `health`",
+            exit::CONFIG,
+        );
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match wxtokend::admin::probe(addr, path).await {
+        Ok(()) => exit::OK,
+        Err(e) => report(&e, exit::FAILURE),
     }
 }
 

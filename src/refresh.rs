@@ -9,7 +9,7 @@
 //! WeChat again (a new fetch would rotate the token for nothing).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -19,6 +19,7 @@ use crate::config::{Account, RefreshSettings};
 use crate::domain::{
     next_quota_reset, CredentialKind, FetchedCredential, Generation, RefreshReason,
 };
+use crate::metrics::Metrics;
 use crate::store::lease::{Grant, Permit, PermitRules};
 use crate::store::requests::RefreshRequest;
 use crate::store::{Inserted, NewFetch, Store, StoreError};
@@ -74,6 +75,7 @@ pub struct Context {
     pub refresh: RefreshSettings,
     pub lease_duration: Duration,
     pub instance_id: String,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How long a task that lost its lease idles until it is cancelled.
@@ -245,6 +247,13 @@ impl Refresher {
         let now = SystemTime::now();
         match stored.filter(|c| c.is_valid_at(now)) {
             Some(c) => {
+                self.ctx.metrics.credential(
+                    &self.account.id,
+                    self.kind,
+                    c.generation,
+                    c.fetched_at,
+                    c.expires_at,
+                );
                 self.held = Some(Held {
                     generation: Some(c.generation),
                     expires_at: c.expires_at,
@@ -284,14 +293,21 @@ impl Refresher {
             daily_limit: self.ctx.refresh.daily_call_limit,
             forced_min_interval: self.forced.map(|_| self.ctx.refresh.forced_min_interval),
         };
+        let started = Instant::now();
         let permit = self
             .ctx
             .store
             .permit(&self.account.id, &self.ctx.instance_id, term, rules)
             .await;
+        self.ctx
+            .metrics
+            .mongodb("permit", started.elapsed(), permit.is_ok());
         match permit {
             Ok(Permit::Granted { calls_today }) => {
                 self.forced = None;
+                self.ctx
+                    .metrics
+                    .quota_calls_today(&self.account.id, calls_today);
                 self.call_wechat(reason, calls_today).await
             }
             Ok(Permit::NotHolder) => {
@@ -313,6 +329,9 @@ impl Refresher {
     /// No fetch until WeChat's quota day ends; `cause` is WeChat's 45009
     /// answer when it came from WeChat rather than our own ceiling.
     fn quota_spent(&mut self, calls_today: i64, cause: Option<&FetchError>) -> Duration {
+        self.ctx
+            .metrics
+            .quota_calls_today(&self.account.id, calls_today);
         let now = SystemTime::now();
         let wait = next_quota_reset(now).duration_since(now).unwrap_or_default()
             // Spread the first calls of a new day over a minute.
@@ -333,7 +352,15 @@ impl Refresher {
     }
 
     async fn call_wechat(&mut self, reason: RefreshReason, calls_today: i64) -> Duration {
-        match self.ctx.wechat.fetch_access_token(&self.account).await {
+        let started = Instant::now();
+        let result = self.ctx.wechat.fetch_access_token(&self.account).await;
+        let metrics = &self.ctx.metrics;
+        metrics.upstream_call(&self.account.id, self.kind, started.elapsed());
+        let outcome = result
+            .as_ref()
+            .map_or_else(|e| e.class().as_str(), |_| "success");
+        metrics.refresh_outcome(&self.account.id, self.kind, outcome);
+        match result {
             Ok(fetched) => {
                 tracing::debug!(
                     account = %self.account.id,
@@ -447,12 +474,16 @@ impl Refresher {
             fetched: &pending.fetched,
             reason: pending.reason,
         };
-        match self
+        let started = Instant::now();
+        let inserted = self
             .ctx
             .store
             .insert_fenced(&new, &self.ctx.instance_id, term)
-            .await
-        {
+            .await;
+        self.ctx
+            .metrics
+            .mongodb("insert_credential", started.elapsed(), inserted.is_ok());
+        match inserted {
             Ok(Inserted::Stored(generation)) => {
                 self.stored(&pending, generation).await;
                 Duration::ZERO
@@ -487,6 +518,13 @@ impl Refresher {
         if let Some(held) = &mut self.held {
             held.generation = Some(generation);
         }
+        self.ctx.metrics.credential(
+            &self.account.id,
+            self.kind,
+            generation,
+            pending.fetched.fetched_at,
+            pending.fetched.expires_at(),
+        );
         tracing::info!(
             account = %self.account.id,
             %generation,

@@ -226,6 +226,25 @@ impl Store {
         self.find_newest(kind, app_id, filter).await
     }
 
+    /// Accounts with a credential of `kind` valid at `now` (one query).
+    pub async fn accounts_with_valid(
+        &self,
+        kind: CredentialKind,
+        now: SystemTime,
+    ) -> Result<std::collections::HashSet<AccountId>, StoreError> {
+        let ids = self
+            .collection(kind)
+            .distinct(
+                field::APP_ID,
+                doc! { field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) } },
+            )
+            .await?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| id.as_str().map(AccountId::new))
+            .collect())
+    }
+
     async fn find_newest(
         &self,
         kind: CredentialKind,

@@ -51,6 +51,8 @@ pub struct TestConfig {
     pub lease_renew_interval: &'static str,
     pub forced_min_interval: &'static str,
     pub daily_call_limit: u32,
+    /// `json` (parsed by the helpers) or `human`.
+    pub log_format: &'static str,
 }
 
 impl TestConfig {
@@ -75,6 +77,7 @@ impl TestConfig {
             lease_renew_interval: "500ms",
             forced_min_interval: "1s",
             daily_call_limit: 1800,
+            log_format: "json",
         }
     }
 
@@ -108,8 +111,11 @@ daily_call_limit = {limit}
 duration = "{lease}"
 renew_interval = "{renew}"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [log]
-format = "json"
+format = "{log_format}"
 level = "wxtokend=debug,info"
 "#,
             instance = self.instance_id,
@@ -125,6 +131,7 @@ level = "wxtokend=debug,info"
             limit = self.daily_call_limit,
             lease = self.lease_duration,
             renew = self.lease_renew_interval,
+            log_format = self.log_format,
         );
         for a in &self.accounts {
             toml.push_str(&format!(
@@ -206,6 +213,17 @@ impl TestDaemon {
             self.logs_with(text).into_iter().next()
         })
         .await
+    }
+
+    /// The admin server's address, from its startup log line.
+    pub async fn admin_addr(&self) -> std::net::SocketAddr {
+        let line = self
+            .wait_for_log("admin HTTP listening", Duration::from_secs(20))
+            .await;
+        line["addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .expect("admin address")
     }
 
     /// Sends a signal (`"STOP"`, `"CONT"`, `"KILL"`, `"TERM"`...).

@@ -1,0 +1,113 @@
+//! The admin HTTP server (loopback by default): `/healthz` (the process
+//! answers), `/readyz` (MongoDB answers and every configured account has a
+//! valid token stored), `/metrics` (Prometheus text format).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{AccountId, CredentialKind};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone)]
+struct AdminState {
+    store: Store,
+    metrics: Arc<Metrics>,
+    accounts: Arc<Vec<AccountId>>,
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    metrics: Arc<Metrics>,
+    accounts: Vec<AccountId>,
+    shutdown: CancellationToken,
+) {
+    let state = AdminState {
+        store,
+        metrics,
+        accounts: Arc::new(accounts),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin HTTP server failed");
+    }
+}
+
+async fn render_metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// 200 when MongoDB answers and every configured account has a valid
+/// access token stored; 503 with the reasons otherwise.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let kind = CredentialKind::AccessToken;
+    let valid = match state
+        .store
+        .accounts_with_valid(kind, SystemTime::now())
+        .await
+    {
+        Ok(valid) => valid,
+        Err(e) => {
+            let body = json!({ "ready": false, "mongodb": e.to_string() });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+    };
+    let missing: Vec<&str> = state
+        .accounts
+        .iter()
+        .filter(|a| !valid.contains(*a))
+        .map(AccountId::as_str)
+        .collect();
+    if missing.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        let body = json!({ "ready": false, "without_valid_token": missing });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// `wxtokend health`: asks a running daemon's admin server. For Docker's
+/// HEALTHCHECK, where images have no curl.
+pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the admin server at {addr}: {e}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{path} answered {status}: {}", body.trim()))
+    }
+}

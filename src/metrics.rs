@@ -1,0 +1,284 @@
+//! Prometheus metrics, served on `/metrics` by the admin server. Names and
+//! labels are the contract with dashboards and alerts (see the README).
+//!
+//! Each replica exports the accounts whose lease it holds: sum or max over
+//! replicas by `account` gives the whole picture.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::domain::{AccountId, CredentialKind, Generation};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub account: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub account: String,
+    pub kind: String,
+    /// `success`, or the error class: `transient`, `permanent`, `daily_quota`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    pub account: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn upstream_buckets() -> Histogram {
+    // 5 ms .. ~20 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+fn mongodb_buckets() -> Histogram {
+    // 0.5 ms .. ~4 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+/// What the refreshers know about the credential they keep fresh.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    generation: Generation,
+    fetched_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+/// All metrics of one replica.
+pub struct Metrics {
+    registry: Registry,
+    seconds_until_expiry: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    age: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    generation: Family<CredentialLabels, Gauge>,
+    refreshes: Family<OutcomeLabels, Counter>,
+    upstream_calls: Family<CredentialLabels, Counter>,
+    upstream_duration: Histograms<CredentialLabels>,
+    quota_calls_today: Family<AccountLabels, Gauge>,
+    lease_held: Family<AccountLabels, Gauge>,
+    mongodb_duration: Histograms<OperationLabels>,
+    mongodb_errors: Family<OperationLabels, Counter>,
+    held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn labels(account: &AccountId, kind: CredentialKind) -> CredentialLabels {
+    CredentialLabels {
+        account: account.to_string(),
+        kind: kind.to_string(),
+    }
+}
+
+fn account_labels(account: &AccountId) -> AccountLabels {
+    AccountLabels {
+        account: account.to_string(),
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            seconds_until_expiry: Family::default(),
+            age: Family::default(),
+            generation: Family::default(),
+            refreshes: Family::default(),
+            upstream_calls: Family::default(),
+            upstream_duration: Family::new_with_constructor(upstream_buckets),
+            quota_calls_today: Family::default(),
+            lease_held: Family::default(),
+            mongodb_duration: Family::new_with_constructor(mongodb_buckets),
+            mongodb_errors: Family::default(),
+            held: Mutex::new(HashMap::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "wxtokend_token_seconds_until_expiry",
+            "Seconds until the newest credential expires",
+            m.seconds_until_expiry.clone(),
+        );
+        registry.register(
+            "wxtokend_token_age_seconds",
+            "Seconds since the newest credential was fetched",
+            m.age.clone(),
+        );
+        registry.register(
+            "wxtokend_token_generation",
+            "Generation of the newest credential",
+            m.generation.clone(),
+        );
+        registry.register(
+            "wxtokend_refresh",
+            "Refresh attempts by outcome (success or error class)",
+            m.refreshes.clone(),
+        );
+        registry.register(
+            "wxtokend_upstream_calls",
+            "Calls to WeChat's credential endpoints",
+            m.upstream_calls.clone(),
+        );
+        registry.register(
+            "wxtokend_upstream_duration_seconds",
+            "Duration of calls to WeChat's credential endpoints",
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "wxtokend_quota_calls_today",
+            "Token calls counted today (Beijing time) against refresh.daily_call_limit",
+            m.quota_calls_today.clone(),
+        );
+        registry.register(
+            "wxtokend_lease_held",
+            "1 while this replica holds the account's lease",
+            m.lease_held.clone(),
+        );
+        registry.register(
+            "wxtokend_mongodb_duration_seconds",
+            "Duration of MongoDB operations on the refresh path",
+            m.mongodb_duration.clone(),
+        );
+        registry.register(
+            "wxtokend_mongodb_errors",
+            "Failed MongoDB operations on the refresh path",
+            m.mongodb_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The credential an account's refresher now relies on.
+    pub fn credential(
+        &self,
+        account: &AccountId,
+        kind: CredentialKind,
+        generation: Generation,
+        fetched_at: SystemTime,
+        expires_at: SystemTime,
+    ) {
+        self.generation
+            .get_or_create(&labels(account, kind))
+            .set(generation.0);
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (account.clone(), kind),
+                Held {
+                    generation,
+                    fetched_at,
+                    expires_at,
+                },
+            );
+    }
+
+    pub fn refresh_outcome(&self, account: &AccountId, kind: CredentialKind, outcome: &str) {
+        self.refreshes
+            .get_or_create(&OutcomeLabels {
+                account: account.to_string(),
+                kind: kind.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_call(&self, account: &AccountId, kind: CredentialKind, took: Duration) {
+        let labels = labels(account, kind);
+        self.upstream_calls.get_or_create(&labels).inc();
+        self.upstream_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn quota_calls_today(&self, account: &AccountId, calls: i64) {
+        self.quota_calls_today
+            .get_or_create(&account_labels(account))
+            .set(calls);
+    }
+
+    pub fn mongodb(&self, operation: &str, took: Duration, ok: bool) {
+        let labels = OperationLabels {
+            operation: operation.to_string(),
+        };
+        self.mongodb_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.mongodb_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    pub fn lease_taken(&self, account: &AccountId) {
+        self.lease_held
+            .get_or_create(&account_labels(account))
+            .set(1);
+    }
+
+    /// The lease went to another replica: that replica exports the
+    /// account's credential gauges from now on.
+    pub fn lease_given_up(&self, account: &AccountId) {
+        self.lease_held
+            .get_or_create(&account_labels(account))
+            .set(0);
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for kind in CredentialKind::ALL {
+            if held.remove(&(account.clone(), kind)).is_some() {
+                let labels = labels(account, kind);
+                self.generation.remove(&labels);
+                self.seconds_until_expiry.remove(&labels);
+                self.age.remove(&labels);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition, with time-based gauges brought up to now.
+    pub fn render(&self) -> String {
+        let now = SystemTime::now();
+        for ((account, kind), held) in self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let labels = labels(account, *kind);
+            let left = held.expires_at.duration_since(now).unwrap_or_default();
+            let age = now.duration_since(held.fetched_at).unwrap_or_default();
+            self.seconds_until_expiry
+                .get_or_create(&labels)
+                .set(left.as_secs_f64());
+            self.age.get_or_create(&labels).set(age.as_secs_f64());
+            self.generation
+                .get_or_create(&labels)
+                .set(held.generation.0);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
