@@ -25,7 +25,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 struct AdminState {
     store: Store,
     metrics: Arc<Metrics>,
-    accounts: Arc<Vec<AccountId>>,
+    /// Every configured account with the credential kinds it keeps.
+    accounts: Arc<Vec<(AccountId, Vec<CredentialKind>)>>,
 }
 
 /// Serves until `shutdown`.
@@ -33,7 +34,7 @@ pub async fn serve(
     listener: TcpListener,
     store: Store,
     metrics: Arc<Metrics>,
-    accounts: Vec<AccountId>,
+    accounts: Vec<(AccountId, Vec<CredentialKind>)>,
     shutdown: CancellationToken,
 ) {
     let state = AdminState {
@@ -63,26 +64,37 @@ async fn render_metrics(State(state): State<AdminState>) -> Response {
 }
 
 /// 200 when MongoDB answers and every configured account has a valid
-/// access token stored; 503 with the reasons otherwise.
+/// credential of every kind it keeps; 503 with the reasons otherwise.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let kind = CredentialKind::AccessToken;
-    let valid = match state
-        .store
-        .accounts_with_valid(kind, SystemTime::now())
-        .await
-    {
-        Ok(valid) => valid,
-        Err(e) => {
-            let body = json!({ "ready": false, "mongodb": e.to_string() });
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    let now = SystemTime::now();
+    let mut missing = Vec::new();
+    for kind in CredentialKind::ALL {
+        let wanted: Vec<&AccountId> = state
+            .accounts
+            .iter()
+            .filter(|(_, kinds)| kinds.contains(&kind))
+            .map(|(id, _)| id)
+            .collect();
+        if wanted.is_empty() {
+            continue;
         }
-    };
-    let missing: Vec<&str> = state
-        .accounts
-        .iter()
-        .filter(|a| !valid.contains(*a))
-        .map(AccountId::as_str)
-        .collect();
+        let valid = match state.store.accounts_with_valid(kind, now).await {
+            Ok(valid) => valid,
+            Err(e) => {
+                let body = json!({ "ready": false, "mongodb": e.to_string() });
+                return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            }
+        };
+        missing.extend(
+            wanted
+                .into_iter()
+                .filter(|id| !valid.contains(*id))
+                .map(|id| match kind {
+                    CredentialKind::AccessToken => id.to_string(),
+                    _ => format!("{id} {kind}"),
+                }),
+        );
+    }
     if missing.is_empty() {
         (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
     } else {

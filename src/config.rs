@@ -12,7 +12,7 @@ use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::domain::{AccountId, Platform};
+use crate::domain::{AccountId, CredentialKind, Platform};
 
 /// The defaults, documented line by line in `config/default.toml`.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -56,6 +56,7 @@ pub struct MongoSettings {
 #[serde(deny_unknown_fields)]
 pub struct WechatSettings {
     pub base_url: String,
+    pub wecom_base_url: String,
     pub allow_http: bool,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -123,8 +124,38 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenEndpoint {
-    /// `GET /cgi-bin/token`: every fetch rotates the token.
+    /// `GET /cgi-bin/token` (WeCom: `gettoken`).
     Token,
+    /// `POST /cgi-bin/stable_token`: the same token while it is valid;
+    /// `force_refresh` only for tokens reported invalid.
+    StableToken,
+}
+
+/// A ticket an account wants kept fresh, as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketName {
+    Jsapi,
+    WxCard,
+    AgentConfig,
+}
+
+impl TicketName {
+    pub fn kind(self) -> CredentialKind {
+        match self {
+            Self::Jsapi => CredentialKind::JsapiTicket,
+            Self::WxCard => CredentialKind::WxCardTicket,
+            Self::AgentConfig => CredentialKind::AgentConfigTicket,
+        }
+    }
+
+    fn allowed_on(self, platform: Platform) -> bool {
+        matches!(
+            (platform, self),
+            (Platform::OfficialAccount, Self::Jsapi | Self::WxCard)
+                | (Platform::Wecom, Self::Jsapi | Self::AgentConfig)
+        )
+    }
 }
 
 /// One WeChat account to keep fresh. `Debug` redacts the secret.
@@ -134,6 +165,20 @@ pub struct Account {
     pub platform: Platform,
     pub endpoint: TokenEndpoint,
     pub secret: SecretString,
+    /// Tickets kept fresh besides the access token.
+    pub tickets: Vec<CredentialKind>,
+}
+
+impl Account {
+    /// For WeCom accounts (`corpid/agentid`): the corpid.
+    pub fn corp_id(&self) -> &str {
+        self.id.js_app_id()
+    }
+
+    /// Every credential kind kept fresh for this account.
+    pub fn kinds(&self) -> impl Iterator<Item = CredentialKind> + '_ {
+        std::iter::once(CredentialKind::AccessToken).chain(self.tickets.iter().copied())
+    }
 }
 
 /// Why the configuration could not be used.
@@ -272,6 +317,8 @@ struct RawAccount {
     secret: Option<serde::de::IgnoredAny>,
     secret_env: Option<String>,
     secret_file: Option<PathBuf>,
+    #[serde(default)]
+    tickets: Vec<TicketName>,
 }
 
 fn default_endpoint() -> TokenEndpoint {
@@ -305,6 +352,14 @@ impl RawSettings {
             Scope::Daemon => resolve_accounts(self.accounts, env, &mut problems),
             Scope::StoreOnly => Vec::new(),
         };
+        let stable = accounts
+            .iter()
+            .any(|a| a.endpoint == TokenEndpoint::StableToken);
+        problems.check(
+            !stable || self.refresh.forced_min_interval >= Duration::from_secs(30),
+            "refresh.forced_min_interval",
+            "must be at least 30s with stable_token accounts (WeChat's limit for force_refresh)",
+        );
         if !problems.0.is_empty() {
             return Err(ConfigError::Invalid {
                 problems: problems.0,
@@ -348,10 +403,13 @@ impl RawSettings {
             "mongodb.history_retention",
             "must be at least 1h, so stored tokens outlive their own validity",
         );
-        if let Err(message) =
-            crate::wechat::parse_base_url(&self.wechat.base_url, self.wechat.allow_http)
-        {
-            p.add("wechat.base_url", message);
+        for (key, url) in [
+            ("wechat.base_url", &self.wechat.base_url),
+            ("wechat.wecom_base_url", &self.wechat.wecom_base_url),
+        ] {
+            if let Err(message) = crate::wechat::parse_base_url(url, self.wechat.allow_http) {
+                p.add(key, message);
+            }
         }
         p.check(
             !self.wechat.connect_timeout.is_zero(),
@@ -436,6 +494,7 @@ fn resolve_accounts(raw: Vec<RawAccount>, env: &dyn EnvSource, p: &mut Problems)
                 format!("duplicate id {:?}; each account appears once", account.id),
             );
         }
+        check_account_shape(&account, i, p);
         if account.secret.is_some() {
             p.add(
                 key("secret"),
@@ -461,11 +520,52 @@ fn resolve_accounts(raw: Vec<RawAccount>, env: &dyn EnvSource, p: &mut Problems)
                 platform: account.platform,
                 endpoint: account.endpoint,
                 secret,
+                tickets: account.tickets.iter().map(|t| t.kind()).collect(),
             }),
             Err((key, message)) => p.add(key, message),
         }
     }
     accounts
+}
+
+/// Platform rules: WeCom ids are `corpid/agentid` and use `gettoken`; each
+/// platform has its own tickets.
+fn check_account_shape(account: &RawAccount, i: usize, p: &mut Problems) {
+    let key = |field: &str| format!("accounts[{i}].{field}");
+    if account.platform == Platform::Wecom {
+        let shaped = account
+            .id
+            .split_once('/')
+            .is_some_and(|(corp, agent)| !corp.is_empty() && !agent.is_empty());
+        if !shaped {
+            p.add(
+                key("id"),
+                "a wecom account id is \"corpid/agentid\", e.g. \"ww0123456789abcdef/1000002\"",
+            );
+        }
+        if account.endpoint == TokenEndpoint::StableToken {
+            p.add(
+                key("endpoint"),
+                "stable_token exists only for official_account and mini_program",
+            );
+        }
+    }
+    let mut seen = Vec::new();
+    for ticket in &account.tickets {
+        if !ticket.allowed_on(account.platform) {
+            p.add(
+                key("tickets"),
+                format!(
+                    "{ticket:?} tickets do not exist for {:?} (official_account: jsapi, wx_card; wecom: jsapi, agent_config)",
+                    account.platform
+                ),
+            );
+        }
+        if seen.contains(ticket) {
+            p.add(key("tickets"), format!("{ticket:?} is listed twice"));
+        }
+        seen.push(*ticket);
+    }
 }
 
 fn secret_from_env(var: &str, env: &dyn EnvSource) -> Result<SecretString, String> {
@@ -659,6 +759,53 @@ mod tests {
         )
         .expect("no secret needed");
         assert!(s.accounts.is_empty());
+    }
+
+    #[test]
+    fn wecom_ids_tickets_and_stable_token_rules() {
+        let toml = r#"
+            [refresh]
+            forced_min_interval = "10s"
+            [[accounts]]
+            id = "ww0123"
+            platform = "wecom"
+            secret_env = "S"
+            tickets = ["wx_card"]
+            [[accounts]]
+            id = "wxmp"
+            platform = "mini_program"
+            endpoint = "stable_token"
+            secret_env = "S"
+            tickets = ["jsapi"]
+        "#;
+        let err = load(toml, &[("S", "x")]).expect_err("must fail");
+        assert_eq!(
+            keys(err),
+            vec![
+                "accounts[0].id",
+                "accounts[0].tickets",
+                "accounts[1].tickets",
+                "refresh.forced_min_interval"
+            ]
+        );
+        let good = r#"
+            [refresh]
+            forced_min_interval = "30s"
+            [[accounts]]
+            id = "ww0123/1000002"
+            platform = "wecom"
+            secret_env = "S"
+            tickets = ["jsapi", "agent_config"]
+            [[accounts]]
+            id = "wxoa"
+            platform = "official_account"
+            endpoint = "stable_token"
+            secret_env = "S"
+            tickets = ["jsapi", "wx_card"]
+        "#;
+        let s = load(good, &[("S", "x")]).expect("valid");
+        assert_eq!(s.accounts[0].corp_id(), "ww0123");
+        assert_eq!(s.accounts[1].kinds().count(), 3);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! ones up to its share. A lease left expired for longer than one renew
 //! interval is taken by anyone, whatever its share: no account is left
 //! without a refresher. Every `refresh.request_poll_interval` it hands open
-//! refresh requests to the refreshers of the accounts it holds.
+//! refresh requests to the refreshers of the accounts it holds (one
+//! refresher per credential kind: the access token and each ticket).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,12 +29,14 @@ use crate::store::requests::RefreshRequest;
 /// Most requests read per poll; a storm beyond it is read on the next polls.
 const REQUESTS_PER_POLL: i64 = 10_000;
 
+/// A lease this replica holds, with one refresher per credential kind the
+/// account wants (access token first, then its tickets).
 struct HeldLease {
     term: Term,
     grant: watch::Sender<Grant>,
-    requests: mpsc::Sender<RefreshRequest>,
+    requests: HashMap<CredentialKind, mpsc::Sender<RefreshRequest>>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 pub struct Coordinator {
@@ -164,19 +167,29 @@ impl Coordinator {
         tracing::info!(account = %account.id, term = grant.term.0, "took the lease");
         self.ctx.metrics.lease_taken(&account.id);
         let (grant_tx, grant_rx) = watch::channel(grant);
-        let (requests_tx, requests_rx) = mpsc::channel(16);
         let stop = CancellationToken::new();
-        let id = account.id.clone();
-        let refresher = Refresher::new(account, self.ctx.clone(), grant_rx, requests_rx);
-        let task = tokio::spawn(refresher.run(stop.clone()));
+        let mut requests = HashMap::new();
+        let mut tasks = Vec::new();
+        for kind in account.kinds() {
+            let (requests_tx, requests_rx) = mpsc::channel(16);
+            let refresher = Refresher::new(
+                account.clone(),
+                kind,
+                self.ctx.clone(),
+                grant_rx.clone(),
+                requests_rx,
+            );
+            requests.insert(kind, requests_tx);
+            tasks.push(tokio::spawn(refresher.run(stop.clone())));
+        }
         self.held.insert(
-            id,
+            account.id.clone(),
             HeldLease {
                 term: grant.term,
                 grant: grant_tx,
-                requests: requests_tx,
+                requests,
                 stop,
-                task,
+                tasks,
             },
         );
     }
@@ -187,8 +200,10 @@ impl Coordinator {
         let held = self.held.remove(id)?;
         self.ctx.metrics.lease_given_up(id);
         held.stop.cancel();
-        if let Err(e) = held.task.await {
-            tracing::error!(account = %id, error = %e, "refresh task failed");
+        for task in held.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(account = %id, error = %e, "refresh task failed");
+            }
         }
         Some(held.term)
     }
@@ -242,9 +257,13 @@ impl Coordinator {
         }
         let handled: Vec<_> = requests.iter().map(|r| r.id).collect();
         for request in summarize(requests) {
-            if let Some(held) = self.held.get(&request.app_id) {
-                // A full queue already holds a refresh for this account.
-                let _ = held.requests.try_send(request);
+            let queue = self
+                .held
+                .get(&request.app_id)
+                .and_then(|held| held.requests.get(&request.kind));
+            if let Some(queue) = queue {
+                // A full queue already holds a refresh for this credential.
+                let _ = queue.try_send(request);
             }
         }
         if let Err(e) = store.delete_requests(&handled).await {
@@ -253,27 +272,24 @@ impl Coordinator {
     }
 }
 
-/// Reduces a batch of requests to what matters: per account, the report of
-/// the highest generation and at most one manual request. Requests for
-/// ticket kinds are dropped (tickets are not refreshed by this version).
+/// Reduces a batch of requests to what matters: per account and kind, the
+/// report of the highest generation and at most one manual request.
+/// Requests for kinds an account does not keep are dropped.
 fn summarize(requests: Vec<RefreshRequest>) -> Vec<RefreshRequest> {
-    let mut reported: HashMap<AccountId, RefreshRequest> = HashMap::new();
-    let mut manual: HashMap<AccountId, RefreshRequest> = HashMap::new();
+    type Key = (AccountId, CredentialKind);
+    let mut reported: HashMap<Key, RefreshRequest> = HashMap::new();
+    let mut manual: HashMap<Key, RefreshRequest> = HashMap::new();
     for request in requests {
-        if request.kind != CredentialKind::AccessToken {
-            continue;
-        }
+        let key = (request.app_id.clone(), request.kind);
         match request.reason {
             RefreshReason::ReportedInvalid => {
-                let entry = reported
-                    .entry(request.app_id.clone())
-                    .or_insert(request.clone());
+                let entry = reported.entry(key).or_insert(request.clone());
                 if request.generation > entry.generation {
                     *entry = request;
                 }
             }
             _ => {
-                manual.entry(request.app_id.clone()).or_insert(request);
+                manual.entry(key).or_insert(request);
             }
         }
     }

@@ -73,7 +73,11 @@ impl Daemon {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");
             }
-            let accounts = settings.accounts.iter().map(|a| a.id.clone()).collect();
+            let accounts = settings
+                .accounts
+                .iter()
+                .map(|a| (a.id.clone(), a.kinds().collect()))
+                .collect();
             tokio::spawn(admin::serve(
                 listener,
                 store.clone(),

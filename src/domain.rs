@@ -8,7 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// The configured id of an account: the appid for Official Accounts and Mini
-/// Programs. It is what business services query by (`app_id` in MongoDB).
+/// Programs, `corpid/agentid` for WeCom apps. It is what business services
+/// query by (`app_id` in MongoDB).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct AccountId(String);
@@ -20,6 +21,12 @@ impl AccountId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id WeChat's JS-SDK calls `appId`: the appid, or for a WeCom id
+    /// `corpid/agentid` the corpid.
+    pub fn js_app_id(&self) -> &str {
+        self.0.split_once('/').map_or(&self.0, |(corp, _)| corp)
     }
 }
 
@@ -43,6 +50,8 @@ pub enum Platform {
     OfficialAccount,
     /// 小程序
     MiniProgram,
+    /// 企业微信 (WeCom): one token per corpid and app secret.
+    Wecom,
 }
 
 /// A kind of credential. Each kind has its own MongoDB collection and keeps
@@ -51,12 +60,22 @@ pub enum Platform {
 #[serde(rename_all = "snake_case")]
 pub enum CredentialKind {
     AccessToken,
+    /// JS-SDK ticket (Official Accounts: `ticket/getticket?type=jsapi`;
+    /// WeCom: the corporation's `get_jsapi_ticket`).
     JsapiTicket,
+    /// WeChat Card ticket (`ticket/getticket?type=wx_card`).
     WxCardTicket,
+    /// WeCom app ticket for `wx.agentConfig` (`ticket/get?type=agent_config`).
+    AgentConfigTicket,
 }
 
 impl CredentialKind {
-    pub const ALL: [CredentialKind; 3] = [Self::AccessToken, Self::JsapiTicket, Self::WxCardTicket];
+    pub const ALL: [CredentialKind; 4] = [
+        Self::AccessToken,
+        Self::JsapiTicket,
+        Self::WxCardTicket,
+        Self::AgentConfigTicket,
+    ];
 
     /// The collection holding this kind's history.
     pub fn collection(self) -> &'static str {
@@ -64,6 +83,7 @@ impl CredentialKind {
             Self::AccessToken => "access_tokens",
             Self::JsapiTicket => "jsapi_tickets",
             Self::WxCardTicket => "wx_card_tickets",
+            Self::AgentConfigTicket => "agent_config_tickets",
         }
     }
 
@@ -71,7 +91,7 @@ impl CredentialKind {
     pub fn value_field(self) -> &'static str {
         match self {
             Self::AccessToken => "access_token",
-            Self::JsapiTicket | Self::WxCardTicket => "ticket",
+            Self::JsapiTicket | Self::WxCardTicket | Self::AgentConfigTicket => "ticket",
         }
     }
 
@@ -80,7 +100,16 @@ impl CredentialKind {
             Self::AccessToken => "access_token",
             Self::JsapiTicket => "jsapi_ticket",
             Self::WxCardTicket => "wx_card_ticket",
+            Self::AgentConfigTicket => "agent_config_ticket",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn is_ticket(self) -> bool {
+        self != Self::AccessToken
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`coordinator`]: leases: which replica refreshes which account.
 //! - [`daemon`]: wires the parts together and owns shutdown.
 //! - [`reader`]: what Rust business code uses to read the newest valid token.
+//! - [`jssdk`]: JS-SDK signatures for pages inside WeChat.
 //! - [`status`]: the per-account overview behind `wxtokend status`.
 //! - [`admin`]: the admin HTTP server: health, readiness, metrics.
 //! - [`metrics`]: Prometheus metrics.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod coordinator;
 pub mod daemon;
 pub mod domain;
+pub mod jssdk;
 pub mod metrics;
 pub mod reader;
 pub mod refresh;

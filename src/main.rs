@@ -66,6 +66,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the JS-SDK `wx.config` parameters for a page URL as JSON:
+    /// {appId, timestamp, nonceStr, signature}, signed with the newest valid
+    /// jsapi_ticket of ACCOUNT (exit 5 if there is none).
+    Sign {
+        /// The account id as configured.
+        account: String,
+        /// The full URL of the page (a #fragment is ignored).
+        url: String,
+        /// The ticket to sign with: jsapi_ticket, or agent-config-ticket for
+        /// WeCom's wx.agentConfig.
+        #[arg(long, value_enum, default_value_t = Kind::JsapiTicket)]
+        kind: Kind,
+    },
     /// Ask the daemon to refresh ACCOUNT now (rate-limited by
     /// refresh.forced_min_interval). Needs no WeChat secret.
     Refresh {
@@ -95,6 +108,7 @@ enum Kind {
     AccessToken,
     JsapiTicket,
     WxCardTicket,
+    AgentConfigTicket,
 }
 
 impl From<Kind> for CredentialKind {
@@ -103,6 +117,7 @@ impl From<Kind> for CredentialKind {
             Kind::AccessToken => CredentialKind::AccessToken,
             Kind::JsapiTicket => CredentialKind::JsapiTicket,
             Kind::WxCardTicket => CredentialKind::WxCardTicket,
+            Kind::AgentConfigTicket => CredentialKind::AgentConfigTicket,
         }
     }
 }
@@ -111,6 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let scope = match cli.command {
         Command::Get { .. }
+        | Command::Sign { .. }
         | Command::Refresh { .. }
         | Command::Status { .. }
         | Command::Health { .. } => Scope::StoreOnly,
@@ -135,6 +151,9 @@ fn main() -> ExitCode {
                 kind,
                 json,
             } => get(settings, AccountId::new(account), kind.into(), json).await,
+            Command::Sign { account, url, kind } => {
+                sign(settings, AccountId::new(account), &url, kind.into()).await
+            }
             Command::Refresh { account } => refresh(settings, AccountId::new(account)).await,
             Command::Status { json } => status(settings, json).await,
             Command::Check => check(settings).await,
@@ -203,6 +222,26 @@ fn credential_json(c: &Credential) -> serde_json::Value {
         "reason": c.reason,
         "fetched_by": c.fetched_by,
     })
+}
+
+async fn sign(settings: Settings, account: AccountId, url: &str, kind: CredentialKind) -> u8 {
+    let store = match daemon::connect_store(&settings).await {
+        Ok(store) => store,
+        Err(e) => return report(&e.to_string(), exit::MONGODB),
+    };
+    match Reader::new(store).signature_with(kind, &account, url).await {
+        Ok(config) => match serde_json::to_string(&config) {
+            Ok(text) => {
+                println!("{text}");
+                exit::OK
+            }
+            Err(e) => report(&e.to_string(), exit::FAILURE),
+        },
+        Err(e @ (ReadError::NotFound { .. } | ReadError::Expired { .. })) => {
+            report(&e.to_string(), exit::NO_VALID_CREDENTIAL)
+        }
+        Err(e) => report(&e.to_string(), exit::MONGODB),
+    }
 }
 
 async fn refresh(settings: Settings, account: AccountId) -> u8 {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use secrecy::SecretString;
 
 use crate::domain::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
+use crate::jssdk::{self, JsSdkConfig};
 use crate::store::{ConnectOptions, Store, StoreError};
 
 /// WeChat keeps a replaced token valid for about five minutes. A cached token
@@ -151,6 +152,40 @@ impl Reader {
             )
             .await?;
         Ok(())
+    }
+
+    /// The `wx.config` parameters for a page at `url` (its `#fragment` is
+    /// ignored), signed with the newest valid `jsapi_ticket`. For WeCom's
+    /// `wx.agentConfig`, use [`Reader::signature_with`] and
+    /// [`CredentialKind::AgentConfigTicket`].
+    pub async fn signature(
+        &self,
+        account: &AccountId,
+        url: &str,
+    ) -> Result<JsSdkConfig, ReadError> {
+        self.signature_with(CredentialKind::JsapiTicket, account, url)
+            .await
+    }
+
+    /// Like [`Reader::signature`] with a chosen ticket kind.
+    pub async fn signature_with(
+        &self,
+        ticket: CredentialKind,
+        account: &AccountId,
+        url: &str,
+    ) -> Result<JsSdkConfig, ReadError> {
+        let ticket = self.latest_of(ticket, account).await?;
+        let timestamp = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let nonce_str = jssdk::nonce();
+        Ok(JsSdkConfig {
+            app_id: account.js_app_id().to_owned(),
+            signature: jssdk::sign(ticket.secret(), &nonce_str, timestamp, url),
+            timestamp,
+            nonce_str,
+        })
     }
 
     /// Tells "never stored" from "stored but expired" (the daemon stopped).

@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Account, RefreshSettings};
 use crate::domain::{
-    next_quota_reset, CredentialKind, FetchedCredential, Generation, RefreshReason,
+    next_quota_reset, Credential, CredentialKind, FetchedCredential, Generation, RefreshReason,
 };
 use crate::metrics::Metrics;
 use crate::store::lease::{Grant, Permit, PermitRules};
 use crate::store::requests::RefreshRequest;
 use crate::store::{Inserted, NewFetch, Store, StoreError};
-use crate::wechat::{ErrorClass, FetchError, WechatClient};
+use crate::wechat::{ErrorClass, FetchError, WechatClient, STABLE_TOKEN_FORCED_PER_DAY};
 
 /// Exponential backoff with jitter: the n-th delay is drawn between half and
 /// all of `min(initial * 2^n, max)`, so retries of many accounts spread out.
@@ -89,11 +89,14 @@ struct Held {
     lifetime: Duration,
 }
 
-/// A fetched token waiting to be written to MongoDB.
+/// A fetched credential waiting to be written to MongoDB.
 #[derive(Debug)]
 struct Pending {
     fetched: FetchedCredential,
     reason: RefreshReason,
+    /// The generation held when it was fetched (stable_token and WeCom
+    /// may answer with the same credential again).
+    previous: Option<Generation>,
 }
 
 /// What a problem was, to log a repeated one once rather than every retry.
@@ -104,7 +107,8 @@ enum Problem {
     Store,
 }
 
-/// Keeps one account's access token fresh while this replica holds its lease.
+/// Keeps one credential of one account fresh while this replica holds the
+/// account's lease.
 pub struct Refresher {
     account: Account,
     kind: CredentialKind,
@@ -128,6 +132,7 @@ pub struct Refresher {
 impl Refresher {
     pub fn new(
         account: Account,
+        kind: CredentialKind,
         ctx: Arc<Context>,
         lease: watch::Receiver<Grant>,
         requests: mpsc::Receiver<RefreshRequest>,
@@ -135,7 +140,7 @@ impl Refresher {
         let backoff = Backoff::new(ctx.refresh.retry_initial, ctx.refresh.retry_max);
         Self {
             account,
-            kind: CredentialKind::AccessToken,
+            kind,
             ctx,
             lease,
             requests,
@@ -167,7 +172,7 @@ impl Refresher {
             }
         }
         if self.pending.is_some() && !self.fenced {
-            tracing::info!(account = %self.account.id, "stopping: storing the fetched token first");
+            tracing::info!(account = %self.account.id, kind = %self.kind, "stopping: storing the fetched credential first");
             self.store_pending().await;
         }
     }
@@ -205,7 +210,7 @@ impl Refresher {
             RefreshReason::ReportedInvalid => {
                 let newest = self.held.and_then(|h| h.generation);
                 if request.generation.is_some() && request.generation == newest {
-                    tracing::info!(%account, generation = ?request.generation, "newest access_token reported invalid; refreshing");
+                    tracing::info!(%account, kind = %self.kind, generation = ?request.generation, "newest {} reported invalid; refreshing", self.kind);
                     self.forced = Some(RefreshReason::ReportedInvalid);
                 } else {
                     tracing::debug!(%account, reported = ?request.generation, ?newest, "ignoring a report about an older or unknown generation");
@@ -230,7 +235,7 @@ impl Refresher {
     async fn load_stored(&mut self) -> Duration {
         let stored = match self.ctx.store.newest(self.kind, &self.account.id).await {
             Ok(stored) => stored,
-            Err(e) => return self.store_failed(&e, "cannot read the stored access_token"),
+            Err(e) => return self.store_failed(&e, "cannot read the stored credential"),
         };
         if let Some(newest) = &stored {
             let floor = self
@@ -239,7 +244,7 @@ impl Refresher {
                 .raise_generation_floor(&self.account.id, self.kind, newest.generation)
                 .await;
             if let Err(e) = floor {
-                return self.store_failed(&e, "cannot read the stored access_token");
+                return self.store_failed(&e, "cannot read the stored credential");
             }
         }
         self.loaded = true;
@@ -261,14 +266,16 @@ impl Refresher {
                 });
                 tracing::info!(
                     account = %self.account.id,
+                    kind = %self.kind,
                     generation = %c.generation,
                     time_left_s = c.time_left(now).as_secs(),
-                    "reusing the stored access_token"
+                    "reusing the stored {}", self.kind
                 );
             }
             None => tracing::info!(
                 account = %self.account.id,
-                "no valid access_token stored; fetching one"
+                kind = %self.kind,
+                "no valid {} stored; fetching one", self.kind
             ),
         }
         Duration::ZERO
@@ -284,14 +291,39 @@ impl Refresher {
         }
     }
 
-    /// Asks MongoDB for a permit, then calls WeChat.
+    /// Asks MongoDB for a permit, then calls WeChat. A ticket needs a valid
+    /// access token first.
     async fn fetch(&mut self) -> Duration {
         let reason = self.reason();
+        let access_token = if self.kind.is_ticket() {
+            let now = SystemTime::now();
+            let token = self
+                .ctx
+                .store
+                .newest_valid(CredentialKind::AccessToken, &self.account.id, now)
+                .await;
+            match token {
+                Ok(Some(token)) => Some(token),
+                Ok(None) => {
+                    tracing::debug!(account = %self.account.id, kind = %self.kind, "waiting for a valid access_token");
+                    return self.ctx.refresh.request_poll_interval;
+                }
+                Err(e) => {
+                    return self.store_failed(&e, "cannot read the access_token for a ticket")
+                }
+            }
+        } else {
+            None
+        };
         let term = self.lease.borrow().term;
         let rules = PermitRules {
             min_remaining: self.ctx.lease_duration / 2,
             daily_limit: self.ctx.refresh.daily_call_limit,
             forced_min_interval: self.forced.map(|_| self.ctx.refresh.forced_min_interval),
+            forced_daily_limit: self
+                .forced
+                .filter(|_| self.uses_stable_token())
+                .map(|_| STABLE_TOKEN_FORCED_PER_DAY),
         };
         let started = Instant::now();
         let permit = self
@@ -308,7 +340,7 @@ impl Refresher {
                 self.ctx
                     .metrics
                     .quota_calls_today(&self.account.id, calls_today);
-                self.call_wechat(reason, calls_today).await
+                self.call_wechat(reason, calls_today, access_token).await
             }
             Ok(Permit::NotHolder) => {
                 // Either the lease moved on (the coordinator will stop this
@@ -322,12 +354,27 @@ impl Refresher {
                 retry_in
             }
             Ok(Permit::QuotaSpent { calls_today }) => self.quota_spent(calls_today, None),
+            Ok(Permit::ForcedSpent) => {
+                tracing::warn!(
+                    account = %self.account.id,
+                    %reason,
+                    limit = STABLE_TOKEN_FORCED_PER_DAY,
+                    "forced refresh dropped: today's stable_token force_refresh calls are spent"
+                );
+                self.forced = None;
+                Duration::ZERO
+            }
             Err(e) => self.store_failed(&e, "cannot get a permit to call WeChat"),
         }
     }
 
     /// No fetch until WeChat's quota day ends; `cause` is WeChat's 45009
     /// answer when it came from WeChat rather than our own ceiling.
+    fn uses_stable_token(&self) -> bool {
+        self.kind == CredentialKind::AccessToken
+            && self.account.endpoint == crate::config::TokenEndpoint::StableToken
+    }
+
     fn quota_spent(&mut self, calls_today: i64, cause: Option<&FetchError>) -> Duration {
         self.ctx
             .metrics
@@ -351,9 +398,26 @@ impl Refresher {
         wait
     }
 
-    async fn call_wechat(&mut self, reason: RefreshReason, calls_today: i64) -> Duration {
+    async fn call_wechat(
+        &mut self,
+        reason: RefreshReason,
+        calls_today: i64,
+        access_token: Option<Credential>,
+    ) -> Duration {
         let started = Instant::now();
-        let result = self.ctx.wechat.fetch_access_token(&self.account).await;
+        let wechat = &self.ctx.wechat;
+        let result = match &access_token {
+            None => {
+                // stable_token's force_refresh is only for a token reported invalid.
+                let force = reason == RefreshReason::ReportedInvalid;
+                wechat.fetch_access_token(&self.account, force).await
+            }
+            Some(token) => {
+                wechat
+                    .fetch_ticket(&self.account, self.kind, &token.value)
+                    .await
+            }
+        };
         let metrics = &self.ctx.metrics;
         metrics.upstream_call(&self.account.id, self.kind, started.elapsed());
         let outcome = result
@@ -364,19 +428,25 @@ impl Refresher {
             Ok(fetched) => {
                 tracing::debug!(
                     account = %self.account.id,
+                    kind = %self.kind,
                     expires_in_s = fetched.expires_in.as_secs(),
                     %reason,
                     calls_today,
-                    "fetched a new access_token"
+                    "fetched a {}", self.kind
                 );
                 self.fetch_not_before = None;
                 self.fetch_backoff.reset();
+                let previous = self.held.and_then(|h| h.generation);
                 self.held = Some(Held {
                     generation: None,
                     expires_at: fetched.expires_at(),
                     lifetime: fetched.expires_in,
                 });
-                self.pending = Some(Pending { fetched, reason });
+                self.pending = Some(Pending {
+                    fetched,
+                    reason,
+                    previous,
+                });
                 Duration::ZERO
             }
             Err(e) => {
@@ -386,6 +456,9 @@ impl Refresher {
                     })
                     .await;
                     return self.quota_spent(calls_today, Some(&e));
+                }
+                if let (ErrorClass::InvalidToken, Some(token)) = (e.class(), &access_token) {
+                    self.report_stale_access_token(token).await;
                 }
                 let wait = self.wait_after(&e);
                 self.fetch_not_before = Some(SystemTime::now() + wait);
@@ -397,6 +470,25 @@ impl Refresher {
                 .await;
                 wait
             }
+        }
+    }
+
+    /// WeChat refused the access token a ticket was fetched with: ask for
+    /// that token to be refreshed (once per generation, like any report).
+    async fn report_stale_access_token(&self, token: &Credential) {
+        let filed = self
+            .ctx
+            .store
+            .file_request(
+                &self.account.id,
+                CredentialKind::AccessToken,
+                RefreshReason::ReportedInvalid,
+                Some(token.generation),
+                &self.ctx.instance_id,
+            )
+            .await;
+        if let Err(e) = filed {
+            tracing::debug!(account = %self.account.id, error = %e, "cannot report the stale access_token");
         }
     }
 
@@ -436,16 +528,16 @@ impl Refresher {
         let retry_in_s = wait.as_secs();
         match class {
             ErrorClass::Transient | ErrorClass::InvalidToken => tracing::warn!(
-                %account, error = %error, attempt = self.fetch_backoff.attempts(), retry_in_s,
-                "access_token fetch failed; retrying"
+                %account, kind = %self.kind, error = %error, attempt = self.fetch_backoff.attempts(), retry_in_s,
+                "{} fetch failed; retrying", self.kind
             ),
             _ if repeated => tracing::debug!(
-                %account, error = %error, retry_in_s, "access_token fetch still failing"
+                %account, kind = %self.kind, error = %error, retry_in_s, "{} fetch still failing", self.kind
             ),
             ErrorClass::Permanent => tracing::error!(
-                %account, error = %error, retry_in_s,
-                "access_token fetch refused by WeChat: fix this account's configuration \
-                 (secret, appid, IP whitelist); the last good token is served while valid"
+                %account, kind = %self.kind, error = %error, retry_in_s,
+                "{} fetch refused by WeChat: fix this account's configuration \
+                 (secret, appid, IP whitelist); the last good one is served while valid", self.kind
             ),
             // Reported by quota_spent, which also stops fetching.
             ErrorClass::DailyQuota => {}
@@ -462,7 +554,8 @@ impl Refresher {
         if pending.fetched.expires_at() <= SystemTime::now() {
             tracing::warn!(
                 account = %self.account.id,
-                "the fetched access_token expired before MongoDB could store it; fetching again"
+                kind = %self.kind,
+                "the fetched {} expired before MongoDB could store it; fetching again", self.kind
             );
             self.held = None;
             return Duration::ZERO;
@@ -491,17 +584,19 @@ impl Refresher {
             Ok(Inserted::Fenced) => {
                 tracing::warn!(
                     account = %self.account.id,
-                    "lost the lease before storing the fetched access_token; discarding it"
+                    kind = %self.kind,
+                    "lost the lease before storing the fetched {}; discarding it", self.kind
                 );
                 self.fenced = true;
                 FENCED_IDLE
             }
             Err(e) => {
                 self.pending = Some(pending);
-                self.store_failed(
-                    &e,
-                    "cannot store the fetched access_token; keeping it in memory",
-                )
+                let what = format!(
+                    "cannot store the fetched {}; keeping it in memory",
+                    self.kind
+                );
+                self.store_failed(&e, &what)
             }
         }
     }
@@ -525,21 +620,26 @@ impl Refresher {
             pending.fetched.fetched_at,
             pending.fetched.expires_at(),
         );
+        if pending.previous == Some(generation) {
+            tracing::debug!(account = %self.account.id, kind = %self.kind, %generation, "WeChat answered with the current {} again", self.kind);
+            return;
+        }
         tracing::info!(
             account = %self.account.id,
+            kind = %self.kind,
             %generation,
             expires_in_s = pending.fetched.expires_in.as_secs(),
             reason = %pending.reason,
-            "stored a new access_token"
+            "stored a new {}", self.kind
         );
     }
 
     fn store_failed(&mut self, error: &StoreError, what: &str) -> Duration {
         let wait = self.store_backoff.next_delay();
         if self.last_problem.as_ref() == Some(&Problem::Store) {
-            tracing::debug!(account = %self.account.id, error = %error, retry_in_s = wait.as_secs(), "{what}");
+            tracing::debug!(account = %self.account.id, kind = %self.kind, error = %error, retry_in_s = wait.as_secs(), "{what}");
         } else {
-            tracing::warn!(account = %self.account.id, error = %error, retry_in_s = wait.as_secs(), "{what}");
+            tracing::warn!(account = %self.account.id, kind = %self.kind, error = %error, retry_in_s = wait.as_secs(), "{what}");
         }
         self.last_problem = Some(Problem::Store);
         wait

@@ -30,34 +30,39 @@ pub struct AccountStatus {
 }
 
 /// Every account that has a lease document (every account a daemon has
-/// worked on), sorted by id.
+/// worked on), sorted by id: a line for its access token and one for each
+/// ticket stored for it.
 pub async fn collect(store: &Store) -> Result<Vec<AccountStatus>, StoreError> {
     let server_now = store.server_time().await?;
     let now = SystemTime::now();
-    let kind = CredentialKind::AccessToken;
     let mut lines = Vec::new();
     for lease in store.lease_infos(&[]).await? {
-        let newest = store.newest(kind, &lease.app_id).await?;
-        let today = crate::domain::quota_day(server_now);
-        let counts_today = lease.quota_day.as_deref() == Some(today.as_str());
-        lines.push(AccountStatus {
-            account: lease.app_id.clone(),
-            kind,
-            generation: newest.as_ref().map(|c| c.generation.0),
-            age_s: newest.as_ref().map(|c| {
-                now.duration_since(c.fetched_at)
-                    .unwrap_or_default()
-                    .as_secs()
-            }),
-            time_left_s: newest.as_ref().map(|c| c.time_left(now).as_secs()),
-            lease_valid: !lease.holder.is_empty() && lease.expires_at > server_now,
-            lease_holder: (!lease.holder.is_empty()).then_some(lease.holder),
-            lease_term: lease.term.0,
-            calls_today: if counts_today { lease.quota_calls } else { 0 },
-            quota_exhausted: counts_today && lease.quota_exhausted,
-            quota_day: lease.quota_day,
-            last_error: lease.last_error,
-        });
+        for kind in CredentialKind::ALL {
+            let newest = store.newest(kind, &lease.app_id).await?;
+            if kind.is_ticket() && newest.is_none() {
+                continue;
+            }
+            let today = crate::domain::quota_day(server_now);
+            let counts_today = lease.quota_day.as_deref() == Some(today.as_str());
+            lines.push(AccountStatus {
+                account: lease.app_id.clone(),
+                kind,
+                generation: newest.as_ref().map(|c| c.generation.0),
+                age_s: newest.as_ref().map(|c| {
+                    now.duration_since(c.fetched_at)
+                        .unwrap_or_default()
+                        .as_secs()
+                }),
+                time_left_s: newest.as_ref().map(|c| c.time_left(now).as_secs()),
+                lease_valid: !lease.holder.is_empty() && lease.expires_at > server_now,
+                lease_holder: (!lease.holder.is_empty()).then(|| lease.holder.clone()),
+                lease_term: lease.term.0,
+                calls_today: if counts_today { lease.quota_calls } else { 0 },
+                quota_exhausted: counts_today && lease.quota_exhausted,
+                quota_day: lease.quota_day.clone(),
+                last_error: lease.last_error.clone(),
+            });
+        }
     }
     Ok(lines)
 }
@@ -67,8 +72,8 @@ pub fn render(lines: &[AccountStatus], daily_limit: i64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:>6} {:>9} {:>9}  {:<28} {:>11}  LAST ERROR",
-        "ACCOUNT", "GEN", "AGE", "LEFT", "LEASE HOLDER (TERM)", "CALLS TODAY"
+        "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11}  LAST ERROR",
+        "ACCOUNT", "KIND", "GEN", "AGE", "LEFT", "LEASE HOLDER (TERM)", "CALLS TODAY"
     );
     for l in lines {
         let holder = match (&l.lease_holder, l.lease_valid) {
@@ -83,8 +88,9 @@ pub fn render(lines: &[AccountStatus], daily_limit: i64) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:>6} {:>9} {:>9}  {:<28} {:>11}  {}",
+            "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11}  {}",
             l.account,
+            l.kind,
             l.generation.map_or("-".into(), |g| g.to_string()),
             l.age_s.map_or("-".into(), short_duration),
             l.time_left_s.map_or("-".into(), short_duration),

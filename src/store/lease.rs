@@ -31,6 +31,8 @@ pub mod field {
     pub const QUOTA_CALLS: &str = "quota_calls";
     /// Set when WeChat answered 45009 on `quota_day`.
     pub const QUOTA_EXHAUSTED: &str = "quota_exhausted";
+    /// Forced refreshes counted on `quota_day` (stable_token's force_refresh).
+    pub const QUOTA_FORCED_CALLS: &str = "quota_forced_calls";
     pub const LAST_FORCED_AT: &str = "last_forced_at";
     pub const LAST_ERROR: &str = "last_error";
     pub const LAST_ERROR_AT: &str = "last_error_at";
@@ -79,6 +81,8 @@ pub enum Permit {
     TooSoon {
         retry_in: Duration,
     },
+    /// Today's forced refreshes are spent (`forced_daily_limit`).
+    ForcedSpent,
 }
 
 /// What a permit asks for.
@@ -89,6 +93,8 @@ pub struct PermitRules {
     pub daily_limit: i64,
     /// For forced refreshes: the minimum time since the previous forced one.
     pub forced_min_interval: Option<Duration>,
+    /// For forced refreshes: how many are allowed per quota day.
+    pub forced_daily_limit: Option<i64>,
 }
 
 impl Store {
@@ -238,6 +244,17 @@ impl Store {
             set.insert(field::LAST_FORCED_AT, DateTime::from_system_time(now));
         }
         let mut update = doc! { "$inc": { field::QUOTA_CALLS: 1_i64 } };
+        if let Some(limit) = rules.forced_daily_limit {
+            // `$not $gte` also matches a lease written before the counter existed.
+            filter.insert(
+                field::QUOTA_FORCED_CALLS,
+                doc! { "$not": { "$gte": limit } },
+            );
+            update.insert(
+                "$inc",
+                doc! { field::QUOTA_CALLS: 1_i64, field::QUOTA_FORCED_CALLS: 1_i64 },
+            );
+        }
         if !set.is_empty() {
             update.insert("$set", set);
         }
@@ -270,6 +287,7 @@ impl Store {
                 doc! { "$set": {
                     field::QUOTA_DAY: today,
                     field::QUOTA_CALLS: 0_i64,
+                    field::QUOTA_FORCED_CALLS: 0_i64,
                     field::QUOTA_EXHAUSTED: false,
                 } },
             )
@@ -296,6 +314,12 @@ impl Store {
         let calls_today = info.quota_calls;
         if info.quota_exhausted || calls_today >= rules.daily_limit {
             return Ok(Permit::QuotaSpent { calls_today });
+        }
+        if rules
+            .forced_daily_limit
+            .is_some_and(|limit| int(&lease, field::QUOTA_FORCED_CALLS) >= limit)
+        {
+            return Ok(Permit::ForcedSpent);
         }
         if let (Some(interval), Ok(last)) = (
             rules.forced_min_interval,

@@ -14,7 +14,8 @@ pub const REFRESH_REQUESTS: &str = "refresh_requests";
 /// Field names of refresh request documents.
 pub mod field {
     pub const APP_ID: &str = "app_id";
-    /// `access_token`, `jsapi_ticket` or `wx_card_ticket` (default `access_token`).
+    /// `access_token`, `jsapi_ticket`, `wx_card_ticket` or `agent_config_ticket`
+    /// (default `access_token`).
     pub const KIND: &str = "kind";
     /// `reported_invalid` (with `generation`) or `manual`.
     pub const REASON: &str = "reason";

@@ -39,10 +39,14 @@ impl fmt::Display for ErrorClass {
 /// token when using one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
-    /// A call that issues a credential (`/cgi-bin/token`).
+    /// A call that issues an access token (`token`, `stable_token`).
     IssueToken,
     /// A call made with an access token (tickets, business APIs).
     UseToken,
+    /// WeCom's `gettoken`.
+    WecomIssueToken,
+    /// A WeCom call made with an access token.
+    WecomUseToken,
 }
 
 struct Entry {
@@ -95,10 +99,37 @@ const USE_TOKEN: &[Entry] = &[
     entry(42001, InvalidToken, "access_token expired"),
 ];
 
+/// WeCom's codes when issuing a token. Its 45009 is a frequency limit that
+/// lifts within the hour, not a daily quota.
+const WECOM_ISSUE_TOKEN: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45009, Transient, "API frequency limit"),
+    entry(40001, Permanent, "corpsecret is wrong"),
+    entry(40091, Permanent, "corpsecret is invalid"),
+    entry(40013, Permanent, "invalid corpid"),
+    entry(60020, Permanent, "caller IP is not trusted"),
+    entry(41002, Permanent, "corpid missing"),
+    entry(41004, Permanent, "corpsecret missing"),
+    entry(48002, Permanent, "API forbidden for this app"),
+];
+
+/// WeCom's codes for calls made with an access token.
+const WECOM_USE_TOKEN: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45009, Transient, "API frequency limit"),
+    entry(40014, InvalidToken, "access_token is not valid"),
+    entry(42001, InvalidToken, "access_token expired"),
+    entry(40001, InvalidToken, "access_token is invalid"),
+    entry(60020, Permanent, "caller IP is not trusted"),
+    entry(48002, Permanent, "API forbidden for this app"),
+];
+
 fn lookup(errcode: i64, call: Call) -> Option<&'static Entry> {
     let table = match call {
         Call::IssueToken => ISSUE_TOKEN,
         Call::UseToken => USE_TOKEN,
+        Call::WecomIssueToken => WECOM_ISSUE_TOKEN,
+        Call::WecomUseToken => WECOM_USE_TOKEN,
     };
     table.iter().find(|e| e.code == errcode)
 }
@@ -135,6 +166,13 @@ mod tests {
         for code in [40001, 40014, 42001] {
             assert_eq!(classify(code, Call::UseToken), InvalidToken, "{code}");
         }
+    }
+
+    #[test]
+    fn wecom_frequency_limit_is_not_a_daily_stop() {
+        assert_eq!(classify(45009, Call::WecomIssueToken), Transient);
+        assert_eq!(classify(60020, Call::WecomIssueToken), Permanent);
+        assert_eq!(classify(42001, Call::WecomUseToken), InvalidToken);
     }
 
     #[test]

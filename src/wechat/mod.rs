@@ -12,8 +12,8 @@ use reqwest::{redirect, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::config::{Account, WechatSettings};
-use crate::domain::FetchedCredential;
+use crate::config::{Account, TokenEndpoint, WechatSettings};
+use crate::domain::{CredentialKind, FetchedCredential, Platform};
 pub use errcode::{Call, ErrorClass};
 
 /// WeChat documents that tokens may be up to 512 characters; anything longer
@@ -23,6 +23,9 @@ pub const MAX_TOKEN_LEN: usize = 512;
 /// WeChat's credentials live 7200 s. A lifetime beyond one day is not
 /// plausible and would stop refreshing for that long, so it is rejected.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(86_400);
+
+/// WeChat allows about 20 `force_refresh` calls of `stable_token` a day.
+pub const STABLE_TOKEN_FORCED_PER_DAY: i64 = 20;
 
 /// Longest part of WeChat's `errmsg` kept in errors and logs.
 const MAX_ERRMSG_LEN: usize = 200;
@@ -101,12 +104,16 @@ pub fn parse_base_url(raw: &str, allow_http: bool) -> Result<Url, String> {
 pub struct WechatClient {
     http: reqwest::Client,
     base: Url,
+    wecom_base: Url,
     max_response_bytes: usize,
 }
 
+/// Every credential answer: `{access_token|ticket, expires_in}` or
+/// `{errcode, errmsg}` (WeCom and tickets send both, errcode 0 on success).
 #[derive(Deserialize)]
-struct TokenResponse {
+struct CredentialResponse {
     access_token: Option<String>,
+    ticket: Option<String>,
     expires_in: Option<i64>,
     errcode: Option<i64>,
     errmsg: Option<String>,
@@ -115,6 +122,7 @@ struct TokenResponse {
 impl WechatClient {
     pub fn new(settings: &WechatSettings) -> Result<Self, String> {
         let base = parse_base_url(&settings.base_url, settings.allow_http)?;
+        let wecom_base = parse_base_url(&settings.wecom_base_url, settings.allow_http)?;
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
@@ -127,40 +135,103 @@ impl WechatClient {
         Ok(Self {
             http,
             base,
+            wecom_base,
             max_response_bytes: settings.max_response_bytes,
         })
     }
 
-    /// `GET /cgi-bin/token?grant_type=client_credential&appid=…&secret=…`.
+    /// The account's access token, from its platform's endpoint:
+    /// `GET /cgi-bin/token`, `POST /cgi-bin/stable_token` (with
+    /// `force_refresh` when `force`), or WeCom's `GET /cgi-bin/gettoken`.
     #[tracing::instrument(name = "fetch_access_token", skip_all, fields(account = %account.id))]
     pub async fn fetch_access_token(
         &self,
         account: &Account,
+        force: bool,
     ) -> Result<FetchedCredential, FetchError> {
-        let mut url = self.endpoint("cgi-bin/token");
-        url.query_pairs_mut()
-            .append_pair("grant_type", "client_credential")
-            .append_pair("appid", account.id.as_str())
-            .append_pair("secret", account.secret.expose_secret());
-        let body = self.get(url).await?;
-        let fetched_at = SystemTime::now();
-        parse_token_response(&body, &account.secret).map(|(value, expires_in)| FetchedCredential {
-            value,
-            expires_in,
-            fetched_at,
-        })
+        let secret = account.secret.expose_secret();
+        let (body, call) = match (account.platform, account.endpoint) {
+            (Platform::Wecom, _) => {
+                let mut url = endpoint(&self.wecom_base, "cgi-bin/gettoken");
+                url.query_pairs_mut()
+                    .append_pair("corpid", account.corp_id())
+                    .append_pair("corpsecret", secret);
+                (self.get(url).await?, Call::WecomIssueToken)
+            }
+            (_, TokenEndpoint::StableToken) => {
+                let url = endpoint(&self.base, "cgi-bin/stable_token");
+                let request = serde_json::json!({
+                    "grant_type": "client_credential",
+                    "appid": account.id.as_str(),
+                    "secret": secret,
+                    "force_refresh": force,
+                });
+                let response = self.http.post(url).json(&request).send().await;
+                (self.read(response).await?, Call::IssueToken)
+            }
+            (_, TokenEndpoint::Token) => {
+                let mut url = endpoint(&self.base, "cgi-bin/token");
+                url.query_pairs_mut()
+                    .append_pair("grant_type", "client_credential")
+                    .append_pair("appid", account.id.as_str())
+                    .append_pair("secret", secret);
+                (self.get(url).await?, Call::IssueToken)
+            }
+        };
+        parse_credential(&body, CredentialKind::AccessToken, call, &account.secret)
     }
 
-    fn endpoint(&self, path: &str) -> Url {
-        let mut url = self.base.clone();
-        let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
-        url.set_path(&joined);
-        url
+    /// A ticket, fetched with a currently valid access token.
+    #[tracing::instrument(name = "fetch_ticket", skip_all, fields(account = %account.id, %kind))]
+    pub async fn fetch_ticket(
+        &self,
+        account: &Account,
+        kind: CredentialKind,
+        access_token: &SecretString,
+    ) -> Result<FetchedCredential, FetchError> {
+        let (mut url, ticket_type, call) = match (account.platform, kind) {
+            (Platform::Wecom, CredentialKind::JsapiTicket) => (
+                endpoint(&self.wecom_base, "cgi-bin/get_jsapi_ticket"),
+                None,
+                Call::WecomUseToken,
+            ),
+            (Platform::Wecom, _) => (
+                endpoint(&self.wecom_base, "cgi-bin/ticket/get"),
+                Some("agent_config"),
+                Call::WecomUseToken,
+            ),
+            (_, CredentialKind::WxCardTicket) => (
+                endpoint(&self.base, "cgi-bin/ticket/getticket"),
+                Some("wx_card"),
+                Call::UseToken,
+            ),
+            _ => (
+                endpoint(&self.base, "cgi-bin/ticket/getticket"),
+                Some("jsapi"),
+                Call::UseToken,
+            ),
+        };
+        url.query_pairs_mut()
+            .append_pair("access_token", access_token.expose_secret());
+        if let Some(ticket_type) = ticket_type {
+            url.query_pairs_mut().append_pair("type", ticket_type);
+        }
+        let body = self.get(url).await?;
+        parse_credential(&body, kind, call, access_token)
     }
 
     /// Sends a GET and reads at most `max_response_bytes` of the body.
     async fn get(&self, url: Url) -> Result<Vec<u8>, FetchError> {
-        let mut response = self.http.get(url).send().await.map_err(transport_error)?;
+        let response = self.http.get(url).send().await;
+        self.read(response).await
+    }
+
+    /// Checks the status and reads at most `max_response_bytes` of the body.
+    async fn read(
+        &self,
+        response: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<Vec<u8>, FetchError> {
+        let mut response = response.map_err(transport_error)?;
         if response.status() != StatusCode::OK {
             return Err(FetchError::HttpStatus(response.status().as_u16()));
         }
@@ -182,6 +253,13 @@ impl WechatClient {
     }
 }
 
+fn endpoint(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    url
+}
+
 /// Turns a reqwest error into one that cannot show the URL (and its secret).
 fn transport_error(error: reqwest::Error) -> FetchError {
     if error.is_timeout() {
@@ -198,24 +276,33 @@ fn transport_error(error: reqwest::Error) -> FetchError {
     FetchError::Transport(text)
 }
 
-/// Parses a token answer: `{"access_token","expires_in"}` or
-/// `{"errcode","errmsg"}` (WeCom sends both, with errcode 0 on success).
-fn parse_token_response(
+/// Parses a credential answer. `secret` (the AppSecret, or the access token
+/// a ticket was fetched with) is scrubbed from WeChat's `errmsg`.
+fn parse_credential(
     body: &[u8],
+    kind: CredentialKind,
+    call: Call,
     secret: &SecretString,
-) -> Result<(SecretString, Duration), FetchError> {
-    let parsed: TokenResponse = serde_json::from_slice(body)
+) -> Result<FetchedCredential, FetchError> {
+    let parsed: CredentialResponse = serde_json::from_slice(body)
         .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
     if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
-        return Err(api_error(errcode, parsed.errmsg, secret, Call::IssueToken));
+        return Err(api_error(errcode, parsed.errmsg, secret, call));
     }
-    let token = parsed
-        .access_token
-        .ok_or_else(|| FetchError::InvalidResponse("access_token is missing".into()))?;
+    let field = kind.value_field();
+    let value = match kind {
+        CredentialKind::AccessToken => parsed.access_token,
+        _ => parsed.ticket,
+    }
+    .ok_or_else(|| FetchError::InvalidResponse(format!("{field} is missing")))?;
     let expires_in = parsed
         .expires_in
         .ok_or_else(|| FetchError::InvalidResponse("expires_in is missing".into()))?;
-    Ok((check_token(token)?, check_expires_in(expires_in)?))
+    Ok(FetchedCredential {
+        value: check_value(field, value)?,
+        expires_in: check_expires_in(expires_in)?,
+        fetched_at: SystemTime::now(),
+    })
 }
 
 fn api_error(
@@ -237,22 +324,22 @@ fn api_error(
     }
 }
 
-fn check_token(token: String) -> Result<SecretString, FetchError> {
-    if token.is_empty() {
-        return Err(FetchError::InvalidResponse("access_token is empty".into()));
+fn check_value(field: &str, value: String) -> Result<SecretString, FetchError> {
+    if value.is_empty() {
+        return Err(FetchError::InvalidResponse(format!("{field} is empty")));
     }
-    if token.len() > MAX_TOKEN_LEN {
+    if value.len() > MAX_TOKEN_LEN {
         return Err(FetchError::InvalidResponse(format!(
-            "access_token is {} bytes, more than {MAX_TOKEN_LEN}",
-            token.len()
+            "{field} is {} bytes, more than {MAX_TOKEN_LEN}",
+            value.len()
         )));
     }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(FetchError::InvalidResponse(
-            "access_token holds characters WeChat never uses".into(),
-        ));
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FetchError::InvalidResponse(format!(
+            "{field} holds characters WeChat never uses"
+        )));
     }
-    Ok(SecretString::from(token))
+    Ok(SecretString::from(value))
 }
 
 fn check_expires_in(seconds: i64) -> Result<Duration, FetchError> {
@@ -270,7 +357,35 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<(SecretString, Duration), FetchError> {
-        parse_token_response(body.as_bytes(), &SecretString::from("the-secret"))
+        parse_credential(
+            body.as_bytes(),
+            CredentialKind::AccessToken,
+            Call::IssueToken,
+            &SecretString::from("the-secret"),
+        )
+        .map(|c| (c.value, c.expires_in))
+    }
+
+    #[test]
+    fn ticket_answer_parses_and_a_stale_token_is_invalid_token() {
+        let secret = SecretString::from("ACCESS");
+        let ok = parse_credential(
+            br#"{"errcode":0,"errmsg":"ok","ticket":"TICKET","expires_in":7200}"#,
+            CredentialKind::JsapiTicket,
+            Call::UseToken,
+            &secret,
+        )
+        .expect("ticket");
+        assert_eq!(ok.value.expose_secret(), "TICKET");
+        let stale = parse_credential(
+            br#"{"errcode":40001,"errmsg":"invalid credential ACCESS"}"#,
+            CredentialKind::JsapiTicket,
+            Call::UseToken,
+            &secret,
+        )
+        .expect_err("stale");
+        assert_eq!(stale.class(), ErrorClass::InvalidToken);
+        assert!(!stale.to_string().contains("ACCESS"));
     }
 
     #[test]

@@ -19,18 +19,51 @@ pub fn binary() -> &'static str {
 pub struct TestAccount {
     pub id: String,
     pub secret: String,
+    pub platform: &'static str,
+    pub endpoint: &'static str,
+    pub tickets: Vec<&'static str>,
 }
 
 impl TestAccount {
+    /// An Official Account using `/cgi-bin/token`.
     pub fn new(id: &str, secret: &str) -> Self {
         Self {
             id: id.into(),
             secret: secret.into(),
+            platform: "official_account",
+            endpoint: "token",
+            tickets: Vec::new(),
         }
     }
 
+    pub fn platform(mut self, platform: &'static str) -> Self {
+        self.platform = platform;
+        self
+    }
+
+    pub fn endpoint(mut self, endpoint: &'static str) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    pub fn tickets(mut self, tickets: &[&'static str]) -> Self {
+        self.tickets = tickets.to_vec();
+        self
+    }
+
     pub fn secret_env(&self) -> String {
-        format!("WXT_SECRET_{}", self.id.to_uppercase())
+        let id: String = self
+            .id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("WXT_SECRET_{id}")
     }
 }
 
@@ -95,6 +128,7 @@ server_selection_timeout = "1s"
 
 [wechat]
 base_url = "{wechat}"
+wecom_base_url = "{wechat}"
 allow_http = true
 request_timeout = "{request_timeout}"
 
@@ -134,10 +168,14 @@ level = "wxtokend=debug,info"
             log_format = self.log_format,
         );
         for a in &self.accounts {
+            let tickets: Vec<String> = a.tickets.iter().map(|t| format!("{t:?}")).collect();
             toml.push_str(&format!(
-                "\n[[accounts]]\nid = \"{}\"\nplatform = \"official_account\"\nsecret_env = \"{}\"\n",
+                "\n[[accounts]]\nid = \"{}\"\nplatform = \"{}\"\nendpoint = \"{}\"\nsecret_env = \"{}\"\ntickets = [{}]\n",
                 a.id,
-                a.secret_env()
+                a.platform,
+                a.endpoint,
+                a.secret_env(),
+                tickets.join(", ")
             ));
         }
         toml

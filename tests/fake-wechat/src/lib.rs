@@ -9,6 +9,15 @@
 //!   an HTTP status, a raw body, or a delay before answering.
 //! - `GET /cgi-bin/getcallbackip?access_token=…` is a business API: it says
 //!   whether a token is accepted right now (40001 if replaced, 42001 if expired).
+//! - `POST /cgi-bin/stable_token` returns the same token until its last
+//!   `stable_window`; `force_refresh` issues a new one (the old one keeps
+//!   working for `overlap`). Classic and stable tokens are independent.
+//! - `GET /cgi-bin/ticket/getticket?type=jsapi|wx_card`, WeCom's
+//!   `GET /cgi-bin/get_jsapi_ticket` and `GET /cgi-bin/ticket/get?type=agent_config`
+//!   issue tickets, only for an access token accepted right now.
+//! - WeCom's `GET /cgi-bin/gettoken?corpid=…&corpsecret=…` returns the same
+//!   token while it is valid; [`FakeWechat::invalidate_tokens`] kills tokens
+//!   early, as WeCom may.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,6 +44,12 @@ pub struct AppConfig {
     pub overlap: Duration,
     /// Successful token calls allowed before 45009.
     pub daily_quota: u32,
+    /// `expires_in` of issued tickets.
+    pub ticket_expires_in: Duration,
+    /// stable_token hands out a new token only in its last `stable_window`.
+    pub stable_window: Duration,
+    /// WeCom apps: the corpid (the app id is `corpid/agentid`).
+    pub corp_id: Option<String>,
 }
 
 impl AppConfig {
@@ -46,7 +61,29 @@ impl AppConfig {
             expires_in: Duration::from_secs(7200),
             overlap: Duration::from_secs(300),
             daily_quota: 2000,
+            ticket_expires_in: Duration::from_secs(7200),
+            stable_window: Duration::from_secs(300),
+            corp_id: None,
         }
+    }
+
+    /// A WeCom app: `id` is `corpid/agentid`, `secret` the app's secret.
+    pub fn wecom(id: &str, secret: &str) -> Self {
+        let corp = id.split_once('/').map_or(id, |(corp, _)| corp).to_string();
+        Self {
+            corp_id: Some(corp),
+            ..Self::new(id, secret)
+        }
+    }
+
+    pub fn ticket_expires_in(mut self, expires_in: Duration) -> Self {
+        self.ticket_expires_in = expires_in;
+        self
+    }
+
+    pub fn stable_window(mut self, window: Duration) -> Self {
+        self.stable_window = window;
+        self
     }
 
     pub fn expires_in(mut self, expires_in: Duration) -> Self {
@@ -100,6 +137,17 @@ struct App {
     issued: Vec<Issued>,
     faults: VecDeque<Fault>,
     sticky: Option<Fault>,
+    stable_calls: u32,
+    forced_stable_calls: u32,
+    stable_issued: Vec<Issued>,
+    /// (ticket type, ticket)
+    tickets: Vec<(String, Issued)>,
+}
+
+impl App {
+    fn all_tokens(&self) -> impl Iterator<Item = &Issued> {
+        self.issued.iter().chain(self.stable_issued.iter())
+    }
 }
 
 #[derive(Default)]
@@ -140,6 +188,11 @@ impl FakeWechat {
         let world = Shared::default();
         let app = Router::new()
             .route("/cgi-bin/token", get(token))
+            .route("/cgi-bin/stable_token", axum::routing::post(stable_token))
+            .route("/cgi-bin/gettoken", get(wecom_token))
+            .route("/cgi-bin/ticket/getticket", get(ticket))
+            .route("/cgi-bin/get_jsapi_ticket", get(wecom_jsapi_ticket))
+            .route("/cgi-bin/ticket/get", get(ticket))
             .route("/cgi-bin/getcallbackip", get(callback_ip))
             .with_state(world.clone());
         let server = tokio::spawn(async move {
@@ -167,6 +220,10 @@ impl FakeWechat {
                 issued: Vec::new(),
                 faults: VecDeque::new(),
                 sticky: None,
+                stable_calls: 0,
+                forced_stable_calls: 0,
+                stable_issued: Vec::new(),
+                tickets: Vec::new(),
             },
         );
     }
@@ -207,14 +264,48 @@ impl FakeWechat {
         })
     }
 
-    /// Whether WeChat would accept `token` right now.
+    /// Whether WeChat would accept `token` (access token or ticket) right now.
     pub fn is_accepted(&self, token: &str) -> bool {
         let now = Instant::now();
-        lock(&self.world)
-            .apps
-            .values()
-            .flat_map(|app| app.issued.iter())
-            .any(|i| i.token == token && i.accepted_at(now))
+        lock(&self.world).apps.values().any(|app| {
+            app.all_tokens()
+                .chain(app.tickets.iter().map(|(_, t)| t))
+                .any(|i| i.token == token && i.accepted_at(now))
+        })
+    }
+
+    /// `stable_token` calls for `appid`, and how many of them forced a refresh.
+    pub fn stable_calls(&self, appid: &str) -> (u32, u32) {
+        self.with_app(appid, |app| (app.stable_calls, app.forced_stable_calls))
+    }
+
+    /// Tickets issued for `appid` of `ticket_type` (`jsapi`, `wx_card`,
+    /// `agent_config`; WeCom's corporation ticket is `jsapi`), oldest first.
+    pub fn issued_tickets(&self, appid: &str, ticket_type: &str) -> Vec<String> {
+        self.with_app(appid, |app| {
+            app.tickets
+                .iter()
+                .filter(|(t, _)| t == ticket_type)
+                .map(|(_, i)| i.token.clone())
+                .collect()
+        })
+    }
+
+    /// Every access token issued for `appid` (classic and stable), oldest first per kind.
+    pub fn all_issued_tokens(&self, appid: &str) -> Vec<String> {
+        self.with_app(appid, |app| {
+            app.all_tokens().map(|i| i.token.clone()).collect()
+        })
+    }
+
+    /// Makes every access token of `appid` invalid now, as WeCom may do.
+    pub fn invalidate_tokens(&self, appid: &str) {
+        let now = Instant::now();
+        self.with_app(appid, |app| {
+            for token in app.issued.iter_mut().chain(app.stable_issued.iter_mut()) {
+                token.replaced_until = Some(now);
+            }
+        });
     }
 
     /// Starts a new day: the quota is available again.
@@ -301,7 +392,7 @@ fn issue(world: &Shared, q: TokenQuery) -> Response {
     for old in app.issued.iter_mut().filter(|i| i.replaced_until.is_none()) {
         old.replaced_until = Some(overlap_end);
     }
-    let token = Alphanumeric.sample_string(&mut rand::rng(), 136);
+    let token = new_token();
     app.issued.push(Issued {
         token: token.clone(),
         expires_at: now + app.config.expires_in,
@@ -309,6 +400,176 @@ fn issue(world: &Shared, q: TokenQuery) -> Response {
     });
     Json(json!({ "access_token": token, "expires_in": app.config.expires_in.as_secs() }))
         .into_response()
+}
+
+fn new_token() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 136)
+}
+
+fn token_json(token: &str, expires_in: Duration) -> Response {
+    Json(json!({ "access_token": token, "expires_in": expires_in.as_secs() })).into_response()
+}
+
+#[derive(Deserialize)]
+struct StableRequest {
+    grant_type: Option<String>,
+    appid: Option<String>,
+    secret: Option<String>,
+    #[serde(default)]
+    force_refresh: bool,
+}
+
+async fn stable_token(State(world): State<Shared>, Json(r): Json<StableRequest>) -> Response {
+    if r.grant_type.as_deref() != Some("client_credential") {
+        return errcode(40002, "invalid grant_type");
+    }
+    let mut world = lock(&world);
+    let Some(app) = r.appid.as_deref().and_then(|id| world.apps.get_mut(id)) else {
+        return errcode(40013, "invalid appid");
+    };
+    app.stable_calls += 1;
+    if r.secret.as_deref() != Some(app.config.secret.as_str()) {
+        return errcode(40001, "invalid credential");
+    }
+    let now = Instant::now();
+    let current = app
+        .stable_issued
+        .iter()
+        .rev()
+        .find(|i| i.replaced_until.is_none() && now < i.expires_at);
+    if let Some(current) = current {
+        let left = current.expires_at - now;
+        if !r.force_refresh && left > app.config.stable_window {
+            return token_json(&current.token, left);
+        }
+    }
+    if r.force_refresh {
+        app.forced_stable_calls += 1;
+        let overlap_end = now + app.config.overlap;
+        for old in app
+            .stable_issued
+            .iter_mut()
+            .filter(|i| i.replaced_until.is_none())
+        {
+            old.replaced_until = Some(overlap_end);
+        }
+    }
+    let token = new_token();
+    app.stable_issued.push(Issued {
+        token: token.clone(),
+        expires_at: now + app.config.expires_in,
+        replaced_until: None,
+    });
+    token_json(&token, app.config.expires_in)
+}
+
+#[derive(Deserialize)]
+struct WecomTokenQuery {
+    corpid: Option<String>,
+    corpsecret: Option<String>,
+}
+
+async fn wecom_token(State(world): State<Shared>, Query(q): Query<WecomTokenQuery>) -> Response {
+    let Some(corpid) = q.corpid.filter(|s| !s.is_empty()) else {
+        return errcode(41002, "corpid missing");
+    };
+    let Some(secret) = q.corpsecret.filter(|s| !s.is_empty()) else {
+        return errcode(41004, "corpsecret missing");
+    };
+    let mut world = lock(&world);
+    if !world
+        .apps
+        .values()
+        .any(|a| a.config.corp_id.as_deref() == Some(corpid.as_str()))
+    {
+        return errcode(40013, "invalid corpid");
+    }
+    let Some(app) = world.apps.values_mut().find(|a| {
+        a.config.corp_id.as_deref() == Some(corpid.as_str()) && a.config.secret == secret
+    }) else {
+        return errcode(40001, "invalid secret");
+    };
+    app.token_calls += 1;
+    let now = Instant::now();
+    // WeCom: the same token while it is valid.
+    if let Some(current) = app.issued.iter().rev().find(|i| i.accepted_at(now)) {
+        let left = current.expires_at - now;
+        let body = json!({ "errcode": 0, "errmsg": "ok", "access_token": current.token, "expires_in": left.as_secs() });
+        return Json(body).into_response();
+    }
+    let token = new_token();
+    app.issued.push(Issued {
+        token: token.clone(),
+        expires_at: now + app.config.expires_in,
+        replaced_until: None,
+    });
+    let body = json!({ "errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": app.config.expires_in.as_secs() });
+    Json(body).into_response()
+}
+
+#[derive(Deserialize)]
+struct TicketQuery {
+    access_token: Option<String>,
+    #[serde(rename = "type")]
+    ticket_type: Option<String>,
+}
+
+async fn ticket(State(world): State<Shared>, Query(q): Query<TicketQuery>) -> Response {
+    let ticket_type = q.ticket_type.unwrap_or_default();
+    issue_ticket(&world, q.access_token, &ticket_type)
+}
+
+async fn wecom_jsapi_ticket(State(world): State<Shared>, Query(q): Query<UseQuery>) -> Response {
+    issue_ticket(&world, q.access_token, "jsapi")
+}
+
+fn issue_ticket(world: &Shared, access_token: Option<String>, ticket_type: &str) -> Response {
+    if !matches!(ticket_type, "jsapi" | "wx_card" | "agent_config") {
+        return errcode(40097, "invalid args");
+    }
+    let Some(access_token) = access_token else {
+        return errcode(41001, "access_token missing");
+    };
+    let mut world = lock(world);
+    let now = Instant::now();
+    let Some(app) = world
+        .apps
+        .values_mut()
+        .find(|app| app.all_tokens().any(|i| i.token == access_token))
+    else {
+        return errcode(
+            40001,
+            "invalid credential, access_token is invalid or not latest",
+        );
+    };
+    let token = app
+        .all_tokens()
+        .find(|i| i.token == access_token)
+        .map(|i| (i.accepted_at(now), now >= i.expires_at));
+    match token {
+        Some((true, _)) => {}
+        Some((false, true)) => return errcode(42001, "access_token expired"),
+        _ => {
+            return errcode(
+                40001,
+                "invalid credential, access_token is invalid or not latest",
+            )
+        }
+    }
+    let ticket = Alphanumeric.sample_string(&mut rand::rng(), 86);
+    app.tickets.push((
+        ticket_type.to_string(),
+        Issued {
+            token: ticket.clone(),
+            expires_at: now + app.config.ticket_expires_in,
+            replaced_until: None,
+        },
+    ));
+    let body = json!({
+        "errcode": 0, "errmsg": "ok", "ticket": ticket,
+        "expires_in": app.config.ticket_expires_in.as_secs(),
+    });
+    Json(body).into_response()
 }
 
 #[derive(Deserialize)]
@@ -325,7 +586,7 @@ async fn callback_ip(State(world): State<Shared>, Query(q): Query<UseQuery>) -> 
     let found = world
         .apps
         .values()
-        .flat_map(|app| app.issued.iter())
+        .flat_map(|app| app.all_tokens())
         .find(|i| i.token == token);
     match found {
         Some(i) if i.accepted_at(now) => Json(json!({ "ip_list": ["127.0.0.1"] })).into_response(),
