@@ -54,13 +54,17 @@ margin = "10s"
 id = "$ACCOUNT"
 platform = "official_account"
 secret_env = "WXTOKEND_SANDBOX_SECRET"
+tickets = ["jsapi"]
 TOML
 
 cat >&2 <<MSG
 
 sandbox: MongoDB at $uri, fake WeChat at $wechat_url
-sandbox: tokens live 30 s and are refreshed 10 s before expiry. Read the newest with:
+sandbox: tokens live 30 s and are refreshed 10 s before expiry. From another terminal:
   target/debug/wxtokend --config $dir/wxtokend.toml get $ACCOUNT --json
+  target/debug/wxtokend --config $dir/wxtokend.toml status
+  target/debug/wxtokend --config $dir/wxtokend.toml sign $ACCOUNT 'https://example.com/page'
+  curl -s 127.0.0.1:9464/metrics
 
 MSG
 WXTOKEND_SANDBOX_SECRET=$secret target/debug/wxtokend --config "$dir/wxtokend.toml" run
