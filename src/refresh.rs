@@ -336,7 +336,6 @@ impl Refresher {
             .mongodb("permit", started.elapsed(), permit.is_ok());
         match permit {
             Ok(Permit::Granted { calls_today }) => {
-                self.forced = None;
                 self.ctx
                     .metrics
                     .quota_calls_today(&self.account.id, calls_today);
@@ -436,6 +435,8 @@ impl Refresher {
                 );
                 self.fetch_not_before = None;
                 self.fetch_backoff.reset();
+                // A forced refresh stays wanted until a fetch succeeds.
+                self.forced = None;
                 let previous = self.held.and_then(|h| h.generation);
                 self.held = Some(Held {
                     generation: None,

@@ -159,6 +159,20 @@ impl PrivateMongo {
         }
     }
 
+    /// Sends a signal to the server process itself (`KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("server.pid")).expect("server.pid");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.trim())
+            .status()
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -{signal} of the test MongoDB failed"
+        );
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.served = Some(serve(self.dir.path(), self.port));

@@ -116,6 +116,8 @@ pub enum Fault {
     /// Issue the token at once (rotating the previous one), but answer only
     /// after this long: a response stuck in the network.
     AnswerLate(Duration),
+    /// Start a 200 answer, then drop the connection in the middle of the body.
+    Reset,
 }
 
 struct Issued {
@@ -333,6 +335,14 @@ fn fault_response(fault: Fault) -> Option<Response> {
             Some((status, "<html><body>error</body></html>").into_response())
         }
         Fault::Body(body) => Some(body.into_response()),
+        Fault::Reset => {
+            let chunks: Vec<Result<&'static str, std::io::Error>> = vec![
+                Ok(r#"{"access_token":"cut-he"#),
+                Err(std::io::Error::other("connection reset by the fake")),
+            ];
+            let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+            Some(body.into_response())
+        }
         Fault::Delay(_) | Fault::AnswerLate(_) => None,
     }
 }
