@@ -828,4 +828,53 @@ mod tests {
             ]
         );
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `PROPTEST_CASES` raises the count for a longer, still bounded run.
+        fn cases(default: u32) -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default)
+        }
+
+        fn try_load(toml: &str) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, toml).expect("write");
+            let overrides = Environment::with_prefix(ENV_PREFIX).source(Some(HashMap::new()));
+            let env = MapEnv(HashMap::from([("S".to_string(), "secret".to_string())]));
+            let _ = Settings::load_with(Some(&path), overrides, &env, Scope::Daemon);
+        }
+
+        /// Lines made of real keys, sections and odd values.
+        fn config_text() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                Just("[refresh]".to_string()),
+                Just("[mongodb]".to_string()),
+                Just("[[accounts]]".to_string()),
+                Just("[lease]".to_string()),
+                Just("id = \"wx1\"".to_string()),
+                Just("platform = \"wecom\"".to_string()),
+                Just("secret_env = \"S\"".to_string()),
+                Just("tickets = [\"jsapi\", \"agent_config\"]".to_string()),
+                "(margin|duration|renew_interval|uri|database|daily_call_limit|history_retention) = \"[ -~]{0,12}\"",
+                "(margin|duration|daily_call_limit) = -?[0-9]{1,20}",
+                "[ -~]{0,40}",
+            ];
+            proptest::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases(500)))]
+
+            #[test]
+            fn arbitrary_config_files_never_panic(text in config_text()) {
+                try_load(&text);
+            }
+        }
+    }
 }

@@ -446,4 +446,77 @@ mod tests {
         assert!(parse_base_url("https://x/?a=b", false).is_err());
         assert!(parse_base_url("ftp://x", true).is_err());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `PROPTEST_CASES` raises the count for a longer, still bounded run.
+        fn cases(default: u32) -> u32 {
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(default)
+        }
+
+        fn parse_any(body: &[u8]) -> Result<FetchedCredential, FetchError> {
+            parse_credential(
+                body,
+                CredentialKind::AccessToken,
+                Call::IssueToken,
+                &SecretString::from("s3cret"),
+            )
+        }
+
+        /// JSON-ish answers: the right keys with values of any type.
+        fn answer() -> impl Strategy<Value = String> {
+            let value = prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|n| format!("{n:?}")),
+                "[ -~]{0,600}".prop_map(|s| serde_json::Value::String(s).to_string()),
+                Just("null".to_string()),
+                Just("{}".to_string()),
+                Just("[]".to_string()),
+            ];
+            let key = prop_oneof![
+                Just("access_token"),
+                Just("expires_in"),
+                Just("errcode"),
+                Just("errmsg"),
+                Just("ticket"),
+                Just("x"),
+            ];
+            proptest::collection::vec((key, value), 0..6).prop_map(|pairs| {
+                let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(cases(2000)))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = parse_any(&body);
+            }
+
+            #[test]
+            fn accepted_answers_respect_wechats_rules(body in answer()) {
+                if let Ok(credential) = parse_any(body.as_bytes()) {
+                    let value = credential.value.expose_secret();
+                    prop_assert!(!value.is_empty() && value.len() <= MAX_TOKEN_LEN);
+                    prop_assert!(value.bytes().all(|b| b.is_ascii_graphic()));
+                    prop_assert!(credential.expires_in >= Duration::from_secs(1));
+                    prop_assert!(credential.expires_in <= MAX_EXPIRES_IN);
+                }
+            }
+
+            #[test]
+            fn errors_never_echo_the_secret(msg in "[ -~]{0,100}") {
+                let body = serde_json::json!({"errcode": 40001, "errmsg": format!("{msg}s3cret{msg}")});
+                let err = parse_any(body.to_string().as_bytes()).expect_err("errcode");
+                prop_assert!(!err.to_string().contains("s3cret"));
+            }
+        }
+    }
 }

@@ -86,6 +86,8 @@ pub struct TestConfig {
     pub daily_call_limit: u32,
     /// `json` (parsed by the helpers) or `human`.
     pub log_format: &'static str,
+    /// Log everything at debug, dependencies included (for the secrets audit).
+    pub log_level_debug: bool,
 }
 
 impl TestConfig {
@@ -111,6 +113,7 @@ impl TestConfig {
             forced_min_interval: "1s",
             daily_call_limit: 1800,
             log_format: "json",
+            log_level_debug: false,
         }
     }
 
@@ -150,7 +153,7 @@ listen = "127.0.0.1:0"
 
 [log]
 format = "{log_format}"
-level = "wxtokend=debug,info"
+level = "{log_level}"
 "#,
             instance = self.instance_id,
             uri = self.mongodb_uri,
@@ -166,6 +169,11 @@ level = "wxtokend=debug,info"
             lease = self.lease_duration,
             renew = self.lease_renew_interval,
             log_format = self.log_format,
+            log_level = if self.log_level_debug {
+                "trace"
+            } else {
+                "wxtokend=debug,info"
+            },
         );
         for a in &self.accounts {
             let tickets: Vec<String> = a.tickets.iter().map(|t| format!("{t:?}")).collect();
@@ -223,6 +231,19 @@ impl TestDaemon {
             lines,
             _dir: dir,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process, in KiB (Linux).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     /// Every stderr line so far.
