@@ -63,6 +63,7 @@ pub struct WechatSettings {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
+    pub max_concurrent_calls: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +421,11 @@ impl RawSettings {
             !self.wechat.request_timeout.is_zero(),
             "wechat.request_timeout",
             "must be more than zero, for example \"10s\"",
+        );
+        p.check(
+            self.wechat.max_concurrent_calls >= 1,
+            "wechat.max_concurrent_calls",
+            "must be at least 1",
         );
         p.check(
             self.wechat.max_response_bytes >= 1024,

@@ -102,35 +102,67 @@ impl Coordinator {
 
     async fn renew_all(&mut self) {
         let ids: Vec<AccountId> = self.held.keys().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let renewed = self
+            .ctx
+            .store
+            .renew_all(&ids, &self.ctx.instance_id, self.lease.duration)
+            .await;
+        let (still, local_deadline) = match renewed {
+            Ok(renewed) => renewed,
+            Err(e) => {
+                // Keep refreshing what can be: writes stay fenced by term.
+                tracing::warn!(error = %e, "cannot renew leases");
+                return;
+            }
+        };
+        let still: std::collections::HashSet<AccountId> = still.into_iter().collect();
         for id in ids {
             let Some(held) = self.held.get(&id) else {
                 continue;
             };
-            let renewed = self
-                .ctx
-                .store
-                .renew(&id, &self.ctx.instance_id, held.term, self.lease.duration)
-                .await;
-            match renewed {
-                Ok(Some(grant)) => {
-                    let _ = held.grant.send(grant);
-                }
-                Ok(None) => {
-                    tracing::warn!(account = %id, term = held.term.0, "lease taken over by another replica; stopping here");
-                    self.stop(&id).await;
-                }
-                Err(e) => {
-                    // Keep refreshing what can be: writes stay fenced by term.
-                    tracing::warn!(error = %e, "cannot renew leases");
-                    return;
-                }
+            if still.contains(&id) {
+                let _ = held.grant.send(Grant {
+                    term: held.term,
+                    local_deadline,
+                });
+            } else {
+                tracing::warn!(account = %id, term = held.term.0, "lease taken over by another replica; stopping here");
+                self.stop(&id).await;
             }
         }
     }
 
     async fn acquire_up_to(&mut self, share: usize) -> Result<(), crate::store::StoreError> {
         let store = self.ctx.store.clone();
-        let ids: Vec<AccountId> = self.accounts.iter().map(|a| a.id.clone()).collect();
+        let ids: Vec<AccountId> = self
+            .accounts
+            .iter()
+            .filter(|a| !self.held.contains_key(&a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        if self.held.len() >= share {
+            // At our share: only orphans (leases left expired) concern us,
+            // and that query returns nothing when all is well.
+            let now = store.server_time().await?;
+            let orphans = store
+                .expired_leases(&ids, now - self.lease.renew_interval)
+                .await?;
+            for id in orphans {
+                let Some(account) = self.accounts.iter().find(|a| a.id == id).cloned() else {
+                    continue;
+                };
+                if let Some(grant) = store
+                    .try_acquire(&id, &self.ctx.instance_id, self.lease.duration)
+                    .await?
+                {
+                    self.start(account, grant);
+                }
+            }
+            return Ok(());
+        }
         let infos: HashMap<AccountId, _> = store
             .lease_infos(&ids)
             .await?
@@ -243,9 +275,8 @@ impl Coordinator {
         if self.held.is_empty() {
             return;
         }
-        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
         let store = &self.ctx.store;
-        let requests = match store.open_requests(&ids, REQUESTS_PER_POLL).await {
+        let requests = match store.open_requests(REQUESTS_PER_POLL).await {
             Ok(requests) => requests,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read refresh requests");
@@ -255,6 +286,11 @@ impl Coordinator {
         if requests.is_empty() {
             return;
         }
+        // Requests for accounts other replicas hold stay for them.
+        let requests: Vec<RefreshRequest> = requests
+            .into_iter()
+            .filter(|r| self.held.contains_key(&r.app_id))
+            .collect();
         let handled: Vec<_> = requests.iter().map(|r| r.id).collect();
         for request in summarize(requests) {
             let queue = self

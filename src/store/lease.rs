@@ -154,27 +154,71 @@ impl Store {
         }
     }
 
-    /// Extends a lease this replica holds. `None`: it was taken over.
-    pub async fn renew(
+    /// Extends every lease `holder` holds among `ids`, in one write, and
+    /// returns the ids it still holds (the others were taken over). While a
+    /// lease keeps its holder its term cannot change, so the holder alone
+    /// identifies it.
+    pub async fn renew_all(
         &self,
-        app_id: &AccountId,
+        ids: &[AccountId],
         holder: &str,
-        term: Term,
         duration: Duration,
-    ) -> Result<Option<Grant>, StoreError> {
+    ) -> Result<(Vec<AccountId>, Instant), StoreError> {
+        use futures_util::TryStreamExt;
         let started = Instant::now();
         let now = self.server_time().await?;
+        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        let filter = doc! { field::ID: { "$in": &ids }, field::HOLDER: holder };
         let result = self
             .leases()
-            .update_one(
-                held_filter(app_id, holder, term),
+            .update_many(
+                filter.clone(),
                 doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now + duration) } },
             )
             .await?;
-        Ok((result.matched_count == 1).then_some(Grant {
-            term,
-            local_deadline: started + duration,
-        }))
+        if result.matched_count as usize == ids.len() {
+            return Ok((
+                ids.into_iter().map(AccountId::new).collect(),
+                started + duration,
+            ));
+        }
+        let still: Vec<Document> = self
+            .leases()
+            .find(filter)
+            .projection(doc! { field::ID: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let still = still
+            .iter()
+            .filter_map(|d| d.get_str(field::ID).ok().map(AccountId::new))
+            .collect();
+        Ok((still, started + duration))
+    }
+
+    /// Leases of `ids` that expired before `before` (server clock): the
+    /// accounts nobody refreshes.
+    pub async fn expired_leases(
+        &self,
+        ids: &[AccountId],
+        before: SystemTime,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        use futures_util::TryStreamExt;
+        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        let docs: Vec<Document> = self
+            .leases()
+            .find(doc! {
+                field::ID: { "$in": ids },
+                field::EXPIRES_AT: { "$lte": DateTime::from_system_time(before) },
+            })
+            .projection(doc! { field::ID: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| d.get_str(field::ID).ok().map(AccountId::new))
+            .collect())
     }
 
     /// Gives a lease up at once, so another replica can take it.

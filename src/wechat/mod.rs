@@ -106,6 +106,9 @@ pub struct WechatClient {
     base: Url,
     wecom_base: Url,
     max_response_bytes: usize,
+    /// Bounds calls in flight (`wechat.max_concurrent_calls`), so thousands
+    /// of accounts falling due together do not storm WeChat.
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Every credential answer: `{access_token|ticket, expires_in}` or
@@ -137,6 +140,9 @@ impl WechatClient {
             base,
             wecom_base,
             max_response_bytes: settings.max_response_bytes,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_calls,
+            )),
         })
     }
 
@@ -166,6 +172,7 @@ impl WechatClient {
                     "secret": secret,
                     "force_refresh": force,
                 });
+                let _slot = self.slot().await;
                 let response = self.http.post(url).json(&request).send().await;
                 (self.read(response).await?, Call::IssueToken)
             }
@@ -222,8 +229,15 @@ impl WechatClient {
 
     /// Sends a GET and reads at most `max_response_bytes` of the body.
     async fn get(&self, url: Url) -> Result<Vec<u8>, FetchError> {
+        let _slot = self.slot().await;
         let response = self.http.get(url).send().await;
         self.read(response).await
+    }
+
+    /// Waits for a free slot among `wechat.max_concurrent_calls`.
+    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed, so this is always Some.
+        self.in_flight.acquire().await.ok()
     }
 
     /// Checks the status and reads at most `max_response_bytes` of the body.
