@@ -839,14 +839,6 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// `PROPTEST_CASES` raises the count for a longer, still bounded run.
-        fn cases(default: u32) -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(default)
-        }
-
         fn try_load(toml: &str) {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("c.toml");
@@ -875,7 +867,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases(500)))]
+            #![proptest_config(ProptestConfig::with_cases(crate::test_cases(500)))]
 
             #[test]
             fn arbitrary_config_files_never_panic(text in config_text()) {

@@ -36,6 +36,12 @@ impl fmt::Display for AccountId {
     }
 }
 
+impl std::borrow::Borrow<str> for AccountId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<&str> for AccountId {
     fn from(id: &str) -> Self {
         Self::new(id)
@@ -92,6 +98,16 @@ impl CredentialKind {
         match self {
             Self::AccessToken => "access_token",
             Self::JsapiTicket | Self::WxCardTicket | Self::AgentConfigTicket => "ticket",
+        }
+    }
+
+    /// Position in [`CredentialKind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Self::AccessToken => 0,
+            Self::JsapiTicket => 1,
+            Self::WxCardTicket => 2,
+            Self::AgentConfigTicket => 3,
         }
     }
 

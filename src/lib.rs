@@ -31,3 +31,13 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod wechat;
+
+/// Property-test case count: `default`, or `PROPTEST_CASES` for a longer,
+/// still bounded run.
+#[cfg(test)]
+pub(crate) fn test_cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}

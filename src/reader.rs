@@ -21,7 +21,7 @@
 //! `find({app_id, expires_at: {$gt: now}}).sort({generation: -1}).limit(1)`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
@@ -66,10 +66,18 @@ pub struct Reader {
     cache: Option<Cache>,
 }
 
+/// Per account, one slot per credential kind: a hit looks up by `&str` and
+/// clones an `Arc`, so it allocates nothing.
 #[derive(Debug)]
 struct Cache {
     max_age: Duration,
-    entries: Mutex<HashMap<(AccountId, CredentialKind), (Instant, Credential)>>,
+    entries: RwLock<HashMap<AccountId, [Option<Cached>; 4]>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    stored_at: Instant,
+    credential: Arc<Credential>,
 }
 
 impl Reader {
@@ -90,13 +98,13 @@ impl Reader {
     pub fn with_cache(mut self, max_age: Duration) -> Reader {
         self.cache = Some(Cache {
             max_age: max_age.min(MAX_CACHE_AGE),
-            entries: Mutex::new(HashMap::new()),
+            entries: RwLock::new(HashMap::new()),
         });
         self
     }
 
     /// The newest valid access token of `account`.
-    pub async fn latest(&self, account: &AccountId) -> Result<Credential, ReadError> {
+    pub async fn latest(&self, account: &AccountId) -> Result<Arc<Credential>, ReadError> {
         self.latest_of(CredentialKind::AccessToken, account).await
     }
 
@@ -105,17 +113,24 @@ impl Reader {
         &self,
         kind: CredentialKind,
         account: &AccountId,
-    ) -> Result<Credential, ReadError> {
+    ) -> Result<Arc<Credential>, ReadError> {
         let now = SystemTime::now();
         if let Some(hit) = self.cached(kind, account, now) {
             return Ok(hit);
         }
         let found = match self.store.newest_valid(kind, account, now).await? {
-            Some(credential) => credential,
+            Some(credential) => Arc::new(credential),
             None => return Err(self.explain_missing(kind, account).await),
         };
         if let Some(cache) = &self.cache {
-            lock(&cache.entries).insert((account.clone(), kind), (Instant::now(), found.clone()));
+            let mut entries = cache
+                .entries
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            entries.entry(account.clone()).or_default()[kind.index()] = Some(Cached {
+                stored_at: Instant::now(),
+                credential: found.clone(),
+            });
         }
         Ok(found)
     }
@@ -125,12 +140,12 @@ impl Reader {
         kind: CredentialKind,
         account: &AccountId,
         now: SystemTime,
-    ) -> Option<Credential> {
+    ) -> Option<Arc<Credential>> {
         let cache = self.cache.as_ref()?;
-        let entries = lock(&cache.entries);
-        let (stored_at, credential) = entries.get(&(account.clone(), kind))?;
-        (stored_at.elapsed() < cache.max_age && credential.is_valid_at(now))
-            .then(|| credential.clone())
+        let entries = cache.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let hit = entries.get(account.as_str())?[kind.index()].as_ref()?;
+        (hit.stored_at.elapsed() < cache.max_age && hit.credential.is_valid_at(now))
+            .then(|| hit.credential.clone())
     }
 
     /// Tells the daemon that WeChat rejected `credential` when it was used
@@ -140,7 +155,13 @@ impl Reader {
     /// cached copy is dropped, so the next [`Reader::latest`] reads MongoDB.
     pub async fn report_invalid(&self, credential: &Credential) -> Result<(), ReadError> {
         if let Some(cache) = &self.cache {
-            lock(&cache.entries).remove(&(credential.app_id.clone(), credential.kind));
+            let mut entries = cache
+                .entries
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(slots) = entries.get_mut(credential.app_id.as_str()) {
+                slots[credential.kind.index()] = None;
+            }
         }
         self.store
             .file_request(
@@ -204,11 +225,4 @@ impl Reader {
             Err(e) => ReadError::Store(e),
         }
     }
-}
-
-/// The cache holds plain data; a panic elsewhere cannot leave it inconsistent.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

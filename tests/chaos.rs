@@ -8,14 +8,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use fake_wechat::{AppConfig, FakeWechat, Fault};
-use mongodb::bson::{doc, Document};
-use secrecy::SecretString;
+use mongodb::bson::Document;
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
-use support::mongo::{unique_db, PrivateMongo, TestDb};
+use support::mongo::{tokens_at, unique_db, PrivateMongo, TestDb};
 use wxtokend::domain::{AccountId, CredentialKind, RefreshReason};
 use wxtokend::reader::Reader;
-use wxtokend::store::{ConnectOptions, Store};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -116,13 +114,7 @@ async fn every_upstream_fault_keeps_the_good_token_and_recovers() {
     config.permanent_error_retry = "1s";
     let daemon = TestDaemon::spawn(&config);
     let addr = daemon.admin_addr().await;
-    let store = Store::connect(
-        &SecretString::from(db.uri.clone()),
-        &db.name,
-        ConnectOptions::default(),
-    )
-    .await
-    .expect("store");
+    let store = db.store().await;
     let reader = Reader::connect(&db.uri, &db.name).await.expect("reader");
     let id = AccountId::new(&account.id);
     eventually(WAIT, "generation 1", || async {
@@ -206,21 +198,6 @@ async fn every_upstream_fault_keeps_the_good_token_and_recovers() {
     daemon.assert_logs_free_of(&secrets);
 }
 
-async fn tokens(uri: &str, db: &str) -> Option<Vec<Document>> {
-    use futures_util::TryStreamExt;
-    let client = mongodb::Client::with_uri_str(uri).await.ok()?;
-    client
-        .database(db)
-        .collection::<Document>("access_tokens")
-        .find(doc! {})
-        .sort(doc! { "generation": 1 })
-        .await
-        .ok()?
-        .try_collect()
-        .await
-        .ok()
-}
-
 /// The stored history is sound: generations strictly increase, no token is
 /// stored twice, and every stored token is one WeChat issued.
 fn assert_sound(docs: &[Document], issued: &[String]) {
@@ -264,7 +241,7 @@ async fn mongodb_killed_or_frozen_mid_run_loses_nothing() {
     config.lease_renew_interval = "1s";
     let daemon = TestDaemon::spawn(&config);
     eventually(WAIT, "generation 1", || async {
-        tokens(&mongo.uri(), &db).await.filter(|d| !d.is_empty())
+        tokens_at(&mongo.uri(), &db).await.filter(|d| !d.is_empty())
     })
     .await;
 
@@ -273,9 +250,11 @@ async fn mongodb_killed_or_frozen_mid_run_loses_nothing() {
         mongo.signal("KILL");
         tokio::time::sleep(Duration::from_millis(1500)).await;
         mongo.restart();
-        let before = tokens(&mongo.uri(), &db).await.map_or(0, |d| d.len());
+        let before = tokens_at(&mongo.uri(), &db).await.map_or(0, |d| d.len());
         eventually(WAIT, "a new generation after the restart", || async {
-            tokens(&mongo.uri(), &db).await.filter(|d| d.len() > before)
+            tokens_at(&mongo.uri(), &db)
+                .await
+                .filter(|d| d.len() > before)
         })
         .await;
     }
@@ -283,9 +262,11 @@ async fn mongodb_killed_or_frozen_mid_run_loses_nothing() {
     mongo.signal("STOP");
     tokio::time::sleep(Duration::from_secs(3)).await;
     mongo.signal("CONT");
-    let before = tokens(&mongo.uri(), &db).await.map_or(0, |d| d.len());
+    let before = tokens_at(&mongo.uri(), &db).await.map_or(0, |d| d.len());
     let docs = eventually(WAIT, "refreshing after the freeze", || async {
-        tokens(&mongo.uri(), &db).await.filter(|d| d.len() > before)
+        tokens_at(&mongo.uri(), &db)
+            .await
+            .filter(|d| d.len() > before)
     })
     .await;
     let issued = fake.issued_tokens(&account.id);

@@ -5,10 +5,8 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use support::daemon::{binary, TestAccount, TestConfig};
 use support::mongo::TestDb;
-use wxtokend::store::{ConnectOptions, Store};
 
 fn account() -> TestAccount {
     TestAccount::new("wx0000000000000cli", "cli-secret-value-0123")
@@ -151,13 +149,7 @@ fn a_missing_config_file_is_a_config_error() {
 #[tokio::test]
 async fn get_prints_the_newest_valid_token_and_needs_no_secret() {
     let db = TestDb::new("cli_get").await;
-    let store = Store::connect(
-        &SecretString::from(db.uri.clone()),
-        &db.name,
-        ConnectOptions::default(),
-    )
-    .await
-    .expect("store");
+    let store = db.store().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(&db);
     // No secret in the environment: `get` runs on business hosts.

@@ -7,25 +7,11 @@ mod support;
 use std::time::Duration;
 
 use fake_wechat::{AppConfig, FakeWechat, Fault};
-use mongodb::bson::{doc, Document};
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
-use support::mongo::{unique_db, PrivateMongo};
+use support::mongo::{tokens_at, unique_db, PrivateMongo};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn stored_tokens(uri: &str, db: &str) -> Option<Vec<Document>> {
-    use futures_util::TryStreamExt;
-    let client = mongodb::Client::with_uri_str(uri).await.ok()?;
-    let cursor = client
-        .database(db)
-        .collection::<Document>("access_tokens")
-        .find(doc! {})
-        .sort(doc! { "generation": 1 })
-        .await
-        .ok()?;
-    cursor.try_collect().await.ok()
-}
 
 #[tokio::test]
 async fn token_fetched_as_mongodb_dies_is_stored_when_it_returns() {
@@ -48,9 +34,7 @@ async fn token_fetched_as_mongodb_dies_is_stored_when_it_returns() {
     config.request_timeout = "10s";
     let daemon = TestDaemon::spawn(&config);
     eventually(WAIT, "generation 1", || async {
-        stored_tokens(&mongo.uri(), &db)
-            .await
-            .filter(|d| d.len() == 1)
+        tokens_at(&mongo.uri(), &db).await.filter(|d| d.len() == 1)
     })
     .await;
 
@@ -81,9 +65,7 @@ async fn token_fetched_as_mongodb_dies_is_stored_when_it_returns() {
 
     mongo.restart();
     let docs = eventually(WAIT, "generation 2 after MongoDB is back", || async {
-        stored_tokens(&mongo.uri(), &db)
-            .await
-            .filter(|d| d.len() == 2)
+        tokens_at(&mongo.uri(), &db).await.filter(|d| d.len() == 2)
     })
     .await;
     let issued = fake.issued_tokens(&account.id);
@@ -114,9 +96,7 @@ async fn no_wechat_call_while_mongodb_is_down() {
     config.margin = "2s";
     let daemon = TestDaemon::spawn(&config);
     eventually(WAIT, "generation 1", || async {
-        stored_tokens(&mongo.uri(), &db)
-            .await
-            .filter(|d| d.len() == 1)
+        tokens_at(&mongo.uri(), &db).await.filter(|d| d.len() == 1)
     })
     .await;
     mongo.stop();
@@ -129,9 +109,7 @@ async fn no_wechat_call_while_mongodb_is_down() {
     assert_eq!(fake.token_calls(&account.id), 1);
     mongo.restart();
     let docs = eventually(WAIT, "generation 2 once MongoDB is back", || async {
-        stored_tokens(&mongo.uri(), &db)
-            .await
-            .filter(|d| d.len() == 2)
+        tokens_at(&mongo.uri(), &db).await.filter(|d| d.len() == 2)
     })
     .await;
     assert_eq!(docs[1].get_i64("generation"), Ok(2));
@@ -161,9 +139,7 @@ async fn daemon_started_while_mongodb_is_down_waits_instead_of_fetching_blindly(
 
     mongo.restart();
     let docs = eventually(WAIT, "generation 1 once MongoDB is up", || async {
-        stored_tokens(&mongo.uri(), &db)
-            .await
-            .filter(|d| d.len() == 1)
+        tokens_at(&mongo.uri(), &db).await.filter(|d| d.len() == 1)
     })
     .await;
     assert_eq!(docs[0].get_str("reason"), Ok("startup"));

@@ -5,21 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use secrecy::SecretString;
 use support::mongo::TestDb;
 use wxtokend::domain::AccountId;
 use wxtokend::store::lease::{Permit, PermitRules};
-use wxtokend::store::{ConnectOptions, Store};
+use wxtokend::store::Store;
 
 async fn store(test: &str) -> Store {
-    let db = TestDb::new(test).await;
-    Store::connect(
-        &SecretString::from(db.uri.clone()),
-        &db.name,
-        ConnectOptions::default(),
-    )
-    .await
-    .expect("store")
+    TestDb::new(test).await.store().await
 }
 
 const NORMAL: PermitRules = PermitRules {

@@ -4,20 +4,13 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use secrecy::SecretString;
 use support::mongo::TestDb;
 use wxtokend::domain::Generation;
 use wxtokend::reader::{ReadError, Reader};
-use wxtokend::store::{ConnectOptions, Store};
+use wxtokend::store::Store;
 
 async fn store(db: &TestDb) -> Store {
-    let store = Store::connect(
-        &SecretString::from(db.uri.clone()),
-        &db.name,
-        ConnectOptions::default(),
-    )
-    .await
-    .expect("store");
+    let store = db.store().await;
     store
         .ensure_indexes(Duration::from_secs(86_400))
         .await

@@ -20,6 +20,10 @@ use document::{field, NewCredential};
 
 /// Name of the unique index that also serves the business query.
 pub const GENERATION_INDEX: &str = "app_id_1_generation_-1";
+/// Name of the index on the currently valid documents of an account. The
+/// business query's `expires_at` bound can use it to touch only the one to
+/// three valid documents, however long the history.
+pub const VALID_INDEX: &str = "app_id_1_expires_at_-1";
 /// Name of the TTL index that bounds history.
 pub const RETENTION_INDEX: &str = "expires_at_ttl";
 
@@ -175,6 +179,15 @@ impl Store {
             )
             .build();
         collection.create_index(generation).await?;
+        let valid = IndexModel::builder()
+            .keys(doc! { field::APP_ID: 1, field::EXPIRES_AT: -1 })
+            .options(
+                IndexOptions::builder()
+                    .name(VALID_INDEX.to_string())
+                    .build(),
+            )
+            .build();
+        collection.create_index(valid).await?;
         let ttl = IndexModel::builder()
             .keys(doc! { field::EXPIRES_AT: 1 })
             .options(

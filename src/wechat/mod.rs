@@ -465,14 +465,6 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// `PROPTEST_CASES` raises the count for a longer, still bounded run.
-        fn cases(default: u32) -> u32 {
-            std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(default)
-        }
-
         fn parse_any(body: &[u8]) -> Result<FetchedCredential, FetchError> {
             parse_credential(
                 body,
@@ -507,7 +499,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(cases(2000)))]
+            #![proptest_config(ProptestConfig::with_cases(crate::test_cases(2000)))]
 
             #[test]
             fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2048)) {

@@ -108,6 +108,17 @@ impl TestDb {
         self.client.database(&self.name)
     }
 
+    /// The daemon's own store on this database.
+    pub async fn store(&self) -> wxtokend::store::Store {
+        wxtokend::store::Store::connect(
+            &secrecy::SecretString::from(self.uri.clone()),
+            &self.name,
+            wxtokend::store::ConnectOptions::default(),
+        )
+        .await
+        .expect("store")
+    }
+
     /// All documents of a collection, oldest generation first.
     pub async fn docs(&self, collection: &str) -> Vec<Document> {
         use futures_util::TryStreamExt;
@@ -121,6 +132,23 @@ impl TestDb {
             .await
             .expect("collect")
     }
+}
+
+/// The access tokens stored in `db` on the server at `uri`, oldest first;
+/// `None` while that server does not answer (it may be stopped on purpose).
+pub async fn tokens_at(uri: &str, db: &str) -> Option<Vec<Document>> {
+    use futures_util::TryStreamExt;
+    let client = Client::with_uri_str(uri).await.ok()?;
+    client
+        .database(db)
+        .collection::<Document>("access_tokens")
+        .find(mongodb::bson::doc! {})
+        .sort(mongodb::bson::doc! { "generation": 1 })
+        .await
+        .ok()?
+        .try_collect()
+        .await
+        .ok()
 }
 
 /// A server of this test's own, which it can stop and start again on the

@@ -1,0 +1,438 @@
+//! Benchmarks for BENCHMARKS.md. Run with `scripts/bench.sh [SECTION...]`
+//! (sections: reader, cached, footprint, scale; default: all). Needs
+//! MONGODB_URI (bench.sh starts the test server) and a release build of the
+//! daemon (bench.sh builds it).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use fake_wechat::{AppConfig, FakeWechat};
+use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
+use mongodb::Client;
+use secrecy::SecretString;
+use wxtokend::domain::{AccountId, CredentialKind};
+use wxtokend::reader::Reader;
+use wxtokend::store::{ConnectOptions, Store};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn fresh_store(uri: &str, db: &str) -> Result<Store> {
+    Client::with_uri_str(uri).await?.database(db).drop().await?;
+    let store = Store::connect(
+        &SecretString::from(uri.to_owned()),
+        db,
+        ConnectOptions::default(),
+    )
+    .await?;
+    store
+        .ensure_indexes(Duration::from_secs(7 * 86_400))
+        .await?;
+    Ok(store)
+}
+
+/// `count` documents shaped like the daemon's for `account`; the newest is
+/// valid, the others expired one second apart (all within the retention).
+fn history(account: &str, count: usize) -> Vec<Document> {
+    let now = SystemTime::now();
+    (1..=count)
+        .map(|g| {
+            let age = Duration::from_secs((count - g) as u64 + if g == count { 0 } else { 7200 });
+            let fetched = now - age;
+            doc! {
+                "app_id": account,
+                "access_token": format!("{account}-token-{g:08}-{}", "x".repeat(100)),
+                "expires_in": 7200_i32,
+                "fetched_at": DateTime::from_system_time(fetched),
+                "expires_at": DateTime::from_system_time(fetched + Duration::from_secs(7200)),
+                "generation": g as i64,
+                "reason": "scheduled",
+                "fetched_by": "bench",
+            }
+        })
+        .collect()
+}
+
+async fn reader_latency(uri: &str) -> Result<()> {
+    println!(
+        "\n## Reader latency (uncached latest vs bare find_one by _id, same run, interleaved)\n"
+    );
+    println!("| history docs (this account) | other accounts' docs | latest p50 | latest p99 | find_one(_id) p50 | find_one(_id) p99 | p50 ratio | naive newest-by-fetched_at p50 | naive p99 |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for size in [10usize, 1_000, 100_000] {
+        let db_name = format!("bench_reader_{size}");
+        fresh_store(uri, &db_name).await?;
+        let client = Client::with_uri_str(uri).await?;
+        let collection = client
+            .database(&db_name)
+            .collection::<Document>("access_tokens");
+        let account = "wxbench0000000001";
+        let mut docs = history(account, size);
+        for other in 0..9 {
+            docs.extend(history(&format!("wxother{other:010}"), (size / 10).max(1)));
+        }
+        let total_other = docs.len() - size;
+        for chunk in docs.chunks(5000) {
+            collection.insert_many(chunk.to_vec()).await?;
+        }
+        let newest_id: ObjectId = collection
+            .find_one(doc! { "app_id": account, "generation": size as i64 })
+            .await?
+            .and_then(|d| d.get_object_id("_id").ok())
+            .ok_or("no newest")?;
+        let reader = Reader::connect(uri, &db_name).await?;
+        let id = AccountId::new(account);
+        let (mut latest, mut bare) = (Vec::new(), Vec::new());
+        for i in 0..2200 {
+            let t = Instant::now();
+            let token = reader.latest(&id).await?;
+            let took_latest = t.elapsed();
+            assert_eq!(token.generation.0, size as i64);
+            let t = Instant::now();
+            collection
+                .find_one(doc! { "_id": newest_id })
+                .await?
+                .ok_or("bare")?;
+            let took_bare = t.elapsed();
+            if i >= 200 {
+                latest.push(took_latest);
+                bare.push(took_bare);
+            }
+        }
+        let naive_runs = if size >= 100_000 { 30 } else { 300 };
+        let mut naive = Vec::new();
+        for _ in 0..naive_runs {
+            let t = Instant::now();
+            collection
+                .find_one(doc! { "app_id": account })
+                .sort(doc! { "fetched_at": -1 })
+                .await?
+                .ok_or("naive")?;
+            naive.push(t.elapsed());
+        }
+        let (l50, l99) = (percentile(&mut latest, 0.5), percentile(&mut latest, 0.99));
+        let (b50, b99) = (percentile(&mut bare, 0.5), percentile(&mut bare, 0.99));
+        let (n50, n99) = (percentile(&mut naive, 0.5), percentile(&mut naive, 0.99));
+        println!(
+            "| {size} | {total_other} | {} | {} | {} | {} | {:.2}x | {} | {} |",
+            us(l50),
+            us(l99),
+            us(b50),
+            us(b99),
+            l50.as_secs_f64() / b50.as_secs_f64(),
+            us(n50),
+            us(n99)
+        );
+    }
+    Ok(())
+}
+
+fn cached_reads(uri: &str) -> Result<()> {
+    println!("\n## Cached reader (one core: a current-thread runtime on one OS thread)\n");
+    let uri = uri.to_owned();
+    let result = std::thread::spawn(move || -> std::result::Result<(u64, Duration), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let store = fresh_store(&uri, "bench_cached")
+                .await
+                .map_err(|e| e.to_string())?;
+            let client = Client::with_uri_str(&uri)
+                .await
+                .map_err(|e| e.to_string())?;
+            client
+                .database("bench_cached")
+                .collection::<Document>("access_tokens")
+                .insert_many(history("wxcached000000001", 3))
+                .await
+                .map_err(|e| e.to_string())?;
+            drop(store);
+            let reader = Reader::connect(&uri, "bench_cached")
+                .await
+                .map_err(|e| e.to_string())?
+                .with_cache(Duration::from_secs(60));
+            let id = AccountId::new("wxcached000000001");
+            reader.latest(&id).await.map_err(|e| e.to_string())?;
+            let start = Instant::now();
+            let mut reads = 0u64;
+            while start.elapsed() < Duration::from_secs(3) {
+                for _ in 0..10_000 {
+                    let token = reader.latest(&id).await.map_err(|e| e.to_string())?;
+                    std::hint::black_box(&token);
+                }
+                reads += 10_000;
+            }
+            Ok((reads, start.elapsed()))
+        })
+    })
+    .join()
+    .map_err(|_| "bench thread panicked")??;
+    let (reads, took) = result;
+    println!(
+        "{reads} cached reads in {took:.2?}: **{:.1} million reads/s** on one core",
+        reads as f64 / took.as_secs_f64() / 1e6
+    );
+    Ok(())
+}
+
+fn daemon_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/wxtokend")
+}
+
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the release daemon for `accounts` (secret of account i: "bench-secret-i").
+fn spawn_daemon(
+    uri: &str,
+    db: &str,
+    wechat: &str,
+    n: usize,
+    margin: &str,
+    instance: &str,
+) -> Result<Daemon> {
+    let dir = tempfile::tempdir()?;
+    let mut toml = format!(
+        "[daemon]\ninstance_id = \"{instance}\"\n[mongodb]\nuri = \"{uri}\"\ndatabase = \"{db}\"\n\
+         [wechat]\nbase_url = \"{wechat}\"\nallow_http = true\n[refresh]\nmargin = \"{margin}\"\n\
+         [admin]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n"
+    );
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[[accounts]]\nid = \"{}\"\nplatform = \"official_account\"\nsecret_file = \"{}\"\n",
+            account_id(i),
+            dir.path().join("secret").display()
+        ));
+    }
+    std::fs::write(dir.path().join("secret"), "bench-secret")?;
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, toml)?;
+    let child = Command::new(daemon_binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok(Daemon { child, _dir: dir })
+}
+
+fn account_id(i: usize) -> String {
+    format!("wxscale{i:010}")
+}
+
+/// (RSS in KiB, CPU ticks used so far) of a process.
+fn usage(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((rss, ticks))
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+async fn fake_with(n: usize, lifetime: Duration) -> Result<FakeWechat> {
+    let fake = FakeWechat::start().await?;
+    for i in 0..n {
+        fake.add_app(
+            AppConfig::new(&account_id(i), "bench-secret")
+                .expires_in(lifetime)
+                .overlap(Duration::from_secs(300)),
+        );
+    }
+    Ok(fake)
+}
+
+async fn wait_all_valid(store: &Store, n: usize, limit: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let valid = store
+            .accounts_with_valid(CredentialKind::AccessToken, SystemTime::now())
+            .await?;
+        if valid.len() >= n {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return Err(format!(
+                "only {} of {n} accounts have a token after {limit:?}",
+                valid.len()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn footprint(uri: &str, n: usize, seconds: u64) -> Result<()> {
+    let db = format!("bench_footprint_{n}");
+    let store = fresh_store(uri, &db).await?;
+    let fake = fake_with(n, Duration::from_secs(7200)).await?;
+    let daemon = spawn_daemon(uri, &db, &fake.url(), n, "10m", "footprint")?;
+    let pid = daemon.child.id();
+    let ready = wait_all_valid(&store, n, Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, ticks_start) = usage(pid).ok_or("no /proc")?;
+    let mut rss_max = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_max = rss_max.max(usage(pid).ok_or("daemon died")?.0);
+    }
+    let (_, ticks_end) = usage(pid).ok_or("daemon died")?;
+    let cpu =
+        (ticks_end - ticks_start) as f64 / clock_ticks() / start.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "| {n} | {:.1} s | {:.1} MB | {cpu:.2} % | {} |",
+        ready.as_secs_f64(),
+        rss_max as f64 / 1024.0,
+        fake.token_calls(&account_id(0))
+    );
+    Ok(())
+}
+
+async fn scale(uri: &str, n: usize, replicas: usize) -> Result<()> {
+    let lifetime = Duration::from_secs(120);
+    let margin = Duration::from_secs(30);
+    let db = format!("bench_scale_{n}_{replicas}");
+    let store = fresh_store(uri, &db).await?;
+    let fake = fake_with(n, lifetime).await?;
+    let started = Instant::now();
+    let daemons: Vec<Daemon> = (0..replicas)
+        .map(|r| spawn_daemon(uri, &db, &fake.url(), n, "30s", &format!("replica-{r}")))
+        .collect::<Result<_>>()?;
+    let first = wait_all_valid(&store, n, Duration::from_secs(300)).await?;
+    // One full cycle for every account, plus slack.
+    tokio::time::sleep(lifetime - margin + Duration::from_secs(25)).await;
+    let rss: Vec<String> = daemons
+        .iter()
+        .filter_map(|d| usage(d.child.id()))
+        .map(|(kib, _)| format!("{:.0}", kib as f64 / 1024.0))
+        .collect();
+    let client = Client::with_uri_str(uri).await?;
+    let docs: Vec<Document> = {
+        use futures_util::TryStreamExt;
+        client
+            .database(&db)
+            .collection::<Document>("access_tokens")
+            .find(doc! {})
+            .sort(doc! { "app_id": 1, "generation": 1 })
+            .await?
+            .try_collect()
+            .await?
+    };
+    let mut by_account: std::collections::HashMap<String, Vec<&Document>> = Default::default();
+    for d in &docs {
+        by_account
+            .entry(d.get_str("app_id")?.to_string())
+            .or_default()
+            .push(d);
+    }
+    let (mut refreshed, mut late, mut min_left, mut extra_calls) = (0, 0, Duration::MAX, 0i64);
+    for i in 0..n {
+        let id = account_id(i);
+        let history = by_account.get(&id).cloned().unwrap_or_default();
+        let calls = fake.token_calls(&id) as i64;
+        extra_calls += (calls - history.len() as i64).max(0);
+        for pair in history.windows(2) {
+            let expires = pair[0].get_datetime("expires_at")?.to_system_time();
+            let next = pair[1].get_datetime("fetched_at")?.to_system_time();
+            let left = expires.duration_since(next).unwrap_or_default();
+            min_left = min_left.min(left);
+            refreshed += 1;
+            if left + Duration::from_secs(5) < margin {
+                late += 1;
+            }
+        }
+    }
+    let holders: Vec<String> = {
+        let infos = store.lease_infos(&[]).await?;
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for info in infos {
+            *counts.entry(info.holder).or_default() += 1;
+        }
+        counts.values().map(|c| c.to_string()).collect()
+    };
+    println!(
+        "| {n} | {replicas} | {:.1} s | {refreshed} of {n} | {late} | {:.1} s | {extra_calls} | {} | {} MB |",
+        first.as_secs_f64(),
+        min_left.as_secs_f64(),
+        holders.join(" / "),
+        rss.join(" / "),
+    );
+    let _ = started;
+    drop(daemons);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let uri =
+        std::env::var("MONGODB_URI").map_err(|_| "set MONGODB_URI (scripts/bench.sh does)")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let wants = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    println!(
+        "# wxtokend benchmarks ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if wants("reader") {
+        reader_latency(&uri).await?;
+    }
+    if wants("cached") {
+        cached_reads(&uri)?;
+    }
+    if wants("footprint") {
+        println!("\n## Daemon footprint (release build, tokens valid 2 h, so idle after start)\n");
+        println!("| accounts | all tokens stored after | max RSS | CPU (avg over 30 s idle) | calls for account 0 |");
+        println!("|---:|---:|---:|---:|---:|");
+        footprint(&uri, 1, 30).await?;
+        footprint(&uri, 10_000, 30).await?;
+    }
+    if wants("scale") {
+        println!("\n## Scale: 10,000 accounts, tokens live 120 s, margin 30 s, one full cycle\n");
+        println!("| accounts | replicas | all first tokens after | refreshed | refreshed late (>5 s into the margin) | least time left at refresh | calls beyond one per cycle | leases per replica | RSS per replica |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---|---|");
+        scale(&uri, 10_000, 1).await?;
+        scale(&uri, 10_000, 3).await?;
+    }
+    Ok(())
+}
