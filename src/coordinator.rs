@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ const REQUESTS_PER_POLL: i64 = 10_000;
 struct HeldLease {
     term: Term,
     grant: watch::Sender<Grant>,
-    requests: HashMap<CredentialKind, mpsc::Sender<RefreshRequest>>,
+    requests: HashMap<CredentialKind, watch::Sender<Option<RefreshRequest>>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -178,7 +178,14 @@ impl Coordinator {
             .cloned()
             .collect();
         candidates.shuffle(&mut rand::rng());
+        // Taking thousands of leases one by one must not starve the renewal
+        // of those already held: stop after half a renew interval, go on at
+        // the next tick.
+        let deadline = tokio::time::Instant::now() + self.lease.renew_interval / 2;
         for account in candidates {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
             let orphaned = infos
                 .get(&account.id)
                 .is_some_and(|i| i.expires_at + self.lease.renew_interval <= now);
@@ -203,7 +210,7 @@ impl Coordinator {
         let mut requests = HashMap::new();
         let mut tasks = Vec::new();
         for kind in account.kinds() {
-            let (requests_tx, requests_rx) = mpsc::channel(16);
+            let (requests_tx, requests_rx) = watch::channel(None);
             let refresher = Refresher::new(
                 account.clone(),
                 kind,
@@ -293,13 +300,14 @@ impl Coordinator {
             .collect();
         let handled: Vec<_> = requests.iter().map(|r| r.id).collect();
         for request in summarize(requests) {
-            let queue = self
+            let slot = self
                 .held
                 .get(&request.app_id)
                 .and_then(|held| held.requests.get(&request.kind));
-            if let Some(queue) = queue {
-                // A full queue already holds a refresh for this credential.
-                let _ = queue.try_send(request);
+            if let Some(slot) = slot {
+                // A manual request comes after a report and takes its place:
+                // either way one refresh follows.
+                slot.send_replace(Some(request));
             }
         }
         if let Err(e) = store.delete_requests(&handled).await {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Account, RefreshSettings};
@@ -114,7 +114,9 @@ pub struct Refresher {
     kind: CredentialKind,
     ctx: Arc<Context>,
     lease: watch::Receiver<Grant>,
-    requests: mpsc::Receiver<RefreshRequest>,
+    /// The latest refresh request for this credential (a slot, not a queue:
+    /// requests are summarized per credential before they get here).
+    requests: watch::Receiver<Option<RefreshRequest>>,
     loaded: bool,
     held: Option<Held>,
     pending: Option<Pending>,
@@ -135,7 +137,7 @@ impl Refresher {
         kind: CredentialKind,
         ctx: Arc<Context>,
         lease: watch::Receiver<Grant>,
-        requests: mpsc::Receiver<RefreshRequest>,
+        requests: watch::Receiver<Option<RefreshRequest>>,
     ) -> Self {
         let backoff = Backoff::new(ctx.refresh.retry_initial, ctx.refresh.retry_max);
         Self {
@@ -161,14 +163,21 @@ impl Refresher {
     /// shutdown gets one last write attempt.
     pub async fn run(mut self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            let wait = self.step().await;
+            // Boxed: a sleeping task then holds a pointer, not room for the
+            // largest step (10,000 idle accounts cost kilobytes each otherwise).
+            let wait = Box::pin(self.step()).await;
             if wait.is_zero() {
                 continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
-                Some(request) = self.requests.recv() => self.on_request(&request),
+                Ok(()) = self.requests.changed() => {
+                    let request = self.requests.borrow_and_update().clone();
+                    if let Some(request) = request {
+                        self.on_request(&request);
+                    }
+                }
             }
         }
         if self.pending.is_some() && !self.fenced {

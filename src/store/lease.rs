@@ -221,17 +221,21 @@ impl Store {
             .collect())
     }
 
-    /// Gives a lease up at once, so another replica can take it.
+    /// Gives a lease up at once, so another replica can take it. It
+    /// expires *now*, not in the past: replicas below their share take it
+    /// first, and only if none does within a renew interval does it count as
+    /// an orphan that anyone takes.
     pub async fn release(
         &self,
         app_id: &AccountId,
         holder: &str,
         term: Term,
     ) -> Result<(), StoreError> {
+        let now = self.server_time().await?;
         self.leases()
             .update_one(
                 held_filter(app_id, holder, term),
-                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(UNIX_EPOCH) } },
+                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
             )
             .await?;
         Ok(())
