@@ -262,6 +262,23 @@ impl Settings {
         Self::load_with(file, env, &ProcessEnv, scope)
     }
 
+    /// Loads defaults plus `toml` (as if it were the `--config` file), with
+    /// no environment overrides. Public for the fuzzer (`fuzz/`).
+    #[doc(hidden)]
+    pub fn load_from_str(toml: &str, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
+        let layered = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(toml, FileFormat::Toml))
+            .build()
+            .map_err(|source| ConfigError::File {
+                path: PathBuf::from("<string>"),
+                source,
+            })?;
+        let raw: RawSettings = serde_path_to_error::deserialize(layered)
+            .map_err(|e| ConfigError::invalid(e.path().to_string(), e.inner().to_string()))?;
+        raw.validate(env, Scope::Daemon)
+    }
+
     /// Like [`Settings::load`] with an explicit environment (for tests).
     pub fn load_with(
         file: Option<&Path>,

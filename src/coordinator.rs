@@ -74,6 +74,7 @@ impl Coordinator {
         self.stop_all().await;
     }
 
+    /// Renews, announces, balances and takes leases.
     async fn maintain(&mut self) {
         self.renew_all().await;
         let store = &self.ctx.store;
@@ -135,6 +136,8 @@ impl Coordinator {
         }
     }
 
+    /// Takes free leases up to `share`, and orphans whatever the share, for
+    /// at most half a renew interval (the rest at the next tick).
     async fn acquire_up_to(&mut self, share: usize) -> Result<(), crate::store::StoreError> {
         let store = self.ctx.store.clone();
         let ids: Vec<AccountId> = self
@@ -267,9 +270,21 @@ impl Coordinator {
         for held in self.held.values() {
             held.stop.cancel();
         }
+        // Every refresher stores what it fetched, then all leases go in one write.
         let ids: Vec<AccountId> = self.held.keys().cloned().collect();
-        for id in ids {
-            self.give_back(&id, "shutting down").await;
+        for id in &ids {
+            self.stop(id).await;
+        }
+        match self
+            .ctx
+            .store
+            .release_all(&ids, &self.ctx.instance_id)
+            .await
+        {
+            Ok(()) => tracing::info!(leases = ids.len(), "released every lease: shutting down"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release the leases; they expire on their own")
+            }
         }
         if let Err(e) = self.ctx.store.leave(&self.ctx.instance_id).await {
             tracing::debug!(error = %e, "cannot remove this replica's heartbeat");

@@ -241,6 +241,20 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up every lease `holder` holds among `ids`, in one write (clean
+    /// shutdown).
+    pub async fn release_all(&self, ids: &[AccountId], holder: &str) -> Result<(), StoreError> {
+        let now = self.server_time().await?;
+        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        self.leases()
+            .update_many(
+                doc! { field::ID: { "$in": ids }, field::HOLDER: holder },
+                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The lease documents of `ids`, or of every account if `ids` is empty.
     pub async fn lease_infos(&self, ids: &[AccountId]) -> Result<Vec<LeaseInfo>, StoreError> {
         use futures_util::TryStreamExt;

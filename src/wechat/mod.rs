@@ -290,6 +290,18 @@ fn transport_error(error: reqwest::Error) -> FetchError {
     FetchError::Transport(text)
 }
 
+/// Parses `body` as WeChat's answer to a token call, as the daemon does.
+/// Public for the fuzzer (`fuzz/`); not part of the supported API.
+#[doc(hidden)]
+pub fn parse_token_answer(body: &[u8]) -> Result<FetchedCredential, FetchError> {
+    parse_credential(
+        body,
+        CredentialKind::AccessToken,
+        Call::IssueToken,
+        &SecretString::from("fuzz-secret".to_owned()),
+    )
+}
+
 /// Parses a credential answer. `secret` (the AppSecret, or the access token
 /// a ticket was fetched with) is scrubbed from WeChat's `errmsg`.
 fn parse_credential(
