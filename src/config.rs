@@ -274,9 +274,7 @@ impl Settings {
                 path: PathBuf::from("<string>"),
                 source,
             })?;
-        let raw: RawSettings = serde_path_to_error::deserialize(layered)
-            .map_err(|e| ConfigError::invalid(e.path().to_string(), e.inner().to_string()))?;
-        raw.validate(env, Scope::Daemon)
+        Self::from_layers(layered, env, Scope::Daemon)
     }
 
     /// Like [`Settings::load`] with an explicit environment (for tests).
@@ -304,6 +302,16 @@ impl Settings {
                     path: file.map(Path::to_path_buf).unwrap_or_default(),
                     source,
                 })?;
+        Self::from_layers(layered, env, scope)
+    }
+
+    /// Deserializes merged layers (naming the key of a type error) and
+    /// validates the result.
+    fn from_layers(
+        layered: Config,
+        env: &dyn EnvSource,
+        scope: Scope,
+    ) -> Result<Settings, ConfigError> {
         let raw: RawSettings = serde_path_to_error::deserialize(layered)
             .map_err(|e| ConfigError::invalid(e.path().to_string(), e.inner().to_string()))?;
         raw.validate(env, scope)

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Account, LeaseSettings};
 use crate::domain::{AccountId, CredentialKind, RefreshReason};
 use crate::refresh::{Context, Refresher};
-use crate::store::lease::{Grant, Term};
+use crate::store::lease::Term;
 use crate::store::requests::RefreshRequest;
 
 /// Most requests read per poll; a storm beyond it is read on the next polls.
@@ -33,7 +33,6 @@ const REQUESTS_PER_POLL: i64 = 10_000;
 /// account wants (access token first, then its tickets).
 struct HeldLease {
     term: Term,
-    grant: watch::Sender<Grant>,
     requests: HashMap<CredentialKind, watch::Sender<Option<RefreshRequest>>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -111,8 +110,8 @@ impl Coordinator {
             .store
             .renew_all(&ids, &self.ctx.instance_id, self.lease.duration)
             .await;
-        let (still, local_deadline) = match renewed {
-            Ok(renewed) => renewed,
+        let still = match renewed {
+            Ok(still) => still,
             Err(e) => {
                 // Keep refreshing what can be: writes stay fenced by term.
                 tracing::warn!(error = %e, "cannot renew leases");
@@ -121,15 +120,10 @@ impl Coordinator {
         };
         let still: std::collections::HashSet<AccountId> = still.into_iter().collect();
         for id in ids {
-            let Some(held) = self.held.get(&id) else {
-                continue;
-            };
             if still.contains(&id) {
-                let _ = held.grant.send(Grant {
-                    term: held.term,
-                    local_deadline,
-                });
-            } else {
+                continue;
+            }
+            if let Some(held) = self.held.get(&id) {
                 tracing::warn!(account = %id, term = held.term.0, "lease taken over by another replica; stopping here");
                 self.stop(&id).await;
             }
@@ -154,14 +148,8 @@ impl Coordinator {
                 .expired_leases(&ids, now - self.lease.renew_interval)
                 .await?;
             for id in orphans {
-                let Some(account) = self.accounts.iter().find(|a| a.id == id).cloned() else {
-                    continue;
-                };
-                if let Some(grant) = store
-                    .try_acquire(&id, &self.ctx.instance_id, self.lease.duration)
-                    .await?
-                {
-                    self.start(account, grant);
+                if let Some(account) = self.accounts.iter().find(|a| a.id == id).cloned() {
+                    self.take(account).await?;
                 }
             }
             return Ok(());
@@ -195,40 +183,42 @@ impl Coordinator {
             if self.held.len() >= share && !orphaned {
                 continue;
             }
-            if let Some(grant) = store
-                .try_acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
-                .await?
-            {
-                self.start(account, grant);
-            }
+            self.take(account).await?;
         }
         Ok(())
     }
 
-    fn start(&mut self, account: Account, grant: Grant) {
-        tracing::info!(account = %account.id, term = grant.term.0, "took the lease");
+    /// Tries to take the account's lease and, if it gets it, starts its
+    /// refreshers.
+    async fn take(&mut self, account: Account) -> Result<(), crate::store::StoreError> {
+        let taken = self
+            .ctx
+            .store
+            .try_acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
+            .await?;
+        if let Some(term) = taken {
+            self.start(account, term);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, account: Account, term: Term) {
+        tracing::info!(account = %account.id, term = term.0, "took the lease");
         self.ctx.metrics.lease_taken(&account.id);
-        let (grant_tx, grant_rx) = watch::channel(grant);
         let stop = CancellationToken::new();
         let mut requests = HashMap::new();
         let mut tasks = Vec::new();
         for kind in account.kinds() {
             let (requests_tx, requests_rx) = watch::channel(None);
-            let refresher = Refresher::new(
-                account.clone(),
-                kind,
-                self.ctx.clone(),
-                grant_rx.clone(),
-                requests_rx,
-            );
+            let refresher =
+                Refresher::new(account.clone(), kind, self.ctx.clone(), term, requests_rx);
             requests.insert(kind, requests_tx);
             tasks.push(tokio::spawn(refresher.run(stop.clone())));
         }
         self.held.insert(
             account.id.clone(),
             HeldLease {
-                term: grant.term,
-                grant: grant_tx,
+                term,
                 requests,
                 stop,
                 tasks,

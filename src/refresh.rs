@@ -20,7 +20,7 @@ use crate::domain::{
     next_quota_reset, Credential, CredentialKind, FetchedCredential, Generation, RefreshReason,
 };
 use crate::metrics::Metrics;
-use crate::store::lease::{Grant, Permit, PermitRules};
+use crate::store::lease::{Permit, PermitRules, Term};
 use crate::store::requests::RefreshRequest;
 use crate::store::{Inserted, NewFetch, Store, StoreError};
 use crate::wechat::{ErrorClass, FetchError, WechatClient, STABLE_TOKEN_FORCED_PER_DAY};
@@ -113,7 +113,8 @@ pub struct Refresher {
     account: Account,
     kind: CredentialKind,
     ctx: Arc<Context>,
-    lease: watch::Receiver<Grant>,
+    /// The lease term this task works under; its writes are fenced by it.
+    term: Term,
     /// The latest refresh request for this credential (a slot, not a queue:
     /// requests are summarized per credential before they get here).
     requests: watch::Receiver<Option<RefreshRequest>>,
@@ -136,7 +137,7 @@ impl Refresher {
         account: Account,
         kind: CredentialKind,
         ctx: Arc<Context>,
-        lease: watch::Receiver<Grant>,
+        term: Term,
         requests: watch::Receiver<Option<RefreshRequest>>,
     ) -> Self {
         let backoff = Backoff::new(ctx.refresh.retry_initial, ctx.refresh.retry_max);
@@ -144,7 +145,7 @@ impl Refresher {
             account,
             kind,
             ctx,
-            lease,
+            term,
             requests,
             loaded: false,
             held: None,
@@ -324,7 +325,6 @@ impl Refresher {
         } else {
             None
         };
-        let term = self.lease.borrow().term;
         let rules = PermitRules {
             min_remaining: self.ctx.lease_duration / 2,
             daily_limit: self.ctx.refresh.daily_call_limit,
@@ -338,7 +338,7 @@ impl Refresher {
         let permit = self
             .ctx
             .store
-            .permit(&self.account.id, &self.ctx.instance_id, term, rules)
+            .permit(&self.account.id, &self.ctx.instance_id, self.term, rules)
             .await;
         self.ctx
             .metrics
@@ -461,10 +461,12 @@ impl Refresher {
             }
             Err(e) => {
                 if e.class() == ErrorClass::DailyQuota {
-                    self.note_in_lease(|store, id, holder, term| async move {
-                        store.mark_quota_exhausted(&id, &holder, term).await
-                    })
-                    .await;
+                    let marked = self
+                        .ctx
+                        .store
+                        .mark_quota_exhausted(&self.account.id, &self.ctx.instance_id, self.term)
+                        .await;
+                    self.lease_note_failed(marked);
                     return self.quota_spent(calls_today, Some(&e));
                 }
                 if let (ErrorClass::InvalidToken, Some(token)) = (e.class(), &access_token) {
@@ -474,10 +476,7 @@ impl Refresher {
                 self.fetch_not_before = Some(SystemTime::now() + wait);
                 self.report_fetch_error(&e, wait);
                 let message = e.to_string();
-                self.note_in_lease(|store, id, holder, term| async move {
-                    store.record_error(&id, &holder, term, Some(&message)).await
-                })
-                .await;
+                self.note_error(Some(&message)).await;
                 wait
             }
         }
@@ -502,21 +501,18 @@ impl Refresher {
         }
     }
 
-    /// Best-effort bookkeeping in the lease document (for `status` and other
-    /// replicas); a failure here must not disturb refreshing.
-    async fn note_in_lease<F, Fut>(&self, write: F)
-    where
-        F: FnOnce(Store, crate::domain::AccountId, String, crate::store::lease::Term) -> Fut,
-        Fut: std::future::Future<Output = Result<(), StoreError>>,
-    {
-        let term = self.lease.borrow().term;
-        let result = write(
-            self.ctx.store.clone(),
-            self.account.id.clone(),
-            self.ctx.instance_id.clone(),
-            term,
-        )
-        .await;
+    /// Records (or with `None` clears) the last error in the lease document,
+    /// for `status`. Best effort: a failure here must not disturb refreshing.
+    async fn note_error(&self, message: Option<&str>) {
+        let noted = self
+            .ctx
+            .store
+            .record_error(&self.account.id, &self.ctx.instance_id, self.term, message)
+            .await;
+        self.lease_note_failed(noted);
+    }
+
+    fn lease_note_failed(&self, result: Result<(), StoreError>) {
         if let Err(e) = result {
             tracing::debug!(account = %self.account.id, error = %e, "cannot update the lease document");
         }
@@ -570,7 +566,6 @@ impl Refresher {
             self.held = None;
             return Duration::ZERO;
         }
-        let term = self.lease.borrow().term;
         let new = NewFetch {
             kind: self.kind,
             app_id: &self.account.id,
@@ -581,7 +576,7 @@ impl Refresher {
         let inserted = self
             .ctx
             .store
-            .insert_fenced(&new, &self.ctx.instance_id, term)
+            .insert_fenced(&new, &self.ctx.instance_id, self.term)
             .await;
         self.ctx
             .metrics
@@ -614,10 +609,7 @@ impl Refresher {
     async fn stored(&mut self, pending: &Pending, generation: Generation) {
         self.recovered_from(&Problem::Store);
         if self.last_problem.take().is_some() {
-            self.note_in_lease(|store, id, holder, term| async move {
-                store.record_error(&id, &holder, term, None).await
-            })
-            .await;
+            self.note_error(None).await;
         }
         self.store_backoff.reset();
         if let Some(held) = &mut self.held {

@@ -36,14 +36,11 @@ async fn only_the_current_holder_gets_a_permit() {
         .expect("acquire")
         .is_none());
     assert!(matches!(
-        store.permit(&id, "a", grant.term, NORMAL).await,
+        store.permit(&id, "a", grant, NORMAL).await,
         Ok(Permit::Granted { calls_today: 1 })
     ));
     assert_eq!(
-        store
-            .permit(&id, "b", grant.term, NORMAL)
-            .await
-            .expect("permit"),
+        store.permit(&id, "b", grant, NORMAL).await.expect("permit"),
         Permit::NotHolder
     );
     // A lease with less than min_remaining left gives no permit.
@@ -52,24 +49,18 @@ async fn only_the_current_holder_gets_a_permit() {
         ..NORMAL
     };
     assert_eq!(
-        store
-            .permit(&id, "a", grant.term, short)
-            .await
-            .expect("permit"),
+        store.permit(&id, "a", grant, short).await.expect("permit"),
         Permit::NotHolder
     );
-    store.release(&id, "a", grant.term).await.expect("release");
+    store.release(&id, "a", grant).await.expect("release");
     let next = store
         .try_acquire(&id, "b", Duration::from_secs(30))
         .await
         .expect("acquire")
         .expect("released");
-    assert!(next.term > grant.term);
+    assert!(next > grant);
     assert_eq!(
-        store
-            .permit(&id, "a", grant.term, NORMAL)
-            .await
-            .expect("permit"),
+        store.permit(&id, "a", grant, NORMAL).await.expect("permit"),
         Permit::NotHolder
     );
 }
@@ -90,15 +81,12 @@ async fn daily_and_forced_limits_are_counted() {
     };
     for _ in 0..2 {
         assert!(matches!(
-            store.permit(&id, "a", grant.term, forced).await,
+            store.permit(&id, "a", grant, forced).await,
             Ok(Permit::Granted { .. })
         ));
     }
     assert_eq!(
-        store
-            .permit(&id, "a", grant.term, forced)
-            .await
-            .expect("permit"),
+        store.permit(&id, "a", grant, forced).await.expect("permit"),
         Permit::ForcedSpent
     );
     // Ordinary refreshes are still allowed, up to the daily ceiling.
@@ -107,16 +95,16 @@ async fn daily_and_forced_limits_are_counted() {
         ..NORMAL
     };
     assert!(matches!(
-        store.permit(&id, "a", grant.term, ceiling).await,
+        store.permit(&id, "a", grant, ceiling).await,
         Ok(Permit::Granted { calls_today: 3 })
     ));
     assert!(matches!(
-        store.permit(&id, "a", grant.term, ceiling).await,
+        store.permit(&id, "a", grant, ceiling).await,
         Ok(Permit::Granted { calls_today: 4 })
     ));
     assert_eq!(
         store
-            .permit(&id, "a", grant.term, ceiling)
+            .permit(&id, "a", grant, ceiling)
             .await
             .expect("permit"),
         Permit::QuotaSpent { calls_today: 4 }
@@ -133,14 +121,10 @@ async fn daily_and_forced_limits_are_counted() {
         ..NORMAL
     };
     assert!(matches!(
-        store.permit(&id2, "a", g2.term, spaced).await,
+        store.permit(&id2, "a", g2, spaced).await,
         Ok(Permit::Granted { .. })
     ));
-    match store
-        .permit(&id2, "a", g2.term, spaced)
-        .await
-        .expect("permit")
-    {
+    match store.permit(&id2, "a", g2, spaced).await.expect("permit") {
         Permit::TooSoon { retry_in } => assert!(retry_in > Duration::from_secs(50)),
         other => panic!("expected TooSoon, got {other:?}"),
     }

@@ -5,7 +5,7 @@
 //! All lease times come from the MongoDB server's clock (`hello.localTime`
 //! and `$$NOW`), never from a replica's, so replicas with skewed clocks agree.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::ReturnDocument;
@@ -41,15 +41,6 @@ pub mod field {
 /// A lease term: increases by one each time the lease changes hands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Term(pub i64);
-
-/// A lease this replica holds.
-#[derive(Debug, Clone, Copy)]
-pub struct Grant {
-    pub term: Term,
-    /// The lease's end by this process's monotonic clock, measured from
-    /// before the request: never later than the server's own view.
-    pub local_deadline: Instant,
-}
 
 /// Who holds an account's lease, and its counters, for `status` and balancing.
 #[derive(Debug, Clone)]
@@ -112,14 +103,13 @@ impl Store {
     }
 
     /// Takes the lease of `app_id` if nobody holds it or its holder let it
-    /// expire. `None`: someone else holds it.
+    /// expire, and returns the new term. `None`: someone else holds it.
     pub async fn try_acquire(
         &self,
         app_id: &AccountId,
         holder: &str,
         duration: Duration,
-    ) -> Result<Option<Grant>, StoreError> {
-        let started = Instant::now();
+    ) -> Result<Option<Term>, StoreError> {
         let now = self.server_time().await?;
         let filter = doc! {
             field::ID: app_id.as_str(),
@@ -143,10 +133,7 @@ impl Store {
             .return_document(ReturnDocument::After)
             .await;
         match result {
-            Ok(Some(lease)) => Ok(Some(Grant {
-                term: Term(int(&lease, field::TERM)),
-                local_deadline: started + duration,
-            })),
+            Ok(Some(lease)) => Ok(Some(Term(int(&lease, field::TERM)))),
             Ok(None) => Ok(None),
             // The lease exists and is valid: the upsert collided with it.
             Err(e) if is_duplicate_key(&e) => Ok(None),
@@ -163,9 +150,8 @@ impl Store {
         ids: &[AccountId],
         holder: &str,
         duration: Duration,
-    ) -> Result<(Vec<AccountId>, Instant), StoreError> {
+    ) -> Result<Vec<AccountId>, StoreError> {
         use futures_util::TryStreamExt;
-        let started = Instant::now();
         let now = self.server_time().await?;
         let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
         let filter = doc! { field::ID: { "$in": &ids }, field::HOLDER: holder };
@@ -177,10 +163,7 @@ impl Store {
             )
             .await?;
         if result.matched_count as usize == ids.len() {
-            return Ok((
-                ids.into_iter().map(AccountId::new).collect(),
-                started + duration,
-            ));
+            return Ok(ids.into_iter().map(AccountId::new).collect());
         }
         let still: Vec<Document> = self
             .leases()
@@ -189,11 +172,10 @@ impl Store {
             .await?
             .try_collect()
             .await?;
-        let still = still
+        Ok(still
             .iter()
             .filter_map(|d| d.get_str(field::ID).ok().map(AccountId::new))
-            .collect();
-        Ok((still, started + duration))
+            .collect())
     }
 
     /// Leases of `ids` that expired before `before` (server clock): the

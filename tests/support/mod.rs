@@ -57,13 +57,10 @@ pub async fn store_token(
         reason: RefreshReason::Scheduled,
     };
     let inserted = store
-        .insert_fenced(&new, holder, grant.term)
+        .insert_fenced(&new, holder, grant)
         .await
         .expect("insert");
-    store
-        .release(&id, holder, grant.term)
-        .await
-        .expect("release");
+    store.release(&id, holder, grant).await.expect("release");
     match inserted {
         Inserted::Stored(generation) => generation,
         Inserted::Fenced => panic!("fenced although the lease was just taken"),
