@@ -11,9 +11,8 @@ use fake_wechat::{AppConfig, FakeWechat};
 use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
 use mongodb::Client;
 use secrecy::SecretString;
-use wxtokend::domain::{AccountId, CredentialKind};
-use wxtokend::reader::Reader;
-use wxtokend::store::{ConnectOptions, Store};
+use wxtokend::Store;
+use wxtokend_reader::{AccountId, ConnectOptions, CredentialKind, Reader};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -287,6 +286,7 @@ async fn wait_all_valid(store: &Store, n: usize, limit: Duration) -> Result<Dura
     let start = Instant::now();
     loop {
         let valid = store
+            .credentials()
             .accounts_with_valid(CredentialKind::AccessToken, SystemTime::now())
             .await?;
         if valid.len() >= n {
@@ -389,7 +389,7 @@ async fn scale(uri: &str, n: usize, replicas: usize) -> Result<()> {
         }
     }
     let holders: Vec<String> = {
-        let infos = store.lease_infos(&[]).await?;
+        let infos = store.leases().infos(&[]).await?;
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for info in infos {
             *counts.entry(info.holder).or_default() += 1;

@@ -7,8 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use wxtokend::domain::AccountId;
-use wxtokend::reader::{ReadError, Reader};
+use wxtokend_reader::{AccountId, ReadError, Reader};
 
 #[tokio::main]
 async fn main() -> Result<(), ReadError> {

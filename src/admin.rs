@@ -15,7 +15,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{AccountId, CredentialKind};
+use wxtokend_reader::{AccountId, CredentialKind};
+
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -78,7 +79,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         if wanted.is_empty() {
             continue;
         }
-        let valid = match state.store.accounts_with_valid(kind, now).await {
+        let valid = match state
+            .store
+            .credentials()
+            .accounts_with_valid(kind, now)
+            .await
+        {
             Ok(valid) => valid,
             Err(e) => {
                 let body = json!({ "ready": false, "mongodb": e.to_string() });
@@ -103,23 +109,45 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
 }
 
+/// Why a probe of the admin server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot reach the admin server at {addr}: {source}")]
+    Unreachable {
+        addr: SocketAddr,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{path} answered {status}: {body}")]
+    NotOk {
+        path: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+}
+
 /// `wxtokend health`: asks a running daemon's admin server. For Docker's
 /// HEALTHCHECK, where images have no curl.
-pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
+pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
+    let unreachable = |source| ProbeError::Unreachable { addr, source };
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(unreachable)?;
     let response = client
         .get(format!("http://{addr}{path}"))
         .send()
         .await
-        .map_err(|e| format!("cannot reach the admin server at {addr}: {e}"))?;
+        .map_err(unreachable)?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("{path} answered {status}: {}", body.trim()))
+        Err(ProbeError::NotOk {
+            path: path.to_owned(),
+            status,
+            body: body.trim().to_owned(),
+        })
     }
 }

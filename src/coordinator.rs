@@ -20,11 +20,12 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
+
 use crate::config::{Account, LeaseSettings};
-use crate::domain::{AccountId, CredentialKind, RefreshReason};
+use crate::coordination::{Lease, Leases, RefreshRequest};
 use crate::refresh::{Context, Refresher};
-use crate::store::lease::Term;
-use crate::store::requests::RefreshRequest;
+use crate::store::StoreError;
 
 /// Most requests read per poll; a storm beyond it is read on the next polls.
 const REQUESTS_PER_POLL: i64 = 10_000;
@@ -32,7 +33,7 @@ const REQUESTS_PER_POLL: i64 = 10_000;
 /// A lease this replica holds, with one refresher per credential kind the
 /// account wants (access token first, then its tickets).
 struct HeldLease {
-    term: Term,
+    lease: Lease,
     requests: HashMap<CredentialKind, watch::Sender<Option<RefreshRequest>>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -40,6 +41,7 @@ struct HeldLease {
 
 pub struct Coordinator {
     ctx: Arc<Context>,
+    leases: Leases,
     accounts: Vec<Account>,
     lease: LeaseSettings,
     held: HashMap<AccountId, HeldLease>,
@@ -48,6 +50,7 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(ctx: Arc<Context>, accounts: Vec<Account>, lease: LeaseSettings) -> Self {
         Self {
+            leases: ctx.store.leases(),
             ctx,
             accounts,
             lease,
@@ -76,8 +79,8 @@ impl Coordinator {
     /// Renews, announces, balances and takes leases.
     async fn maintain(&mut self) {
         self.renew_all().await;
-        let store = &self.ctx.store;
-        let live = match store
+        let live = match self
+            .leases
             .heartbeat(&self.ctx.instance_id, self.lease.duration, self.held.len())
             .await
         {
@@ -106,8 +109,7 @@ impl Coordinator {
             return;
         }
         let renewed = self
-            .ctx
-            .store
+            .leases
             .renew_all(&ids, &self.ctx.instance_id, self.lease.duration)
             .await;
         let still = match renewed {
@@ -124,7 +126,7 @@ impl Coordinator {
                 continue;
             }
             if let Some(held) = self.held.get(&id) {
-                tracing::warn!(account = %id, term = held.term.0, "lease taken over by another replica; stopping here");
+                tracing::warn!(account = %id, term = held.lease.term().0, "lease taken over by another replica; stopping here");
                 self.stop(&id).await;
             }
         }
@@ -132,7 +134,7 @@ impl Coordinator {
 
     /// Takes free leases up to `share`, and orphans whatever the share, for
     /// at most half a renew interval (the rest at the next tick).
-    async fn acquire_up_to(&mut self, share: usize) -> Result<(), crate::store::StoreError> {
+    async fn acquire_up_to(&mut self, share: usize) -> Result<(), StoreError> {
         let store = self.ctx.store.clone();
         let ids: Vec<AccountId> = self
             .accounts
@@ -144,8 +146,9 @@ impl Coordinator {
             // At our share: only orphans (leases left expired) concern us,
             // and that query returns nothing when all is well.
             let now = store.server_time().await?;
-            let orphans = store
-                .expired_leases(&ids, now - self.lease.renew_interval)
+            let orphans = self
+                .leases
+                .expired(&ids, now - self.lease.renew_interval)
                 .await?;
             for id in orphans {
                 if let Some(account) = self.accounts.iter().find(|a| a.id == id).cloned() {
@@ -154,8 +157,9 @@ impl Coordinator {
             }
             return Ok(());
         }
-        let infos: HashMap<AccountId, _> = store
-            .lease_infos(&ids)
+        let infos: HashMap<AccountId, _> = self
+            .leases
+            .infos(&ids)
             .await?
             .into_iter()
             .map(|info| (info.app_id.clone(), info))
@@ -190,35 +194,39 @@ impl Coordinator {
 
     /// Tries to take the account's lease and, if it gets it, starts its
     /// refreshers.
-    async fn take(&mut self, account: Account) -> Result<(), crate::store::StoreError> {
+    async fn take(&mut self, account: Account) -> Result<(), StoreError> {
         let taken = self
-            .ctx
-            .store
-            .try_acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
+            .leases
+            .acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
             .await?;
-        if let Some(term) = taken {
-            self.start(account, term);
+        if let Some(lease) = taken {
+            self.start(account, lease);
         }
         Ok(())
     }
 
-    fn start(&mut self, account: Account, term: Term) {
-        tracing::info!(account = %account.id, term = term.0, "took the lease");
+    fn start(&mut self, account: Account, lease: Lease) {
+        tracing::info!(account = %account.id, term = lease.term().0, "took the lease");
         self.ctx.metrics.lease_taken(&account.id);
         let stop = CancellationToken::new();
         let mut requests = HashMap::new();
         let mut tasks = Vec::new();
         for kind in account.kinds() {
             let (requests_tx, requests_rx) = watch::channel(None);
-            let refresher =
-                Refresher::new(account.clone(), kind, self.ctx.clone(), term, requests_rx);
+            let refresher = Refresher::new(
+                account.clone(),
+                kind,
+                self.ctx.clone(),
+                lease.clone(),
+                requests_rx,
+            );
             requests.insert(kind, requests_tx);
             tasks.push(tokio::spawn(refresher.run(stop.clone())));
         }
         self.held.insert(
             account.id.clone(),
             HeldLease {
-                term,
+                lease,
                 requests,
                 stop,
                 tasks,
@@ -228,7 +236,7 @@ impl Coordinator {
 
     /// Stops the account's refresher and waits for it (it stores what it
     /// fetched before exiting).
-    async fn stop(&mut self, id: &AccountId) -> Option<Term> {
+    async fn stop(&mut self, id: &AccountId) -> Option<Lease> {
         let held = self.held.remove(id)?;
         self.ctx.metrics.lease_given_up(id);
         held.stop.cancel();
@@ -237,17 +245,13 @@ impl Coordinator {
                 tracing::error!(account = %id, error = %e, "refresh task failed");
             }
         }
-        Some(held.term)
+        Some(held.lease)
     }
 
     async fn give_back(&mut self, id: &AccountId, why: &str) {
-        if let Some(term) = self.stop(id).await {
-            match self
-                .ctx
-                .store
-                .release(id, &self.ctx.instance_id, term)
-                .await
-            {
+        if let Some(lease) = self.stop(id).await {
+            let term = lease.term();
+            match lease.release().await {
                 Ok(()) => tracing::info!(account = %id, term = term.0, "released the lease: {why}"),
                 Err(e) => {
                     tracing::warn!(account = %id, error = %e, "cannot release the lease; it expires on its own")
@@ -265,18 +269,13 @@ impl Coordinator {
         for id in &ids {
             self.stop(id).await;
         }
-        match self
-            .ctx
-            .store
-            .release_all(&ids, &self.ctx.instance_id)
-            .await
-        {
+        match self.leases.release_all(&ids, &self.ctx.instance_id).await {
             Ok(()) => tracing::info!(leases = ids.len(), "released every lease: shutting down"),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot release the leases; they expire on their own")
             }
         }
-        if let Err(e) = self.ctx.store.leave(&self.ctx.instance_id).await {
+        if let Err(e) = self.leases.leave(&self.ctx.instance_id).await {
             tracing::debug!(error = %e, "cannot remove this replica's heartbeat");
         }
     }
@@ -287,24 +286,24 @@ impl Coordinator {
         if self.held.is_empty() {
             return;
         }
-        let store = &self.ctx.store;
-        let requests = match store.open_requests(REQUESTS_PER_POLL).await {
+        let requests = self.ctx.store.requests();
+        let open = match requests.open(REQUESTS_PER_POLL).await {
             Ok(requests) => requests,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read refresh requests");
                 return;
             }
         };
-        if requests.is_empty() {
+        if open.is_empty() {
             return;
         }
         // Requests for accounts other replicas hold stay for them.
-        let requests: Vec<RefreshRequest> = requests
+        let mine: Vec<RefreshRequest> = open
             .into_iter()
             .filter(|r| self.held.contains_key(&r.app_id))
             .collect();
-        let handled: Vec<_> = requests.iter().map(|r| r.id).collect();
-        for request in summarize(requests) {
+        let handled: Vec<_> = mine.iter().map(|r| r.id).collect();
+        for request in summarize(mine) {
             let slot = self
                 .held
                 .get(&request.app_id)
@@ -315,7 +314,7 @@ impl Coordinator {
                 slot.send_replace(Some(request));
             }
         }
-        if let Err(e) = store.delete_requests(&handled).await {
+        if let Err(e) = requests.delete(&handled).await {
             tracing::debug!(error = %e, "cannot delete handled refresh requests");
         }
     }

@@ -12,16 +12,18 @@ use tokio::net::TcpListener;
 use crate::admin;
 use crate::coordinator::Coordinator;
 use crate::metrics::Metrics;
+use wxtokend_reader::ConnectOptions;
+
 use crate::refresh::{Backoff, Context};
-use crate::store::{ConnectOptions, Store, StoreError};
-use crate::wechat::WechatClient;
+use crate::store::{Store, StoreError};
+use crate::wechat::{ClientError, WechatClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Wechat(String),
+    #[error(transparent)]
+    Wechat(#[from] ClientError),
     #[error("cannot listen on admin.listen {addr}: {source}")]
     Admin {
         addr: std::net::SocketAddr,
@@ -42,7 +44,7 @@ impl Daemon {
     /// MongoDB or WeChat.
     pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
         let store = connect_store(&settings).await?;
-        let wechat = WechatClient::new(&settings.wechat).map_err(DaemonError::Wechat)?;
+        let wechat = WechatClient::new(&settings.wechat)?;
         let admin = match settings.admin.address() {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -102,7 +104,7 @@ impl Daemon {
             store,
             refresh: settings.refresh.clone(),
             lease_duration: settings.lease.duration,
-            instance_id: settings.daemon.instance_id.clone(),
+            instance_id: settings.daemon.instance_id.as_str().into(),
             metrics,
         });
         let coordinator = Coordinator::new(ctx, settings.accounts.clone(), settings.lease.clone());

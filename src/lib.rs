@@ -1,36 +1,47 @@
 //! wxtokend keeps WeChat credentials fresh in MongoDB so that every business
 //! service reads a valid token with one indexed query, and only one process
-//! ever talks to WeChat's token endpoint.
+//! ever talks to WeChat's token endpoint. Business code reads with the
+//! `wxtokend-reader` crate; this crate is the daemon and its command line.
 //!
-//! The crate is both the daemon and the small library business code imports:
+//! The map, top-down (see ARCHITECTURE.md):
 //!
-//! - [`domain`]: the vocabulary: account ids, credential kinds, generations, reasons.
-//! - [`config`]: typed settings, loaded in layers and validated with key names.
-//! - [`wechat`]: the upstream HTTP client and the one errcode classification table.
-//! - [`store`]: MongoDB documents, indexes and queries (the only module that speaks MongoDB).
-//! - [`refresh`]: one task per held account: when to refresh, retries and backoff.
-//! - [`coordinator`]: leases: which replica refreshes which account.
-//! - [`daemon`]: wires the parts together and owns shutdown.
-//! - [`reader`]: what Rust business code uses to read the newest valid token.
-//! - [`jssdk`]: JS-SDK signatures for pages inside WeChat.
-//! - [`status`]: the per-account overview behind `wxtokend status`.
-//! - [`admin`]: the admin HTTP server: health, readiness, metrics.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`telemetry`]: logging setup.
+//! - `config`: typed settings, loaded in layers, validated with key names.
+//! - `daemon`: wires the parts together and owns shutdown.
+//! - `coordinator`: which replica refreshes which account (lease sharing).
+//! - `refresh`: one refresher per credential of a held account: its decisions
+//!   (`refresh::machine`, no I/O) and the loop that performs them.
+//! - [`coordination`]: leases in MongoDB; a held [`Lease`] is the only way to
+//!   get a permit for a WeChat call or to write a credential.
+//! - [`store`]: the database handle, the server's clock, indexes.
+//! - `wechat`: the upstream HTTP client and the one errcode table.
+//! - `status`, `admin`, `metrics`, `telemetry`: what operators see.
 
-pub mod admin;
-pub mod config;
-pub mod coordinator;
-pub mod daemon;
-pub mod domain;
-pub mod jssdk;
-pub mod metrics;
-pub mod reader;
-pub mod refresh;
-pub mod status;
+mod admin;
+mod config;
+pub mod coordination;
+mod coordinator;
+mod daemon;
+mod metrics;
+mod refresh;
+mod status;
 pub mod store;
-pub mod telemetry;
-pub mod wechat;
+mod telemetry;
+mod wechat;
+
+pub use admin::{probe, ProbeError};
+pub use config::{ConfigError, EnvSource, LogSettings, Scope, Settings};
+pub use coordination::{Lease, Leases};
+pub use daemon::{connect_store, shutdown_signal, Daemon, DaemonError};
+pub use status::{collect as collect_status, render as render_status, AccountStatus};
+pub use store::{Store, StoreError};
+pub use telemetry::init as init_logging;
+pub use wechat::FetchedCredential;
+
+/// For the fuzzer (`fuzz/`): not part of the supported API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::wechat::{parse_token_answer, MAX_EXPIRES_IN, MAX_TOKEN_LEN};
+}
 
 /// Property-test case count: `default`, or `PROPTEST_CASES` for a longer,
 /// still bounded run.

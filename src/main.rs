@@ -7,11 +7,9 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use wxtokend::config::{ConfigError, Scope, Settings};
-use wxtokend::daemon::{self, Daemon};
-use wxtokend::domain::{AccountId, Credential, CredentialKind, RefreshReason};
-use wxtokend::reader::{ReadError, Reader};
-use wxtokend::telemetry;
+use wxtokend::{connect_store, shutdown_signal, ConfigError, Daemon, Scope, Settings};
+use wxtokend_reader::requests::{self, NewRequest};
+use wxtokend_reader::{AccountId, Credential, CredentialKind, ReadError, Reader, RefreshReason};
 
 /// Exit codes, documented in the README and in `--help`.
 mod exit {
@@ -169,7 +167,7 @@ fn config_failure(error: &ConfigError) -> ExitCode {
 }
 
 async fn run(settings: Settings) -> u8 {
-    telemetry::init(&settings.log);
+    wxtokend::init_logging(&settings.log);
     let daemon = match Daemon::build(settings).await {
         Ok(daemon) => daemon,
         Err(e) => {
@@ -180,7 +178,7 @@ async fn run(settings: Settings) -> u8 {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        daemon::shutdown_signal().await;
+        shutdown_signal().await;
         trigger.cancel();
     });
     daemon.run(shutdown).await;
@@ -188,11 +186,14 @@ async fn run(settings: Settings) -> u8 {
 }
 
 async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {
-    let store = match daemon::connect_store(&settings).await {
+    let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return report(&format!("{e}"), exit::MONGODB),
     };
-    match Reader::new(store).latest_of(kind, &account).await {
+    match Reader::new(store.database().clone())
+        .latest_of(kind, &account)
+        .await
+    {
         Ok(credential) if json => {
             println!("{}", credential_json(&credential));
             exit::OK
@@ -225,11 +226,14 @@ fn credential_json(c: &Credential) -> serde_json::Value {
 }
 
 async fn sign(settings: Settings, account: AccountId, url: &str, kind: CredentialKind) -> u8 {
-    let store = match daemon::connect_store(&settings).await {
+    let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return report(&e.to_string(), exit::MONGODB),
     };
-    match Reader::new(store).signature_with(kind, &account, url).await {
+    match Reader::new(store.database().clone())
+        .signature_with(kind, &account, url)
+        .await
+    {
         Ok(config) => match serde_json::to_string(&config) {
             Ok(text) => {
                 println!("{text}");
@@ -245,19 +249,18 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: Credentia
 }
 
 async fn refresh(settings: Settings, account: AccountId) -> u8 {
-    let store = match daemon::connect_store(&settings).await {
+    let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return report(&e.to_string(), exit::MONGODB),
     };
-    let filed = store
-        .file_request(
-            &account,
-            CredentialKind::AccessToken,
-            RefreshReason::Manual,
-            None,
-            "wxtokend refresh",
-        )
-        .await;
+    let request = NewRequest {
+        app_id: &account,
+        kind: CredentialKind::AccessToken,
+        reason: RefreshReason::Manual,
+        generation: None,
+        requested_by: "wxtokend refresh",
+    };
+    let filed = requests::file(store.database(), &request).await;
     match filed {
         Ok(()) => {
             println!(
@@ -271,11 +274,11 @@ async fn refresh(settings: Settings, account: AccountId) -> u8 {
 }
 
 async fn status(settings: Settings, json: bool) -> u8 {
-    let store = match daemon::connect_store(&settings).await {
+    let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return report(&e.to_string(), exit::MONGODB),
     };
-    match wxtokend::status::collect(&store).await {
+    match wxtokend::collect_status(&store).await {
         Ok(lines) if json => match serde_json::to_string(&lines) {
             Ok(text) => {
                 println!("{text}");
@@ -286,7 +289,7 @@ async fn status(settings: Settings, json: bool) -> u8 {
         Ok(lines) => {
             print!(
                 "{}",
-                wxtokend::status::render(&lines, settings.refresh.daily_call_limit)
+                wxtokend::render_status(&lines, settings.refresh.daily_call_limit)
             );
             exit::OK
         }
@@ -305,14 +308,14 @@ async fn health(settings: Settings, ready: bool) -> u8 {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let path = if ready { "/readyz" } else { "/healthz" };
-    match wxtokend::admin::probe(addr, path).await {
+    match wxtokend::probe(addr, path).await {
         Ok(()) => exit::OK,
-        Err(e) => report(&e, exit::FAILURE),
+        Err(e) => report(&e.to_string(), exit::FAILURE),
     }
 }
 
 async fn check(settings: Settings) -> u8 {
-    let store = match daemon::connect_store(&settings).await {
+    let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return report(&format!("{e}"), exit::MONGODB),
     };

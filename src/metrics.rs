@@ -8,27 +8,95 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::domain::{AccountId, CredentialKind, Generation};
+use wxtokend_reader::{AccountId, CredentialKind, Generation};
+
+use crate::wechat::ErrorClass;
+
+/// A label value that is one of a fixed set of names.
+macro_rules! label_value {
+    ($name:ty) => {
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+/// The `kind` label: a credential kind's name (`access_token`, ...).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Kind(pub CredentialKind);
+
+impl Kind {
+    fn as_str(&self) -> &'static str {
+        self.0.as_str()
+    }
+}
+
+label_value!(Kind);
+
+/// The `outcome` label of `wxtokend_refresh_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failed(ErrorClass),
+}
+
+impl Outcome {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed(class) => class.as_str(),
+        }
+    }
+}
+
+impl From<ErrorClass> for Outcome {
+    fn from(class: ErrorClass) -> Self {
+        Self::Failed(class)
+    }
+}
+
+label_value!(Outcome);
+
+/// The `operation` label of the MongoDB metrics.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Operation {
+    Permit,
+    InsertCredential,
+}
+
+impl Operation {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Permit => "permit",
+            Self::InsertCredential => "insert_credential",
+        }
+    }
+}
+
+label_value!(Operation);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
     pub account: String,
-    pub kind: String,
+    pub kind: Kind,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub account: String,
-    pub kind: String,
-    /// `success`, or the error class: `transient`, `permanent`, `daily_quota`.
-    pub outcome: String,
+    pub kind: Kind,
+    /// `success`, or the error class: `transient`, `permanent`,
+    /// `daily_quota`, `invalid_token`.
+    pub outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,7 +106,7 @@ pub struct AccountLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
-    pub operation: String,
+    pub operation: Operation,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -92,7 +160,7 @@ impl Default for Metrics {
 fn labels(account: &AccountId, kind: CredentialKind) -> CredentialLabels {
     CredentialLabels {
         account: account.to_string(),
-        kind: kind.to_string(),
+        kind: Kind(kind),
     }
 }
 
@@ -197,12 +265,12 @@ impl Metrics {
             );
     }
 
-    pub fn refresh_outcome(&self, account: &AccountId, kind: CredentialKind, outcome: &str) {
+    pub fn refresh_outcome(&self, account: &AccountId, kind: CredentialKind, outcome: Outcome) {
         self.refreshes
             .get_or_create(&OutcomeLabels {
                 account: account.to_string(),
-                kind: kind.to_string(),
-                outcome: outcome.to_string(),
+                kind: Kind(kind),
+                outcome,
             })
             .inc();
     }
@@ -221,10 +289,8 @@ impl Metrics {
             .set(calls);
     }
 
-    pub fn mongodb(&self, operation: &str, took: Duration, ok: bool) {
-        let labels = OperationLabels {
-            operation: operation.to_string(),
-        };
+    pub fn mongodb(&self, operation: Operation, took: Duration, ok: bool) {
+        let labels = OperationLabels { operation };
         self.mongodb_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::domain::{AccountId, CredentialKind};
+use wxtokend_reader::{AccountId, CredentialKind};
+
+use crate::coordination::quota::quota_day;
 use crate::store::{Store, StoreError};
 
 /// One account's line.
@@ -36,13 +38,13 @@ pub async fn collect(store: &Store) -> Result<Vec<AccountStatus>, StoreError> {
     let server_now = store.server_time().await?;
     let now = SystemTime::now();
     let mut lines = Vec::new();
-    for lease in store.lease_infos(&[]).await? {
+    for lease in store.leases().infos(&[]).await? {
         for kind in CredentialKind::ALL {
-            let newest = store.newest(kind, &lease.app_id).await?;
+            let newest = store.credentials().newest(kind, &lease.app_id).await?;
             if kind.is_ticket() && newest.is_none() {
                 continue;
             }
-            let today = crate::domain::quota_day(server_now);
+            let today = quota_day(server_now);
             let counts_today = lease.quota_day.as_deref() == Some(today.as_str());
             lines.push(AccountStatus {
                 account: lease.app_id.clone(),

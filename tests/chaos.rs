@@ -12,8 +12,8 @@ use mongodb::bson::Document;
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
 use support::mongo::{tokens_at, unique_db, PrivateMongo, TestDb};
-use wxtokend::domain::{AccountId, CredentialKind, RefreshReason};
-use wxtokend::reader::Reader;
+use wxtokend_reader::Reader;
+use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -130,20 +130,20 @@ async fn every_upstream_fault_keeps_the_good_token_and_recovers() {
             .expect("a good token before the fault");
         let seen = daemon.raw_lines().len();
         fake.set_sticky_fault(&account.id, Some(fault));
-        store
-            .file_request(
-                &id,
-                CredentialKind::AccessToken,
-                RefreshReason::Manual,
-                None,
-                "chaos",
-            )
+        let request = wxtokend_reader::requests::NewRequest {
+            app_id: &id,
+            kind: CredentialKind::AccessToken,
+            reason: RefreshReason::Manual,
+            generation: None,
+            requested_by: "chaos",
+        };
+        wxtokend_reader::requests::file(store.database(), &request)
             .await
             .expect("request");
         let line = eventually(WAIT, &format!("the error line for {name}"), || async {
             daemon.raw_lines()[seen..]
                 .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|l| support::daemon::parse_log(l))
                 .find(|l| l["error"].as_str().is_some_and(|e| e.contains(expected)))
         })
         .await;

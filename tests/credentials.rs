@@ -11,8 +11,8 @@ use sha1::{Digest, Sha1};
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
 use support::mongo::TestDb;
-use wxtokend::domain::AccountId;
-use wxtokend::reader::Reader;
+use wxtokend_reader::AccountId;
+use wxtokend_reader::Reader;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -133,7 +133,7 @@ async fn a_ticket_call_refused_for_a_stale_token_gets_the_token_refreshed() {
     let reader = Reader::connect(&db.uri, &db.name).await.expect("reader");
     let ticket = reader
         .latest_of(
-            wxtokend::domain::CredentialKind::JsapiTicket,
+            wxtokend_reader::CredentialKind::JsapiTicket,
             &AccountId::new(&account.id),
         )
         .await

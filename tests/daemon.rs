@@ -151,10 +151,10 @@ async fn refreshes_ahead_of_expiry_with_no_moment_without_a_valid_token() {
     config.margin = "3s";
     let daemon = TestDaemon::spawn(&config);
     world.wait_for_generation(1).await;
-    let reader = wxtokend::reader::Reader::connect(&world.db.uri, &world.db.name)
+    let reader = wxtokend_reader::Reader::connect(&world.db.uri, &world.db.name)
         .await
         .expect("reader");
-    let account = wxtokend::domain::AccountId::new(&world.account.id);
+    let account = wxtokend_reader::AccountId::new(&world.account.id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(13);
     let mut samples = 0;
     while tokio::time::Instant::now() < deadline {
@@ -323,11 +323,11 @@ async fn a_failing_refresh_keeps_serving_the_last_good_token() {
         (world.fake.token_calls(&world.account.id) >= 2).then_some(())
     })
     .await;
-    let reader = wxtokend::reader::Reader::connect(&world.db.uri, &world.db.name)
+    let reader = wxtokend_reader::Reader::connect(&world.db.uri, &world.db.name)
         .await
         .expect("reader");
     let served = reader
-        .latest(&wxtokend::domain::AccountId::new(&world.account.id))
+        .latest(&wxtokend_reader::AccountId::new(&world.account.id))
         .await
         .expect("the last good token is still valid");
     assert_eq!(served.secret(), good);

@@ -5,13 +5,22 @@ mod support;
 
 use std::time::Duration;
 
+use std::sync::Arc;
 use support::mongo::TestDb;
-use wxtokend::domain::AccountId;
-use wxtokend::store::lease::{Permit, PermitRules};
-use wxtokend::store::Store;
 
-async fn store(test: &str) -> Store {
-    TestDb::new(test).await.store().await
+use wxtokend::coordination::{Lease, Leases, Permit, PermitRules};
+use wxtokend_reader::AccountId;
+
+async fn leases(test: &str) -> Leases {
+    TestDb::new(test).await.store().await.leases()
+}
+
+async fn acquire(leases: &Leases, id: &AccountId, holder: &str) -> Option<Lease> {
+    let holder: Arc<str> = holder.into();
+    leases
+        .acquire(id, &holder, Duration::from_secs(30))
+        .await
+        .expect("acquire")
 }
 
 const NORMAL: PermitRules = PermitRules {
@@ -23,57 +32,37 @@ const NORMAL: PermitRules = PermitRules {
 
 #[tokio::test]
 async fn only_the_current_holder_gets_a_permit() {
-    let store = store("permit_holder").await;
+    let leases = leases("permit_holder").await;
     let id = AccountId::new("wxpermit1");
-    let grant = store
-        .try_acquire(&id, "a", Duration::from_secs(30))
-        .await
-        .expect("acquire")
-        .expect("free");
-    assert!(store
-        .try_acquire(&id, "b", Duration::from_secs(30))
-        .await
-        .expect("acquire")
-        .is_none());
+    let a = acquire(&leases, &id, "a").await.expect("free");
+    assert!(acquire(&leases, &id, "b").await.is_none());
     assert!(matches!(
-        store.permit(&id, "a", grant, NORMAL).await,
+        a.permit(NORMAL).await,
         Ok(Permit::Granted { calls_today: 1 })
     ));
-    assert_eq!(
-        store.permit(&id, "b", grant, NORMAL).await.expect("permit"),
-        Permit::NotHolder
-    );
     // A lease with less than min_remaining left gives no permit.
     let short = PermitRules {
         min_remaining: Duration::from_secs(60),
         ..NORMAL
     };
+    assert_eq!(a.permit(short).await.expect("permit"), Permit::NotHolder);
+    // A lease that moved on gives its former holder nothing, whatever it still holds.
+    let stale = a.clone();
+    a.release().await.expect("release");
+    let b = acquire(&leases, &id, "b").await.expect("released");
+    assert!(b.term() > stale.term());
     assert_eq!(
-        store.permit(&id, "a", grant, short).await.expect("permit"),
+        stale.permit(NORMAL).await.expect("permit"),
         Permit::NotHolder
     );
-    store.release(&id, "a", grant).await.expect("release");
-    let next = store
-        .try_acquire(&id, "b", Duration::from_secs(30))
-        .await
-        .expect("acquire")
-        .expect("released");
-    assert!(next > grant);
-    assert_eq!(
-        store.permit(&id, "a", grant, NORMAL).await.expect("permit"),
-        Permit::NotHolder
-    );
+    assert!(matches!(b.permit(NORMAL).await, Ok(Permit::Granted { .. })));
 }
 
 #[tokio::test]
 async fn daily_and_forced_limits_are_counted() {
-    let store = store("permit_limits").await;
+    let leases = leases("permit_limits").await;
     let id = AccountId::new("wxpermit2");
-    let grant = store
-        .try_acquire(&id, "a", Duration::from_secs(30))
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease = acquire(&leases, &id, "a").await.expect("free");
     let forced = PermitRules {
         forced_min_interval: Some(Duration::ZERO),
         forced_daily_limit: Some(2),
@@ -81,12 +70,12 @@ async fn daily_and_forced_limits_are_counted() {
     };
     for _ in 0..2 {
         assert!(matches!(
-            store.permit(&id, "a", grant, forced).await,
+            lease.permit(forced).await,
             Ok(Permit::Granted { .. })
         ));
     }
     assert_eq!(
-        store.permit(&id, "a", grant, forced).await.expect("permit"),
+        lease.permit(forced).await.expect("permit"),
         Permit::ForcedSpent
     );
     // Ordinary refreshes are still allowed, up to the daily ceiling.
@@ -95,36 +84,29 @@ async fn daily_and_forced_limits_are_counted() {
         ..NORMAL
     };
     assert!(matches!(
-        store.permit(&id, "a", grant, ceiling).await,
+        lease.permit(ceiling).await,
         Ok(Permit::Granted { calls_today: 3 })
     ));
     assert!(matches!(
-        store.permit(&id, "a", grant, ceiling).await,
+        lease.permit(ceiling).await,
         Ok(Permit::Granted { calls_today: 4 })
     ));
     assert_eq!(
-        store
-            .permit(&id, "a", grant, ceiling)
-            .await
-            .expect("permit"),
+        lease.permit(ceiling).await.expect("permit"),
         Permit::QuotaSpent { calls_today: 4 }
     );
     // Forced refreshes wait for forced_min_interval.
     let id2 = AccountId::new("wxpermit3");
-    let g2 = store
-        .try_acquire(&id2, "a", Duration::from_secs(30))
-        .await
-        .expect("acquire")
-        .expect("free");
+    let lease2 = acquire(&leases, &id2, "a").await.expect("free");
     let spaced = PermitRules {
         forced_min_interval: Some(Duration::from_secs(60)),
         ..NORMAL
     };
     assert!(matches!(
-        store.permit(&id2, "a", g2, spaced).await,
+        lease2.permit(spaced).await,
         Ok(Permit::Granted { .. })
     ));
-    match store.permit(&id2, "a", g2, spaced).await.expect("permit") {
+    match lease2.permit(spaced).await.expect("permit") {
         Permit::TooSoon { retry_in } => assert!(retry_in > Duration::from_secs(50)),
         other => panic!("expected TooSoon, got {other:?}"),
     }

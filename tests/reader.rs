@@ -5,9 +5,9 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use support::mongo::TestDb;
-use wxtokend::domain::Generation;
-use wxtokend::reader::{ReadError, Reader};
-use wxtokend::store::Store;
+use wxtokend::Store;
+use wxtokend_reader::Generation;
+use wxtokend_reader::{ReadError, Reader};
 
 async fn store(db: &TestDb) -> Store {
     let store = db.store().await;

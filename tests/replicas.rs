@@ -13,10 +13,10 @@ use mongodb::bson::{doc, Document};
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
 use support::mongo::TestDb;
-use wxtokend::domain::{AccountId, CredentialKind, RefreshReason};
-use wxtokend::reader::Reader;
-use wxtokend::store::lease::LeaseInfo;
-use wxtokend::store::Store;
+use wxtokend::coordination::LeaseInfo;
+use wxtokend::Store;
+use wxtokend_reader::Reader;
+use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -61,7 +61,7 @@ impl Cluster {
     }
 
     async fn leases(&self) -> Vec<LeaseInfo> {
-        self.store.lease_infos(&[]).await.expect("leases")
+        self.store.leases().infos(&[]).await.expect("leases")
     }
 
     /// Holder of each account whose lease is valid now.
@@ -90,14 +90,15 @@ impl Cluster {
     }
 
     async fn file(&self, account: &str, reason: RefreshReason, generation: Option<i64>) {
-        self.store
-            .file_request(
-                &AccountId::new(account),
-                CredentialKind::AccessToken,
-                reason,
-                generation.map(wxtokend::domain::Generation),
-                "test",
-            )
+        let app_id = AccountId::new(account);
+        let request = wxtokend_reader::requests::NewRequest {
+            app_id: &app_id,
+            kind: CredentialKind::AccessToken,
+            reason,
+            generation: generation.map(wxtokend_reader::Generation),
+            requested_by: "test",
+        };
+        wxtokend_reader::requests::file(self.store.database(), &request)
             .await
             .expect("file request");
     }

@@ -12,8 +12,8 @@ use mongodb::bson::Document;
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
 use support::mongo::TestDb;
-use wxtokend::domain::{AccountId, CredentialKind};
-use wxtokend::reader::Reader;
+use wxtokend_reader::Reader;
+use wxtokend_reader::{AccountId, CredentialKind};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -12,8 +12,8 @@ use fake_wechat::{AppConfig, FakeWechat};
 use support::daemon::{TestAccount, TestConfig, TestDaemon};
 use support::eventually;
 use support::mongo::TestDb;
-use wxtokend::domain::AccountId;
-use wxtokend::reader::Reader;
+use wxtokend_reader::AccountId;
+use wxtokend_reader::Reader;
 
 #[tokio::test]
 #[ignore = "soak test: minutes long; run with --ignored"]

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wxtokend::config::{EnvSource, Settings};
+use wxtokend::{EnvSource, Settings};
 
 struct Env;
 

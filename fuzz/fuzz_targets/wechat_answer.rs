@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use secrecy::ExposeSecret;
-use wxtokend::wechat::{parse_token_answer, MAX_EXPIRES_IN, MAX_TOKEN_LEN};
+use wxtokend::fuzzing::{parse_token_answer, MAX_EXPIRES_IN, MAX_TOKEN_LEN};
 
 fuzz_target!(|body: &[u8]| {
     match parse_token_answer(body) {

@@ -38,6 +38,10 @@ impl fmt::Display for ErrorClass {
 /// things (40001 is a wrong AppSecret when asking for a token, and a stale
 /// token when using one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "issuing versus using a token is the distinction"
+)]
 pub enum Call {
     /// A call that issues an access token (`token`, `stable_token`).
     IssueToken,

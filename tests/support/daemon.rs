@@ -251,12 +251,11 @@ impl TestDaemon {
         self.lines.lock().expect("lock").clone()
     }
 
-    /// Every log line so far, parsed (lines that are not JSON are skipped).
+    /// Every log line so far, parsed (lines that are not JSON are skipped),
+    /// with the fields of its span (a refresher's `account` and `kind`)
+    /// lifted beside its own, as an operator's log query would see them.
     pub fn logs(&self) -> Vec<Value> {
-        self.raw_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.raw_lines().iter().filter_map(|l| parse_log(l)).collect()
     }
 
     /// Log lines whose message contains `text`.
@@ -329,4 +328,19 @@ impl Drop for TestDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One JSON log line with its span's fields lifted to the top level.
+pub fn parse_log(line: &str) -> Option<Value> {
+    let mut value: Value = serde_json::from_str(line).ok()?;
+    if let Some(Value::Object(span)) = value.get("span").cloned() {
+        if let Value::Object(fields) = &mut value {
+            for (key, field) in span {
+                if key != "name" {
+                    fields.entry(key).or_insert(field);
+                }
+            }
+        }
+    }
+    Some(value)
 }

@@ -30,37 +30,38 @@ where
 /// Stores a token the way the daemon does (lease, fenced insert, release):
 /// fetched `age` ago, living `lifetime`.
 pub async fn store_token(
-    store: &wxtokend::store::Store,
+    store: &wxtokend::Store,
     account: &str,
     value: &str,
     age: Duration,
     lifetime: Duration,
-) -> wxtokend::domain::Generation {
-    use wxtokend::domain::{AccountId, CredentialKind, FetchedCredential, RefreshReason};
-    use wxtokend::store::{Inserted, NewFetch};
-    let id = AccountId::new(account);
-    let holder = "test-writer";
-    let grant = store
-        .try_acquire(&id, holder, Duration::from_secs(60))
+) -> wxtokend_reader::Generation {
+    use wxtokend::coordination::Inserted;
+    use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
+    let lease = store
+        .leases()
+        .acquire(
+            &AccountId::new(account),
+            &"test-writer".into(),
+            Duration::from_secs(60),
+        )
         .await
         .expect("acquire")
         .expect("the lease is free");
-    let fetched = FetchedCredential {
+    let fetched = wxtokend::FetchedCredential {
         value: secrecy::SecretString::from(value.to_owned()),
         expires_in: lifetime,
         fetched_at: std::time::SystemTime::now() - age,
     };
-    let new = NewFetch {
-        kind: CredentialKind::AccessToken,
-        app_id: &id,
-        fetched: &fetched,
-        reason: RefreshReason::Scheduled,
-    };
-    let inserted = store
-        .insert_fenced(&new, holder, grant)
+    let inserted = lease
+        .insert(
+            CredentialKind::AccessToken,
+            &fetched,
+            RefreshReason::Scheduled,
+        )
         .await
         .expect("insert");
-    store.release(&id, holder, grant).await.expect("release");
+    lease.release().await.expect("release");
     match inserted {
         Inserted::Stored(generation) => generation,
         Inserted::Fenced => panic!("fenced although the lease was just taken"),

@@ -109,11 +109,11 @@ impl TestDb {
     }
 
     /// The daemon's own store on this database.
-    pub async fn store(&self) -> wxtokend::store::Store {
-        wxtokend::store::Store::connect(
+    pub async fn store(&self) -> wxtokend::Store {
+        wxtokend::Store::connect(
             &secrecy::SecretString::from(self.uri.clone()),
             &self.name,
-            wxtokend::store::ConnectOptions::default(),
+            wxtokend_reader::ConnectOptions::default(),
         )
         .await
         .expect("store")

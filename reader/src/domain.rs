@@ -1,8 +1,9 @@
-//! The vocabulary shared by every module: what an account is, which kinds of
-//! credential exist, and how one stored credential looks in memory.
+//! The vocabulary shared by the reader and the daemon: what an account is,
+//! which kinds of credential exist, and how one stored credential looks in
+//! memory.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -46,18 +47,6 @@ impl From<&str> for AccountId {
     fn from(id: &str) -> Self {
         Self::new(id)
     }
-}
-
-/// Which WeChat product an account belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Platform {
-    /// 公众号
-    OfficialAccount,
-    /// 小程序
-    MiniProgram,
-    /// 企业微信 (WeCom): one token per corpid and app secret.
-    Wecom,
 }
 
 /// A kind of credential. Each kind has its own MongoDB collection and keeps
@@ -197,33 +186,6 @@ impl fmt::Display for RefreshReason {
     }
 }
 
-/// A credential as WeChat returned it, before it is stored. `Debug` never
-/// shows the value.
-#[derive(Clone)]
-pub struct FetchedCredential {
-    pub value: SecretString,
-    /// Lifetime as WeChat returned it.
-    pub expires_in: Duration,
-    /// When the fetch completed.
-    pub fetched_at: SystemTime,
-}
-
-impl FetchedCredential {
-    pub fn expires_at(&self) -> SystemTime {
-        self.fetched_at + self.expires_in
-    }
-}
-
-impl fmt::Debug for FetchedCredential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FetchedCredential")
-            .field("value", &"****")
-            .field("expires_in", &self.expires_in)
-            .field("fetched_at", &self.fetched_at)
-            .finish()
-    }
-}
-
 /// One stored credential, as business code reads it. The value is a
 /// [`SecretString`]: call `expose_secret()` where you send it to WeChat.
 #[derive(Clone)]
@@ -266,49 +228,5 @@ impl fmt::Debug for Credential {
             .field("reason", &self.reason)
             .field("fetched_by", &self.fetched_by)
             .finish()
-    }
-}
-
-/// WeChat counts daily quotas per day in Beijing time (UTC+8, no daylight
-/// saving): the quota resets at midnight there.
-pub const QUOTA_DAY_UTC_OFFSET: Duration = Duration::from_secs(8 * 3600);
-
-/// The quota day at `at`, as `YYYY-MM-DD` in Beijing time.
-pub fn quota_day(at: SystemTime) -> String {
-    let text = humantime::format_rfc3339_seconds(at + QUOTA_DAY_UTC_OFFSET).to_string();
-    text[..10].to_string()
-}
-
-/// When the quota day after the one holding `now` begins.
-pub fn next_quota_reset(now: SystemTime) -> SystemTime {
-    const DAY: u64 = 86_400;
-    let offset = QUOTA_DAY_UTC_OFFSET.as_secs();
-    let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let local_day = (secs + offset) / DAY;
-    UNIX_EPOCH + Duration::from_secs((local_day + 1) * DAY - offset)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // 2026-11-24 15:59:59 UTC is 23:59:59 in Beijing.
-    const LAST_SECOND: u64 = 1_795_535_999;
-
-    #[test]
-    fn quota_day_is_the_beijing_date() {
-        let before = UNIX_EPOCH + Duration::from_secs(LAST_SECOND);
-        assert_eq!(quota_day(before), "2026-11-24");
-        assert_eq!(quota_day(before + Duration::from_secs(1)), "2026-11-25");
-    }
-
-    #[test]
-    fn quota_resets_at_beijing_midnight() {
-        let before = UNIX_EPOCH + Duration::from_secs(LAST_SECOND);
-        let reset = next_quota_reset(before);
-        assert_eq!(reset, before + Duration::from_secs(1));
-        assert_eq!(quota_day(reset), "2026-11-25");
-        // At the reset itself the next one is a day away.
-        assert_eq!(next_quota_reset(reset), reset + Duration::from_secs(86_400));
     }
 }

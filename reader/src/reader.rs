@@ -1,34 +1,18 @@
-//! What Rust business code uses to read the newest valid credential.
-//!
-//! ```no_run
-//! use wxtokend::reader::Reader;
-//!
-//! # async fn demo() -> Result<(), wxtokend::reader::ReadError> {
-//! let reader = Reader::connect("mongodb://127.0.0.1:27017", "wechat")
-//!     .await?
-//!     .with_cache(std::time::Duration::from_secs(30));
-//! let token = reader.latest(&"wx1234567890abcdef".into()).await?;
-//! let url = format!(
-//!     "https://api.weixin.qq.com/cgi-bin/getcallbackip?access_token={}",
-//!     token.secret()
-//! );
-//! # let _ = url;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! The query is the one every language runs (see the README):
-//! `find({app_id, expires_at: {$gt: now}}).sort({generation: -1}).limit(1)`.
+//! [`Reader`]: what Rust business code uses to read the newest valid
+//! credential, with an optional in-memory cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use mongodb::Database;
 use secrecy::SecretString;
 
+use crate::connect::{connect, ConnectError, ConnectOptions};
+use crate::credentials::{Credentials, QueryError};
 use crate::domain::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
 use crate::jssdk::{self, JsSdkConfig};
-use crate::store::{ConnectOptions, Store, StoreError};
+use crate::requests::{self, NewRequest};
 
 /// WeChat keeps a replaced token valid for about five minutes. A cached token
 /// older than this could already be dead, so longer cache ages are capped.
@@ -55,14 +39,23 @@ pub enum ReadError {
         expired_at: SystemTime,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+}
+
+impl From<mongodb::error::Error> for ReadError {
+    fn from(error: mongodb::error::Error) -> Self {
+        Self::Query(QueryError::Mongo(error))
+    }
 }
 
 /// Reads credentials that wxtokend stored. Clone-free sharing: wrap it in an
 /// `Arc` or keep one per process; it holds one connection pool.
 #[derive(Debug)]
 pub struct Reader {
-    store: Store,
+    db: Database,
+    credentials: Credentials,
     cache: Option<Cache>,
 }
 
@@ -84,12 +77,17 @@ impl Reader {
     /// Connects lazily: the first read contacts MongoDB.
     pub async fn connect(uri: &str, database: &str) -> Result<Reader, ReadError> {
         let uri = SecretString::from(uri.to_owned());
-        let store = Store::connect(&uri, database, ConnectOptions::default()).await?;
-        Ok(Reader::new(store))
+        let db = connect(&uri, database, ConnectOptions::default()).await?;
+        Ok(Reader::new(db))
     }
 
-    pub fn new(store: Store) -> Reader {
-        Reader { store, cache: None }
+    /// A reader on a database opened elsewhere (see [`crate::connect`]).
+    pub fn new(db: Database) -> Reader {
+        Reader {
+            credentials: Credentials::new(db.clone()),
+            db,
+            cache: None,
+        }
     }
 
     /// Keeps each credential in memory for up to `max_age` (capped at
@@ -118,7 +116,7 @@ impl Reader {
         if let Some(hit) = self.cached(kind, account, now) {
             return Ok(hit);
         }
-        let found = match self.store.newest_valid(kind, account, now).await? {
+        let found = match self.credentials.newest_valid(kind, account, now).await? {
             Some(credential) => Arc::new(credential),
             None => return Err(self.explain_missing(kind, account).await),
         };
@@ -163,15 +161,14 @@ impl Reader {
                 slots[credential.kind.index()] = None;
             }
         }
-        self.store
-            .file_request(
-                &credential.app_id,
-                credential.kind,
-                RefreshReason::ReportedInvalid,
-                Some(credential.generation),
-                REPORTER,
-            )
-            .await?;
+        let request = NewRequest {
+            app_id: &credential.app_id,
+            kind: credential.kind,
+            reason: RefreshReason::ReportedInvalid,
+            generation: Some(credential.generation),
+            requested_by: REPORTER,
+        };
+        requests::file(&self.db, &request).await?;
         Ok(())
     }
 
@@ -211,7 +208,7 @@ impl Reader {
 
     /// Tells "never stored" from "stored but expired" (the daemon stopped).
     async fn explain_missing(&self, kind: CredentialKind, account: &AccountId) -> ReadError {
-        match self.store.newest(kind, account).await {
+        match self.credentials.newest(kind, account).await {
             Ok(Some(stale)) => ReadError::Expired {
                 account: account.clone(),
                 kind,
@@ -222,7 +219,7 @@ impl Reader {
                 account: account.clone(),
                 kind,
             },
-            Err(e) => ReadError::Store(e),
+            Err(e) => ReadError::Query(e),
         }
     }
 }

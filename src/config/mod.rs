@@ -1,0 +1,359 @@
+//! Typed settings. Loaded in layers with the `config` crate: the committed
+//! `config/default.toml` (compiled in), an optional file given with
+//! `--config`, then `WXTOKEND__SECTION__KEY` environment variables. Every
+//! problem is reported with the key it concerns and what to do about it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use reqwest::Url;
+use secrecy::SecretString;
+use serde::Deserialize;
+use tracing_subscriber::filter::Directive;
+use wxtokend_reader::{AccountId, CredentialKind};
+
+use validate::RawSettings;
+
+/// The defaults, documented line by line in `config/default.toml`.
+pub const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// Prefix of environment overrides: `WXTOKEND__MONGODB__URI` sets `mongodb.uri`.
+pub const ENV_PREFIX: &str = "WXTOKEND";
+
+/// A configuration that loaded and passed validation.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub daemon: DaemonSettings,
+    pub mongodb: MongoSettings,
+    pub wechat: WechatSettings,
+    pub refresh: RefreshSettings,
+    pub lease: LeaseSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+    pub accounts: Vec<Account>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSettings {
+    pub instance_id: String,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSettings {
+    pub uri: SecretString,
+    pub database: String,
+    #[serde(with = "humantime_serde")]
+    pub server_selection_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
+}
+
+/// WeChat's API, with its base URLs checked and parsed.
+#[derive(Debug, Clone)]
+pub struct WechatSettings {
+    pub base_url: Url,
+    pub wecom_base_url: Url,
+    pub allow_http: bool,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_response_bytes: usize,
+    pub max_concurrent_calls: usize,
+}
+
+/// `[wechat]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWechatSettings {
+    base_url: String,
+    wecom_base_url: String,
+    allow_http: bool,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    request_timeout: Duration,
+    max_response_bytes: usize,
+    max_concurrent_calls: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshSettings {
+    #[serde(with = "humantime_serde")]
+    pub margin: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub permanent_error_retry: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub forced_min_interval: Duration,
+    pub daily_call_limit: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSettings {
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Empty: no admin server.
+    pub listen: String,
+}
+
+impl AdminSettings {
+    /// The address to listen on, if the admin server is on.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Logging, with `log.level` parsed into filter directives.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub directives: Vec<Directive>,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogSettings {
+    format: LogFormat,
+    level: String,
+}
+
+/// Which WeChat product an account belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Platform {
+    /// 公众号
+    OfficialAccount,
+    /// 小程序
+    MiniProgram,
+    /// 企业微信 (WeCom): one token per corpid and app secret.
+    Wecom,
+}
+
+/// Which WeChat endpoint issues the account's access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpoint {
+    /// `GET /cgi-bin/token` (WeCom: `gettoken`).
+    Token,
+    /// `POST /cgi-bin/stable_token`: the same token while it is valid;
+    /// `force_refresh` only for tokens reported invalid.
+    StableToken,
+}
+
+/// A ticket an account wants kept fresh, as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketName {
+    Jsapi,
+    WxCard,
+    AgentConfig,
+}
+
+impl TicketName {
+    pub fn kind(self) -> CredentialKind {
+        match self {
+            Self::Jsapi => CredentialKind::JsapiTicket,
+            Self::WxCard => CredentialKind::WxCardTicket,
+            Self::AgentConfig => CredentialKind::AgentConfigTicket,
+        }
+    }
+
+    fn allowed_on(self, platform: Platform) -> bool {
+        matches!(
+            (platform, self),
+            (Platform::OfficialAccount, Self::Jsapi | Self::WxCard)
+                | (Platform::Wecom, Self::Jsapi | Self::AgentConfig)
+        )
+    }
+}
+
+/// One WeChat account to keep fresh. `Debug` redacts the secret.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: AccountId,
+    pub platform: Platform,
+    pub endpoint: TokenEndpoint,
+    pub secret: SecretString,
+    /// Tickets kept fresh besides the access token.
+    pub tickets: Vec<CredentialKind>,
+}
+
+impl Account {
+    /// For WeCom accounts (`corpid/agentid`): the corpid.
+    pub fn corp_id(&self) -> &str {
+        self.id.js_app_id()
+    }
+
+    /// Every credential kind kept fresh for this account.
+    pub fn kinds(&self) -> impl Iterator<Item = CredentialKind> + '_ {
+        std::iter::once(CredentialKind::AccessToken).chain(self.tickets.iter().copied())
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            problems: vec![Problem {
+                key: key.into(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// The problems found, one per key (empty for a file that cannot be read).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Invalid { problems } => problems,
+            Self::File { .. } => &[],
+        }
+    }
+}
+
+/// What the caller needs from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything, with every account's secret resolved (`run`, `check`).
+    Daemon,
+    /// Only what reading MongoDB needs (`get`): accounts and their secrets
+    /// are not looked at, so business hosts need no WeChat secret.
+    StoreOnly,
+}
+
+/// Where environment values come from; tests pass their own.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `WXTOKEND__…` variables
+    /// from the process environment, and validates the result.
+    pub fn load(file: Option<&Path>, scope: Scope) -> Result<Settings, ConfigError> {
+        let env = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        Self::load_with(file, env, &ProcessEnv, scope)
+    }
+
+    /// Loads defaults plus `toml` (as if it were the `--config` file), with
+    /// no environment overrides. Public for the fuzzer (`fuzz/`).
+    #[doc(hidden)]
+    pub fn load_from_str(toml: &str, env: &dyn EnvSource) -> Result<Settings, ConfigError> {
+        let layered = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from_str(toml, FileFormat::Toml))
+            .build()
+            .map_err(|source| ConfigError::File {
+                path: PathBuf::from("<string>"),
+                source,
+            })?;
+        Self::from_layers(layered, env, Scope::Daemon)
+    }
+
+    /// Like [`Settings::load`] with an explicit environment (for tests).
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: Environment,
+        env: &dyn EnvSource,
+        scope: Scope,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    "--config",
+                    format!("{} does not exist or is not a file", path.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let layered =
+            builder
+                .add_source(overrides)
+                .build()
+                .map_err(|source| ConfigError::File {
+                    path: file.map(Path::to_path_buf).unwrap_or_default(),
+                    source,
+                })?;
+        Self::from_layers(layered, env, scope)
+    }
+
+    /// Deserializes merged layers (naming the key of a type error) and
+    /// validates the result.
+    fn from_layers(
+        layered: Config,
+        env: &dyn EnvSource,
+        scope: Scope,
+    ) -> Result<Settings, ConfigError> {
+        let raw: RawSettings = serde_path_to_error::deserialize(layered)
+            .map_err(|e| ConfigError::invalid(e.path().to_string(), e.inner().to_string()))?;
+        raw.validate(env, scope)
+    }
+}
+
+mod validate;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! Loading and validation, key by key.
+
+use super::*;
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+
+struct MapEnv(HashMap<String, String>);
+
+impl EnvSource for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+fn load(toml: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let overrides = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(vars.clone()));
+    Settings::load_with(Some(&path), overrides, &MapEnv(vars), Scope::Daemon)
+}
+
+const ONE_ACCOUNT: &str = r#"
+    [[accounts]]
+    id = "wx0001"
+    platform = "official_account"
+    secret_env = "WX_SECRET"
+"#;
+
+fn keys(err: ConfigError) -> Vec<String> {
+    err.problems().iter().map(|p| p.key.clone()).collect()
+}
+
+#[test]
+fn defaults_plus_one_account_load() {
+    let s = load(ONE_ACCOUNT, &[("WX_SECRET", "s3cr3t")]).expect("valid");
+    assert_eq!(s.mongodb.database, "wechat");
+    assert_eq!(s.refresh.margin, Duration::from_secs(600));
+    assert_eq!(s.mongodb.history_retention, Duration::from_secs(7 * 86400));
+    assert_eq!(s.accounts.len(), 1);
+    assert_eq!(s.accounts[0].secret.expose_secret(), "s3cr3t");
+    assert!(!s.daemon.instance_id.is_empty());
+}
+
+#[test]
+fn environment_overrides_file() {
+    let s = load(
+        ONE_ACCOUNT,
+        &[
+            ("WX_SECRET", "x"),
+            ("WXTOKEND__MONGODB__DATABASE", "other"),
+            ("WXTOKEND__REFRESH__MARGIN", "90s"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(s.mongodb.database, "other");
+    assert_eq!(s.refresh.margin, Duration::from_secs(90));
+}
+
+#[test]
+fn debug_output_never_shows_the_secret() {
+    let s = load(ONE_ACCOUNT, &[("WX_SECRET", "very-secret-value")]).expect("valid");
+    assert!(!format!("{s:?}").contains("very-secret-value"));
+}
+
+#[test]
+fn missing_secret_names_the_key_and_the_fix() {
+    let err = load(ONE_ACCOUNT, &[]).expect_err("must fail");
+    let text = err.to_string();
+    assert!(text.contains("accounts[0].secret_env"), "{text}");
+    assert!(text.contains("WX_SECRET is not set"), "{text}");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = load(
+        &format!("{ONE_ACCOUNT}\n[mongodb]\nurl = \"x\"\n"),
+        &[("WX_SECRET", "x")],
+    )
+    .expect_err("must fail");
+    let text = err.to_string();
+    assert!(text.contains("mongodb"), "{text}");
+    assert!(text.contains("unknown field `url`"), "{text}");
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let err = load(
+        &format!("{ONE_ACCOUNT}\n[refresh]\nmargin = \"ten minutes\"\n"),
+        &[("WX_SECRET", "x")],
+    )
+    .expect_err("must fail");
+    assert_eq!(keys(err), vec!["refresh.margin"]);
+}
+
+#[test]
+fn empty_account_list_is_rejected() {
+    let err = load("", &[]).expect_err("must fail");
+    assert_eq!(keys(err), vec!["accounts"]);
+}
+
+#[test]
+fn duplicate_ids_are_rejected() {
+    let twice = format!("{ONE_ACCOUNT}{ONE_ACCOUNT}");
+    let err = load(&twice, &[("WX_SECRET", "x")]).expect_err("must fail");
+    assert_eq!(keys(err), vec!["accounts[1].id"]);
+}
+
+#[test]
+fn inline_secret_is_rejected() {
+    let toml = r#"
+        [[accounts]]
+        id = "wx0001"
+        platform = "mini_program"
+        secret = "oops"
+        secret_env = "WX_SECRET"
+    "#;
+    let err = load(toml, &[("WX_SECRET", "x")]).expect_err("must fail");
+    assert!(!err.to_string().contains("oops"));
+    assert_eq!(keys(err), vec!["accounts[0].secret"]);
+}
+
+#[test]
+fn plain_http_needs_allow_http() {
+    let toml = format!("{ONE_ACCOUNT}\n[wechat]\nbase_url = \"http://127.0.0.1:9\"\n");
+    let err = load(&toml, &[("WX_SECRET", "x")]).expect_err("must fail");
+    assert_eq!(keys(err), vec!["wechat.base_url"]);
+    let allowed = format!("{toml}allow_http = true\n");
+    load(&allowed, &[("WX_SECRET", "x")]).expect("allowed");
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "from-file\n").expect("write");
+    let toml = format!(
+        "[[accounts]]\nid = \"wx1\"\nplatform = \"official_account\"\nsecret_file = {:?}\n",
+        secret.display().to_string()
+    );
+    let s = load(&toml, &[]).expect("valid");
+    assert_eq!(s.accounts[0].secret.expose_secret(), "from-file");
+}
+
+#[test]
+fn store_only_scope_needs_no_account_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, ONE_ACCOUNT).expect("write config");
+    let overrides = Environment::with_prefix(ENV_PREFIX).source(Some(HashMap::new()));
+    let s = Settings::load_with(
+        Some(&path),
+        overrides,
+        &MapEnv(HashMap::new()),
+        Scope::StoreOnly,
+    )
+    .expect("no secret needed");
+    assert!(s.accounts.is_empty());
+}
+
+#[test]
+fn wecom_ids_tickets_and_stable_token_rules() {
+    let toml = r#"
+        [refresh]
+        forced_min_interval = "10s"
+        [[accounts]]
+        id = "ww0123"
+        platform = "wecom"
+        secret_env = "S"
+        tickets = ["wx_card"]
+        [[accounts]]
+        id = "wxmp"
+        platform = "mini_program"
+        endpoint = "stable_token"
+        secret_env = "S"
+        tickets = ["jsapi"]
+    "#;
+    let err = load(toml, &[("S", "x")]).expect_err("must fail");
+    assert_eq!(
+        keys(err),
+        vec![
+            "accounts[0].id",
+            "accounts[0].tickets",
+            "accounts[1].tickets",
+            "refresh.forced_min_interval"
+        ]
+    );
+    let good = r#"
+        [refresh]
+        forced_min_interval = "30s"
+        [[accounts]]
+        id = "ww0123/1000002"
+        platform = "wecom"
+        secret_env = "S"
+        tickets = ["jsapi", "agent_config"]
+        [[accounts]]
+        id = "wxoa"
+        platform = "official_account"
+        endpoint = "stable_token"
+        secret_env = "S"
+        tickets = ["jsapi", "wx_card"]
+    "#;
+    let s = load(good, &[("S", "x")]).expect("valid");
+    assert_eq!(s.accounts[0].corp_id(), "ww0123");
+    assert_eq!(s.accounts[1].kinds().count(), 3);
+}
+
+#[test]
+fn all_problems_are_reported_together() {
+    let toml = r#"
+        [refresh]
+        retry_initial = "10s"
+        retry_max = "1s"
+        [[accounts]]
+        id = ""
+        platform = "official_account"
+    "#;
+    let err = load(toml, &[]).expect_err("must fail");
+    assert_eq!(
+        keys(err),
+        vec![
+            "refresh.retry_max",
+            "accounts[0].id",
+            "accounts[0].secret_env"
+        ]
+    );
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn try_load(toml: &str) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).expect("write");
+        let overrides = Environment::with_prefix(ENV_PREFIX).source(Some(HashMap::new()));
+        let env = MapEnv(HashMap::from([("S".to_string(), "secret".to_string())]));
+        let _ = Settings::load_with(Some(&path), overrides, &env, Scope::Daemon);
+    }
+
+    /// Lines made of real keys, sections and odd values.
+    fn config_text() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            Just("[refresh]".to_string()),
+            Just("[mongodb]".to_string()),
+            Just("[[accounts]]".to_string()),
+            Just("[lease]".to_string()),
+            Just("id = \"wx1\"".to_string()),
+            Just("platform = \"wecom\"".to_string()),
+            Just("secret_env = \"S\"".to_string()),
+            Just("tickets = [\"jsapi\", \"agent_config\"]".to_string()),
+            "(margin|duration|renew_interval|uri|database|daily_call_limit|history_retention) = \"[ -~]{0,12}\"",
+            "(margin|duration|daily_call_limit) = -?[0-9]{1,20}",
+            "[ -~]{0,40}",
+        ];
+        proptest::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::test_cases(500)))]
+
+        #[test]
+        fn arbitrary_config_files_never_panic(text in config_text()) {
+            try_load(&text);
+        }
+    }
+}
+
+#[test]
+fn base_url_rules() {
+    use super::validate::parse_base_url;
+    assert!(parse_base_url("https://api.weixin.qq.com", false).is_ok());
+    assert!(parse_base_url("http://127.0.0.1:8080", false).is_err());
+    assert!(parse_base_url("http://127.0.0.1:8080", true).is_ok());
+    assert!(parse_base_url("https://x/?a=b", false).is_err());
+    assert!(parse_base_url("ftp://x", true).is_err());
+}

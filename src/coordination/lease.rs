@@ -1,0 +1,233 @@
+//! [`Lease`]: the right to refresh one account, as a value. Only a replica
+//! that took the lease has one, and every use of the right is a method here:
+//! a permit before each WeChat call, the fenced write of what it fetched,
+//! notes for `status`, and giving the lease back. Each method's filter names
+//! the holder and the term, so a lease that moved on does nothing.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::Collection;
+use secrecy::ExposeSecret;
+use wxtokend_reader::document::to_document;
+use wxtokend_reader::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
+
+use super::permit::{self, Permit, PermitRules};
+use super::{counter, field, Term, LEASES};
+use crate::store::{is_duplicate_key, Store, StoreError};
+use crate::wechat::FetchedCredential;
+
+/// How many times an insert recomputes its generation after losing a race.
+const INSERT_ATTEMPTS: usize = 3;
+
+/// A lease this replica holds on one account, at one term. Clones share the
+/// right (one per credential kind of the account); it ends when the lease
+/// moves on, whoever still holds a clone.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    store: Store,
+    app_id: AccountId,
+    holder: Arc<str>,
+    term: Term,
+}
+
+/// The outcome of [`Lease::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored as this generation; or, if WeChat answered with the value
+    /// already stored, that value's generation (nothing new was written).
+    Stored(Generation),
+    /// The lease moved to another holder or term: nothing was written.
+    Fenced,
+}
+
+impl Lease {
+    pub(super) fn new(store: Store, app_id: AccountId, holder: Arc<str>, term: Term) -> Self {
+        Self {
+            store,
+            app_id,
+            holder,
+            term,
+        }
+    }
+
+    pub fn app_id(&self) -> &AccountId {
+        &self.app_id
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    fn leases(&self) -> Collection<Document> {
+        self.store.database().collection(LEASES)
+    }
+
+    /// The filter matching this lease only while it is ours at this term.
+    fn held(&self) -> Document {
+        doc! {
+            field::ID: self.app_id.as_str(),
+            field::HOLDER: self.holder.as_ref(),
+            field::TERM: self.term.0,
+        }
+    }
+
+    /// Asks the server, atomically, whether this holder may call WeChat now
+    /// (see [`PermitRules`]). A granted permit counts one call for today.
+    pub async fn permit(&self, rules: PermitRules) -> Result<Permit, StoreError> {
+        let now = self.store.server_time().await?;
+        permit::ask(&self.leases(), self.held(), now, rules).await
+    }
+
+    /// Appends a freshly fetched credential as the next generation, if this
+    /// lease is still ours. The generation comes from the lease's counter,
+    /// so a paused former holder that resumes cannot write at all, and a
+    /// newer holder always writes a higher generation; the unique index is
+    /// the last line of defence. If an earlier attempt landed but its answer
+    /// was lost, or WeChat answered with the stored value, nothing is
+    /// written twice.
+    pub async fn insert(
+        &self,
+        kind: CredentialKind,
+        fetched: &FetchedCredential,
+        reason: RefreshReason,
+    ) -> Result<Inserted, StoreError> {
+        let credentials = self.store.credentials();
+        for _ in 0..INSERT_ATTEMPTS {
+            let newest = credentials.newest(kind, &self.app_id).await?;
+            if let Some(stored) = &newest {
+                if stored.secret() == fetched.value.expose_secret() {
+                    return Ok(Inserted::Stored(stored.generation));
+                }
+            }
+            let Some(generation) = self.reserve_generation(kind).await? else {
+                return Ok(Inserted::Fenced);
+            };
+            let document = to_document(&self.credential(kind, fetched, reason, generation));
+            match credentials.collection(kind).insert_one(document).await {
+                Ok(_) => return Ok(Inserted::Stored(generation)),
+                // The counter was behind the stored history: catch it up.
+                Err(e) if is_duplicate_key(&e) => {
+                    if let Some(stored) = credentials.newest(kind, &self.app_id).await? {
+                        self.raise_generation_floor(kind, stored.generation).await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Contended {
+            kind,
+            app_id: self.app_id.clone(),
+        })
+    }
+
+    fn credential(
+        &self,
+        kind: CredentialKind,
+        fetched: &FetchedCredential,
+        reason: RefreshReason,
+        generation: Generation,
+    ) -> Credential {
+        Credential {
+            app_id: self.app_id.clone(),
+            kind,
+            value: fetched.value.clone(),
+            expires_in: fetched.expires_in,
+            fetched_at: fetched.fetched_at,
+            expires_at: fetched.expires_at(),
+            generation,
+            reason: Some(reason),
+            fetched_by: self.holder.to_string(),
+        }
+    }
+
+    /// Takes the next generation number for `kind`, only if the lease is
+    /// still ours at this term (expired or not: nobody else can have written
+    /// since). `None`: the lease moved on, the caller must not write.
+    async fn reserve_generation(
+        &self,
+        kind: CredentialKind,
+    ) -> Result<Option<Generation>, StoreError> {
+        let counter_field = format!("{}.{}", field::GENERATIONS, kind.as_str());
+        let lease = self
+            .leases()
+            .find_one_and_update(
+                self.held(),
+                doc! { "$inc": { counter_field.as_str(): 1_i64 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await?;
+        Ok(lease.map(|l| {
+            Generation(
+                l.get_document(field::GENERATIONS)
+                    .map(|g| counter(g, kind.as_str()))
+                    .unwrap_or_default(),
+            )
+        }))
+    }
+
+    /// Makes sure the generation counter is at least `generation`, e.g. the
+    /// newest stored one (history written before leases, or a reset lease).
+    pub async fn raise_generation_floor(
+        &self,
+        kind: CredentialKind,
+        generation: Generation,
+    ) -> Result<(), StoreError> {
+        let counter_field = format!("{}.{}", field::GENERATIONS, kind.as_str());
+        self.leases()
+            .update_one(
+                doc! { field::ID: self.app_id.as_str() },
+                doc! { "$max": { counter_field.as_str(): generation.0 } },
+            )
+            .upsert(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Records WeChat's 45009: no permit for this account until the quota
+    /// day ends.
+    pub async fn mark_quota_exhausted(&self) -> Result<(), StoreError> {
+        self.leases()
+            .update_one(
+                self.held(),
+                doc! { "$set": { field::QUOTA_EXHAUSTED: true } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records (or with `None`, clears) the account's last refresh error for
+    /// `status`. The message must hold no secret (FetchError never does).
+    pub async fn note_error(&self, message: Option<&str>) -> Result<(), StoreError> {
+        let update = match message {
+            Some(message) => doc! { "$set": {
+                field::LAST_ERROR: message,
+                field::LAST_ERROR_AT: DateTime::from_system_time(SystemTime::now()),
+            } },
+            None => doc! { "$unset": { field::LAST_ERROR: "", field::LAST_ERROR_AT: "" } },
+        };
+        self.leases().update_one(self.held(), update).await?;
+        Ok(())
+    }
+
+    /// Gives the lease up at once, so another replica can take it. It
+    /// expires *now*, not in the past: replicas below their share take it
+    /// first, and only if none does within a renew interval does it count as
+    /// an orphan that anyone takes.
+    pub async fn release(self) -> Result<(), StoreError> {
+        let now = self.store.server_time().await?;
+        self.leases()
+            .update_one(
+                self.held(),
+                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! Coordination between replicas, in MongoDB: one lease per account decides
+//! who may talk to WeChat for it. A held lease is a value, [`Lease`]: asking
+//! for a permit before a WeChat call, writing a credential (fenced by the
+//! lease's term), noting errors and giving the lease back are its methods,
+//! so none of them can be done without holding it. [`Leases`] takes leases,
+//! renews and releases them in bulk, and keeps the replicas' heartbeats.
+//!
+//! All lease times come from the MongoDB server's clock (`hello.localTime`
+//! and `$$NOW`), never from a replica's, so replicas with skewed clocks agree.
+
+mod lease;
+mod permit;
+pub mod quota;
+mod requests;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::Collection;
+use wxtokend_reader::document::integer;
+use wxtokend_reader::AccountId;
+
+use crate::store::{is_duplicate_key, Store, StoreError};
+pub use lease::{Inserted, Lease};
+pub use permit::{Permit, PermitRules};
+pub use requests::{RefreshRequest, Requests};
+
+/// The coordination collections.
+pub const LEASES: &str = "leases";
+pub const INSTANCES: &str = "instances";
+
+/// Field names of lease documents (`_id` is the account id).
+pub mod field {
+    pub const ID: &str = "_id";
+    pub const HOLDER: &str = "holder";
+    pub const TERM: &str = "term";
+    pub const EXPIRES_AT: &str = "expires_at";
+    pub const ACQUIRED_AT: &str = "acquired_at";
+    /// Generation counters, one sub-field per credential kind.
+    pub const GENERATIONS: &str = "generations";
+    /// Beijing-time day (`YYYY-MM-DD`) that `quota_calls` counts.
+    pub const QUOTA_DAY: &str = "quota_day";
+    pub const QUOTA_CALLS: &str = "quota_calls";
+    /// Set when WeChat answered 45009 on `quota_day`.
+    pub const QUOTA_EXHAUSTED: &str = "quota_exhausted";
+    /// Forced refreshes counted on `quota_day` (stable_token's force_refresh).
+    pub const QUOTA_FORCED_CALLS: &str = "quota_forced_calls";
+    pub const LAST_FORCED_AT: &str = "last_forced_at";
+    pub const LAST_ERROR: &str = "last_error";
+    pub const LAST_ERROR_AT: &str = "last_error_at";
+}
+
+/// A lease term: increases by one each time the lease changes hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Term(pub i64);
+
+/// Who holds an account's lease, and its counters, for `status` and balancing.
+#[derive(Debug, Clone)]
+pub struct LeaseInfo {
+    pub app_id: AccountId,
+    pub holder: String,
+    pub term: Term,
+    pub expires_at: SystemTime,
+    pub quota_day: Option<String>,
+    pub quota_calls: i64,
+    pub quota_exhausted: bool,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+}
+
+/// The lease collection, seen by one replica (`holder`). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    store: Store,
+}
+
+impl Leases {
+    pub(crate) fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    fn collection(&self) -> Collection<Document> {
+        self.store.database().collection(LEASES)
+    }
+
+    /// Takes the lease of `app_id` for `holder` if nobody holds it or its
+    /// holder let it expire. `None`: someone else holds it.
+    pub async fn acquire(
+        &self,
+        app_id: &AccountId,
+        holder: &Arc<str>,
+        duration: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = self.store.server_time().await?;
+        let filter = doc! {
+            field::ID: app_id.as_str(),
+            "$or": [
+                { field::TERM: { "$exists": false } },
+                { "$expr": { "$lte": [format!("${}", field::EXPIRES_AT), "$$NOW"] } },
+            ],
+        };
+        let update = doc! {
+            "$set": {
+                field::HOLDER: holder.as_ref(),
+                field::EXPIRES_AT: DateTime::from_system_time(now + duration),
+                field::ACQUIRED_AT: DateTime::from_system_time(now),
+            },
+            "$inc": { field::TERM: 1_i64 },
+        };
+        let result = self
+            .collection()
+            .find_one_and_update(filter, update)
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await;
+        match result {
+            Ok(Some(lease)) => {
+                let term = Term(integer(&lease, field::TERM).unwrap_or_default());
+                Ok(Some(Lease::new(
+                    self.store.clone(),
+                    app_id.clone(),
+                    holder.clone(),
+                    term,
+                )))
+            }
+            Ok(None) => Ok(None),
+            // The lease exists and is valid: the upsert collided with it.
+            Err(e) if is_duplicate_key(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Extends every lease `holder` holds among `ids`, in one write, and
+    /// returns the ids it still holds (the others were taken over). While a
+    /// lease keeps its holder its term cannot change, so the holder alone
+    /// identifies it.
+    pub async fn renew_all(
+        &self,
+        ids: &[AccountId],
+        holder: &str,
+        duration: Duration,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let now = self.store.server_time().await?;
+        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        let filter = doc! { field::ID: { "$in": &ids }, field::HOLDER: holder };
+        let result = self
+            .collection()
+            .update_many(
+                filter.clone(),
+                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now + duration) } },
+            )
+            .await?;
+        if result.matched_count as usize == ids.len() {
+            return Ok(ids.into_iter().map(AccountId::new).collect());
+        }
+        self.ids(filter).await
+    }
+
+    /// Leases of `ids` that expired before `before` (server clock): the
+    /// accounts nobody refreshes.
+    pub async fn expired(
+        &self,
+        ids: &[AccountId],
+        before: SystemTime,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        self.ids(doc! {
+            field::ID: { "$in": ids },
+            field::EXPIRES_AT: { "$lte": DateTime::from_system_time(before) },
+        })
+        .await
+    }
+
+    async fn ids(&self, filter: Document) -> Result<Vec<AccountId>, StoreError> {
+        let docs: Vec<Document> = self
+            .collection()
+            .find(filter)
+            .projection(doc! { field::ID: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| d.get_str(field::ID).ok().map(AccountId::new))
+            .collect())
+    }
+
+    /// Gives up every lease `holder` holds among `ids`, in one write (clean
+    /// shutdown). Like [`Lease::release`], they expire now.
+    pub async fn release_all(&self, ids: &[AccountId], holder: &str) -> Result<(), StoreError> {
+        let now = self.store.server_time().await?;
+        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        self.collection()
+            .update_many(
+                doc! { field::ID: { "$in": ids }, field::HOLDER: holder },
+                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The lease documents of `ids`, or of every account if `ids` is empty.
+    pub async fn infos(&self, ids: &[AccountId]) -> Result<Vec<LeaseInfo>, StoreError> {
+        let filter = if ids.is_empty() {
+            doc! {}
+        } else {
+            let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+            doc! { field::ID: { "$in": ids } }
+        };
+        let docs: Vec<Document> = self
+            .collection()
+            .find(filter)
+            .sort(doc! { field::ID: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs.iter().map(lease_info).collect())
+    }
+
+    /// Announces `instance` as alive until `duration` from now and returns
+    /// how many replicas are alive (this one included).
+    pub async fn heartbeat(
+        &self,
+        instance: &str,
+        duration: Duration,
+        held: usize,
+    ) -> Result<usize, StoreError> {
+        let now = self.store.server_time().await?;
+        let instances = self.store.database().collection::<Document>(INSTANCES);
+        instances
+            .update_one(
+                doc! { "_id": instance },
+                doc! { "$set": {
+                    field::EXPIRES_AT: DateTime::from_system_time(now + duration),
+                    "leases_held": i64::try_from(held).unwrap_or(i64::MAX),
+                } },
+            )
+            .upsert(true)
+            .await?;
+        let live = instances
+            .count_documents(doc! { field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) } })
+            .await?;
+        Ok(usize::try_from(live).unwrap_or(1).max(1))
+    }
+
+    /// Removes `instance`'s heartbeat (clean shutdown).
+    pub async fn leave(&self, instance: &str) -> Result<(), StoreError> {
+        self.store
+            .database()
+            .collection::<Document>(INSTANCES)
+            .delete_one(doc! { "_id": instance })
+            .await?;
+        Ok(())
+    }
+}
+
+/// An integer counter of a lease document (0 when absent).
+fn counter(doc: &Document, name: &'static str) -> i64 {
+    integer(doc, name).unwrap_or_default()
+}
+
+fn lease_info(doc: &Document) -> LeaseInfo {
+    let date = |name| doc.get_datetime(name).ok().map(|d| d.to_system_time());
+    LeaseInfo {
+        app_id: AccountId::new(doc.get_str(field::ID).unwrap_or_default()),
+        holder: doc.get_str(field::HOLDER).unwrap_or_default().to_owned(),
+        term: Term(counter(doc, field::TERM)),
+        expires_at: date(field::EXPIRES_AT).unwrap_or(UNIX_EPOCH),
+        quota_day: doc.get_str(field::QUOTA_DAY).ok().map(str::to_owned),
+        quota_calls: counter(doc, field::QUOTA_CALLS),
+        quota_exhausted: doc.get_bool(field::QUOTA_EXHAUSTED).unwrap_or(false),
+        last_error: doc.get_str(field::LAST_ERROR).ok().map(str::to_owned),
+        last_error_at: date(field::LAST_ERROR_AT),
+    }
+}

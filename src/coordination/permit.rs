@@ -1,0 +1,153 @@
+//! Permits: the server's answer to "may this holder call WeChat now?". One
+//! atomic update checks the lease (holder, term, enough time left), the day's
+//! call ceiling, WeChat's 45009 and the forced-refresh limits, and counts the
+//! call; a refusal is then explained from the lease document.
+
+use std::time::{Duration, SystemTime};
+
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::Collection;
+
+use super::quota::quota_day;
+use super::{counter, field};
+use crate::store::StoreError;
+
+/// The answer to "may I call WeChat now?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Permit {
+    Granted {
+        calls_today: i64,
+    },
+    /// Another replica holds the lease, or ours is too close to its end.
+    NotHolder,
+    /// The configured daily ceiling is reached, or WeChat said 45009 today.
+    QuotaSpent {
+        calls_today: i64,
+    },
+    /// A forced refresh came too soon after the previous one.
+    TooSoon {
+        retry_in: Duration,
+    },
+    /// Today's forced refreshes are spent (`forced_daily_limit`).
+    ForcedSpent,
+}
+
+/// What a permit asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PermitRules {
+    /// The lease must have at least this much left on the server's clock.
+    pub min_remaining: Duration,
+    pub daily_limit: i64,
+    /// For forced refreshes: the minimum time since the previous forced one.
+    pub forced_min_interval: Option<Duration>,
+    /// For forced refreshes: how many are allowed per quota day.
+    pub forced_daily_limit: Option<i64>,
+}
+
+/// Asks for a permit on the lease matched by `held`, at server time `now`.
+pub(super) async fn ask(
+    leases: &Collection<Document>,
+    held: Document,
+    now: SystemTime,
+    rules: PermitRules,
+) -> Result<Permit, StoreError> {
+    start_quota_day(leases, held.clone(), &quota_day(now)).await?;
+    let (filter, update) = grant(held.clone(), now, rules);
+    let granted = leases
+        .find_one_and_update(filter, update)
+        .return_document(ReturnDocument::After)
+        .await?;
+    if let Some(lease) = granted {
+        return Ok(Permit::Granted {
+            calls_today: counter(&lease, field::QUOTA_CALLS),
+        });
+    }
+    let lease = leases.find_one(held).await?;
+    Ok(lease.map_or(Permit::NotHolder, |lease| refusal(&lease, now, rules)))
+}
+
+/// Resets the day's counters when the quota day has changed.
+async fn start_quota_day(
+    leases: &Collection<Document>,
+    mut held: Document,
+    today: &str,
+) -> Result<(), StoreError> {
+    held.insert(field::QUOTA_DAY, doc! { "$ne": today });
+    leases
+        .update_one(
+            held,
+            doc! { "$set": {
+                field::QUOTA_DAY: today,
+                field::QUOTA_CALLS: 0_i64,
+                field::QUOTA_FORCED_CALLS: 0_i64,
+                field::QUOTA_EXHAUSTED: false,
+            } },
+        )
+        .await?;
+    Ok(())
+}
+
+/// The filter that matches only a lease allowed to call, and the update
+/// that counts the call.
+fn grant(mut filter: Document, now: SystemTime, rules: PermitRules) -> (Document, Document) {
+    filter.insert(
+        field::EXPIRES_AT,
+        doc! { "$gt": DateTime::from_system_time(now + rules.min_remaining) },
+    );
+    filter.insert(field::QUOTA_EXHAUSTED, doc! { "$ne": true });
+    filter.insert(field::QUOTA_CALLS, doc! { "$lt": rules.daily_limit });
+    let mut update = doc! { "$inc": { field::QUOTA_CALLS: 1_i64 } };
+    if let Some(interval) = rules.forced_min_interval {
+        filter.insert(
+            "$or",
+            vec![
+                doc! { field::LAST_FORCED_AT: { "$exists": false } },
+                doc! { field::LAST_FORCED_AT: { "$lte": DateTime::from_system_time(now - interval) } },
+            ],
+        );
+        update.insert(
+            "$set",
+            doc! { field::LAST_FORCED_AT: DateTime::from_system_time(now) },
+        );
+    }
+    if let Some(limit) = rules.forced_daily_limit {
+        // `$not $gte` also matches a lease written before the counter existed.
+        filter.insert(
+            field::QUOTA_FORCED_CALLS,
+            doc! { "$not": { "$gte": limit } },
+        );
+        update.insert(
+            "$inc",
+            doc! { field::QUOTA_CALLS: 1_i64, field::QUOTA_FORCED_CALLS: 1_i64 },
+        );
+    }
+    (filter, update)
+}
+
+/// Why a lease we hold got no permit.
+fn refusal(lease: &Document, now: SystemTime, rules: PermitRules) -> Permit {
+    let calls_today = counter(lease, field::QUOTA_CALLS);
+    let exhausted = lease.get_bool(field::QUOTA_EXHAUSTED).unwrap_or(false);
+    if exhausted || calls_today >= rules.daily_limit {
+        return Permit::QuotaSpent { calls_today };
+    }
+    if rules
+        .forced_daily_limit
+        .is_some_and(|limit| counter(lease, field::QUOTA_FORCED_CALLS) >= limit)
+    {
+        return Permit::ForcedSpent;
+    }
+    if let (Some(interval), Ok(last)) = (
+        rules.forced_min_interval,
+        lease.get_datetime(field::LAST_FORCED_AT),
+    ) {
+        let next = last.to_system_time() + interval;
+        if next > now {
+            return Permit::TooSoon {
+                retry_in: next.duration_since(now).unwrap_or_default(),
+            };
+        }
+    }
+    Permit::NotHolder
+}

@@ -1,0 +1,227 @@
+//! The fetch half of a refresher: a permit from the lease, then the call to
+//! WeChat, and what its answer or error means (quota stop, backoff, a stale
+//! access token reported, one clear log per problem).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use wxtokend_reader::requests::{self as request_docs, NewRequest};
+use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
+
+use super::{Problem, Refresher};
+use crate::config::TokenEndpoint;
+use crate::coordination::{Permit, PermitRules};
+use crate::metrics::{Operation, Outcome};
+use crate::store::StoreError;
+use crate::wechat::{ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY};
+
+impl Refresher {
+    /// Asks the lease for a permit, then calls WeChat. A ticket needs a
+    /// valid access token first.
+    pub(super) async fn fetch(&mut self, reason: RefreshReason) -> Duration {
+        let access_token = if self.kind.is_ticket() {
+            match self.access_token().await {
+                Ok(Some(token)) => Some(token),
+                Ok(None) => {
+                    tracing::debug!("waiting for a valid access_token");
+                    return self.ctx.refresh.request_poll_interval;
+                }
+                Err(e) => {
+                    return self.store_failed(&e, "cannot read the access_token for a ticket")
+                }
+            }
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let permit = self.lease.permit(self.permit_rules()).await;
+        self.ctx
+            .metrics
+            .mongodb(Operation::Permit, started.elapsed(), permit.is_ok());
+        match permit {
+            Ok(Permit::Granted { calls_today }) => {
+                self.ctx
+                    .metrics
+                    .quota_calls_today(&self.account.id, calls_today);
+                self.call_wechat(reason, calls_today, access_token).await
+            }
+            Ok(Permit::NotHolder) => {
+                tracing::debug!("no permit: lease not held with enough time left");
+                self.machine.not_holder()
+            }
+            Ok(Permit::TooSoon { retry_in }) => {
+                tracing::info!(retry_in_s = retry_in.as_secs(), %reason, "forced refresh postponed: the previous one was too recent");
+                self.machine.too_soon(retry_in, SystemTime::now())
+            }
+            Ok(Permit::QuotaSpent { calls_today }) => self.quota_spent(calls_today, None),
+            Ok(Permit::ForcedSpent) => {
+                tracing::warn!(
+                    %reason,
+                    limit = STABLE_TOKEN_FORCED_PER_DAY,
+                    "forced refresh dropped: today's stable_token force_refresh calls are spent"
+                );
+                self.machine.forced_spent();
+                Duration::ZERO
+            }
+            Err(e) => self.store_failed(&e, "cannot get a permit to call WeChat"),
+        }
+    }
+
+    async fn access_token(&self) -> Result<Option<Credential>, StoreError> {
+        let token = self
+            .ctx
+            .store
+            .credentials()
+            .newest_valid(
+                CredentialKind::AccessToken,
+                &self.account.id,
+                SystemTime::now(),
+            )
+            .await?;
+        Ok(token)
+    }
+
+    fn permit_rules(&self) -> PermitRules {
+        let forced = self.machine.forced();
+        PermitRules {
+            min_remaining: self.ctx.lease_duration / 2,
+            daily_limit: self.ctx.refresh.daily_call_limit,
+            forced_min_interval: forced.map(|_| self.ctx.refresh.forced_min_interval),
+            forced_daily_limit: forced
+                .filter(|_| self.uses_stable_token())
+                .map(|_| STABLE_TOKEN_FORCED_PER_DAY),
+        }
+    }
+
+    fn uses_stable_token(&self) -> bool {
+        self.kind == CredentialKind::AccessToken
+            && self.account.endpoint == TokenEndpoint::StableToken
+    }
+
+    /// No fetch until WeChat's quota day ends; `cause` is WeChat's 45009
+    /// answer when it came from WeChat rather than our own ceiling.
+    fn quota_spent(&mut self, calls_today: i64, cause: Option<&FetchError>) -> Duration {
+        self.ctx
+            .metrics
+            .quota_calls_today(&self.account.id, calls_today);
+        let wait = self.machine.quota_spent(SystemTime::now());
+        if self.last_problem != Some(Problem::Quota) {
+            tracing::error!(
+                error = cause.map(tracing::field::display),
+                calls_today,
+                daily_call_limit = self.ctx.refresh.daily_call_limit,
+                retry_in_s = wait.as_secs(),
+                "daily quota for the token call is spent: no fetch until it resets"
+            );
+            self.last_problem = Some(Problem::Quota);
+        }
+        wait
+    }
+
+    async fn call_wechat(
+        &mut self,
+        reason: RefreshReason,
+        calls_today: i64,
+        access_token: Option<Credential>,
+    ) -> Duration {
+        let started = Instant::now();
+        let wechat = &self.ctx.wechat;
+        let result = match &access_token {
+            None => {
+                // stable_token's force_refresh is only for a token reported invalid.
+                let force = reason == RefreshReason::ReportedInvalid;
+                wechat.fetch_access_token(&self.account, force).await
+            }
+            Some(token) => {
+                wechat
+                    .fetch_ticket(&self.account, self.kind, &token.value)
+                    .await
+            }
+        };
+        let metrics = &self.ctx.metrics;
+        metrics.upstream_call(&self.account.id, self.kind, started.elapsed());
+        let outcome = result
+            .as_ref()
+            .map_or_else(|e| e.class().into(), |_| Outcome::Success);
+        metrics.refresh_outcome(&self.account.id, self.kind, outcome);
+        match result {
+            Ok(fetched) => {
+                self.fetched(fetched, reason, calls_today);
+                Duration::ZERO
+            }
+            Err(e) => {
+                self.fetch_failed(&e, calls_today, access_token.as_ref())
+                    .await
+            }
+        }
+    }
+
+    fn fetched(&mut self, fetched: FetchedCredential, reason: RefreshReason, calls_today: i64) {
+        tracing::debug!(
+            expires_in_s = fetched.expires_in.as_secs(),
+            %reason,
+            calls_today,
+            "fetched a {}", self.kind
+        );
+        self.machine.fetched(fetched, reason);
+    }
+
+    async fn fetch_failed(
+        &mut self,
+        error: &FetchError,
+        calls_today: i64,
+        access_token: Option<&Credential>,
+    ) -> Duration {
+        if error.class() == ErrorClass::DailyQuota {
+            let marked = self.lease.mark_quota_exhausted().await;
+            self.lease_note_failed(marked);
+            return self.quota_spent(calls_today, Some(error));
+        }
+        if let (ErrorClass::InvalidToken, Some(token)) = (error.class(), access_token) {
+            self.report_stale_access_token(token).await;
+        }
+        let wait = self.machine.fetch_failed(error.class(), SystemTime::now());
+        self.report_fetch_error(error, wait);
+        let noted = self.lease.note_error(Some(&error.to_string())).await;
+        self.lease_note_failed(noted);
+        wait
+    }
+
+    /// WeChat refused the access token a ticket was fetched with: ask for
+    /// that token to be refreshed (once per generation, like any report).
+    async fn report_stale_access_token(&self, token: &Credential) {
+        let request = NewRequest {
+            app_id: &self.account.id,
+            kind: CredentialKind::AccessToken,
+            reason: RefreshReason::ReportedInvalid,
+            generation: Some(token.generation),
+            requested_by: &self.ctx.instance_id,
+        };
+        if let Err(e) = request_docs::file(self.ctx.store.database(), &request).await {
+            tracing::debug!(error = %e, "cannot report the stale access_token");
+        }
+    }
+
+    fn report_fetch_error(&mut self, error: &FetchError, wait: Duration) {
+        let class = error.class();
+        let problem = Problem::Fetch(class, error.errcode());
+        let repeated = self.last_problem.as_ref() == Some(&problem);
+        self.last_problem = Some(problem);
+        let retry_in_s = wait.as_secs();
+        match class {
+            ErrorClass::Transient | ErrorClass::InvalidToken => tracing::warn!(
+                error = %error, attempt = self.machine.fetch_attempts(), retry_in_s,
+                "{} fetch failed; retrying", self.kind
+            ),
+            _ if repeated => tracing::debug!(
+                error = %error, retry_in_s, "{} fetch still failing", self.kind
+            ),
+            ErrorClass::Permanent => tracing::error!(
+                error = %error, retry_in_s,
+                "{} fetch refused by WeChat: fix this account's configuration \
+                 (secret, appid, IP whitelist); the last good one is served while valid", self.kind
+            ),
+            // Reported by quota_spent, which also stops fetching.
+            ErrorClass::DailyQuota => {}
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The refresh rules, driven with synthetic times and outcomes.
+
+use super::*;
+use crate::coordination::quota::quota_day;
+use mongodb::bson::oid::ObjectId;
+use secrecy::SecretString;
+use wxtokend_reader::{AccountId, CredentialKind};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const TWO_HOURS: Duration = Duration::from_secs(7200);
+
+fn settings() -> RefreshSettings {
+    RefreshSettings {
+        margin: Duration::from_secs(600),
+        retry_initial: Duration::from_secs(1),
+        retry_max: Duration::from_secs(60),
+        permanent_error_retry: Duration::from_secs(1800),
+        request_poll_interval: Duration::from_secs(1),
+        forced_min_interval: Duration::from_secs(30),
+        daily_call_limit: 1800,
+    }
+}
+
+/// 2026-11-24 12:00:00 UTC (20:00 in Beijing).
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_795_521_600)
+}
+
+fn fetched(value: &str, at: SystemTime, lifetime: Duration) -> FetchedCredential {
+    FetchedCredential {
+        value: SecretString::from(value.to_owned()),
+        expires_in: lifetime,
+        fetched_at: at,
+    }
+}
+
+fn stored(generation: i64, fetched_at: SystemTime, lifetime: Duration) -> Credential {
+    Credential {
+        app_id: AccountId::new("wx1"),
+        kind: CredentialKind::AccessToken,
+        value: SecretString::from("STORED"),
+        expires_in: lifetime,
+        fetched_at,
+        expires_at: fetched_at + lifetime,
+        generation: Generation(generation),
+        reason: Some(RefreshReason::Scheduled),
+        fetched_by: "test".into(),
+    }
+}
+
+fn request(reason: RefreshReason, generation: Option<i64>) -> RefreshRequest {
+    RefreshRequest {
+        id: ObjectId::new(),
+        app_id: AccountId::new("wx1"),
+        kind: CredentialKind::AccessToken,
+        reason,
+        generation: generation.map(Generation),
+    }
+}
+
+/// A machine holding generation 1, fetched at `t0` for two hours.
+fn holding() -> Machine {
+    let mut m = Machine::new(settings());
+    m.loaded(Some(&stored(1, t0(), TWO_HOURS)), t0());
+    m
+}
+
+#[test]
+fn a_valid_stored_token_is_reused_and_refreshed_at_its_margin() {
+    let mut m = Machine::new(settings());
+    assert_eq!(m.next(t0()), Action::Load);
+    let now = t0() + HOUR;
+    m.loaded(Some(&stored(1, t0(), TWO_HOURS)), now);
+    // Due at expiry minus the 10-minute margin: 50 minutes from now.
+    assert_eq!(m.next(now), Action::Wait(Duration::from_secs(3000)));
+    let due = t0() + TWO_HOURS - Duration::from_secs(600);
+    assert_eq!(m.next(due), Action::Fetch(RefreshReason::Scheduled));
+}
+
+#[test]
+fn nothing_valid_stored_means_a_startup_fetch_now() {
+    let mut m = Machine::new(settings());
+    m.loaded(Some(&stored(3, t0() - TWO_HOURS, TWO_HOURS)), t0());
+    assert_eq!(m.next(t0()), Action::Fetch(RefreshReason::Startup));
+    let mut empty = Machine::new(settings());
+    empty.loaded(None, t0());
+    assert_eq!(empty.next(t0()), Action::Fetch(RefreshReason::Startup));
+}
+
+#[test]
+fn the_schedule_follows_the_returned_expires_in() {
+    let mut m = holding();
+    let at = t0() + Duration::from_secs(6600);
+    m.fetched(
+        fetched("NEW", at, Duration::from_secs(3000)),
+        RefreshReason::Scheduled,
+    );
+    assert_eq!(m.next(at), Action::Store);
+    assert_eq!(m.stored(Generation(2)), StoredAs::New(Generation(2)));
+    // 3000 s of life, 600 s of margin: due 2400 s after the fetch.
+    assert_eq!(m.next(at), Action::Wait(Duration::from_secs(2400)));
+}
+
+#[test]
+fn the_margin_is_capped_at_half_a_short_life() {
+    let mut m = Machine::new(settings());
+    let life = Duration::from_secs(60);
+    m.loaded(Some(&stored(1, t0(), life)), t0());
+    assert_eq!(m.next(t0()), Action::Wait(Duration::from_secs(30)));
+}
+
+#[test]
+fn transient_failures_back_off_and_a_success_resets() {
+    let mut m = Machine::new(settings());
+    m.loaded(None, t0());
+    let mut now = t0();
+    for cap in [1, 2, 4, 8, 16, 32, 60, 60] {
+        assert_eq!(m.next(now), Action::Fetch(RefreshReason::Startup));
+        let wait = m.fetch_failed(ErrorClass::Transient, now);
+        let cap = Duration::from_secs(cap);
+        assert!(wait >= cap / 2 && wait <= cap, "{wait:?} vs {cap:?}");
+        assert_eq!(m.next(now), Action::Wait(wait));
+        now += wait;
+    }
+    assert_eq!(m.fetch_attempts(), 8);
+    m.fetched(fetched("T", now, TWO_HOURS), RefreshReason::Startup);
+    assert_eq!(m.fetch_attempts(), 0);
+}
+
+#[test]
+fn a_permanent_error_waits_the_long_retry_and_keeps_the_good_token() {
+    let mut m = holding();
+    let due = t0() + Duration::from_secs(6600);
+    assert_eq!(m.next(due), Action::Fetch(RefreshReason::Scheduled));
+    assert_eq!(
+        m.fetch_failed(ErrorClass::Permanent, due),
+        Duration::from_secs(1800)
+    );
+    assert!(matches!(m.state(), State::Holding(Some(h)) if h.generation == Generation(1)));
+    assert_eq!(m.next(due), Action::Wait(Duration::from_secs(1800)));
+}
+
+#[test]
+fn a_spent_quota_waits_for_midnight_in_beijing() {
+    let mut m = holding();
+    let now = t0() + Duration::from_secs(6600); // 21:50 in Beijing
+    let wait = m.quota_spent(now);
+    let midnight = next_quota_reset(now);
+    assert_eq!(quota_day(midnight), "2026-11-25");
+    let earliest = midnight.duration_since(now).expect("later");
+    assert!(wait >= earliest && wait < earliest + QUOTA_RESET_SPREAD);
+    assert_eq!(
+        m.next(now + earliest / 2),
+        Action::Wait(wait - earliest / 2)
+    );
+}
+
+#[test]
+fn a_report_of_the_newest_generation_forces_one_refresh() {
+    let mut m = holding();
+    assert_eq!(
+        m.request(&request(RefreshReason::ReportedInvalid, Some(0))),
+        Requested::Ignored {
+            newest: Some(Generation(1))
+        }
+    );
+    assert_eq!(
+        m.request(&request(RefreshReason::ReportedInvalid, None)),
+        Requested::Ignored {
+            newest: Some(Generation(1))
+        }
+    );
+    assert_eq!(m.next(t0()), Action::Wait(Duration::from_secs(6600)));
+    assert_eq!(
+        m.request(&request(RefreshReason::ReportedInvalid, Some(1))),
+        Requested::Accepted(RefreshReason::ReportedInvalid)
+    );
+    assert_eq!(m.next(t0()), Action::Fetch(RefreshReason::ReportedInvalid));
+    // Wanted until a fetch succeeds, spaced as the permit says.
+    let wait = m.too_soon(Duration::from_secs(20), t0());
+    assert_eq!(m.next(t0()), Action::Wait(wait));
+    let later = t0() + wait;
+    assert_eq!(m.next(later), Action::Fetch(RefreshReason::ReportedInvalid));
+    m.fetched(
+        fetched("NEW", later, TWO_HOURS),
+        RefreshReason::ReportedInvalid,
+    );
+    assert_eq!(m.forced(), None);
+}
+
+#[test]
+fn a_manual_request_refreshes_now_whatever_is_held() {
+    let mut m = holding();
+    assert_eq!(
+        m.request(&request(RefreshReason::Manual, None)),
+        Requested::Accepted(RefreshReason::Manual)
+    );
+    assert_eq!(m.next(t0()), Action::Fetch(RefreshReason::Manual));
+    m.forced_spent();
+    assert_eq!(m.next(t0()), Action::Wait(Duration::from_secs(6600)));
+}
+
+#[test]
+fn a_repeat_answer_keeps_its_generation() {
+    let mut m = holding();
+    let due = t0() + Duration::from_secs(6600);
+    m.fetched(fetched("STORED", due, TWO_HOURS), RefreshReason::Scheduled);
+    assert_eq!(m.stored(Generation(1)), StoredAs::Repeat(Generation(1)));
+    assert!(matches!(m.state(), State::Holding(Some(h)) if h.generation == Generation(1)));
+    // Not a loop: the next fetch waits for the answer's own margin.
+    assert!(matches!(m.next(due), Action::Wait(w) if !w.is_zero()));
+}
+
+#[test]
+fn a_fetched_token_is_kept_through_an_outage_and_stored_without_a_new_fetch() {
+    let mut m = holding();
+    let due = t0() + Duration::from_secs(6600);
+    m.fetched(fetched("NEW", due, TWO_HOURS), RefreshReason::Scheduled);
+    let mut now = due;
+    for _ in 0..5 {
+        assert_eq!(m.next(now), Action::Store);
+        now += m.store_failed();
+    }
+    // A report during the outage waits for the new generation.
+    assert!(matches!(
+        m.request(&request(RefreshReason::ReportedInvalid, Some(1))),
+        Requested::Ignored { newest: None }
+    ));
+    assert_eq!(m.next(now), Action::Store);
+    assert_eq!(m.stored(Generation(2)), StoredAs::New(Generation(2)));
+}
+
+#[test]
+fn a_fetched_token_that_expired_unstored_is_dropped_and_fetched_again() {
+    let mut m = holding();
+    let due = t0() + Duration::from_secs(6600);
+    m.fetched(fetched("NEW", due, HOUR), RefreshReason::Scheduled);
+    let late = due + HOUR;
+    assert_eq!(m.next(late), Action::DropExpired);
+    assert_eq!(m.next(late), Action::Fetch(RefreshReason::Startup));
+}
+
+#[test]
+fn a_fenced_refresher_does_nothing() {
+    let mut m = holding();
+    m.fetched(fetched("NEW", t0(), TWO_HOURS), RefreshReason::Scheduled);
+    m.fenced();
+    assert_eq!(m.next(t0()), Action::Wait(FENCED_IDLE));
+    assert!(m.pending().is_none());
+}

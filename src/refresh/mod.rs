@@ -1,0 +1,290 @@
+//! One refresher per credential of each account whose lease this replica
+//! holds. The decisions are in [`machine`] (no I/O, unit-tested); this file
+//! performs them: it reads what is stored, asks the lease for a permit,
+//! calls WeChat, writes through the lease (fenced by its term), and logs.
+//!
+//! [`Refresher::step`] does one action and says how long to wait before the
+//! next; [`Refresher::run`] is only the loop around it, inside one `tracing`
+//! span naming the account and the kind.
+
+mod backoff;
+mod fetch;
+mod machine;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
+
+pub use backoff::Backoff;
+use machine::{Action, Machine, Requested, StoredAs};
+
+use crate::config::{Account, RefreshSettings};
+use crate::coordination::{Inserted, Lease, RefreshRequest};
+use crate::metrics::{Metrics, Operation};
+use crate::store::{Store, StoreError};
+use crate::wechat::{ErrorClass, WechatClient};
+
+/// What every refresher of this replica shares.
+#[derive(Debug)]
+pub struct Context {
+    pub wechat: WechatClient,
+    pub store: Store,
+    pub refresh: RefreshSettings,
+    pub lease_duration: Duration,
+    pub instance_id: Arc<str>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a problem was, to log a repeated one once rather than every retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Problem {
+    Fetch(ErrorClass, Option<i64>),
+    Quota,
+    Store,
+}
+
+/// Keeps one credential of one account fresh while this replica holds the
+/// account's lease.
+pub struct Refresher {
+    account: Account,
+    kind: CredentialKind,
+    ctx: Arc<Context>,
+    lease: Lease,
+    /// The latest refresh request for this credential (a slot, not a queue:
+    /// requests are summarized per credential before they get here).
+    requests: watch::Receiver<Option<RefreshRequest>>,
+    machine: Machine,
+    last_problem: Option<Problem>,
+}
+
+impl Refresher {
+    pub fn new(
+        account: Account,
+        kind: CredentialKind,
+        ctx: Arc<Context>,
+        lease: Lease,
+        requests: watch::Receiver<Option<RefreshRequest>>,
+    ) -> Self {
+        let machine = Machine::new(ctx.refresh.clone());
+        Self {
+            account,
+            kind,
+            ctx,
+            lease,
+            requests,
+            machine,
+            last_problem: None,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. A step in progress is finished
+    /// (a fetched token must not be lost); a token that is still unstored at
+    /// shutdown gets one last write attempt.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let span = tracing::info_span!("refresh", account = %self.account.id, kind = %self.kind);
+        self.run_until(shutdown).instrument(span).await;
+    }
+
+    async fn run_until(mut self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            // Boxed: a sleeping task then holds a pointer, not room for the
+            // largest step (10,000 idle accounts cost kilobytes each otherwise).
+            let wait = Box::pin(self.step()).await;
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+                Ok(()) = self.requests.changed() => {
+                    let request = self.requests.borrow_and_update().clone();
+                    if let Some(request) = request {
+                        self.on_request(&request);
+                    }
+                }
+            }
+        }
+        if self.machine.pending().is_some() {
+            tracing::info!("stopping: storing the fetched credential first");
+            self.store_pending().await;
+        }
+    }
+
+    /// Does the next action (load what is stored, store a pending token, or
+    /// fetch) and returns how long to wait before the next step.
+    pub async fn step(&mut self) -> Duration {
+        let now = SystemTime::now();
+        match self.machine.next(now) {
+            Action::Wait(wait) => wait,
+            Action::Load => self.load_stored(now).await,
+            Action::Store => self.store_pending().await,
+            Action::Fetch(reason) => self.fetch(reason).await,
+            Action::DropExpired => {
+                tracing::warn!(
+                    "the fetched {} expired before MongoDB could store it; fetching again",
+                    self.kind
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: &RefreshRequest) {
+        match self.machine.request(request) {
+            Requested::Accepted(RefreshReason::ReportedInvalid) => tracing::info!(
+                generation = ?request.generation,
+                "newest {} reported invalid; refreshing", self.kind
+            ),
+            Requested::Accepted(_) => tracing::info!("manual refresh requested"),
+            Requested::Ignored { newest } => tracing::debug!(
+                reported = ?request.generation,
+                ?newest,
+                "ignoring a report about an older or unknown generation"
+            ),
+        }
+    }
+
+    /// At the start of a lease, reuse a stored token that is still valid:
+    /// fetching would rotate it under every service that already reads it.
+    async fn load_stored(&mut self, now: SystemTime) -> Duration {
+        let newest = match self.read_newest().await {
+            Ok(newest) => newest,
+            Err(e) => return self.store_failed(&e, "cannot read the stored credential"),
+        };
+        self.recovered_from(&Problem::Store);
+        self.machine.loaded(newest.as_ref(), now);
+        match newest.filter(|c| c.is_valid_at(now)) {
+            Some(c) => {
+                self.ctx.metrics.credential(
+                    &self.account.id,
+                    self.kind,
+                    c.generation,
+                    c.fetched_at,
+                    c.expires_at,
+                );
+                tracing::info!(
+                    generation = %c.generation,
+                    time_left_s = c.time_left(now).as_secs(),
+                    "reusing the stored {}", self.kind
+                );
+            }
+            None => tracing::info!("no valid {} stored; fetching one", self.kind),
+        }
+        Duration::ZERO
+    }
+
+    /// The newest stored credential, with the lease's generation counter
+    /// raised to it (history written before leases, or a reset lease).
+    async fn read_newest(&self) -> Result<Option<Credential>, StoreError> {
+        let newest = self
+            .ctx
+            .store
+            .credentials()
+            .newest(self.kind, &self.account.id)
+            .await?;
+        if let Some(newest) = &newest {
+            self.lease
+                .raise_generation_floor(self.kind, newest.generation)
+                .await?;
+        }
+        Ok(newest)
+    }
+
+    /// Notes on the lease document are best effort: a failure must not
+    /// disturb refreshing.
+    fn lease_note_failed(&self, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot update the lease document");
+        }
+    }
+
+    /// Writes the pending token through the lease. On failure it stays
+    /// pending and is retried with backoff.
+    async fn store_pending(&mut self) -> Duration {
+        let Some(pending) = self.machine.pending() else {
+            return Duration::ZERO;
+        };
+        let (fetched_at, expires_at, expires_in) = (
+            pending.fetched.fetched_at,
+            pending.fetched.expires_at(),
+            pending.fetched.expires_in,
+        );
+        let reason = pending.reason;
+        let started = Instant::now();
+        let inserted = self
+            .lease
+            .insert(self.kind, &pending.fetched, pending.reason)
+            .await;
+        self.ctx.metrics.mongodb(
+            Operation::InsertCredential,
+            started.elapsed(),
+            inserted.is_ok(),
+        );
+        match inserted {
+            Ok(Inserted::Stored(generation)) => {
+                self.recovered_from(&Problem::Store);
+                if self.last_problem.take().is_some() {
+                    let cleared = self.lease.note_error(None).await;
+                    self.lease_note_failed(cleared);
+                }
+                self.ctx.metrics.credential(
+                    &self.account.id,
+                    self.kind,
+                    generation,
+                    fetched_at,
+                    expires_at,
+                );
+                match self.machine.stored(generation) {
+                    StoredAs::Repeat(generation) => tracing::debug!(
+                        %generation,
+                        "WeChat answered with the current {} again", self.kind
+                    ),
+                    StoredAs::New(generation) => tracing::info!(
+                        %generation,
+                        expires_in_s = expires_in.as_secs(),
+                        %reason,
+                        "stored a new {}", self.kind
+                    ),
+                }
+                Duration::ZERO
+            }
+            Ok(Inserted::Fenced) => {
+                tracing::warn!(
+                    "lost the lease before storing the fetched {}; discarding it",
+                    self.kind
+                );
+                self.machine.fenced();
+                machine::FENCED_IDLE
+            }
+            Err(e) => {
+                let what = format!(
+                    "cannot store the fetched {}; keeping it in memory",
+                    self.kind
+                );
+                self.store_failed(&e, &what)
+            }
+        }
+    }
+
+    fn store_failed(&mut self, error: &StoreError, what: &str) -> Duration {
+        let wait = self.machine.store_failed();
+        if self.last_problem.as_ref() == Some(&Problem::Store) {
+            tracing::debug!(error = %error, retry_in_s = wait.as_secs(), "{what}");
+        } else {
+            tracing::warn!(error = %error, retry_in_s = wait.as_secs(), "{what}");
+        }
+        self.last_problem = Some(Problem::Store);
+        wait
+    }
+
+    fn recovered_from(&mut self, problem: &Problem) {
+        if self.last_problem.as_ref() == Some(problem) {
+            tracing::info!("MongoDB is reachable again");
+            self.last_problem = None;
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The MongoDB database: one connection pool, the server's clock, and the
+//! indexes of every collection. The credential queries live in the reader
+//! crate ([`Credentials`]); leases, permits and fenced writes in
+//! [`crate::coordination`]. Only these modules speak MongoDB.
+
+use std::time::{Duration, SystemTime};
+
+use mongodb::bson::{doc, Document};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::options::IndexOptions;
+use mongodb::{Database, IndexModel};
+use secrecy::SecretString;
+use wxtokend_reader::document::field;
+use wxtokend_reader::requests::{self, REQUEST_RETENTION};
+use wxtokend_reader::{ConnectError, ConnectOptions, CredentialKind, Credentials, QueryError};
+
+use crate::coordination::{self, Leases, Requests};
+
+/// Name of the unique index that also serves the business query.
+pub const GENERATION_INDEX: &str = "app_id_1_generation_-1";
+/// Name of the index on the currently valid documents of an account. The
+/// business query's `expires_at` bound can use it to touch only the one to
+/// three valid documents, however long the history.
+pub const VALID_INDEX: &str = "app_id_1_expires_at_-1";
+/// Name of the TTL index that bounds history.
+pub const RETENTION_INDEX: &str = "expires_at_ttl";
+
+/// MongoDB error codes this crate reacts to.
+const DUPLICATE_KEY: i32 = 11000;
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("MongoDB operation failed: {0}")]
+    Mongo(#[from] MongoError),
+    #[error(transparent)]
+    Query(QueryError),
+    #[error("another writer keeps inserting {kind} generations for {app_id}")]
+    Contended {
+        kind: CredentialKind,
+        app_id: wxtokend_reader::AccountId,
+    },
+    #[error("the MongoDB server lacks a feature wxtokend needs: {0}")]
+    Unsupported(&'static str),
+}
+
+impl From<QueryError> for StoreError {
+    fn from(error: QueryError) -> Self {
+        match error {
+            QueryError::Mongo(e) => Self::Mongo(e),
+            malformed => Self::Query(malformed),
+        }
+    }
+}
+
+/// A handle on the credential database. Cheap to clone: one connection pool
+/// is shared by every clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+    credentials: Credentials,
+}
+
+impl Store {
+    /// Builds a client. This does not contact the server: the first
+    /// operation does, so a daemon can start while MongoDB is down.
+    pub async fn connect(
+        uri: &SecretString,
+        database: &str,
+        options: ConnectOptions,
+    ) -> Result<Store, StoreError> {
+        let db = wxtokend_reader::connect(uri, database, options).await?;
+        Ok(Store {
+            credentials: Credentials::new(db.clone()),
+            db,
+        })
+    }
+
+    /// Checks that the server answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn database_name(&self) -> &str {
+        self.db.name()
+    }
+
+    /// The credential collections, read-only.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The leases, which are the only way to write a credential.
+    pub fn leases(&self) -> Leases {
+        Leases::new(self.clone())
+    }
+
+    /// The refresh requests, read by the lease holders of their accounts.
+    pub fn requests(&self) -> Requests {
+        Requests::new(&self.db)
+    }
+
+    /// The server's clock: every lease time and quota day is read from it.
+    pub async fn server_time(&self) -> Result<SystemTime, StoreError> {
+        let hello = self.db.run_command(doc! { "hello": 1 }).await?;
+        hello
+            .get_datetime("localTime")
+            .map(|t| t.to_system_time())
+            .map_err(|_| StoreError::Unsupported("hello.localTime is missing"))
+    }
+
+    /// Creates the indexes of every collection. Idempotent; a changed
+    /// retention updates the TTL index in place.
+    pub async fn ensure_indexes(&self, retention: Duration) -> Result<(), StoreError> {
+        for kind in CredentialKind::ALL {
+            self.ensure_kind_indexes(kind, retention).await?;
+        }
+        self.ensure_coordination_indexes().await
+    }
+
+    async fn ensure_coordination_indexes(&self) -> Result<(), StoreError> {
+        let requests = requests::collection(&self.db);
+        requests
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { requests::field::APP_ID: 1 })
+                    .build(),
+            )
+            .await?;
+        requests
+            .create_index(ttl_index(
+                requests::field::REQUESTED_AT,
+                "requested_at_ttl",
+                REQUEST_RETENTION,
+            ))
+            .await?;
+        // A replica's heartbeat is removed a minute after it stopped beating.
+        self.db
+            .collection::<Document>(coordination::INSTANCES)
+            .create_index(ttl_index(
+                coordination::field::EXPIRES_AT,
+                "expires_at_ttl",
+                Duration::from_secs(60),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn ensure_kind_indexes(
+        &self,
+        kind: CredentialKind,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let collection = self.credentials.collection(kind);
+        let generation = IndexModel::builder()
+            .keys(doc! { field::APP_ID: 1, field::GENERATION: -1 })
+            .options(
+                IndexOptions::builder()
+                    .name(GENERATION_INDEX.to_string())
+                    .unique(true)
+                    .build(),
+            )
+            .build();
+        collection.create_index(generation).await?;
+        let valid = IndexModel::builder()
+            .keys(doc! { field::APP_ID: 1, field::EXPIRES_AT: -1 })
+            .options(
+                IndexOptions::builder()
+                    .name(VALID_INDEX.to_string())
+                    .build(),
+            )
+            .build();
+        collection.create_index(valid).await?;
+        let ttl = ttl_index(field::EXPIRES_AT, RETENTION_INDEX, retention);
+        match collection.create_index(ttl).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_index_conflict(&e) => {
+                self.db
+                    .run_command(doc! {
+                        "collMod": kind.collection(),
+                        "index": {
+                            "name": RETENTION_INDEX,
+                            "expireAfterSeconds": i64::try_from(retention.as_secs()).unwrap_or(i64::MAX),
+                        },
+                    })
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn ttl_index(key: &str, name: &str, after: Duration) -> IndexModel {
+    IndexModel::builder()
+        .keys(doc! { key: 1 })
+        .options(
+            IndexOptions::builder()
+                .name(name.to_string())
+                .expire_after(after)
+                .build(),
+        )
+        .build()
+}
+
+/// The server's error code, for command and write errors.
+fn server_code(error: &MongoError) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Command(e) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => Some(e.code),
+        ErrorKind::InsertMany(e) => e.write_errors.as_ref()?.first().map(|w| w.code),
+        _ => None,
+    }
+}
+
+pub(crate) fn is_duplicate_key(error: &MongoError) -> bool {
+    server_code(error) == Some(DUPLICATE_KEY)
+}
+
+fn is_index_conflict(error: &MongoError) -> bool {
+    matches!(
+        server_code(error),
+        Some(INDEX_OPTIONS_CONFLICT | INDEX_KEY_SPECS_CONFLICT)
+    )
+}
