@@ -1,16 +1,14 @@
 //! Every credential kind: JS-SDK and card tickets, stable_token, WeCom, mixed
 //! account lists, and JS-SDK signatures for pages.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::TestDb;
 use fake_wechat::{AppConfig, FakeWechat};
 use mongodb::bson::Document;
 use sha1::{Digest, Sha1};
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::TestDb;
 use wxtokend::domain::AccountId;
 use wxtokend::reader::Reader;
 

@@ -2,14 +2,12 @@
 //! memory, writes it when MongoDB returns, never fetches twice for it, and
 //! never calls WeChat without a permit from MongoDB.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::{tokens_at, unique_db, PrivateMongo};
 use fake_wechat::{AppConfig, FakeWechat, Fault};
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::{tokens_at, unique_db, PrivateMongo};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,12 +1,10 @@
 //! The command line: exit codes and messages a script or an operator sees.
 
-mod support;
-
 use std::process::Output;
 use std::time::Duration;
 
-use support::daemon::{binary, TestAccount, TestConfig};
-use support::mongo::TestDb;
+use crate::support::daemon::{binary, TestAccount, TestConfig};
+use crate::support::mongo::TestDb;
 
 fn account() -> TestAccount {
     TestAccount::new("wx0000000000000cli", "cli-secret-value-0123")
@@ -162,7 +160,7 @@ async fn get_prints_the_newest_valid_token_and_needs_no_secret() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("no access_token stored"), "{err}");
 
-    support::store_token(
+    crate::support::store_token(
         &store,
         &account().id,
         "TOKEN-FOR-CLI",

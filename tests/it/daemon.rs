@@ -1,15 +1,13 @@
 //! The daemon as operators run it: the real binary, a real MongoDB-protocol
 //! server, and a fake WeChat that rotates tokens like the real one.
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::TestDb;
 use fake_wechat::{AppConfig, FakeWechat, Fault};
 use mongodb::bson::{Bson, Document};
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::TestDb;
 
 const WAIT: Duration = Duration::from_secs(20);
 

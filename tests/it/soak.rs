@@ -2,16 +2,14 @@
 //! (default 60): at least 1,000 refresh cycles. Every sample, every account's
 //! newest stored token must be one WeChat accepts, and memory must stay flat.
 //!
-//!   SOAK_SECONDS=120 scripts/test.sh --test soak -- --ignored --nocapture
-
-mod support;
+//!   SOAK_SECONDS=120 scripts/test.sh --test it soak:: -- --ignored --nocapture
 
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::TestDb;
 use fake_wechat::{AppConfig, FakeWechat};
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::TestDb;
 use wxtokend::domain::AccountId;
 use wxtokend::reader::Reader;
 

@@ -3,16 +3,14 @@
 //! replaced without ever writing over a newer token, reports of a rejected
 //! token cause one refresh, and the daily ceiling holds.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::TestDb;
 use fake_wechat::{AppConfig, FakeWechat, Fault};
 use mongodb::bson::{doc, Document};
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::TestDb;
 use wxtokend::domain::{AccountId, CredentialKind, RefreshReason};
 use wxtokend::reader::Reader;
 use wxtokend::store::lease::LeaseInfo;

@@ -1,11 +1,9 @@
 //! The permit rules, against MongoDB directly: who may call WeChat, and how
 //! often.
 
-mod support;
-
 use std::time::Duration;
 
-use support::mongo::TestDb;
+use crate::support::mongo::TestDb;
 use wxtokend::domain::AccountId;
 use wxtokend::store::lease::{Permit, PermitRules};
 use wxtokend::store::Store;

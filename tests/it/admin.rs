@@ -1,14 +1,12 @@
 //! What operators see: health, readiness, Prometheus metrics, `health`
 //! for container checks, and logs that name accounts and hide secrets.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::TestDb;
 use fake_wechat::{AppConfig, FakeWechat, Fault};
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::TestDb;
 
 const WAIT: Duration = Duration::from_secs(30);
 

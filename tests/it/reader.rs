@@ -1,10 +1,8 @@
 //! What business code sees through `wxtokend::reader`.
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
-use support::mongo::TestDb;
+use crate::support::mongo::TestDb;
 use wxtokend::domain::Generation;
 use wxtokend::reader::{ReadError, Reader};
 use wxtokend::store::Store;
@@ -26,7 +24,7 @@ async fn put(
     age: Duration,
     lifetime: Duration,
 ) -> Generation {
-    support::store_token(store, account, token, age, lifetime).await
+    crate::support::store_token(store, account, token, age, lifetime).await
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

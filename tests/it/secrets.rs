@@ -3,15 +3,13 @@
 //! field) is searched for the secrets and for every token and ticket WeChat
 //! issued.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::TestDb;
 use fake_wechat::{AppConfig, FakeWechat, Fault};
 use mongodb::bson::Document;
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::TestDb;
 use wxtokend::domain::{AccountId, CredentialKind};
 use wxtokend::reader::Reader;
 

@@ -3,15 +3,13 @@
 //! Through all of it: no panic, no bad document, the last good token stays
 //! readable, and refreshing resumes when the fault ends.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
+use crate::support::eventually;
+use crate::support::mongo::{tokens_at, unique_db, PrivateMongo, TestDb};
 use fake_wechat::{AppConfig, FakeWechat, Fault};
 use mongodb::bson::Document;
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::{tokens_at, unique_db, PrivateMongo, TestDb};
 use wxtokend::domain::{AccountId, CredentialKind, RefreshReason};
 use wxtokend::reader::Reader;
 

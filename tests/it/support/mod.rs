@@ -1,6 +1,5 @@
 //! Shared test helpers: a real MongoDB-protocol server, the real `wxtokend`
 //! binary as a child process, and the fake WeChat (crate `fake-wechat`).
-#![allow(dead_code)] // each test binary uses a different part
 
 pub mod daemon;
 pub mod mongo;
