@@ -3,220 +3,133 @@
 
 use std::time::Duration;
 
-use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
-use crate::support::eventually;
-use crate::support::mongo::TestDb;
-use fake_wechat::{AppConfig, FakeWechat, Fault};
+use fake_wechat::Fault;
 
-const WAIT: Duration = Duration::from_secs(30);
+use crate::support::metrics::Metrics;
+use crate::support::scenario::ScenarioBuilder;
+use crate::support::{eventually, Scenario, TestAccount, TestDaemon, WAIT};
 
-struct Ops {
-    db: TestDb,
-    fake: FakeWechat,
-    good: TestAccount,
-    bad: TestAccount,
+const GOOD: &str = "wx0000000000opsgood";
+const BAD: &str = "wx00000000000opsbad";
+
+/// `GOOD` fails twice (transient) then works; `BAD` is refused (40164).
+fn good_and_bad() -> ScenarioBuilder {
+    Scenario::new()
+        .account(TestAccount::new(GOOD, "ops-good-secret-01"))
+        .account(TestAccount::new(BAD, "ops-bad-secret-002"))
+        .faults(GOOD, [Fault::Errcode(-1), Fault::Http(502)])
+        .sticky_fault(BAD, Fault::Errcode(40164))
 }
 
-impl Ops {
-    /// `good` fails twice (transient) then works; `bad` is refused (40164).
-    async fn new(test: &str) -> Ops {
-        let db = TestDb::new(test).await;
-        let fake = FakeWechat::start().await.expect("fake");
-        let good = TestAccount::new("wx0000000000opsgood", "ops-good-secret-01");
-        let bad = TestAccount::new("wx00000000000opsbad", "ops-bad-secret-002");
-        fake.add_app(AppConfig::new(&good.id, &good.secret));
-        fake.add_app(AppConfig::new(&bad.id, &bad.secret));
-        fake.push_faults(&good.id, [Fault::Errcode(-1), Fault::Http(502)]);
-        fake.set_sticky_fault(&bad.id, Some(Fault::Errcode(40164)));
-        Ops {
-            db,
-            fake,
-            good,
-            bad,
-        }
-    }
-
-    fn config(&self) -> TestConfig {
-        TestConfig::new(
-            &self.db.uri,
-            &self.db.name,
-            &self.fake.url(),
-            &[self.good.clone(), self.bad.clone()],
-        )
-    }
-
-    async fn wait_until_settled(&self, daemon: &TestDaemon) {
-        eventually(WAIT, "the good account's token", || async {
-            (!self.db.docs("access_tokens").await.is_empty()).then_some(())
+/// Waits until the good account's token is stored and the bad one was refused.
+async fn settled(daemon: &TestDaemon) -> Metrics {
+    daemon
+        .wait_metrics("the good token stored and the bad account refused", |m| {
+            m.generation(GOOD) == Some(1) && m.refreshes(BAD, "permanent") >= 1
         })
-        .await;
-        daemon.wait_for_log("refused by WeChat", WAIT).await;
-    }
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let response = reqwest::get(format!("http://{addr}{path}"))
         .await
-        .expect("admin answers");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
 }
 
 #[tokio::test]
 async fn metrics_match_what_happened() {
-    let ops = Ops::new("admin_metrics").await;
-    let daemon = TestDaemon::spawn(&ops.config());
-    let addr = daemon.admin_addr().await;
-    ops.wait_until_settled(&daemon).await;
-    let (status, m) = get(addr, "/metrics").await;
-    assert_eq!(status, 200);
-    let good = format!(r#"account="{}",kind="access_token""#, ops.good.id);
-    let bad = format!(r#"account="{}",kind="access_token""#, ops.bad.id);
-    assert_eq!(
-        sample(&m, &format!("wxtokend_token_generation{{{good}}}")),
-        1.0
-    );
-    let left = sample(
-        &m,
-        &format!("wxtokend_token_seconds_until_expiry{{{good}}}"),
-    );
+    let s = good_and_bad().build().await;
+    let m = settled(s.daemon()).await;
+    let left = m
+        .token("wxtokend_token_seconds_until_expiry", GOOD)
+        .expect("time left");
     assert!((7000.0..=7200.0).contains(&left), "{left}");
-    assert!(sample(&m, &format!("wxtokend_token_age_seconds{{{good}}}")) < 60.0);
+    let age = m.token("wxtokend_token_age_seconds", GOOD).expect("age");
+    assert!(age < 60.0, "{age}");
+    assert_eq!(m.refreshes(GOOD, "transient"), 2);
+    assert_eq!(m.refreshes(GOOD, "success"), 1);
+    assert_eq!(m.refreshes(BAD, "permanent"), 1);
+    assert_eq!(m.upstream_calls(GOOD), 3);
     assert_eq!(
-        sample(
-            &m,
-            &format!(r#"wxtokend_refresh_total{{{good},outcome="transient"}}"#)
-        ),
-        2.0
+        m.token("wxtokend_upstream_duration_seconds_count", GOOD),
+        Some(3.0)
     );
-    assert_eq!(
-        sample(
-            &m,
-            &format!(r#"wxtokend_refresh_total{{{good},outcome="success"}}"#)
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &m,
-            &format!(r#"wxtokend_refresh_total{{{bad},outcome="permanent"}}"#)
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(&m, &format!("wxtokend_upstream_calls_total{{{good}}}")),
-        3.0
-    );
-    assert_eq!(
-        sample(
-            &m,
-            &format!("wxtokend_upstream_duration_seconds_count{{{good}}}")
-        ),
-        3.0
-    );
-    assert_eq!(f64::from(ops.fake.token_calls(&ops.good.id)), 3.0);
-    assert_eq!(
-        sample(
-            &m,
-            &format!(r#"wxtokend_quota_calls_today{{account="{}"}}"#, ops.good.id)
-        ),
-        3.0
-    );
-    assert_eq!(
-        sample(
-            &m,
-            &format!(r#"wxtokend_lease_held{{account="{}"}}"#, ops.good.id)
-        ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &m,
-            r#"wxtokend_mongodb_duration_seconds_count{operation="insert_credential"}"#
-        ),
-        1.0
-    );
-    assert!(
-        sample(
-            &m,
-            r#"wxtokend_mongodb_duration_seconds_count{operation="permit"}"#
-        ) >= 4.0
-    );
+    assert_eq!(s.fake.token_calls(GOOD), 3);
+    assert_eq!(m.account("wxtokend_quota_calls_today", GOOD), Some(3.0));
+    assert!(m.lease_held(GOOD));
+    assert_eq!(m.mongodb_ops("insert_credential"), 1);
+    assert!(m.mongodb_ops("permit") >= 4, "{}", m.text());
     // No token series for an account that never had one.
-    assert!(!m.contains(&format!("wxtokend_token_generation{{{bad}}}")));
-    for secret in [&ops.good.secret, &ops.bad.secret] {
-        assert!(!m.contains(secret.as_str()));
+    assert_eq!(m.generation(BAD), None);
+    for secret in [&s.accounts[0].secret, &s.accounts[1].secret] {
+        assert!(!m.text().contains(secret.as_str()));
     }
 }
 
 #[tokio::test]
 async fn readiness_waits_for_every_account_and_health_command_reports_it() {
-    let ops = Ops::new("admin_ready").await;
-    let mut config = ops.config();
-    config.permanent_error_retry = "1s";
-    let daemon = TestDaemon::spawn(&config);
-    let addr = daemon.admin_addr().await;
-    ops.wait_until_settled(&daemon).await;
+    let s = good_and_bad()
+        .config(|c| c.permanent_error_retry = "1s")
+        .build()
+        .await;
+    let daemon = s.daemon();
+    settled(daemon).await;
 
-    assert_eq!(get(addr, "/healthz").await.0, 200);
-    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let (status, body) = daemon.get("/readyz").await;
     assert_eq!(status, 503);
     let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(body["without_valid_token"], serde_json::json!([ops.bad.id]));
+    assert_eq!(
+        body,
+        serde_json::json!({ "ready": false, "without_valid_token": [BAD] })
+    );
 
-    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = daemon.admin_addr().await.to_string();
     let health = |ready: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut args = vec!["health"];
         if ready {
             args.push("--ready");
         }
-        let mut cmd = config.command(&dir, &args);
-        cmd.env("WXTOKEND__ADMIN__LISTEN", addr.to_string());
-        cmd.output().expect("run health")
+        let mut cmd = s.config.command(&dir, &args);
+        cmd.env("WXTOKEND__ADMIN__LISTEN", &addr);
+        crate::support::daemon::output(&mut cmd)
     };
-    assert!(health(false).status.success());
-    let not_ready = health(true);
-    assert_eq!(not_ready.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&not_ready.stderr).contains(&ops.bad.id));
+    assert_eq!(health(false).0, 0);
+    let (code, _, err) = health(true);
+    assert_eq!(code, 1);
+    assert!(err.contains(BAD), "{err}");
 
     // The operator fixes the account (here: WeChat accepts it again).
-    ops.fake.set_sticky_fault(&ops.bad.id, None);
+    s.fake.set_sticky_fault(BAD, None);
     eventually(WAIT, "/readyz to turn 200", || async {
-        (get(addr, "/readyz").await.0 == 200).then_some(())
+        (daemon.get("/readyz").await.0 == 200).then_some(())
     })
     .await;
-    assert!(health(true).status.success());
+    assert_eq!(health(true).0, 0);
 }
 
+/// The log itself is the subject here: human-readable lines that name the
+/// account and never show a secret or a token.
 #[tokio::test]
 async fn human_logs_name_the_account_and_never_show_secrets_or_tokens() {
-    let ops = Ops::new("admin_logs").await;
-    let mut config = ops.config();
-    config.log_format = "human";
-    config.margin = "1s";
     // Several cycles for the good account: short tokens.
-    ops.fake
-        .add_app(AppConfig::new(&ops.good.id, &ops.good.secret).expires_in(Duration::from_secs(2)));
-    let mut daemon = TestDaemon::spawn(&config);
-    eventually(WAIT, "a few generations", || async {
-        (ops.db.docs("access_tokens").await.len() >= 3).then_some(())
-    })
-    .await;
-    assert!(daemon.terminate(WAIT).success());
-    let lines = daemon.raw_lines();
-    assert!(lines.len() > 5);
-    let mut secrets = ops.fake.issued_tokens(&ops.good.id);
-    secrets.extend([ops.good.secret.clone(), ops.bad.secret.clone()]);
-    assert!(secrets.len() >= 5);
-    daemon.assert_logs_free_of(&secrets);
+    let mut s = good_and_bad()
+        .app_for(GOOD, |app| app.expires_in(Duration::from_secs(2)))
+        .config(|c| {
+            c.log_format = "human";
+            c.margin = "1s";
+        })
+        .build()
+        .await;
+    s.wait_for_tokens(3).await;
+    assert!(s.daemon_mut().terminate(WAIT).success());
+    let stored = s.tokens().await.len();
+    let lines = s.daemon().raw_lines();
+    s.daemon().assert_logs_free_of(&s.secrets());
+    // One line per stored token, naming its account.
+    let announced: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("stored a new access_token"))
+        .collect();
+    assert_eq!(announced.len(), stored, "{lines:#?}");
+    for line in announced {
+        assert!(line.contains(&format!("account={GOOD}")), "{line}");
+    }
     for line in &lines {
         if line.contains("access_token") && !line.contains("starting") {
             assert!(

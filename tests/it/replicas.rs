@@ -6,109 +6,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::support::daemon::{TestAccount, TestConfig, TestDaemon};
-use crate::support::eventually;
-use crate::support::mongo::TestDb;
-use fake_wechat::{AppConfig, FakeWechat, Fault};
+use fake_wechat::Fault;
 use mongodb::bson::{doc, Document};
-use wxtokend::domain::{AccountId, CredentialKind, RefreshReason};
-use wxtokend::reader::Reader;
-use wxtokend::store::lease::LeaseInfo;
-use wxtokend::store::Store;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Cluster {
-    db: TestDb,
-    store: Store,
-    fake: FakeWechat,
-    accounts: Vec<TestAccount>,
-    config: TestConfig,
-}
-
-impl Cluster {
-    async fn new(test: &str, n_accounts: usize, app: impl Fn(AppConfig) -> AppConfig) -> Cluster {
-        let db = TestDb::new(test).await;
-        let store = db.store().await;
-        let fake = FakeWechat::start().await.expect("fake");
-        let accounts: Vec<TestAccount> = (0..n_accounts)
-            .map(|i| {
-                TestAccount::new(
-                    &format!("wxreplica{i:09}"),
-                    &format!("replica-secret-{i:04}"),
-                )
-            })
-            .collect();
-        for a in &accounts {
-            fake.add_app(app(AppConfig::new(&a.id, &a.secret)));
-        }
-        let config = TestConfig::new(&db.uri, &db.name, &fake.url(), &accounts);
-        Cluster {
-            db,
-            store,
-            fake,
-            accounts,
-            config,
-        }
-    }
-
-    fn spawn(&self, instance: &str) -> TestDaemon {
-        let mut config = self.config.clone();
-        config.instance_id = instance.into();
-        TestDaemon::spawn(&config)
-    }
-
-    async fn leases(&self) -> Vec<LeaseInfo> {
-        self.store.lease_infos(&[]).await.expect("leases")
-    }
-
-    /// Holder of each account whose lease is valid now.
-    async fn holders(&self) -> HashMap<String, String> {
-        let now = self.store.server_time().await.expect("server time");
-        self.leases()
-            .await
-            .into_iter()
-            .filter(|l| l.expires_at > now)
-            .map(|l| (l.app_id.to_string(), l.holder))
-            .collect()
-    }
-
-    async fn tokens(&self, account: &str) -> Vec<Document> {
-        use futures_util::TryStreamExt;
-        self.db
-            .db()
-            .collection::<Document>("access_tokens")
-            .find(doc! { "app_id": account })
-            .sort(doc! { "generation": 1 })
-            .await
-            .expect("find")
-            .try_collect()
-            .await
-            .expect("collect")
-    }
-
-    async fn file(&self, account: &str, reason: RefreshReason, generation: Option<i64>) {
-        self.store
-            .file_request(
-                &AccountId::new(account),
-                CredentialKind::AccessToken,
-                reason,
-                generation.map(wxtokend::domain::Generation),
-                "test",
-            )
-            .await
-            .expect("file request");
-    }
-
-    fn all_secrets(&self) -> Vec<String> {
-        let mut all = Vec::new();
-        for a in &self.accounts {
-            all.push(a.secret.clone());
-            all.extend(self.fake.issued_tokens(&a.id));
-        }
-        all
-    }
-}
+use crate::support::{eventually, Scenario, TestAccount, WAIT};
 
 fn generations(docs: &[Document]) -> Vec<i64> {
     docs.iter()
@@ -118,46 +19,60 @@ fn generations(docs: &[Document]) -> Vec<i64> {
 
 #[tokio::test]
 async fn three_replicas_share_accounts_and_call_wechat_once_per_cycle() {
-    let cluster = Cluster::new("three_replicas", 6, |a| {
-        a.expires_in(Duration::from_secs(6))
-            .overlap(Duration::from_secs(2))
-    })
-    .await;
-    let mut config = cluster.config.clone();
-    config.margin = "3s";
-    let cluster = Cluster { config, ..cluster };
-    let replicas: Vec<TestDaemon> = (1..=3)
-        .map(|i| cluster.spawn(&format!("replica-{i}")))
-        .collect();
+    let s = Scenario::new()
+        .accounts(6)
+        .app(|app| {
+            app.expires_in(Duration::from_secs(6))
+                .overlap(Duration::from_secs(2))
+        })
+        .config(|c| c.margin = "3s")
+        .replicas(3)
+        .build()
+        .await;
 
     // Converging takes a few renew ticks; a loaded CI machine slows them.
-    let spread = eventually(2 * WAIT, "each replica holding two accounts", || async {
-        let holders = cluster.holders().await;
-        let mut per_replica: HashMap<String, usize> = HashMap::new();
+    let holders = eventually(2 * WAIT, "each replica holding two accounts", || async {
+        let holders = s.holders().await;
+        let mut per_replica: HashMap<&str, usize> = HashMap::new();
         for holder in holders.values() {
-            *per_replica.entry(holder.clone()).or_default() += 1;
+            *per_replica.entry(holder.as_str()).or_default() += 1;
         }
         (holders.len() == 6 && per_replica.len() == 3 && per_replica.values().all(|n| *n == 2))
-            .then_some(per_replica)
+            .then_some(holders)
     })
     .await;
-    assert_eq!(spread.len(), 3);
+    // The holders are the three running replicas, and each one's /metrics
+    // agrees with the lease documents about what it holds.
+    let mut names: Vec<&str> = holders.values().map(String::as_str).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names, ["replica-1", "replica-2", "replica-3"]);
+    for replica in &s.daemons {
+        let m = replica.metrics().await;
+        for a in &s.accounts {
+            assert_eq!(
+                m.lease_held(&a.id),
+                holders[&a.id] == replica.instance,
+                "{}: /metrics and the lease of {} disagree",
+                replica.instance,
+                a.id
+            );
+        }
+    }
 
     // Watch several lifetimes: the newest stored token of every account is
     // always one WeChat accepts (no replica rotates another's token).
-    let reader = Reader::connect(&cluster.db.uri, &cluster.db.name)
-        .await
-        .expect("reader");
     let deadline = Instant::now() + Duration::from_secs(13);
     let mut samples = 0;
     while Instant::now() < deadline {
-        for a in &cluster.accounts {
-            let token = reader
-                .latest(&AccountId::new(&a.id))
+        for a in &s.accounts {
+            let token = s
+                .reader
+                .latest(&a.id.as_str().into())
                 .await
                 .expect("a valid token at every moment");
             assert!(
-                cluster.fake.is_accepted(token.secret()),
+                s.fake.is_accepted(token.secret()),
                 "{}: newest generation {} is rejected by WeChat",
                 a.id,
                 token.generation
@@ -169,9 +84,8 @@ async fn three_replicas_share_accounts_and_call_wechat_once_per_cycle() {
     assert!(samples > 200);
 
     let (mut calls, mut stored) = (0, 0);
-    for a in &cluster.accounts {
-        let docs = cluster.tokens(&a.id).await;
-        let gens = generations(&docs);
+    for a in &s.accounts {
+        let gens = generations(&s.tokens_of(&a.id).await);
         assert_eq!(
             gens,
             (1..=gens.len() as i64).collect::<Vec<_>>(),
@@ -179,7 +93,7 @@ async fn three_replicas_share_accounts_and_call_wechat_once_per_cycle() {
             a.id
         );
         assert!(gens.len() >= 4, "{}: only {} cycles", a.id, gens.len());
-        let account_calls = cluster.fake.token_calls(&a.id) as usize;
+        let account_calls = s.fake.token_calls(&a.id) as usize;
         // One call per stored generation, plus at most one in flight now.
         assert!(
             account_calls == gens.len() || account_calls == gens.len() + 1,
@@ -193,39 +107,35 @@ async fn three_replicas_share_accounts_and_call_wechat_once_per_cycle() {
     eprintln!(
         "three replicas: {calls} WeChat calls for {stored} stored generations over 6 accounts"
     );
-    for r in &replicas {
-        r.assert_logs_free_of(&cluster.all_secrets());
+    for r in &s.daemons {
+        r.assert_logs_free_of(&s.secrets());
     }
 }
 
 #[tokio::test]
 async fn a_killed_holder_is_replaced_within_one_lease_period() {
-    let cluster = Cluster::new("failover", 1, |a| a.expires_in(Duration::from_secs(3600))).await;
-    let account = cluster.accounts[0].id.clone();
-    let replicas: HashMap<String, TestDaemon> = ["a", "b"]
-        .iter()
-        .map(|n| (n.to_string(), cluster.spawn(n)))
-        .collect();
-    let holder = eventually(WAIT, "a holder", || async {
-        cluster.holders().await.get(&account).cloned()
-    })
-    .await;
-    eventually(WAIT, "generation 1", || async {
-        (cluster.tokens(&account).await.len() == 1).then_some(())
-    })
-    .await;
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .replicas(2)
+        .build()
+        .await;
+    let id = s.id();
+    s.wait_for_tokens(1).await;
+    let before = s.wait_for_lease(id, "a holder", |l| l.valid).await;
+    let other = if before.holder == "replica-1" {
+        "replica-2"
+    } else {
+        "replica-1"
+    };
 
     let killed_at = Instant::now();
-    replicas.get(&holder).expect("holder").signal("KILL");
-    let successor = eventually(WAIT, "another replica holding the lease", || async {
-        cluster
-            .holders()
-            .await
-            .get(&account)
-            .filter(|h| **h != holder)
-            .cloned()
-    })
-    .await;
+    s.replica(&before.holder).signal("KILL");
+    let after = s
+        .wait_for_lease(id, "another holder", |l| {
+            l.valid && l.holder != before.holder
+        })
+        .await;
     let failover = killed_at.elapsed();
     eprintln!("failover after kill -9: {failover:?} (lease 3s, renew 500ms)");
     // One lease period (3 s) plus one renew interval for the successor to look.
@@ -233,14 +143,25 @@ async fn a_killed_holder_is_replaced_within_one_lease_period() {
         failover <= Duration::from_millis(4500),
         "failover took {failover:?}"
     );
-    assert_ne!(successor, holder);
+    // The survivor took it over, under a new term that fences the dead one.
+    assert_eq!(after.holder, other);
+    assert!(
+        after.term > before.term,
+        "{} -> {}",
+        before.term,
+        after.term
+    );
+
     // The successor reuses the stored token: no new WeChat call.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(cluster.fake.token_calls(&account), 1);
-    let survivor = &replicas[&successor];
+    let survivor = s.replica(other);
     survivor
-        .wait_for_log("reusing the stored access_token", WAIT)
+        .wait_metrics("the survivor holding the stored token", |m| {
+            m.lease_held(id) && m.generation(id) == Some(1)
+        })
         .await;
+    s.wait_for_renewals(id, 2).await;
+    assert_eq!(survivor.metrics().await.upstream_calls(id), 0);
+    assert_eq!(s.fake.token_calls(id), 1);
 }
 
 /// A holder is paused (SIGSTOP) after WeChat issued it a token but before it
@@ -248,255 +169,210 @@ async fn a_killed_holder_is_replaced_within_one_lease_period() {
 /// the paused one resumes, it must not store its older token.
 #[tokio::test]
 async fn a_paused_holder_that_resumes_cannot_store_its_older_token() {
-    let cluster = Cluster::new("paused_holder", 1, |a| {
-        a.expires_in(Duration::from_secs(3600))
-    })
-    .await;
-    let mut config = cluster.config.clone();
-    config.request_timeout = "30s";
-    let cluster = Cluster { config, ..cluster };
-    let account = cluster.accounts[0].id.clone();
-    let replicas: HashMap<String, TestDaemon> = ["a", "b"]
-        .iter()
-        .map(|n| (n.to_string(), cluster.spawn(n)))
-        .collect();
-    eventually(WAIT, "generation 1", || async {
-        (cluster.tokens(&account).await.len() == 1).then_some(())
-    })
-    .await;
-    let holder = cluster.holders().await[&account].clone();
-    let other = if holder == "a" { "b" } else { "a" };
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .config(|c| c.request_timeout = "30s")
+        .replicas(2)
+        .build()
+        .await;
+    let id = s.id();
+    s.wait_for_tokens(1).await;
+    let holder = s.wait_for_lease(id, "a holder", |l| l.valid).await.holder;
+    let other = if holder == "replica-1" {
+        "replica-2"
+    } else {
+        "replica-1"
+    };
+    let paused = s.replica(&holder);
 
     // WeChat issues X at once but the answer takes 6 s; the holder is paused meanwhile.
-    cluster
-        .fake
-        .push_faults(&account, [Fault::AnswerLate(Duration::from_secs(6))]);
-    cluster.file(&account, RefreshReason::Manual, None).await;
+    s.fake
+        .push_faults(id, [Fault::AnswerLate(Duration::from_secs(6))]);
+    assert_eq!(s.run(&["refresh", id]).0, 0);
     eventually(WAIT, "token X issued", || async {
-        (cluster.fake.tokens_issued(&account) == 2).then_some(())
+        (s.fake.tokens_issued(id) == 2).then_some(())
     })
     .await;
-    let x = cluster.fake.issued_tokens(&account)[1].clone();
-    replicas[&holder].signal("STOP");
+    let x = s.fake.issued_tokens(id)[1].clone();
+    let writes = paused.metrics().await.mongodb_ops("insert_credential");
+    paused.signal("STOP");
 
-    eventually(WAIT, "the other replica taking over", || async {
-        (cluster.holders().await.get(&account).map(String::as_str) == Some(other)).then_some(())
+    s.wait_for_lease(id, "the other replica taking over", |l| {
+        l.valid && l.holder == other
     })
     .await;
-    cluster.file(&account, RefreshReason::Manual, None).await;
-    let docs = eventually(WAIT, "generation 2 from the new holder", || async {
-        let docs = cluster.tokens(&account).await;
-        (docs.len() == 2).then_some(docs)
-    })
-    .await;
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    let docs = s.wait_for_tokens(2).await;
     assert_eq!(docs[1].get_str("fetched_by"), Ok(other));
     let z = docs[1].get_str("access_token").expect("token").to_string();
     assert_ne!(z, x);
 
-    replicas[&holder].signal("CONT");
-    replicas[&holder]
-        .wait_for_log(
-            "lost the lease before storing the fetched access_token",
-            WAIT,
-        )
+    paused.signal("CONT");
+    // It gets X at last and tries to write it: the attempt is the marker.
+    paused
+        .wait_metrics("the resumed holder's write attempt", |m| {
+            m.mongodb_ops("insert_credential") > writes
+        })
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let docs = cluster.tokens(&account).await;
+    let docs = s.tokens().await;
     assert_eq!(generations(&docs), vec![1, 2], "the paused holder wrote");
     assert!(docs
         .iter()
         .all(|d| d.get_str("access_token") != Ok(x.as_str())));
-    let reader = Reader::connect(&cluster.db.uri, &cluster.db.name)
-        .await
-        .expect("reader");
-    let newest = reader
-        .latest(&AccountId::new(&account))
-        .await
-        .expect("newest");
+    let newest = s.reader.latest(&s.account_id()).await.expect("newest");
     assert_eq!(newest.secret(), z);
-    assert!(cluster.fake.is_accepted(&z));
+    assert!(s.fake.is_accepted(&z));
 }
 
 #[tokio::test]
 async fn a_storm_of_reports_about_one_token_causes_one_refresh() {
-    let cluster = Cluster::new("report_storm", 1, |a| {
-        a.expires_in(Duration::from_secs(3600))
-    })
-    .await;
-    let account = cluster.accounts[0].id.clone();
-    let _replicas: Vec<TestDaemon> = ["a", "b"].iter().map(|n| cluster.spawn(n)).collect();
-    eventually(WAIT, "generation 1", || async {
-        (cluster.tokens(&account).await.len() == 1).then_some(())
-    })
-    .await;
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .replicas(2)
+        .build()
+        .await;
+    let id = s.id();
+    s.wait_for_tokens(1).await;
 
     // 1000 services report generation 1, the documented way (one insert each)...
     let now = mongodb::bson::DateTime::now();
     let reports: Vec<Document> = (0..1000)
         .map(|i| {
             doc! {
-                "app_id": &account, "kind": "access_token", "reason": "reported_invalid",
+                "app_id": id, "kind": "access_token", "reason": "reported_invalid",
                 "generation": 1_i64, "requested_at": now, "requested_by": format!("service-{i}"),
             }
         })
         .collect();
-    cluster
-        .db
-        .db()
+    s.db.db()
         .collection::<Document>("refresh_requests")
         .insert_many(reports)
         .await
         .expect("insert reports");
     // ...and a Rust service through the reader.
-    let reader = Reader::connect(&cluster.db.uri, &cluster.db.name)
-        .await
-        .expect("reader");
-    let token = reader
-        .latest(&AccountId::new(&account))
-        .await
-        .expect("token");
+    let token = s.reader.latest(&s.account_id()).await.expect("token");
     for _ in 0..5 {
-        reader.report_invalid(&token).await.expect("report");
+        s.reader.report_invalid(&token).await.expect("report");
     }
 
-    let docs = eventually(WAIT, "generation 2", || async {
-        let docs = cluster.tokens(&account).await;
-        (docs.len() == 2).then_some(docs)
-    })
-    .await;
+    let docs = s.wait_for_tokens(2).await;
     assert_eq!(docs[1].get_str("reason"), Ok("reported_invalid"));
-    eventually(WAIT, "all reports handled", || async {
-        let left = cluster
-            .db
-            .db()
-            .collection::<Document>("refresh_requests")
-            .count_documents(doc! {})
-            .await
-            .expect("count");
-        (left == 0).then_some(())
-    })
-    .await;
-    // Late reports about generation 1 change nothing.
-    cluster
-        .file(&account, RefreshReason::ReportedInvalid, Some(1))
-        .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        cluster.fake.token_calls(&account),
-        2,
-        "1005 reports, one refresh"
-    );
-    assert_eq!(cluster.tokens(&account).await.len(), 2);
+    let all_handled = || async { (s.db.count("refresh_requests").await == 0).then_some(()) };
+    eventually(WAIT, "all reports handled", all_handled).await;
+    // A late report about generation 1 is handled and changes nothing.
+    s.reader.report_invalid(&token).await.expect("report");
+    eventually(WAIT, "the late report handled", all_handled).await;
+    s.wait_for_renewals(id, 2).await;
+    assert_eq!(s.fake.token_calls(id), 2, "1006 reports, one refresh");
+    assert_eq!(s.tokens().await.len(), 2);
 }
 
 #[tokio::test]
 async fn forced_refreshes_are_rate_limited() {
-    let cluster = Cluster::new("manual_rate", 1, |a| {
-        a.expires_in(Duration::from_secs(3600))
-    })
-    .await;
-    let mut config = cluster.config.clone();
-    config.forced_min_interval = "1h";
-    let cluster = Cluster { config, ..cluster };
-    let account = cluster.accounts[0].id.clone();
-    let daemon = cluster.spawn("solo");
-    eventually(WAIT, "generation 1", || async {
-        (cluster.tokens(&account).await.len() == 1).then_some(())
-    })
-    .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = cluster
-        .config
-        .command(&dir, &["refresh", &account])
-        .output()
-        .expect("refresh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = eventually(WAIT, "generation 2", || async {
-        let docs = cluster.tokens(&account).await;
-        (docs.len() == 2).then_some(docs)
-    })
-    .await;
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .config(|c| c.forced_min_interval = "1h")
+        .build()
+        .await;
+    let (id, daemon) = (s.id(), s.daemon());
+    s.wait_for_tokens(1).await;
+    let (code, _, err) = s.run(&["refresh", id]);
+    assert_eq!(code, 0, "{err}");
+    let docs = s.wait_for_tokens(2).await;
     assert_eq!(docs[1].get_str("reason"), Ok("manual"));
-    cluster.file(&account, RefreshReason::Manual, None).await;
-    daemon.wait_for_log("forced refresh postponed", WAIT).await;
-    assert_eq!(cluster.fake.token_calls(&account), 2);
+
+    let permits = daemon.metrics().await.mongodb_ops("permit");
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    // The daemon asks for a permit, which is refused as too soon.
+    let m = daemon
+        .wait_metrics("the second forced refresh asking for a permit", |m| {
+            m.mongodb_ops("permit") > permits
+        })
+        .await;
+    assert_eq!(m.upstream_calls(id), 2);
+    assert_eq!(s.fake.token_calls(id), 2);
+    assert_eq!(s.tokens().await.len(), 2);
 }
 
 #[tokio::test]
 async fn the_daily_call_ceiling_holds_across_restarts_and_shows_in_status() {
-    let cluster = Cluster::new("ceiling", 1, |a| a.expires_in(Duration::from_secs(2))).await;
-    let mut config = cluster.config.clone();
-    config.margin = "1s";
-    config.daily_call_limit = 3;
-    let cluster = Cluster { config, ..cluster };
-    let account = cluster.accounts[0].id.clone();
-    let mut daemon = cluster.spawn("solo");
-    let line = daemon
-        .wait_for_log("daily quota for the token call is spent", WAIT)
+    let mut s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(2)))
+        .config(|c| {
+            c.margin = "1s";
+            c.daily_call_limit = 3;
+        })
+        .build()
         .await;
-    assert_eq!(line["level"], "ERROR");
-    assert_eq!(line["calls_today"], 3);
-    assert!(daemon.terminate(WAIT).success());
-    assert_eq!(cluster.fake.token_calls(&account), 3);
+    let id = s.id().to_owned();
+    // Three calls, then a fourth permit request that the ceiling refuses.
+    let m = s
+        .daemon()
+        .wait_metrics("a permit request beyond the three calls", |m| {
+            m.mongodb_ops("permit") >= 4
+        })
+        .await;
+    assert_eq!(m.account("wxtokend_quota_calls_today", &id), Some(3.0));
+    // Its chance to call again: longer than a token's refresh period (1 s).
+    s.wait_for_renewals(&id, 4).await;
+    assert_eq!(s.fake.token_calls(&id), 3);
+    assert_eq!(s.lease(&id).await.expect("lease").calls_today, 3);
+    assert!(s.daemon_mut().terminate(WAIT).success());
 
-    let again = cluster.spawn("solo-restarted");
-    again
-        .wait_for_log("daily quota for the token call is spent", WAIT)
+    let again = s.spawn("restarted");
+    let m = again
+        .wait_metrics("the restarted daemon refused a permit", |m| {
+            m.lease_held(&id) && m.mongodb_ops("permit") >= 1
+        })
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(m.account("wxtokend_quota_calls_today", &id), Some(3.0));
+    s.wait_for_renewals(&id, 2).await;
     assert_eq!(
-        cluster.fake.token_calls(&account),
+        s.fake.token_calls(&id),
         3,
         "the ceiling is per day, not per process"
     );
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = cluster
-        .config
-        .command(&dir, &["status", "--json"])
-        .output()
-        .expect("status");
-    assert!(out.status.success());
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (code, out, _) = s.run(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     let line = &status[0];
-    assert_eq!(line["account"], account.as_str());
+    assert_eq!(line["account"], id.as_str());
     assert_eq!(line["generation"], 3);
     assert_eq!(line["calls_today"], 3);
-    assert_eq!(line["lease_holder"], "solo-restarted");
+    assert_eq!(line["lease_holder"], "restarted");
     assert_eq!(line["lease_valid"], true);
-    let table = cluster
-        .config
-        .command(&dir, &["status"])
-        .output()
-        .expect("status");
-    let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains(&account) && table.contains("3/3"), "{table}");
+    let (_, table, _) = s.run(&["status"]);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .expect("a row for the account")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..3], [id.as_str(), "access_token", "3"], "{table}");
+    assert!(row.contains(&"3/3"), "calls today of the limit: {table}");
 }
 
 #[tokio::test]
 async fn status_shows_the_last_error() {
-    let cluster = Cluster::new("status_error", 1, |a| a).await;
-    let account = cluster.accounts[0].id.clone();
-    cluster
-        .fake
-        .set_sticky_fault(&account, Some(Fault::Errcode(40164)));
-    let daemon = cluster.spawn("solo");
-    daemon.wait_for_log("refused by WeChat", WAIT).await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let id = "wx0000000000status1";
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "status-secret-0001"))
+        .sticky_fault(id, Fault::Errcode(40164))
+        .build()
+        .await;
     let status = eventually(WAIT, "the error in status", || async {
-        let out = cluster
-            .config
-            .command(&dir, &["status", "--json"])
-            .output()
-            .ok()?;
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let (_, out, _) = s.run(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&out).ok()?;
         status[0]["last_error"].as_str().map(str::to_owned)
     })
     .await;
-    assert!(status.contains("40164"), "{status}");
-    assert!(!status.contains(&cluster.accounts[0].secret));
+    assert_eq!(
+        status,
+        "WeChat errcode 40164 (caller IP is not whitelisted): injected by fake WeChat rid: fake"
+    );
 }

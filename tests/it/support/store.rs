@@ -1,0 +1,173 @@
+//! The only file that uses the daemon's internal store API
+//! (`wxtokend::store`): writing a token the way the daemon does, reading
+//! lease documents, and the permit rules. When that API changes, this file
+//! changes; the tests that call it stay as they are.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use secrecy::SecretString;
+use wxtokend::domain::{
+    quota_day, AccountId, CredentialKind, FetchedCredential, Generation, RefreshReason,
+};
+use wxtokend::store::{ConnectOptions, Inserted, NewFetch, Store};
+
+pub use wxtokend::store::lease::{Permit, PermitRules, Term};
+
+use super::mongo::TestDb;
+
+/// The daemon's store on `db`, one per test database (a client per poll
+/// would open a connection pool every 50 ms).
+async fn store(db: &TestDb) -> Store {
+    static STORES: Mutex<Vec<(String, Store)>> = Mutex::new(Vec::new());
+    let cached = |stores: &[(String, Store)]| {
+        stores
+            .iter()
+            .find(|(name, _)| *name == db.name)
+            .map(|(_, store)| store.clone())
+    };
+    if let Some(store) = cached(&STORES.lock().expect("lock")) {
+        return store;
+    }
+    let options = ConnectOptions {
+        server_selection_timeout: Duration::from_secs(2),
+        ..ConnectOptions::default()
+    };
+    let uri = SecretString::from(db.uri.clone());
+    let store = Store::connect(&uri, &db.name, options)
+        .await
+        .expect("store");
+    let mut stores = STORES.lock().expect("lock");
+    if let Some(store) = cached(&stores) {
+        return store;
+    }
+    stores.push((db.name.clone(), store.clone()));
+    store
+}
+
+/// Creates the indexes, as the daemon does at startup.
+pub async fn ensure_indexes(db: &TestDb) {
+    store(db)
+        .await
+        .ensure_indexes(Duration::from_secs(86_400))
+        .await
+        .expect("indexes");
+}
+
+/// Stores an access token the way the daemon does (lease, fenced insert,
+/// release) as instance `test-writer`: fetched `age` ago, living `lifetime`.
+pub async fn store_token(
+    db: &TestDb,
+    account: &str,
+    value: &str,
+    age: Duration,
+    lifetime: Duration,
+) -> Generation {
+    let store = store(db).await;
+    let id = AccountId::new(account);
+    let holder = "test-writer";
+    let term = store
+        .try_acquire(&id, holder, Duration::from_secs(60))
+        .await
+        .expect("acquire")
+        .expect("the lease is free");
+    let fetched = FetchedCredential {
+        value: SecretString::from(value.to_owned()),
+        expires_in: lifetime,
+        fetched_at: SystemTime::now() - age,
+    };
+    let new = NewFetch {
+        kind: CredentialKind::AccessToken,
+        app_id: &id,
+        fetched: &fetched,
+        reason: RefreshReason::Scheduled,
+    };
+    let inserted = store
+        .insert_fenced(&new, holder, term)
+        .await
+        .expect("insert");
+    store.release(&id, holder, term).await.expect("release");
+    match inserted {
+        Inserted::Stored(generation) => generation,
+        Inserted::Fenced => panic!("fenced although the lease was just taken"),
+    }
+}
+
+/// An account's lease document, as `wxtokend status` reads it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: String,
+    pub term: i64,
+    pub expires_at: SystemTime,
+    /// Current by the MongoDB server's clock.
+    pub valid: bool,
+    /// Token calls counted today (Beijing time).
+    pub calls_today: i64,
+    /// WeChat answered 45009 today.
+    pub quota_exhausted: bool,
+    pub last_error: Option<String>,
+}
+
+/// Every lease document, by account; `None` while MongoDB does not answer.
+pub async fn leases(db: &TestDb) -> Option<HashMap<String, Lease>> {
+    let store = store(db).await;
+    let now = store.server_time().await.ok()?;
+    let today = quota_day(now);
+    let infos = store.lease_infos(&[]).await.ok()?;
+    Some(
+        infos
+            .into_iter()
+            .map(|l| {
+                let counts_today = l.quota_day.as_deref() == Some(today.as_str());
+                let lease = Lease {
+                    valid: l.expires_at > now,
+                    holder: l.holder,
+                    term: l.term.0,
+                    expires_at: l.expires_at,
+                    calls_today: if counts_today { l.quota_calls } else { 0 },
+                    quota_exhausted: counts_today && l.quota_exhausted,
+                    last_error: l.last_error,
+                };
+                (l.app_id.to_string(), lease)
+            })
+            .collect(),
+    )
+}
+
+/// The lease API the daemon's refreshers use, for the permit-rule tests.
+pub struct Leases(Store);
+
+impl Leases {
+    pub async fn new(db: &TestDb) -> Leases {
+        Leases(store(db).await)
+    }
+
+    /// Takes the account's lease for 30 s, if it is free.
+    pub async fn acquire(&self, account: &str, holder: &str) -> Option<Term> {
+        self.0
+            .try_acquire(&AccountId::new(account), holder, Duration::from_secs(30))
+            .await
+            .expect("acquire")
+    }
+
+    pub async fn permit(
+        &self,
+        account: &str,
+        holder: &str,
+        term: Term,
+        rules: PermitRules,
+    ) -> Permit {
+        self.0
+            .permit(&AccountId::new(account), holder, term, rules)
+            .await
+            .expect("permit")
+    }
+
+    pub async fn release(&self, account: &str, holder: &str, term: Term) {
+        self.0
+            .release(&AccountId::new(account), holder, term)
+            .await
+            .expect("release");
+    }
+}
