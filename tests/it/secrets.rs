@@ -1,60 +1,53 @@
 //! Secrets audit: a full scenario with known secrets, then every log line,
 //! every command's output and every MongoDB document (outside the value
 //! field) is searched for the secrets and for every token and ticket WeChat
-//! issued.
-
-mod support;
+//! issued. The logs are the subject here, debug level included.
 
 use std::time::Duration;
 
-use fake_wechat::{AppConfig, FakeWechat, Fault};
+use fake_wechat::Fault;
 use mongodb::bson::Document;
-use support::daemon::{TestAccount, TestConfig, TestDaemon};
-use support::eventually;
-use support::mongo::TestDb;
-use wxtokend_reader::Reader;
-use wxtokend_reader::{AccountId, CredentialKind};
+use wxtokend_reader::CredentialKind;
 
-const WAIT: Duration = Duration::from_secs(30);
+use crate::support::{eventually, Scenario, TestAccount, WAIT};
 
 #[tokio::test]
 async fn no_secret_or_token_escapes_anywhere() {
     use futures_util::TryStreamExt;
-    let db = TestDb::new("secrets_audit").await;
-    let fake = FakeWechat::start().await.expect("fake");
     let oa = TestAccount::new("wx00000000000audit1", "AUDIT-oa-secret-7f3a9c")
         .tickets(&["jsapi", "wx_card"]);
     let wecom = TestAccount::new("ww00000000auditcorp/1000009", "AUDIT-wecom-secret-b81d")
         .platform("wecom")
         .tickets(&["agent_config"]);
     let refused = TestAccount::new("wx000000000audit403", "AUDIT-refused-secret-44e0");
-    fake.add_app(
-        AppConfig::new(&oa.id, &oa.secret)
-            .expires_in(Duration::from_secs(3))
-            .ticket_expires_in(Duration::from_secs(3)),
-    );
-    fake.add_app(AppConfig::wecom(&wecom.id, &wecom.secret));
-    fake.add_app(AppConfig::new(&refused.id, &refused.secret));
-    fake.set_sticky_fault(&refused.id, Some(Fault::Errcode(40164)));
-    fake.push_faults(&oa.id, [Fault::Errcode(-1), Fault::Http(502)]);
-    let accounts = [oa.clone(), wecom.clone(), refused.clone()];
-    let mut config = TestConfig::new(&db.uri, &db.name, &fake.url(), &accounts);
-    config.margin = "1s";
-    config.log_level_debug = true;
-    let daemon = TestDaemon::spawn(&config);
+    let s = Scenario::new()
+        .account(oa.clone())
+        .account(wecom.clone())
+        .account(refused.clone())
+        .app_for(&oa.id, |app| {
+            app.expires_in(Duration::from_secs(3))
+                .ticket_expires_in(Duration::from_secs(3))
+        })
+        .sticky_fault(&refused.id, Fault::Errcode(40164))
+        .faults(&oa.id, [Fault::Errcode(-1), Fault::Http(502)])
+        .config(|c| {
+            c.margin = "1s";
+            c.log_level_debug = true;
+        })
+        .build()
+        .await;
 
     // A few cycles, a report, a manual refresh.
     eventually(WAIT, "several OA generations", || async {
-        (db.docs("access_tokens").await.len() >= 4).then_some(())
+        (s.tokens_of(&oa.id).await.len() >= 4).then_some(())
     })
     .await;
-    let reader = Reader::connect(&db.uri, &db.name).await.expect("reader");
-    let token = reader
-        .latest(&AccountId::new(&wecom.id))
+    let token = s
+        .reader
+        .latest(&wecom.id.as_str().into())
         .await
         .expect("wecom token");
-    reader.report_invalid(&token).await.expect("report");
-    let dir = tempfile::tempdir().expect("tempdir");
+    s.reader.report_invalid(&token).await.expect("report");
     let mut outputs = Vec::new();
     for args in [
         vec!["refresh", oa.id.as_str()],
@@ -64,24 +57,32 @@ async fn no_secret_or_token_escapes_anywhere() {
         vec!["sign", oa.id.as_str(), "https://example.com/"],
         vec!["get", "wx-not-configured"],
     ] {
-        let out = config.command(&dir, &args).output().expect("run");
-        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
-        outputs.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        let (_, out, err) = s.run(&args);
+        outputs.extend([out, err]);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The daemon acted on the manual refresh and on the report (WeCom
+    // answers a refresh with the same token while it is valid: a call, no
+    // new document).
+    eventually(WAIT, "a manual refresh of the OA token", || async {
+        let tokens = s.tokens_of(&oa.id).await;
+        tokens
+            .iter()
+            .any(|d| d.get_str("reason") == Ok("manual"))
+            .then_some(())
+    })
+    .await;
+    s.daemon()
+        .wait_metrics("the reported WeCom token refreshed", |m| {
+            m.upstream_calls(&wecom.id) >= 2
+        })
+        .await;
 
-    let mut secrets: Vec<String> = accounts.iter().map(|a| a.secret.clone()).collect();
-    for a in &accounts {
-        secrets.extend(fake.all_issued_tokens(&a.id));
-        for t in ["jsapi", "wx_card", "agent_config"] {
-            secrets.extend(fake.issued_tickets(&a.id, t));
-        }
-    }
+    let secrets = s.secrets();
     assert!(
         secrets.len() > 10,
         "the scenario issued too little to be meaningful"
     );
-
+    let daemon = s.daemon();
     daemon.assert_logs_free_of(&secrets);
     assert!(daemon.raw_lines().iter().all(|l| !l.contains("panicked")));
     for output in &outputs {
@@ -92,7 +93,7 @@ async fn no_secret_or_token_escapes_anywhere() {
             );
         }
     }
-    let database = db.db();
+    let database = s.db.db();
     let mut scanned = 0;
     for name in database.list_collection_names().await.expect("collections") {
         let value_field = CredentialKind::ALL

@@ -1,15 +1,19 @@
 //! The test MongoDB server. `MONGODB_URI` (set by scripts/test.sh, or
-//! pointing at a real MongoDB) is used when present; otherwise one server per
-//! test binary is started with scripts/test-mongodb.sh. Tests that stop and
-//! restart MongoDB get a [`PrivateMongo`] of their own.
+//! pointing at a real MongoDB) is used when present; otherwise one server for
+//! the test binary is started with scripts/test-mongodb.sh. Each test gets a
+//! fresh database ([`TestDb`]); tests that stop and restart MongoDB get a
+//! [`PrivateMongo`] of their own.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use mongodb::bson::Document;
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 
 fn script() -> PathBuf {
@@ -57,8 +61,8 @@ impl Served {
     }
 }
 
-/// URI of the server shared by all tests of this binary.
-pub fn shared_uri() -> String {
+/// URI of the server shared by all tests.
+fn shared_uri() -> String {
     static SHARED: OnceLock<String> = OnceLock::new();
     static KEEP: Mutex<Vec<(Served, tempfile::TempDir)>> = Mutex::new(Vec::new());
     SHARED
@@ -77,16 +81,23 @@ pub fn shared_uri() -> String {
         .clone()
 }
 
-/// A database name no other test uses (MongoDB allows 63 bytes).
-pub fn unique_db(test: &str) -> String {
+/// A database name no other test uses (MongoDB allows 63 bytes), named
+/// after the running test for whoever reads the server's data.
+fn unique_db() -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut name = format!("wxt_{}_{}_{n}", std::process::id(), test);
+    let thread = std::thread::current();
+    // Tests run on a thread named after them: `module::test_name`.
+    let test = thread
+        .name()
+        .and_then(|name| name.rsplit("::").next())
+        .unwrap_or("test");
+    let mut name = format!("wxt_{}_{n}_{test}", std::process::id());
     name.truncate(63);
     name
 }
 
-/// A fresh database on the shared server, and a driver client for checks.
+/// A fresh database, and a driver client for checks.
 pub struct TestDb {
     pub uri: String,
     pub name: String,
@@ -94,13 +105,21 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    pub async fn new(test: &str) -> TestDb {
-        let uri = shared_uri();
-        let client = Client::with_uri_str(&uri).await.expect("mongodb client");
+    /// A fresh database on the server shared by every test.
+    pub async fn new() -> TestDb {
+        TestDb::on(&shared_uri()).await
+    }
+
+    /// A fresh database on the server at `uri`.
+    pub async fn on(uri: &str) -> TestDb {
+        let mut options = ClientOptions::parse(uri).await.expect("MongoDB URI");
+        // Checks while a test has stopped its server fail fast instead of
+        // waiting the driver's default 30 s.
+        options.server_selection_timeout = Some(Duration::from_secs(2));
         TestDb {
-            uri,
-            name: unique_db(test),
-            client,
+            uri: uri.to_owned(),
+            name: unique_db(),
+            client: Client::with_options(options).expect("mongodb client"),
         }
     }
 
@@ -108,47 +127,36 @@ impl TestDb {
         self.client.database(&self.name)
     }
 
-    /// The daemon's own store on this database.
-    pub async fn store(&self) -> wxtokend::Store {
-        wxtokend::Store::connect(
-            &secrecy::SecretString::from(self.uri.clone()),
-            &self.name,
-            wxtokend_reader::ConnectOptions::default(),
-        )
-        .await
-        .expect("store")
+    /// Documents of a collection matching `filter`, oldest generation
+    /// first; `None` while the server does not answer (a test may have
+    /// stopped it).
+    pub async fn try_find(&self, collection: &str, filter: Document) -> Option<Vec<Document>> {
+        self.db()
+            .collection::<Document>(collection)
+            .find(filter)
+            .sort(doc! { "generation": 1 })
+            .await
+            .ok()?
+            .try_collect()
+            .await
+            .ok()
     }
 
     /// All documents of a collection, oldest generation first.
     pub async fn docs(&self, collection: &str) -> Vec<Document> {
-        use futures_util::TryStreamExt;
+        self.try_find(collection, doc! {})
+            .await
+            .unwrap_or_else(|| panic!("cannot read {collection}"))
+    }
+
+    /// How many documents a collection holds.
+    pub async fn count(&self, collection: &str) -> u64 {
         self.db()
             .collection::<Document>(collection)
-            .find(mongodb::bson::doc! {})
-            .sort(mongodb::bson::doc! { "generation": 1 })
+            .count_documents(doc! {})
             .await
-            .expect("find")
-            .try_collect()
-            .await
-            .expect("collect")
+            .expect("count")
     }
-}
-
-/// The access tokens stored in `db` on the server at `uri`, oldest first;
-/// `None` while that server does not answer (it may be stopped on purpose).
-pub async fn tokens_at(uri: &str, db: &str) -> Option<Vec<Document>> {
-    use futures_util::TryStreamExt;
-    let client = Client::with_uri_str(uri).await.ok()?;
-    client
-        .database(db)
-        .collection::<Document>("access_tokens")
-        .find(mongodb::bson::doc! {})
-        .sort(mongodb::bson::doc! { "generation": 1 })
-        .await
-        .ok()?
-        .try_collect()
-        .await
-        .ok()
 }
 
 /// A server of this test's own, which it can stop and start again on the

@@ -1,50 +1,39 @@
-//! What business code sees through `wxtokend::reader`.
-
-mod support;
+//! What business code sees through the `wxtokend-reader` crate.
 
 use std::time::{Duration, SystemTime};
 
-use support::mongo::TestDb;
-use wxtokend::Store;
 use wxtokend_reader::Generation;
 use wxtokend_reader::{ReadError, Reader};
 
-async fn store(db: &TestDb) -> Store {
-    let store = db.store().await;
-    store
-        .ensure_indexes(Duration::from_secs(86_400))
-        .await
-        .expect("indexes");
-    store
-}
-
-/// Stores a token fetched `age` ago that lives `lifetime`.
-async fn put(
-    store: &Store,
-    account: &str,
-    token: &str,
-    age: Duration,
-    lifetime: Duration,
-) -> Generation {
-    support::store_token(store, account, token, age, lifetime).await
-}
+use crate::support::mongo::TestDb;
+use crate::support::store::{ensure_indexes, store_token};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// A fresh database with the daemon's indexes.
+async fn database() -> TestDb {
+    let db = TestDb::new().await;
+    ensure_indexes(&db).await;
+    db
+}
+
+async fn reader(db: &TestDb) -> Reader {
+    Reader::connect(&db.uri, &db.name).await.expect("reader")
+}
+
 #[tokio::test]
 async fn latest_returns_the_newest_generation_of_that_account() {
-    let db = TestDb::new("reader_newest").await;
-    let store = store(&db).await;
+    let db = database().await;
     assert_eq!(
-        put(&store, "wxA", "A1", Duration::ZERO, HOUR).await,
+        store_token(&db, "wxA", "A1", Duration::ZERO, HOUR).await,
         Generation(1)
     );
     assert_eq!(
-        put(&store, "wxA", "A2", Duration::ZERO, HOUR).await,
+        store_token(&db, "wxA", "A2", Duration::ZERO, HOUR).await,
         Generation(2)
     );
-    put(&store, "wxB", "B1", Duration::ZERO, HOUR).await;
-    let reader = Reader::connect(&db.uri, &db.name).await.expect("reader");
+    store_token(&db, "wxB", "B1", Duration::ZERO, HOUR).await;
+    let reader = reader(&db).await;
     let token = reader.latest(&"wxA".into()).await.expect("valid token");
     assert_eq!(token.secret(), "A2");
     assert_eq!(token.generation, Generation(2));
@@ -61,14 +50,13 @@ async fn latest_returns_the_newest_generation_of_that_account() {
 
 #[tokio::test]
 async fn storing_the_same_token_twice_keeps_one_generation() {
-    let db = TestDb::new("reader_idempotent").await;
-    let store = store(&db).await;
+    let db = database().await;
     assert_eq!(
-        put(&store, "wxA", "same", Duration::ZERO, HOUR).await,
+        store_token(&db, "wxA", "same", Duration::ZERO, HOUR).await,
         Generation(1)
     );
     assert_eq!(
-        put(&store, "wxA", "same", Duration::ZERO, HOUR).await,
+        store_token(&db, "wxA", "same", Duration::ZERO, HOUR).await,
         Generation(1)
     );
     assert_eq!(db.docs("access_tokens").await.len(), 1);
@@ -76,17 +64,10 @@ async fn storing_the_same_token_twice_keeps_one_generation() {
 
 #[tokio::test]
 async fn missing_and_expired_are_told_apart() {
-    let db = TestDb::new("reader_errors").await;
-    let store = store(&db).await;
-    put(
-        &store,
-        "wxOld",
-        "old",
-        Duration::from_secs(7300),
-        Duration::from_secs(7200),
-    )
-    .await;
-    let reader = Reader::connect(&db.uri, &db.name).await.expect("reader");
+    let db = database().await;
+    let (age, lifetime) = (Duration::from_secs(7300), Duration::from_secs(7200));
+    store_token(&db, "wxOld", "old", age, lifetime).await;
+    let reader = reader(&db).await;
     match reader.latest(&"wxNone".into()).await {
         Err(ReadError::NotFound { account, .. }) => assert_eq!(account.as_str(), "wxNone"),
         other => panic!("expected NotFound, got {other:?}"),
@@ -102,22 +83,19 @@ async fn missing_and_expired_are_told_apart() {
 
 #[tokio::test]
 async fn cache_serves_repeated_reads_but_refreshes_after_max_age() {
-    let db = TestDb::new("reader_cache_age").await;
-    let store = store(&db).await;
-    put(&store, "wxA", "first", Duration::ZERO, HOUR).await;
-    let reader = Reader::connect(&db.uri, &db.name)
-        .await
-        .expect("reader")
-        .with_cache(Duration::from_millis(500));
+    let db = database().await;
+    store_token(&db, "wxA", "first", Duration::ZERO, HOUR).await;
+    let reader = reader(&db).await.with_cache(Duration::from_millis(500));
     assert_eq!(
         reader.latest(&"wxA".into()).await.expect("read").secret(),
         "first"
     );
-    put(&store, "wxA", "second", Duration::ZERO, HOUR).await;
+    store_token(&db, "wxA", "second", Duration::ZERO, HOUR).await;
     assert_eq!(
         reader.latest(&"wxA".into()).await.expect("cached").secret(),
         "first"
     );
+    // The passing of the cache's max age is the behaviour under test.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         reader
@@ -131,25 +109,17 @@ async fn cache_serves_repeated_reads_but_refreshes_after_max_age() {
 
 #[tokio::test]
 async fn cache_never_returns_an_expired_token() {
-    let db = TestDb::new("reader_cache_expiry").await;
-    let store = store(&db).await;
+    let db = database().await;
     // Lives 2 s more.
-    put(
-        &store,
-        "wxA",
-        "short",
-        Duration::from_secs(7198),
-        Duration::from_secs(7200),
-    )
-    .await;
-    let reader = Reader::connect(&db.uri, &db.name)
-        .await
-        .expect("reader")
-        .with_cache(Duration::from_secs(60));
+    let (age, lifetime) = (Duration::from_secs(7198), Duration::from_secs(7200));
+    store_token(&db, "wxA", "short", age, lifetime).await;
+    let reader = reader(&db).await.with_cache(Duration::from_secs(60));
     assert_eq!(
         reader.latest(&"wxA".into()).await.expect("read").secret(),
         "short"
     );
+    // The token's expiry, well within the cache's age, is the behaviour
+    // under test.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert!(matches!(
         reader.latest(&"wxA".into()).await,

@@ -1,16 +1,31 @@
-//! The real `wxtokend` binary as a child process, with its JSON log lines
-//! captured, as an operator would run it.
+//! The real `wxtokend` binary as a child process, as an operator runs it:
+//! its configuration, its captured log lines, and its admin endpoints.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use fake_wechat::AppConfig;
 use serde_json::Value;
+
+use super::metrics::Metrics;
+use super::{eventually, WAIT};
 
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_wxtokend")
+}
+
+/// Runs a command to its end: exit code, stdout, stderr.
+pub fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run wxtokend");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// One account of a test configuration; its secret is passed in the
@@ -33,6 +48,22 @@ impl TestAccount {
             platform: "official_account",
             endpoint: "token",
             tickets: Vec::new(),
+        }
+    }
+
+    /// The `n`-th of a set of interchangeable Official Accounts.
+    pub fn numbered(n: usize) -> Self {
+        Self::new(
+            &format!("wxnumbered{n:08}"),
+            &format!("numbered-secret-{n:04}"),
+        )
+    }
+
+    /// How the fake WeChat registers this account.
+    pub fn app(&self) -> AppConfig {
+        match self.platform {
+            "wecom" => AppConfig::wecom(&self.id, &self.secret),
+            _ => AppConfig::new(&self.id, &self.secret),
         }
     }
 
@@ -200,12 +231,22 @@ level = "{log_level}"
         }
         cmd
     }
+
+    /// Runs `wxtokend ARGS` with this configuration: exit code, stdout, stderr.
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        output(&mut self.command(&dir, args))
+    }
 }
 
 /// A running `wxtokend run`.
 pub struct TestDaemon {
+    pub instance: String,
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr into `lines` until the process exits.
+    capture: Option<std::thread::JoinHandle<()>>,
+    admin: OnceLock<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
@@ -221,25 +262,24 @@ impl TestDaemon {
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let capture = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("lock").push(line);
             }
         });
         TestDaemon {
+            instance: config.instance_id.clone(),
             child,
             lines,
+            capture: Some(capture),
+            admin: OnceLock::new(),
             _dir: dir,
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Resident memory of the process, in KiB (Linux).
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -255,33 +295,74 @@ impl TestDaemon {
     /// with the fields of its span (a refresher's `account` and `kind`)
     /// lifted beside its own, as an operator's log query would see them.
     pub fn logs(&self) -> Vec<Value> {
-        self.raw_lines().iter().filter_map(|l| parse_log(l)).collect()
-    }
-
-    /// Log lines whose message contains `text`.
-    pub fn logs_with(&self, text: &str) -> Vec<Value> {
-        self.logs()
-            .into_iter()
-            .filter(|l| l["message"].as_str().is_some_and(|m| m.contains(text)))
+        self.raw_lines()
+            .iter()
+            .filter_map(|l| parse_log(l))
             .collect()
     }
 
-    pub async fn wait_for_log(&self, text: &str, limit: Duration) -> Value {
-        super::eventually(limit, &format!("log line {text:?}"), || async {
-            self.logs_with(text).into_iter().next()
+    /// Waits for a JSON log line that `matches`. Only for tests whose
+    /// subject is the log itself, and to learn the admin address: every other
+    /// wait is on MongoDB, `/metrics` or the fake WeChat.
+    pub async fn wait_for_line(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        eventually(WAIT, &format!("a log line: {what}"), || async {
+            self.logs().into_iter().find(|l| matches(l))
         })
         .await
     }
 
-    /// The admin server's address, from its startup log line.
-    pub async fn admin_addr(&self) -> std::net::SocketAddr {
+    /// The admin server's address (`admin.listen` is port 0), from the
+    /// daemon's startup line: the one log wait every test shares.
+    pub async fn admin_addr(&self) -> SocketAddr {
+        if let Some(addr) = self.admin.get() {
+            return *addr;
+        }
         let line = self
-            .wait_for_log("admin HTTP listening", Duration::from_secs(20))
+            .wait_for_line("admin HTTP listening", |l| l["addr"].is_string())
             .await;
-        line["addr"]
+        let addr = line["addr"]
             .as_str()
             .and_then(|a| a.parse().ok())
-            .expect("admin address")
+            .expect("admin address");
+        *self.admin.get_or_init(|| addr)
+    }
+
+    /// `GET path` on the admin server: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .await
+            .unwrap_or_else(|| panic!("the admin server does not answer {path}"))
+    }
+
+    async fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let addr = self.admin_addr().await;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client");
+        let response = client
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// `/metrics` now.
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "/metrics answered {status}");
+        Metrics::parse(&body)
+    }
+
+    /// Scrapes `/metrics` until `ready` holds, and returns that scrape.
+    pub async fn wait_metrics(&self, what: &str, ready: impl Fn(&Metrics) -> bool) -> Metrics {
+        eventually(WAIT, &format!("/metrics to show {what}"), || async {
+            let (_, body) = self.try_get("/metrics").await?;
+            Some(Metrics::parse(&body)).filter(|m| ready(m))
+        })
+        .await
     }
 
     /// Sends a signal (`"STOP"`, `"CONT"`, `"KILL"`, `"TERM"`...).
@@ -294,12 +375,15 @@ impl TestDaemon {
         assert!(status.success(), "kill -{signal} failed");
     }
 
-    /// Sends SIGTERM and waits for the exit.
+    /// Sends SIGTERM and waits for the exit; every log line is captured then.
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
         self.signal("TERM");
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                if let Some(capture) = self.capture.take() {
+                    capture.join().expect("stderr capture");
+                }
                 return status;
             }
             assert!(

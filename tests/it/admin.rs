@@ -1,0 +1,145 @@
+//! What operators see: health, readiness, Prometheus metrics, `health`
+//! for container checks, and logs that name accounts and hide secrets.
+
+use std::time::Duration;
+
+use fake_wechat::Fault;
+
+use crate::support::metrics::Metrics;
+use crate::support::scenario::ScenarioBuilder;
+use crate::support::{eventually, Scenario, TestAccount, TestDaemon, WAIT};
+
+const GOOD: &str = "wx0000000000opsgood";
+const BAD: &str = "wx00000000000opsbad";
+
+/// `GOOD` fails twice (transient) then works; `BAD` is refused (40164).
+fn good_and_bad() -> ScenarioBuilder {
+    Scenario::new()
+        .account(TestAccount::new(GOOD, "ops-good-secret-01"))
+        .account(TestAccount::new(BAD, "ops-bad-secret-002"))
+        .faults(GOOD, [Fault::Errcode(-1), Fault::Http(502)])
+        .sticky_fault(BAD, Fault::Errcode(40164))
+}
+
+/// Waits until the good account's token is stored and the bad one was refused.
+async fn settled(daemon: &TestDaemon) -> Metrics {
+    daemon
+        .wait_metrics("the good token stored and the bad account refused", |m| {
+            m.generation(GOOD) == Some(1) && m.refreshes(BAD, "permanent") >= 1
+        })
+        .await
+}
+
+#[tokio::test]
+async fn metrics_match_what_happened() {
+    let s = good_and_bad().build().await;
+    let m = settled(s.daemon()).await;
+    let left = m
+        .token("wxtokend_token_seconds_until_expiry", GOOD)
+        .expect("time left");
+    assert!((7000.0..=7200.0).contains(&left), "{left}");
+    let age = m.token("wxtokend_token_age_seconds", GOOD).expect("age");
+    assert!(age < 60.0, "{age}");
+    assert_eq!(m.refreshes(GOOD, "transient"), 2);
+    assert_eq!(m.refreshes(GOOD, "success"), 1);
+    assert_eq!(m.refreshes(BAD, "permanent"), 1);
+    assert_eq!(m.upstream_calls(GOOD), 3);
+    assert_eq!(
+        m.token("wxtokend_upstream_duration_seconds_count", GOOD),
+        Some(3.0)
+    );
+    assert_eq!(s.fake.token_calls(GOOD), 3);
+    assert_eq!(m.account("wxtokend_quota_calls_today", GOOD), Some(3.0));
+    assert!(m.lease_held(GOOD));
+    assert_eq!(m.mongodb_ops("insert_credential"), 1);
+    assert!(m.mongodb_ops("permit") >= 4, "{}", m.text());
+    // No token series for an account that never had one.
+    assert_eq!(m.generation(BAD), None);
+    for secret in [&s.accounts[0].secret, &s.accounts[1].secret] {
+        assert!(!m.text().contains(secret.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn readiness_waits_for_every_account_and_health_command_reports_it() {
+    let s = good_and_bad()
+        .config(|c| c.permanent_error_retry = "1s")
+        .build()
+        .await;
+    let daemon = s.daemon();
+    settled(daemon).await;
+
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let (status, body) = daemon.get("/readyz").await;
+    assert_eq!(status, 503);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({ "ready": false, "without_valid_token": [BAD] })
+    );
+
+    let addr = daemon.admin_addr().await.to_string();
+    let health = |ready: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec!["health"];
+        if ready {
+            args.push("--ready");
+        }
+        let mut cmd = s.config.command(&dir, &args);
+        cmd.env("WXTOKEND__ADMIN__LISTEN", &addr);
+        crate::support::daemon::output(&mut cmd)
+    };
+    assert_eq!(health(false).0, 0);
+    let (code, _, err) = health(true);
+    assert_eq!(code, 1);
+    assert!(err.contains(BAD), "{err}");
+
+    // The operator fixes the account (here: WeChat accepts it again).
+    s.fake.set_sticky_fault(BAD, None);
+    eventually(WAIT, "/readyz to turn 200", || async {
+        (daemon.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(health(true).0, 0);
+}
+
+/// The log itself is the subject here: human-readable lines that name the
+/// account and never show a secret or a token.
+#[tokio::test]
+async fn human_logs_name_the_account_and_never_show_secrets_or_tokens() {
+    // Several cycles for the good account: short tokens.
+    let mut s = good_and_bad()
+        .app_for(GOOD, |app| app.expires_in(Duration::from_secs(2)))
+        .config(|c| {
+            c.log_format = "human";
+            c.margin = "1s";
+        })
+        .build()
+        .await;
+    s.wait_for_tokens(3).await;
+    assert!(s.daemon_mut().terminate(WAIT).success());
+    let stored = s.tokens().await.len();
+    let lines = s.daemon().raw_lines();
+    s.daemon().assert_logs_free_of(&s.secrets());
+    // One line per stored token, naming its account.
+    let announced: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("stored a new access_token"))
+        .collect();
+    assert_eq!(announced.len(), stored, "{lines:#?}");
+    for line in announced {
+        assert!(line.contains(&format!("account={GOOD}")), "{line}");
+    }
+    for line in &lines {
+        if line.contains("access_token") && !line.contains("starting") {
+            assert!(
+                line.contains("account="),
+                "a line about a token without its account: {line}"
+            );
+        }
+    }
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "ANSI colours in a non-terminal log"
+    );
+}

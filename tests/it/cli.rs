@@ -1,0 +1,232 @@
+//! The command line: exit codes and messages a script or an operator sees.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::daemon::{binary, output};
+use crate::support::mongo::TestDb;
+use crate::support::store::store_token;
+use crate::support::{TestAccount, TestConfig};
+
+fn account() -> TestAccount {
+    TestAccount::new("wx0000000000000cli", "cli-secret-value-0123")
+}
+
+fn config(db: &TestDb) -> TestConfig {
+    TestConfig::new(&db.uri, &db.name, "https://api.weixin.qq.com", &[account()])
+}
+
+fn wxtokend(args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).env_remove("WXTOKEND_CONFIG");
+    cmd
+}
+
+/// The problems an invalid configuration lists, one `  - key: message` each.
+fn problems(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect()
+}
+
+#[test]
+fn help_lists_commands_and_exit_codes() {
+    let (code, out, _) = output(&mut wxtokend(&["--help"]));
+    assert_eq!(code, 0);
+    let commands: Vec<&str> = out
+        .lines()
+        .skip_while(|l| *l != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        commands,
+        ["run", "get", "sign", "refresh", "status", "check", "health", "help"],
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("-c, --config <FILE>")),
+        "{out}"
+    );
+    let exit_codes = out
+        .split_once("Exit codes:\n")
+        .map(|(_, codes)| codes.trim_end())
+        .unwrap_or_default();
+    assert_eq!(
+        exit_codes,
+        "  0  success\n  \
+           1  unexpected failure\n  \
+           2  bad command line\n  \
+           3  invalid configuration (the message names the key)\n  \
+           4  MongoDB unreachable or failing\n  \
+           5  get: no valid credential stored (none yet, or the newest has expired)",
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn check_passes_with_a_valid_config_and_reachable_mongodb() {
+    let db = TestDb::new().await;
+    let (code, out, err) = config(&db).run(&["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "configuration valid: 1 account(s); every secret readable; \
+             MongoDB reachable (database {:?})\n",
+            db.name
+        )
+    );
+}
+
+#[tokio::test]
+async fn check_exits_4_when_mongodb_is_unreachable() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.mongodb_uri = "mongodb://127.0.0.1:9/?directConnection=true".into();
+    let (code, _, err) = cfg.run(&["check"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.starts_with("error: MongoDB is unreachable: "), "{err}");
+}
+
+/// A config file, extra environment, and the start of each problem reported.
+type ConfigCase = (String, Vec<(&'static str, &'static str)>, Vec<&'static str>);
+
+#[tokio::test]
+async fn config_errors_exit_3_and_name_the_key() {
+    let db = TestDb::new().await;
+    let good = config(&db).to_toml();
+    let secret = ("WXT_SECRET_WX0000000000000CLI", "x");
+    let cases: Vec<ConfigCase> = vec![
+        (
+            good.clone(),
+            vec![],
+            vec!["accounts[0].secret_env: environment variable WXT_SECRET_WX0000000000000CLI is not set"],
+        ),
+        (
+            good.replace("[refresh]", "[refresh]\nmargn = \"1s\""),
+            vec![secret],
+            vec!["refresh.margn: unknown field `margn`"],
+        ),
+        (
+            good.clone(),
+            vec![secret, ("WXTOKEND__REFRESH__MARGIN", "soon")],
+            vec!["refresh.margin: "],
+        ),
+        (
+            good.replace("allow_http = true", "allow_http = false")
+                .replace("https://api.weixin.qq.com", "http://127.0.0.1:1"),
+            vec![secret],
+            vec![
+                "wechat.base_url: http:// is refused",
+                "wechat.wecom_base_url: http:// is refused",
+            ],
+        ),
+        (
+            good.split("[[accounts]]")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            vec![],
+            vec!["accounts: no account configured"],
+        ),
+    ];
+    for (toml, env, expected) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &toml).expect("write");
+        let path = path.to_str().expect("UTF-8 path");
+        let (code, _, err) = output(wxtokend(&["--config", path, "check"]).envs(env));
+        assert_eq!(code, 3, "expected exit 3 for {expected:?}: {err}");
+        assert!(err.starts_with("error: invalid configuration:\n"), "{err}");
+        let problems = problems(&err);
+        assert_eq!(problems.len(), expected.len(), "{expected:?}: {err}");
+        for (problem, start) in problems.iter().zip(&expected) {
+            assert!(problem.starts_with(start), "expected {start:?} in:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_config_error() {
+    let (code, _, err) = output(&mut wxtokend(&[
+        "--config",
+        "/nonexistent/wxtokend.toml",
+        "check",
+    ]));
+    assert_eq!(code, 3);
+    assert_eq!(
+        problems(&err),
+        ["--config: /nonexistent/wxtokend.toml does not exist or is not a file"],
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn get_prints_the_newest_valid_token_and_needs_no_secret() {
+    let db = TestDb::new().await;
+    let cfg = config(&db);
+    let id = account().id;
+    // No secret in the environment: `get` runs on business hosts.
+    let get = |args: &[&str]| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = cfg.command(&dir, args);
+        cmd.env_remove(account().secret_env());
+        output(&mut cmd)
+    };
+    let (code, _, err) = get(&["get", &id]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("no access_token stored"), "{err}");
+
+    let lifetime = Duration::from_secs(7200);
+    store_token(&db, &id, "TOKEN-FOR-CLI", Duration::ZERO, lifetime).await;
+    let (code, out, err) = get(&["get", &id]);
+    assert_eq!((code, out.as_str()), (0, "TOKEN-FOR-CLI\n"), "{err}");
+
+    let (code, out, _) = get(&["get", &id, "--json"]);
+    assert_eq!(code, 0);
+    let mut json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let object = json.as_object_mut().expect("an object");
+    let time_left = object.remove("time_left").and_then(|t| t.as_u64());
+    assert!(
+        time_left.is_some_and(|t| (7000..=7200).contains(&t)),
+        "{out}"
+    );
+    let fetched_at = object.remove("fetched_at").expect("fetched_at");
+    let expires_at = object.remove("expires_at").expect("expires_at");
+    let fetched_at = humantime::parse_rfc3339(fetched_at.as_str().expect("text")).expect("date");
+    let expires_at = humantime::parse_rfc3339(expires_at.as_str().expect("text")).expect("date");
+    assert_eq!(expires_at.duration_since(fetched_at).ok(), Some(lifetime));
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "app_id": id,
+            "kind": "access_token",
+            "access_token": "TOKEN-FOR-CLI",
+            "expires_in": 7200,
+            "generation": 1,
+            "reason": "scheduled",
+            "fetched_by": "test-writer",
+        })
+    );
+}
+
+#[test]
+fn unknown_key_in_file_fails_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[mongodb]\nurl = \"x\"\n").expect("write");
+    let path = path.to_str().expect("UTF-8 path");
+    let (code, out, err) = output(&mut wxtokend(&["--config", path, "get", "wx1"]));
+    assert_eq!(code, 3);
+    assert_eq!(out, "");
+    let problems = problems(&err);
+    assert_eq!(problems.len(), 1, "{err}");
+    assert!(
+        problems[0].starts_with("mongodb.url: unknown field `url`"),
+        "{err}"
+    );
+}

@@ -1,0 +1,20 @@
+//! Integration tests: the real `wxtokend` binary, a real MongoDB-protocol
+//! server and a fake WeChat, seen as operators and business services see
+//! them. One test binary; each module is one area of behaviour.
+//!
+//!   scripts/test.sh --test it                run them all
+//!   scripts/test.sh --test it replicas::     one module
+
+mod support;
+
+mod admin;
+mod chaos;
+mod cli;
+mod credentials;
+mod daemon;
+mod mongodb_outage;
+mod permits;
+mod reader;
+mod replicas;
+mod secrets;
+mod soak;

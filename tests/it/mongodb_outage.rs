@@ -1,0 +1,142 @@
+//! MongoDB goes away and comes back: the daemon keeps what it fetched in
+//! memory, writes it when MongoDB returns, never fetches twice for it, and
+//! never calls WeChat without a permit from MongoDB.
+
+use std::time::Duration;
+
+use fake_wechat::Fault;
+
+use crate::support::{eventually, Scenario, TestAccount, WAIT};
+
+#[tokio::test]
+async fn token_fetched_as_mongodb_dies_is_stored_when_it_returns() {
+    let mut s = Scenario::new()
+        .account(TestAccount::new("wx000000000outage1", "outage-secret-0123"))
+        .app(|app| {
+            app.expires_in(Duration::from_secs(12))
+                .overlap(Duration::from_secs(3))
+        })
+        .config(|c| {
+            c.margin = "6s";
+            c.request_timeout = "10s";
+        })
+        .private_mongo()
+        .build()
+        .await;
+    let id = s.id().to_owned();
+    s.wait_for_tokens(1).await;
+
+    // The scheduled refresh (6 s after the first fetch) gets its permit, then
+    // WeChat takes 3 s to answer, and MongoDB dies meanwhile.
+    s.fake
+        .push_faults(&id, [Fault::Delay(Duration::from_secs(3))]);
+    eventually(WAIT, "the refresh call to start", || async {
+        (s.fake.token_calls(&id) == 2).then_some(())
+    })
+    .await;
+    s.mongo().stop();
+    let daemon = s.daemon();
+    daemon
+        .wait_metrics("a failed write of the fetched token", |m| {
+            m.mongodb_errors("insert_credential") >= 1
+        })
+        .await;
+    // It keeps the token and tries to write it again, instead of fetching
+    // another one.
+    daemon
+        .wait_metrics("a second write attempt", |m| {
+            m.mongodb_errors("insert_credential") >= 2
+        })
+        .await;
+    assert_eq!(
+        s.fake.token_calls(&id),
+        2,
+        "fetched again instead of waiting for MongoDB"
+    );
+
+    s.mongo().restart();
+    let docs = s.wait_for_tokens(2).await;
+    let issued = s.fake.issued_tokens(&id);
+    assert_eq!(issued.len(), 2);
+    assert_eq!(docs[1].get_str("access_token"), Ok(issued[1].as_str()));
+    assert_eq!(docs[1].get_i64("generation"), Ok(2));
+    assert_eq!(s.fake.token_calls(&id), 2, "no duplicate fetch");
+    let m = s.daemon().metrics().await;
+    assert_eq!(m.generation(&id), Some(2));
+    assert_eq!(m.upstream_calls(&id), 2);
+    s.daemon().assert_logs_free_of(&s.secrets());
+}
+
+#[tokio::test]
+async fn no_wechat_call_while_mongodb_is_down() {
+    let mut s = Scenario::new()
+        .account(TestAccount::new("wx00000000nocall01", "nocall-secret-0123"))
+        .app(|app| app.expires_in(Duration::from_secs(4)))
+        .config(|c| c.margin = "2s")
+        .private_mongo()
+        .build()
+        .await;
+    let id = s.id().to_owned();
+    s.wait_for_tokens(1).await;
+    s.mongo().stop();
+    // The refresh falls due during the outage: without a permit from MongoDB
+    // (lease and quota) the daemon must not call WeChat, since another
+    // replica that can reach MongoDB may hold the account by now. Two failed
+    // permit requests: it tried, and kept trying without calling.
+    s.daemon()
+        .wait_metrics("two failed permit requests", |m| {
+            m.mongodb_errors("permit") >= 2
+        })
+        .await;
+    assert_eq!(s.fake.token_calls(&id), 1);
+    s.mongo().restart();
+    let docs = s.wait_for_tokens(2).await;
+    assert_eq!(docs[1].get_i64("generation"), Ok(2));
+    assert_eq!(s.fake.token_calls(&id), 2);
+}
+
+#[tokio::test]
+async fn daemon_started_while_mongodb_is_down_waits_instead_of_fetching_blindly() {
+    let mut s = Scenario::new()
+        .account(TestAccount::new("wx00000000downstart", "down-secret-0123"))
+        .private_mongo()
+        .replicas(0)
+        .build()
+        .await;
+    s.mongo().stop();
+    let daemon = s.spawn("test-instance");
+    // Readiness says why it is not ready.
+    eventually(WAIT, "/readyz to blame MongoDB", || async {
+        let (status, body) = daemon.get("/readyz").await;
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 503 && body["mongodb"].is_string()).then_some(())
+    })
+    .await;
+    // Its chance to fetch blindly: startup tried MongoDB twice. Nothing but
+    // this warning shows that (MongoDB is down and no metric covers startup).
+    eventually(
+        WAIT,
+        "a second failed attempt to create the indexes",
+        || async {
+            let attempts = daemon
+                .logs()
+                .into_iter()
+                .filter(|l| {
+                    l["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("cannot create indexes"))
+                })
+                .count();
+            (attempts >= 2).then_some(())
+        },
+    )
+    .await;
+    // Without MongoDB it cannot know whether a valid token is stored: a fetch
+    // now could rotate a token that services are using.
+    assert_eq!(s.fake.token_calls(s.id()), 0);
+
+    s.mongo().restart();
+    let docs = s.wait_for_tokens(1).await;
+    assert_eq!(docs[0].get_str("reason"), Ok("startup"));
+    assert_eq!(s.fake.token_calls(s.id()), 1);
+}

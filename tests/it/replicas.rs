@@ -1,0 +1,380 @@
+//! Several `wxtokend run` replicas against one database: exactly one
+//! refreshes each account, accounts are spread, a dead or paused holder is
+//! replaced without ever writing over a newer token, reports of a rejected
+//! token cause one refresh, and the daily ceiling holds.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use fake_wechat::Fault;
+use mongodb::bson::{doc, Document};
+
+use crate::support::{eventually, Scenario, TestAccount, WAIT};
+
+fn generations(docs: &[Document]) -> Vec<i64> {
+    docs.iter()
+        .map(|d| d.get_i64("generation").expect("generation"))
+        .collect()
+}
+
+#[tokio::test]
+async fn three_replicas_share_accounts_and_call_wechat_once_per_cycle() {
+    let s = Scenario::new()
+        .accounts(6)
+        .app(|app| {
+            app.expires_in(Duration::from_secs(6))
+                .overlap(Duration::from_secs(2))
+        })
+        .config(|c| c.margin = "3s")
+        .replicas(3)
+        .build()
+        .await;
+
+    // Converging takes a few renew ticks; a loaded CI machine slows them.
+    let holders = eventually(2 * WAIT, "each replica holding two accounts", || async {
+        let holders = s.holders().await;
+        let mut per_replica: HashMap<&str, usize> = HashMap::new();
+        for holder in holders.values() {
+            *per_replica.entry(holder.as_str()).or_default() += 1;
+        }
+        (holders.len() == 6 && per_replica.len() == 3 && per_replica.values().all(|n| *n == 2))
+            .then_some(holders)
+    })
+    .await;
+    // The holders are the three running replicas, and each one's /metrics
+    // agrees with the lease documents about what it holds.
+    let mut names: Vec<&str> = holders.values().map(String::as_str).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names, ["replica-1", "replica-2", "replica-3"]);
+    for replica in &s.daemons {
+        let m = replica.metrics().await;
+        for a in &s.accounts {
+            assert_eq!(
+                m.lease_held(&a.id),
+                holders[&a.id] == replica.instance,
+                "{}: /metrics and the lease of {} disagree",
+                replica.instance,
+                a.id
+            );
+        }
+    }
+
+    // Watch several lifetimes: the newest stored token of every account is
+    // always one WeChat accepts (no replica rotates another's token).
+    let deadline = Instant::now() + Duration::from_secs(13);
+    let mut samples = 0;
+    while Instant::now() < deadline {
+        for a in &s.accounts {
+            let token = s
+                .reader
+                .latest(&a.id.as_str().into())
+                .await
+                .expect("a valid token at every moment");
+            assert!(
+                s.fake.is_accepted(token.secret()),
+                "{}: newest generation {} is rejected by WeChat",
+                a.id,
+                token.generation
+            );
+            samples += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(samples > 200);
+
+    let (mut calls, mut stored) = (0, 0);
+    for a in &s.accounts {
+        let gens = generations(&s.tokens_of(&a.id).await);
+        assert_eq!(
+            gens,
+            (1..=gens.len() as i64).collect::<Vec<_>>(),
+            "{}",
+            a.id
+        );
+        assert!(gens.len() >= 4, "{}: only {} cycles", a.id, gens.len());
+        let account_calls = s.fake.token_calls(&a.id) as usize;
+        // One call per stored generation, plus at most one in flight now.
+        assert!(
+            account_calls == gens.len() || account_calls == gens.len() + 1,
+            "{}: {account_calls} calls for {} generations",
+            a.id,
+            gens.len()
+        );
+        calls += account_calls;
+        stored += gens.len();
+    }
+    eprintln!(
+        "three replicas: {calls} WeChat calls for {stored} stored generations over 6 accounts"
+    );
+    for r in &s.daemons {
+        r.assert_logs_free_of(&s.secrets());
+    }
+}
+
+#[tokio::test]
+async fn a_killed_holder_is_replaced_within_one_lease_period() {
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .replicas(2)
+        .build()
+        .await;
+    let id = s.id();
+    s.wait_for_tokens(1).await;
+    let before = s.wait_for_lease(id, "a holder", |l| l.valid).await;
+    let other = if before.holder == "replica-1" {
+        "replica-2"
+    } else {
+        "replica-1"
+    };
+
+    let killed_at = Instant::now();
+    s.replica(&before.holder).signal("KILL");
+    let after = s
+        .wait_for_lease(id, "another holder", |l| {
+            l.valid && l.holder != before.holder
+        })
+        .await;
+    let failover = killed_at.elapsed();
+    eprintln!("failover after kill -9: {failover:?} (lease 3s, renew 500ms)");
+    // One lease period (3 s) plus one renew interval for the successor to look.
+    assert!(
+        failover <= Duration::from_millis(4500),
+        "failover took {failover:?}"
+    );
+    // The survivor took it over, under a new term that fences the dead one.
+    assert_eq!(after.holder, other);
+    assert!(
+        after.term > before.term,
+        "{} -> {}",
+        before.term,
+        after.term
+    );
+
+    // The successor reuses the stored token: no new WeChat call.
+    let survivor = s.replica(other);
+    survivor
+        .wait_metrics("the survivor holding the stored token", |m| {
+            m.lease_held(id) && m.generation(id) == Some(1)
+        })
+        .await;
+    s.wait_for_renewals(id, 2).await;
+    assert_eq!(survivor.metrics().await.upstream_calls(id), 0);
+    assert_eq!(s.fake.token_calls(id), 1);
+}
+
+/// A holder is paused (SIGSTOP) after WeChat issued it a token but before it
+/// could store it. Another replica takes over and stores a newer token. When
+/// the paused one resumes, it must not store its older token.
+#[tokio::test]
+async fn a_paused_holder_that_resumes_cannot_store_its_older_token() {
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .config(|c| c.request_timeout = "30s")
+        .replicas(2)
+        .build()
+        .await;
+    let id = s.id();
+    s.wait_for_tokens(1).await;
+    let holder = s.wait_for_lease(id, "a holder", |l| l.valid).await.holder;
+    let other = if holder == "replica-1" {
+        "replica-2"
+    } else {
+        "replica-1"
+    };
+    let paused = s.replica(&holder);
+
+    // WeChat issues X at once but the answer takes 6 s; the holder is paused meanwhile.
+    s.fake
+        .push_faults(id, [Fault::AnswerLate(Duration::from_secs(6))]);
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    eventually(WAIT, "token X issued", || async {
+        (s.fake.tokens_issued(id) == 2).then_some(())
+    })
+    .await;
+    let x = s.fake.issued_tokens(id)[1].clone();
+    let writes = paused.metrics().await.mongodb_ops("insert_credential");
+    paused.signal("STOP");
+
+    s.wait_for_lease(id, "the other replica taking over", |l| {
+        l.valid && l.holder == other
+    })
+    .await;
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    let docs = s.wait_for_tokens(2).await;
+    assert_eq!(docs[1].get_str("fetched_by"), Ok(other));
+    let z = docs[1].get_str("access_token").expect("token").to_string();
+    assert_ne!(z, x);
+
+    paused.signal("CONT");
+    // It gets X at last and tries to write it: the attempt is the marker.
+    paused
+        .wait_metrics("the resumed holder's write attempt", |m| {
+            m.mongodb_ops("insert_credential") > writes
+        })
+        .await;
+    let docs = s.tokens().await;
+    assert_eq!(generations(&docs), vec![1, 2], "the paused holder wrote");
+    assert!(docs
+        .iter()
+        .all(|d| d.get_str("access_token") != Ok(x.as_str())));
+    let newest = s.reader.latest(&s.account_id()).await.expect("newest");
+    assert_eq!(newest.secret(), z);
+    assert!(s.fake.is_accepted(&z));
+}
+
+#[tokio::test]
+async fn a_storm_of_reports_about_one_token_causes_one_refresh() {
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .replicas(2)
+        .build()
+        .await;
+    let id = s.id();
+    s.wait_for_tokens(1).await;
+
+    // 1000 services report generation 1, the documented way (one insert each)...
+    let now = mongodb::bson::DateTime::now();
+    let reports: Vec<Document> = (0..1000)
+        .map(|i| {
+            doc! {
+                "app_id": id, "kind": "access_token", "reason": "reported_invalid",
+                "generation": 1_i64, "requested_at": now, "requested_by": format!("service-{i}"),
+            }
+        })
+        .collect();
+    s.db.db()
+        .collection::<Document>("refresh_requests")
+        .insert_many(reports)
+        .await
+        .expect("insert reports");
+    // ...and a Rust service through the reader.
+    let token = s.reader.latest(&s.account_id()).await.expect("token");
+    for _ in 0..5 {
+        s.reader.report_invalid(&token).await.expect("report");
+    }
+
+    let docs = s.wait_for_tokens(2).await;
+    assert_eq!(docs[1].get_str("reason"), Ok("reported_invalid"));
+    let all_handled = || async { (s.db.count("refresh_requests").await == 0).then_some(()) };
+    eventually(WAIT, "all reports handled", all_handled).await;
+    // A late report about generation 1 is handled and changes nothing.
+    s.reader.report_invalid(&token).await.expect("report");
+    eventually(WAIT, "the late report handled", all_handled).await;
+    s.wait_for_renewals(id, 2).await;
+    assert_eq!(s.fake.token_calls(id), 2, "1006 reports, one refresh");
+    assert_eq!(s.tokens().await.len(), 2);
+}
+
+#[tokio::test]
+async fn forced_refreshes_are_rate_limited() {
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .config(|c| c.forced_min_interval = "1h")
+        .build()
+        .await;
+    let (id, daemon) = (s.id(), s.daemon());
+    s.wait_for_tokens(1).await;
+    let (code, _, err) = s.run(&["refresh", id]);
+    assert_eq!(code, 0, "{err}");
+    let docs = s.wait_for_tokens(2).await;
+    assert_eq!(docs[1].get_str("reason"), Ok("manual"));
+
+    let permits = daemon.metrics().await.mongodb_ops("permit");
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    // The daemon asks for a permit, which is refused as too soon.
+    daemon
+        .wait_metrics("the second forced refresh asking for a permit", |m| {
+            m.mongodb_ops("permit") > permits
+        })
+        .await;
+    // Its chance to call anyway: two lease renewals.
+    s.wait_for_renewals(id, 2).await;
+    assert_eq!(daemon.metrics().await.upstream_calls(id), 2);
+    assert_eq!(s.fake.token_calls(id), 2);
+    assert_eq!(s.tokens().await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_daily_call_ceiling_holds_across_restarts_and_shows_in_status() {
+    let mut s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(2)))
+        .config(|c| {
+            c.margin = "1s";
+            c.daily_call_limit = 3;
+        })
+        .build()
+        .await;
+    let id = s.id().to_owned();
+    // Three calls, then a fourth permit request that the ceiling refuses.
+    let m = s
+        .daemon()
+        .wait_metrics("a permit request beyond the three calls", |m| {
+            m.mongodb_ops("permit") >= 4
+        })
+        .await;
+    assert_eq!(m.account("wxtokend_quota_calls_today", &id), Some(3.0));
+    // Its chance to call again: longer than a token's refresh period (1 s).
+    s.wait_for_renewals(&id, 4).await;
+    assert_eq!(s.fake.token_calls(&id), 3);
+    assert_eq!(s.lease(&id).await.expect("lease").calls_today, 3);
+    assert!(s.daemon_mut().terminate(WAIT).success());
+
+    let again = s.spawn("restarted");
+    let m = again
+        .wait_metrics("the restarted daemon refused a permit", |m| {
+            m.lease_held(&id) && m.mongodb_ops("permit") >= 1
+        })
+        .await;
+    assert_eq!(m.account("wxtokend_quota_calls_today", &id), Some(3.0));
+    s.wait_for_renewals(&id, 2).await;
+    assert_eq!(
+        s.fake.token_calls(&id),
+        3,
+        "the ceiling is per day, not per process"
+    );
+
+    let (code, out, _) = s.run(&["status", "--json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let line = &status[0];
+    assert_eq!(line["account"], id.as_str());
+    assert_eq!(line["generation"], 3);
+    assert_eq!(line["calls_today"], 3);
+    assert_eq!(line["lease_holder"], "restarted");
+    assert_eq!(line["lease_valid"], true);
+    let (_, table, _) = s.run(&["status"]);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .expect("a row for the account")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..3], [id.as_str(), "access_token", "3"], "{table}");
+    assert!(row.contains(&"3/3"), "calls today of the limit: {table}");
+}
+
+#[tokio::test]
+async fn status_shows_the_last_error() {
+    let id = "wx0000000000status1";
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "status-secret-0001"))
+        .sticky_fault(id, Fault::Errcode(40164))
+        .build()
+        .await;
+    let status = eventually(WAIT, "the error in status", || async {
+        let (_, out, _) = s.run(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&out).ok()?;
+        status[0]["last_error"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert_eq!(
+        status,
+        "WeChat errcode 40164 (caller IP is not whitelisted): injected by fake WeChat rid: fake"
+    );
+}

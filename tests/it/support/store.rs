@@ -1,0 +1,157 @@
+//! The only file that uses the daemon's internals (`wxtokend::Store`, its
+//! leases): writing a token the way the daemon does (under a lease), reading
+//! lease documents, and the permit rules. When that API changes, this file
+//! changes; the tests that call it stay as they are.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use secrecy::SecretString;
+use wxtokend::coordination::quota::quota_day;
+use wxtokend::coordination::Inserted;
+use wxtokend::{FetchedCredential, Store};
+use wxtokend_reader::{AccountId, ConnectOptions, CredentialKind, Generation, RefreshReason};
+
+pub use wxtokend::coordination::{Lease as HeldLease, Permit, PermitRules};
+
+use super::mongo::TestDb;
+
+/// The daemon's store on `db`, one per test database (a client per poll
+/// would open a connection pool every 50 ms).
+async fn store(db: &TestDb) -> Store {
+    static STORES: Mutex<Vec<(String, Store)>> = Mutex::new(Vec::new());
+    let cached = |stores: &[(String, Store)]| {
+        stores
+            .iter()
+            .find(|(name, _)| *name == db.name)
+            .map(|(_, store)| store.clone())
+    };
+    if let Some(store) = cached(&STORES.lock().expect("lock")) {
+        return store;
+    }
+    let options = ConnectOptions {
+        server_selection_timeout: Duration::from_secs(2),
+        ..ConnectOptions::default()
+    };
+    let uri = SecretString::from(db.uri.clone());
+    let store = Store::connect(&uri, &db.name, options)
+        .await
+        .expect("store");
+    let mut stores = STORES.lock().expect("lock");
+    if let Some(store) = cached(&stores) {
+        return store;
+    }
+    stores.push((db.name.clone(), store.clone()));
+    store
+}
+
+/// Creates the indexes, as the daemon does at startup.
+pub async fn ensure_indexes(db: &TestDb) {
+    store(db)
+        .await
+        .ensure_indexes(Duration::from_secs(86_400))
+        .await
+        .expect("indexes");
+}
+
+/// Stores an access token the way the daemon does (lease, fenced insert,
+/// release) as instance `test-writer`: fetched `age` ago, living `lifetime`.
+pub async fn store_token(
+    db: &TestDb,
+    account: &str,
+    value: &str,
+    age: Duration,
+    lifetime: Duration,
+) -> Generation {
+    let lease = Leases::new(db)
+        .await
+        .acquire(account, "test-writer")
+        .await
+        .expect("the lease is free");
+    let fetched = FetchedCredential {
+        value: SecretString::from(value.to_owned()),
+        expires_in: lifetime,
+        fetched_at: SystemTime::now() - age,
+    };
+    let inserted = lease
+        .insert(
+            CredentialKind::AccessToken,
+            &fetched,
+            RefreshReason::Scheduled,
+        )
+        .await
+        .expect("insert");
+    lease.release().await.expect("release");
+    match inserted {
+        Inserted::Stored(generation) => generation,
+        Inserted::Fenced => panic!("fenced although the lease was just taken"),
+    }
+}
+
+/// An account's lease document, as `wxtokend status` reads it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub holder: String,
+    pub term: i64,
+    pub expires_at: SystemTime,
+    /// Current by the MongoDB server's clock.
+    pub valid: bool,
+    /// Token calls counted today (Beijing time).
+    pub calls_today: i64,
+    /// WeChat answered 45009 today.
+    pub quota_exhausted: bool,
+    pub last_error: Option<String>,
+}
+
+/// Every lease document, by account; `None` while MongoDB does not answer.
+pub async fn leases(db: &TestDb) -> Option<HashMap<String, Lease>> {
+    let store = store(db).await;
+    let now = store.server_time().await.ok()?;
+    let today = quota_day(now);
+    let infos = store.leases().infos(&[]).await.ok()?;
+    Some(
+        infos
+            .into_iter()
+            .map(|l| {
+                let counts_today = l.quota_day.as_deref() == Some(today.as_str());
+                let lease = Lease {
+                    valid: l.expires_at > now,
+                    holder: l.holder,
+                    term: l.term.0,
+                    expires_at: l.expires_at,
+                    calls_today: if counts_today { l.quota_calls } else { 0 },
+                    quota_exhausted: counts_today && l.quota_exhausted,
+                    last_error: l.last_error,
+                };
+                (l.app_id.to_string(), lease)
+            })
+            .collect(),
+    )
+}
+
+/// The lease API the daemon's coordinator uses, for the permit-rule tests.
+pub struct Leases(wxtokend::Leases);
+
+impl Leases {
+    pub async fn new(db: &TestDb) -> Leases {
+        Leases(store(db).await.leases())
+    }
+
+    /// Takes the account's lease for 30 s, if it is free.
+    pub async fn acquire(&self, account: &str, holder: &str) -> Option<HeldLease> {
+        self.0
+            .acquire(
+                &AccountId::new(account),
+                &holder.into(),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("acquire")
+    }
+}
+
+/// A permit on `lease` under `rules`.
+pub async fn permit(lease: &HeldLease, rules: PermitRules) -> Permit {
+    lease.permit(rules).await.expect("permit")
+}
