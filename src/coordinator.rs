@@ -45,6 +45,13 @@ pub struct Coordinator {
     accounts: Vec<Account>,
     lease: LeaseSettings,
     held: HashMap<AccountId, HeldLease>,
+    /// The daemon's shutdown; each lease's stop token is a child of it, so
+    /// no refresher starts a call after SIGTERM.
+    shutdown: CancellationToken,
+    /// Refreshers told to stop, and give-backs waiting for them: never
+    /// awaited in the loop (a call in flight must not delay renewals), only
+    /// at shutdown.
+    stopping: Vec<JoinHandle<()>>,
 }
 
 impl Coordinator {
@@ -55,12 +62,15 @@ impl Coordinator {
             accounts,
             lease,
             held: HashMap::new(),
+            shutdown: CancellationToken::new(),
+            stopping: Vec::new(),
         }
     }
 
     /// Runs until `shutdown`, then stops every refresher (letting each
     /// finish its step and store what it fetched) and releases the leases.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.shutdown = shutdown.clone();
         let mut maintain = tokio::time::interval(self.lease.renew_interval);
         maintain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(self.ctx.refresh.request_poll_interval);
@@ -78,6 +88,7 @@ impl Coordinator {
 
     /// Renews, announces, balances and takes leases.
     async fn maintain(&mut self) {
+        self.stopping.retain(|task| !task.is_finished());
         self.renew_all().await;
         let live = match self
             .leases
@@ -95,8 +106,7 @@ impl Coordinator {
             let Some(id) = self.held.keys().next().cloned() else {
                 break;
             };
-            self.give_back(&id, "handing the lease to a less busy replica")
-                .await;
+            self.give_back(&id, "handing the lease to a less busy replica");
         }
         if let Err(e) = self.acquire_up_to(share).await {
             tracing::warn!(error = %e, "cannot look for free leases");
@@ -127,7 +137,9 @@ impl Coordinator {
             }
             if let Some(held) = self.held.get(&id) {
                 tracing::warn!(account = %id, term = held.lease.term().0, "lease taken over by another replica; stopping here");
-                self.stop(&id).await;
+                if let Some((_, tasks)) = self.stop(&id) {
+                    self.stopping.extend(tasks);
+                }
             }
         }
     }
@@ -150,7 +162,11 @@ impl Coordinator {
                 .leases
                 .expired(&ids, now - self.lease.renew_interval)
                 .await?;
+            let deadline = tokio::time::Instant::now() + self.lease.renew_interval / 2;
             for id in orphans {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
                 if let Some(account) = self.accounts.iter().find(|a| a.id == id).cloned() {
                     self.take(account).await?;
                 }
@@ -208,7 +224,7 @@ impl Coordinator {
     fn start(&mut self, account: Account, lease: Lease) {
         tracing::info!(account = %account.id, term = lease.term().0, "took the lease");
         self.ctx.metrics.lease_taken(&account.id);
-        let stop = CancellationToken::new();
+        let stop = self.shutdown.child_token();
         let mut requests = HashMap::new();
         let mut tasks = Vec::new();
         for kind in account.kinds() {
@@ -219,9 +235,10 @@ impl Coordinator {
                 self.ctx.clone(),
                 lease.clone(),
                 requests_rx,
+                stop.clone(),
             );
             requests.insert(kind, requests_tx);
-            tasks.push(tokio::spawn(refresher.run(stop.clone())));
+            tasks.push(tokio::spawn(refresher.run()));
         }
         self.held.insert(
             account.id.clone(),
@@ -234,22 +251,25 @@ impl Coordinator {
         );
     }
 
-    /// Stops the account's refresher and waits for it (it stores what it
-    /// fetched before exiting).
-    async fn stop(&mut self, id: &AccountId) -> Option<Lease> {
+    /// Tells the account's refreshers to stop, without waiting: one that
+    /// already sent a call finishes it and stores what it fetched; the
+    /// others stop at once. Returns the lease and the refreshers' tasks.
+    fn stop(&mut self, id: &AccountId) -> Option<(Lease, Vec<JoinHandle<()>>)> {
         let held = self.held.remove(id)?;
         self.ctx.metrics.lease_given_up(id);
         held.stop.cancel();
-        for task in held.tasks {
-            if let Err(e) = task.await {
-                tracing::error!(account = %id, error = %e, "refresh task failed");
-            }
-        }
-        Some(held.lease)
+        Some((held.lease, held.tasks))
     }
 
-    async fn give_back(&mut self, id: &AccountId, why: &str) {
-        if let Some(lease) = self.stop(id).await {
+    /// Gives the lease back once its refreshers have stopped (so a call in
+    /// flight is stored under it first), in a task of its own.
+    fn give_back(&mut self, id: &AccountId, why: &'static str) {
+        let Some((lease, tasks)) = self.stop(id) else {
+            return;
+        };
+        let id = id.clone();
+        self.stopping.push(tokio::spawn(async move {
+            join_all(&id, tasks).await;
             let term = lease.term();
             match lease.release().await {
                 Ok(()) => tracing::info!(account = %id, term = term.0, "released the lease: {why}"),
@@ -257,17 +277,21 @@ impl Coordinator {
                     tracing::warn!(account = %id, error = %e, "cannot release the lease; it expires on its own")
                 }
             }
-        }
+        }));
     }
 
+    /// At shutdown: every refresher was stopped by the shutdown token; wait
+    /// until each stored what it fetched (the daemon bounds the wait), then
+    /// release every lease in one write.
     async fn stop_all(&mut self) {
-        for held in self.held.values() {
-            held.stop.cancel();
-        }
-        // Every refresher stores what it fetched, then all leases go in one write.
         let ids: Vec<AccountId> = self.held.keys().cloned().collect();
         for id in &ids {
-            self.stop(id).await;
+            if let Some((_, tasks)) = self.stop(id) {
+                join_all(id, tasks).await;
+            }
+        }
+        for task in self.stopping.drain(..) {
+            let _ = task.await;
         }
         match self.leases.release_all(&ids, &self.ctx.instance_id).await {
             Ok(()) => tracing::info!(leases = ids.len(), "released every lease: shutting down"),
@@ -316,6 +340,15 @@ impl Coordinator {
         }
         if let Err(e) = requests.delete(&handled).await {
             tracing::debug!(error = %e, "cannot delete handled refresh requests");
+        }
+    }
+}
+
+/// Waits for an account's refresher tasks.
+async fn join_all(id: &AccountId, tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        if let Err(e) = task.await {
+            tracing::error!(account = %id, error = %e, "refresh task failed");
         }
     }
 }

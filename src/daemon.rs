@@ -104,6 +104,7 @@ impl Daemon {
             store,
             refresh: settings.refresh.clone(),
             lease_duration: settings.lease.duration,
+            call_timeout: settings.wechat.connect_timeout + settings.wechat.request_timeout,
             instance_id: settings.daemon.instance_id.as_str().into(),
             metrics,
         });

@@ -284,3 +284,19 @@ fn base_url_rules() {
     assert!(parse_base_url("https://x/?a=b", false).is_err());
     assert!(parse_base_url("ftp://x", true).is_err());
 }
+
+#[test]
+fn a_lease_must_outlast_two_calls_and_shutdown_a_call_and_a_write() {
+    let toml = format!(
+        "{ONE_ACCOUNT}\n[lease]\nduration = \"20s\"\nrenew_interval = \"5s\"\n\
+         [daemon]\nshutdown_timeout = \"10s\"\n"
+    );
+    // Defaults: a call takes up to 3 s + 10 s, a write up to 5 s.
+    let err = load(&toml, &[("WX_SECRET", "x")]).expect_err("must fail");
+    assert_eq!(keys(err), vec!["lease.duration", "daemon.shutdown_timeout"]);
+    let fits = format!(
+        "{ONE_ACCOUNT}\n[lease]\nduration = \"27s\"\nrenew_interval = \"5s\"\n\
+         [daemon]\nshutdown_timeout = \"19s\"\n"
+    );
+    load(&fits, &[("WX_SECRET", "x")]).expect("valid");
+}

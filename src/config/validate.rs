@@ -190,6 +190,20 @@ impl RawSettings {
             "lease.renew_interval",
             "must be at most a third of lease.duration, so a lease is renewed before it can lapse",
         );
+        let call = self.wechat.connect_timeout + self.wechat.request_timeout;
+        p.check(
+            self.lease.duration / 2 > call,
+            "lease.duration",
+            "must be more than twice wechat.connect_timeout + wechat.request_timeout, so that \
+             a WeChat call allowed under a lease always ends before the lease could",
+        );
+        p.check(
+            self.daemon.shutdown_timeout > call + self.mongodb.server_selection_timeout,
+            "daemon.shutdown_timeout",
+            "must be more than wechat.connect_timeout + wechat.request_timeout + \
+             mongodb.server_selection_timeout, so that a call in flight at shutdown is \
+             finished and stored",
+        );
         p.check(
             self.admin.listen.is_empty() || self.admin.address().is_some(),
             "admin.listen",

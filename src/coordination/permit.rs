@@ -18,17 +18,17 @@ use crate::store::StoreError;
 pub enum Permit {
     Granted {
         calls_today: i64,
+        /// How long the lease still ran when the permit was granted (by the
+        /// server's clock, measured from before the request: never more
+        /// than the truth). The caller turns it into a local deadline.
+        lease_left: Duration,
     },
     /// Another replica holds the lease, or ours is too close to its end.
     NotHolder,
     /// The configured daily ceiling is reached, or WeChat said 45009 today.
-    QuotaSpent {
-        calls_today: i64,
-    },
+    QuotaSpent { calls_today: i64 },
     /// A forced refresh came too soon after the previous one.
-    TooSoon {
-        retry_in: Duration,
-    },
+    TooSoon { retry_in: Duration },
     /// Today's forced refreshes are spent (`forced_daily_limit`).
     ForcedSpent,
 }
@@ -59,8 +59,12 @@ pub(super) async fn ask(
         .return_document(ReturnDocument::After)
         .await?;
     if let Some(lease) = granted {
+        let expires_at = lease
+            .get_datetime(field::EXPIRES_AT)
+            .map_or(now, |at| at.to_system_time());
         return Ok(Permit::Granted {
             calls_today: counter(&lease, field::QUOTA_CALLS),
+            lease_left: expires_at.duration_since(now).unwrap_or_default(),
         });
     }
     let lease = leases.find_one(held).await?;
@@ -91,9 +95,15 @@ async fn start_quota_day(
 /// The filter that matches only a lease allowed to call, and the update
 /// that counts the call.
 fn grant(mut filter: Document, now: SystemTime, rules: PermitRules) -> (Document, Document) {
+    // Enough left by the server's clock as read just before (`now`), and
+    // still alive at the moment of the update itself (`$$NOW`).
     filter.insert(
         field::EXPIRES_AT,
         doc! { "$gt": DateTime::from_system_time(now + rules.min_remaining) },
+    );
+    filter.insert(
+        "$expr",
+        doc! { "$gt": [format!("${}", field::EXPIRES_AT), "$$NOW"] },
     );
     filter.insert(field::QUOTA_EXHAUSTED, doc! { "$ne": true });
     filter.insert(field::QUOTA_CALLS, doc! { "$lt": rules.daily_limit });

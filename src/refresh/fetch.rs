@@ -12,11 +12,25 @@ use crate::config::TokenEndpoint;
 use crate::coordination::{Permit, PermitRules};
 use crate::metrics::{Operation, Outcome};
 use crate::store::StoreError;
-use crate::wechat::{ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY};
+use crate::wechat::{
+    CallSlot, ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY,
+};
+
+/// One permitted call to WeChat.
+struct Call<'a> {
+    slot: &'a CallSlot,
+    reason: RefreshReason,
+    calls_today: i64,
+    /// For a ticket: the access token to fetch it with.
+    access_token: Option<&'a Credential>,
+}
 
 impl Refresher {
-    /// Asks the lease for a permit, then calls WeChat. A ticket needs a
-    /// valid access token first.
+    /// Takes a call slot, asks the lease for a permit, then calls WeChat,
+    /// but only if the lease will outlast the call (see [`Self::send_by`]).
+    /// Until the request is sent, a stop (lease given back, shutdown)
+    /// abandons the step; once sent, the call completes and its answer is
+    /// kept. A ticket needs a valid access token first.
     pub(super) async fn fetch(&mut self, reason: RefreshReason) -> Duration {
         let access_token = if self.kind.is_ticket() {
             match self.access_token().await {
@@ -32,17 +46,37 @@ impl Refresher {
         } else {
             None
         };
+        let stop = self.stop.clone();
+        let slot = tokio::select! {
+            slot = self.ctx.wechat.slot() => slot,
+            () = stop.cancelled() => return Duration::ZERO,
+        };
         let started = Instant::now();
-        let permit = self.lease.permit(self.permit_rules()).await;
+        let permit = tokio::select! {
+            permit = self.lease.permit(self.permit_rules()) => permit,
+            () = stop.cancelled() => return Duration::ZERO,
+        };
         self.ctx
             .metrics
             .mongodb(Operation::Permit, started.elapsed(), permit.is_ok());
         match permit {
-            Ok(Permit::Granted { calls_today }) => {
+            Ok(Permit::Granted {
+                calls_today,
+                lease_left,
+            }) => {
                 self.ctx
                     .metrics
                     .quota_calls_today(&self.account.id, calls_today);
-                self.call_wechat(reason, calls_today, access_token).await
+                if !self.send_by(started + lease_left) {
+                    return self.machine.not_holder();
+                }
+                let call = Call {
+                    slot: &slot,
+                    reason,
+                    calls_today,
+                    access_token: access_token.as_ref(),
+                };
+                self.call_wechat(call).await
             }
             Ok(Permit::NotHolder) => {
                 tracing::debug!("no permit: lease not held with enough time left");
@@ -117,23 +151,46 @@ impl Refresher {
         wait
     }
 
-    async fn call_wechat(
-        &mut self,
-        reason: RefreshReason,
-        calls_today: i64,
-        access_token: Option<Credential>,
-    ) -> Duration {
+    /// Whether a call may be sent now under a lease that ends (locally) at
+    /// `lease_ends`: not after a stop, and not unless the whole call fits in
+    /// what is left of the lease. A call sent by a replica whose lease then
+    /// lapses would rotate the token another replica stores.
+    fn send_by(&self, lease_ends: Instant) -> bool {
+        if self.stop.is_cancelled() {
+            tracing::debug!("stopping: the call is not sent");
+            return false;
+        }
+        let left = lease_ends.saturating_duration_since(Instant::now());
+        let needed = self.ctx.call_timeout;
+        if left < needed {
+            tracing::debug!(
+                lease_left_ms = left.as_millis(),
+                needed_ms = needed.as_millis(),
+                "not calling WeChat: the lease would end before the call could"
+            );
+            return false;
+        }
+        true
+    }
+
+    async fn call_wechat(&mut self, call: Call<'_>) -> Duration {
+        let Call {
+            slot,
+            reason,
+            calls_today,
+            access_token,
+        } = call;
         let started = Instant::now();
         let wechat = &self.ctx.wechat;
-        let result = match &access_token {
+        let result = match access_token {
             None => {
                 // stable_token's force_refresh is only for a token reported invalid.
                 let force = reason == RefreshReason::ReportedInvalid;
-                wechat.fetch_access_token(&self.account, force).await
+                wechat.fetch_access_token(slot, &self.account, force).await
             }
             Some(token) => {
                 wechat
-                    .fetch_ticket(&self.account, self.kind, &token.value)
+                    .fetch_ticket(slot, &self.account, self.kind, &token.value)
                     .await
             }
         };
@@ -148,10 +205,7 @@ impl Refresher {
                 self.fetched(fetched, reason, calls_today);
                 Duration::ZERO
             }
-            Err(e) => {
-                self.fetch_failed(&e, calls_today, access_token.as_ref())
-                    .await
-            }
+            Err(e) => self.fetch_failed(&e, calls_today, access_token).await,
         }
     }
 

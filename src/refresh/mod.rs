@@ -35,6 +35,9 @@ pub struct Context {
     pub store: Store,
     pub refresh: RefreshSettings,
     pub lease_duration: Duration,
+    /// The longest a WeChat call can take (`connect_timeout +
+    /// request_timeout`): a call is sent only with this much lease left.
+    pub call_timeout: Duration,
     pub instance_id: Arc<str>,
     pub metrics: Arc<Metrics>,
 }
@@ -57,6 +60,8 @@ pub struct Refresher {
     /// The latest refresh request for this credential (a slot, not a queue:
     /// requests are summarized per credential before they get here).
     requests: watch::Receiver<Option<RefreshRequest>>,
+    /// Cancelled when the lease is given up or the daemon stops.
+    stop: CancellationToken,
     machine: Machine,
     last_problem: Option<Problem>,
 }
@@ -68,6 +73,7 @@ impl Refresher {
         ctx: Arc<Context>,
         lease: Lease,
         requests: watch::Receiver<Option<RefreshRequest>>,
+        stop: CancellationToken,
     ) -> Self {
         let machine = Machine::new(ctx.refresh.clone());
         Self {
@@ -76,20 +82,22 @@ impl Refresher {
             ctx,
             lease,
             requests,
+            stop,
             machine,
             last_problem: None,
         }
     }
 
-    /// Runs until `shutdown` is cancelled. A step in progress is finished
-    /// (a fetched token must not be lost); a token that is still unstored at
-    /// shutdown gets one last write attempt.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until its stop token is cancelled. A call already sent is
+    /// finished (a fetched token must not be lost); a token that is still
+    /// unstored then gets one last write attempt.
+    pub async fn run(self) {
         let span = tracing::info_span!("refresh", account = %self.account.id, kind = %self.kind);
-        self.run_until(shutdown).instrument(span).await;
+        self.run_until_stopped().instrument(span).await;
     }
 
-    async fn run_until(mut self, shutdown: CancellationToken) {
+    async fn run_until_stopped(mut self) {
+        let shutdown = self.stop.clone();
         while !shutdown.is_cancelled() {
             // Boxed: a sleeping task then holds a pointer, not room for the
             // largest step (10,000 idle accounts cost kilobytes each otherwise).

@@ -7,8 +7,11 @@
 mod answer;
 mod errcode;
 
+use std::sync::Arc;
+
 use reqwest::{redirect, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wxtokend_reader::CredentialKind;
 
 use crate::config::{Account, Platform, TokenEndpoint, WechatSettings};
@@ -26,6 +29,12 @@ pub const STABLE_TOKEN_FORCED_PER_DAY: i64 = 20;
 #[error("cannot build the HTTP client: {0}")]
 pub struct ClientError(#[source] reqwest::Error);
 
+/// One of the `wechat.max_concurrent_calls` slots for a call to WeChat. The
+/// refresher takes it *before* asking for a permit, so that the time between
+/// a permit and the call it allows is not spent waiting behind other calls.
+#[derive(Debug)]
+pub struct CallSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
 /// A long-lived client for WeChat's API, shared by all accounts.
 #[derive(Debug, Clone)]
 pub struct WechatClient {
@@ -35,7 +44,7 @@ pub struct WechatClient {
     max_response_bytes: usize,
     /// Bounds calls in flight (`wechat.max_concurrent_calls`), so thousands
     /// of accounts falling due together do not storm WeChat.
-    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl WechatClient {
@@ -54,9 +63,7 @@ impl WechatClient {
             base: settings.base_url.clone(),
             wecom_base: settings.wecom_base_url.clone(),
             max_response_bytes: settings.max_response_bytes,
-            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                settings.max_concurrent_calls,
-            )),
+            in_flight: Arc::new(Semaphore::new(settings.max_concurrent_calls)),
         })
     }
 
@@ -66,6 +73,7 @@ impl WechatClient {
     #[tracing::instrument(name = "fetch_access_token", skip_all, fields(account = %account.id))]
     pub async fn fetch_access_token(
         &self,
+        _slot: &CallSlot,
         account: &Account,
         force: bool,
     ) -> Result<FetchedCredential, FetchError> {
@@ -86,7 +94,6 @@ impl WechatClient {
                     "secret": secret,
                     "force_refresh": force,
                 });
-                let _slot = self.slot().await;
                 let response = self.http.post(url).json(&request).send().await;
                 (self.read(response).await?, Call::IssueToken)
             }
@@ -106,6 +113,7 @@ impl WechatClient {
     #[tracing::instrument(name = "fetch_ticket", skip_all, fields(account = %account.id, %kind))]
     pub async fn fetch_ticket(
         &self,
+        _slot: &CallSlot,
         account: &Account,
         kind: CredentialKind,
         access_token: &SecretString,
@@ -143,15 +151,16 @@ impl WechatClient {
 
     /// Sends a GET and reads at most `max_response_bytes` of the body.
     async fn get(&self, url: Url) -> Result<Vec<u8>, FetchError> {
-        let _slot = self.slot().await;
         let response = self.http.get(url).send().await;
         self.read(response).await
     }
 
-    /// Waits for a free slot among `wechat.max_concurrent_calls`.
-    async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        // The semaphore is never closed, so this is always Some.
-        self.in_flight.acquire().await.ok()
+    /// Waits for a free slot among `wechat.max_concurrent_calls`; every
+    /// fetch needs one.
+    pub async fn slot(&self) -> CallSlot {
+        // The semaphore is never closed, so acquiring cannot fail.
+        let permit = Arc::clone(&self.in_flight).acquire_owned().await;
+        CallSlot(permit.unwrap_or_else(|_| unreachable!("the call semaphore is never closed")))
     }
 
     /// Checks the status and reads at most `max_response_bytes` of the body.

@@ -18,7 +18,11 @@ async fn token_fetched_as_mongodb_dies_is_stored_when_it_returns() {
         })
         .config(|c| {
             c.margin = "6s";
-            c.request_timeout = "10s";
+            // Longer than the 3 s answer below; the lease and the shutdown
+            // grace must outlast such a call.
+            c.request_timeout = "4s";
+            c.lease_duration = "10s";
+            c.shutdown_timeout = "6s";
         })
         .private_mongo()
         .build()

@@ -4,7 +4,17 @@
 use std::time::Duration;
 
 use crate::support::mongo::TestDb;
+use wxtokend_reader::Generation;
+
 use crate::support::store::{permit, Leases, Permit, PermitRules};
+
+/// The day's count of a granted permit; `None` for a refusal.
+fn calls_today(permit: Permit) -> Option<i64> {
+    match permit {
+        Permit::Granted { calls_today, .. } => Some(calls_today),
+        _ => None,
+    }
+}
 
 const NORMAL: PermitRules = PermitRules {
     min_remaining: Duration::from_secs(1),
@@ -22,7 +32,18 @@ async fn only_the_current_holder_gets_a_permit() {
         leases.acquire(id, "b").await.is_none(),
         "b took a held lease"
     );
-    assert_eq!(permit(&a, NORMAL).await, Permit::Granted { calls_today: 1 });
+    match permit(&a, NORMAL).await {
+        // The lease was taken for 30 s a moment ago.
+        Permit::Granted {
+            calls_today,
+            lease_left,
+        } => {
+            assert_eq!(calls_today, 1);
+            assert!(lease_left <= Duration::from_secs(30), "{lease_left:?}");
+            assert!(lease_left > Duration::from_secs(20), "{lease_left:?}");
+        }
+        other => panic!("expected a permit, got {other:?}"),
+    }
     // A lease with less than min_remaining left gives no permit.
     let short = PermitRules {
         min_remaining: Duration::from_secs(60),
@@ -35,7 +56,7 @@ async fn only_the_current_holder_gets_a_permit() {
     let b = leases.acquire(id, "b").await.expect("released");
     assert!(b.term() > stale.term());
     assert_eq!(permit(&stale, NORMAL).await, Permit::NotHolder);
-    assert_eq!(permit(&b, NORMAL).await, Permit::Granted { calls_today: 2 });
+    assert_eq!(calls_today(permit(&b, NORMAL).await), Some(2));
 }
 
 #[tokio::test]
@@ -48,11 +69,8 @@ async fn daily_and_forced_limits_are_counted() {
         forced_daily_limit: Some(2),
         ..NORMAL
     };
-    for calls_today in 1..=2 {
-        assert_eq!(
-            permit(&lease, forced).await,
-            Permit::Granted { calls_today }
-        );
+    for n in 1..=2 {
+        assert_eq!(calls_today(permit(&lease, forced).await), Some(n));
     }
     assert_eq!(permit(&lease, forced).await, Permit::ForcedSpent);
     // Ordinary refreshes are still allowed, up to the daily ceiling.
@@ -60,14 +78,8 @@ async fn daily_and_forced_limits_are_counted() {
         daily_limit: 4,
         ..NORMAL
     };
-    assert_eq!(
-        permit(&lease, ceiling).await,
-        Permit::Granted { calls_today: 3 }
-    );
-    assert_eq!(
-        permit(&lease, ceiling).await,
-        Permit::Granted { calls_today: 4 }
-    );
+    assert_eq!(calls_today(permit(&lease, ceiling).await), Some(3));
+    assert_eq!(calls_today(permit(&lease, ceiling).await), Some(4));
     assert_eq!(
         permit(&lease, ceiling).await,
         Permit::QuotaSpent { calls_today: 4 }
@@ -79,12 +91,25 @@ async fn daily_and_forced_limits_are_counted() {
         forced_min_interval: Some(Duration::from_secs(60)),
         ..NORMAL
     };
-    assert_eq!(
-        permit(&lease2, spaced).await,
-        Permit::Granted { calls_today: 1 }
-    );
+    assert_eq!(calls_today(permit(&lease2, spaced).await), Some(1));
     match permit(&lease2, spaced).await {
         Permit::TooSoon { retry_in } => assert!(retry_in > Duration::from_secs(50)),
         other => panic!("expected TooSoon, got {other:?}"),
     }
+}
+
+/// The write fence: what a former holder kept of a lease that moved on
+/// writes nothing, and the new holder's generation follows the newest.
+#[tokio::test]
+async fn a_lease_that_moved_on_cannot_write() {
+    use crate::support::store::{insert, Inserted};
+    let leases = Leases::new(&TestDb::new().await).await;
+    let id = "wxpermit4";
+    let a = leases.acquire(id, "a").await.expect("free");
+    let stale = a.clone();
+    assert_eq!(insert(&a, "first").await, Inserted::Stored(Generation(1)));
+    a.release().await.expect("release");
+    let b = leases.acquire(id, "b").await.expect("released");
+    assert_eq!(insert(&stale, "late").await, Inserted::Fenced);
+    assert_eq!(insert(&b, "second").await, Inserted::Stored(Generation(2)));
 }

@@ -137,12 +137,12 @@ async fn a_killed_holder_is_replaced_within_one_lease_period() {
         })
         .await;
     let failover = killed_at.elapsed();
-    eprintln!("failover after kill -9: {failover:?} (lease 3s, renew 500ms)");
-    // One lease period (3 s) plus one renew interval for the successor to look.
-    assert!(
-        failover <= Duration::from_millis(4500),
-        "failover took {failover:?}"
-    );
+    let lease = humantime::parse_duration(s.config.lease_duration).expect("lease");
+    let renew = humantime::parse_duration(s.config.lease_renew_interval).expect("renew");
+    eprintln!("failover after kill -9: {failover:?} (lease {lease:?}, renew {renew:?})");
+    // One lease period, one renew interval for the successor to look, and
+    // one more for a loaded machine.
+    assert!(failover <= lease + 2 * renew, "failover took {failover:?}");
     // The survivor took it over, under a new term that fences the dead one.
     assert_eq!(after.holder, other);
     assert!(
@@ -172,7 +172,12 @@ async fn a_paused_holder_that_resumes_cannot_store_its_older_token() {
     let s = Scenario::new()
         .accounts(1)
         .app(|app| app.expires_in(Duration::from_secs(3600)))
-        .config(|c| c.request_timeout = "30s")
+        .config(|c| {
+            // A call may take 5 s; the lease must outlast two of them.
+            c.request_timeout = "5s";
+            c.lease_duration = "11s";
+            c.shutdown_timeout = "7s";
+        })
         .replicas(2)
         .build()
         .await;
@@ -186,16 +191,16 @@ async fn a_paused_holder_that_resumes_cannot_store_its_older_token() {
     };
     let paused = s.replica(&holder);
 
-    // WeChat issues X at once but the answer takes 6 s; the holder is paused meanwhile.
+    // WeChat issues X at once but the answer takes 3 s; the holder is paused meanwhile.
     s.fake
-        .push_faults(id, [Fault::AnswerLate(Duration::from_secs(6))]);
+        .push_faults(id, [Fault::AnswerLate(Duration::from_secs(3))]);
     assert_eq!(s.run(&["refresh", id]).0, 0);
     eventually(WAIT, "token X issued", || async {
         (s.fake.tokens_issued(id) == 2).then_some(())
     })
     .await;
     let x = s.fake.issued_tokens(id)[1].clone();
-    let writes = paused.metrics().await.mongodb_ops("insert_credential");
+    let calls = paused.metrics().await.upstream_calls(id);
     paused.signal("STOP");
 
     s.wait_for_lease(id, "the other replica taking over", |l| {
@@ -209,10 +214,12 @@ async fn a_paused_holder_that_resumes_cannot_store_its_older_token() {
     assert_ne!(z, x);
 
     paused.signal("CONT");
-    // It gets X at last and tries to write it: the attempt is the marker.
+    // Its call ends at last (with X, or timed out: the pause outlasted the
+    // request timeout), and whatever it got it may not write: the end of
+    // the call is the marker.
     paused
-        .wait_metrics("the resumed holder's write attempt", |m| {
-            m.mongodb_ops("insert_credential") > writes
+        .wait_metrics("the resumed holder's call to end", |m| {
+            m.upstream_calls(id) > calls
         })
         .await;
     let docs = s.tokens().await;

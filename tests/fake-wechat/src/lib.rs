@@ -18,13 +18,16 @@
 //! - WeCom's `GET /cgi-bin/gettoken?corpid=…&corpsecret=…` returns the same
 //!   token while it is valid; [`FakeWechat::invalidate_tokens`] kills tokens
 //!   early, as WeCom may.
+//! - Callers can be told apart: [`FakeWechat::caller_url`] gives each caller
+//!   (a daemon replica) its own base URL, and [`FakeWechat::issued_by`] says
+//!   who got each token.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -122,6 +125,8 @@ pub enum Fault {
 
 struct Issued {
     token: String,
+    /// The caller's name (see [`FakeWechat::caller_url`]); empty by default.
+    caller: Arc<str>,
     expires_at: Instant,
     replaced_until: Option<Instant>,
 }
@@ -165,17 +170,46 @@ fn lock(world: &Shared) -> MutexGuard<'_, World> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Which base URL a request came in on.
+#[derive(Clone)]
+struct Caller(Arc<str>);
+
 /// A running fake. Dropping it stops the server.
 pub struct FakeWechat {
     addr: SocketAddr,
     world: Shared,
-    server: tokio::task::JoinHandle<()>,
+    servers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for FakeWechat {
     fn drop(&mut self) {
-        self.server.abort();
+        let servers = self
+            .servers
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for server in servers.iter() {
+            server.abort();
+        }
     }
+}
+
+fn router(world: Shared, caller: &str) -> Router {
+    Router::new()
+        .route("/cgi-bin/token", get(token))
+        .route("/cgi-bin/stable_token", axum::routing::post(stable_token))
+        .route("/cgi-bin/gettoken", get(wecom_token))
+        .route("/cgi-bin/ticket/getticket", get(ticket))
+        .route("/cgi-bin/get_jsapi_ticket", get(wecom_jsapi_ticket))
+        .route("/cgi-bin/ticket/get", get(ticket))
+        .route("/cgi-bin/getcallbackip", get(callback_ip))
+        .layer(Extension(Caller(caller.into())))
+        .with_state(world)
+}
+
+fn serve(listener: tokio::net::TcpListener, app: Router) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
 }
 
 impl FakeWechat {
@@ -188,23 +222,25 @@ impl FakeWechat {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let world = Shared::default();
-        let app = Router::new()
-            .route("/cgi-bin/token", get(token))
-            .route("/cgi-bin/stable_token", axum::routing::post(stable_token))
-            .route("/cgi-bin/gettoken", get(wecom_token))
-            .route("/cgi-bin/ticket/getticket", get(ticket))
-            .route("/cgi-bin/get_jsapi_ticket", get(wecom_jsapi_ticket))
-            .route("/cgi-bin/ticket/get", get(ticket))
-            .route("/cgi-bin/getcallbackip", get(callback_ip))
-            .with_state(world.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = serve(listener, router(world.clone(), ""));
         Ok(FakeWechat {
             addr,
             world,
-            server,
+            servers: Mutex::new(vec![server]),
         })
+    }
+
+    /// A base URL of its own for caller `name` (same apps, same state), so
+    /// that [`FakeWechat::issued_by`] can say who got each token.
+    pub async fn caller_url(&self, name: &str) -> std::io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = serve(listener, router(self.world.clone(), name));
+        self.servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(server);
+        Ok(format!("http://{addr}"))
     }
 
     /// Base URL to configure as `wechat.base_url`.
@@ -263,6 +299,33 @@ impl FakeWechat {
     pub fn issued_tokens(&self, appid: &str) -> Vec<String> {
         self.with_app(appid, |app| {
             app.issued.iter().map(|i| i.token.clone()).collect()
+        })
+    }
+
+    /// Every access token issued by `/cgi-bin/token` for `appid`, oldest
+    /// first, with the name of the caller that got it.
+    pub fn issued_by(&self, appid: &str) -> Vec<(String, String)> {
+        self.with_app(appid, |app| {
+            app.issued
+                .iter()
+                .map(|i| (i.token.clone(), i.caller.to_string()))
+                .collect()
+        })
+    }
+
+    /// Whether WeChat rejects `token` (access token or ticket) right now
+    /// because a newer one replaced it (its overlap ended before its own
+    /// expiry): what a competing refresher does to the tokens readers hold.
+    pub fn is_rotated_away(&self, token: &str) -> bool {
+        let now = Instant::now();
+        lock(&self.world).apps.values().any(|app| {
+            app.all_tokens()
+                .chain(app.tickets.iter().map(|(_, t)| t))
+                .any(|i| {
+                    i.token == token
+                        && i.replaced_until
+                            .is_some_and(|until| until <= now && until < i.expires_at)
+                })
         })
     }
 
@@ -347,7 +410,11 @@ fn fault_response(fault: Fault) -> Option<Response> {
     }
 }
 
-async fn token(State(world): State<Shared>, Query(q): Query<TokenQuery>) -> Response {
+async fn token(
+    State(world): State<Shared>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
     let fault = {
         let mut world = lock(&world);
         let app = q.appid.as_deref().and_then(|id| world.apps.get_mut(id));
@@ -359,7 +426,7 @@ async fn token(State(world): State<Shared>, Query(q): Query<TokenQuery>) -> Resp
     match fault {
         Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
         Some(Fault::AnswerLate(delay)) => {
-            let response = issue(&world, q);
+            let response = issue(&world, q, caller);
             tokio::time::sleep(delay).await;
             return response;
         }
@@ -370,10 +437,10 @@ async fn token(State(world): State<Shared>, Query(q): Query<TokenQuery>) -> Resp
         }
         None => {}
     }
-    issue(&world, q)
+    issue(&world, q, caller)
 }
 
-fn issue(world: &Shared, q: TokenQuery) -> Response {
+fn issue(world: &Shared, q: TokenQuery, caller: Arc<str>) -> Response {
     if q.grant_type.as_deref() != Some("client_credential") {
         return errcode(40002, "invalid grant_type");
     }
@@ -405,6 +472,7 @@ fn issue(world: &Shared, q: TokenQuery) -> Response {
     let token = new_token();
     app.issued.push(Issued {
         token: token.clone(),
+        caller,
         expires_at: now + app.config.expires_in,
         replaced_until: None,
     });
@@ -467,6 +535,7 @@ async fn stable_token(State(world): State<Shared>, Json(r): Json<StableRequest>)
     let token = new_token();
     app.stable_issued.push(Issued {
         token: token.clone(),
+        caller: "".into(),
         expires_at: now + app.config.expires_in,
         replaced_until: None,
     });
@@ -510,6 +579,7 @@ async fn wecom_token(State(world): State<Shared>, Query(q): Query<WecomTokenQuer
     let token = new_token();
     app.issued.push(Issued {
         token: token.clone(),
+        caller: "".into(),
         expires_at: now + app.config.expires_in,
         replaced_until: None,
     });
@@ -571,6 +641,7 @@ fn issue_ticket(world: &Shared, access_token: Option<String>, ticket_type: &str)
         ticket_type.to_string(),
         Issued {
             token: ticket.clone(),
+            caller: "".into(),
             expires_at: now + app.config.ticket_expires_in,
             replaced_until: None,
         },

@@ -110,6 +110,9 @@ pub struct TestConfig {
     pub retry_max: &'static str,
     pub permanent_error_retry: &'static str,
     pub request_timeout: &'static str,
+    pub connect_timeout: &'static str,
+    pub max_concurrent_calls: u32,
+    pub shutdown_timeout: &'static str,
     pub instance_id: String,
     pub lease_duration: &'static str,
     pub lease_renew_interval: &'static str,
@@ -138,8 +141,11 @@ impl TestConfig {
             retry_max: "400ms",
             permanent_error_retry: "1h",
             request_timeout: "2s",
+            connect_timeout: "250ms",
+            max_concurrent_calls: 16,
+            shutdown_timeout: "4s",
             instance_id: "test-instance".into(),
-            lease_duration: "3s",
+            lease_duration: "5s",
             lease_renew_interval: "500ms",
             forced_min_interval: "1s",
             daily_call_limit: 1800,
@@ -153,7 +159,7 @@ impl TestConfig {
             r#"
 [daemon]
 instance_id = "{instance}"
-shutdown_timeout = "3s"
+shutdown_timeout = "{shutdown}"
 
 [mongodb]
 uri = "{uri}"
@@ -165,6 +171,8 @@ base_url = "{wechat}"
 wecom_base_url = "{wechat}"
 allow_http = true
 request_timeout = "{request_timeout}"
+connect_timeout = "{connect_timeout}"
+max_concurrent_calls = {max_calls}
 
 [refresh]
 margin = "{margin}"
@@ -191,6 +199,9 @@ level = "{log_level}"
             db = self.database,
             wechat = self.wechat_url,
             request_timeout = self.request_timeout,
+            connect_timeout = self.connect_timeout,
+            max_calls = self.max_concurrent_calls,
+            shutdown = self.shutdown_timeout,
             margin = self.margin,
             retry_initial = self.retry_initial,
             retry_max = self.retry_max,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 use wxtokend::coordination::quota::quota_day;
-use wxtokend::coordination::Inserted;
+pub use wxtokend::coordination::Inserted;
 use wxtokend::{FetchedCredential, Store};
 use wxtokend_reader::{AccountId, ConnectOptions, CredentialKind, Generation, RefreshReason};
 
@@ -149,6 +149,23 @@ impl Leases {
             .await
             .expect("acquire")
     }
+}
+
+/// Writes an access token (fetched now, living an hour) through `lease`.
+pub async fn insert(lease: &HeldLease, value: &str) -> Inserted {
+    let fetched = FetchedCredential {
+        value: SecretString::from(value.to_owned()),
+        expires_in: Duration::from_secs(3600),
+        fetched_at: SystemTime::now(),
+    };
+    lease
+        .insert(
+            CredentialKind::AccessToken,
+            &fetched,
+            RefreshReason::Scheduled,
+        )
+        .await
+        .expect("insert")
 }
 
 /// A permit on `lease` under `rules`.
