@@ -64,7 +64,15 @@ pub struct Reader {
 #[derive(Debug)]
 struct Cache {
     max_age: Duration,
-    entries: RwLock<HashMap<AccountId, [Option<Cached>; 4]>>,
+    entries: RwLock<HashMap<AccountId, [Slot; 4]>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    cached: Option<Cached>,
+    /// The highest generation this reader reported invalid: it and older
+    /// ones are never cached again.
+    reported: Option<Generation>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,10 +133,13 @@ impl Reader {
                 .entries
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            entries.entry(account.clone()).or_default()[kind.index()] = Some(Cached {
-                stored_at: Instant::now(),
-                credential: found.clone(),
-            });
+            let slot = &mut entries.entry(account.clone()).or_default()[kind.index()];
+            if slot.reported.is_none_or(|r| found.generation > r) {
+                slot.cached = Some(Cached {
+                    stored_at: Instant::now(),
+                    credential: found.clone(),
+                });
+            }
         }
         Ok(found)
     }
@@ -141,7 +152,9 @@ impl Reader {
     ) -> Option<Arc<Credential>> {
         let cache = self.cache.as_ref()?;
         let entries = cache.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let hit = entries.get(account.as_str())?[kind.index()].as_ref()?;
+        let hit = entries.get(account.as_str())?[kind.index()]
+            .cached
+            .as_ref()?;
         (hit.stored_at.elapsed() < cache.max_age && hit.credential.is_valid_at(now))
             .then(|| hit.credential.clone())
     }
@@ -150,16 +163,18 @@ impl Reader {
     /// (errcode 40001, 40014 or 42001). The daemon refreshes only if it is
     /// still the newest generation, once per generation however many
     /// services report it, and within the forced-refresh rate limit. The
-    /// cached copy is dropped, so the next [`Reader::latest`] reads MongoDB.
+    /// cached copy is dropped, and this generation (or an older one) is
+    /// never cached again: reads go to MongoDB until the refresh lands.
     pub async fn report_invalid(&self, credential: &Credential) -> Result<(), ReadError> {
         if let Some(cache) = &self.cache {
             let mut entries = cache
                 .entries
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(slots) = entries.get_mut(credential.app_id.as_str()) {
-                slots[credential.kind.index()] = None;
-            }
+            let slot =
+                &mut entries.entry(credential.app_id.clone()).or_default()[credential.kind.index()];
+            slot.cached = None;
+            slot.reported = slot.reported.max(Some(credential.generation));
         }
         let request = NewRequest {
             app_id: &credential.app_id,

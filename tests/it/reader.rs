@@ -126,3 +126,24 @@ async fn cache_never_returns_an_expired_token() {
         Err(ReadError::Expired { .. })
     ));
 }
+
+/// After a service reported a token WeChat rejected, the cache never holds
+/// that generation (or an older one) again: the next reads go to MongoDB
+/// until the daemon's refresh lands, and see it at once.
+#[tokio::test]
+async fn a_reported_generation_is_never_cached_again() {
+    let db = database().await;
+    store_token(&db, "wxA", "rejected", Duration::ZERO, HOUR).await;
+    let reader = reader(&db).await.with_cache(Duration::from_secs(60));
+    let rejected = reader.latest(&"wxA".into()).await.expect("read");
+    reader.report_invalid(&rejected).await.expect("report");
+    // Still the newest in MongoDB, so still what a read returns...
+    let again = reader.latest(&"wxA".into()).await.expect("re-read");
+    assert_eq!(again.generation, rejected.generation);
+    // ...but not cached: the refresh is seen by the very next read.
+    store_token(&db, "wxA", "refreshed", Duration::ZERO, HOUR).await;
+    assert_eq!(
+        reader.latest(&"wxA".into()).await.expect("read").secret(),
+        "refreshed"
+    );
+}
