@@ -5,11 +5,28 @@
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+use futures_util::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::{Collection, Database};
 
-use crate::document::{self, field, DocumentError};
-use crate::domain::{AccountId, Credential, CredentialKind};
+use crate::document::{self, as_integer, field, DocumentError};
+use crate::domain::{AccountId, Credential, CredentialKind, Generation};
+
+/// How many of the newest documents a read looks through for a readable
+/// one: documents written by hand or by another program may be malformed.
+const SCAN: i64 = 16;
+
+/// The newest readable credential of an account, and what was skipped on
+/// the way to it.
+#[derive(Debug, Default)]
+pub struct Newest {
+    pub credential: Option<Credential>,
+    /// Newer documents that could not be read, newest first.
+    pub skipped: Vec<DocumentError>,
+    /// The highest numeric generation among the documents looked at,
+    /// readable or not: a new credential must be written above it.
+    pub top_generation: Option<Generation>,
+}
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +39,25 @@ pub enum QueryError {
         app_id: AccountId,
         problem: DocumentError,
     },
+}
+
+impl Newest {
+    /// The credential; an error only if there were documents and none
+    /// could be read.
+    fn readable(
+        self,
+        kind: CredentialKind,
+        app_id: &AccountId,
+    ) -> Result<Option<Credential>, QueryError> {
+        match (self.credential, self.skipped.into_iter().next()) {
+            (None, Some(problem)) => Err(QueryError::Malformed {
+                kind,
+                app_id: app_id.clone(),
+                problem,
+            }),
+            (credential, _) => Ok(credential),
+        }
+    }
 }
 
 /// The credential collections of one database. Cheap to clone.
@@ -40,28 +76,72 @@ impl Credentials {
         self.db.collection(kind.collection())
     }
 
-    /// The newest credential of an account, valid or not.
+    /// The newest credential of an account, valid or not. Malformed
+    /// documents are skipped (see [`Credentials::scan_newest`]).
     pub async fn newest(
         &self,
         kind: CredentialKind,
         app_id: &AccountId,
     ) -> Result<Option<Credential>, QueryError> {
-        self.find_newest(kind, app_id, doc! { field::APP_ID: app_id.as_str() })
-            .await
+        self.scan_newest(kind, app_id, None)
+            .await?
+            .readable(kind, app_id)
     }
 
     /// The business query: the newest credential still valid at `now`.
+    /// Malformed documents are skipped.
     pub async fn newest_valid(
         &self,
         kind: CredentialKind,
         app_id: &AccountId,
         now: SystemTime,
     ) -> Result<Option<Credential>, QueryError> {
-        let filter = doc! {
-            field::APP_ID: app_id.as_str(),
-            field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) },
+        self.scan_newest(kind, app_id, Some(now))
+            .await?
+            .readable(kind, app_id)
+    }
+
+    /// The newest readable credential (valid at `valid_at`, if given),
+    /// skipping the malformed documents above it, which are reported.
+    pub async fn scan_newest(
+        &self,
+        kind: CredentialKind,
+        app_id: &AccountId,
+        valid_at: Option<SystemTime>,
+    ) -> Result<Newest, QueryError> {
+        let mut filter = doc! { field::APP_ID: app_id.as_str() };
+        if let Some(now) = valid_at {
+            filter.insert(
+                field::EXPIRES_AT,
+                doc! { "$gt": DateTime::from_system_time(now) },
+            );
+        }
+        let docs: Vec<Document> = self
+            .collection(kind)
+            .find(filter)
+            .sort(doc! { field::GENERATION: -1 })
+            .limit(SCAN)
+            .await?
+            .try_collect()
+            .await?;
+        let mut newest = Newest {
+            top_generation: docs
+                .iter()
+                .filter_map(|d| d.get(field::GENERATION).and_then(as_integer))
+                .max()
+                .map(Generation),
+            ..Newest::default()
         };
-        self.find_newest(kind, app_id, filter).await
+        for doc in &docs {
+            match document::from_document(kind, doc) {
+                Ok(credential) => {
+                    newest.credential = Some(credential);
+                    break;
+                }
+                Err(problem) => newest.skipped.push(problem),
+            }
+        }
+        Ok(newest)
     }
 
     /// Accounts with a credential of `kind` valid at `now` (one query).
@@ -81,27 +161,5 @@ impl Credentials {
             .iter()
             .filter_map(|id| id.as_str().map(AccountId::new))
             .collect())
-    }
-
-    async fn find_newest(
-        &self,
-        kind: CredentialKind,
-        app_id: &AccountId,
-        filter: Document,
-    ) -> Result<Option<Credential>, QueryError> {
-        let found = self
-            .collection(kind)
-            .find_one(filter)
-            .sort(doc! { field::GENERATION: -1 })
-            .await?;
-        found
-            .map(|doc| {
-                document::from_document(kind, &doc).map_err(|problem| QueryError::Malformed {
-                    kind,
-                    app_id: app_id.clone(),
-                    problem,
-                })
-            })
-            .transpose()
     }
 }

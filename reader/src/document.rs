@@ -86,12 +86,25 @@ pub fn from_document(kind: CredentialKind, doc: &Document) -> Result<Credential,
     })
 }
 
-/// An integer field stored as int32 or int64.
+/// An integer field stored as int32, int64, or a double holding a whole
+/// number (as JavaScript drivers and mongosh write numbers).
 pub fn integer(doc: &Document, name: &'static str) -> Result<i64, DocumentError> {
     match doc.get(name) {
-        Some(Bson::Int32(v)) => Ok(i64::from(*v)),
-        Some(Bson::Int64(v)) => Ok(*v),
-        _ => Err(DocumentError::NotAnInteger(name)),
+        Some(value) => as_integer(value).ok_or(DocumentError::NotAnInteger(name)),
+        None => Err(DocumentError::NotAnInteger(name)),
+    }
+}
+
+/// A BSON number as an integer, if it is one.
+pub fn as_integer(value: &Bson) -> Option<i64> {
+    match value {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        // 2^63 as a double: every whole double below it fits in an i64.
+        Bson::Double(v) if v.fract() == 0.0 && v.abs() < 9_223_372_036_854_775_808.0 => {
+            Some(*v as i64)
+        }
+        _ => None,
     }
 }
 
@@ -125,6 +138,23 @@ mod tests {
         assert_eq!(read.generation, written.generation);
         assert_eq!(read.expires_at, written.expires_at);
         assert_eq!(read.reason, written.reason);
+    }
+
+    #[test]
+    fn numbers_written_as_doubles_or_int32_are_read() {
+        let mut document = to_document(&credential());
+        document.insert(field::GENERATION, 7.0_f64);
+        document.insert(field::EXPIRES_IN, 7200_i64);
+        let read = from_document(CredentialKind::JsapiTicket, &document).expect("readable");
+        assert_eq!(read.generation, Generation(7));
+        assert_eq!(read.expires_in, Duration::from_secs(7200));
+        document.insert(field::GENERATION, 7.5_f64);
+        assert_eq!(
+            from_document(CredentialKind::JsapiTicket, &document).map(|c| c.generation),
+            Err(DocumentError::NotAnInteger(field::GENERATION))
+        );
+        document.insert(field::GENERATION, f64::NAN);
+        assert!(from_document(CredentialKind::JsapiTicket, &document).is_err());
     }
 
     #[test]

@@ -100,8 +100,8 @@ impl Lease {
     ) -> Result<Inserted, StoreError> {
         let credentials = self.store.credentials();
         for _ in 0..INSERT_ATTEMPTS {
-            let newest = credentials.newest(kind, &self.app_id).await?;
-            if let Some(stored) = &newest {
+            let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
+            if let Some(stored) = &newest.credential {
                 if stored.secret() == fetched.value.expose_secret() {
                     return Ok(Inserted::Stored(stored.generation));
                 }
@@ -114,8 +114,9 @@ impl Lease {
                 Ok(_) => return Ok(Inserted::Stored(generation)),
                 // The counter was behind the stored history: catch it up.
                 Err(e) if is_duplicate_key(&e) => {
-                    if let Some(stored) = credentials.newest(kind, &self.app_id).await? {
-                        self.raise_generation_floor(kind, stored.generation).await?;
+                    let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
+                    if let Some(top) = newest.top_generation {
+                        self.raise_generation_floor(kind, top).await?;
                     }
                 }
                 Err(e) => return Err(e.into()),

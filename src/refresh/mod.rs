@@ -185,21 +185,31 @@ impl Refresher {
         Duration::ZERO
     }
 
-    /// The newest stored credential, with the lease's generation counter
-    /// raised to it (history written before leases, or a reset lease).
+    /// The newest readable stored credential, with the lease's generation
+    /// counter raised above every stored generation (history written before
+    /// leases, a reset lease, documents written by hand). Malformed newer
+    /// documents are skipped, with one loud log.
     async fn read_newest(&self) -> Result<Option<Credential>, StoreError> {
         let newest = self
             .ctx
             .store
             .credentials()
-            .newest(self.kind, &self.account.id)
+            .scan_newest(self.kind, &self.account.id, None)
             .await?;
-        if let Some(newest) = &newest {
-            self.lease
-                .raise_generation_floor(self.kind, newest.generation)
-                .await?;
+        if !newest.skipped.is_empty() {
+            let problems: Vec<String> = newest.skipped.iter().map(ToString::to_string).collect();
+            tracing::error!(
+                skipped = newest.skipped.len(),
+                problems = %problems.join("; "),
+                "malformed {} documents are newer than the last readable one; \
+                 they are skipped (remove or fix them: readers in other languages may trip on them)",
+                self.kind
+            );
         }
-        Ok(newest)
+        if let Some(top) = newest.top_generation {
+            self.lease.raise_generation_floor(self.kind, top).await?;
+        }
+        Ok(newest.credential)
     }
 
     /// Notes on the lease document are best effort: a failure must not

@@ -12,6 +12,7 @@ mod chaos;
 mod cli;
 mod credentials;
 mod daemon;
+mod documents;
 mod handover;
 mod mongodb_outage;
 mod permits;
