@@ -27,8 +27,9 @@ use crate::coordination::{Lease, Leases, RefreshRequest};
 use crate::refresh::{Context, Refresher};
 use crate::store::StoreError;
 
-/// Most requests read per poll; a storm beyond it is read on the next polls.
-const REQUESTS_PER_POLL: i64 = 10_000;
+/// Most requests read per poll; a storm beyond it is read on the next polls
+/// (each poll deletes what it read).
+const REQUESTS_PER_POLL: i64 = 1_000;
 
 /// A lease this replica holds, with one refresher per credential kind the
 /// account wants (access token first, then its tickets).
@@ -111,6 +112,7 @@ impl Coordinator {
         if let Err(e) = self.acquire_up_to(share).await {
             tracing::warn!(error = %e, "cannot look for free leases");
         }
+        self.date_undated_requests().await;
     }
 
     async fn renew_all(&mut self) {
@@ -304,30 +306,32 @@ impl Coordinator {
         }
     }
 
-    /// Hands open refresh requests to the refreshers of held accounts: per
-    /// account, the newest reported generation and one manual request.
+    /// Hands the open refresh requests of held accounts to their
+    /// refreshers, oldest first: per account, the newest reported generation
+    /// and one manual request. Unreadable requests are deleted and logged.
     async fn dispatch_requests(&mut self) {
         if self.held.is_empty() {
             return;
         }
         let requests = self.ctx.store.requests();
-        let open = match requests.open(REQUESTS_PER_POLL).await {
-            Ok(requests) => requests,
+        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
+        let open = match requests.open(&ids, REQUESTS_PER_POLL).await {
+            Ok(open) => open,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read refresh requests");
                 return;
             }
         };
-        if open.is_empty() {
-            return;
+        let mut handled: Vec<_> = open.requests.iter().map(|r| r.id.clone()).collect();
+        if let Some((_, problem)) = open.unreadable.first() {
+            tracing::warn!(
+                count = open.unreadable.len(),
+                first_problem = problem,
+                "deleting unreadable refresh requests (see the README for their fields)"
+            );
+            handled.extend(open.unreadable.into_iter().filter_map(|(id, _)| id));
         }
-        // Requests for accounts other replicas hold stay for them.
-        let mine: Vec<RefreshRequest> = open
-            .into_iter()
-            .filter(|r| self.held.contains_key(&r.app_id))
-            .collect();
-        let handled: Vec<_> = mine.iter().map(|r| r.id).collect();
-        for request in summarize(mine) {
+        for request in summarize(open.requests) {
             let slot = self
                 .held
                 .get(&request.app_id)
@@ -340,6 +344,16 @@ impl Coordinator {
         }
         if let Err(e) = requests.delete(&handled).await {
             tracing::debug!(error = %e, "cannot delete handled refresh requests");
+        }
+    }
+
+    /// Requests filed without a date get one, so that they expire like the
+    /// others whichever account they name.
+    async fn date_undated_requests(&self) {
+        match self.ctx.store.requests().date_undated().await {
+            Ok(0) => {}
+            Ok(dated) => tracing::info!(dated, "dated refresh requests filed without requested_at"),
+            Err(e) => tracing::debug!(error = %e, "cannot date undated refresh requests"),
         }
     }
 }

@@ -3,17 +3,20 @@
 //! lease holder of an account acts on them and deletes them.
 
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
+use wxtokend_reader::document::as_integer;
 use wxtokend_reader::requests::{collection, field};
 use wxtokend_reader::{AccountId, CredentialKind, Generation, RefreshReason};
 
 use crate::store::StoreError;
 
 /// One request as the daemon reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RefreshRequest {
-    pub id: ObjectId,
+    /// The document's `_id` (an ObjectId when a driver made it, but any
+    /// value another program chose).
+    pub id: Bson,
     pub app_id: AccountId,
     pub kind: CredentialKind,
     pub reason: RefreshReason,
@@ -33,22 +36,44 @@ impl Requests {
         }
     }
 
-    /// Open requests (at most `limit`). The collection is normally empty,
-    /// so reading it whole is one cheap query whatever the number of
-    /// accounts.
-    pub async fn open(&self, limit: i64) -> Result<Vec<RefreshRequest>, StoreError> {
+    /// The open requests for `accounts` (those this replica holds), oldest
+    /// first, at most `limit`; requests for other accounts are left to
+    /// their holders. Unreadable ones come back apart, to be deleted.
+    pub async fn open(&self, accounts: &[AccountId], limit: i64) -> Result<Open, StoreError> {
+        let ids: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
         let docs: Vec<Document> = self
             .collection
-            .find(doc! {})
+            .find(doc! { field::APP_ID: { "$in": ids } })
+            .sort(doc! { field::REQUESTED_AT: 1 })
             .limit(limit)
             .await?
             .try_collect()
             .await?;
-        Ok(docs.iter().filter_map(parse).collect())
+        let mut open = Open::default();
+        for doc in &docs {
+            match parse(doc) {
+                Ok(request) => open.requests.push(request),
+                Err(problem) => open.unreadable.push((doc.get("_id").cloned(), problem)),
+            }
+        }
+        Ok(open)
     }
 
-    /// Deletes handled requests.
-    pub async fn delete(&self, ids: &[ObjectId]) -> Result<(), StoreError> {
+    /// Dates the requests that came without `requested_at`, so that the
+    /// TTL index expires them too (whichever account they name).
+    pub async fn date_undated(&self) -> Result<u64, StoreError> {
+        let result = self
+            .collection
+            .update_many(
+                doc! { field::REQUESTED_AT: { "$exists": false } },
+                doc! { "$set": { field::REQUESTED_AT: DateTime::now() } },
+            )
+            .await?;
+        Ok(result.modified_count)
+    }
+
+    /// Deletes handled (or unreadable) requests.
+    pub async fn delete(&self, ids: &[Bson]) -> Result<(), StoreError> {
         if !ids.is_empty() {
             self.collection
                 .delete_many(doc! { "_id": { "$in": ids } })
@@ -58,28 +83,85 @@ impl Requests {
     }
 }
 
-/// Unreadable requests (wrong kind or reason) are skipped, not fatal: they
-/// come from other programs, and the TTL index removes them.
-fn parse(doc: &Document) -> Option<RefreshRequest> {
-    let kind = match doc.get_str(field::KIND) {
-        Ok(kind) => CredentialKind::parse(kind)?,
-        Err(_) => CredentialKind::AccessToken,
+/// What a poll found.
+#[derive(Debug, Default)]
+pub struct Open {
+    pub requests: Vec<RefreshRequest>,
+    /// Requests that cannot be read (their `_id`, if any, and why): they
+    /// come from other programs; they are deleted and logged, never retried.
+    pub unreadable: Vec<(Option<Bson>, &'static str)>,
+}
+
+/// Reads one request; the error says what is wrong with it.
+fn parse(doc: &Document) -> Result<RefreshRequest, &'static str> {
+    let kind = match doc.get(field::KIND) {
+        None => CredentialKind::AccessToken,
+        Some(Bson::String(kind)) => CredentialKind::parse(kind).ok_or("unknown kind")?,
+        Some(_) => return Err("kind is not a string"),
     };
     let reason = doc
         .get_str(field::REASON)
         .ok()
         .and_then(RefreshReason::parse)
-        .filter(|r| matches!(r, RefreshReason::ReportedInvalid | RefreshReason::Manual))?;
+        .filter(|r| matches!(r, RefreshReason::ReportedInvalid | RefreshReason::Manual))
+        .ok_or("reason is not reported_invalid or manual")?;
     let generation = match doc.get(field::GENERATION) {
-        Some(Bson::Int64(g)) => Some(Generation(*g)),
-        Some(Bson::Int32(g)) => Some(Generation(i64::from(*g))),
-        _ => None,
+        None | Some(Bson::Null) => None,
+        Some(value) => Some(Generation(
+            as_integer(value).ok_or("generation is not a whole number")?,
+        )),
     };
-    Some(RefreshRequest {
-        id: doc.get_object_id("_id").ok()?,
-        app_id: AccountId::new(doc.get_str(field::APP_ID).ok()?),
+    if reason == RefreshReason::ReportedInvalid && generation.is_none() {
+        return Err("a reported_invalid request names no generation");
+    }
+    Ok(RefreshRequest {
+        id: doc.get("_id").cloned().ok_or("no _id")?,
+        app_id: AccountId::new(doc.get_str(field::APP_ID).map_err(|_| "no app_id")?),
         kind,
         reason,
         generation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_from_other_programs_are_read_or_refused_with_a_reason() {
+        let ok =
+            doc! { "_id": 1, "app_id": "wx1", "reason": "reported_invalid", "generation": 4.0 };
+        let read = parse(&ok).expect("readable");
+        assert_eq!(read.kind, CredentialKind::AccessToken);
+        assert_eq!(read.generation, Some(Generation(4)));
+        let manual = doc! { "_id": 2, "app_id": "wx1", "kind": "jsapi_ticket", "reason": "manual" };
+        assert_eq!(
+            parse(&manual).map(|r| r.kind),
+            Ok(CredentialKind::JsapiTicket)
+        );
+        for (bad, why) in [
+            (
+                doc! { "_id": 3, "app_id": "wx1", "kind": "bogus", "reason": "manual" },
+                "unknown kind",
+            ),
+            (
+                doc! { "_id": 4, "app_id": "wx1", "kind": 7, "reason": "manual" },
+                "kind is not a string",
+            ),
+            (
+                doc! { "_id": 5, "app_id": "wx1", "reason": "startup" },
+                "reason is not reported_invalid or manual",
+            ),
+            (
+                doc! { "_id": 6, "app_id": "wx1", "reason": "reported_invalid" },
+                "a reported_invalid request names no generation",
+            ),
+            (
+                doc! { "_id": 7, "app_id": "wx1", "reason": "reported_invalid", "generation": "4" },
+                "generation is not a whole number",
+            ),
+        ] {
+            assert_eq!(parse(&bad).map(|r| r.kind), Err(why));
+        }
+    }
 }

@@ -18,5 +18,6 @@ mod mongodb_outage;
 mod permits;
 mod reader;
 mod replicas;
+mod requests;
 mod secrets;
 mod soak;

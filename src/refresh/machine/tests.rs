@@ -50,7 +50,7 @@ fn stored(generation: i64, fetched_at: SystemTime, lifetime: Duration) -> Creden
 
 fn request(reason: RefreshReason, generation: Option<i64>) -> RefreshRequest {
     RefreshRequest {
-        id: ObjectId::new(),
+        id: ObjectId::new().into(),
         app_id: AccountId::new("wx1"),
         kind: CredentialKind::AccessToken,
         reason,
