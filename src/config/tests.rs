@@ -300,3 +300,19 @@ fn a_lease_must_outlast_two_calls_and_shutdown_a_call_and_a_write() {
     );
     load(&fits, &[("WX_SECRET", "x")]).expect("valid");
 }
+
+#[test]
+fn default_instance_ids_differ_between_processes_on_one_host() {
+    use super::validate::default_instance_id;
+    let (a, b) = (default_instance_id(), default_instance_id());
+    assert_ne!(a, b, "same host, same pid, still two ids");
+    assert!(a.contains(&std::process::id().to_string()), "{a}");
+}
+
+#[test]
+fn calls_in_flight_are_bounded() {
+    for (calls, ok) in [(0, false), (1, true), (1024, true), (1025, false)] {
+        let toml = format!("{ONE_ACCOUNT}\n[wechat]\nmax_concurrent_calls = {calls}\n");
+        assert_eq!(load(&toml, &[("WX_SECRET", "x")]).is_ok(), ok, "{calls}");
+    }
+}

@@ -18,6 +18,10 @@ use super::{
     Settings, TicketName, TokenEndpoint, WechatSettings,
 };
 
+/// Most calls to WeChat in flight that a configuration may ask for: beyond
+/// this a storm of due accounts would meet WeChat's per-minute limits.
+const MAX_CONCURRENT_CALLS: usize = 1024;
+
 /// Settings as written, before secrets are resolved and values checked.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,9 +150,9 @@ impl RawSettings {
             "must be more than zero, for example \"10s\"",
         );
         p.check(
-            self.wechat.max_concurrent_calls >= 1,
+            (1..=MAX_CONCURRENT_CALLS).contains(&self.wechat.max_concurrent_calls),
             "wechat.max_concurrent_calls",
-            "must be at least 1",
+            "must be between 1 and 1024 (WeChat limits calls per minute; 16 is plenty)",
         );
         p.check(
             self.wechat.max_response_bytes >= 1024,
@@ -390,10 +394,16 @@ fn secret_from_file(path: &Path) -> Result<SecretString, String> {
     }
 }
 
-fn default_instance_id() -> String {
+/// `hostname-pid-random`: unique per process even where hostnames and pids
+/// repeat (containers with host networking, pid 1 everywhere).
+pub(super) fn default_instance_id() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
     format!(
-        "{}-{}",
+        "{}-{}-{}",
         gethostname::gethostname().to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        Alphanumeric
+            .sample_string(&mut rand::rng(), 6)
+            .to_lowercase()
     )
 }
