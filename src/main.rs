@@ -77,11 +77,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Kind::JsapiTicket)]
         kind: Kind,
     },
-    /// Ask the daemon to refresh ACCOUNT now (rate-limited by
-    /// refresh.forced_min_interval). Needs no WeChat secret.
+    /// Ask the daemon to refresh a credential of ACCOUNT now, even while it
+    /// waits after a permanent error (you fixed the cause); never past a
+    /// spent quota or refresh.forced_min_interval. Needs no WeChat secret.
     Refresh {
         /// The account id (the appid) as configured.
         account: String,
+        /// Which credential.
+        #[arg(long, value_enum, default_value_t = Kind::AccessToken)]
+        kind: Kind,
     },
     /// Show every account: generation, age, time left, lease holder, calls
     /// today, last error.
@@ -152,7 +156,9 @@ fn main() -> ExitCode {
             Command::Sign { account, url, kind } => {
                 sign(settings, AccountId::new(account), &url, kind.into()).await
             }
-            Command::Refresh { account } => refresh(settings, AccountId::new(account)).await,
+            Command::Refresh { account, kind } => {
+                refresh(settings, AccountId::new(account), kind.into()).await
+            }
             Command::Status { json } => status(settings, json).await,
             Command::Check => check(settings).await,
             Command::Health { ready } => health(settings, ready).await,
@@ -248,14 +254,14 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: Credentia
     }
 }
 
-async fn refresh(settings: Settings, account: AccountId) -> u8 {
+async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return report(&e.to_string(), exit::MONGODB),
     };
     let request = NewRequest {
         app_id: &account,
-        kind: CredentialKind::AccessToken,
+        kind,
         reason: RefreshReason::Manual,
         generation: None,
         requested_by: "wxtokend refresh",
@@ -264,8 +270,8 @@ async fn refresh(settings: Settings, account: AccountId) -> u8 {
     match filed {
         Ok(()) => {
             println!(
-                "refresh requested for {account}; the daemon holding its lease acts within \
-                 refresh.request_poll_interval (see `wxtokend status`)"
+                "refresh of the {kind} of {account} requested; the daemon holding its lease acts \
+                 within refresh.request_poll_interval (see `wxtokend status`)"
             );
             exit::OK
         }

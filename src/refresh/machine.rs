@@ -107,8 +107,13 @@ pub struct Machine {
     settings: RefreshSettings,
     /// A refresh asked for by a request, wanted until a fetch succeeds.
     forced: Option<RefreshReason>,
-    /// No fetch before this time (after a failure or a refusal).
+    /// No fetch before this time: the quota is spent, or a forced refresh
+    /// came too soon. Nothing overrides it.
     not_before: Option<SystemTime>,
+    /// No fetch before this time after a failed one (backoff, or the long
+    /// wait after a permanent error). An operator's manual refresh
+    /// overrides it: they may just have fixed the cause.
+    retry_after: Option<SystemTime>,
     fetch_backoff: Backoff,
     store_backoff: Backoff,
 }
@@ -121,6 +126,7 @@ impl Machine {
             settings,
             forced: None,
             not_before: None,
+            retry_after: None,
             fetch_backoff: backoff.clone(),
             store_backoff: backoff,
         }
@@ -167,7 +173,9 @@ impl Machine {
                     }
                     (None, None) => UNIX_EPOCH,
                 };
-                let due = due.max(self.not_before.unwrap_or(now));
+                let due = due
+                    .max(self.not_before.unwrap_or(now))
+                    .max(self.retry_after.unwrap_or(now));
                 match due.duration_since(now) {
                     Ok(wait) if !wait.is_zero() => Action::Wait(wait),
                     _ => Action::Fetch(self.reason(*held, now)),
@@ -229,6 +237,7 @@ impl Machine {
     /// WeChat answered with a credential: store it next.
     pub fn fetched(&mut self, fetched: FetchedCredential, reason: RefreshReason) {
         self.not_before = None;
+        self.retry_after = None;
         self.fetch_backoff.reset();
         self.forced = None;
         let previous = match &self.state {
@@ -249,7 +258,7 @@ impl Machine {
             ErrorClass::Permanent => self.settings.permanent_error_retry,
             _ => self.fetch_backoff.next_delay(),
         };
-        self.not_before = Some(now + wait);
+        self.retry_after = Some(now + wait);
         wait
     }
 
@@ -280,6 +289,8 @@ impl Machine {
     /// A business service reported a credential WeChat rejected, or an
     /// operator asked for a refresh. A report counts only for the newest
     /// generation, so any number of reports of one token cause one refresh.
+    /// A manual refresh is tried now, whatever the backoff after a failure
+    /// (not past a spent quota or the forced-refresh spacing).
     pub fn request(&mut self, request: &RefreshRequest) -> Requested {
         let reason = match request.reason {
             RefreshReason::ReportedInvalid => {
@@ -292,7 +303,10 @@ impl Machine {
                 }
                 RefreshReason::ReportedInvalid
             }
-            _ => RefreshReason::Manual,
+            _ => {
+                self.retry_after = None;
+                RefreshReason::Manual
+            }
         };
         self.forced = Some(reason);
         Requested::Accepted(reason)

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use fake_wechat::Fault;
 use mongodb::bson::{doc, DateTime, Document};
 
-use crate::support::{eventually, Scenario, WAIT};
+use crate::support::{eventually, Scenario, TestAccount, WAIT};
 
 #[tokio::test]
 async fn a_real_request_behind_twenty_thousand_junk_ones_is_served_within_seconds() {
@@ -61,4 +62,34 @@ async fn a_real_request_behind_twenty_thousand_junk_ones_is_served_within_second
         2,
         "one refresh for the one real request"
     );
+}
+
+/// `wxtokend refresh` means now: after a permanent error the daemon waits
+/// `refresh.permanent_error_retry` (an hour here) before trying again, but
+/// an operator who fixed the cause need not wait.
+#[tokio::test]
+async fn refresh_means_now_even_after_a_permanent_error() {
+    let account = TestAccount::new("wxrefreshnow000001", "refresh-now-secret").tickets(&["jsapi"]);
+    let id = account.id.clone();
+    let s = Scenario::new()
+        .account(account)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .sticky_fault(&id, Fault::Errcode(40164))
+        .build()
+        .await;
+    // The first fetch is refused: the caller's IP is not whitelisted.
+    s.wait_for_lease(&id, "the refusal noted", |l| {
+        l.last_error.as_deref().is_some_and(|e| e.contains("40164"))
+    })
+    .await;
+    // The operator whitelists the IP and asks for a refresh.
+    s.fake.set_sticky_fault(&id, None);
+    assert_eq!(s.run(&["refresh", &id]).0, 0);
+    s.wait_for_tokens(1).await;
+    // Any kind: a ticket, refreshed on request.
+    let tickets = s.wait_for_docs("jsapi_tickets", 1).await;
+    assert_eq!(tickets.len(), 1);
+    let (code, out, _) = s.run(&["refresh", &id, "--kind", "jsapi-ticket"]);
+    assert_eq!(code, 0, "{out}");
+    s.wait_for_docs("jsapi_tickets", 2).await;
 }

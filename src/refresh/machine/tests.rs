@@ -248,3 +248,23 @@ fn a_fenced_refresher_does_nothing() {
     assert_eq!(m.next(t0()), Action::Wait(FENCED_IDLE));
     assert!(m.pending().is_none());
 }
+
+#[test]
+fn a_manual_refresh_overrides_the_wait_after_a_permanent_error_but_not_the_quota() {
+    let mut m = holding();
+    let due = t0() + Duration::from_secs(6600);
+    m.fetch_failed(ErrorClass::Permanent, due);
+    assert_eq!(m.next(due), Action::Wait(Duration::from_secs(1800)));
+    // The operator fixed the IP whitelist and asks for a refresh now.
+    m.request(&request(RefreshReason::Manual, None));
+    assert_eq!(m.next(due), Action::Fetch(RefreshReason::Manual));
+    // A spent quota still holds, manual or not.
+    let wait = m.quota_spent(due);
+    m.request(&request(RefreshReason::Manual, None));
+    assert_eq!(m.next(due), Action::Wait(wait));
+    // A report does not override the backoff either.
+    let mut reported = holding();
+    reported.fetch_failed(ErrorClass::Permanent, due);
+    reported.request(&request(RefreshReason::ReportedInvalid, Some(1)));
+    assert_eq!(reported.next(due), Action::Wait(Duration::from_secs(1800)));
+}
