@@ -24,6 +24,7 @@ use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
 
 use crate::config::{Account, LeaseSettings};
 use crate::coordination::{Lease, Leases, RefreshRequest};
+use crate::metrics::Operation;
 use crate::refresh::{Context, Refresher};
 use crate::store::StoreError;
 
@@ -91,9 +92,13 @@ impl Coordinator {
     async fn maintain(&mut self) {
         self.stopping.retain(|task| !task.is_finished());
         self.renew_all().await;
+        let heartbeat =
+            self.leases
+                .heartbeat(&self.ctx.instance_id, self.lease.duration, self.held.len());
         let live = match self
-            .leases
-            .heartbeat(&self.ctx.instance_id, self.lease.duration, self.held.len())
+            .ctx
+            .metrics
+            .observe(Operation::Heartbeat, heartbeat)
             .await
         {
             Ok(live) => live,
@@ -109,7 +114,11 @@ impl Coordinator {
             };
             self.give_back(&id, "handing the lease to a less busy replica");
         }
-        if let Err(e) = self.acquire_up_to(share).await {
+        let metrics = self.ctx.metrics.clone();
+        let acquired = metrics
+            .observe(Operation::Acquire, self.acquire_up_to(share))
+            .await;
+        if let Err(e) = acquired {
             tracing::warn!(error = %e, "cannot look for free leases");
         }
         self.date_undated_requests().await;
@@ -120,10 +129,10 @@ impl Coordinator {
         if ids.is_empty() {
             return;
         }
-        let renewed = self
+        let renew = self
             .leases
-            .renew_all(&ids, &self.ctx.instance_id, self.lease.duration)
-            .await;
+            .renew_all(&ids, &self.ctx.instance_id, self.lease.duration);
+        let renewed = self.ctx.metrics.observe(Operation::Renew, renew).await;
         let still = match renewed {
             Ok(still) => still,
             Err(e) => {
@@ -270,10 +279,11 @@ impl Coordinator {
             return;
         };
         let id = id.clone();
+        let metrics = self.ctx.metrics.clone();
         self.stopping.push(tokio::spawn(async move {
             join_all(&id, tasks).await;
             let term = lease.term();
-            match lease.release().await {
+            match metrics.observe(Operation::Release, lease.release()).await {
                 Ok(()) => tracing::info!(account = %id, term = term.0, "released the lease: {why}"),
                 Err(e) => {
                     tracing::warn!(account = %id, error = %e, "cannot release the lease; it expires on its own")
@@ -295,7 +305,8 @@ impl Coordinator {
         for task in self.stopping.drain(..) {
             let _ = task.await;
         }
-        match self.leases.release_all(&ids, &self.ctx.instance_id).await {
+        let release = self.leases.release_all(&ids, &self.ctx.instance_id);
+        match self.ctx.metrics.observe(Operation::Release, release).await {
             Ok(()) => tracing::info!(leases = ids.len(), "released every lease: shutting down"),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot release the leases; they expire on their own")
@@ -315,7 +326,9 @@ impl Coordinator {
         }
         let requests = self.ctx.store.requests();
         let ids: Vec<AccountId> = self.held.keys().cloned().collect();
-        let open = match requests.open(&ids, REQUESTS_PER_POLL).await {
+        let metrics = &self.ctx.metrics;
+        let open = requests.open(&ids, REQUESTS_PER_POLL);
+        let open = match metrics.observe(Operation::Requests, open).await {
             Ok(open) => open,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read refresh requests");
@@ -342,7 +355,10 @@ impl Coordinator {
                 slot.send_replace(Some(request));
             }
         }
-        if let Err(e) = requests.delete(&handled).await {
+        let deleted = metrics
+            .observe(Operation::Requests, requests.delete(&handled))
+            .await;
+        if let Err(e) = deleted {
             tracing::debug!(error = %e, "cannot delete handled refresh requests");
         }
     }
@@ -350,7 +366,13 @@ impl Coordinator {
     /// Requests filed without a date get one, so that they expire like the
     /// others whichever account they name.
     async fn date_undated_requests(&self) {
-        match self.ctx.store.requests().date_undated().await {
+        let requests = self.ctx.store.requests();
+        let dated = self
+            .ctx
+            .metrics
+            .observe(Operation::Requests, requests.date_undated())
+            .await;
+        match dated {
             Ok(0) => {}
             Ok(dated) => tracing::info!(dated, "dated refresh requests filed without requested_at"),
             Err(e) => tracing::debug!(error = %e, "cannot date undated refresh requests"),

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::admin;
 use crate::coordinator::Coordinator;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Operation};
 use wxtokend_reader::ConnectOptions;
 
 use crate::refresh::{Backoff, Context};
@@ -96,7 +96,7 @@ impl Daemon {
             accounts = settings.accounts.len(),
             "wxtokend starting"
         );
-        if !ensure_indexes(&store, &settings, &shutdown).await {
+        if !ensure_indexes(&store, &settings, &metrics, &shutdown).await {
             return;
         }
         let ctx = Arc::new(Context {
@@ -135,13 +135,16 @@ impl Daemon {
 
 /// Creates the indexes, waiting for MongoDB as long as it takes. Returns
 /// false if shutdown came first.
-async fn ensure_indexes(store: &Store, settings: &Settings, shutdown: &CancellationToken) -> bool {
+async fn ensure_indexes(
+    store: &Store,
+    settings: &Settings,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
     let mut backoff = Backoff::new(settings.refresh.retry_initial, settings.refresh.retry_max);
     loop {
-        match store
-            .ensure_indexes(settings.mongodb.history_retention)
-            .await
-        {
+        let ensure = store.ensure_indexes(settings.mongodb.history_retention);
+        match metrics.observe(Operation::EnsureIndexes, ensure).await {
             Ok(()) => return true,
             Err(e) => {
                 let wait = backoff.next_delay();

@@ -50,6 +50,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Failed(ErrorClass::Transient),
+        Outcome::Failed(ErrorClass::DailyQuota),
+        Outcome::Failed(ErrorClass::Permanent),
+        Outcome::Failed(ErrorClass::InvalidToken),
+    ];
+}
+
+impl Outcome {
     fn as_str(&self) -> &'static str {
         match self {
             Self::Success => "success",
@@ -66,11 +76,32 @@ impl From<ErrorClass> for Outcome {
 
 label_value!(Outcome);
 
-/// The `operation` label of the MongoDB metrics.
+/// The `operation` label of the MongoDB metrics: every MongoDB operation
+/// the daemon makes, by what it is for.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Operation {
+    /// Asking a lease for a permit before a WeChat call.
     Permit,
+    /// Writing a fetched credential through its lease.
     InsertCredential,
+    /// Reading the newest stored credential when a lease is taken.
+    LoadCredential,
+    /// Reading the access token a ticket is fetched with.
+    ReadAccessToken,
+    /// Noting an error or a spent quota on the lease document.
+    LeaseNote,
+    /// Renewing the held leases.
+    Renew,
+    /// Announcing this replica and counting the others.
+    Heartbeat,
+    /// Looking for free leases and taking them.
+    Acquire,
+    /// Giving leases back.
+    Release,
+    /// Reading, deleting and dating refresh requests.
+    Requests,
+    /// Creating the indexes at startup.
+    EnsureIndexes,
 }
 
 impl Operation {
@@ -78,6 +109,15 @@ impl Operation {
         match self {
             Self::Permit => "permit",
             Self::InsertCredential => "insert_credential",
+            Self::LoadCredential => "load_credential",
+            Self::ReadAccessToken => "read_access_token",
+            Self::LeaseNote => "lease_note",
+            Self::Renew => "renew",
+            Self::Heartbeat => "heartbeat",
+            Self::Acquire => "acquire",
+            Self::Release => "release",
+            Self::Requests => "requests",
+            Self::EnsureIndexes => "ensure_indexes",
         }
     }
 }
@@ -87,6 +127,11 @@ label_value!(Operation);
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialLabels {
     pub account: String,
+    pub kind: Kind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
     pub kind: Kind,
 }
 
@@ -137,7 +182,7 @@ pub struct Metrics {
     generation: Family<CredentialLabels, Gauge>,
     refreshes: Family<OutcomeLabels, Counter>,
     upstream_calls: Family<CredentialLabels, Counter>,
-    upstream_duration: Histograms<CredentialLabels>,
+    upstream_duration: Histograms<KindLabels>,
     quota_calls_today: Family<AccountLabels, Gauge>,
     lease_held: Family<AccountLabels, Gauge>,
     mongodb_duration: Histograms<OperationLabels>,
@@ -229,12 +274,12 @@ impl Metrics {
         );
         registry.register(
             "wxtokend_mongodb_duration_seconds",
-            "Duration of MongoDB operations on the refresh path",
+            "Duration of MongoDB operations, by what they are for",
             m.mongodb_duration.clone(),
         );
         registry.register(
             "wxtokend_mongodb_errors",
-            "Failed MongoDB operations on the refresh path",
+            "Failed MongoDB operations, by what they are for",
             m.mongodb_errors.clone(),
         );
         Metrics { registry, ..m }
@@ -279,7 +324,7 @@ impl Metrics {
         let labels = labels(account, kind);
         self.upstream_calls.get_or_create(&labels).inc();
         self.upstream_duration
-            .get_or_create(&labels)
+            .get_or_create(&KindLabels { kind: Kind(kind) })
             .observe(took.as_secs_f64());
     }
 
@@ -287,6 +332,18 @@ impl Metrics {
         self.quota_calls_today
             .get_or_create(&account_labels(account))
             .set(calls);
+    }
+
+    /// Runs one MongoDB operation, counting its duration and its failure.
+    pub async fn observe<T, E>(
+        &self,
+        operation: Operation,
+        run: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = run.await;
+        self.mongodb(operation, started.elapsed(), result.is_ok());
+        result
     }
 
     pub fn mongodb(&self, operation: Operation, took: Duration, ok: bool) {
@@ -305,19 +362,26 @@ impl Metrics {
             .set(1);
     }
 
-    /// The lease went to another replica: that replica exports the
-    /// account's credential gauges from now on.
+    /// The lease went to another replica, which exports the account from
+    /// now on: every series naming the account is removed here, so that
+    /// thousands of accounts moving between replicas leave no stale series.
     pub fn lease_given_up(&self, account: &AccountId) {
-        self.lease_held
-            .get_or_create(&account_labels(account))
-            .set(0);
+        self.lease_held.remove(&account_labels(account));
+        self.quota_calls_today.remove(&account_labels(account));
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         for kind in CredentialKind::ALL {
-            if held.remove(&(account.clone(), kind)).is_some() {
-                let labels = labels(account, kind);
-                self.generation.remove(&labels);
-                self.seconds_until_expiry.remove(&labels);
-                self.age.remove(&labels);
+            held.remove(&(account.clone(), kind));
+            let labels = labels(account, kind);
+            self.generation.remove(&labels);
+            self.seconds_until_expiry.remove(&labels);
+            self.age.remove(&labels);
+            self.upstream_calls.remove(&labels);
+            for outcome in Outcome::ALL {
+                self.refreshes.remove(&OutcomeLabels {
+                    account: labels.account.clone(),
+                    kind: labels.kind,
+                    outcome,
+                });
             }
         }
     }

@@ -100,18 +100,19 @@ impl Refresher {
         }
     }
 
+    /// The newest valid access token (malformed documents skipped).
     async fn access_token(&self) -> Result<Option<Credential>, StoreError> {
-        let token = self
+        let read = self.ctx.store.credentials().scan_newest(
+            CredentialKind::AccessToken,
+            &self.account.id,
+            Some(SystemTime::now()),
+        );
+        let newest = self
             .ctx
-            .store
-            .credentials()
-            .newest_valid(
-                CredentialKind::AccessToken,
-                &self.account.id,
-                SystemTime::now(),
-            )
+            .metrics
+            .observe(Operation::ReadAccessToken, read)
             .await?;
-        Ok(token)
+        Ok(newest.credential)
     }
 
     fn permit_rules(&self) -> PermitRules {
@@ -226,7 +227,8 @@ impl Refresher {
         access_token: Option<&Credential>,
     ) -> Duration {
         if error.class() == ErrorClass::DailyQuota {
-            let marked = self.lease.mark_quota_exhausted().await;
+            let mark = self.lease.mark_quota_exhausted();
+            let marked = self.ctx.metrics.observe(Operation::LeaseNote, mark).await;
             self.lease_note_failed(marked);
             return self.quota_spent(calls_today, Some(error));
         }
@@ -235,7 +237,9 @@ impl Refresher {
         }
         let wait = self.machine.fetch_failed(error.class(), SystemTime::now());
         self.report_fetch_error(error, wait);
-        let noted = self.lease.note_error(Some(&error.to_string())).await;
+        let message = error.to_string();
+        let note = self.lease.note_error(Some(&message));
+        let noted = self.ctx.metrics.observe(Operation::LeaseNote, note).await;
         self.lease_note_failed(noted);
         wait
     }

@@ -159,7 +159,13 @@ impl Refresher {
     /// At the start of a lease, reuse a stored token that is still valid:
     /// fetching would rotate it under every service that already reads it.
     async fn load_stored(&mut self, now: SystemTime) -> Duration {
-        let newest = match self.read_newest().await {
+        let read = self.read_newest();
+        let newest = match self
+            .ctx
+            .metrics
+            .observe(Operation::LoadCredential, read)
+            .await
+        {
             Ok(newest) => newest,
             Err(e) => return self.store_failed(&e, "cannot read the stored credential"),
         };
@@ -246,7 +252,8 @@ impl Refresher {
             Ok(Inserted::Stored(generation)) => {
                 self.recovered_from(&Problem::Store);
                 if self.last_problem.take().is_some() {
-                    let cleared = self.lease.note_error(None).await;
+                    let clear = self.lease.note_error(None);
+                    let cleared = self.ctx.metrics.observe(Operation::LeaseNote, clear).await;
                     self.lease_note_failed(cleared);
                 }
                 self.ctx.metrics.credential(

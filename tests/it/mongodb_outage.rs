@@ -144,3 +144,23 @@ async fn daemon_started_while_mongodb_is_down_waits_instead_of_fetching_blindly(
     assert_eq!(docs[0].get_str("reason"), Ok("startup"));
     assert_eq!(s.fake.token_calls(s.id()), 1);
 }
+
+/// Every failed MongoDB operation is counted, the coordinator's too: an
+/// operator's alert on `wxtokend_mongodb_errors_total` fires while MongoDB
+/// is down even when no token is due.
+#[tokio::test]
+async fn every_failed_mongodb_operation_is_counted() {
+    let mut s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .private_mongo()
+        .build()
+        .await;
+    s.wait_for_tokens(1).await;
+    s.mongo().stop();
+    s.daemon()
+        .wait_metrics("renewal and heartbeat failures counted", |m| {
+            m.mongodb_errors("renew") >= 1 && m.mongodb_errors("heartbeat") >= 1
+        })
+        .await;
+}

@@ -200,7 +200,7 @@ async fn a_paused_holder_that_resumes_cannot_store_its_older_token() {
     })
     .await;
     let x = s.fake.issued_tokens(id)[1].clone();
-    let calls = paused.metrics().await.upstream_calls(id);
+    let calls = paused.metrics().await.access_token_calls_ended();
     paused.signal("STOP");
 
     s.wait_for_lease(id, "the other replica taking over", |l| {
@@ -219,7 +219,7 @@ async fn a_paused_holder_that_resumes_cannot_store_its_older_token() {
     // the call is the marker.
     paused
         .wait_metrics("the resumed holder's call to end", |m| {
-            m.upstream_calls(id) > calls
+            m.access_token_calls_ended() > calls
         })
         .await;
     let docs = s.tokens().await;
@@ -384,4 +384,39 @@ async fn status_shows_the_last_error() {
         status,
         "WeChat errcode 40164 (caller IP is not whitelisted): injected by fake WeChat rid: fake"
     );
+}
+
+/// A replica that gives a lease back stops exporting the account: no stale
+/// series is left behind for the replica that holds it now.
+#[tokio::test]
+async fn a_lease_given_back_leaves_no_series_behind() {
+    let mut s = Scenario::new()
+        .accounts(2)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .build()
+        .await;
+    s.wait_for_tokens(2).await;
+    let first = "test-instance";
+    let ids: Vec<String> = s.accounts.iter().map(|a| a.id.clone()).collect();
+    s.daemon()
+        .wait_metrics("both accounts held", |m| {
+            ids.iter()
+                .all(|id| m.lease_held(id) && m.refreshes(id, "success") == 1)
+        })
+        .await;
+    s.daemons.push(s.spawn("second"));
+    let moved = eventually(WAIT, "one account moved to the second replica", || async {
+        let holders = s.holders().await;
+        ids.iter()
+            .find(|id| holders.get(*id).map(String::as_str) == Some("second"))
+            .cloned()
+    })
+    .await;
+    let stayed = ids.iter().find(|id| **id != moved).expect("two accounts");
+    let m = s
+        .replica(first)
+        .wait_metrics("the moved account gone", |m| !m.names_account(&moved))
+        .await;
+    assert!(m.lease_held(stayed), "{}", m.text());
+    assert_eq!(m.refreshes(stayed, "success"), 1);
 }

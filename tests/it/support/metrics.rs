@@ -46,6 +46,22 @@ impl Metrics {
             .map(|s| s.value)
     }
 
+    /// Calls to WeChat for access tokens that ended (answered, failed or
+    /// timed out), all accounts of this replica together.
+    pub fn access_token_calls_ended(&self) -> u64 {
+        count(self.get(
+            "wxtokend_upstream_duration_seconds_count",
+            &[("kind", "access_token")],
+        ))
+    }
+
+    /// Whether any series names `account`.
+    pub fn names_account(&self, account: &str) -> bool {
+        self.samples
+            .iter()
+            .any(|s| s.labels.iter().any(|(k, v)| k == "account" && v == account))
+    }
+
     /// A per-credential series of the account's access token.
     pub fn token(&self, name: &str, account: &str) -> Option<f64> {
         self.get(name, &[("account", account), ("kind", "access_token")])
