@@ -44,9 +44,11 @@ async fn metrics_match_what_happened() {
     assert_eq!(m.refreshes(GOOD, "success"), 1);
     assert_eq!(m.refreshes(BAD, "permanent"), 1);
     assert_eq!(m.upstream_calls(GOOD), 3);
+    // Latency per kind, both accounts together: 3 calls for the good one,
+    // and the bad one's refusals.
     assert_eq!(
-        m.token("wxtokend_upstream_duration_seconds_count", GOOD),
-        Some(3.0)
+        m.access_token_calls_ended(),
+        3 + m.refreshes(BAD, "permanent")
     );
     assert_eq!(s.fake.token_calls(GOOD), 3);
     assert_eq!(m.account("wxtokend_quota_calls_today", GOOD), Some(3.0));
