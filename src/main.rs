@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mongodb::bson::DateTime;
 use tokio_util::sync::CancellationToken;
 
 use wxtokend::{connect_store, shutdown_signal, ConfigError, Daemon, Scope, Settings};
@@ -216,13 +217,31 @@ fn credential_json(c: &Credential) -> serde_json::Value {
         "kind": c.kind,
         c.kind.value_field(): c.secret(),
         "expires_in": c.expires_in.as_secs(),
-        "fetched_at": humantime::format_rfc3339_seconds(c.fetched_at).to_string(),
-        "expires_at": humantime::format_rfc3339_seconds(c.expires_at).to_string(),
+        "fetched_at": json_date(c.fetched_at),
+        "expires_at": json_date(c.expires_at),
         "time_left": c.time_left(now).as_secs(),
         "generation": c.generation,
         "reason": c.reason,
         "fetched_by": c.fetched_by,
     })
+}
+
+/// First and last millisecond that RFC 3339 can write (years 0000 to 9999).
+const RFC3339_MILLIS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
+/// A stored date as RFC 3339 in whole seconds (UTC), or, for a date outside
+/// the years 0000 to 9999 (only a hand-made document has one), the stored
+/// milliseconds since 1970 as a number. Never panics: any BSON date the
+/// reader returns is printable.
+fn json_date(at: SystemTime) -> serde_json::Value {
+    let millis = DateTime::from_system_time(at).timestamp_millis();
+    if RFC3339_MILLIS.contains(&millis) {
+        let seconds = DateTime::from_millis(millis - millis.rem_euclid(1000));
+        if let Ok(text) = seconds.try_to_rfc3339_string() {
+            return text.into();
+        }
+    }
+    millis.into()
 }
 
 async fn sign(settings: Settings, account: AccountId, url: &str, kind: CredentialKind) -> u8 {
@@ -333,4 +352,113 @@ async fn check(settings: Settings) -> u8 {
 fn report(message: &str, code: u8) -> u8 {
     eprintln!("error: {message}");
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use secrecy::SecretString;
+    use wxtokend_reader::Generation;
+
+    use super::*;
+
+    /// A credential as the reader returns it from a stored document whose
+    /// dates are `fetched_at` and `expires_at` milliseconds since 1970.
+    fn stored(fetched_at: i64, expires_at: i64) -> Credential {
+        Credential {
+            app_id: AccountId::new("wx1234567890abcdef"),
+            kind: CredentialKind::AccessToken,
+            value: SecretString::from("TOKEN"),
+            expires_in: Duration::from_secs(7200),
+            fetched_at: DateTime::from_millis(fetched_at).to_system_time(),
+            expires_at: DateTime::from_millis(expires_at).to_system_time(),
+            generation: Generation(1),
+            reason: None,
+            fetched_by: "test".into(),
+        }
+    }
+
+    /// What `get --json` must print for a stored date of `millis`.
+    fn expected(millis: i64) -> serde_json::Value {
+        if RFC3339_MILLIS.contains(&millis) {
+            let seconds = millis.div_euclid(1000);
+            let at = if seconds >= 0 {
+                // The format `get --json` always had for dates after 1970.
+                humantime::format_rfc3339_seconds(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs()),
+                )
+                .to_string()
+            } else {
+                DateTime::from_millis(seconds * 1000)
+                    .try_to_rfc3339_string()
+                    .expect("in range")
+            };
+            at.into()
+        } else {
+            millis.into()
+        }
+    }
+
+    /// Any BSON date, with the dates RFC 3339 can write and their edges
+    /// drawn often enough to be checked too.
+    fn stored_date() -> impl Strategy<Value = i64> {
+        let (first, last) = (*RFC3339_MILLIS.start(), *RFC3339_MILLIS.end());
+        prop_oneof![
+            any::<i64>(),
+            RFC3339_MILLIS,
+            (first - 2000..first + 2000),
+            (last - 2000..last + 2000),
+            (-2000i64..2000),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+        ))]
+
+        /// A hostile document can carry any BSON date: `get --json` prints it
+        /// without panicking, as RFC 3339 when it can, else as milliseconds.
+        #[test]
+        fn get_json_never_panics_on_stored_dates(
+            fetched_at in stored_date(),
+            expires_at in stored_date(),
+        ) {
+            let json = credential_json(&stored(fetched_at, expires_at));
+            prop_assert_eq!(&json["fetched_at"], &expected(fetched_at));
+            prop_assert_eq!(&json["expires_at"], &expected(expires_at));
+        }
+    }
+
+    #[test]
+    fn stored_dates_print_as_rfc3339_in_whole_seconds_or_as_milliseconds() {
+        for (millis, printed) in [
+            (1_800_000_000_123, serde_json::json!("2027-01-15T08:00:00Z")),
+            (0, serde_json::json!("1970-01-01T00:00:00Z")),
+            (-1, serde_json::json!("1969-12-31T23:59:59Z")),
+            (
+                -62_167_219_200_000,
+                serde_json::json!("0000-01-01T00:00:00Z"),
+            ),
+            (
+                -62_167_219_200_001,
+                serde_json::json!(-62_167_219_200_001i64),
+            ),
+            (
+                253_402_300_799_999,
+                serde_json::json!("9999-12-31T23:59:59Z"),
+            ),
+            (
+                253_402_300_800_000,
+                serde_json::json!(253_402_300_800_000i64),
+            ),
+            (i64::MAX, serde_json::json!(i64::MAX)),
+            (i64::MIN, serde_json::json!(i64::MIN)),
+        ] {
+            let at = DateTime::from_millis(millis).to_system_time();
+            assert_eq!(json_date(at), printed, "{millis}");
+        }
+    }
 }
