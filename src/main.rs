@@ -25,11 +25,12 @@ mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  unexpected failure
+  1  unexpected failure; health: not healthy (or not ready)
   2  bad command line
-  3  invalid configuration (the message names the key)
+  3  invalid configuration (the message names the key);
+     health: admin.listen is off or uses port 0
   4  MongoDB unreachable or failing
-  5  get: no valid credential stored (none yet, or the newest has expired)";
+  5  get, sign: no valid credential stored (none yet, or the newest has expired)";
 
 /// Keeps WeChat access tokens fresh in MongoDB for every service to read.
 #[derive(Debug, Parser)]
@@ -95,7 +96,8 @@ enum Command {
     Check,
     /// Ask the running daemon's admin server whether it is alive (/healthz),
     /// or with --ready whether every account has a valid token (/readyz).
-    /// Exit 0 if so, 1 if not. For container health checks.
+    /// Exit 0 if so, 1 if not, 3 if admin.listen is off or uses port 0.
+    /// For container health checks.
     Health {
         #[arg(long)]
         ready: bool,

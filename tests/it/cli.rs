@@ -58,11 +58,12 @@ fn help_lists_commands_and_exit_codes() {
     assert_eq!(
         exit_codes,
         "  0  success\n  \
-           1  unexpected failure\n  \
+           1  unexpected failure; health: not healthy (or not ready)\n  \
            2  bad command line\n  \
-           3  invalid configuration (the message names the key)\n  \
+           3  invalid configuration (the message names the key);\n     \
+              health: admin.listen is off or uses port 0\n  \
            4  MongoDB unreachable or failing\n  \
-           5  get: no valid credential stored (none yet, or the newest has expired)",
+           5  get, sign: no valid credential stored (none yet, or the newest has expired)",
         "{out}"
     );
 }
@@ -90,6 +91,44 @@ async fn check_exits_4_when_mongodb_is_unreachable() {
     let (code, _, err) = cfg.run(&["check"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.starts_with("error: MongoDB is unreachable: "), "{err}");
+}
+
+#[test]
+fn health_exits_3_without_a_fixed_admin_address_and_1_when_nothing_answers() {
+    let unused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    };
+    let good = TestConfig::new(
+        "mongodb://127.0.0.1:9",
+        "wxtokend_cli_health",
+        "https://api.weixin.qq.com",
+        &[account()],
+    )
+    .to_toml();
+    let listen = "listen = \"127.0.0.1:0\"";
+    assert!(good.contains(listen), "{good}");
+    for (admin, expected) in [
+        (listen.to_string(), 3),
+        ("listen = \"\"".to_string(), 3),
+        (format!("listen = {unused:?}"), 1),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, good.replace(listen, &admin)).expect("write");
+        let path = path.to_str().expect("UTF-8 path");
+        for args in [&["health"][..], &["health", "--ready"]] {
+            let (code, out, err) = output(&mut wxtokend(&[&["--config", path], args].concat()));
+            assert_eq!(code, expected, "{admin} {args:?}: {err}");
+            assert_eq!(out, "");
+            if expected == 3 {
+                assert_eq!(
+                    err,
+                    "error: admin.listen is off or uses port 0: set a fixed address to use `health`\n"
+                );
+            }
+        }
+    }
 }
 
 /// A config file, extra environment, and the start of each problem reported.
