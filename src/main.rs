@@ -8,9 +8,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mongodb::bson::DateTime;
 use tokio_util::sync::CancellationToken;
 
-use wxtokend::{connect_store, shutdown_signal, ConfigError, Daemon, Scope, Settings};
+use wxtokend::{
+    connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, Scope, Settings, StoreError,
+};
 use wxtokend_reader::requests::{self, NewRequest};
-use wxtokend_reader::{AccountId, Credential, CredentialKind, ReadError, Reader, RefreshReason};
+use wxtokend_reader::{
+    AccountId, ConnectError, Credential, CredentialKind, ReadError, Reader, RefreshReason,
+};
 
 /// Exit codes, documented in the README and in `--help`.
 mod exit {
@@ -173,6 +177,7 @@ async fn run(settings: Settings) -> u8 {
     wxtokend::init_logging(&settings.log);
     let daemon = match Daemon::build(settings).await {
         Ok(daemon) => daemon,
+        Err(DaemonError::Store(e)) if invalid_uri(&e).is_some() => return store_failure(&e),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return exit::FAILURE;
@@ -191,7 +196,7 @@ async fn run(settings: Settings) -> u8 {
 async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&format!("{e}"), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     match Reader::new(store.database().clone())
         .latest_of(kind, &account)
@@ -249,7 +254,7 @@ fn json_date(at: SystemTime) -> serde_json::Value {
 async fn sign(settings: Settings, account: AccountId, url: &str, kind: CredentialKind) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&e.to_string(), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     match Reader::new(store.database().clone())
         .signature_with(kind, &account, url)
@@ -272,7 +277,7 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: Credentia
 async fn refresh(settings: Settings, account: AccountId) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&e.to_string(), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     let request = NewRequest {
         app_id: &account,
@@ -297,7 +302,7 @@ async fn refresh(settings: Settings, account: AccountId) -> u8 {
 async fn status(settings: Settings, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&e.to_string(), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     match wxtokend::collect_status(&store).await {
         Ok(lines) if json => match serde_json::to_string(&lines) {
@@ -338,7 +343,7 @@ async fn health(settings: Settings, ready: bool) -> u8 {
 async fn check(settings: Settings) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&format!("{e}"), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     if let Err(e) = store.ping().await {
         return report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB);
@@ -349,6 +354,31 @@ async fn check(settings: Settings) -> u8 {
         store.database_name()
     );
     exit::OK
+}
+
+/// Why the driver refused `mongodb.uri`, if that is the error: the reason is
+/// already stripped of the string itself, which may hold a password.
+fn invalid_uri(error: &StoreError) -> Option<&str> {
+    match error {
+        StoreError::Connect(ConnectError::InvalidUri(why)) => Some(why),
+        _ => None,
+    }
+}
+
+/// Exit code and message for a store that could not be opened: a URI the
+/// driver cannot use is a configuration error (3, worded like the others and
+/// never quoting the URI); anything else is MongoDB's (4).
+fn store_failure(error: &StoreError) -> u8 {
+    match invalid_uri(error) {
+        Some(why) => report(
+            &format!(
+                "invalid configuration:\n  - mongodb.uri: not shown, as it may hold a \
+                 password; the MongoDB driver rejects it: {why}"
+            ),
+            exit::CONFIG,
+        ),
+        None => report(&error.to_string(), exit::MONGODB),
+    }
 }
 
 fn report(message: &str, code: u8) -> u8 {

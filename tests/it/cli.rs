@@ -93,6 +93,48 @@ async fn check_exits_4_when_mongodb_is_unreachable() {
     assert!(err.starts_with("error: MongoDB is unreachable: "), "{err}");
 }
 
+/// A connection string the driver cannot parse is a configuration error
+/// for every command that opens the database, and the message names the key
+/// without quoting the string (it may hold a password).
+#[test]
+fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
+    let id = account().id;
+    let commands: [&[&str]; 6] = [
+        &["run"],
+        &["check"],
+        &["get", &id],
+        &["sign", &id, "https://shop.example.com/"],
+        &["refresh", &id],
+        &["status"],
+    ];
+    for uri in [
+        "mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/",
+        "mongodb://wxuser:s3cret-pass@/",
+    ] {
+        let cfg = TestConfig::new(
+            uri,
+            "wxtokend_cli_bad_uri",
+            "https://api.weixin.qq.com",
+            &[account()],
+        );
+        for args in commands {
+            let (code, out, err) = cfg.run(args);
+            assert_eq!(code, 3, "{args:?} with {uri}: {err}");
+            assert_eq!(out, "", "{args:?}");
+            assert!(
+                err.starts_with("error: invalid configuration:\n"),
+                "{args:?}: {err}"
+            );
+            let problems = problems(&err);
+            assert_eq!(problems.len(), 1, "{args:?}: {err}");
+            assert!(problems[0].starts_with("mongodb.uri: "), "{args:?}: {err}");
+            for secret in ["s3cret-pass", "wxuser", "notaport"] {
+                assert!(!err.contains(secret), "{args:?} shows {secret:?}: {err}");
+            }
+        }
+    }
+}
+
 #[test]
 fn health_exits_3_without_a_fixed_admin_address_and_1_when_nothing_answers() {
     let unused = {
