@@ -1,7 +1,8 @@
 //! The command line: exit codes and messages a script or an operator sees.
 
-use std::process::Command;
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::support::daemon::{binary, output};
 use crate::support::mongo::TestDb;
@@ -310,4 +311,88 @@ fn unknown_key_in_file_fails_before_anything_runs() {
         problems[0].starts_with("mongodb.url: unknown field `url`"),
         "{err}"
     );
+}
+
+/// Runs `wxtokend run` with `[log] level = LEVEL` and `RUST_LOG` (unset if
+/// `None`) against an unreachable MongoDB until a stderr line contains
+/// `wanted` or 20 s pass, then kills it. Returns the stderr lines seen.
+fn run_logging(level: &str, rust_log: Option<&str>, wanted: &str) -> Vec<String> {
+    let cfg = TestConfig::new(
+        "mongodb://127.0.0.1:9/?directConnection=true",
+        "wxtokend_cli_log",
+        "https://api.weixin.qq.com",
+        &[account()],
+    );
+    let default_level = "level = \"wxtokend=debug,info\"";
+    let toml = cfg.to_toml();
+    assert!(toml.contains(default_level), "{toml}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        toml.replace(default_level, &format!("level = {level:?}")),
+    )
+    .expect("write");
+    let mut cmd = wxtokend(&["--config", path.to_str().expect("UTF-8 path"), "run"]);
+    cmd.env(account().secret_env(), &account().secret)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(value) = rust_log {
+        cmd.env("RUST_LOG", value);
+    }
+    let mut child = cmd.spawn().expect("start wxtokend");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(wanted);
+                seen.push(line);
+                if found {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+/// `RUST_LOG` replaces `log.level`: with `level = "error"` an info line
+/// shows only because `RUST_LOG=info` asks for it.
+#[test]
+fn rust_log_replaces_log_level() {
+    let listening = "admin HTTP listening";
+    let lines = run_logging("error", Some("info"), listening);
+    assert!(
+        lines.iter().any(|l| l.contains(listening)),
+        "no info line with RUST_LOG=info: {lines:#?}"
+    );
+}
+
+/// An invalid `RUST_LOG` is reported on stderr, with the fallback, and
+/// `log.level` applies.
+#[test]
+fn an_invalid_rust_log_is_reported_and_log_level_applies() {
+    let listening = "admin HTTP listening";
+    let lines = run_logging("info", Some("wxtokend=loud"), listening);
+    let first = lines.first().map(String::as_str).unwrap_or_default();
+    assert!(
+        first.starts_with("warning: RUST_LOG: `wxtokend=loud` is not a valid filter directive (")
+            && first.ends_with("); using log.level (\"info\") instead"),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.contains(listening)), "{lines:#?}");
 }
