@@ -5,11 +5,16 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mongodb::bson::DateTime;
 use tokio_util::sync::CancellationToken;
 
-use wxtokend::{connect_store, shutdown_signal, ConfigError, Daemon, Scope, Settings};
+use wxtokend::{
+    connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, Scope, Settings, StoreError,
+};
 use wxtokend_reader::requests::{self, NewRequest};
-use wxtokend_reader::{AccountId, Credential, CredentialKind, ReadError, Reader, RefreshReason};
+use wxtokend_reader::{
+    AccountId, ConnectError, Credential, CredentialKind, ReadError, Reader, RefreshReason,
+};
 
 /// Exit codes, documented in the README and in `--help`.
 mod exit {
@@ -24,11 +29,12 @@ mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  unexpected failure
+  1  unexpected failure; health: not healthy (or not ready)
   2  bad command line
-  3  invalid configuration (the message names the key)
+  3  invalid configuration (the message names the key);
+     health: admin.listen is off or uses port 0
   4  MongoDB unreachable or failing
-  5  get: no valid credential stored (none yet, or the newest has expired)";
+  5  get, sign: no valid credential stored (none yet, or the newest has expired)";
 
 /// Keeps WeChat access tokens fresh in MongoDB for every service to read.
 #[derive(Debug, Parser)]
@@ -98,7 +104,8 @@ enum Command {
     Check,
     /// Ask the running daemon's admin server whether it is alive (/healthz),
     /// or with --ready whether every account has a valid token (/readyz).
-    /// Exit 0 if so, 1 if not. For container health checks.
+    /// Exit 0 if so, 1 if not, 3 if admin.listen is off or uses port 0.
+    /// For container health checks.
     Health {
         #[arg(long)]
         ready: bool,
@@ -176,6 +183,7 @@ async fn run(settings: Settings) -> u8 {
     wxtokend::init_logging(&settings.log);
     let daemon = match Daemon::build(settings).await {
         Ok(daemon) => daemon,
+        Err(DaemonError::Store(e)) if invalid_uri(&e).is_some() => return store_failure(&e),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return exit::FAILURE;
@@ -194,7 +202,7 @@ async fn run(settings: Settings) -> u8 {
 async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&format!("{e}"), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     match Reader::new(store.database().clone())
         .latest_of(kind, &account)
@@ -222,8 +230,8 @@ fn credential_json(c: &Credential) -> serde_json::Value {
         "kind": c.kind,
         c.kind.value_field(): c.secret(),
         "expires_in": c.expires_in.as_secs(),
-        "fetched_at": humantime::format_rfc3339_seconds(c.fetched_at).to_string(),
-        "expires_at": humantime::format_rfc3339_seconds(c.expires_at).to_string(),
+        "fetched_at": json_date(c.fetched_at),
+        "expires_at": json_date(c.expires_at),
         "time_left": c.time_left(now).as_secs(),
         "generation": c.generation,
         "reason": c.reason,
@@ -231,10 +239,28 @@ fn credential_json(c: &Credential) -> serde_json::Value {
     })
 }
 
+/// First and last millisecond that RFC 3339 can write (years 0000 to 9999).
+const RFC3339_MILLIS: std::ops::RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
+/// A stored date as RFC 3339 in whole seconds (UTC), or, for a date outside
+/// the years 0000 to 9999 (only a hand-made document has one), the stored
+/// milliseconds since 1970 as a number. Never panics: any BSON date the
+/// reader returns is printable.
+fn json_date(at: SystemTime) -> serde_json::Value {
+    let millis = DateTime::from_system_time(at).timestamp_millis();
+    if RFC3339_MILLIS.contains(&millis) {
+        let seconds = DateTime::from_millis(millis - millis.rem_euclid(1000));
+        if let Ok(text) = seconds.try_to_rfc3339_string() {
+            return text.into();
+        }
+    }
+    millis.into()
+}
+
 async fn sign(settings: Settings, account: AccountId, url: &str, kind: CredentialKind) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&e.to_string(), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     match Reader::new(store.database().clone())
         .signature_with(kind, &account, url)
@@ -257,7 +283,7 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: Credentia
 async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&e.to_string(), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     let request = NewRequest {
         app_id: &account,
@@ -282,7 +308,7 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
 async fn status(settings: Settings, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&e.to_string(), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     match wxtokend::collect_status(&store).await {
         Ok(lines) if json => match serde_json::to_string(&lines) {
@@ -323,7 +349,7 @@ async fn health(settings: Settings, ready: bool) -> u8 {
 async fn check(settings: Settings) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return report(&format!("{e}"), exit::MONGODB),
+        Err(e) => return store_failure(&e),
     };
     if let Err(e) = store.ping().await {
         return report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB);
@@ -336,7 +362,141 @@ async fn check(settings: Settings) -> u8 {
     exit::OK
 }
 
+/// Why the driver refused `mongodb.uri`, if that is the error: the reason is
+/// already stripped of the string itself, which may hold a password.
+fn invalid_uri(error: &StoreError) -> Option<&str> {
+    match error {
+        StoreError::Connect(ConnectError::InvalidUri(why)) => Some(why),
+        _ => None,
+    }
+}
+
+/// Exit code and message for a store that could not be opened: a URI the
+/// driver cannot use is a configuration error (3, worded like the others and
+/// never quoting the URI); anything else is MongoDB's (4).
+fn store_failure(error: &StoreError) -> u8 {
+    match invalid_uri(error) {
+        Some(why) => report(
+            &format!(
+                "invalid configuration:\n  - mongodb.uri: not shown, as it may hold a \
+                 password; the MongoDB driver rejects it: {why}"
+            ),
+            exit::CONFIG,
+        ),
+        None => report(&error.to_string(), exit::MONGODB),
+    }
+}
+
 fn report(message: &str, code: u8) -> u8 {
     eprintln!("error: {message}");
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use secrecy::SecretString;
+    use wxtokend_reader::Generation;
+
+    use super::*;
+
+    /// A credential as the reader returns it from a stored document whose
+    /// dates are `fetched_at` and `expires_at` milliseconds since 1970.
+    fn stored(fetched_at: i64, expires_at: i64) -> Credential {
+        Credential {
+            app_id: AccountId::new("wx1234567890abcdef"),
+            kind: CredentialKind::AccessToken,
+            value: SecretString::from("TOKEN"),
+            expires_in: Duration::from_secs(7200),
+            fetched_at: DateTime::from_millis(fetched_at).to_system_time(),
+            expires_at: DateTime::from_millis(expires_at).to_system_time(),
+            generation: Generation(1),
+            reason: None,
+            fetched_by: "test".into(),
+        }
+    }
+
+    /// What `get --json` must print for a stored date of `millis`.
+    fn expected(millis: i64) -> serde_json::Value {
+        if RFC3339_MILLIS.contains(&millis) {
+            let seconds = millis.div_euclid(1000);
+            let at = if seconds >= 0 {
+                // The format `get --json` always had for dates after 1970.
+                humantime::format_rfc3339_seconds(
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs()),
+                )
+                .to_string()
+            } else {
+                DateTime::from_millis(seconds * 1000)
+                    .try_to_rfc3339_string()
+                    .expect("in range")
+            };
+            at.into()
+        } else {
+            millis.into()
+        }
+    }
+
+    /// Any BSON date, with the dates RFC 3339 can write and their edges
+    /// drawn often enough to be checked too.
+    fn stored_date() -> impl Strategy<Value = i64> {
+        let (first, last) = (*RFC3339_MILLIS.start(), *RFC3339_MILLIS.end());
+        prop_oneof![
+            any::<i64>(),
+            RFC3339_MILLIS,
+            (first - 2000..first + 2000),
+            (last - 2000..last + 2000),
+            (-2000i64..2000),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+        ))]
+
+        /// A hostile document can carry any BSON date: `get --json` prints it
+        /// without panicking, as RFC 3339 when it can, else as milliseconds.
+        #[test]
+        fn get_json_never_panics_on_stored_dates(
+            fetched_at in stored_date(),
+            expires_at in stored_date(),
+        ) {
+            let json = credential_json(&stored(fetched_at, expires_at));
+            prop_assert_eq!(&json["fetched_at"], &expected(fetched_at));
+            prop_assert_eq!(&json["expires_at"], &expected(expires_at));
+        }
+    }
+
+    #[test]
+    fn stored_dates_print_as_rfc3339_in_whole_seconds_or_as_milliseconds() {
+        for (millis, printed) in [
+            (1_800_000_000_123, serde_json::json!("2027-01-15T08:00:00Z")),
+            (0, serde_json::json!("1970-01-01T00:00:00Z")),
+            (-1, serde_json::json!("1969-12-31T23:59:59Z")),
+            (
+                -62_167_219_200_000,
+                serde_json::json!("0000-01-01T00:00:00Z"),
+            ),
+            (
+                -62_167_219_200_001,
+                serde_json::json!(-62_167_219_200_001i64),
+            ),
+            (
+                253_402_300_799_999,
+                serde_json::json!("9999-12-31T23:59:59Z"),
+            ),
+            (
+                253_402_300_800_000,
+                serde_json::json!(253_402_300_800_000i64),
+            ),
+            (i64::MAX, serde_json::json!(i64::MAX)),
+            (i64::MIN, serde_json::json!(i64::MIN)),
+        ] {
+            let at = DateTime::from_millis(millis).to_system_time();
+            assert_eq!(json_date(at), printed, "{millis}");
+        }
+    }
 }

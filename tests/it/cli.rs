@@ -1,7 +1,8 @@
 //! The command line: exit codes and messages a script or an operator sees.
 
-use std::process::Command;
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::support::daemon::{binary, output};
 use crate::support::mongo::TestDb;
@@ -58,11 +59,12 @@ fn help_lists_commands_and_exit_codes() {
     assert_eq!(
         exit_codes,
         "  0  success\n  \
-           1  unexpected failure\n  \
+           1  unexpected failure; health: not healthy (or not ready)\n  \
            2  bad command line\n  \
-           3  invalid configuration (the message names the key)\n  \
+           3  invalid configuration (the message names the key);\n     \
+              health: admin.listen is off or uses port 0\n  \
            4  MongoDB unreachable or failing\n  \
-           5  get: no valid credential stored (none yet, or the newest has expired)",
+           5  get, sign: no valid credential stored (none yet, or the newest has expired)",
         "{out}"
     );
 }
@@ -90,6 +92,86 @@ async fn check_exits_4_when_mongodb_is_unreachable() {
     let (code, _, err) = cfg.run(&["check"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.starts_with("error: MongoDB is unreachable: "), "{err}");
+}
+
+/// A connection string the driver cannot parse is a configuration error
+/// for every command that opens the database, and the message names the key
+/// without quoting the string (it may hold a password).
+#[test]
+fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
+    let id = account().id;
+    let commands: [&[&str]; 6] = [
+        &["run"],
+        &["check"],
+        &["get", &id],
+        &["sign", &id, "https://shop.example.com/"],
+        &["refresh", &id],
+        &["status"],
+    ];
+    for uri in [
+        "mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/",
+        "mongodb://wxuser:s3cret-pass@/",
+    ] {
+        let cfg = TestConfig::new(
+            uri,
+            "wxtokend_cli_bad_uri",
+            "https://api.weixin.qq.com",
+            &[account()],
+        );
+        for args in commands {
+            let (code, out, err) = cfg.run(args);
+            assert_eq!(code, 3, "{args:?} with {uri}: {err}");
+            assert_eq!(out, "", "{args:?}");
+            assert!(
+                err.starts_with("error: invalid configuration:\n"),
+                "{args:?}: {err}"
+            );
+            let problems = problems(&err);
+            assert_eq!(problems.len(), 1, "{args:?}: {err}");
+            assert!(problems[0].starts_with("mongodb.uri: "), "{args:?}: {err}");
+            for secret in ["s3cret-pass", "wxuser", "notaport"] {
+                assert!(!err.contains(secret), "{args:?} shows {secret:?}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn health_exits_3_without_a_fixed_admin_address_and_1_when_nothing_answers() {
+    let unused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").to_string()
+    };
+    let good = TestConfig::new(
+        "mongodb://127.0.0.1:9",
+        "wxtokend_cli_health",
+        "https://api.weixin.qq.com",
+        &[account()],
+    )
+    .to_toml();
+    let listen = "listen = \"127.0.0.1:0\"";
+    assert!(good.contains(listen), "{good}");
+    for (admin, expected) in [
+        (listen.to_string(), 3),
+        ("listen = \"\"".to_string(), 3),
+        (format!("listen = {unused:?}"), 1),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, good.replace(listen, &admin)).expect("write");
+        let path = path.to_str().expect("UTF-8 path");
+        for args in [&["health"][..], &["health", "--ready"]] {
+            let (code, out, err) = output(&mut wxtokend(&[&["--config", path], args].concat()));
+            assert_eq!(code, expected, "{admin} {args:?}: {err}");
+            assert_eq!(out, "");
+            if expected == 3 {
+                assert_eq!(
+                    err,
+                    "error: admin.listen is off or uses port 0: set a fixed address to use `health`\n"
+                );
+            }
+        }
+    }
 }
 
 /// A config file, extra environment, and the start of each problem reported.
@@ -229,4 +311,88 @@ fn unknown_key_in_file_fails_before_anything_runs() {
         problems[0].starts_with("mongodb.url: unknown field `url`"),
         "{err}"
     );
+}
+
+/// Runs `wxtokend run` with `[log] level = LEVEL` and `RUST_LOG` (unset if
+/// `None`) against an unreachable MongoDB until a stderr line contains
+/// `wanted` or 20 s pass, then kills it. Returns the stderr lines seen.
+fn run_logging(level: &str, rust_log: Option<&str>, wanted: &str) -> Vec<String> {
+    let cfg = TestConfig::new(
+        "mongodb://127.0.0.1:9/?directConnection=true",
+        "wxtokend_cli_log",
+        "https://api.weixin.qq.com",
+        &[account()],
+    );
+    let default_level = "level = \"wxtokend=debug,info\"";
+    let toml = cfg.to_toml();
+    assert!(toml.contains(default_level), "{toml}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        toml.replace(default_level, &format!("level = {level:?}")),
+    )
+    .expect("write");
+    let mut cmd = wxtokend(&["--config", path.to_str().expect("UTF-8 path"), "run"]);
+    cmd.env(account().secret_env(), &account().secret)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(value) = rust_log {
+        cmd.env("RUST_LOG", value);
+    }
+    let mut child = cmd.spawn().expect("start wxtokend");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(wanted);
+                seen.push(line);
+                if found {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    seen
+}
+
+/// `RUST_LOG` replaces `log.level`: with `level = "error"` an info line
+/// shows only because `RUST_LOG=info` asks for it.
+#[test]
+fn rust_log_replaces_log_level() {
+    let listening = "admin HTTP listening";
+    let lines = run_logging("error", Some("info"), listening);
+    assert!(
+        lines.iter().any(|l| l.contains(listening)),
+        "no info line with RUST_LOG=info: {lines:#?}"
+    );
+}
+
+/// An invalid `RUST_LOG` is reported on stderr, with the fallback, and
+/// `log.level` applies.
+#[test]
+fn an_invalid_rust_log_is_reported_and_log_level_applies() {
+    let listening = "admin HTTP listening";
+    let lines = run_logging("info", Some("wxtokend=loud"), listening);
+    let first = lines.first().map(String::as_str).unwrap_or_default();
+    assert!(
+        first.starts_with("warning: RUST_LOG: `wxtokend=loud` is not a valid filter directive (")
+            && first.ends_with("); using log.level (\"info\") instead"),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.contains(listening)), "{lines:#?}");
 }
