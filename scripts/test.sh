@@ -14,4 +14,4 @@ if [ -z "${MONGODB_URI:-}" ]; then
 fi
 # Tests that stop and restart MongoDB start their own server with the same script.
 scripts/test-mongodb.sh bin >/dev/null
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --features failpoints "$@"

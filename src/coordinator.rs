@@ -41,6 +41,13 @@ struct HeldLease {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// A refresh task ended without being told to (it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the refresh task of account {account} died")]
+pub struct RefresherDied {
+    pub account: AccountId,
+}
+
 pub struct Coordinator {
     ctx: Arc<Context>,
     leases: Leases,
@@ -71,25 +78,52 @@ impl Coordinator {
 
     /// Runs until `shutdown`, then stops every refresher (letting each
     /// finish its step and store what it fetched) and releases the leases.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// A refresher that died (a bug) ends the run with an error, after the
+    /// same clean stop, so that the process exits non-zero and its service
+    /// manager restarts it.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RefresherDied> {
         self.shutdown = shutdown.clone();
         let mut maintain = tokio::time::interval(self.lease.renew_interval);
         maintain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(self.ctx.refresh.request_poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
+        let outcome = loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                _ = maintain.tick() => self.maintain().await,
+                () = shutdown.cancelled() => break Ok(()),
+                _ = maintain.tick() => {
+                    if let Err(died) = self.check_refreshers() {
+                        break Err(died);
+                    }
+                    self.maintain().await;
+                }
                 _ = poll.tick() => self.dispatch_requests().await,
             }
-        }
+        };
         self.stop_all().await;
+        outcome
+    }
+
+    /// A refresher of a held lease ends only when told to: one that ended
+    /// on its own died.
+    fn check_refreshers(&self) -> Result<(), RefresherDied> {
+        let dead = self.held.iter().find(|(_, held)| {
+            !held.stop.is_cancelled() && held.tasks.iter().any(JoinHandle::is_finished)
+        });
+        match dead {
+            Some((account, _)) => {
+                tracing::error!(%account, "a refresh task died; stopping this replica");
+                Err(RefresherDied {
+                    account: account.clone(),
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     /// Renews, announces, balances and takes leases.
     async fn maintain(&mut self) {
+        crate::failpoint!("coordinator-maintain");
         self.stopping.retain(|task| !task.is_finished());
         self.renew_all().await;
         let heartbeat =

@@ -10,7 +10,7 @@ use crate::config::Settings;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, RefresherDied};
 use crate::metrics::{Metrics, Operation};
 use wxtokend_reader::ConnectOptions;
 
@@ -29,6 +29,10 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    RefresherDied(#[from] RefresherDied),
+    #[error("the coordinator died: {0}")]
+    CoordinatorDied(String),
 }
 
 /// A daemon ready to run.
@@ -62,8 +66,9 @@ impl Daemon {
     }
 
     /// Runs until `shutdown` is cancelled, then gives in-flight work up to
-    /// `daemon.shutdown_timeout` to finish.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// `daemon.shutdown_timeout` to finish. An error means a part died: the
+    /// process should exit non-zero so that it is restarted.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
         let Daemon {
             settings,
             store,
@@ -97,7 +102,7 @@ impl Daemon {
             "wxtokend starting"
         );
         if !ensure_indexes(&store, &settings, &metrics, &shutdown).await {
-            return;
+            return Ok(());
         }
         let ctx = Arc::new(Context {
             wechat,
@@ -113,8 +118,13 @@ impl Daemon {
         tokio::select! {
             () = shutdown.cancelled() => {}
             result = &mut task => {
-                tracing::error!(result = ?result, "the coordinator stopped unexpectedly");
-                return;
+                let error = match result {
+                    Ok(Err(died)) => DaemonError::from(died),
+                    Ok(Ok(())) => DaemonError::CoordinatorDied("it returned".into()),
+                    Err(e) => DaemonError::CoordinatorDied(e.to_string()),
+                };
+                tracing::error!(error = %error, "stopping: a part of the daemon died");
+                return Err(error);
             }
         }
         let grace = settings.daemon.shutdown_timeout;
@@ -130,6 +140,7 @@ impl Daemon {
             let _ = tokio::time::timeout(grace, task).await;
         }
         tracing::info!("wxtokend stopped");
+        Ok(())
     }
 }
 

@@ -37,6 +37,22 @@ pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;
 pub use wechat::FetchedCredential;
 
+/// A named place where the test suite can inject a fault (`FAILPOINTS`
+/// environment variable, `failpoints` feature); nothing in other builds.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+pub(crate) use failpoint;
+
+/// Reads `FAILPOINTS` (test builds with the `failpoints` feature only).
+pub fn setup_failpoints() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}
+
 /// For the fuzzer (`fuzz/`): not part of the supported API.
 #[doc(hidden)]
 pub mod fuzzing {

@@ -181,6 +181,7 @@ fn config_failure(error: &ConfigError) -> ExitCode {
 
 async fn run(settings: Settings) -> u8 {
     wxtokend::init_logging(&settings.log);
+    wxtokend::setup_failpoints();
     let daemon = match Daemon::build(settings).await {
         Ok(daemon) => daemon,
         Err(DaemonError::Store(e)) if invalid_uri(&e).is_some() => return store_failure(&e),
@@ -195,8 +196,11 @@ async fn run(settings: Settings) -> u8 {
         shutdown_signal().await;
         trigger.cancel();
     });
-    daemon.run(shutdown).await;
-    exit::OK
+    match daemon.run(shutdown).await {
+        Ok(()) => exit::OK,
+        // Logged where it happened; non-zero so that a service manager restarts us.
+        Err(_) => exit::FAILURE,
+    }
 }
 
 async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {

@@ -125,6 +125,7 @@ impl Refresher {
     /// Does the next action (load what is stored, store a pending token, or
     /// fetch) and returns how long to wait before the next step.
     pub async fn step(&mut self) -> Duration {
+        crate::failpoint!("refresh-step");
         let now = SystemTime::now();
         match self.machine.next(now) {
             Action::Wait(wait) => wait,

@@ -16,6 +16,10 @@ mod documents;
 mod handover;
 mod mongodb_outage;
 mod permits;
+// Needs the daemon built with injected faults: `--features failpoints`
+// (scripts/test.sh passes it).
+#[cfg(feature = "failpoints")]
+mod process;
 mod reader;
 mod replicas;
 mod requests;

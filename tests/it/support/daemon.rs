@@ -118,6 +118,8 @@ pub struct TestConfig {
     pub lease_renew_interval: &'static str,
     pub forced_min_interval: &'static str,
     pub daily_call_limit: u32,
+    /// Extra environment of the process (for example `FAILPOINTS`).
+    pub env: Vec<(&'static str, String)>,
     /// `json` (parsed by the helpers) or `human`.
     pub log_format: &'static str,
     /// Log everything at debug, dependencies included (for the secrets audit).
@@ -149,6 +151,7 @@ impl TestConfig {
             lease_renew_interval: "500ms",
             forced_min_interval: "1s",
             daily_call_limit: 1800,
+            env: Vec::new(),
             log_format: "json",
             log_level_debug: false,
         }
@@ -240,6 +243,7 @@ level = "{log_level}"
         for a in &self.accounts {
             cmd.env(a.secret_env(), &a.secret);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -389,6 +393,11 @@ impl TestDaemon {
     /// Sends SIGTERM and waits for the exit; every log line is captured then.
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
         self.signal("TERM");
+        self.wait_exit(limit)
+    }
+
+    /// Waits until the process exits by itself, and returns how.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -399,7 +408,7 @@ impl TestDaemon {
             }
             assert!(
                 start.elapsed() < limit,
-                "wxtokend did not exit within {limit:?} of SIGTERM"
+                "wxtokend did not exit within {limit:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
