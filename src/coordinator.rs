@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
 
 use crate::config::{Account, LeaseSettings};
-use crate::coordination::{Lease, Leases, RefreshRequest};
+use crate::coordination::{Lease, Leases, RefreshRequest, Term};
 use crate::metrics::Operation;
 use crate::refresh::{Context, Refresher};
 use crate::store::StoreError;
@@ -104,6 +104,14 @@ impl Coordinator {
         outcome
     }
 
+    /// Every held lease with its term.
+    fn held_terms(&self) -> Vec<(AccountId, Term)> {
+        self.held
+            .iter()
+            .map(|(id, held)| (id.clone(), held.lease.term()))
+            .collect()
+    }
+
     /// A refresher of a held lease ends only when told to: one that ended
     /// on its own died.
     fn check_refreshers(&self) -> Result<(), RefresherDied> {
@@ -159,13 +167,13 @@ impl Coordinator {
     }
 
     async fn renew_all(&mut self) {
-        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
-        if ids.is_empty() {
+        let held = self.held_terms();
+        if held.is_empty() {
             return;
         }
         let renew = self
             .leases
-            .renew_all(&ids, &self.ctx.instance_id, self.lease.duration);
+            .renew_all(&held, &self.ctx.instance_id, self.lease.duration);
         let renewed = self.ctx.metrics.observe(Operation::Renew, renew).await;
         let still = match renewed {
             Ok(still) => still,
@@ -176,7 +184,7 @@ impl Coordinator {
             }
         };
         let still: std::collections::HashSet<AccountId> = still.into_iter().collect();
-        for id in ids {
+        for (id, _) in held {
             if still.contains(&id) {
                 continue;
             }
@@ -330,7 +338,8 @@ impl Coordinator {
     /// until each stored what it fetched (the daemon bounds the wait), then
     /// release every lease in one write.
     async fn stop_all(&mut self) {
-        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
+        let held = self.held_terms();
+        let ids: Vec<AccountId> = held.iter().map(|(id, _)| id.clone()).collect();
         for id in &ids {
             if let Some((_, tasks)) = self.stop(id) {
                 join_all(id, tasks).await;
@@ -339,7 +348,7 @@ impl Coordinator {
         for task in self.stopping.drain(..) {
             let _ = task.await;
         }
-        let release = self.leases.release_all(&ids, &self.ctx.instance_id);
+        let release = self.leases.release_all(&held, &self.ctx.instance_id);
         match self.ctx.metrics.observe(Operation::Release, release).await {
             Ok(()) => tracing::info!(leases = ids.len(), "released every lease: shutting down"),
             Err(e) => {

@@ -133,19 +133,17 @@ impl Leases {
         }
     }
 
-    /// Extends every lease `holder` holds among `ids`, in one write, and
-    /// returns the ids it still holds (the others were taken over). While a
-    /// lease keeps its holder its term cannot change, so the holder alone
-    /// identifies it.
+    /// Extends every lease in `held` that is still `holder`'s at that
+    /// term, in one write, and returns the ids it still holds (the others
+    /// were taken over, possibly by a process with the same holder name).
     pub async fn renew_all(
         &self,
-        ids: &[AccountId],
+        held: &[(AccountId, Term)],
         holder: &str,
         duration: Duration,
     ) -> Result<Vec<AccountId>, StoreError> {
         let now = self.store.server_time().await?;
-        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
-        let filter = doc! { field::ID: { "$in": &ids }, field::HOLDER: holder };
+        let filter = held_filter(held, holder);
         let result = self
             .collection()
             .update_many(
@@ -153,8 +151,8 @@ impl Leases {
                 doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now + duration) } },
             )
             .await?;
-        if result.matched_count as usize == ids.len() {
-            return Ok(ids.into_iter().map(AccountId::new).collect());
+        if result.matched_count as usize == held.len() {
+            return Ok(held.iter().map(|(id, _)| id.clone()).collect());
         }
         self.ids(filter).await
     }
@@ -188,14 +186,21 @@ impl Leases {
             .collect())
     }
 
-    /// Gives up every lease `holder` holds among `ids`, in one write (clean
-    /// shutdown). Like [`Lease::release`], they expire now.
-    pub async fn release_all(&self, ids: &[AccountId], holder: &str) -> Result<(), StoreError> {
+    /// Gives up every lease in `held` that is still `holder`'s at that
+    /// term, in one write (clean shutdown). Like [`Lease::release`], they
+    /// expire now.
+    pub async fn release_all(
+        &self,
+        held: &[(AccountId, Term)],
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        if held.is_empty() {
+            return Ok(());
+        }
         let now = self.store.server_time().await?;
-        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
         self.collection()
             .update_many(
-                doc! { field::ID: { "$in": ids }, field::HOLDER: holder },
+                held_filter(held, holder),
                 doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
             )
             .await?;
@@ -255,6 +260,15 @@ impl Leases {
             .await?;
         Ok(())
     }
+}
+
+/// The leases in `held`, each only at its term, and only while `holder`'s.
+fn held_filter(held: &[(AccountId, Term)], holder: &str) -> Document {
+    let each: Vec<Document> = held
+        .iter()
+        .map(|(id, term)| doc! { field::ID: id.as_str(), field::TERM: term.0 })
+        .collect();
+    doc! { field::HOLDER: holder, "$or": each }
 }
 
 /// An integer counter of a lease document (0 when absent).

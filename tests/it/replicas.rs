@@ -420,3 +420,42 @@ async fn a_lease_given_back_leaves_no_series_behind() {
     assert!(m.lease_held(stayed), "{}", m.text());
     assert_eq!(m.refreshes(stayed, "success"), 1);
 }
+
+/// Two processes given the same `daemon.instance_id` (a misconfiguration):
+/// one is paused, its twin takes the lease over. When the first resumes,
+/// its renewal must not count its twin's lease as its own: renewals match
+/// the term, not only the holder's name.
+#[tokio::test]
+async fn a_renewal_matches_the_term_not_only_the_holder_name() {
+    let s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .replicas(0)
+        .build()
+        .await;
+    let id = s.id();
+    let first = s.spawn("twin");
+    let taken = s
+        .wait_for_lease(id, "the first twin's lease", |l| l.valid)
+        .await;
+    let second = s.spawn("twin");
+    first.signal("STOP");
+    s.wait_for_lease(id, "the second twin taking over", |l| {
+        l.valid && l.term > taken.term
+    })
+    .await;
+    first.signal("CONT");
+    // Two more rounds of its coordinator (renew, heartbeat, ...) are the marker.
+    let rounds = first.metrics().await.mongodb_ops("heartbeat");
+    let m = first
+        .wait_metrics("two more rounds of the resumed twin", |m| {
+            m.mongodb_ops("heartbeat") >= rounds + 2
+        })
+        .await;
+    assert!(
+        !m.names_account(id),
+        "the resumed twin still counts the lease as its own:\n{}",
+        m.text()
+    );
+    drop(second);
+}
