@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -67,7 +67,7 @@ async fn render_metrics(State(state): State<AdminState>) -> Response {
 /// 200 when MongoDB answers and every configured account has a valid
 /// credential of every kind it keeps; 503 with the reasons otherwise.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let now = SystemTime::now();
+    let now = state.store.clock().now();
     let mut missing = Vec::new();
     for kind in CredentialKind::ALL {
         let wanted: Vec<&AccountId> = state

@@ -413,7 +413,10 @@ impl Coordinator {
         let dated = self
             .ctx
             .metrics
-            .observe(Operation::Requests, requests.date_undated())
+            .observe(
+                Operation::Requests,
+                requests.date_undated(self.ctx.store.clock().now()),
+            )
             .await;
         match dated {
             Ok(0) => {}

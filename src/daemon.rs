@@ -75,7 +75,7 @@ impl Daemon {
             wechat,
             admin,
         } = self;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(store.clock().clone()));
         let admin_task = admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");

@@ -12,11 +12,12 @@
 //!   (`refresh::machine`, no I/O) and the loop that performs them.
 //! - [`coordination`]: leases in MongoDB; a held [`Lease`] is the only way to
 //!   get a permit for a WeChat call or to write a credential.
-//! - [`store`]: the database handle, the server's clock, indexes.
+//! - [`store`]: the database handle, the server's clock (`clock`), indexes.
 //! - `wechat`: the upstream HTTP client and the one errcode table.
 //! - `status`, `admin`, `metrics`, `telemetry`: what operators see.
 
 mod admin;
+mod clock;
 mod config;
 pub mod coordination;
 mod coordinator;

@@ -5,7 +5,7 @@
 //! replicas by `account` gives the whole picture.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use wxtokend_reader::{AccountId, CredentialKind, Generation};
 
+use crate::clock::Clock;
 use crate::wechat::ErrorClass;
 
 /// A label value that is one of a fixed set of names.
@@ -188,17 +189,12 @@ pub struct Metrics {
     mongodb_duration: Histograms<OperationLabels>,
     mongodb_errors: Family<OperationLabels, Counter>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
+    clock: Arc<Clock>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -216,9 +212,11 @@ fn account_labels(account: &AccountId) -> AccountLabels {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Metrics whose time-based gauges are measured with `clock`.
+    pub fn new(clock: Arc<Clock>) -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
+            clock,
             seconds_until_expiry: Family::default(),
             age: Family::default(),
             generation: Family::default(),
@@ -388,7 +386,7 @@ impl Metrics {
 
     /// The Prometheus text exposition, with time-based gauges brought up to now.
     pub fn render(&self) -> String {
-        let now = SystemTime::now();
+        let now = self.clock.now();
         for ((account, kind), held) in self
             .held
             .lock()

@@ -3,6 +3,7 @@
 //! crate ([`Credentials`]); leases, permits and fenced writes in
 //! [`crate::coordination`]. Only these modules speak MongoDB.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mongodb::bson::{doc, Document};
@@ -14,6 +15,7 @@ use wxtokend_reader::document::field;
 use wxtokend_reader::requests::{self, REQUEST_RETENTION};
 use wxtokend_reader::{ConnectError, ConnectOptions, CredentialKind, Credentials, QueryError};
 
+use crate::clock::Clock;
 use crate::coordination::{self, Leases, Requests};
 
 /// Name of the unique index that also serves the business query.
@@ -62,6 +64,7 @@ impl From<QueryError> for StoreError {
 pub struct Store {
     db: Database,
     credentials: Credentials,
+    clock: Arc<Clock>,
 }
 
 impl Store {
@@ -76,6 +79,7 @@ impl Store {
         Ok(Store {
             credentials: Credentials::new(db.clone()),
             db,
+            clock: Arc::default(),
         })
     }
 
@@ -108,13 +112,23 @@ impl Store {
         Requests::new(&self.db)
     }
 
-    /// The server's clock: every lease time and quota day is read from it.
+    /// The server's clock: every lease time and quota day is read from it,
+    /// and each reading keeps [`Store::clock`] in step.
     pub async fn server_time(&self) -> Result<SystemTime, StoreError> {
+        let sent = SystemTime::now();
         let hello = self.db.run_command(doc! { "hello": 1 }).await?;
-        hello
+        let server = hello
             .get_datetime("localTime")
             .map(|t| t.to_system_time())
-            .map_err(|_| StoreError::Unsupported("hello.localTime is missing"))
+            .map_err(|_| StoreError::Unsupported("hello.localTime is missing"))?;
+        self.clock.observe(server, sent, SystemTime::now());
+        Ok(server)
+    }
+
+    /// The server's time without asking it (the local clock corrected by
+    /// the last reading): what the daemon stamps and schedules with.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
     }
 
     /// Creates the indexes of every collection. Idempotent; a changed

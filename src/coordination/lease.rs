@@ -5,7 +5,6 @@
 //! the holder and the term, so a lease that moved on does nothing.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::ReturnDocument;
@@ -209,7 +208,7 @@ impl Lease {
         let update = match message {
             Some(message) => doc! { "$set": {
                 field::LAST_ERROR: message,
-                field::LAST_ERROR_AT: DateTime::from_system_time(SystemTime::now()),
+                field::LAST_ERROR_AT: DateTime::from_system_time(self.store.clock().now()),
             } },
             None => doc! { "$unset": { field::LAST_ERROR: "", field::LAST_ERROR_AT: "" } },
         };

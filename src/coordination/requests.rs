@@ -2,6 +2,8 @@
 //! refresh` and the daemon itself; see the reader crate's `requests`): the
 //! lease holder of an account acts on them and deletes them.
 
+use std::time::SystemTime;
+
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
@@ -59,14 +61,14 @@ impl Requests {
         Ok(open)
     }
 
-    /// Dates the requests that came without `requested_at`, so that the
-    /// TTL index expires them too (whichever account they name).
-    pub async fn date_undated(&self) -> Result<u64, StoreError> {
+    /// Dates (with `now`) the requests that came without `requested_at`, so
+    /// that the TTL index expires them too (whichever account they name).
+    pub async fn date_undated(&self, now: SystemTime) -> Result<u64, StoreError> {
         let result = self
             .collection
             .update_many(
                 doc! { field::REQUESTED_AT: { "$exists": false } },
-                doc! { "$set": { field::REQUESTED_AT: DateTime::now() } },
+                doc! { "$set": { field::REQUESTED_AT: DateTime::from_system_time(now) } },
             )
             .await?;
         Ok(result.modified_count)

@@ -2,7 +2,7 @@
 //! WeChat, and what its answer or error means (quota stop, backoff, a stale
 //! access token reported, one clear log per problem).
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use wxtokend_reader::requests::{self as request_docs, NewRequest};
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
@@ -84,7 +84,7 @@ impl Refresher {
             }
             Ok(Permit::TooSoon { retry_in }) => {
                 tracing::info!(retry_in_s = retry_in.as_secs(), %reason, "forced refresh postponed: the previous one was too recent");
-                self.machine.too_soon(retry_in, SystemTime::now())
+                self.machine.too_soon(retry_in, self.now())
             }
             Ok(Permit::QuotaSpent { calls_today }) => self.quota_spent(calls_today, None),
             Ok(Permit::ForcedSpent) => {
@@ -105,7 +105,7 @@ impl Refresher {
         let read = self.ctx.store.credentials().scan_newest(
             CredentialKind::AccessToken,
             &self.account.id,
-            Some(SystemTime::now()),
+            Some(self.now()),
         );
         let newest = self
             .ctx
@@ -138,7 +138,7 @@ impl Refresher {
         self.ctx
             .metrics
             .quota_calls_today(&self.account.id, calls_today);
-        let wait = self.machine.quota_spent(SystemTime::now());
+        let wait = self.machine.quota_spent(self.now());
         if self.last_problem != Some(Problem::Quota) {
             tracing::error!(
                 error = cause.map(tracing::field::display),
@@ -210,7 +210,10 @@ impl Refresher {
         }
     }
 
-    fn fetched(&mut self, fetched: FetchedCredential, reason: RefreshReason, calls_today: i64) {
+    fn fetched(&mut self, mut fetched: FetchedCredential, reason: RefreshReason, calls_today: i64) {
+        // Stamped by MongoDB's clock, which readers can trust, not this
+        // host's, which may be minutes off.
+        fetched.fetched_at = self.now();
         tracing::debug!(
             expires_in_s = fetched.expires_in.as_secs(),
             %reason,
@@ -235,7 +238,7 @@ impl Refresher {
         if let (ErrorClass::InvalidToken, Some(token)) = (error.class(), access_token) {
             self.report_stale_access_token(token).await;
         }
-        let wait = self.machine.fetch_failed(error.class(), SystemTime::now());
+        let wait = self.machine.fetch_failed(error.class(), self.now());
         self.report_fetch_error(error, wait);
         let message = error.to_string();
         let note = self.lease.note_error(Some(&message));

@@ -126,7 +126,7 @@ impl Refresher {
     /// fetch) and returns how long to wait before the next step.
     pub async fn step(&mut self) -> Duration {
         crate::failpoint!("refresh-step");
-        let now = SystemTime::now();
+        let now = self.now();
         match self.machine.next(now) {
             Action::Wait(wait) => wait,
             Action::Load => self.load_stored(now).await,
@@ -140,6 +140,11 @@ impl Refresher {
                 Duration::ZERO
             }
         }
+    }
+
+    /// The time every decision and stamp uses: MongoDB's (see `clock`).
+    fn now(&self) -> SystemTime {
+        self.ctx.store.clock().now()
     }
 
     fn on_request(&mut self, request: &RefreshRequest) {

@@ -10,6 +10,7 @@ mod support;
 mod admin;
 mod chaos;
 mod cli;
+mod clock;
 mod credentials;
 mod daemon;
 mod documents;
