@@ -1,17 +1,26 @@
 //! The admin HTTP server (loopback by default): `/healthz` (the process
-//! answers), `/readyz` (MongoDB answers and every configured account has a
-//! valid token stored), `/metrics` (Prometheus text format).
+//! answers), `/readyz` (every configured account has a valid token stored,
+//! as last checked), `/metrics` (Prometheus text format).
+//!
+//! Probes are answered from memory: readiness is checked against MongoDB by
+//! a task of its own every `interval`, never per probe, so a probe storm
+//! costs MongoDB nothing and a frozen MongoDB cannot hang probes. A check
+//! older than `stale_after` makes the daemon not ready. Connections must
+//! send their request headers within [`HEADER_READ_TIMEOUT`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -22,38 +31,79 @@ use crate::store::Store;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Clone)]
-struct AdminState {
-    store: Store,
-    metrics: Arc<Metrics>,
+/// A client that does not finish sending its request headers within this
+/// long is disconnected (slow clients cannot hold connections open).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin server needs.
+pub struct Admin {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
     /// Every configured account with the credential kinds it keeps.
-    accounts: Arc<Vec<(AccountId, Vec<CredentialKind>)>>,
+    pub accounts: Vec<(AccountId, Vec<CredentialKind>)>,
+    /// How often readiness is checked against MongoDB.
+    pub interval: Duration,
+    /// A check older than this makes the daemon not ready.
+    pub stale_after: Duration,
 }
 
-/// Serves until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    store: Store,
+#[derive(Clone)]
+struct AdminState {
     metrics: Arc<Metrics>,
-    accounts: Vec<(AccountId, Vec<CredentialKind>)>,
-    shutdown: CancellationToken,
-) {
+    readiness: Arc<RwLock<Readiness>>,
+    stale_after: Duration,
+}
+
+/// The last readiness check.
+#[derive(Default)]
+struct Readiness {
+    checked: Option<(Instant, Result<Vec<String>, String>)>,
+}
+
+/// Serves until `shutdown`, and checks readiness meanwhile.
+pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationToken) {
+    let readiness = Arc::new(RwLock::new(Readiness::default()));
     let state = AdminState {
-        store,
-        metrics,
-        accounts: Arc::new(accounts),
+        metrics: admin.metrics.clone(),
+        readiness: readiness.clone(),
+        stale_after: admin.stale_after,
     };
+    let checker = tokio::spawn(check_readiness(admin, readiness, shutdown.clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin HTTP server failed");
+    accept(listener, app, shutdown).await;
+    checker.abort();
+}
+
+/// HTTP/1 with a header-read timeout; in-flight requests finish at shutdown.
+async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin HTTP: cannot accept a connection");
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "admin HTTP connection ended");
+            }
+        });
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> Response {
@@ -64,13 +114,59 @@ async fn render_metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// 200 when MongoDB answers and every configured account has a valid
-/// credential of every kind it keeps; 503 with the reasons otherwise.
+/// 200 when the last check (recent enough) found a valid credential of
+/// every kind for every configured account; 503 with the reasons otherwise.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let now = state.store.clock().now();
+    let readiness = state
+        .readiness
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    let body = match &readiness.checked {
+        None => json!({ "ready": false, "mongodb": "readiness not checked yet" }),
+        Some((at, _)) if at.elapsed() > state.stale_after => json!({
+            "ready": false,
+            "mongodb": format!("no readiness check for {}s: MongoDB does not answer", at.elapsed().as_secs()),
+        }),
+        Some((_, Err(e))) => json!({ "ready": false, "mongodb": e }),
+        Some((_, Ok(missing))) if missing.is_empty() => json!({ "ready": true }),
+        Some((_, Ok(missing))) => json!({ "ready": false, "without_valid_token": missing }),
+    };
+    let status = if body["ready"] == Value::Bool(true) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Checks readiness every `interval` until shutdown.
+async fn check_readiness(
+    admin: Admin,
+    readiness: Arc<RwLock<Readiness>>,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(admin.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let outcome = missing(&admin).await;
+        readiness
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .checked = Some((Instant::now(), outcome));
+    }
+}
+
+/// The configured credentials without a valid stored value (`account` for
+/// an access token, `account kind` for a ticket), or MongoDB's error.
+async fn missing(admin: &Admin) -> Result<Vec<String>, String> {
+    let now = admin.store.clock().now();
     let mut missing = Vec::new();
     for kind in CredentialKind::ALL {
-        let wanted: Vec<&AccountId> = state
+        let wanted: Vec<&AccountId> = admin
             .accounts
             .iter()
             .filter(|(_, kinds)| kinds.contains(&kind))
@@ -79,18 +175,12 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         if wanted.is_empty() {
             continue;
         }
-        let valid = match state
+        let valid = admin
             .store
             .credentials()
             .accounts_with_valid(kind, now)
             .await
-        {
-            Ok(valid) => valid,
-            Err(e) => {
-                let body = json!({ "ready": false, "mongodb": e.to_string() });
-                return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-            }
-        };
+            .map_err(|e| e.to_string())?;
         missing.extend(
             wanted
                 .into_iter()
@@ -101,12 +191,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
                 }),
         );
     }
-    if missing.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
-    } else {
-        let body = json!({ "ready": false, "without_valid_token": missing });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+    Ok(missing)
 }
 
 /// Why a probe of the admin server failed.

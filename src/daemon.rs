@@ -80,18 +80,18 @@ impl Daemon {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");
             }
-            let accounts = settings
-                .accounts
-                .iter()
-                .map(|a| (a.id.clone(), a.kinds().collect()))
-                .collect();
-            tokio::spawn(admin::serve(
-                listener,
-                store.clone(),
-                metrics.clone(),
-                accounts,
-                shutdown.clone(),
-            ))
+            let admin = admin::Admin {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                accounts: settings
+                    .accounts
+                    .iter()
+                    .map(|a| (a.id.clone(), a.kinds().collect()))
+                    .collect(),
+                interval: settings.lease.renew_interval,
+                stale_after: settings.lease.duration,
+            };
+            tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
         });
         // systemd (Type=notify): started. Readiness for traffic is /readyz.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -72,13 +72,15 @@ async fn readiness_waits_for_every_account_and_health_command_reports_it() {
     settled(daemon).await;
 
     assert_eq!(daemon.get("/healthz").await.0, 200);
-    let (status, body) = daemon.get("/readyz").await;
-    assert_eq!(status, 503);
-    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(
-        body,
-        serde_json::json!({ "ready": false, "without_valid_token": [BAD] })
-    );
+    // Readiness is checked every renew interval: wait for a check that
+    // saw the good token.
+    let expected = serde_json::json!({ "ready": false, "without_valid_token": [BAD] });
+    eventually(WAIT, "readiness to name only the bad account", || async {
+        let (status, body) = daemon.get("/readyz").await;
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        (status == 503 && body == expected).then_some(())
+    })
+    .await;
 
     let addr = daemon.admin_addr().await.to_string();
     let health = |ready: bool| {
@@ -144,4 +146,55 @@ async fn human_logs_name_the_account_and_never_show_secrets_or_tokens() {
         lines.iter().all(|l| !l.contains('\u{1b}')),
         "ANSI colours in a non-terminal log"
     );
+}
+
+/// Probes are answered from memory: with MongoDB frozen, a burst of
+/// `/readyz` answers at once with the last check; once the check is older
+/// than a lease period, the daemon says it is not ready, and when MongoDB
+/// answers again it is ready again.
+#[tokio::test]
+async fn readiness_is_answered_from_memory_and_goes_stale_without_mongodb() {
+    let mut s = Scenario::new()
+        .accounts(1)
+        .app(|app| app.expires_in(Duration::from_secs(3600)))
+        .private_mongo()
+        .build()
+        .await;
+    eventually(WAIT, "ready", || async {
+        (s.daemon().get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    s.mongo().signal("STOP");
+    for _ in 0..20 {
+        let (status, body) = s.daemon().get("/readyz").await;
+        assert_eq!(status, 200, "a probe waited for MongoDB: {body}");
+    }
+    let body = eventually(WAIT, "readiness to go stale", || async {
+        let (status, body) = s.daemon().get("/readyz").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("no readiness check"), "{body}");
+    s.mongo().signal("CONT");
+    eventually(WAIT, "ready again", || async {
+        (s.daemon().get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+/// A client that never finishes its request headers is disconnected.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Scenario::new().accounts(1).build().await;
+    let addr = s.daemon().admin_addr().await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: wxtokend\r\n")
+        .await
+        .expect("write");
+    // Whatever it answers (perhaps 408), the server then closes the connection.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection was still open after {WAIT:?}");
 }
