@@ -6,9 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Beijing time's offset from UTC.
 pub const QUOTA_DAY_UTC_OFFSET: Duration = Duration::from_secs(8 * 3600);
 
-/// The quota day at `at`, as `YYYY-MM-DD` in Beijing time.
+/// The quota day at `at`, as `YYYY-MM-DD` in Beijing time (a server clock
+/// before 1970 counts as 1970-01-01 rather than panicking).
 pub fn quota_day(at: SystemTime) -> String {
-    let text = humantime::format_rfc3339_seconds(at + QUOTA_DAY_UTC_OFFSET).to_string();
+    let at = at.max(UNIX_EPOCH) + QUOTA_DAY_UTC_OFFSET;
+    let text = humantime::format_rfc3339_seconds(at).to_string();
     text[..10].to_string()
 }
 
@@ -33,6 +35,11 @@ mod tests {
         let before = UNIX_EPOCH + Duration::from_secs(LAST_SECOND);
         assert_eq!(quota_day(before), "2026-11-24");
         assert_eq!(quota_day(before + Duration::from_secs(1)), "2026-11-25");
+    }
+
+    #[test]
+    fn a_clock_before_1970_does_not_panic() {
+        assert_eq!(quota_day(UNIX_EPOCH - Duration::from_secs(86_400)), "1970-01-01");
     }
 
     #[test]
