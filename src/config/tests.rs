@@ -164,6 +164,101 @@ fn store_only_scope_needs_no_account_secret() {
     )
     .expect("no secret needed");
     assert!(s.accounts.is_empty());
+    assert_eq!(s.configured.len(), 1);
+}
+
+fn load_store_only(toml: &str) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let overrides = Environment::with_prefix(ENV_PREFIX).source(Some(HashMap::new()));
+    Settings::load_with(
+        Some(&path),
+        overrides,
+        &MapEnv(HashMap::new()),
+        Scope::StoreOnly,
+    )
+}
+
+#[test]
+fn store_only_scope_keeps_every_account_without_its_secret() {
+    // One secret unset, one never named, one in a file that does not exist:
+    // none of it matters to a command that only reads MongoDB.
+    let toml = r#"
+        [[accounts]]
+        id = "wx0001"
+        platform = "official_account"
+        endpoint = "stable_token"
+        secret_env = "UNSET"
+        tickets = ["jsapi", "wx_card"]
+        [[accounts]]
+        id = "ww0123/1000002"
+        platform = "wecom"
+        tickets = ["agent_config"]
+        [[accounts]]
+        id = "wxmp"
+        platform = "mini_program"
+        secret_file = "/nonexistent/secret"
+    "#;
+    let s = load_store_only(toml).expect("no secret needed");
+    assert!(s.accounts.is_empty(), "no secret is read");
+    assert_eq!(
+        s.configured,
+        vec![
+            AccountSpec {
+                id: AccountId::new("wx0001"),
+                platform: Platform::OfficialAccount,
+                endpoint: TokenEndpoint::StableToken,
+                tickets: vec![CredentialKind::JsapiTicket, CredentialKind::WxCardTicket],
+            },
+            AccountSpec {
+                id: AccountId::new("ww0123/1000002"),
+                platform: Platform::Wecom,
+                endpoint: TokenEndpoint::Token,
+                tickets: vec![CredentialKind::AgentConfigTicket],
+            },
+            AccountSpec {
+                id: AccountId::new("wxmp"),
+                platform: Platform::MiniProgram,
+                endpoint: TokenEndpoint::Token,
+                tickets: vec![],
+            },
+        ]
+    );
+    // No account at all is fine too: a business host may list none.
+    let none = load_store_only("").expect("no account needed");
+    assert!(none.configured.is_empty());
+}
+
+#[test]
+fn store_only_scope_still_checks_each_accounts_shape() {
+    let toml = r#"
+        [refresh]
+        forced_min_interval = "10s"
+        [[accounts]]
+        id = "ww0123"
+        platform = "wecom"
+        tickets = ["wx_card"]
+        [[accounts]]
+        id = "wxmp"
+        platform = "mini_program"
+        endpoint = "stable_token"
+        secret = "inline"
+        [[accounts]]
+        id = "wxmp"
+        platform = "mini_program"
+    "#;
+    let err = load_store_only(toml).expect_err("must fail");
+    assert_eq!(
+        keys(err),
+        vec![
+            "accounts[0].id",
+            "accounts[0].tickets",
+            "accounts[1].secret",
+            "accounts[2].id",
+            "refresh.forced_min_interval",
+        ]
+    );
 }
 
 #[test]
