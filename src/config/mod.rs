@@ -68,6 +68,8 @@ pub struct WechatSettings {
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
     pub max_concurrent_calls: usize,
+    /// Shortest `expires_in` accepted from WeChat.
+    pub min_expires_in: Duration,
 }
 
 /// `[wechat]` as written.
@@ -83,6 +85,8 @@ struct RawWechatSettings {
     request_timeout: Duration,
     max_response_bytes: usize,
     max_concurrent_calls: usize,
+    #[serde(with = "humantime_serde")]
+    min_expires_in: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

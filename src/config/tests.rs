@@ -411,3 +411,46 @@ fn calls_in_flight_are_bounded() {
         assert_eq!(load(&toml, &[("WX_SECRET", "x")]).is_ok(), ok, "{calls}");
     }
 }
+
+#[test]
+fn the_expires_in_floor_defaults_to_60s_and_is_bounded() {
+    let s = load(ONE_ACCOUNT, &[("WX_SECRET", "x")]).expect("valid");
+    assert_eq!(s.wechat.min_expires_in, Duration::from_secs(60));
+    assert_eq!(
+        s.wechat.min_expires_in,
+        crate::wechat::DEFAULT_MIN_EXPIRES_IN,
+        "config/default.toml and the documented floor of parse_token_answer agree"
+    );
+    for (floor, ok) in [
+        ("0s", false),
+        ("500ms", false),
+        ("1s", true),
+        ("5m", true),
+        ("301s", false),
+    ] {
+        let toml = format!("{ONE_ACCOUNT}\n[wechat]\nmin_expires_in = \"{floor}\"\n");
+        match load(&toml, &[("WX_SECRET", "x")]) {
+            Ok(s) => {
+                assert!(ok, "{floor} accepted");
+                assert_eq!(
+                    s.wechat.min_expires_in,
+                    humantime::parse_duration(floor).expect("duration")
+                );
+            }
+            Err(err) => {
+                assert!(!ok, "{floor} refused: {err}");
+                assert_eq!(keys(err), vec!["wechat.min_expires_in"], "{floor}");
+            }
+        }
+    }
+    let err = load(
+        &format!("{ONE_ACCOUNT}\n[wechat]\nmin_expires_in = \"0s\"\n"),
+        &[("WX_SECRET", "x")],
+    )
+    .expect_err("0s");
+    assert_eq!(
+        err.problems()[0].to_string(),
+        "wechat.min_expires_in: must be between 1s and 5m, for example \"60s\" (stable_token \
+         answers a token's remaining life, down to about 5 minutes)"
+    );
+}

@@ -22,6 +22,11 @@ use super::{
 /// this a storm of due accounts would meet WeChat's per-minute limits.
 const MAX_CONCURRENT_CALLS: usize = 1024;
 
+/// Largest `wechat.min_expires_in`: stable_token answers a token's remaining
+/// life, which is normally down to about 5 minutes before WeChat rotates
+/// it, so a higher floor would refuse good answers.
+const MAX_MIN_EXPIRES_IN: Duration = Duration::from_secs(300);
+
 /// Settings as written, before secrets are resolved and values checked.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +162,12 @@ impl RawSettings {
             "must be between 1 and 1024 (WeChat limits calls per minute; 16 is plenty)",
         );
         p.check(
+            (Duration::from_secs(1)..=MAX_MIN_EXPIRES_IN).contains(&self.wechat.min_expires_in),
+            "wechat.min_expires_in",
+            "must be between 1s and 5m, for example \"60s\" (stable_token answers a token's \
+             remaining life, down to about 5 minutes)",
+        );
+        p.check(
             self.wechat.max_response_bytes >= 1024,
             "wechat.max_response_bytes",
             "must be at least 1024",
@@ -237,6 +248,7 @@ fn wechat_settings(raw: &RawWechatSettings, p: &mut Problems) -> Option<WechatSe
         request_timeout: raw.request_timeout,
         max_response_bytes: raw.max_response_bytes,
         max_concurrent_calls: raw.max_concurrent_calls,
+        min_expires_in: raw.min_expires_in,
     })
 }
 
