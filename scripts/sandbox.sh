@@ -46,6 +46,8 @@ database = "wechat"
 [wechat]
 base_url = "$wechat_url"
 allow_http = true
+# The fake's tokens live 30 s, below the default floor of 60s.
+min_expires_in = "10s"
 
 [refresh]
 margin = "10s"

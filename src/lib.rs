@@ -57,7 +57,9 @@ pub fn setup_failpoints() {
 /// For the fuzzer (`fuzz/`): not part of the supported API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::wechat::{parse_token_answer, MAX_EXPIRES_IN, MAX_TOKEN_LEN};
+    pub use crate::wechat::{
+        parse_token_answer, DEFAULT_MIN_EXPIRES_IN, MAX_EXPIRES_IN, MAX_TOKEN_LEN,
+    };
 }
 
 /// Property-test case count: `default`, or `PROPTEST_CASES` for a longer,

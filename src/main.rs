@@ -93,10 +93,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Kind::AccessToken)]
         kind: Kind,
     },
-    /// Show every account: generation, age, time left, lease holder, calls
-    /// today, last error.
+    /// Show every configured account and every account found in MongoDB,
+    /// one line per credential kind, whether refreshed yet or not:
+    /// generation, age, time left, lease holder, calls today of
+    /// refresh.daily_call_limit, force_refresh calls today of 20
+    /// (stable_token accounts), last error. Needs no WeChat secret.
     Status {
-        /// Print JSON (an array, one object per account) instead of a table.
+        /// Print JSON (an array, one object per account and kind) instead of
+        /// a table.
         #[arg(long)]
         json: bool,
     },
@@ -314,7 +318,7 @@ async fn status(settings: Settings, json: bool) -> u8 {
         Ok(store) => store,
         Err(e) => return store_failure(&e),
     };
-    match wxtokend::collect_status(&store).await {
+    match wxtokend::collect_status(&store, &settings).await {
         Ok(lines) if json => match serde_json::to_string(&lines) {
             Ok(text) => {
                 println!("{text}");
@@ -323,10 +327,7 @@ async fn status(settings: Settings, json: bool) -> u8 {
             Err(e) => report(&e.to_string(), exit::FAILURE),
         },
         Ok(lines) => {
-            print!(
-                "{}",
-                wxtokend::render_status(&lines, settings.refresh.daily_call_limit)
-            );
+            print!("{}", wxtokend::render_status(&lines));
             exit::OK
         }
         Err(e) => report(&e.to_string(), exit::MONGODB),

@@ -1,21 +1,34 @@
-//! `wxtokend status`: what every account looks like, from MongoDB alone, so
-//! it can run anywhere the database is reachable.
+//! `wxtokend status`: what every account looks like, from MongoDB and the
+//! configuration alone (no WeChat secret), so it can run anywhere the
+//! database is reachable.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
 use serde::Serialize;
 
+use wxtokend_reader::document::integer;
 use wxtokend_reader::{AccountId, CredentialKind};
 
+use crate::config::{AccountSpec, Settings, TokenEndpoint};
 use crate::coordination::quota::quota_day;
+use crate::coordination::{field, LeaseInfo, LEASES};
 use crate::store::{Store, StoreError};
+use crate::wechat::STABLE_TOKEN_FORCED_PER_DAY;
 
-/// One account's line.
+/// One line: a credential kind of an account.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountStatus {
     pub account: AccountId,
     pub kind: CredentialKind,
+    /// Whether this configuration keeps this kind of this account; `false`
+    /// for what was found in MongoDB only (another configuration's account,
+    /// or one since removed).
+    pub configured: bool,
+    /// `None`: nothing stored (never refreshed, or its history expired).
     pub generation: Option<i64>,
     /// Seconds since the newest credential was fetched.
     pub age_s: Option<u64>,
@@ -26,29 +39,67 @@ pub struct AccountStatus {
     /// Whether the lease is current by the MongoDB server's clock.
     pub lease_valid: bool,
     pub quota_day: Option<String>,
+    /// WeChat calls for the account today (Beijing time), every kind.
     pub calls_today: i64,
+    /// `refresh.daily_call_limit`, for a configured account.
+    pub daily_call_limit: Option<i64>,
     pub quota_exhausted: bool,
+    /// stable_token accounts: `force_refresh` calls today.
+    pub forced_calls_today: Option<i64>,
+    /// stable_token accounts: WeChat's limit on them (20 a day).
+    pub forced_call_limit: Option<i64>,
     pub last_error: Option<String>,
 }
 
-/// Every account that has a lease document (every account a daemon has
-/// worked on), sorted by id: a line for its access token and one for each
-/// ticket stored for it.
-pub async fn collect(store: &Store) -> Result<Vec<AccountStatus>, StoreError> {
+/// What is known of one account: its configuration, its lease document.
+#[derive(Default)]
+struct Known<'a> {
+    spec: Option<&'a AccountSpec>,
+    lease: Option<LeaseInfo>,
+    /// `quota_forced_calls` of the lease document, if it counts today.
+    forced_today: i64,
+}
+
+/// Every configured account and every account with a lease document (every
+/// account a daemon has worked on), sorted by id: a line for each kind the
+/// configuration keeps, whether anything is stored or not, and one for each
+/// other kind stored for it. An account with neither a configuration nor a
+/// stored ticket still has its access token line.
+pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountStatus>, StoreError> {
     let server_now = store.server_time().await?;
+    let today = quota_day(server_now);
     let now = SystemTime::now();
-    let mut lines = Vec::new();
+    let mut known: BTreeMap<AccountId, Known<'_>> = BTreeMap::new();
+    for spec in &settings.configured {
+        known.entry(spec.id.clone()).or_default().spec = Some(spec);
+    }
     for lease in store.leases().infos(&[]).await? {
+        let id = lease.app_id.clone();
+        known.entry(id).or_default().lease = Some(lease);
+    }
+    for (id, forced) in forced_calls_on(store, &today).await? {
+        if let Some(known) = known.get_mut(&id) {
+            known.forced_today = forced;
+        }
+    }
+    let mut lines = Vec::new();
+    for (account, known) in &known {
+        let lease = known.lease.as_ref();
+        let counts_today = lease.is_some_and(|l| l.quota_day.as_deref() == Some(today.as_str()));
+        // Forced refreshes exist only for stable_token accounts.
+        let stable = known.spec.map_or(known.forced_today > 0, |s| {
+            s.endpoint == TokenEndpoint::StableToken
+        });
         for kind in CredentialKind::ALL {
-            let newest = store.credentials().newest(kind, &lease.app_id).await?;
-            if kind.is_ticket() && newest.is_none() {
+            let configured = known.spec.is_some_and(|s| s.kinds().any(|k| k == kind));
+            let newest = store.credentials().newest(kind, account).await?;
+            if !configured && kind.is_ticket() && newest.is_none() {
                 continue;
             }
-            let today = quota_day(server_now);
-            let counts_today = lease.quota_day.as_deref() == Some(today.as_str());
             lines.push(AccountStatus {
-                account: lease.app_id.clone(),
+                account: account.clone(),
                 kind,
+                configured,
                 generation: newest.as_ref().map(|c| c.generation.0),
                 age_s: newest.as_ref().map(|c| {
                     now.duration_since(c.fetched_at)
@@ -56,26 +107,55 @@ pub async fn collect(store: &Store) -> Result<Vec<AccountStatus>, StoreError> {
                         .as_secs()
                 }),
                 time_left_s: newest.as_ref().map(|c| c.time_left(now).as_secs()),
-                lease_valid: !lease.holder.is_empty() && lease.expires_at > server_now,
-                lease_holder: (!lease.holder.is_empty()).then(|| lease.holder.clone()),
-                lease_term: lease.term.0,
-                calls_today: if counts_today { lease.quota_calls } else { 0 },
-                quota_exhausted: counts_today && lease.quota_exhausted,
-                quota_day: lease.quota_day.clone(),
-                last_error: lease.last_error.clone(),
+                lease_valid: lease
+                    .is_some_and(|l| !l.holder.is_empty() && l.expires_at > server_now),
+                lease_holder: lease
+                    .filter(|l| !l.holder.is_empty())
+                    .map(|l| l.holder.clone()),
+                lease_term: lease.map_or(0, |l| l.term.0),
+                calls_today: match lease {
+                    Some(l) if counts_today => l.quota_calls,
+                    _ => 0,
+                },
+                daily_call_limit: known.spec.map(|_| settings.refresh.daily_call_limit),
+                quota_exhausted: counts_today && lease.is_some_and(|l| l.quota_exhausted),
+                forced_calls_today: stable.then_some(known.forced_today),
+                forced_call_limit: stable.then_some(STABLE_TOKEN_FORCED_PER_DAY),
+                quota_day: lease.and_then(|l| l.quota_day.clone()),
+                last_error: lease.and_then(|l| l.last_error.clone()),
             });
         }
     }
     Ok(lines)
 }
 
+/// `quota_forced_calls` of every lease document that counts `today`.
+async fn forced_calls_on(store: &Store, today: &str) -> Result<Vec<(AccountId, i64)>, StoreError> {
+    let docs: Vec<Document> = store
+        .database()
+        .collection::<Document>(LEASES)
+        .find(doc! { field::QUOTA_DAY: today })
+        .projection(doc! { field::ID: 1, field::QUOTA_FORCED_CALLS: 1 })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(docs
+        .iter()
+        .filter_map(|d| {
+            let id = d.get_str(field::ID).ok()?;
+            let forced = integer(d, field::QUOTA_FORCED_CALLS).unwrap_or_default();
+            Some((AccountId::new(id), forced))
+        })
+        .collect())
+}
+
 /// A table for people.
-pub fn render(lines: &[AccountStatus], daily_limit: i64) -> String {
+pub fn render(lines: &[AccountStatus]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11}  LAST ERROR",
-        "ACCOUNT", "KIND", "GEN", "AGE", "LEFT", "LEASE HOLDER (TERM)", "CALLS TODAY"
+        "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11} {:>6}  LAST ERROR",
+        "ACCOUNT", "KIND", "GEN", "AGE", "LEFT", "LEASE HOLDER (TERM)", "CALLS TODAY", "FORCED"
     );
     for l in lines {
         let holder = match (&l.lease_holder, l.lease_valid) {
@@ -83,26 +163,46 @@ pub fn render(lines: &[AccountStatus], daily_limit: i64) -> String {
             (Some(h), false) => format!("{h} ({}, expired)", l.lease_term),
             (None, _) => "-".into(),
         };
-        let calls = if l.quota_exhausted {
-            format!("{}/{daily_limit}!", l.calls_today)
+        let mut calls = match l.daily_call_limit {
+            Some(limit) => format!("{}/{limit}", l.calls_today),
+            None => l.calls_today.to_string(),
+        };
+        if l.quota_exhausted {
+            calls.push('!');
+        }
+        let forced = match (l.forced_calls_today, l.forced_call_limit) {
+            (Some(n), Some(limit)) => format!("{n}/{limit}"),
+            _ => "-".into(),
+        };
+        let kind = if l.configured {
+            l.kind.to_string()
         } else {
-            format!("{}/{daily_limit}", l.calls_today)
+            format!("{}*", l.kind)
         };
         let _ = writeln!(
             out,
-            "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11}  {}",
+            "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11} {:>6}  {}",
             l.account,
-            l.kind,
+            kind,
             l.generation.map_or("-".into(), |g| g.to_string()),
             l.age_s.map_or("-".into(), short_duration),
             l.time_left_s.map_or("-".into(), short_duration),
             holder,
             calls,
+            forced,
             l.last_error.as_deref().unwrap_or("-"),
         );
     }
     if lines.is_empty() {
-        out.push_str("(no account has been refreshed by a daemon in this database yet)\n");
+        out.push_str(
+            "(no account configured, and none refreshed by a daemon in this database yet)\n",
+        );
+    }
+    if lines.iter().any(|l| !l.configured) {
+        out.push_str(
+            "* not kept by this configuration: found in MongoDB (another configuration's \
+             account, or one since removed)\n",
+        );
     }
     out
 }

@@ -32,7 +32,11 @@ pub struct Settings {
     pub lease: LeaseSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    /// The accounts with their secrets: filled for [`Scope::Daemon`] only.
     pub accounts: Vec<Account>,
+    /// Every configured account as written, without its secret, in both
+    /// scopes (what `status` lists).
+    pub configured: Vec<AccountSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +68,8 @@ pub struct WechatSettings {
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
     pub max_concurrent_calls: usize,
+    /// Shortest `expires_in` accepted from WeChat.
+    pub min_expires_in: Duration,
 }
 
 /// `[wechat]` as written.
@@ -79,6 +85,8 @@ struct RawWechatSettings {
     request_timeout: Duration,
     max_response_bytes: usize,
     max_concurrent_calls: usize,
+    #[serde(with = "humantime_serde")]
+    min_expires_in: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +202,24 @@ impl TicketName {
     }
 }
 
+/// A configured account without its secret: what a command that only reads
+/// MongoDB knows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSpec {
+    pub id: AccountId,
+    pub platform: Platform,
+    pub endpoint: TokenEndpoint,
+    /// Tickets kept fresh besides the access token.
+    pub tickets: Vec<CredentialKind>,
+}
+
+impl AccountSpec {
+    /// Every credential kind kept fresh for this account.
+    pub fn kinds(&self) -> impl Iterator<Item = CredentialKind> + '_ {
+        std::iter::once(CredentialKind::AccessToken).chain(self.tickets.iter().copied())
+    }
+}
+
 /// One WeChat account to keep fresh. `Debug` redacts the secret.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -267,8 +293,10 @@ impl ConfigError {
 pub enum Scope {
     /// Everything, with every account's secret resolved (`run`, `check`).
     Daemon,
-    /// Only what reading MongoDB needs (`get`): accounts and their secrets
-    /// are not looked at, so business hosts need no WeChat secret.
+    /// Only what reading MongoDB needs (`get`, `sign`, `refresh`, `status`,
+    /// `health`): each account's id, platform, endpoint and tickets are kept
+    /// and checked ([`Settings::configured`]), but its secret is neither read
+    /// nor required, so business hosts need no WeChat secret.
     StoreOnly,
 }
 

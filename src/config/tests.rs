@@ -164,6 +164,101 @@ fn store_only_scope_needs_no_account_secret() {
     )
     .expect("no secret needed");
     assert!(s.accounts.is_empty());
+    assert_eq!(s.configured.len(), 1);
+}
+
+fn load_store_only(toml: &str) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let overrides = Environment::with_prefix(ENV_PREFIX).source(Some(HashMap::new()));
+    Settings::load_with(
+        Some(&path),
+        overrides,
+        &MapEnv(HashMap::new()),
+        Scope::StoreOnly,
+    )
+}
+
+#[test]
+fn store_only_scope_keeps_every_account_without_its_secret() {
+    // One secret unset, one never named, one in a file that does not exist:
+    // none of it matters to a command that only reads MongoDB.
+    let toml = r#"
+        [[accounts]]
+        id = "wx0001"
+        platform = "official_account"
+        endpoint = "stable_token"
+        secret_env = "UNSET"
+        tickets = ["jsapi", "wx_card"]
+        [[accounts]]
+        id = "ww0123/1000002"
+        platform = "wecom"
+        tickets = ["agent_config"]
+        [[accounts]]
+        id = "wxmp"
+        platform = "mini_program"
+        secret_file = "/nonexistent/secret"
+    "#;
+    let s = load_store_only(toml).expect("no secret needed");
+    assert!(s.accounts.is_empty(), "no secret is read");
+    assert_eq!(
+        s.configured,
+        vec![
+            AccountSpec {
+                id: AccountId::new("wx0001"),
+                platform: Platform::OfficialAccount,
+                endpoint: TokenEndpoint::StableToken,
+                tickets: vec![CredentialKind::JsapiTicket, CredentialKind::WxCardTicket],
+            },
+            AccountSpec {
+                id: AccountId::new("ww0123/1000002"),
+                platform: Platform::Wecom,
+                endpoint: TokenEndpoint::Token,
+                tickets: vec![CredentialKind::AgentConfigTicket],
+            },
+            AccountSpec {
+                id: AccountId::new("wxmp"),
+                platform: Platform::MiniProgram,
+                endpoint: TokenEndpoint::Token,
+                tickets: vec![],
+            },
+        ]
+    );
+    // No account at all is fine too: a business host may list none.
+    let none = load_store_only("").expect("no account needed");
+    assert!(none.configured.is_empty());
+}
+
+#[test]
+fn store_only_scope_still_checks_each_accounts_shape() {
+    let toml = r#"
+        [refresh]
+        forced_min_interval = "10s"
+        [[accounts]]
+        id = "ww0123"
+        platform = "wecom"
+        tickets = ["wx_card"]
+        [[accounts]]
+        id = "wxmp"
+        platform = "mini_program"
+        endpoint = "stable_token"
+        secret = "inline"
+        [[accounts]]
+        id = "wxmp"
+        platform = "mini_program"
+    "#;
+    let err = load_store_only(toml).expect_err("must fail");
+    assert_eq!(
+        keys(err),
+        vec![
+            "accounts[0].id",
+            "accounts[0].tickets",
+            "accounts[1].secret",
+            "accounts[2].id",
+            "refresh.forced_min_interval",
+        ]
+    );
 }
 
 #[test]
@@ -315,4 +410,47 @@ fn calls_in_flight_are_bounded() {
         let toml = format!("{ONE_ACCOUNT}\n[wechat]\nmax_concurrent_calls = {calls}\n");
         assert_eq!(load(&toml, &[("WX_SECRET", "x")]).is_ok(), ok, "{calls}");
     }
+}
+
+#[test]
+fn the_expires_in_floor_defaults_to_60s_and_is_bounded() {
+    let s = load(ONE_ACCOUNT, &[("WX_SECRET", "x")]).expect("valid");
+    assert_eq!(s.wechat.min_expires_in, Duration::from_secs(60));
+    assert_eq!(
+        s.wechat.min_expires_in,
+        crate::wechat::DEFAULT_MIN_EXPIRES_IN,
+        "config/default.toml and the documented floor of parse_token_answer agree"
+    );
+    for (floor, ok) in [
+        ("0s", false),
+        ("500ms", false),
+        ("1s", true),
+        ("5m", true),
+        ("301s", false),
+    ] {
+        let toml = format!("{ONE_ACCOUNT}\n[wechat]\nmin_expires_in = \"{floor}\"\n");
+        match load(&toml, &[("WX_SECRET", "x")]) {
+            Ok(s) => {
+                assert!(ok, "{floor} accepted");
+                assert_eq!(
+                    s.wechat.min_expires_in,
+                    humantime::parse_duration(floor).expect("duration")
+                );
+            }
+            Err(err) => {
+                assert!(!ok, "{floor} refused: {err}");
+                assert_eq!(keys(err), vec!["wechat.min_expires_in"], "{floor}");
+            }
+        }
+    }
+    let err = load(
+        &format!("{ONE_ACCOUNT}\n[wechat]\nmin_expires_in = \"0s\"\n"),
+        &[("WX_SECRET", "x")],
+    )
+    .expect_err("0s");
+    assert_eq!(
+        err.problems()[0].to_string(),
+        "wechat.min_expires_in: must be between 1s and 5m, for example \"60s\" (stable_token \
+         answers a token's remaining life, down to about 5 minutes)"
+    );
 }

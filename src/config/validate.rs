@@ -13,14 +13,19 @@ use tracing_subscriber::filter::Directive;
 use wxtokend_reader::AccountId;
 
 use super::{
-    Account, AdminSettings, ConfigError, DaemonSettings, EnvSource, LeaseSettings, LogSettings,
-    MongoSettings, Platform, Problem, RawLogSettings, RawWechatSettings, RefreshSettings, Scope,
-    Settings, TicketName, TokenEndpoint, WechatSettings,
+    Account, AccountSpec, AdminSettings, ConfigError, DaemonSettings, EnvSource, LeaseSettings,
+    LogSettings, MongoSettings, Platform, Problem, RawLogSettings, RawWechatSettings,
+    RefreshSettings, Scope, Settings, TicketName, TokenEndpoint, WechatSettings,
 };
 
 /// Most calls to WeChat in flight that a configuration may ask for: beyond
 /// this a storm of due accounts would meet WeChat's per-minute limits.
 const MAX_CONCURRENT_CALLS: usize = 1024;
+
+/// Largest `wechat.min_expires_in`: stable_token answers a token's remaining
+/// life, which is normally down to about 5 minutes before WeChat rotates
+/// it, so a higher floor would refuse good answers.
+const MAX_MIN_EXPIRES_IN: Duration = Duration::from_secs(300);
 
 /// Settings as written, before secrets are resolved and values checked.
 #[derive(Deserialize)]
@@ -84,11 +89,12 @@ impl RawSettings {
         self.check_values(&mut problems);
         let wechat = wechat_settings(&self.wechat, &mut problems);
         let log = log_settings(&self.log, &mut problems);
+        let configured = account_specs(&self.accounts, &mut problems);
         let accounts = match scope {
-            Scope::Daemon => resolve_accounts(self.accounts, env, &mut problems),
+            Scope::Daemon => resolve_secrets(&self.accounts, &configured, env, &mut problems),
             Scope::StoreOnly => Vec::new(),
         };
-        let stable = accounts
+        let stable = configured
             .iter()
             .any(|a| a.endpoint == TokenEndpoint::StableToken);
         problems.check(
@@ -114,6 +120,7 @@ impl RawSettings {
             admin: self.admin,
             log,
             accounts,
+            configured,
         })
     }
 
@@ -153,6 +160,12 @@ impl RawSettings {
             (1..=MAX_CONCURRENT_CALLS).contains(&self.wechat.max_concurrent_calls),
             "wechat.max_concurrent_calls",
             "must be between 1 and 1024 (WeChat limits calls per minute; 16 is plenty)",
+        );
+        p.check(
+            (Duration::from_secs(1)..=MAX_MIN_EXPIRES_IN).contains(&self.wechat.min_expires_in),
+            "wechat.min_expires_in",
+            "must be between 1s and 5m, for example \"60s\" (stable_token answers a token's \
+             remaining life, down to about 5 minutes)",
         );
         p.check(
             self.wechat.max_response_bytes >= 1024,
@@ -235,6 +248,7 @@ fn wechat_settings(raw: &RawWechatSettings, p: &mut Problems) -> Option<WechatSe
         request_timeout: raw.request_timeout,
         max_response_bytes: raw.max_response_bytes,
         max_concurrent_calls: raw.max_concurrent_calls,
+        min_expires_in: raw.min_expires_in,
     })
 }
 
@@ -283,16 +297,14 @@ fn log_settings(raw: &RawLogSettings, p: &mut Problems) -> Option<LogSettings> {
     }
 }
 
-fn resolve_accounts(raw: Vec<RawAccount>, env: &dyn EnvSource, p: &mut Problems) -> Vec<Account> {
-    if raw.is_empty() {
-        p.add(
-            "accounts",
-            "no account configured; add an [[accounts]] table to your --config file",
-        );
-    }
+/// Every `[[accounts]]` entry as a spec, its id and shape checked (in both
+/// scopes: `status` lists these). An inline `secret` is refused everywhere,
+/// as a config file must never hold one; reading the secret is left to
+/// [`resolve_secrets`].
+fn account_specs(raw: &[RawAccount], p: &mut Problems) -> Vec<AccountSpec> {
     let mut seen = HashSet::new();
-    let mut accounts = Vec::with_capacity(raw.len());
-    for (i, account) in raw.into_iter().enumerate() {
+    let mut specs = Vec::with_capacity(raw.len());
+    for (i, account) in raw.iter().enumerate() {
         let key = |field: &str| format!("accounts[{i}].{field}");
         if account.id.trim().is_empty() {
             p.add(key("id"), "must not be empty");
@@ -302,13 +314,40 @@ fn resolve_accounts(raw: Vec<RawAccount>, env: &dyn EnvSource, p: &mut Problems)
                 format!("duplicate id {:?}; each account appears once", account.id),
             );
         }
-        check_account_shape(&account, i, p);
+        check_account_shape(account, i, p);
         if account.secret.is_some() {
             p.add(
                 key("secret"),
                 "inline secrets are not allowed; use secret_env or secret_file",
             );
         }
+        specs.push(AccountSpec {
+            id: AccountId::new(account.id.clone()),
+            platform: account.platform,
+            endpoint: account.endpoint,
+            tickets: account.tickets.iter().map(|t| t.kind()).collect(),
+        });
+    }
+    specs
+}
+
+/// The daemon's accounts: each spec with its secret read from the
+/// environment or a file.
+fn resolve_secrets(
+    raw: &[RawAccount],
+    specs: &[AccountSpec],
+    env: &dyn EnvSource,
+    p: &mut Problems,
+) -> Vec<Account> {
+    if raw.is_empty() {
+        p.add(
+            "accounts",
+            "no account configured; add an [[accounts]] table to your --config file",
+        );
+    }
+    let mut accounts = Vec::with_capacity(raw.len());
+    for (i, (account, spec)) in raw.iter().zip(specs).enumerate() {
+        let key = |field: &str| format!("accounts[{i}].{field}");
         let secret = match (&account.secret_env, &account.secret_file) {
             (Some(var), None) => secret_from_env(var, env).map_err(|m| (key("secret_env"), m)),
             (None, Some(path)) => secret_from_file(path).map_err(|m| (key("secret_file"), m)),
@@ -324,11 +363,11 @@ fn resolve_accounts(raw: Vec<RawAccount>, env: &dyn EnvSource, p: &mut Problems)
         };
         match secret {
             Ok(secret) => accounts.push(Account {
-                id: AccountId::new(account.id),
-                platform: account.platform,
-                endpoint: account.endpoint,
+                id: spec.id.clone(),
+                platform: spec.platform,
+                endpoint: spec.endpoint,
                 secret,
-                tickets: account.tickets.iter().map(|t| t.kind()).collect(),
+                tickets: spec.tickets.clone(),
             }),
             Err((key, message)) => p.add(key, message),
         }

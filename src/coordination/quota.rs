@@ -39,7 +39,10 @@ mod tests {
 
     #[test]
     fn a_clock_before_1970_does_not_panic() {
-        assert_eq!(quota_day(UNIX_EPOCH - Duration::from_secs(86_400)), "1970-01-01");
+        assert_eq!(
+            quota_day(UNIX_EPOCH - Duration::from_secs(86_400)),
+            "1970-01-01"
+        );
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub const MAX_TOKEN_LEN: usize = 512;
 /// plausible and would stop refreshing for that long, so it is rejected.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(86_400);
 
+/// `wechat.min_expires_in` when not configured (`config/default.toml`), and
+/// the floor [`parse_token_answer`] checks: an answer living less than this
+/// would make the daemon refresh every few seconds and spend the day's quota.
+pub const DEFAULT_MIN_EXPIRES_IN: Duration = Duration::from_secs(60);
+
 /// Longest part of WeChat's `errmsg` kept in errors and logs.
 const MAX_ERRMSG_LEN: usize = 200;
 
@@ -107,7 +112,8 @@ struct CredentialResponse {
     errmsg: Option<String>,
 }
 
-/// Parses `body` as WeChat's answer to a token call, as the daemon does.
+/// Parses `body` as WeChat's answer to a token call, as the daemon does
+/// with the default `wechat.min_expires_in` ([`DEFAULT_MIN_EXPIRES_IN`]).
 /// Public for the fuzzer (`fuzz/`); not part of the supported API.
 #[doc(hidden)]
 pub fn parse_token_answer(body: &[u8]) -> Result<FetchedCredential, FetchError> {
@@ -116,16 +122,19 @@ pub fn parse_token_answer(body: &[u8]) -> Result<FetchedCredential, FetchError> 
         CredentialKind::AccessToken,
         Call::IssueToken,
         &SecretString::from("fuzz-secret".to_owned()),
+        DEFAULT_MIN_EXPIRES_IN,
     )
 }
 
 /// Parses a credential answer. `secret` (the AppSecret, or the access token
-/// a ticket was fetched with) is scrubbed from WeChat's `errmsg`.
+/// a ticket was fetched with) is scrubbed from WeChat's `errmsg`; an
+/// `expires_in` below `min_expires_in` (`wechat.min_expires_in`) is refused.
 pub(super) fn parse_credential(
     body: &[u8],
     kind: CredentialKind,
     call: Call,
     secret: &SecretString,
+    min_expires_in: Duration,
 ) -> Result<FetchedCredential, FetchError> {
     let parsed: CredentialResponse = serde_json::from_slice(body)
         .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
@@ -143,7 +152,7 @@ pub(super) fn parse_credential(
         .ok_or_else(|| FetchError::InvalidResponse("expires_in is missing".into()))?;
     Ok(FetchedCredential {
         value: check_value(field, value)?,
-        expires_in: check_expires_in(expires_in)?,
+        expires_in: check_expires_in(expires_in, min_expires_in)?,
         fetched_at: SystemTime::now(),
     })
 }
@@ -185,14 +194,25 @@ fn check_value(field: &str, value: String) -> Result<SecretString, FetchError> {
     Ok(SecretString::from(value))
 }
 
-fn check_expires_in(seconds: i64) -> Result<Duration, FetchError> {
+/// WeChat's bounds first (1 s to a day), then the configured floor.
+fn check_expires_in(seconds: i64, min: Duration) -> Result<Duration, FetchError> {
     let max = MAX_EXPIRES_IN.as_secs();
-    match u64::try_from(seconds) {
-        Ok(s) if (1..=max).contains(&s) => Ok(Duration::from_secs(s)),
-        _ => Err(FetchError::InvalidResponse(format!(
-            "expires_in {seconds} is outside 1..={max} seconds"
-        ))),
+    let expires_in = match u64::try_from(seconds) {
+        Ok(s) if (1..=max).contains(&s) => Duration::from_secs(s),
+        _ => {
+            return Err(FetchError::InvalidResponse(format!(
+                "expires_in {seconds} is outside 1..={max} seconds"
+            )))
+        }
+    };
+    if expires_in < min {
+        return Err(FetchError::InvalidResponse(format!(
+            "expires_in {seconds} is below wechat.min_expires_in ({}); such a credential would \
+             be refreshed every few seconds",
+            humantime::format_duration(min)
+        )));
     }
+    Ok(expires_in)
 }
 
 #[cfg(test)]
@@ -205,8 +225,61 @@ mod tests {
             CredentialKind::AccessToken,
             Call::IssueToken,
             &SecretString::from("the-secret"),
+            Duration::from_secs(1),
         )
         .map(|c| (c.value, c.expires_in))
+    }
+
+    #[test]
+    fn expires_in_below_the_configured_floor_is_a_transient_invalid_response() {
+        let parse_with = |body: &str, min: Duration, kind, call| {
+            parse_credential(
+                body.as_bytes(),
+                kind,
+                call,
+                &SecretString::from("the-secret"),
+                min,
+            )
+        };
+        let floor = Duration::from_secs(60);
+        for (kind, call, field) in [
+            (
+                CredentialKind::AccessToken,
+                Call::IssueToken,
+                "access_token",
+            ),
+            (CredentialKind::JsapiTicket, Call::UseToken, "ticket"),
+        ] {
+            for seconds in [1, 2, 59] {
+                let body = format!(r#"{{"{field}":"T","expires_in":{seconds}}}"#);
+                let err = parse_with(&body, floor, kind, call).expect_err(&body);
+                assert!(
+                    matches!(err, FetchError::InvalidResponse(_)),
+                    "{body}: {err}"
+                );
+                assert_eq!(err.class(), ErrorClass::Transient);
+                assert_eq!(
+                    err.to_string(),
+                    format!(
+                        "WeChat's answer is not valid: expires_in {seconds} is below \
+                         wechat.min_expires_in (1m); such a credential would be refreshed \
+                         every few seconds"
+                    )
+                );
+                // A lower floor accepts it.
+                let ok = parse_with(&body, Duration::from_secs(1), kind, call).expect(&body);
+                assert_eq!(ok.expires_in, Duration::from_secs(seconds));
+            }
+            for seconds in [60, 7200] {
+                let body = format!(r#"{{"{field}":"T","expires_in":{seconds}}}"#);
+                let ok = parse_with(&body, floor, kind, call).expect(&body);
+                assert_eq!(ok.expires_in, Duration::from_secs(seconds));
+            }
+        }
+        // The fuzz entry point checks the default floor.
+        assert_eq!(DEFAULT_MIN_EXPIRES_IN, floor);
+        assert!(parse_token_answer(br#"{"access_token":"T","expires_in":59}"#).is_err());
+        assert!(parse_token_answer(br#"{"access_token":"T","expires_in":60}"#).is_ok());
     }
 
     #[test]
@@ -217,6 +290,7 @@ mod tests {
             CredentialKind::JsapiTicket,
             Call::UseToken,
             &secret,
+            DEFAULT_MIN_EXPIRES_IN,
         )
         .expect("ticket");
         assert_eq!(ok.value.expose_secret(), "TICKET");
@@ -225,6 +299,7 @@ mod tests {
             CredentialKind::JsapiTicket,
             Call::UseToken,
             &secret,
+            DEFAULT_MIN_EXPIRES_IN,
         )
         .expect_err("stale");
         assert_eq!(stale.class(), ErrorClass::InvalidToken);
@@ -291,6 +366,7 @@ mod tests {
                 CredentialKind::AccessToken,
                 Call::IssueToken,
                 &SecretString::from("s3cret"),
+                DEFAULT_MIN_EXPIRES_IN,
             )
         }
 
@@ -332,7 +408,7 @@ mod tests {
                     let value = credential.value.expose_secret();
                     prop_assert!(!value.is_empty() && value.len() <= MAX_TOKEN_LEN);
                     prop_assert!(value.bytes().all(|b| b.is_ascii_graphic()));
-                    prop_assert!(credential.expires_in >= Duration::from_secs(1));
+                    prop_assert!(credential.expires_in >= DEFAULT_MIN_EXPIRES_IN);
                     prop_assert!(credential.expires_in <= MAX_EXPIRES_IN);
                 }
             }

@@ -8,6 +8,7 @@ mod answer;
 mod errcode;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::{redirect, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
@@ -17,7 +18,8 @@ use wxtokend_reader::CredentialKind;
 use crate::config::{Account, Platform, TokenEndpoint, WechatSettings};
 use answer::parse_credential;
 pub use answer::{
-    parse_token_answer, FetchError, FetchedCredential, MAX_EXPIRES_IN, MAX_TOKEN_LEN,
+    parse_token_answer, FetchError, FetchedCredential, DEFAULT_MIN_EXPIRES_IN, MAX_EXPIRES_IN,
+    MAX_TOKEN_LEN,
 };
 pub use errcode::{Call, ErrorClass};
 
@@ -42,6 +44,8 @@ pub struct WechatClient {
     base: Url,
     wecom_base: Url,
     max_response_bytes: usize,
+    /// Shortest `expires_in` accepted (`wechat.min_expires_in`).
+    min_expires_in: Duration,
     /// Bounds calls in flight (`wechat.max_concurrent_calls`), so thousands
     /// of accounts falling due together do not storm WeChat.
     in_flight: Arc<Semaphore>,
@@ -63,6 +67,7 @@ impl WechatClient {
             base: settings.base_url.clone(),
             wecom_base: settings.wecom_base_url.clone(),
             max_response_bytes: settings.max_response_bytes,
+            min_expires_in: settings.min_expires_in,
             in_flight: Arc::new(Semaphore::new(settings.max_concurrent_calls)),
         })
     }
@@ -106,7 +111,13 @@ impl WechatClient {
                 (self.get(url).await?, Call::IssueToken)
             }
         };
-        parse_credential(&body, CredentialKind::AccessToken, call, &account.secret)
+        parse_credential(
+            &body,
+            CredentialKind::AccessToken,
+            call,
+            &account.secret,
+            self.min_expires_in,
+        )
     }
 
     /// A ticket, fetched with a currently valid access token.
@@ -146,7 +157,7 @@ impl WechatClient {
             url.query_pairs_mut().append_pair("type", ticket_type);
         }
         let body = self.get(url).await?;
-        parse_credential(&body, kind, call, access_token)
+        parse_credential(&body, kind, call, access_token, self.min_expires_in)
     }
 
     /// Sends a GET and reads at most `max_response_bytes` of the body.

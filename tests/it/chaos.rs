@@ -169,6 +169,51 @@ async fn every_upstream_fault_keeps_the_good_token_and_recovers() {
     daemon.assert_logs_free_of(&s.secrets());
 }
 
+/// An answer living less than `wechat.min_expires_in` is refused like any
+/// invalid answer: nothing stored, a transient outcome retried with
+/// backoff, the setting named in the error; once WeChat answers normally,
+/// the token is stored.
+#[tokio::test]
+async fn an_expires_in_below_the_configured_floor_is_refused_and_retried() {
+    let id = "wx0000000chaosflr1";
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "chaos-floor-secret-1"))
+        .app(|app| app.expires_in(Duration::from_secs(59)))
+        .config(|c| c.min_expires_in = "60s")
+        .build()
+        .await;
+    let daemon = s.daemon();
+    let m = daemon
+        .wait_metrics("three answers refused as transient", |m| {
+            m.refreshes(id, "transient") >= 3
+        })
+        .await;
+    assert_eq!(m.refreshes(id, "success"), 0);
+    assert_eq!(m.refreshes(id, "permanent"), 0);
+    assert!(s.fake.tokens_issued(id) >= 3, "WeChat answered each call");
+    assert!(s.tokens().await.is_empty(), "a refused answer was stored");
+    let expected = "WeChat's answer is not valid: expires_in 59 is below wechat.min_expires_in \
+                    (1m); such a credential would be refreshed every few seconds";
+    s.wait_for_lease(id, "the refusal noted", |l| {
+        l.last_error.as_deref() == Some(expected)
+    })
+    .await;
+    assert!(
+        daemon.raw_lines().iter().any(|l| l.contains(expected)),
+        "the refusal is logged"
+    );
+
+    s.fake.set_expires_in(id, Duration::from_secs(7200));
+    let docs = s.wait_for_tokens(1).await;
+    assert_eq!(docs[0].get_i32("expires_in"), Ok(7200));
+    let served = s.reader.latest(&s.account_id()).await.expect("a token");
+    assert!(s.fake.is_accepted(served.secret()));
+    s.wait_for_lease(id, "the error cleared", |l| l.last_error.is_none())
+        .await;
+    assert!(daemon.metrics().await.refreshes(id, "success") >= 1);
+    daemon.assert_logs_free_of(&s.secrets());
+}
+
 /// The stored history is sound: generations strictly increase, no token is
 /// stored twice, and every stored token is one WeChat issued.
 fn assert_sound(docs: &[Document], issued: &[String]) {

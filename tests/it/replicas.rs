@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use fake_wechat::Fault;
 use mongodb::bson::{doc, Document};
+use wxtokend_reader::AccountId;
 
-use crate::support::{eventually, Scenario, TestAccount, WAIT};
+use crate::support::daemon::output;
+use crate::support::{eventually, Scenario, TestAccount, TestConfig, WAIT};
 
 fn generations(docs: &[Document]) -> Vec<i64> {
     docs.iter()
@@ -383,6 +385,168 @@ async fn status_shows_the_last_error() {
     assert_eq!(
         status,
         "WeChat errcode 40164 (caller IP is not whitelisted): injected by fake WeChat rid: fake"
+    );
+}
+
+/// `wxtokend status --json` with `config` and no WeChat secret in the
+/// environment, as a business host runs it: the lines, sorted.
+fn status_without_secrets(config: &TestConfig) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = config.command(&dir, &["status", "--json"]);
+    for a in &config.accounts {
+        cmd.env_remove(a.secret_env());
+    }
+    let (code, out, err) = output(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    status.as_array().expect("an array").clone()
+}
+
+/// The line of `account`'s `kind`.
+fn line<'a>(lines: &'a [serde_json::Value], account: &str, kind: &str) -> &'a serde_json::Value {
+    lines
+        .iter()
+        .find(|l| l["account"] == account && l["kind"] == kind)
+        .unwrap_or_else(|| panic!("no line for the {kind} of {account}: {lines:#?}"))
+}
+
+#[tokio::test]
+async fn status_lists_every_configured_account_with_its_limits() {
+    let stable = TestAccount::new("wx00000000status02", "status-secret-0002")
+        .endpoint("stable_token")
+        .tickets(&["jsapi"]);
+    let refused = TestAccount::new("wx00000000status03", "status-secret-0003");
+    let s = Scenario::new()
+        .account(stable.clone())
+        .account(refused.clone())
+        .sticky_fault(&refused.id, Fault::Errcode(40164))
+        .config(|c| {
+            c.forced_min_interval = "30s";
+            c.daily_call_limit = 1000;
+        })
+        .build()
+        .await;
+    s.wait_for_docs("jsapi_tickets", 1).await;
+    // A reported token of a stable_token account is refreshed with
+    // force_refresh, which WeChat limits to 20 a day.
+    let token = s
+        .reader
+        .latest(&AccountId::new(&stable.id))
+        .await
+        .expect("a token");
+    s.reader.report_invalid(&token).await.expect("report");
+    eventually(WAIT, "the forced refresh stored", || async {
+        (s.tokens_of(&stable.id).await.len() == 2).then_some(())
+    })
+    .await;
+    s.wait_for_lease(&refused.id, "WeChat's refusal noted", |l| {
+        l.last_error.is_some()
+    })
+    .await;
+
+    // The daemon's accounts, plus one no daemon has seen yet.
+    let never = TestAccount::new("ww00000000status04/1000002", "status-secret-0004")
+        .platform("wecom")
+        .tickets(&["jsapi", "agent_config"]);
+    let mut config = s.config.clone();
+    config.accounts.push(never.clone());
+    let lines = status_without_secrets(&config);
+    let mut listed: Vec<(String, String, bool)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["account"].as_str().unwrap_or_default().to_owned(),
+                l["kind"].as_str().unwrap_or_default().to_owned(),
+                l["configured"] == true,
+            )
+        })
+        .collect();
+    listed.sort();
+    let configured = |id: &str, kind: &str| (id.to_owned(), kind.to_owned(), true);
+    assert_eq!(
+        listed,
+        vec![
+            configured(&never.id, "access_token"),
+            configured(&never.id, "agent_config_ticket"),
+            configured(&never.id, "jsapi_ticket"),
+            configured(&stable.id, "access_token"),
+            configured(&stable.id, "jsapi_ticket"),
+            configured(&refused.id, "access_token"),
+        ]
+    );
+    let held = s.lease(&stable.id).await.expect("a lease");
+    for kind in ["access_token", "jsapi_ticket"] {
+        let l = line(&lines, &stable.id, kind);
+        assert_eq!(l["daily_call_limit"], 1000, "{l}");
+        assert_eq!(l["calls_today"], held.calls_today, "{l}");
+        assert_eq!(l["forced_calls_today"], 1, "{l}");
+        assert_eq!(l["forced_call_limit"], 20, "{l}");
+    }
+    assert_eq!(line(&lines, &stable.id, "access_token")["generation"], 2);
+    // Refused by WeChat: a lease and an error, nothing stored.
+    let l = line(&lines, &refused.id, "access_token");
+    assert_eq!(l["generation"], serde_json::Value::Null, "{l}");
+    assert_eq!(l["lease_holder"], "test-instance", "{l}");
+    assert!(l["calls_today"].as_i64() >= Some(1), "{l}");
+    assert_eq!(l["daily_call_limit"], 1000, "{l}");
+    assert_eq!(l["forced_calls_today"], serde_json::Value::Null, "{l}");
+    assert!(
+        l["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("40164")),
+        "{l}"
+    );
+    // Never refreshed, not even leased: every kind, with its limits.
+    for kind in ["access_token", "jsapi_ticket", "agent_config_ticket"] {
+        let l = line(&lines, &never.id, kind);
+        assert_eq!(l["generation"], serde_json::Value::Null, "{l}");
+        assert_eq!(l["lease_holder"], serde_json::Value::Null, "{l}");
+        assert_eq!(l["lease_valid"], false, "{l}");
+        assert_eq!(l["calls_today"], 0, "{l}");
+        assert_eq!(l["daily_call_limit"], 1000, "{l}");
+        assert_eq!(l["forced_call_limit"], serde_json::Value::Null, "{l}");
+    }
+
+    // An account found in MongoDB but not in this configuration is still
+    // listed, marked as such, with no limit claimed for it.
+    let mut config = s.config.clone();
+    config.accounts.retain(|a| a.id == stable.id);
+    let lines = status_without_secrets(&config);
+    let l = line(&lines, &refused.id, "access_token");
+    assert_eq!(l["configured"], false, "{l}");
+    assert_eq!(l["daily_call_limit"], serde_json::Value::Null, "{l}");
+    assert_eq!(line(&lines, &stable.id, "access_token")["configured"], true);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let (code, table, err) = config.run(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    let row = |id: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("a row for {id}: {table}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let stable_row = row(&stable.id);
+    assert_eq!(
+        stable_row[..3],
+        [stable.id.as_str(), "access_token", "2"],
+        "{table}"
+    );
+    assert!(
+        stable_row.contains(&format!("{}/1000", held.calls_today)),
+        "{table}"
+    );
+    assert!(stable_row.contains(&"1/20".to_owned()), "{table}");
+    assert_eq!(
+        row(&refused.id)[..3],
+        [refused.id.as_str(), "access_token*", "-"],
+        "{table}"
+    );
+    assert!(
+        table.contains("* not kept by this configuration"),
+        "{table}"
     );
 }
 

@@ -285,6 +285,12 @@ impl FakeWechat {
         self.with_app(appid, |app| app.sticky = fault);
     }
 
+    /// From now on, issue `appid`'s tokens with this `expires_in` (tokens
+    /// already issued keep theirs).
+    pub fn set_expires_in(&self, appid: &str, expires_in: Duration) {
+        self.with_app(appid, |app| app.config.expires_in = expires_in);
+    }
+
     /// Token calls received for `appid`, failed ones included.
     pub fn token_calls(&self, appid: &str) -> u32 {
         self.with_app(appid, |app| app.token_calls)

@@ -112,6 +112,8 @@ pub struct TestConfig {
     pub request_timeout: &'static str,
     pub connect_timeout: &'static str,
     pub max_concurrent_calls: u32,
+    /// `wechat.min_expires_in`: low, as test tokens live seconds.
+    pub min_expires_in: &'static str,
     pub shutdown_timeout: &'static str,
     pub instance_id: String,
     pub lease_duration: &'static str,
@@ -145,6 +147,7 @@ impl TestConfig {
             request_timeout: "2s",
             connect_timeout: "250ms",
             max_concurrent_calls: 16,
+            min_expires_in: "1s",
             shutdown_timeout: "4s",
             instance_id: "test-instance".into(),
             lease_duration: "5s",
@@ -176,6 +179,7 @@ allow_http = true
 request_timeout = "{request_timeout}"
 connect_timeout = "{connect_timeout}"
 max_concurrent_calls = {max_calls}
+min_expires_in = "{min_expires_in}"
 
 [refresh]
 margin = "{margin}"
@@ -204,6 +208,7 @@ level = "{log_level}"
             request_timeout = self.request_timeout,
             connect_timeout = self.connect_timeout,
             max_calls = self.max_concurrent_calls,
+            min_expires_in = self.min_expires_in,
             shutdown = self.shutdown_timeout,
             margin = self.margin,
             retry_initial = self.retry_initial,
