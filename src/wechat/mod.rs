@@ -111,12 +111,19 @@ impl WechatClient {
                 (self.get(url).await?, Call::IssueToken)
             }
         };
+        // WeCom's gettoken repeats the current token with its time left
+        // counting down to zero: a floor would refuse the last answers
+        // before the new token and leave readers without one meanwhile.
+        let floor = match call {
+            Call::WecomIssueToken => Duration::from_secs(1),
+            _ => self.min_expires_in,
+        };
         parse_credential(
             &body,
             CredentialKind::AccessToken,
             call,
             &account.secret,
-            self.min_expires_in,
+            floor,
         )
     }
 
