@@ -1,4 +1,6 @@
 //! The `wxtokend` command: parses arguments and calls into the library.
+//! Over 400 lines on purpose: every command's output and exit code, and the
+//! tests of what it prints, read in one place (the exit codes are a contract).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -381,6 +381,7 @@ impl Settings {
     }
 }
 
+mod accounts;
 mod validate;
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Loading and validation, key by key.
+//! Loading and validation, key by key (one test per rule, hence the length).
 
 use super::*;
 use secrecy::ExposeSecret;

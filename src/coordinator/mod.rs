@@ -20,13 +20,15 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
+use wxtokend_reader::{AccountId, CredentialKind};
 
 use crate::config::{Account, LeaseSettings};
 use crate::coordination::{Lease, Leases, RefreshRequest, Term};
 use crate::metrics::Operation;
 use crate::refresh::{Context, Refresher};
 use crate::store::StoreError;
+
+mod requests;
 
 /// Most requests read per poll; a storm beyond it is read on the next polls
 /// (each poll deletes what it read).
@@ -359,71 +361,6 @@ impl Coordinator {
             tracing::debug!(error = %e, "cannot remove this replica's heartbeat");
         }
     }
-
-    /// Hands the open refresh requests of held accounts to their
-    /// refreshers, oldest first: per account, the newest reported generation
-    /// and one manual request. Unreadable requests are deleted and logged.
-    async fn dispatch_requests(&mut self) {
-        if self.held.is_empty() {
-            return;
-        }
-        let requests = self.ctx.store.requests();
-        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
-        let metrics = &self.ctx.metrics;
-        let open = requests.open(&ids, REQUESTS_PER_POLL);
-        let open = match metrics.observe(Operation::Requests, open).await {
-            Ok(open) => open,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read refresh requests");
-                return;
-            }
-        };
-        let mut handled: Vec<_> = open.requests.iter().map(|r| r.id.clone()).collect();
-        if let Some((_, problem)) = open.unreadable.first() {
-            tracing::warn!(
-                count = open.unreadable.len(),
-                first_problem = problem,
-                "deleting unreadable refresh requests (see the README for their fields)"
-            );
-            handled.extend(open.unreadable.into_iter().filter_map(|(id, _)| id));
-        }
-        for request in summarize(open.requests) {
-            let slot = self
-                .held
-                .get(&request.app_id)
-                .and_then(|held| held.requests.get(&request.kind));
-            if let Some(slot) = slot {
-                // A manual request comes after a report and takes its place:
-                // either way one refresh follows.
-                slot.send_replace(Some(request));
-            }
-        }
-        let deleted = metrics
-            .observe(Operation::Requests, requests.delete(&handled))
-            .await;
-        if let Err(e) = deleted {
-            tracing::debug!(error = %e, "cannot delete handled refresh requests");
-        }
-    }
-
-    /// Requests filed without a date get one, so that they expire like the
-    /// others whichever account they name.
-    async fn date_undated_requests(&self) {
-        let requests = self.ctx.store.requests();
-        let dated = self
-            .ctx
-            .metrics
-            .observe(
-                Operation::Requests,
-                requests.date_undated(self.ctx.store.clock().now()),
-            )
-            .await;
-        match dated {
-            Ok(0) => {}
-            Ok(dated) => tracing::info!(dated, "dated refresh requests filed without requested_at"),
-            Err(e) => tracing::debug!(error = %e, "cannot date undated refresh requests"),
-        }
-    }
 }
 
 /// Waits for an account's refresher tasks.
@@ -433,28 +370,4 @@ async fn join_all(id: &AccountId, tasks: Vec<JoinHandle<()>>) {
             tracing::error!(account = %id, error = %e, "refresh task failed");
         }
     }
-}
-
-/// Reduces a batch of requests to what matters: per account and kind, the
-/// report of the highest generation and at most one manual request.
-/// Requests for kinds an account does not keep are dropped.
-fn summarize(requests: Vec<RefreshRequest>) -> Vec<RefreshRequest> {
-    type Key = (AccountId, CredentialKind);
-    let mut reported: HashMap<Key, RefreshRequest> = HashMap::new();
-    let mut manual: HashMap<Key, RefreshRequest> = HashMap::new();
-    for request in requests {
-        let key = (request.app_id.clone(), request.kind);
-        match request.reason {
-            RefreshReason::ReportedInvalid => {
-                let entry = reported.entry(key).or_insert(request.clone());
-                if request.generation > entry.generation {
-                    *entry = request;
-                }
-            }
-            _ => {
-                manual.entry(key).or_insert(request);
-            }
-        }
-    }
-    reported.into_values().chain(manual.into_values()).collect()
 }

@@ -1,0 +1,167 @@
+//! `[[accounts]]`: each entry's id and shape checked (in every scope), and
+//! for the daemon its secret read from the environment or a file.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use wxtokend_reader::AccountId;
+
+use super::validate::Problems;
+use super::{Account, AccountSpec, EnvSource, Platform, TicketName, TokenEndpoint};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccount {
+    id: String,
+    platform: Platform,
+    #[serde(default = "default_endpoint")]
+    endpoint: TokenEndpoint,
+    /// Accepted only to reject it with a helpful message.
+    secret: Option<serde::de::IgnoredAny>,
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    tickets: Vec<TicketName>,
+}
+
+fn default_endpoint() -> TokenEndpoint {
+    TokenEndpoint::Token
+}
+
+/// Every `[[accounts]]` entry as a spec, its id and shape checked (in both
+/// scopes: `status` lists these). An inline `secret` is refused everywhere,
+/// as a config file must never hold one; reading the secret is left to
+/// [`resolve_secrets`].
+pub(super) fn account_specs(raw: &[RawAccount], p: &mut Problems) -> Vec<AccountSpec> {
+    let mut seen = HashSet::new();
+    let mut specs = Vec::with_capacity(raw.len());
+    for (i, account) in raw.iter().enumerate() {
+        let key = |field: &str| format!("accounts[{i}].{field}");
+        if account.id.trim().is_empty() {
+            p.add(key("id"), "must not be empty");
+        } else if !seen.insert(account.id.clone()) {
+            p.add(
+                key("id"),
+                format!("duplicate id {:?}; each account appears once", account.id),
+            );
+        }
+        check_account_shape(account, i, p);
+        if account.secret.is_some() {
+            p.add(
+                key("secret"),
+                "inline secrets are not allowed; use secret_env or secret_file",
+            );
+        }
+        specs.push(AccountSpec {
+            id: AccountId::new(account.id.clone()),
+            platform: account.platform,
+            endpoint: account.endpoint,
+            tickets: account.tickets.iter().map(|t| t.kind()).collect(),
+        });
+    }
+    specs
+}
+
+/// The daemon's accounts: each spec with its secret read from the
+/// environment or a file.
+pub(super) fn resolve_secrets(
+    raw: &[RawAccount],
+    specs: &[AccountSpec],
+    env: &dyn EnvSource,
+    p: &mut Problems,
+) -> Vec<Account> {
+    if raw.is_empty() {
+        p.add(
+            "accounts",
+            "no account configured; add an [[accounts]] table to your --config file",
+        );
+    }
+    let mut accounts = Vec::with_capacity(raw.len());
+    for (i, (account, spec)) in raw.iter().zip(specs).enumerate() {
+        let key = |field: &str| format!("accounts[{i}].{field}");
+        let secret = match (&account.secret_env, &account.secret_file) {
+            (Some(var), None) => secret_from_env(var, env).map_err(|m| (key("secret_env"), m)),
+            (None, Some(path)) => secret_from_file(path).map_err(|m| (key("secret_file"), m)),
+            (Some(_), Some(_)) => Err((
+                key("secret_env"),
+                "set only one of secret_env and secret_file".to_string(),
+            )),
+            (None, None) => Err((
+                key("secret_env"),
+                "missing: set secret_env (an environment variable name) or secret_file (a path)"
+                    .to_string(),
+            )),
+        };
+        match secret {
+            Ok(secret) => accounts.push(Account {
+                id: spec.id.clone(),
+                platform: spec.platform,
+                endpoint: spec.endpoint,
+                secret,
+                tickets: spec.tickets.clone(),
+            }),
+            Err((key, message)) => p.add(key, message),
+        }
+    }
+    accounts
+}
+
+/// Platform rules: WeCom ids are `corpid/agentid` and use `gettoken`; each
+/// platform has its own tickets.
+fn check_account_shape(account: &RawAccount, i: usize, p: &mut Problems) {
+    let key = |field: &str| format!("accounts[{i}].{field}");
+    if account.platform == Platform::Wecom {
+        let shaped = account
+            .id
+            .split_once('/')
+            .is_some_and(|(corp, agent)| !corp.is_empty() && !agent.is_empty());
+        if !shaped {
+            p.add(
+                key("id"),
+                "a wecom account id is \"corpid/agentid\", e.g. \"ww0123456789abcdef/1000002\"",
+            );
+        }
+        if account.endpoint == TokenEndpoint::StableToken {
+            p.add(
+                key("endpoint"),
+                "stable_token exists only for official_account and mini_program",
+            );
+        }
+    }
+    let mut seen = Vec::new();
+    for ticket in &account.tickets {
+        if !ticket.allowed_on(account.platform) {
+            p.add(
+                key("tickets"),
+                format!(
+                    "{ticket:?} tickets do not exist for {:?} (official_account: jsapi, wx_card; wecom: jsapi, agent_config)",
+                    account.platform
+                ),
+            );
+        }
+        if seen.contains(ticket) {
+            p.add(key("tickets"), format!("{ticket:?} is listed twice"));
+        }
+        seen.push(*ticket);
+    }
+}
+
+fn secret_from_env(var: &str, env: &dyn EnvSource) -> Result<SecretString, String> {
+    match env.var(var) {
+        Some(value) if !value.trim().is_empty() => Ok(SecretString::from(value.trim().to_owned())),
+        Some(_) => Err(format!("environment variable {var} is empty")),
+        None => Err(format!(
+            "environment variable {var} is not set; export it, or use secret_file"
+        )),
+    }
+}
+
+fn secret_from_file(path: &Path) -> Result<SecretString, String> {
+    match std::fs::read_to_string(path) {
+        Ok(value) if !value.trim().is_empty() => Ok(SecretString::from(value.trim().to_owned())),
+        Ok(_) => Err(format!("{} is empty", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
