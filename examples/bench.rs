@@ -389,7 +389,7 @@ async fn scale(uri: &str, n: usize, replicas: usize) -> Result<()> {
         }
     }
     let holders: Vec<String> = {
-        let infos = store.leases().infos(&[]).await?;
+        let infos = wxtokend::Leases::new(store.clone()).infos(&[]).await?;
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for info in infos {
             *counts.entry(info.holder).or_default() += 1;

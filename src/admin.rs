@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend_reader::{AccountId, CredentialKind};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Operation};
 use crate::store::Store;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -90,7 +90,9 @@ async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken)
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::debug!(error = %e, "admin HTTP: cannot accept a connection");
+                    // Out of file descriptors, say: do not spin on it.
+                    tracing::warn!(error = %e, "admin HTTP: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -152,7 +154,11 @@ async fn check_readiness(
             () = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let outcome = missing(&admin).await;
+        let outcome = admin
+            .metrics
+            .clone()
+            .observe(Operation::Readiness, missing(&admin))
+            .await;
         readiness
             .write()
             .unwrap_or_else(PoisonError::into_inner)

@@ -8,6 +8,9 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Readings slower than this do not move the offset.
+pub const MAX_ROUND_TRIP: Duration = Duration::from_secs(1);
+
 /// The server's time, as seen from this process. Cheap to share.
 #[derive(Debug, Default)]
 pub struct Clock {
@@ -23,8 +26,14 @@ impl Clock {
 
     /// Records that the server said `server` while the local clock read
     /// between `sent` and `received`: the answer is taken as given halfway.
+    /// A reading whose round trip took longer than [`MAX_ROUND_TRIP`] (it
+    /// waited for a server) says too little and is ignored.
     pub fn observe(&self, server: SystemTime, sent: SystemTime, received: SystemTime) {
-        let half_trip = received.duration_since(sent).unwrap_or_default() / 2;
+        let trip = received.duration_since(sent).unwrap_or_default();
+        if trip > MAX_ROUND_TRIP {
+            return;
+        }
+        let half_trip = trip / 2;
         let local = sent + half_trip;
         self.offset_ms
             .store(millis(server) - millis(local), Ordering::Relaxed);
@@ -78,6 +87,9 @@ mod tests {
         );
         // Behind works the same way.
         clock.observe(local - Duration::from_secs(60), local, local);
+        assert_eq!(clock.offset(), -60_000);
+        // A reading that waited seconds for a server is ignored.
+        clock.observe(local, local, local + Duration::from_secs(3));
         assert_eq!(clock.offset(), -60_000);
     }
 }

@@ -10,6 +10,7 @@ use crate::config::Settings;
 use tokio::net::TcpListener;
 
 use crate::admin;
+use crate::coordination::Leases;
 use crate::coordinator::{Coordinator, RefresherDied};
 use crate::metrics::{Metrics, Operation};
 use wxtokend_reader::ConnectOptions;
@@ -153,8 +154,14 @@ async fn ensure_indexes(
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::new(settings.refresh.retry_initial, settings.refresh.retry_max);
+    let leases = Leases::new(store.clone());
     loop {
-        let ensure = store.ensure_indexes(settings.mongodb.history_retention);
+        let ensure = async {
+            store
+                .ensure_indexes(settings.mongodb.history_retention)
+                .await?;
+            leases.ensure_indexes().await
+        };
         match metrics.observe(Operation::EnsureIndexes, ensure).await {
             Ok(()) => return true,
             Err(e) => {

@@ -15,6 +15,7 @@ use wxtokend_reader::{AccountId, CredentialKind};
 
 use crate::config::{AccountSpec, Settings, TokenEndpoint};
 use crate::coordination::quota::quota_day;
+use crate::coordination::Leases;
 use crate::coordination::{field, LeaseInfo, LEASES};
 use crate::store::{Store, StoreError};
 use crate::wechat::STABLE_TOKEN_FORCED_PER_DAY;
@@ -73,7 +74,7 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
     for spec in &settings.configured {
         known.entry(spec.id.clone()).or_default().spec = Some(spec);
     }
-    for lease in store.leases().infos(&[]).await? {
+    for lease in Leases::new(store.clone()).infos(&[]).await? {
         let id = lease.app_id.clone();
         known.entry(id).or_default().lease = Some(lease);
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::doc;
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
@@ -16,7 +16,6 @@ use wxtokend_reader::requests::{self, REQUEST_RETENTION};
 use wxtokend_reader::{ConnectError, ConnectOptions, CredentialKind, Credentials, QueryError};
 
 use crate::clock::Clock;
-use crate::coordination::{self, Leases, Requests};
 
 /// Name of the unique index that also serves the business query.
 pub const GENERATION_INDEX: &str = "app_id_1_generation_-1";
@@ -102,16 +101,6 @@ impl Store {
         &self.credentials
     }
 
-    /// The leases, which are the only way to write a credential.
-    pub fn leases(&self) -> Leases {
-        Leases::new(self.clone())
-    }
-
-    /// The refresh requests, read by the lease holders of their accounts.
-    pub fn requests(&self) -> Requests {
-        Requests::new(&self.db)
-    }
-
     /// The server's clock: every lease time and quota day is read from it,
     /// and each reading keeps [`Store::clock`] in step.
     pub async fn server_time(&self) -> Result<SystemTime, StoreError> {
@@ -154,15 +143,6 @@ impl Store {
                 requests::field::REQUESTED_AT,
                 "requested_at_ttl",
                 REQUEST_RETENTION,
-            ))
-            .await?;
-        // A replica's heartbeat is removed a minute after it stopped beating.
-        self.db
-            .collection::<Document>(coordination::INSTANCES)
-            .create_index(ttl_index(
-                coordination::field::EXPIRES_AT,
-                "expires_at_ttl",
-                Duration::from_secs(60),
             ))
             .await?;
         Ok(())
@@ -213,7 +193,8 @@ impl Store {
     }
 }
 
-fn ttl_index(key: &str, name: &str, after: Duration) -> IndexModel {
+/// An index that deletes documents `after` the date in `key`.
+pub(crate) fn ttl_index(key: &str, name: &str, after: Duration) -> IndexModel {
     IndexModel::builder()
         .keys(doc! { key: 1 })
         .options(

@@ -1,6 +1,7 @@
 //! The queries on the credential collections (one per kind): the business
-//! query and the few others the daemon and its tools need. Read-only: the
-//! daemon writes credentials only under a lease, elsewhere.
+//! query and the few others the daemon and its tools need. Nothing here
+//! writes: the daemon writes credentials only under a lease, elsewhere
+//! (through [`Credentials::collection`], which it also indexes).
 
 use std::collections::HashSet;
 use std::time::SystemTime;
@@ -15,6 +16,9 @@ use crate::domain::{AccountId, Credential, CredentialKind, Generation};
 /// How many of the newest documents a read looks through for a readable
 /// one: documents written by hand or by another program may be malformed.
 const SCAN: i64 = 16;
+
+/// Generations are counted from 1; none can come near this (2^53).
+const MAX_GENERATION: i64 = 1 << 53;
 
 /// The newest readable credential of an account, and what was skipped on
 /// the way to it.
@@ -109,7 +113,13 @@ impl Credentials {
         app_id: &AccountId,
         valid_at: Option<SystemTime>,
     ) -> Result<Newest, QueryError> {
-        let mut filter = doc! { field::APP_ID: app_id.as_str() };
+        // Only numeric generations, below 2^53 (the integers every driver
+        // reads exactly): anything else is not a generation, and in
+        // MongoDB's order strings and other types sort above every number.
+        let mut filter = doc! {
+            field::APP_ID: app_id.as_str(),
+            field::GENERATION: { "$type": "number", "$lt": MAX_GENERATION },
+        };
         if let Some(now) = valid_at {
             filter.insert(
                 field::EXPIRES_AT,

@@ -5,6 +5,7 @@
 //! the holder and the term, so a lease that moved on does nothing.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::ReturnDocument;
@@ -35,9 +36,14 @@ pub struct Lease {
 /// The outcome of [`Lease::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
-    /// Stored as this generation; or, if WeChat answered with the value
-    /// already stored, that value's generation (nothing new was written).
+    /// Stored as this generation.
     Stored(Generation),
+    /// WeChat answered with the value already stored: nothing was written,
+    /// and the stored expiry stands (a repeat never extends it).
+    Repeat {
+        generation: Generation,
+        expires_at: SystemTime,
+    },
     /// The lease moved to another holder or term: nothing was written.
     Fenced,
 }
@@ -102,7 +108,10 @@ impl Lease {
             let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
             if let Some(stored) = &newest.credential {
                 if stored.secret() == fetched.value.expose_secret() {
-                    return Ok(Inserted::Stored(stored.generation));
+                    return Ok(Inserted::Repeat {
+                        generation: stored.generation,
+                        expires_at: stored.expires_at,
+                    });
                 }
             }
             let Some(generation) = self.reserve_generation(kind).await? else {
@@ -174,6 +183,8 @@ impl Lease {
 
     /// Makes sure the generation counter is at least `generation`, e.g. the
     /// newest stored one (history written before leases, or a reset lease).
+    /// Not fenced, on purpose: `$max` only ever raises the counter, which
+    /// cannot hurt whoever holds the lease.
     pub async fn raise_generation_floor(
         &self,
         kind: CredentialKind,

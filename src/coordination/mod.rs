@@ -23,7 +23,7 @@ use mongodb::Collection;
 use wxtokend_reader::document::integer;
 use wxtokend_reader::AccountId;
 
-use crate::store::{is_duplicate_key, Store, StoreError};
+use crate::store::{is_duplicate_key, ttl_index, Store, StoreError};
 pub use lease::{Inserted, Lease};
 pub use permit::{Permit, PermitRules};
 pub use requests::{RefreshRequest, Requests};
@@ -78,8 +78,23 @@ pub struct Leases {
 }
 
 impl Leases {
-    pub(crate) fn new(store: Store) -> Self {
+    pub fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    /// Creates the index that deletes a replica's heartbeat a minute after
+    /// it stopped beating. Idempotent.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        self.store
+            .database()
+            .collection::<Document>(INSTANCES)
+            .create_index(ttl_index(
+                field::EXPIRES_AT,
+                "expires_at_ttl",
+                Duration::from_secs(60),
+            ))
+            .await?;
+        Ok(())
     }
 
     fn collection(&self) -> Collection<Document> {

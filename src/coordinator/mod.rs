@@ -68,7 +68,7 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(ctx: Arc<Context>, accounts: Vec<Account>, lease: LeaseSettings) -> Self {
         Self {
-            leases: ctx.store.leases(),
+            leases: Leases::new(ctx.store.clone()),
             ctx,
             accounts,
             lease,
@@ -193,7 +193,12 @@ impl Coordinator {
             if let Some(held) = self.held.get(&id) {
                 tracing::warn!(account = %id, term = held.lease.term().0, "lease taken over by another replica; stopping here");
                 if let Some((_, tasks)) = self.stop(&id) {
-                    self.stopping.extend(tasks);
+                    let metrics = self.ctx.metrics.clone();
+                    self.stopping.push(tokio::spawn(async move {
+                        join_all(&id, tasks).await;
+                        // After the last call in flight recorded its metrics.
+                        metrics.lease_given_up(&id);
+                    }));
                 }
             }
         }
@@ -311,7 +316,6 @@ impl Coordinator {
     /// others stop at once. Returns the lease and the refreshers' tasks.
     fn stop(&mut self, id: &AccountId) -> Option<(Lease, Vec<JoinHandle<()>>)> {
         let held = self.held.remove(id)?;
-        self.ctx.metrics.lease_given_up(id);
         held.stop.cancel();
         Some((held.lease, held.tasks))
     }
@@ -326,6 +330,8 @@ impl Coordinator {
         let metrics = self.ctx.metrics.clone();
         self.stopping.push(tokio::spawn(async move {
             join_all(&id, tasks).await;
+            // After the last call in flight recorded its metrics.
+            metrics.lease_given_up(&id);
             let term = lease.term();
             match metrics.observe(Operation::Release, lease.release()).await {
                 Ok(()) => tracing::info!(account = %id, term = term.0, "released the lease: {why}"),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
 
 use super::{Coordinator, REQUESTS_PER_POLL};
-use crate::coordination::RefreshRequest;
+use crate::coordination::{RefreshRequest, Requests};
 use crate::metrics::Operation;
 
 impl Coordinator {
@@ -18,7 +18,7 @@ impl Coordinator {
         if self.held.is_empty() {
             return;
         }
-        let requests = self.ctx.store.requests();
+        let requests = Requests::new(self.ctx.store.database());
         let ids: Vec<AccountId> = self.held.keys().cloned().collect();
         let metrics = &self.ctx.metrics;
         let open = requests.open(&ids, REQUESTS_PER_POLL);
@@ -43,10 +43,17 @@ impl Coordinator {
                 .held
                 .get(&request.app_id)
                 .and_then(|held| held.requests.get(&request.kind));
-            if let Some(slot) = slot {
+            match slot {
                 // A manual request comes after a report and takes its place:
                 // either way one refresh follows.
-                slot.send_replace(Some(request));
+                Some(slot) => {
+                    slot.send_replace(Some(request));
+                }
+                None => tracing::warn!(
+                    account = %request.app_id,
+                    kind = %request.kind,
+                    "refresh request for a credential this account does not keep; deleted"
+                ),
             }
         }
         let deleted = metrics
@@ -60,7 +67,7 @@ impl Coordinator {
     /// Requests filed without a date get one, so that they expire like the
     /// others whichever account they name.
     pub(super) async fn date_undated_requests(&self) {
-        let requests = self.ctx.store.requests();
+        let requests = Requests::new(self.ctx.store.database());
         let dated = self
             .ctx
             .metrics

@@ -89,6 +89,8 @@ pub enum Operation {
     Requests,
     /// Creating the indexes at startup.
     EnsureIndexes,
+    /// The readiness check behind `/readyz`.
+    Readiness,
 }
 
 impl Operation {
@@ -105,6 +107,7 @@ impl Operation {
             Self::Release => "release",
             Self::Requests => "requests",
             Self::EnsureIndexes => "ensure_indexes",
+            Self::Readiness => "readiness",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! WeChat, and what its answer or error means (quota stop, backoff, a stale
 //! access token reported, one clear log per problem).
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use wxtokend_reader::requests::{self as request_docs, NewRequest};
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
@@ -182,6 +182,8 @@ impl Refresher {
             access_token,
         } = call;
         let started = Instant::now();
+        // WeChat's clock for the credential starts no sooner than this.
+        let sent_at = self.now();
         let wechat = &self.ctx.wechat;
         let result = match access_token {
             None => {
@@ -203,17 +205,24 @@ impl Refresher {
         metrics.refresh_outcome(&self.account.id, self.kind, outcome);
         match result {
             Ok(fetched) => {
-                self.fetched(fetched, reason, calls_today);
+                self.fetched(fetched, sent_at, reason, calls_today);
                 Duration::ZERO
             }
             Err(e) => self.fetch_failed(&e, calls_today, access_token).await,
         }
     }
 
-    fn fetched(&mut self, mut fetched: FetchedCredential, reason: RefreshReason, calls_today: i64) {
+    fn fetched(
+        &mut self,
+        mut fetched: FetchedCredential,
+        sent_at: SystemTime,
+        reason: RefreshReason,
+        calls_today: i64,
+    ) {
         // Stamped by MongoDB's clock, which readers can trust, not this
-        // host's, which may be minutes off.
-        fetched.fetched_at = self.now();
+        // host's, which may be minutes off; and from when the request was
+        // sent, so that `expires_at` never outlives WeChat's own expiry.
+        fetched.fetched_at = sent_at;
         tracing::debug!(
             expires_in_s = fetched.expires_in.as_secs(),
             %reason,

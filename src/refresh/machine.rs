@@ -19,6 +19,9 @@ use crate::wechat::{ErrorClass, FetchedCredential};
 /// How long a refresher that lost its lease idles until it is stopped.
 pub const FENCED_IDLE: Duration = Duration::from_secs(3600);
 
+/// After a repeat answer, the next try never comes sooner than this.
+const MIN_REPEAT_RETRY: Duration = Duration::from_secs(1);
+
 /// The first calls of a new quota day are spread over this long.
 const QUOTA_RESET_SPREAD: Duration = Duration::from_secs(60);
 
@@ -45,9 +48,6 @@ impl Held {
 pub struct Pending {
     pub fetched: FetchedCredential,
     pub reason: RefreshReason,
-    /// What was held when it was fetched (stable_token and WeCom may answer
-    /// with the same credential again).
-    pub previous: Option<Held>,
 }
 
 /// Where a refresher is.
@@ -80,15 +80,6 @@ pub enum Action {
     DropExpired,
     /// Nothing to do for this long.
     Wait(Duration),
-}
-
-/// What a stored write meant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoredAs {
-    /// A new generation.
-    New(Generation),
-    /// WeChat answered with the credential already stored.
-    Repeat(Generation),
 }
 
 /// What became of a refresh request.
@@ -240,15 +231,7 @@ impl Machine {
         self.retry_after = None;
         self.fetch_backoff.reset();
         self.forced = None;
-        let previous = match &self.state {
-            State::Holding(held) => *held,
-            _ => None,
-        };
-        self.state = State::Pending(Pending {
-            fetched,
-            reason,
-            previous,
-        });
+        self.state = State::Pending(Pending { fetched, reason });
     }
 
     /// The fetch failed with an error of `class` (other than the daily
@@ -263,22 +246,35 @@ impl Machine {
     }
 
     /// The pending credential is stored as `generation`.
-    pub fn stored(&mut self, generation: Generation) -> StoredAs {
+    pub fn stored(&mut self, generation: Generation) {
         self.store_backoff.reset();
         let State::Pending(pending) = &self.state else {
-            return StoredAs::New(generation);
+            return;
         };
-        let repeat = pending.previous.map(|p| p.generation) == Some(generation);
         self.state = State::Holding(Some(Held {
             generation,
             expires_at: pending.fetched.expires_at(),
             lifetime: pending.fetched.expires_in,
         }));
-        if repeat {
-            StoredAs::Repeat(generation)
-        } else {
-            StoredAs::New(generation)
-        }
+    }
+
+    /// WeChat answered with the value stored as `generation`, which
+    /// expires at `stored_expiry`: the earliest known expiry stands (a
+    /// repeat never extends it), and the next try comes at half the time
+    /// left (at least a second later), until WeChat issues a new value.
+    pub fn repeated(&mut self, generation: Generation, stored_expiry: SystemTime, now: SystemTime) {
+        self.store_backoff.reset();
+        let State::Pending(pending) = &self.state else {
+            return;
+        };
+        let expires_at = stored_expiry.min(pending.fetched.expires_at());
+        self.state = State::Holding(Some(Held {
+            generation,
+            expires_at,
+            lifetime: pending.fetched.expires_in,
+        }));
+        let left = expires_at.duration_since(now).unwrap_or_default();
+        self.retry_after = Some(now + (left / 2).max(MIN_REPEAT_RETRY));
     }
 
     /// The lease moved on before the pending credential was stored.

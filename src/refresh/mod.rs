@@ -12,7 +12,7 @@ mod fetch;
 mod machine;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ use tracing::Instrument;
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 
 pub use backoff::Backoff;
-use machine::{Action, Machine, Requested, StoredAs};
+use machine::{Action, Machine, Requested};
 
 use crate::config::{Account, RefreshSettings};
 use crate::coordination::{Inserted, Lease, RefreshRequest};
@@ -244,24 +244,19 @@ impl Refresher {
             pending.fetched.expires_in,
         );
         let reason = pending.reason;
-        let started = Instant::now();
-        let inserted = self
+        let insert = self
             .lease
-            .insert(self.kind, &pending.fetched, pending.reason)
+            .insert(self.kind, &pending.fetched, pending.reason);
+        let inserted = self
+            .ctx
+            .metrics
+            .observe(Operation::InsertCredential, insert)
             .await;
-        self.ctx.metrics.mongodb(
-            Operation::InsertCredential,
-            started.elapsed(),
-            inserted.is_ok(),
-        );
+        if inserted.is_ok() {
+            self.stored_again().await;
+        }
         match inserted {
             Ok(Inserted::Stored(generation)) => {
-                self.recovered_from(&Problem::Store);
-                if self.last_problem.take().is_some() {
-                    let clear = self.lease.note_error(None);
-                    let cleared = self.ctx.metrics.observe(Operation::LeaseNote, clear).await;
-                    self.lease_note_failed(cleared);
-                }
                 self.ctx.metrics.credential(
                     &self.account.id,
                     self.kind,
@@ -269,18 +264,24 @@ impl Refresher {
                     fetched_at,
                     expires_at,
                 );
-                match self.machine.stored(generation) {
-                    StoredAs::Repeat(generation) => tracing::debug!(
-                        %generation,
-                        "WeChat answered with the current {} again", self.kind
-                    ),
-                    StoredAs::New(generation) => tracing::info!(
-                        %generation,
-                        expires_in_s = expires_in.as_secs(),
-                        %reason,
-                        "stored a new {}", self.kind
-                    ),
-                }
+                self.machine.stored(generation);
+                tracing::info!(
+                    %generation,
+                    expires_in_s = expires_in.as_secs(),
+                    %reason,
+                    "stored a new {}", self.kind
+                );
+                Duration::ZERO
+            }
+            Ok(Inserted::Repeat {
+                generation,
+                expires_at: stored_expiry,
+            }) => {
+                self.machine.repeated(generation, stored_expiry, self.now());
+                tracing::debug!(
+                    %generation,
+                    "WeChat answered with the current {} again; its stored expiry stands", self.kind
+                );
                 Duration::ZERO
             }
             Ok(Inserted::Fenced) => {
@@ -298,6 +299,16 @@ impl Refresher {
                 );
                 self.store_failed(&e, &what)
             }
+        }
+    }
+
+    /// A write succeeded: a MongoDB problem noted before is over.
+    async fn stored_again(&mut self) {
+        self.recovered_from(&Problem::Store);
+        if self.last_problem.take().is_some() {
+            let clear = self.lease.note_error(None);
+            let cleared = self.ctx.metrics.observe(Operation::LeaseNote, clear).await;
+            self.lease_note_failed(cleared);
         }
     }
 

@@ -8,20 +8,31 @@ use std::time::{Duration, SystemTime};
 
 use crate::support::Scenario;
 
-/// Debian's libfaketime for multi-threaded programs.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// Where Debian puts libfaketime for multi-threaded programs.
+const LIBFAKETIME: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+];
 
 #[tokio::test]
 async fn a_replica_five_minutes_behind_stamps_tokens_with_mongodbs_time() {
-    assert!(
-        std::path::Path::new(LIBFAKETIME).exists(),
-        "{LIBFAKETIME} is missing: apt-get install libfaketime (scripts/test.sh does)"
-    );
+    let Some(libfaketime) = LIBFAKETIME
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+    else {
+        // scripts/test.sh installs it and sets WXTOKEND_REQUIRE_FAKETIME.
+        assert!(
+            std::env::var_os("WXTOKEND_REQUIRE_FAKETIME").is_none(),
+            "libfaketime is missing: apt-get install libfaketime"
+        );
+        eprintln!("SKIPPED: libfaketime is not installed (apt-get install libfaketime)");
+        return;
+    };
     let s = Scenario::new()
         .accounts(1)
         .app(|app| app.expires_in(Duration::from_secs(600)))
         .config(|c| {
-            c.env.push(("LD_PRELOAD", LIBFAKETIME.into()));
+            c.env.push(("LD_PRELOAD", libfaketime.into()));
             c.env.push(("FAKETIME", "-5m".into()));
         })
         .build()

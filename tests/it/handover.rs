@@ -70,6 +70,12 @@ async fn replicas_joining_and_leaving_under_a_slow_wechat_never_call_without_the
             config.wechat_url = s.fake.caller_url(name).await.expect("caller url");
             config.max_concurrent_calls = 1;
             config.lease_renew_interval = "1s";
+            // Far above the 1.2 s answers, so a loaded machine never times
+            // a call out (an issued token would then go unstored); the lease
+            // outlasts two such calls, as the configuration requires.
+            config.request_timeout = "5s";
+            config.lease_duration = "12s";
+            config.shutdown_timeout = "7s";
             TestDaemon::spawn(&config)
         }
     };
@@ -183,13 +189,19 @@ async fn replicas_joining_and_leaving_under_a_slow_wechat_never_call_without_the
 async fn sigterm_mid_call_stores_that_token_and_sends_no_other() {
     let mut s = Scenario::new()
         .accounts(2)
-        .config(|c| c.max_concurrent_calls = 1)
+        .config(|c| {
+            c.max_concurrent_calls = 1;
+            // Far above the 3 s answer below (see the test above).
+            c.request_timeout = "5s";
+            c.lease_duration = "12s";
+            c.shutdown_timeout = "7s";
+        })
         .replicas(0)
         .build()
         .await;
     for a in &s.accounts {
         s.fake
-            .set_sticky_fault(&a.id, Some(Fault::Delay(Duration::from_millis(1500))));
+            .set_sticky_fault(&a.id, Some(Fault::Delay(Duration::from_secs(3))));
     }
     let ids: Vec<String> = s.accounts.iter().map(|a| a.id.clone()).collect();
     s.daemons.push(s.spawn("stopping"));

@@ -33,10 +33,11 @@ async fn a_real_request_behind_twenty_thousand_junk_ones_is_served_within_second
     let started = Instant::now();
     assert_eq!(s.run(&["refresh", id]).0, 0);
     s.wait_for_tokens(2).await;
-    eprintln!(
-        "a real request behind 20,000 junk ones served after {:?}",
-        started.elapsed()
-    );
+    let served = started.elapsed();
+    eprintln!("a real request behind 20,000 junk ones served after {served:?}");
+    // "Within seconds": ten polls of 1,000 clear the junk for the account
+    // (about 2 s here); the bound is generous for a loaded machine.
+    assert!(served < Duration::from_secs(20), "served after {served:?}");
 
     // The unreadable requests for the held account are gone; requests for
     // other accounts stay for their holders, and the undated ones now

@@ -96,7 +96,7 @@ fn the_schedule_follows_the_returned_expires_in() {
         RefreshReason::Scheduled,
     );
     assert_eq!(m.next(at), Action::Store);
-    assert_eq!(m.stored(Generation(2)), StoredAs::New(Generation(2)));
+    m.stored(Generation(2));
     // 3000 s of life, 600 s of margin: due 2400 s after the fetch.
     assert_eq!(m.next(at), Action::Wait(Duration::from_secs(2400)));
 }
@@ -201,14 +201,35 @@ fn a_manual_request_refreshes_now_whatever_is_held() {
 }
 
 #[test]
-fn a_repeat_answer_keeps_its_generation() {
+fn a_repeat_answer_never_extends_the_stored_expiry_and_tries_again_at_half_the_time_left() {
     let mut m = holding();
+    let stored_expiry = t0() + TWO_HOURS;
     let due = t0() + Duration::from_secs(6600);
+    // WeChat answers with the stored ticket and a full 7200 s again.
     m.fetched(fetched("STORED", due, TWO_HOURS), RefreshReason::Scheduled);
-    assert_eq!(m.stored(Generation(1)), StoredAs::Repeat(Generation(1)));
-    assert!(matches!(m.state(), State::Holding(Some(h)) if h.generation == Generation(1)));
-    // Not a loop: the next fetch waits for the answer's own margin.
-    assert!(matches!(m.next(due), Action::Wait(w) if !w.is_zero()));
+    m.repeated(Generation(1), stored_expiry, due);
+    assert!(matches!(m.state(), State::Holding(Some(h))
+        if h.generation == Generation(1) && h.expires_at == stored_expiry));
+    // 600 s were left: the next try comes after 300, not two hours later.
+    assert_eq!(m.next(due), Action::Wait(Duration::from_secs(300)));
+    let later = due + Duration::from_secs(300);
+    assert_eq!(m.next(later), Action::Fetch(RefreshReason::Scheduled));
+    m.fetched(
+        fetched("STORED", later, TWO_HOURS),
+        RefreshReason::Scheduled,
+    );
+    m.repeated(Generation(1), stored_expiry, later);
+    assert_eq!(m.next(later), Action::Wait(Duration::from_secs(150)));
+    // Never sooner than a second apart, even at the very end.
+    let end = stored_expiry - Duration::from_millis(500);
+    m.fetched(fetched("STORED", end, TWO_HOURS), RefreshReason::Scheduled);
+    m.repeated(Generation(1), stored_expiry, end);
+    assert_eq!(m.next(end), Action::Wait(Duration::from_secs(1)));
+    // A new value ends it: scheduled from its own life again.
+    let after = stored_expiry + Duration::from_millis(500);
+    m.fetched(fetched("NEW", after, TWO_HOURS), RefreshReason::Startup);
+    m.stored(Generation(2));
+    assert_eq!(m.next(after), Action::Wait(Duration::from_secs(6600)));
 }
 
 #[test]
@@ -227,7 +248,8 @@ fn a_fetched_token_is_kept_through_an_outage_and_stored_without_a_new_fetch() {
         Requested::Ignored { newest: None }
     ));
     assert_eq!(m.next(now), Action::Store);
-    assert_eq!(m.stored(Generation(2)), StoredAs::New(Generation(2)));
+    m.stored(Generation(2));
+    assert!(matches!(m.state(), State::Holding(Some(h)) if h.generation == Generation(2)));
 }
 
 #[test]

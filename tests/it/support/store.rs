@@ -84,7 +84,7 @@ pub async fn store_token(
         .expect("insert");
     lease.release().await.expect("release");
     match inserted {
-        Inserted::Stored(generation) => generation,
+        Inserted::Stored(generation) | Inserted::Repeat { generation, .. } => generation,
         Inserted::Fenced => panic!("fenced although the lease was just taken"),
     }
 }
@@ -109,7 +109,7 @@ pub async fn leases(db: &TestDb) -> Option<HashMap<String, Lease>> {
     let store = store(db).await;
     let now = store.server_time().await.ok()?;
     let today = quota_day(now);
-    let infos = store.leases().infos(&[]).await.ok()?;
+    let infos = wxtokend::Leases::new(store).infos(&[]).await.ok()?;
     Some(
         infos
             .into_iter()
@@ -135,7 +135,7 @@ pub struct Leases(wxtokend::Leases);
 
 impl Leases {
     pub async fn new(db: &TestDb) -> Leases {
-        Leases(store(db).await.leases())
+        Leases(wxtokend::Leases::new(store(db).await))
     }
 
     /// Takes the account's lease for 30 s, if it is free.
