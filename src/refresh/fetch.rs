@@ -247,7 +247,9 @@ impl Refresher {
         if let (ErrorClass::InvalidToken, Some(token)) = (error.class(), access_token) {
             self.report_stale_access_token(token).await;
         }
-        let wait = self.machine.fetch_failed(error.class(), self.now());
+        let wait = self
+            .machine
+            .fetch_failed(error.class(), error.retry_after(), self.now());
         self.report_fetch_error(error, wait);
         let message = error.to_string();
         let note = self.lease.note_error(Some(&message));

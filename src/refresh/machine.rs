@@ -235,11 +235,18 @@ impl Machine {
     }
 
     /// The fetch failed with an error of `class` (other than the daily
-    /// quota): how long to wait before the next attempt.
-    pub fn fetch_failed(&mut self, class: ErrorClass, now: SystemTime) -> Duration {
-        let wait = match class {
-            ErrorClass::Permanent => self.settings.permanent_error_retry,
-            _ => self.fetch_backoff.next_delay(),
+    /// quota): how long to wait before the next attempt. `retry_after` is
+    /// WeChat's own word on when, where it gives one.
+    pub fn fetch_failed(
+        &mut self,
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+        now: SystemTime,
+    ) -> Duration {
+        let wait = match (retry_after, class) {
+            (Some(after), _) => after,
+            (None, ErrorClass::Permanent) => self.settings.permanent_error_retry,
+            (None, _) => self.fetch_backoff.next_delay(),
         };
         self.retry_after = Some(now + wait);
         wait

@@ -72,6 +72,8 @@ pub enum FetchError {
         errmsg: String,
         meaning: &'static str,
         class: ErrorClass,
+        /// When WeChat lifts the refusal, where it says.
+        retry_after: Option<Duration>,
     },
 }
 
@@ -89,6 +91,15 @@ impl FetchError {
             }
             Self::HttpStatus(_) => ErrorClass::Transient,
             Self::Api { class, .. } => *class,
+        }
+    }
+
+    /// When to try again, where WeChat says (the IP confirmation codes);
+    /// `None`: as [`FetchError::class`] says.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Api { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -173,6 +184,7 @@ fn api_error(
         errmsg: errmsg.chars().take(MAX_ERRMSG_LEN).collect(),
         meaning: errcode::meaning(errcode, call),
         class: errcode::classify(errcode, call),
+        retry_after: errcode::retry_after(errcode, call),
     }
 }
 

@@ -2,6 +2,7 @@
 //! for the refresh loop. Everything that reacts to an errcode asks here.
 
 use std::fmt;
+use std::time::Duration;
 
 /// What a failure means for the refresh loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,7 +57,11 @@ pub enum Call {
 struct Entry {
     code: i64,
     class: ErrorClass,
+    /// What it means and, for a refusal, what fixes it.
     meaning: &'static str,
+    /// When to try again, if not as its class says (backoff for transient
+    /// errors, `refresh.permanent_error_retry` for permanent ones).
+    retry_after: Option<Duration>,
 }
 
 const fn entry(code: i64, class: ErrorClass, meaning: &'static str) -> Entry {
@@ -64,8 +69,28 @@ const fn entry(code: i64, class: ErrorClass, meaning: &'static str) -> Entry {
         code,
         class,
         meaning,
+        retry_after: None,
     }
 }
+
+/// A permanent refusal that WeChat lifts by itself after `after`.
+const fn retry(code: i64, after: Duration, meaning: &'static str) -> Entry {
+    Entry {
+        code,
+        class: Permanent,
+        meaning,
+        retry_after: Some(after),
+    }
+}
+
+const MINUTE: u64 = 60;
+const HOUR: u64 = 3600;
+
+/// Where an Official Account's IP whitelist is set (Mini Programs: 开发管理 →
+/// 开发设置 → IP白名单).
+const IP_WHITELIST: &str =
+    "caller IP is not whitelisted: add this server's IP (in WeChat's errmsg) to the \
+     account's IP whitelist (mp.weixin.qq.com: 设置与开发 → 基本配置 → IP白名单)";
 
 use ErrorClass::{DailyQuota, InvalidToken, Permanent, Transient};
 
@@ -74,19 +99,38 @@ const ISSUE_TOKEN: &[Entry] = &[
     entry(-1, Transient, "system busy"),
     entry(45011, Transient, "API minute quota reached"),
     entry(45009, DailyQuota, "API daily quota reached"),
-    entry(40001, Permanent, "AppSecret is wrong"),
-    entry(40125, Permanent, "AppSecret is invalid"),
-    entry(40243, Permanent, "AppSecret is frozen"),
+    entry(40001, Permanent, "AppSecret is wrong: check the account's secret_env or secret_file"),
+    entry(40125, Permanent, "AppSecret is invalid: check the account's secret_env or secret_file"),
+    entry(40243, Permanent, "AppSecret is frozen: unfreeze it in the account's admin console"),
     entry(40002, Permanent, "invalid grant_type"),
-    entry(40013, Permanent, "invalid appid"),
-    entry(40164, Permanent, "caller IP is not whitelisted"),
-    entry(
+    entry(40013, Permanent, "invalid appid: check the account's id"),
+    entry(40164, Permanent, IP_WHITELIST),
+    entry(61004, Permanent, IP_WHITELIST),
+    retry(
+        89501,
+        Duration::from_secs(5 * MINUTE),
+        "this IP awaits an administrator's confirmation (WeChat asked them in its app); retrying every 5 minutes",
+    ),
+    retry(
         89503,
-        Permanent,
-        "caller IP needs administrator confirmation",
+        Duration::from_secs(5 * MINUTE),
+        "this IP needs an administrator's confirmation (WeChat asks them in its app); retrying every 5 minutes",
+    ),
+    retry(
+        89506,
+        Duration::from_secs(24 * HOUR),
+        "an administrator refused this IP twice in 24 hours: no call from it for 24 hours; retrying then",
+    ),
+    retry(
+        89507,
+        Duration::from_secs(HOUR),
+        "an administrator refused this IP within the hour: no call from it for an hour; retrying then",
     ),
     entry(41002, Permanent, "appid missing"),
     entry(41004, Permanent, "secret missing"),
+    entry(48001, Permanent, "this account is not authorized for the API"),
+    entry(50002, Permanent, "this account is restricted by WeChat"),
+    entry(61024, Permanent, "this call is not allowed for this account (see errmsg)"),
 ];
 
 /// Codes returned by calls made with an access token.
@@ -145,9 +189,16 @@ pub fn classify(errcode: i64, call: Call) -> ErrorClass {
     lookup(errcode, call).map_or(Transient, |e| e.class)
 }
 
-/// A short English meaning for logs, or "unknown errcode".
+/// A short English meaning for logs, naming the fix where there is one,
+/// or "unknown errcode".
 pub fn meaning(errcode: i64, call: Call) -> &'static str {
     lookup(errcode, call).map_or("unknown errcode", |e| e.meaning)
+}
+
+/// When to try again after this errcode, where WeChat says (the IP
+/// confirmation codes); `None`: as the class says.
+pub fn retry_after(errcode: i64, call: Call) -> Option<Duration> {
+    lookup(errcode, call).and_then(|e| e.retry_after)
 }
 
 #[cfg(test)]
@@ -163,6 +214,31 @@ mod tests {
         for code in [40001, 40125, 40013, 40164, 89503, 41002, 41004] {
             assert_eq!(classify(code, Call::IssueToken), Permanent, "{code}");
         }
+    }
+
+    #[test]
+    fn ip_confirmation_codes_retry_when_wechat_lifts_them() {
+        assert_eq!(
+            retry_after(89501, Call::IssueToken),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_after(89503, Call::IssueToken),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_after(89506, Call::IssueToken),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            retry_after(89507, Call::IssueToken),
+            Some(Duration::from_secs(3600))
+        );
+        for code in [40001, 40243, 40164, 61004, 48001, 50002, 61024] {
+            assert_eq!(classify(code, Call::IssueToken), Permanent, "{code}");
+            assert_eq!(retry_after(code, Call::IssueToken), None, "{code}");
+        }
+        assert!(meaning(61004, Call::IssueToken).contains("IP白名单"));
     }
 
     #[test]

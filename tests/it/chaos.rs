@@ -371,3 +371,48 @@ async fn killing_the_daemon_at_random_moments_never_leaves_a_dead_token_newest()
         s.fake.token_calls(id)
     );
 }
+
+/// Every refusal in WeChat's errcode family from `shared/design.md` §1 is
+/// classified (a permanent outcome, nothing stored, one call) and the error
+/// an operator sees in `status` names what fixes it.
+#[tokio::test]
+async fn every_refusal_is_classified_and_names_its_fix() {
+    let cases: [(i64, &str); 9] = [
+        (40243, "unfreeze it"),
+        (40164, "IP白名单"),
+        (61004, "IP白名单"),
+        (89501, "retrying every 5 minutes"),
+        (89506, "no call from it for 24 hours"),
+        (89507, "no call from it for an hour"),
+        (48001, "not authorized for the API"),
+        (50002, "restricted by WeChat"),
+        (61024, "not allowed for this account"),
+    ];
+    let mut builder = Scenario::new();
+    for (code, _) in cases {
+        let id = format!("wxrefused{code:09}");
+        builder = builder
+            .account(TestAccount::new(&id, &format!("refused-secret-{code}")))
+            .sticky_fault(&id, Fault::Errcode(code));
+    }
+    let s = builder.build().await;
+    for (code, fix) in cases {
+        let id = format!("wxrefused{code:09}");
+        let lease = s
+            .wait_for_lease(&id, &format!("the refusal {code} noted"), |l| {
+                l.last_error.is_some()
+            })
+            .await;
+        let error = lease.last_error.expect("noted");
+        assert!(error.contains(&code.to_string()), "{error}");
+        assert!(error.contains(fix), "{code}: {error}");
+        assert_eq!(s.fake.token_calls(&id), 1, "{code} was retried at once");
+        assert!(s.tokens_of(&id).await.is_empty(), "{code} stored something");
+    }
+    let m = s.daemon().metrics().await;
+    for (code, _) in cases {
+        let id = format!("wxrefused{code:09}");
+        assert_eq!(m.refreshes(&id, "permanent"), 1, "{code}");
+        assert_eq!(m.refreshes(&id, "transient"), 0, "{code}");
+    }
+}

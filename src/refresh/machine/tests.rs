@@ -116,7 +116,7 @@ fn transient_failures_back_off_and_a_success_resets() {
     let mut now = t0();
     for cap in [1, 2, 4, 8, 16, 32, 60, 60] {
         assert_eq!(m.next(now), Action::Fetch(RefreshReason::Startup));
-        let wait = m.fetch_failed(ErrorClass::Transient, now);
+        let wait = m.fetch_failed(ErrorClass::Transient, None, now);
         let cap = Duration::from_secs(cap);
         assert!(wait >= cap / 2 && wait <= cap, "{wait:?} vs {cap:?}");
         assert_eq!(m.next(now), Action::Wait(wait));
@@ -133,11 +133,21 @@ fn a_permanent_error_waits_the_long_retry_and_keeps_the_good_token() {
     let due = t0() + Duration::from_secs(6600);
     assert_eq!(m.next(due), Action::Fetch(RefreshReason::Scheduled));
     assert_eq!(
-        m.fetch_failed(ErrorClass::Permanent, due),
+        m.fetch_failed(ErrorClass::Permanent, None, due),
         Duration::from_secs(1800)
     );
     assert!(matches!(m.state(), State::Holding(Some(h)) if h.generation == Generation(1)));
     assert_eq!(m.next(due), Action::Wait(Duration::from_secs(1800)));
+}
+
+#[test]
+fn wechats_own_retry_time_wins_over_the_class_default() {
+    let mut m = holding();
+    let due = t0() + Duration::from_secs(6600);
+    // 89507: an administrator refused this IP; WeChat lifts it in an hour.
+    let hour = Duration::from_secs(3600);
+    assert_eq!(m.fetch_failed(ErrorClass::Permanent, Some(hour), due), hour);
+    assert_eq!(m.next(due), Action::Wait(hour));
 }
 
 #[test]
@@ -275,7 +285,7 @@ fn a_fenced_refresher_does_nothing() {
 fn a_manual_refresh_overrides_the_wait_after_a_permanent_error_but_not_the_quota() {
     let mut m = holding();
     let due = t0() + Duration::from_secs(6600);
-    m.fetch_failed(ErrorClass::Permanent, due);
+    m.fetch_failed(ErrorClass::Permanent, None, due);
     assert_eq!(m.next(due), Action::Wait(Duration::from_secs(1800)));
     // The operator fixed the IP whitelist and asks for a refresh now.
     m.request(&request(RefreshReason::Manual, None));
@@ -286,7 +296,7 @@ fn a_manual_refresh_overrides_the_wait_after_a_permanent_error_but_not_the_quota
     assert_eq!(m.next(due), Action::Wait(wait));
     // A report does not override the backoff either.
     let mut reported = holding();
-    reported.fetch_failed(ErrorClass::Permanent, due);
+    reported.fetch_failed(ErrorClass::Permanent, None, due);
     reported.request(&request(RefreshReason::ReportedInvalid, Some(1)));
     assert_eq!(reported.next(due), Action::Wait(Duration::from_secs(1800)));
 }
