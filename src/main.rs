@@ -22,7 +22,8 @@ use wxtokend_reader::{
 mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
-    // 2 is clap's: bad command line.
+    /// Also what clap exits with for a bad command line.
+    pub const BAD_COMMAND_LINE: u8 = 2;
     pub const CONFIG: u8 = 3;
     pub const MONGODB: u8 = 4;
     pub const NO_VALID_CREDENTIAL: u8 = 5;
@@ -80,10 +81,12 @@ enum Command {
         account: String,
         /// The full URL of the page (a #fragment is ignored).
         url: String,
-        /// The ticket to sign with: jsapi_ticket, or agent-config-ticket for
-        /// WeCom's wx.agentConfig.
-        #[arg(long, value_enum, default_value_t = Kind::JsapiTicket)]
-        kind: Kind,
+        /// The ticket to sign with: jsapi-ticket (wx.config), or
+        /// agent-config-ticket for WeCom's wx.agentConfig, which prints
+        /// {corpid, agentid, timestamp, nonceStr, signature} for a
+        /// "corpid/agentid" account.
+        #[arg(long, value_enum, default_value_t = SignKind::JsapiTicket)]
+        kind: SignKind,
     },
     /// Ask the daemon to refresh a credential of ACCOUNT now, even while it
     /// waits after a permanent error (you fixed the cause); never past a
@@ -124,6 +127,22 @@ enum Kind {
     JsapiTicket,
     WxCardTicket,
     AgentConfigTicket,
+}
+
+/// The tickets a page signature is made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SignKind {
+    JsapiTicket,
+    AgentConfigTicket,
+}
+
+impl From<SignKind> for CredentialKind {
+    fn from(kind: SignKind) -> Self {
+        match kind {
+            SignKind::JsapiTicket => CredentialKind::JsapiTicket,
+            SignKind::AgentConfigTicket => CredentialKind::AgentConfigTicket,
+        }
+    }
 }
 
 impl From<Kind> for CredentialKind {
@@ -167,7 +186,7 @@ fn main() -> ExitCode {
                 json,
             } => get(settings, AccountId::new(account), kind.into(), json).await,
             Command::Sign { account, url, kind } => {
-                sign(settings, AccountId::new(account), &url, kind.into()).await
+                sign(settings, AccountId::new(account), &url, kind).await
             }
             Command::Refresh { account, kind } => {
                 refresh(settings, AccountId::new(account), kind.into()).await
@@ -267,15 +286,38 @@ fn json_date(at: SystemTime) -> serde_json::Value {
     millis.into()
 }
 
-async fn sign(settings: Settings, account: AccountId, url: &str, kind: CredentialKind) -> u8 {
+async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind) -> u8 {
+    // wx.agentConfig names the app: only a "corpid/agentid" account has one.
+    let agent =
+        match (kind, account.as_str().split_once('/')) {
+            (SignKind::AgentConfigTicket, Some((corp, agent))) => {
+                Some((corp.to_owned(), agent.to_owned()))
+            }
+            (SignKind::AgentConfigTicket, None) => return report(
+                "--kind agent-config-ticket signs for a WeCom app: give its id as corpid/agentid",
+                exit::BAD_COMMAND_LINE,
+            ),
+            (SignKind::JsapiTicket, _) => None,
+        };
     let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return store_failure(&e),
     };
-    match Reader::new(store.database().clone())
-        .signature_with(kind, &account, url)
+    let signed = Reader::new(store.database().clone())
+        .signature_with(kind.into(), &account, url)
         .await
-    {
+        .map(|config| match agent {
+            // What wx.agentConfig takes, with its own field names.
+            Some((corpid, agentid)) => serde_json::json!({
+                "corpid": corpid,
+                "agentid": agentid,
+                "timestamp": config.timestamp,
+                "nonceStr": config.nonce_str,
+                "signature": config.signature,
+            }),
+            None => serde_json::json!(config),
+        });
+    match signed {
         Ok(config) => match serde_json::to_string(&config) {
             Ok(text) => {
                 println!("{text}");

@@ -173,7 +173,33 @@ async fn wecom_app_with_tickets_survives_early_invalidation_and_signs_agent_conf
     let (code, out, err) = s.run(&["sign", id, url, "--kind", "agent-config-ticket"]);
     assert_eq!(code, 0, "{err}");
     let signed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(signed["appId"], "ww00000000000corp1");
+    // What wx.agentConfig takes: corpid and agentid, not appId.
+    let mut fields: Vec<&str> = signed
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        ["agentid", "corpid", "nonceStr", "signature", "timestamp"]
+    );
+    assert_eq!(signed["corpid"], "ww00000000000corp1");
+    assert_eq!(signed["agentid"], "1000002");
+    // Only tickets sign pages; an id without an agentid has no agentConfig.
+    assert_eq!(s.run(&["sign", id, url, "--kind", "access-token"]).0, 2);
+    assert_eq!(
+        s.run(&[
+            "sign",
+            "ww00000000000corp1",
+            url,
+            "--kind",
+            "agent-config-ticket"
+        ])
+        .0,
+        2
+    );
     let ticket =
         s.db.docs("agent_config_tickets")
             .await
