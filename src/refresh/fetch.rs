@@ -121,8 +121,12 @@ impl Refresher {
             min_remaining: self.ctx.lease_duration / 2,
             daily_limit: self.ctx.refresh.daily_call_limit,
             forced_min_interval: forced.map(|_| self.ctx.refresh.forced_min_interval),
+            // Only a reported token is fetched with force_refresh (see
+            // call_wechat), so only it counts against WeChat's 20 a day.
             forced_daily_limit: forced
-                .filter(|_| self.uses_stable_token())
+                .filter(|reason| {
+                    *reason == RefreshReason::ReportedInvalid && self.uses_stable_token()
+                })
                 .map(|_| STABLE_TOKEN_FORCED_PER_DAY),
         }
     }

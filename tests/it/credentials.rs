@@ -293,3 +293,36 @@ async fn a_mixed_account_list_is_served_and_pages_can_be_signed() {
     expected.sort();
     assert_eq!(lines, expected);
 }
+
+/// A manual refresh of a stable_token account asks without force_refresh
+/// (WeChat answers the current token until its last minutes), so it does
+/// not use one of the 20 forced refreshes a day.
+#[tokio::test]
+async fn a_manual_refresh_of_a_stable_token_spends_no_forced_refresh() {
+    let s = Scenario::new()
+        .account(
+            TestAccount::new("wx0000000000stable2", "stable-secret-002").endpoint("stable_token"),
+        )
+        .config(|c| c.forced_min_interval = "30s")
+        .build()
+        .await;
+    let id = s.id();
+    s.wait_for_tokens(1).await;
+    let calls = s.fake.stable_calls(id).0;
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    eventually(WAIT, "the manual refresh's call", || async {
+        (s.fake.stable_calls(id).0 > calls).then_some(())
+    })
+    .await;
+    assert_eq!(s.fake.stable_calls(id).1, 0, "force_refresh was sent");
+    let (code, out, err) = s.run(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let line = status
+        .as_array()
+        .expect("lines")
+        .iter()
+        .find(|l| l["account"] == id && l["kind"] == "access_token")
+        .expect("the account's line");
+    assert_eq!(line["forced_calls_today"], 0, "{line}");
+}
