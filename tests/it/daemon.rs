@@ -252,7 +252,7 @@ async fn permanent_error_logs_once_and_stores_nothing() {
     let lease = s.lease(ID).await.expect("lease");
     assert_eq!(
         lease.last_error.as_deref(),
-        Some("WeChat errcode 40164 (caller IP is not whitelisted): injected by fake WeChat rid: fake")
+        Some("WeChat errcode 40164 (caller IP is not whitelisted: add this server's IP (in WeChat's errmsg) to the account's IP whitelist (mp.weixin.qq.com: 设置与开发 → 基本配置 → IP白名单)): injected by fake WeChat rid: fake")
     );
     let errors: Vec<_> = daemon
         .logs()

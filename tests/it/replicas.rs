@@ -384,7 +384,7 @@ async fn status_shows_the_last_error() {
     .await;
     assert_eq!(
         status,
-        "WeChat errcode 40164 (caller IP is not whitelisted): injected by fake WeChat rid: fake"
+        "WeChat errcode 40164 (caller IP is not whitelisted: add this server's IP (in WeChat's errmsg) to the account's IP whitelist (mp.weixin.qq.com: 设置与开发 → 基本配置 → IP白名单)): injected by fake WeChat rid: fake"
     );
 }
 
