@@ -15,7 +15,7 @@ use wxtokend_reader::document::to_document;
 use wxtokend_reader::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
 
 use super::permit::{self, Permit, PermitRules};
-use super::{counter, field, Term, LEASES};
+use super::{counter, expire_now, field, generation_counter, Term, LEASES};
 use crate::store::{is_duplicate_key, Store, StoreError};
 use crate::wechat::FetchedCredential;
 
@@ -56,14 +56,6 @@ impl Lease {
             holder,
             term,
         }
-    }
-
-    pub fn app_id(&self) -> &AccountId {
-        &self.app_id
-    }
-
-    pub fn holder(&self) -> &str {
-        &self.holder
     }
 
     pub fn term(&self) -> Term {
@@ -163,7 +155,7 @@ impl Lease {
         &self,
         kind: CredentialKind,
     ) -> Result<Option<Generation>, StoreError> {
-        let counter_field = format!("{}.{}", field::GENERATIONS, kind.as_str());
+        let counter_field = generation_counter(kind);
         let lease = self
             .leases()
             .find_one_and_update(
@@ -190,7 +182,7 @@ impl Lease {
         kind: CredentialKind,
         generation: Generation,
     ) -> Result<(), StoreError> {
-        let counter_field = format!("{}.{}", field::GENERATIONS, kind.as_str());
+        let counter_field = generation_counter(kind);
         self.leases()
             .update_one(
                 doc! { field::ID: self.app_id.as_str() },
@@ -232,13 +224,6 @@ impl Lease {
     /// first, and only if none does within a renew interval does it count as
     /// an orphan that anyone takes.
     pub async fn release(self) -> Result<(), StoreError> {
-        let now = self.store.server_time().await?;
-        self.leases()
-            .update_one(
-                self.held(),
-                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
-            )
-            .await?;
-        Ok(())
+        expire_now(&self.store, self.held()).await
     }
 }

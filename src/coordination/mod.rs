@@ -212,14 +212,7 @@ impl Leases {
         if held.is_empty() {
             return Ok(());
         }
-        let now = self.store.server_time().await?;
-        self.collection()
-            .update_many(
-                held_filter(held, holder),
-                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
-            )
-            .await?;
-        Ok(())
+        expire_now(&self.store, held_filter(held, holder)).await
     }
 
     /// The lease documents of `ids`, or of every account if `ids` is empty.
@@ -275,6 +268,26 @@ impl Leases {
             .await?;
         Ok(())
     }
+}
+
+/// Makes the leases matched by `filter` expire now (server clock): given
+/// back, so that another replica can take them at once.
+async fn expire_now(store: &Store, filter: Document) -> Result<(), StoreError> {
+    let now = store.server_time().await?;
+    store
+        .database()
+        .collection::<Document>(LEASES)
+        .update_many(
+            filter,
+            doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now) } },
+        )
+        .await?;
+    Ok(())
+}
+
+/// The field counting the generations of `kind` in a lease document.
+fn generation_counter(kind: wxtokend_reader::CredentialKind) -> String {
+    format!("{}.{}", field::GENERATIONS, kind.as_str())
 }
 
 /// The leases in `held`, each only at its term, and only while `holder`'s.

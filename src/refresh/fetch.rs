@@ -51,14 +51,13 @@ impl Refresher {
             slot = self.ctx.wechat.slot() => slot,
             () = stop.cancelled() => return Duration::ZERO,
         };
+        // Before the request: the lease's end is measured from here.
         let started = Instant::now();
+        let ask = self.lease.permit(self.permit_rules());
         let permit = tokio::select! {
-            permit = self.lease.permit(self.permit_rules()) => permit,
+            permit = self.ctx.metrics.observe(Operation::Permit, ask) => permit,
             () = stop.cancelled() => return Duration::ZERO,
         };
-        self.ctx
-            .metrics
-            .mongodb(Operation::Permit, started.elapsed(), permit.is_ok());
         match permit {
             Ok(Permit::Granted {
                 calls_today,
