@@ -76,7 +76,10 @@ impl Daemon {
             wechat,
             admin,
         } = self;
-        let metrics = Arc::new(Metrics::new(store.clock().clone()));
+        let metrics = Arc::new(Metrics::new(
+            store.clock().clone(),
+            &settings.refresh.daily_call_limits,
+        ));
         let admin_task = admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");

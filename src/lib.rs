@@ -36,7 +36,7 @@ pub use daemon::{connect_store, shutdown_signal, Daemon, DaemonError};
 pub use status::{collect as collect_status, render as render_status, AccountStatus};
 pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;
-pub use wechat::FetchedCredential;
+pub use wechat::{Api, FetchedCredential};
 
 /// A named place where the test suite can inject a fault (`FAILPOINTS`
 /// environment variable, `failpoints` feature); nothing in other builds.

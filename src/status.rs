@@ -6,19 +6,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Document};
 use serde::Serialize;
 
-use wxtokend_reader::document::integer;
 use wxtokend_reader::{AccountId, CredentialKind};
 
-use crate::config::{AccountSpec, Settings, TokenEndpoint};
+use crate::config::{AccountSpec, Settings};
 use crate::coordination::quota::quota_day;
-use crate::coordination::Leases;
-use crate::coordination::{field, LeaseInfo, LEASES};
+use crate::coordination::{LeaseInfo, Leases};
 use crate::store::{Store, StoreError};
-use crate::wechat::STABLE_TOKEN_FORCED_PER_DAY;
+use crate::wechat::{Api, STABLE_TOKEN_FORCED_PER_DAY};
 
 /// One line: a credential kind of an account.
 #[derive(Debug, Clone, Serialize)]
@@ -39,15 +35,23 @@ pub struct AccountStatus {
     pub lease_term: i64,
     /// Whether the lease is current by the MongoDB server's clock.
     pub lease_valid: bool,
-    pub quota_day: Option<String>,
-    /// WeChat calls for the account today (Beijing time), every kind.
+    /// The WeChat API that issues this kind for this account, whose quota
+    /// the next fields count; `None` for an account this configuration
+    /// does not keep that no daemon has called yet.
+    pub api: Option<Api>,
+    /// Today's quota day (Beijing time, by MongoDB's clock): the day the
+    /// counters below count.
+    pub quota_day: String,
+    /// Calls to `api` today (Beijing time).
     pub calls_today: i64,
-    /// `refresh.daily_call_limit`, for a configured account.
+    /// `refresh.daily_call_limits.<api>`, for a configured account.
     pub daily_call_limit: Option<i64>,
+    /// WeChat answered 45009 from `api` today, or the ceiling is reached:
+    /// no call to it until midnight Beijing time.
     pub quota_exhausted: bool,
-    /// stable_token accounts: `force_refresh` calls today.
+    /// stable_token: `force_refresh` calls today.
     pub forced_calls_today: Option<i64>,
-    /// stable_token accounts: WeChat's limit on them (20 a day).
+    /// stable_token: WeChat's limit on them (20 a day).
     pub forced_call_limit: Option<i64>,
     pub last_error: Option<String>,
 }
@@ -57,15 +61,26 @@ pub struct AccountStatus {
 struct Known<'a> {
     spec: Option<&'a AccountSpec>,
     lease: Option<LeaseInfo>,
-    /// `quota_forced_calls` of the lease document, if it counts today.
-    forced_today: i64,
+}
+
+impl Known<'_> {
+    /// The API that issues `kind`: from the configuration, else the one a
+    /// daemon counted calls of.
+    fn api(&self, kind: CredentialKind) -> Option<Api> {
+        match (self.spec, &self.lease) {
+            (Some(spec), _) => Some(spec.api(kind)),
+            (None, Some(lease)) => lease.quotas.keys().copied().find(|api| api.kind() == kind),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Every configured account and every account with a lease document (every
 /// account a daemon has worked on), sorted by id: a line for each kind the
 /// configuration keeps, whether anything is stored or not, and one for each
 /// other kind stored for it. An account with neither a configuration nor a
-/// stored ticket still has its access token line.
+/// stored ticket still has its access token line. Quotas are shown per
+/// line, for the API that issues that kind.
 pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountStatus>, StoreError> {
     let server_now = store.server_time().await?;
     let today = quota_day(server_now);
@@ -78,25 +93,21 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
         let id = lease.app_id.clone();
         known.entry(id).or_default().lease = Some(lease);
     }
-    for (id, forced) in forced_calls_on(store, &today).await? {
-        if let Some(known) = known.get_mut(&id) {
-            known.forced_today = forced;
-        }
-    }
     let mut lines = Vec::new();
     for (account, known) in &known {
         let lease = known.lease.as_ref();
-        let counts_today = lease.is_some_and(|l| l.quota_day.as_deref() == Some(today.as_str()));
-        // Forced refreshes exist only for stable_token accounts.
-        let stable = known.spec.map_or(known.forced_today > 0, |s| {
-            s.endpoint == TokenEndpoint::StableToken
-        });
         for kind in CredentialKind::ALL {
             let configured = known.spec.is_some_and(|s| s.kinds().any(|k| k == kind));
             let newest = store.credentials().newest(kind, account).await?;
             if !configured && kind.is_ticket() && newest.is_none() {
                 continue;
             }
+            let api = known.api(kind);
+            let quota = api
+                .and_then(|api| lease?.quotas.get(&api))
+                .map(|q| q.on(&today))
+                .unwrap_or_default();
+            let stable = api == Some(Api::StableToken);
             lines.push(AccountStatus {
                 account: account.clone(),
                 kind,
@@ -114,15 +125,15 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
                     .filter(|l| !l.holder.is_empty())
                     .map(|l| l.holder.clone()),
                 lease_term: lease.map_or(0, |l| l.term.0),
-                calls_today: match lease {
-                    Some(l) if counts_today => l.quota_calls,
-                    _ => 0,
-                },
-                daily_call_limit: known.spec.map(|_| settings.refresh.daily_call_limit),
-                quota_exhausted: counts_today && lease.is_some_and(|l| l.quota_exhausted),
-                forced_calls_today: stable.then_some(known.forced_today),
+                api,
+                quota_day: today.clone(),
+                calls_today: quota.calls,
+                daily_call_limit: api
+                    .filter(|_| known.spec.is_some())
+                    .map(|api| settings.refresh.daily_call_limits.of(api)),
+                quota_exhausted: quota.exhausted,
+                forced_calls_today: stable.then_some(quota.forced_calls),
                 forced_call_limit: stable.then_some(STABLE_TOKEN_FORCED_PER_DAY),
-                quota_day: lease.and_then(|l| l.quota_day.clone()),
                 last_error: lease.and_then(|l| l.last_error.clone()),
             });
         }
@@ -130,33 +141,21 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
     Ok(lines)
 }
 
-/// `quota_forced_calls` of every lease document that counts `today`.
-async fn forced_calls_on(store: &Store, today: &str) -> Result<Vec<(AccountId, i64)>, StoreError> {
-    let docs: Vec<Document> = store
-        .database()
-        .collection::<Document>(LEASES)
-        .find(doc! { field::QUOTA_DAY: today })
-        .projection(doc! { field::ID: 1, field::QUOTA_FORCED_CALLS: 1 })
-        .await?
-        .try_collect()
-        .await?;
-    Ok(docs
-        .iter()
-        .filter_map(|d| {
-            let id = d.get_str(field::ID).ok()?;
-            let forced = integer(d, field::QUOTA_FORCED_CALLS).unwrap_or_default();
-            Some((AccountId::new(id), forced))
-        })
-        .collect())
-}
-
 /// A table for people.
 pub fn render(lines: &[AccountStatus]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11} {:>6}  LAST ERROR",
-        "ACCOUNT", "KIND", "GEN", "AGE", "LEFT", "LEASE HOLDER (TERM)", "CALLS TODAY", "FORCED"
+        "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:<19} {:>11} {:>6}  LAST ERROR",
+        "ACCOUNT",
+        "KIND",
+        "GEN",
+        "AGE",
+        "LEFT",
+        "LEASE HOLDER (TERM)",
+        "API",
+        "CALLS TODAY",
+        "FORCED"
     );
     for l in lines {
         let holder = match (&l.lease_holder, l.lease_valid) {
@@ -182,13 +181,14 @@ pub fn render(lines: &[AccountStatus]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:>11} {:>6}  {}",
+            "{:<28} {:<20} {:>6} {:>9} {:>9}  {:<28} {:<19} {:>11} {:>6}  {}",
             l.account,
             kind,
             l.generation.map_or("-".into(), |g| g.to_string()),
             l.age_s.map_or("-".into(), short_duration),
             l.time_left_s.map_or("-".into(), short_duration),
             holder,
+            l.api.map_or("-", Api::as_str),
             calls,
             forced,
             l.last_error.as_deref().unwrap_or("-"),

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tracing_subscriber::filter::Directive;
 use wxtokend_reader::{AccountId, CredentialKind};
 
+use crate::wechat::Api;
 use validate::RawSettings;
 
 /// The defaults, documented line by line in `config/default.toml`.
@@ -104,7 +105,53 @@ pub struct RefreshSettings {
     pub request_poll_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub forced_min_interval: Duration,
-    pub daily_call_limit: i64,
+    pub daily_call_limits: DailyCallLimits,
+    /// The single ceiling of earlier versions, kept only to say what
+    /// replaced it.
+    #[serde(default, rename = "daily_call_limit")]
+    pub(crate) retired_daily_call_limit: Option<i64>,
+}
+
+/// `[refresh.daily_call_limits]`: the ceiling on calls per account per
+/// day (Beijing time) for each WeChat API, which WeChat counts apart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DailyCallLimits {
+    pub token: i64,
+    pub stable_token: i64,
+    pub jsapi_ticket: i64,
+    pub wx_card_ticket: i64,
+    pub wecom_token: i64,
+    pub wecom_jsapi_ticket: i64,
+    pub agent_config_ticket: i64,
+}
+
+impl DailyCallLimits {
+    /// The same ceiling for every API (unit tests).
+    #[cfg(test)]
+    pub fn all(limit: i64) -> Self {
+        Self {
+            token: limit,
+            stable_token: limit,
+            jsapi_ticket: limit,
+            wx_card_ticket: limit,
+            wecom_token: limit,
+            wecom_jsapi_ticket: limit,
+            agent_config_ticket: limit,
+        }
+    }
+
+    pub fn of(&self, api: Api) -> i64 {
+        match api {
+            Api::Token => self.token,
+            Api::StableToken => self.stable_token,
+            Api::JsapiTicket => self.jsapi_ticket,
+            Api::WxCardTicket => self.wx_card_ticket,
+            Api::WecomToken => self.wecom_token,
+            Api::WecomJsapiTicket => self.wecom_jsapi_ticket,
+            Api::AgentConfigTicket => self.agent_config_ticket,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +265,11 @@ impl AccountSpec {
     pub fn kinds(&self) -> impl Iterator<Item = CredentialKind> + '_ {
         std::iter::once(CredentialKind::AccessToken).chain(self.tickets.iter().copied())
     }
+
+    /// The WeChat API that issues `kind` for this account.
+    pub fn api(&self, kind: CredentialKind) -> Api {
+        Api::of(self.platform, self.endpoint, kind)
+    }
 }
 
 /// One WeChat account to keep fresh. `Debug` redacts the secret.
@@ -240,6 +292,11 @@ impl Account {
     /// Every credential kind kept fresh for this account.
     pub fn kinds(&self) -> impl Iterator<Item = CredentialKind> + '_ {
         std::iter::once(CredentialKind::AccessToken).chain(self.tickets.iter().copied())
+    }
+
+    /// The WeChat API that issues `kind` for this account.
+    pub fn api(&self, kind: CredentialKind) -> Api {
+        Api::of(self.platform, self.endpoint, kind)
     }
 }
 

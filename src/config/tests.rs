@@ -1,6 +1,7 @@
 //! Loading and validation, key by key (one test per rule, hence the length).
 
 use super::*;
+use crate::wechat::Api;
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
 
@@ -89,6 +90,35 @@ fn unknown_key_is_named() {
     let text = err.to_string();
     assert!(text.contains("mongodb"), "{text}");
     assert!(text.contains("unknown field `url`"), "{text}");
+}
+
+#[test]
+fn call_ceilings_are_per_api_and_the_old_single_one_names_its_replacement() {
+    let settings = load(
+        &format!("{ONE_ACCOUNT}\n[refresh.daily_call_limits]\njsapi_ticket = 50\n"),
+        &[("WX_SECRET", "x")],
+    )
+    .expect("valid");
+    let limits = &settings.refresh.daily_call_limits;
+    assert_eq!(limits.of(Api::JsapiTicket), 50);
+    assert_eq!(limits.of(Api::Token), 1800, "the documented default");
+    assert_eq!(limits.of(Api::StableToken), 10000, "the documented default");
+
+    let err = load(
+        &format!("{ONE_ACCOUNT}\n[refresh]\ndaily_call_limit = 100\n"),
+        &[("WX_SECRET", "x")],
+    )
+    .expect_err("must fail");
+    let text = err.to_string();
+    assert!(text.contains("refresh.daily_call_limits.token"), "{text}");
+    assert_eq!(keys(err), ["refresh.daily_call_limit"]);
+
+    let err = load(
+        &format!("{ONE_ACCOUNT}\n[refresh.daily_call_limits]\nwecom_token = 0\n"),
+        &[("WX_SECRET", "x")],
+    )
+    .expect_err("must fail");
+    assert_eq!(keys(err), ["refresh.daily_call_limits.wecom_token"]);
 }
 
 #[test]
@@ -346,6 +376,7 @@ mod fuzz {
     fn config_text() -> impl Strategy<Value = String> {
         let line = prop_oneof![
             Just("[refresh]".to_string()),
+            Just("[refresh.daily_call_limits]".to_string()),
             Just("[mongodb]".to_string()),
             Just("[[accounts]]".to_string()),
             Just("[lease]".to_string()),
@@ -353,8 +384,8 @@ mod fuzz {
             Just("platform = \"wecom\"".to_string()),
             Just("secret_env = \"S\"".to_string()),
             Just("tickets = [\"jsapi\", \"agent_config\"]".to_string()),
-            "(margin|duration|renew_interval|uri|database|daily_call_limit|history_retention) = \"[ -~]{0,12}\"",
-            "(margin|duration|daily_call_limit) = -?[0-9]{1,20}",
+            "(margin|duration|renew_interval|uri|database|token|history_retention) = \"[ -~]{0,12}\"",
+            "(margin|duration|token) = -?[0-9]{1,20}",
             "[ -~]{0,40}",
         ];
         proptest::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))

@@ -9,6 +9,8 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tracing_subscriber::filter::Directive;
 
+use crate::wechat::Api;
+
 use super::accounts::{account_specs, resolve_secrets, RawAccount};
 use super::{
     AdminSettings, ConfigError, DaemonSettings, EnvSource, LeaseSettings, LogSettings,
@@ -172,10 +174,20 @@ impl RawSettings {
             "must be more than zero, for example \"1s\"",
         );
         p.check(
-            self.refresh.daily_call_limit >= 1,
+            self.refresh.retired_daily_call_limit.is_none(),
             "refresh.daily_call_limit",
-            "must be at least 1 (WeChat allows 2000 a day)",
+            "was replaced by one ceiling per WeChat API, because WeChat counts quotas per API: \
+             remove it and set refresh.daily_call_limits.token (and the other APIs, see \
+             config/default.toml) instead",
         );
+        for api in Api::ALL {
+            let limit = self.refresh.daily_call_limits.of(api);
+            p.check(
+                limit >= 1,
+                &format!("refresh.daily_call_limits.{api}"),
+                "must be at least 1 (see config/default.toml for WeChat's own limits)",
+            );
+        }
         p.check(
             !self.lease.renew_interval.is_zero(),
             "lease.renew_interval",

@@ -15,9 +15,10 @@ use wxtokend_reader::document::to_document;
 use wxtokend_reader::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
 
 use super::permit::{self, Permit, PermitRules};
+use super::quota;
 use super::{counter, expire_now, field, generation_counter, Term, LEASES};
 use crate::store::{is_duplicate_key, Store, StoreError};
-use crate::wechat::FetchedCredential;
+use crate::wechat::{Api, FetchedCredential};
 
 /// How many times an insert recomputes its generation after losing a race.
 const INSERT_ATTEMPTS: usize = 3;
@@ -76,7 +77,8 @@ impl Lease {
     }
 
     /// Asks the server, atomically, whether this holder may call WeChat now
-    /// (see [`PermitRules`]). A granted permit counts one call for today.
+    /// (see [`PermitRules`]). A granted permit counts one call of the
+    /// rules' API for today.
     pub async fn permit(&self, rules: PermitRules) -> Result<Permit, StoreError> {
         let now = self.store.server_time().await?;
         permit::ask(&self.leases(), self.held(), now, rules).await
@@ -193,13 +195,13 @@ impl Lease {
         Ok(())
     }
 
-    /// Records WeChat's 45009: no permit for this account until the quota
-    /// day ends.
-    pub async fn mark_quota_exhausted(&self) -> Result<(), StoreError> {
+    /// Records WeChat's 45009 from `api`: no permit for that API of this
+    /// account until the quota day ends. Other APIs go on.
+    pub async fn mark_quota_exhausted(&self, api: Api) -> Result<(), StoreError> {
         self.leases()
             .update_one(
                 self.held(),
-                doc! { "$set": { field::QUOTA_EXHAUSTED: true } },
+                doc! { "$set": { quota::path(api, quota::field::EXHAUSTED): true } },
             )
             .await?;
         Ok(())

@@ -13,6 +13,7 @@ mod permit;
 pub mod quota;
 mod requests;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,8 +25,10 @@ use wxtokend_reader::document::integer;
 use wxtokend_reader::AccountId;
 
 use crate::store::{is_duplicate_key, ttl_index, Store, StoreError};
+use crate::wechat::Api;
 pub use lease::{Inserted, Lease};
 pub use permit::{Permit, PermitRules};
+use quota::ApiQuota;
 pub use requests::{RefreshRequest, Requests};
 
 /// The coordination collections.
@@ -41,14 +44,9 @@ pub mod field {
     pub const ACQUIRED_AT: &str = "acquired_at";
     /// Generation counters, one sub-field per credential kind.
     pub const GENERATIONS: &str = "generations";
-    /// Beijing-time day (`YYYY-MM-DD`) that `quota_calls` counts.
-    pub const QUOTA_DAY: &str = "quota_day";
-    pub const QUOTA_CALLS: &str = "quota_calls";
-    /// Set when WeChat answered 45009 on `quota_day`.
-    pub const QUOTA_EXHAUSTED: &str = "quota_exhausted";
-    /// Forced refreshes counted on `quota_day` (stable_token's force_refresh).
-    pub const QUOTA_FORCED_CALLS: &str = "quota_forced_calls";
-    pub const LAST_FORCED_AT: &str = "last_forced_at";
+    /// Per-API quota counters: `quota.<api>.{day, calls, ...}` (see
+    /// [`quota`](super::quota)).
+    pub const QUOTA: &str = super::quota::QUOTA;
     pub const LAST_ERROR: &str = "last_error";
     pub const LAST_ERROR_AT: &str = "last_error_at";
 }
@@ -64,9 +62,9 @@ pub struct LeaseInfo {
     pub holder: String,
     pub term: Term,
     pub expires_at: SystemTime,
-    pub quota_day: Option<String>,
-    pub quota_calls: i64,
-    pub quota_exhausted: bool,
+    /// The counters of every API called for the account, as stored (see
+    /// [`ApiQuota::on`] for today's).
+    pub quotas: BTreeMap<Api, ApiQuota>,
     pub last_error: Option<String>,
     pub last_error_at: Option<SystemTime>,
 }
@@ -311,9 +309,14 @@ fn lease_info(doc: &Document) -> LeaseInfo {
         holder: doc.get_str(field::HOLDER).unwrap_or_default().to_owned(),
         term: Term(counter(doc, field::TERM)),
         expires_at: date(field::EXPIRES_AT).unwrap_or(UNIX_EPOCH),
-        quota_day: doc.get_str(field::QUOTA_DAY).ok().map(str::to_owned),
-        quota_calls: counter(doc, field::QUOTA_CALLS),
-        quota_exhausted: doc.get_bool(field::QUOTA_EXHAUSTED).unwrap_or(false),
+        quotas: Api::ALL
+            .into_iter()
+            .filter(|api| {
+                doc.get_document(field::QUOTA)
+                    .is_ok_and(|q| q.contains_key(api.as_str()))
+            })
+            .map(|api| (api, ApiQuota::of(doc, api)))
+            .collect(),
         last_error: doc.get_str(field::LAST_ERROR).ok().map(str::to_owned),
         last_error_at: date(field::LAST_ERROR_AT),
     }

@@ -1,7 +1,8 @@
 //! Permits: the server's answer to "may this holder call WeChat now?". One
-//! atomic update checks the lease (holder, term, enough time left), the day's
-//! call ceiling, WeChat's 45009 and the forced-refresh limits, and counts the
-//! call; a refusal is then explained from the lease document.
+//! atomic update checks the lease (holder, term, enough time left) and, for
+//! the one WeChat API called, the day's call ceiling, WeChat's 45009 and the
+//! forced-refresh limits, and counts the call; a refusal is then explained
+//! from the lease document.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,9 +10,10 @@ use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 
-use super::quota::quota_day;
-use super::{counter, field};
+use super::field;
+use super::quota::{self, path, quota_day, ApiQuota};
 use crate::store::StoreError;
+use crate::wechat::Api;
 
 /// The answer to "may I call WeChat now?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +27,7 @@ pub enum Permit {
     },
     /// Another replica holds the lease, or ours is too close to its end.
     NotHolder,
-    /// The configured daily ceiling is reached, or WeChat said 45009 today.
+    /// The API's daily ceiling is reached, or WeChat said 45009 today.
     QuotaSpent { calls_today: i64 },
     /// A forced refresh came too soon after the previous one.
     TooSoon { retry_in: Duration },
@@ -36,8 +38,11 @@ pub enum Permit {
 /// What a permit asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct PermitRules {
+    /// The API to be called: its counters are the ones checked and counted.
+    pub api: Api,
     /// The lease must have at least this much left on the server's clock.
     pub min_remaining: Duration,
+    /// The API's daily ceiling (`refresh.daily_call_limits`).
     pub daily_limit: i64,
     /// For forced refreshes: the minimum time since the previous forced one.
     pub forced_min_interval: Option<Duration>,
@@ -52,7 +57,7 @@ pub(super) async fn ask(
     now: SystemTime,
     rules: PermitRules,
 ) -> Result<Permit, StoreError> {
-    start_quota_day(leases, held.clone(), &quota_day(now)).await?;
+    start_quota_day(leases, held.clone(), rules.api, &quota_day(now)).await?;
     let (filter, update) = grant(held.clone(), now, rules);
     let granted = leases
         .find_one_and_update(filter, update)
@@ -63,7 +68,7 @@ pub(super) async fn ask(
             .get_datetime(field::EXPIRES_AT)
             .map_or(now, |at| at.to_system_time());
         return Ok(Permit::Granted {
-            calls_today: counter(&lease, field::QUOTA_CALLS),
+            calls_today: ApiQuota::of(&lease, rules.api).calls,
             lease_left: expires_at.duration_since(now).unwrap_or_default(),
         });
     }
@@ -71,21 +76,23 @@ pub(super) async fn ask(
     Ok(lease.map_or(Permit::NotHolder, |lease| refusal(&lease, now, rules)))
 }
 
-/// Resets the day's counters when the quota day has changed.
+/// Resets the API's day counters when the quota day has changed (the
+/// time of the last forced refresh stays: its spacing spans midnight).
 async fn start_quota_day(
     leases: &Collection<Document>,
     mut held: Document,
+    api: Api,
     today: &str,
 ) -> Result<(), StoreError> {
-    held.insert(field::QUOTA_DAY, doc! { "$ne": today });
+    held.insert(path(api, quota::field::DAY), doc! { "$ne": today });
     leases
         .update_one(
             held,
             doc! { "$set": {
-                field::QUOTA_DAY: today,
-                field::QUOTA_CALLS: 0_i64,
-                field::QUOTA_FORCED_CALLS: 0_i64,
-                field::QUOTA_EXHAUSTED: false,
+                path(api, quota::field::DAY): today,
+                path(api, quota::field::CALLS): 0_i64,
+                path(api, quota::field::FORCED_CALLS): 0_i64,
+                path(api, quota::field::EXHAUSTED): false,
             } },
         )
         .await?;
@@ -105,31 +112,34 @@ fn grant(mut filter: Document, now: SystemTime, rules: PermitRules) -> (Document
         "$expr",
         doc! { "$gt": [format!("${}", field::EXPIRES_AT), "$$NOW"] },
     );
-    filter.insert(field::QUOTA_EXHAUSTED, doc! { "$ne": true });
-    filter.insert(field::QUOTA_CALLS, doc! { "$lt": rules.daily_limit });
-    let mut update = doc! { "$inc": { field::QUOTA_CALLS: 1_i64 } };
+    let calls = path(rules.api, quota::field::CALLS);
+    let forced_calls = path(rules.api, quota::field::FORCED_CALLS);
+    let last_forced_at = path(rules.api, quota::field::LAST_FORCED_AT);
+    filter.insert(
+        path(rules.api, quota::field::EXHAUSTED),
+        doc! { "$ne": true },
+    );
+    filter.insert(calls.as_str(), doc! { "$lt": rules.daily_limit });
+    let mut update = doc! { "$inc": { calls.as_str(): 1_i64 } };
     if let Some(interval) = rules.forced_min_interval {
         filter.insert(
             "$or",
             vec![
-                doc! { field::LAST_FORCED_AT: { "$exists": false } },
-                doc! { field::LAST_FORCED_AT: { "$lte": DateTime::from_system_time(now - interval) } },
+                doc! { last_forced_at.as_str(): { "$exists": false } },
+                doc! { last_forced_at.as_str(): { "$lte": DateTime::from_system_time(now - interval) } },
             ],
         );
         update.insert(
             "$set",
-            doc! { field::LAST_FORCED_AT: DateTime::from_system_time(now) },
+            doc! { last_forced_at.as_str(): DateTime::from_system_time(now) },
         );
     }
     if let Some(limit) = rules.forced_daily_limit {
         // `$not $gte` also matches a lease written before the counter existed.
-        filter.insert(
-            field::QUOTA_FORCED_CALLS,
-            doc! { "$not": { "$gte": limit } },
-        );
+        filter.insert(forced_calls.as_str(), doc! { "$not": { "$gte": limit } });
         update.insert(
             "$inc",
-            doc! { field::QUOTA_CALLS: 1_i64, field::QUOTA_FORCED_CALLS: 1_i64 },
+            doc! { calls.as_str(): 1_i64, forced_calls.as_str(): 1_i64 },
         );
     }
     (filter, update)
@@ -137,21 +147,23 @@ fn grant(mut filter: Document, now: SystemTime, rules: PermitRules) -> (Document
 
 /// Why a lease we hold got no permit.
 fn refusal(lease: &Document, now: SystemTime, rules: PermitRules) -> Permit {
-    let calls_today = counter(lease, field::QUOTA_CALLS);
-    let exhausted = lease.get_bool(field::QUOTA_EXHAUSTED).unwrap_or(false);
-    if exhausted || calls_today >= rules.daily_limit {
-        return Permit::QuotaSpent { calls_today };
+    let quota = ApiQuota::of(lease, rules.api);
+    if quota.exhausted || quota.calls >= rules.daily_limit {
+        return Permit::QuotaSpent {
+            calls_today: quota.calls,
+        };
     }
     if rules
         .forced_daily_limit
-        .is_some_and(|limit| counter(lease, field::QUOTA_FORCED_CALLS) >= limit)
+        .is_some_and(|limit| quota.forced_calls >= limit)
     {
         return Permit::ForcedSpent;
     }
-    if let (Some(interval), Ok(last)) = (
-        rules.forced_min_interval,
-        lease.get_datetime(field::LAST_FORCED_AT),
-    ) {
+    let last_forced = lease
+        .get_document(quota::QUOTA)
+        .and_then(|q| q.get_document(rules.api.as_str()))
+        .and_then(|q| q.get_datetime(quota::field::LAST_FORCED_AT));
+    if let (Some(interval), Ok(last)) = (rules.forced_min_interval, last_forced) {
         let next = last.to_system_time() + interval;
         if next > now {
             return Permit::TooSoon {

@@ -4,7 +4,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use wxtokend_reader::CredentialKind;
 
-use crate::wechat::ErrorClass;
+use crate::wechat::{Api, ErrorClass};
 
 /// A label value that is one of a fixed set of names.
 macro_rules! label_value {
@@ -28,6 +28,7 @@ impl Kind {
 }
 
 label_value!(Kind);
+label_value!(Api);
 
 /// The `outcome` label of `wxtokend_refresh_total`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -137,6 +138,18 @@ pub struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabels {
     pub account: String,
+}
+
+/// The `api` label: a WeChat API's name (`token`, `jsapi_ticket`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: Api,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub account: String,
+    pub api: Api,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

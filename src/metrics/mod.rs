@@ -17,9 +17,14 @@ use prometheus_client::registry::Registry;
 use wxtokend_reader::{AccountId, CredentialKind, Generation};
 
 use crate::clock::Clock;
+use crate::config::DailyCallLimits;
+use crate::wechat::Api;
 mod labels;
 
-use labels::{AccountLabels, CredentialLabels, Kind, KindLabels, OperationLabels, OutcomeLabels};
+use labels::{
+    AccountLabels, ApiLabels, CredentialLabels, Kind, KindLabels, OperationLabels, OutcomeLabels,
+    QuotaLabels,
+};
 pub use labels::{Operation, Outcome};
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -51,7 +56,9 @@ pub struct Metrics {
     refreshes: Family<OutcomeLabels, Counter>,
     upstream_calls: Family<CredentialLabels, Counter>,
     upstream_duration: Histograms<KindLabels>,
-    quota_calls_today: Family<AccountLabels, Gauge>,
+    quota_calls_today: Family<QuotaLabels, Gauge>,
+    quota_exhausted: Family<QuotaLabels, Gauge>,
+    daily_call_limit: Family<ApiLabels, Gauge>,
     lease_held: Family<AccountLabels, Gauge>,
     mongodb_duration: Histograms<OperationLabels>,
     mongodb_errors: Family<OperationLabels, Counter>,
@@ -78,9 +85,17 @@ fn account_labels(account: &AccountId) -> AccountLabels {
     }
 }
 
+fn quota_labels(account: &AccountId, api: Api) -> QuotaLabels {
+    QuotaLabels {
+        account: account.to_string(),
+        api,
+    }
+}
+
 impl Metrics {
-    /// Metrics whose time-based gauges are measured with `clock`.
-    pub fn new(clock: Arc<Clock>) -> Self {
+    /// Metrics whose time-based gauges are measured with `clock`, with
+    /// the configured daily ceilings of each WeChat API.
+    pub fn new(clock: Arc<Clock>, limits: &DailyCallLimits) -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
             clock,
@@ -91,6 +106,8 @@ impl Metrics {
             upstream_calls: Family::default(),
             upstream_duration: Family::new_with_constructor(upstream_buckets),
             quota_calls_today: Family::default(),
+            quota_exhausted: Family::default(),
+            daily_call_limit: Family::default(),
             lease_held: Family::default(),
             mongodb_duration: Family::new_with_constructor(mongodb_buckets),
             mongodb_errors: Family::default(),
@@ -129,9 +146,26 @@ impl Metrics {
         );
         registry.register(
             "wxtokend_quota_calls_today",
-            "Token calls counted today (Beijing time) against refresh.daily_call_limit",
+            "Calls to one WeChat API counted today (Beijing time) against its ceiling",
             m.quota_calls_today.clone(),
         );
+        registry.register(
+            "wxtokend_quota_exhausted",
+            "1 while an API of an account may not be called until midnight Beijing time \
+             (WeChat's 45009 or the ceiling reached)",
+            m.quota_exhausted.clone(),
+        );
+        registry.register(
+            "wxtokend_quota_daily_call_limit",
+            "Ceiling on calls per account per day to each WeChat API \
+             (refresh.daily_call_limits)",
+            m.daily_call_limit.clone(),
+        );
+        for api in Api::ALL {
+            m.daily_call_limit
+                .get_or_create(&ApiLabels { api })
+                .set(limits.of(api));
+        }
         registry.register(
             "wxtokend_lease_held",
             "1 while this replica holds the account's lease",
@@ -193,10 +227,21 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn quota_calls_today(&self, account: &AccountId, calls: i64) {
+    pub fn quota_calls_today(&self, account: &AccountId, api: Api, calls: i64) {
         self.quota_calls_today
-            .get_or_create(&account_labels(account))
+            .get_or_create(&quota_labels(account, api))
             .set(calls);
+    }
+
+    /// Whether `api` of `account` is stopped for the day. Only stopped
+    /// APIs have a series, so thousands of healthy accounts add none.
+    pub fn quota_exhausted(&self, account: &AccountId, api: Api, exhausted: bool) {
+        let labels = quota_labels(account, api);
+        if exhausted {
+            self.quota_exhausted.get_or_create(&labels).set(1);
+        } else {
+            self.quota_exhausted.remove(&labels);
+        }
     }
 
     /// Runs one MongoDB operation, counting its duration and its failure.
@@ -232,7 +277,10 @@ impl Metrics {
     /// thousands of accounts moving between replicas leave no stale series.
     pub fn lease_given_up(&self, account: &AccountId) {
         self.lease_held.remove(&account_labels(account));
-        self.quota_calls_today.remove(&account_labels(account));
+        for api in Api::ALL {
+            self.quota_calls_today.remove(&quota_labels(account, api));
+            self.quota_exhausted.remove(&quota_labels(account, api));
+        }
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         for kind in CredentialKind::ALL {
             held.remove(&(account.clone(), kind));

@@ -13,7 +13,7 @@ use crate::coordination::{Permit, PermitRules};
 use crate::metrics::{Operation, Outcome};
 use crate::store::StoreError;
 use crate::wechat::{
-    CallSlot, ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY,
+    Api, CallSlot, ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY,
 };
 
 /// One permitted call to WeChat.
@@ -63,9 +63,9 @@ impl Refresher {
                 calls_today,
                 lease_left,
             }) => {
-                self.ctx
-                    .metrics
-                    .quota_calls_today(&self.account.id, calls_today);
+                let metrics = &self.ctx.metrics;
+                metrics.quota_calls_today(&self.account.id, self.api(), calls_today);
+                metrics.quota_exhausted(&self.account.id, self.api(), false);
                 if !self.send_by(started + lease_left) {
                     return self.machine.not_holder();
                 }
@@ -114,11 +114,17 @@ impl Refresher {
         Ok(newest.credential)
     }
 
+    /// The WeChat API this refresher calls: quotas are counted per API.
+    fn api(&self) -> Api {
+        self.account.api(self.kind)
+    }
+
     fn permit_rules(&self) -> PermitRules {
         let forced = self.machine.forced();
         PermitRules {
+            api: self.api(),
             min_remaining: self.ctx.lease_duration / 2,
-            daily_limit: self.ctx.refresh.daily_call_limit,
+            daily_limit: self.ctx.refresh.daily_call_limits.of(self.api()),
             forced_min_interval: forced.map(|_| self.ctx.refresh.forced_min_interval),
             // Only a reported token is fetched with force_refresh (see
             // call_wechat), so only it counts against WeChat's 20 a day.
@@ -135,20 +141,27 @@ impl Refresher {
             && self.account.endpoint == TokenEndpoint::StableToken
     }
 
-    /// No fetch until WeChat's quota day ends; `cause` is WeChat's 45009
-    /// answer when it came from WeChat rather than our own ceiling.
+    /// No call to this API until WeChat's quota day ends; `cause` is
+    /// WeChat's 45009 answer when it came from WeChat rather than our own
+    /// ceiling. The account's other APIs go on.
     fn quota_spent(&mut self, calls_today: i64, cause: Option<&FetchError>) -> Duration {
-        self.ctx
-            .metrics
-            .quota_calls_today(&self.account.id, calls_today);
+        let api = self.api();
+        let metrics = &self.ctx.metrics;
+        metrics.quota_calls_today(&self.account.id, api, calls_today);
+        metrics.quota_exhausted(&self.account.id, api, true);
         let wait = self.machine.quota_spent(self.now());
         if self.last_problem != Some(Problem::Quota) {
             tracing::error!(
                 error = cause.map(tracing::field::display),
+                %api,
+                cgi_path = api.cgi_path(),
                 calls_today,
-                daily_call_limit = self.ctx.refresh.daily_call_limit,
+                daily_call_limit = self.ctx.refresh.daily_call_limits.of(api),
                 retry_in_s = wait.as_secs(),
-                "daily quota for the token call is spent: no fetch until it resets"
+                "daily quota of {} for this {} is spent: no call until it resets at midnight \
+                 Beijing time (`wxtokend quota ACCOUNT` shows WeChat's count)",
+                api.cgi_path(),
+                self.kind
             );
             self.last_problem = Some(Problem::Quota);
         }
@@ -242,7 +255,7 @@ impl Refresher {
         access_token: Option<&Credential>,
     ) -> Duration {
         if error.class() == ErrorClass::DailyQuota {
-            let mark = self.lease.mark_quota_exhausted();
+            let mark = self.lease.mark_quota_exhausted(self.api());
             let marked = self.ctx.metrics.observe(Operation::LeaseNote, mark).await;
             self.lease_note_failed(marked);
             return self.quota_spent(calls_today, Some(error));

@@ -5,6 +5,7 @@
 //! `errmsg` is scrubbed of the secret before it is kept ([`answer`]).
 
 mod answer;
+mod api;
 mod errcode;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use answer::{
     parse_token_answer, FetchError, FetchedCredential, DEFAULT_MIN_EXPIRES_IN, MAX_EXPIRES_IN,
     MAX_TOKEN_LEN,
 };
+pub use api::Api;
 pub use errcode::{Call, ErrorClass};
 
 /// WeChat allows about 20 `force_refresh` calls of `stable_token` a day.

@@ -51,7 +51,15 @@ async fn metrics_match_what_happened() {
         3 + m.refreshes(BAD, "permanent")
     );
     assert_eq!(s.fake.token_calls(GOOD), 3);
-    assert_eq!(m.account("wxtokend_quota_calls_today", GOOD), Some(3.0));
+    assert_eq!(
+        m.quota("wxtokend_quota_calls_today", GOOD, "token"),
+        Some(3.0)
+    );
+    // Ceilings per WeChat API, and a stop series only for a stopped API.
+    let limit = |api| m.get("wxtokend_quota_daily_call_limit", &[("api", api)]);
+    assert_eq!(limit("token"), Some(1800.0));
+    assert_eq!(limit("jsapi_ticket"), Some(1800.0));
+    assert_eq!(m.quota("wxtokend_quota_exhausted", GOOD, "token"), None);
     assert!(m.lease_held(GOOD));
     assert_eq!(m.mongodb_ops("insert_credential"), 1);
     assert!(m.mongodb_ops("permit") >= 4, "{}", m.text());

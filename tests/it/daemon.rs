@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use fake_wechat::{AppConfig, Fault};
 use mongodb::bson::{Bson, Document};
 use wxtokend::coordination::quota::next_quota_reset;
+use wxtokend::Api;
 
 use crate::support::scenario::ScenarioBuilder;
 use crate::support::{eventually, Scenario, TestAccount, WAIT};
@@ -304,7 +305,7 @@ async fn a_failing_refresh_keeps_serving_the_last_good_token() {
 async fn daily_quota_stops_fetching() {
     let s = one_account().app(|app| app.daily_quota(0)).build().await;
     let daemon = s.daemon();
-    s.wait_for_lease(ID, "WeChat's 45009 recorded", |l| l.quota_exhausted)
+    s.wait_for_lease(ID, "WeChat's 45009 recorded", |l| l.exhausted(Api::Token))
         .await;
     // The alert is a log line: it is the behaviour under test here.
     let alert = daemon

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::support::mongo::TestDb;
 use wxtokend_reader::Generation;
 
-use crate::support::store::{permit, Leases, Permit, PermitRules};
+use crate::support::store::{permit, Api, Leases, Permit, PermitRules};
 
 /// The day's count of a granted permit; `None` for a refusal.
 fn calls_today(permit: Permit) -> Option<i64> {
@@ -17,6 +17,7 @@ fn calls_today(permit: Permit) -> Option<i64> {
 }
 
 const NORMAL: PermitRules = PermitRules {
+    api: Api::Token,
     min_remaining: Duration::from_secs(1),
     daily_limit: 100,
     forced_min_interval: None,
@@ -96,6 +97,68 @@ async fn daily_and_forced_limits_are_counted() {
         Permit::TooSoon { retry_in } => assert!(retry_in > Duration::from_secs(50)),
         other => panic!("expected TooSoon, got {other:?}"),
     }
+}
+
+/// WeChat counts quotas per API, and so do permits: one API's ceiling,
+/// 45009 stop and forced refreshes leave every other API of the account
+/// alone.
+#[tokio::test]
+async fn each_api_has_its_own_ceiling_stop_and_forced_count() {
+    let leases = Leases::new(&TestDb::new().await).await;
+    let lease = leases.acquire("wxpermit5", "a").await.expect("free");
+    let token = PermitRules {
+        daily_limit: 2,
+        ..NORMAL
+    };
+    let ticket = PermitRules {
+        api: Api::JsapiTicket,
+        daily_limit: 2,
+        ..NORMAL
+    };
+    assert_eq!(calls_today(permit(&lease, ticket).await), Some(1));
+    assert_eq!(calls_today(permit(&lease, ticket).await), Some(2));
+    assert_eq!(
+        permit(&lease, ticket).await,
+        Permit::QuotaSpent { calls_today: 2 }
+    );
+    // The ticket calls did not count against the token's ceiling.
+    assert_eq!(calls_today(permit(&lease, token).await), Some(1));
+
+    // WeChat's 45009 from getticket stops getticket only.
+    let cards = PermitRules {
+        api: Api::WxCardTicket,
+        ..NORMAL
+    };
+    assert_eq!(calls_today(permit(&lease, cards).await), Some(1));
+    lease
+        .mark_quota_exhausted(Api::WxCardTicket)
+        .await
+        .expect("mark");
+    assert_eq!(
+        permit(&lease, cards).await,
+        Permit::QuotaSpent { calls_today: 1 }
+    );
+    assert_eq!(calls_today(permit(&lease, token).await), Some(2));
+
+    // Forced refreshes are counted and spaced per API too.
+    let forced = |api| PermitRules {
+        api,
+        forced_min_interval: Some(Duration::from_secs(60)),
+        forced_daily_limit: Some(1),
+        ..NORMAL
+    };
+    assert_eq!(
+        calls_today(permit(&lease, forced(Api::StableToken)).await),
+        Some(1)
+    );
+    assert!(matches!(
+        permit(&lease, forced(Api::StableToken)).await,
+        Permit::ForcedSpent
+    ));
+    assert_eq!(
+        calls_today(permit(&lease, forced(Api::WecomToken)).await),
+        Some(1)
+    );
 }
 
 /// The write fence: what a former holder kept of a lease that moved on

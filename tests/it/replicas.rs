@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use fake_wechat::Fault;
 use mongodb::bson::{doc, Document};
+use serde_json::json;
+use wxtokend::Api;
 use wxtokend_reader::AccountId;
 
 use crate::support::daemon::output;
@@ -327,11 +329,17 @@ async fn the_daily_call_ceiling_holds_across_restarts_and_shows_in_status() {
             m.mongodb_ops("permit") >= 4
         })
         .await;
-    assert_eq!(m.account("wxtokend_quota_calls_today", &id), Some(3.0));
+    assert_eq!(
+        m.quota("wxtokend_quota_calls_today", &id, "token"),
+        Some(3.0)
+    );
     // Its chance to call again: longer than a token's refresh period (1 s).
     s.wait_for_renewals(&id, 4).await;
     assert_eq!(s.fake.token_calls(&id), 3);
-    assert_eq!(s.lease(&id).await.expect("lease").calls_today, 3);
+    assert_eq!(
+        s.lease(&id).await.expect("lease").calls_today(Api::Token),
+        3
+    );
     assert!(s.daemon_mut().terminate(WAIT).success());
 
     let again = s.spawn("restarted");
@@ -340,7 +348,10 @@ async fn the_daily_call_ceiling_holds_across_restarts_and_shows_in_status() {
             m.lease_held(&id) && m.mongodb_ops("permit") >= 1
         })
         .await;
-    assert_eq!(m.account("wxtokend_quota_calls_today", &id), Some(3.0));
+    assert_eq!(
+        m.quota("wxtokend_quota_calls_today", &id, "token"),
+        Some(3.0)
+    );
     s.wait_for_renewals(&id, 2).await;
     assert_eq!(
         s.fake.token_calls(&id),
@@ -475,12 +486,18 @@ async fn status_lists_every_configured_account_with_its_limits() {
         ]
     );
     let held = s.lease(&stable.id).await.expect("a lease");
-    for kind in ["access_token", "jsapi_ticket"] {
+    // Quotas per WeChat API: the forced count is stable_token's alone.
+    for (kind, api, forced, forced_limit) in [
+        ("access_token", Api::StableToken, json!(1), json!(20)),
+        ("jsapi_ticket", Api::JsapiTicket, json!(null), json!(null)),
+    ] {
         let l = line(&lines, &stable.id, kind);
+        assert_eq!(l["api"], api.as_str(), "{l}");
         assert_eq!(l["daily_call_limit"], 1000, "{l}");
-        assert_eq!(l["calls_today"], held.calls_today, "{l}");
-        assert_eq!(l["forced_calls_today"], 1, "{l}");
-        assert_eq!(l["forced_call_limit"], 20, "{l}");
+        assert_eq!(l["calls_today"], held.calls_today(api), "{l}");
+        assert!(held.calls_today(api) >= 1, "{l}");
+        assert_eq!(l["forced_calls_today"], forced, "{l}");
+        assert_eq!(l["forced_call_limit"], forced_limit, "{l}");
     }
     assert_eq!(line(&lines, &stable.id, "access_token")["generation"], 2);
     // Refused by WeChat: a lease and an error, nothing stored.
@@ -497,8 +514,13 @@ async fn status_lists_every_configured_account_with_its_limits() {
         "{l}"
     );
     // Never refreshed, not even leased: every kind, with its limits.
-    for kind in ["access_token", "jsapi_ticket", "agent_config_ticket"] {
+    for (kind, api) in [
+        ("access_token", "wecom_token"),
+        ("jsapi_ticket", "wecom_jsapi_ticket"),
+        ("agent_config_ticket", "agent_config_ticket"),
+    ] {
         let l = line(&lines, &never.id, kind);
+        assert_eq!(l["api"], api, "{l}");
         assert_eq!(l["generation"], serde_json::Value::Null, "{l}");
         assert_eq!(l["lease_holder"], serde_json::Value::Null, "{l}");
         assert_eq!(l["lease_valid"], false, "{l}");
@@ -535,7 +557,7 @@ async fn status_lists_every_configured_account_with_its_limits() {
         "{table}"
     );
     assert!(
-        stable_row.contains(&format!("{}/1000", held.calls_today)),
+        stable_row.contains(&format!("{}/1000", held.calls_today(Api::StableToken))),
         "{table}"
     );
     assert!(stable_row.contains(&"1/20".to_owned()), "{table}");

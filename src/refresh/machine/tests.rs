@@ -17,7 +17,8 @@ fn settings() -> RefreshSettings {
         permanent_error_retry: Duration::from_secs(1800),
         request_poll_interval: Duration::from_secs(1),
         forced_min_interval: Duration::from_secs(30),
-        daily_call_limit: 1800,
+        daily_call_limits: crate::config::DailyCallLimits::all(1800),
+        retired_daily_call_limit: None,
     }
 }
 

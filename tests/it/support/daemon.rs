@@ -119,7 +119,10 @@ pub struct TestConfig {
     pub lease_duration: &'static str,
     pub lease_renew_interval: &'static str,
     pub forced_min_interval: &'static str,
+    /// `refresh.daily_call_limits`: every API's ceiling...
     pub daily_call_limit: u32,
+    /// ...except these (API name, ceiling).
+    pub api_call_limits: Vec<(&'static str, u32)>,
     /// Extra environment of the process (for example `FAILPOINTS`).
     pub env: Vec<(&'static str, String)>,
     /// `json` (parsed by the helpers) or `human`.
@@ -154,10 +157,27 @@ impl TestConfig {
             lease_renew_interval: "500ms",
             forced_min_interval: "1s",
             daily_call_limit: 1800,
+            api_call_limits: Vec::new(),
             env: Vec::new(),
             log_format: "json",
             log_level_debug: false,
         }
+    }
+
+    /// `refresh.daily_call_limits` as an inline TOML table's contents.
+    fn daily_call_limits(&self) -> String {
+        wxtokend::Api::ALL
+            .iter()
+            .map(|api| {
+                let limit = self
+                    .api_call_limits
+                    .iter()
+                    .find(|(name, _)| *name == api.as_str())
+                    .map_or(self.daily_call_limit, |(_, limit)| *limit);
+                format!("{api} = {limit}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn to_toml(&self) -> String {
@@ -188,7 +208,7 @@ retry_max = "{retry_max}"
 permanent_error_retry = "{permanent}"
 request_poll_interval = "200ms"
 forced_min_interval = "{forced}"
-daily_call_limit = {limit}
+daily_call_limits = {{ {limits} }}
 
 [lease]
 duration = "{lease}"
@@ -215,7 +235,7 @@ level = "{log_level}"
             retry_max = self.retry_max,
             permanent = self.permanent_error_retry,
             forced = self.forced_min_interval,
-            limit = self.daily_call_limit,
+            limits = self.daily_call_limits(),
             lease = self.lease_duration,
             renew = self.lease_renew_interval,
             log_format = self.log_format,

@@ -67,7 +67,13 @@ impl Metrics {
         self.get(name, &[("account", account), ("kind", "access_token")])
     }
 
-    /// A per-account series (`wxtokend_quota_calls_today`, `wxtokend_lease_held`).
+    /// A per-(account, API) series (`wxtokend_quota_calls_today`,
+    /// `wxtokend_quota_exhausted`).
+    pub fn quota(&self, name: &str, account: &str, api: &str) -> Option<f64> {
+        self.get(name, &[("account", account), ("api", api)])
+    }
+
+    /// A per-account series (`wxtokend_lease_held`).
     pub fn account(&self, name: &str, account: &str) -> Option<f64> {
         self.get(name, &[("account", account)])
     }

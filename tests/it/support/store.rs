@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
-use wxtokend::coordination::quota::quota_day;
+use wxtokend::coordination::quota::{quota_day, ApiQuota};
 pub use wxtokend::coordination::Inserted;
+pub use wxtokend::Api;
 use wxtokend::{FetchedCredential, Store};
 use wxtokend_reader::{AccountId, ConnectOptions, CredentialKind, Generation, RefreshReason};
 
@@ -97,11 +98,21 @@ pub struct Lease {
     pub expires_at: SystemTime,
     /// Current by the MongoDB server's clock.
     pub valid: bool,
-    /// Token calls counted today (Beijing time).
-    pub calls_today: i64,
-    /// WeChat answered 45009 today.
-    pub quota_exhausted: bool,
+    /// Each WeChat API's counters, as they stand today (Beijing time).
+    pub quotas: HashMap<Api, ApiQuota>,
     pub last_error: Option<String>,
+}
+
+impl Lease {
+    /// Calls to `api` counted today.
+    pub fn calls_today(&self, api: Api) -> i64 {
+        self.quotas.get(&api).map_or(0, |q| q.calls)
+    }
+
+    /// WeChat answered 45009 from `api` today.
+    pub fn exhausted(&self, api: Api) -> bool {
+        self.quotas.get(&api).is_some_and(|q| q.exhausted)
+    }
 }
 
 /// Every lease document, by account; `None` while MongoDB does not answer.
@@ -114,14 +125,16 @@ pub async fn leases(db: &TestDb) -> Option<HashMap<String, Lease>> {
         infos
             .into_iter()
             .map(|l| {
-                let counts_today = l.quota_day.as_deref() == Some(today.as_str());
                 let lease = Lease {
                     valid: l.expires_at > now,
                     holder: l.holder,
                     term: l.term.0,
                     expires_at: l.expires_at,
-                    calls_today: if counts_today { l.quota_calls } else { 0 },
-                    quota_exhausted: counts_today && l.quota_exhausted,
+                    quotas: l
+                        .quotas
+                        .iter()
+                        .map(|(api, quota)| (*api, quota.on(&today)))
+                        .collect(),
                     last_error: l.last_error,
                 };
                 (l.app_id.to_string(), lease)

@@ -1,0 +1,166 @@
+//! [`Api`]: which WeChat endpoint issues a credential. WeChat counts its
+//! daily quotas per API, so the daemon keeps its call ceilings, counters,
+//! 45009 stops and forced-refresh counters per (account, API) too: a
+//! `getticket` that answers 45009 never stops the access token.
+
+use std::fmt;
+
+use serde::Serialize;
+use wxtokend_reader::CredentialKind;
+
+use crate::config::{Platform, TokenEndpoint};
+
+/// A WeChat API that issues credentials, with its own daily quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `GET /cgi-bin/token`.
+    Token,
+    /// `POST /cgi-bin/stable_token`.
+    StableToken,
+    /// `GET /cgi-bin/ticket/getticket?type=jsapi`.
+    JsapiTicket,
+    /// `GET /cgi-bin/ticket/getticket?type=wx_card`.
+    WxCardTicket,
+    /// WeCom's `GET /cgi-bin/gettoken`.
+    WecomToken,
+    /// WeCom's `GET /cgi-bin/get_jsapi_ticket`.
+    WecomJsapiTicket,
+    /// WeCom's `GET /cgi-bin/ticket/get?type=agent_config`.
+    AgentConfigTicket,
+}
+
+impl Api {
+    pub const ALL: [Api; 7] = [
+        Self::Token,
+        Self::StableToken,
+        Self::JsapiTicket,
+        Self::WxCardTicket,
+        Self::WecomToken,
+        Self::WecomJsapiTicket,
+        Self::AgentConfigTicket,
+    ];
+
+    /// The API that issues `kind` for an account of `platform` whose
+    /// access token comes from `endpoint`.
+    pub fn of(platform: Platform, endpoint: TokenEndpoint, kind: CredentialKind) -> Self {
+        match (platform, kind) {
+            (Platform::Wecom, CredentialKind::AccessToken) => Self::WecomToken,
+            (Platform::Wecom, CredentialKind::JsapiTicket) => Self::WecomJsapiTicket,
+            (Platform::Wecom, _) | (_, CredentialKind::AgentConfigTicket) => {
+                Self::AgentConfigTicket
+            }
+            (_, CredentialKind::AccessToken) => match endpoint {
+                TokenEndpoint::Token => Self::Token,
+                TokenEndpoint::StableToken => Self::StableToken,
+            },
+            (_, CredentialKind::JsapiTicket) => Self::JsapiTicket,
+            (_, CredentialKind::WxCardTicket) => Self::WxCardTicket,
+        }
+    }
+
+    /// The credential kind this API issues.
+    pub fn kind(self) -> CredentialKind {
+        match self {
+            Self::Token | Self::StableToken | Self::WecomToken => CredentialKind::AccessToken,
+            Self::JsapiTicket | Self::WecomJsapiTicket => CredentialKind::JsapiTicket,
+            Self::WxCardTicket => CredentialKind::WxCardTicket,
+            Self::AgentConfigTicket => CredentialKind::AgentConfigTicket,
+        }
+    }
+
+    /// The name used in settings (`refresh.daily_call_limits.NAME`), the
+    /// lease document, `status` and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::StableToken => "stable_token",
+            Self::JsapiTicket => "jsapi_ticket",
+            Self::WxCardTicket => "wx_card_ticket",
+            Self::WecomToken => "wecom_token",
+            Self::WecomJsapiTicket => "wecom_jsapi_ticket",
+            Self::AgentConfigTicket => "agent_config_ticket",
+        }
+    }
+
+    /// The API's path, as WeChat's quota tools name it.
+    pub fn cgi_path(self) -> &'static str {
+        match self {
+            Self::Token => "/cgi-bin/token",
+            Self::StableToken => "/cgi-bin/stable_token",
+            Self::JsapiTicket | Self::WxCardTicket => "/cgi-bin/ticket/getticket",
+            Self::WecomToken => "/cgi-bin/gettoken",
+            Self::WecomJsapiTicket => "/cgi-bin/get_jsapi_ticket",
+            Self::AgentConfigTicket => "/cgi-bin/ticket/get",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|api| api.as_str() == name)
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configurable_credential_has_its_own_api() {
+        use CredentialKind::*;
+        use Platform::*;
+        let cases = [
+            (
+                OfficialAccount,
+                TokenEndpoint::Token,
+                AccessToken,
+                Api::Token,
+            ),
+            (
+                MiniProgram,
+                TokenEndpoint::StableToken,
+                AccessToken,
+                Api::StableToken,
+            ),
+            (
+                OfficialAccount,
+                TokenEndpoint::Token,
+                JsapiTicket,
+                Api::JsapiTicket,
+            ),
+            (
+                OfficialAccount,
+                TokenEndpoint::Token,
+                WxCardTicket,
+                Api::WxCardTicket,
+            ),
+            (Wecom, TokenEndpoint::Token, AccessToken, Api::WecomToken),
+            (
+                Wecom,
+                TokenEndpoint::Token,
+                JsapiTicket,
+                Api::WecomJsapiTicket,
+            ),
+            (
+                Wecom,
+                TokenEndpoint::Token,
+                AgentConfigTicket,
+                Api::AgentConfigTicket,
+            ),
+        ];
+        for (platform, endpoint, kind, api) in cases {
+            assert_eq!(
+                Api::of(platform, endpoint, kind),
+                api,
+                "{platform:?} {kind}"
+            );
+            assert_eq!(Api::from_name(api.as_str()), Some(api));
+            assert_eq!(api.kind(), kind);
+        }
+    }
+}
