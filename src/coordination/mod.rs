@@ -231,6 +231,32 @@ impl Leases {
         Ok(docs.iter().map(lease_info).collect())
     }
 
+    /// Lifts every quota stop of `app_id` for today: the 45009 marks and
+    /// the day's call counts of every API it has (not the forced-refresh
+    /// counts: WeChat does not say that `clear_quota` resets stable_token's
+    /// 20 a day). For right after WeChat's `clear_quota`, which resets the
+    /// account's API counts: the daemon's refreshers see it at their next
+    /// permit, within a minute. Returns the APIs whose counts were reset.
+    pub async fn clear_quota_stops(&self, app_id: &AccountId) -> Result<Vec<Api>, StoreError> {
+        let filter = doc! { field::ID: app_id.as_str() };
+        let Some(lease) = self.collection().find_one(filter.clone()).await? else {
+            return Ok(Vec::new());
+        };
+        let info = lease_info(&lease);
+        let mut set = Document::new();
+        for api in info.quotas.keys() {
+            set.insert(quota::path(*api, quota::field::CALLS), 0_i64);
+            set.insert(quota::path(*api, quota::field::EXHAUSTED), false);
+        }
+        if set.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.collection()
+            .update_one(filter, doc! { "$set": set })
+            .await?;
+        Ok(info.quotas.into_keys().collect())
+    }
+
     /// Announces `instance` as alive until `duration` from now and returns
     /// how many replicas are alive (this one included).
     pub async fn heartbeat(

@@ -149,7 +149,7 @@ impl Refresher {
         let metrics = &self.ctx.metrics;
         metrics.quota_calls_today(&self.account.id, api, calls_today);
         metrics.quota_exhausted(&self.account.id, api, true);
-        let wait = self.machine.quota_spent(self.now());
+        let (reset, wait) = self.machine.quota_spent(self.now());
         if self.last_problem != Some(Problem::Quota) {
             tracing::error!(
                 error = cause.map(tracing::field::display),
@@ -157,7 +157,7 @@ impl Refresher {
                 cgi_path = api.cgi_path(),
                 calls_today,
                 daily_call_limit = self.ctx.refresh.daily_call_limits.of(api),
-                retry_in_s = wait.as_secs(),
+                resets_in_s = reset.as_secs(),
                 "daily quota of {} for this {} is spent: no call until it resets at midnight \
                  Beijing time (`wxtokend quota ACCOUNT` shows WeChat's count)",
                 api.cgi_path(),

@@ -25,6 +25,9 @@ const MIN_REPEAT_RETRY: Duration = Duration::from_secs(1);
 /// The first calls of a new quota day are spread over this long.
 const QUOTA_RESET_SPREAD: Duration = Duration::from_secs(60);
 
+/// While an API's quota is spent, its permit is asked again this often.
+const QUOTA_RECHECK: Duration = Duration::from_secs(60);
+
 /// The credential a refresher relies on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
@@ -213,16 +216,21 @@ impl Machine {
         self.forced = None;
     }
 
-    /// The day's quota is spent (our ceiling, or WeChat's 45009): no fetch
-    /// until WeChat's quota day ends, spread over a minute.
-    pub fn quota_spent(&mut self, now: SystemTime) -> Duration {
+    /// The day's quota of this API is spent (our ceiling, or WeChat's
+    /// 45009): no fetch until WeChat's quota day ends, spread over a
+    /// minute. The permit is asked again every [`QUOTA_RECHECK`] meanwhile
+    /// (MongoDB only, never WeChat), so that a stop cleared by
+    /// `wxtokend quota --clear` ends within a minute, not at midnight.
+    /// Returns the time until the reset and the wait before the next ask.
+    pub fn quota_spent(&mut self, now: SystemTime) -> (Duration, Duration) {
         let spread = rand::rng().random_range(Duration::ZERO..QUOTA_RESET_SPREAD);
-        let wait = next_quota_reset(now)
+        let reset = next_quota_reset(now)
             .duration_since(now)
             .unwrap_or_default()
             + spread;
+        let wait = reset.min(QUOTA_RECHECK);
         self.not_before = Some(now + wait);
-        wait
+        (reset, wait)
     }
 
     /// WeChat answered with a credential: store it next.

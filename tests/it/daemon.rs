@@ -326,7 +326,7 @@ async fn daily_quota_stops_fetching() {
         .duration_since(logged_at)
         .expect("the reset is ahead")
         .as_secs();
-    let retry_in = alert["retry_in_s"].as_u64().expect("retry_in_s");
+    let retry_in = alert["resets_in_s"].as_u64().expect("resets_in_s");
     assert!(
         (until_reset.saturating_sub(1)..=until_reset + 60).contains(&retry_in),
         "retry in {retry_in} s, the quota resets in {until_reset} s"

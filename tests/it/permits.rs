@@ -161,6 +161,59 @@ async fn each_api_has_its_own_ceiling_stop_and_forced_count() {
     );
 }
 
+/// A stop ends with WeChat's quota day, or when `wxtokend quota --clear`
+/// lifts it; the forced-refresh count is not WeChat's to clear.
+#[tokio::test]
+async fn a_stop_ends_with_the_quota_day_or_a_clear() {
+    let db = TestDb::new().await;
+    let leases = Leases::new(&db).await;
+    let id = "wxpermit6";
+    let lease = leases.acquire(id, "a").await.expect("free");
+    let ticket = PermitRules {
+        api: Api::JsapiTicket,
+        ..NORMAL
+    };
+    assert_eq!(calls_today(permit(&lease, ticket).await), Some(1));
+    lease
+        .mark_quota_exhausted(Api::JsapiTicket)
+        .await
+        .expect("mark");
+    assert!(matches!(
+        permit(&lease, ticket).await,
+        Permit::QuotaSpent { .. }
+    ));
+    // Yesterday's stop: a new day starts from zero.
+    db.db()
+        .collection::<mongodb::bson::Document>("leases")
+        .update_one(
+            mongodb::bson::doc! { "_id": id },
+            mongodb::bson::doc! { "$set": { "quota.jsapi_ticket.day": "2000-01-01" } },
+        )
+        .await
+        .expect("age the stop");
+    assert_eq!(calls_today(permit(&lease, ticket).await), Some(1));
+
+    // Stopped again today, then cleared.
+    lease
+        .mark_quota_exhausted(Api::JsapiTicket)
+        .await
+        .expect("mark");
+    let forced = PermitRules {
+        api: Api::StableToken,
+        forced_min_interval: Some(Duration::ZERO),
+        forced_daily_limit: Some(1),
+        ..NORMAL
+    };
+    assert_eq!(calls_today(permit(&lease, forced).await), Some(1));
+    assert_eq!(permit(&lease, forced).await, Permit::ForcedSpent);
+    let mut cleared = leases.clear_quota_stops(id).await;
+    cleared.sort();
+    assert_eq!(cleared, [Api::StableToken, Api::JsapiTicket]);
+    assert_eq!(calls_today(permit(&lease, ticket).await), Some(1));
+    assert_eq!(permit(&lease, forced).await, Permit::ForcedSpent);
+    assert!(leases.clear_quota_stops("wxnolease").await.is_empty());
+}
+
 /// The write fence: what a former holder kept of a lease that moved on
 /// writes nothing, and the new holder's generation follows the newest.
 #[tokio::test]

@@ -152,18 +152,23 @@ fn wechats_own_retry_time_wins_over_the_class_default() {
 }
 
 #[test]
-fn a_spent_quota_waits_for_midnight_in_beijing() {
+fn a_spent_quota_waits_for_midnight_in_beijing_asking_the_permit_again_meanwhile() {
     let mut m = holding();
     let now = t0() + Duration::from_secs(6600); // 21:50 in Beijing
-    let wait = m.quota_spent(now);
+    let (reset, wait) = m.quota_spent(now);
     let midnight = next_quota_reset(now);
     assert_eq!(quota_day(midnight), "2026-11-25");
     let earliest = midnight.duration_since(now).expect("later");
-    assert!(wait >= earliest && wait < earliest + QUOTA_RESET_SPREAD);
-    assert_eq!(
-        m.next(now + earliest / 2),
-        Action::Wait(wait - earliest / 2)
-    );
+    assert!(reset >= earliest && reset < earliest + QUOTA_RESET_SPREAD);
+    // The permit (MongoDB, not WeChat) is asked again a minute later, in
+    // case the stop was cleared.
+    assert_eq!(wait, QUOTA_RECHECK);
+    assert_eq!(m.next(now + wait / 2), Action::Wait(wait / 2));
+    // Seconds before midnight, the next ask comes no later than the reset.
+    let late = midnight - Duration::from_secs(10);
+    let (reset, wait) = m.quota_spent(late);
+    assert!(reset >= Duration::from_secs(10) && reset < Duration::from_secs(70));
+    assert_eq!(wait, reset.min(QUOTA_RECHECK));
 }
 
 #[test]
@@ -292,7 +297,7 @@ fn a_manual_refresh_overrides_the_wait_after_a_permanent_error_but_not_the_quota
     m.request(&request(RefreshReason::Manual, None));
     assert_eq!(m.next(due), Action::Fetch(RefreshReason::Manual));
     // A spent quota still holds, manual or not.
-    let wait = m.quota_spent(due);
+    let (_, wait) = m.quota_spent(due);
     m.request(&request(RefreshReason::Manual, None));
     assert_eq!(m.next(due), Action::Wait(wait));
     // A report does not override the backoff either.

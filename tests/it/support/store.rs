@@ -151,6 +151,14 @@ impl Leases {
         Leases(wxtokend::Leases::new(store(db).await))
     }
 
+    /// What `wxtokend quota --clear` does to the daemon's stops.
+    pub async fn clear_quota_stops(&self, account: &str) -> Vec<Api> {
+        self.0
+            .clear_quota_stops(&AccountId::new(account))
+            .await
+            .expect("clear")
+    }
+
     /// Takes the account's lease for 30 s, if it is free.
     pub async fn acquire(&self, account: &str, holder: &str) -> Option<HeldLease> {
         self.0
