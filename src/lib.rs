@@ -15,6 +15,8 @@
 //! - [`store`]: the database handle, the server's clock (`clock`), indexes.
 //! - `wechat`: the upstream HTTP client and the one errcode table.
 //! - `status`, `admin`, `metrics`, `telemetry`: what operators see.
+//! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
+//!   with a stored token (`wxtokend quota`).
 
 mod admin;
 mod clock;
@@ -23,6 +25,7 @@ pub mod coordination;
 mod coordinator;
 mod daemon;
 mod metrics;
+pub mod quota;
 mod refresh;
 mod status;
 pub mod store;

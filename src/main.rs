@@ -1,5 +1,5 @@
 //! The `wxtokend` command: parses arguments and calls into the library.
-//! Over 400 lines on purpose: every command's output and exit code, and the
+//! Over 600 lines on purpose: every command's output and exit code, and the
 //! tests of what it prints, read in one place (the exit codes are a contract).
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mongodb::bson::DateTime;
 use tokio_util::sync::CancellationToken;
 
+use wxtokend::quota::{self, CgiPath, QuotaError, QuotaRequest};
 use wxtokend::{
     connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, Scope, Settings, StoreError,
 };
@@ -27,17 +28,23 @@ mod exit {
     pub const CONFIG: u8 = 3;
     pub const MONGODB: u8 = 4;
     pub const NO_VALID_CREDENTIAL: u8 = 5;
+    pub const WECHAT: u8 = 6;
 }
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  unexpected failure; health: not healthy (or not ready)
-  2  bad command line
+  2  bad command line; quota: an account that is not configured or is
+     WeCom's, or --clear not confirmed (answered no, or no terminal to ask
+     and no --yes)
   3  invalid configuration (the message names the key);
      health: admin.listen is off or uses port 0
   4  MongoDB unreachable or failing
-  5  get, sign: no valid credential stored (none yet, or the newest has expired)";
+  5  get, sign, quota: no valid credential stored (none yet, or the newest
+     has expired)
+  6  quota: WeChat refused the call or did not answer (the message names
+     the errcode and what it means)";
 
 /// Keeps WeChat access tokens fresh in MongoDB for every service to read.
 #[derive(Debug, Parser)]
@@ -109,6 +116,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show WeChat's own count of ACCOUNT's calls today to its token API (or
+    /// --api PATH), or with --clear reset every API's count (10 a month).
+    ///
+    /// Uses the newest valid access token stored in MongoDB and never
+    /// fetches one (that would rotate the token the daemon keeps), so it
+    /// needs no running daemon and no WeChat secret; with no valid token
+    /// stored, --clear uses the account's AppSecret instead (clear_quota/v2),
+    /// read from its secret_env or secret_file only then. Official Accounts
+    /// and Mini Programs (WeCom has no such API).
+    Quota {
+        /// The account id (the appid) as configured.
+        account: String,
+        /// The API to show, as WeChat names it (starting with /); default:
+        /// the account's token API (/cgi-bin/token or /cgi-bin/stable_token).
+        #[arg(long, value_name = "PATH")]
+        api: Option<CgiPath>,
+        /// Reset today's call counts of every API of the account, after a
+        /// confirmation on the terminal (uses one of 10 clears a month).
+        #[arg(long)]
+        clear: bool,
+        /// With --clear: do not ask (needed where there is no terminal).
+        #[arg(long, requires = "clear")]
+        yes: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration, read every secret, and reach MongoDB.
     Check,
     /// Ask the running daemon's admin server whether it is alive (/healthz),
@@ -163,6 +197,7 @@ fn main() -> ExitCode {
         | Command::Sign { .. }
         | Command::Refresh { .. }
         | Command::Status { .. }
+        | Command::Quota { .. }
         | Command::Health { .. } => Scope::StoreOnly,
         Command::Run | Command::Check => Scope::Daemon,
     };
@@ -192,6 +227,19 @@ fn main() -> ExitCode {
                 refresh(settings, AccountId::new(account), kind.into()).await
             }
             Command::Status { json } => status(settings, json).await,
+            Command::Quota {
+                account,
+                api,
+                clear,
+                yes,
+                json,
+            } => {
+                let request = QuotaRequest {
+                    account: AccountId::new(account),
+                    api,
+                };
+                quota(settings, &request, clear.then_some(yes), json).await
+            }
             Command::Check => check(settings).await,
             Command::Health { ready } => health(settings, ready).await,
         }
@@ -375,6 +423,85 @@ async fn status(settings: Settings, json: bool) -> u8 {
             exit::OK
         }
         Err(e) => report(&e.to_string(), exit::MONGODB),
+    }
+}
+
+/// `quota`; `clear` is `Some(yes)` with --clear.
+async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, json: bool) -> u8 {
+    let store = match connect_store(&settings).await {
+        Ok(store) => store,
+        Err(e) => return store_failure(&e),
+    };
+    let printed = match clear {
+        None => quota::show(&store, &settings, request).await.map(|shown| {
+            if json {
+                serde_json::to_string(&shown)
+            } else {
+                Ok(quota::render(&[&shown]))
+            }
+        }),
+        Some(yes) => {
+            let confirm = |account: &AccountId| confirm_clear(account, yes);
+            quota::clear(&store, &settings, request, confirm)
+                .await
+                .map(|cleared| {
+                    if let Some(note) = &cleared.note {
+                        eprintln!("warning: {note}");
+                    }
+                    if json {
+                        serde_json::to_string(&cleared)
+                    } else {
+                        Ok(quota::render_cleared(&cleared))
+                    }
+                })
+        }
+    };
+    match printed {
+        Ok(Ok(text)) => {
+            println!("{}", text.trim_end());
+            exit::OK
+        }
+        Ok(Err(e)) => report(&e.to_string(), exit::FAILURE),
+        Err(e) => {
+            let code = match &e {
+                QuotaError::NotConfigured(_)
+                | QuotaError::Wecom(_)
+                | QuotaError::NotConfirmed(_) => exit::BAD_COMMAND_LINE,
+                QuotaError::Secret(_) => exit::CONFIG,
+                QuotaError::Store(e) if invalid_uri(e).is_some() => return store_failure(e),
+                QuotaError::Store(_) => exit::MONGODB,
+                QuotaError::NoValidToken(_) => exit::NO_VALID_CREDENTIAL,
+                QuotaError::Wechat { .. } => exit::WECHAT,
+                QuotaError::Client(_) => exit::FAILURE,
+            };
+            report(&e.to_string(), code)
+        }
+    }
+}
+
+/// Asks on the terminal before a clear spends one of the month's 10, unless
+/// `yes`; without a terminal to ask, refuses.
+fn confirm_clear(account: &AccountId, yes: bool) -> Result<(), &'static str> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(
+            "--clear asks for confirmation on a terminal; pass --yes to clear without asking",
+        );
+    }
+    eprint!(
+        "Reset today's call counts of every API of {account}? This uses one of the 10 clears \
+         WeChat allows each account per month. [y/N] "
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = stdin.lock().read_line(&mut answer);
+    match answer.trim() {
+        "y" | "Y" | "yes" | "YES" | "Yes" => Ok(()),
+        _ => Err("not confirmed"),
     }
 }
 

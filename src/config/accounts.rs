@@ -1,5 +1,6 @@
 //! `[[accounts]]`: each entry's id and shape checked (in every scope), and
-//! for the daemon its secret read from the environment or a file.
+//! its secret read from the environment or a file, for the daemon at load
+//! time, for `quota --clear` only when it needs it.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,9 @@ use serde::Deserialize;
 use wxtokend_reader::AccountId;
 
 use super::validate::Problems;
-use super::{Account, AccountSpec, EnvSource, Platform, TicketName, TokenEndpoint};
+use super::{
+    Account, AccountSpec, EnvSource, Platform, Problem, SecretSource, TicketName, TokenEndpoint,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +62,11 @@ pub(super) fn account_specs(raw: &[RawAccount], p: &mut Problems) -> Vec<Account
             platform: account.platform,
             endpoint: account.endpoint,
             tickets: account.tickets.iter().map(|t| t.kind()).collect(),
+            secret: SecretSource {
+                index: i,
+                env: account.secret_env.clone(),
+                file: account.secret_file.clone(),
+            },
         });
     }
     specs
@@ -67,21 +75,37 @@ pub(super) fn account_specs(raw: &[RawAccount], p: &mut Problems) -> Vec<Account
 /// The daemon's accounts: each spec with its secret read from the
 /// environment or a file.
 pub(super) fn resolve_secrets(
-    raw: &[RawAccount],
     specs: &[AccountSpec],
     env: &dyn EnvSource,
     p: &mut Problems,
 ) -> Vec<Account> {
-    if raw.is_empty() {
+    if specs.is_empty() {
         p.add(
             "accounts",
             "no account configured; add an [[accounts]] table to your --config file",
         );
     }
-    let mut accounts = Vec::with_capacity(raw.len());
-    for (i, (account, spec)) in raw.iter().zip(specs).enumerate() {
-        let key = |field: &str| format!("accounts[{i}].{field}");
-        let secret = match (&account.secret_env, &account.secret_file) {
+    let mut accounts = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match spec.secret.read(env) {
+            Ok(secret) => accounts.push(Account {
+                id: spec.id.clone(),
+                platform: spec.platform,
+                endpoint: spec.endpoint,
+                secret,
+                tickets: spec.tickets.clone(),
+            }),
+            Err(problem) => p.add(problem.key, problem.message),
+        }
+    }
+    accounts
+}
+
+impl SecretSource {
+    /// Reads the secret; a problem names the key to fix.
+    pub(super) fn read(&self, env: &dyn EnvSource) -> Result<SecretString, Problem> {
+        let key = |field: &str| format!("accounts[{}].{field}", self.index);
+        let read = match (&self.env, &self.file) {
             (Some(var), None) => secret_from_env(var, env).map_err(|m| (key("secret_env"), m)),
             (None, Some(path)) => secret_from_file(path).map_err(|m| (key("secret_file"), m)),
             (Some(_), Some(_)) => Err((
@@ -94,18 +118,8 @@ pub(super) fn resolve_secrets(
                     .to_string(),
             )),
         };
-        match secret {
-            Ok(secret) => accounts.push(Account {
-                id: spec.id.clone(),
-                platform: spec.platform,
-                endpoint: spec.endpoint,
-                secret,
-                tickets: spec.tickets.clone(),
-            }),
-            Err((key, message)) => p.add(key, message),
-        }
+        read.map_err(|(key, message)| Problem { key, message })
     }
-    accounts
 }
 
 /// Platform rules: WeCom ids are `corpid/agentid` and use `gettoken`; each

@@ -258,6 +258,19 @@ pub struct AccountSpec {
     pub endpoint: TokenEndpoint,
     /// Tickets kept fresh besides the access token.
     pub tickets: Vec<CredentialKind>,
+    /// Where its secret is, as written (read only by the commands that need it).
+    pub secret: SecretSource,
+}
+
+/// Where an account's secret is read from: its `secret_env` or `secret_file`
+/// as written, not the secret itself (that is read by [`Settings::secret_of`]
+/// or, for the daemon, at load time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSource {
+    /// Position in `[[accounts]]`, for the key a problem names.
+    index: usize,
+    env: Option<String>,
+    file: Option<PathBuf>,
 }
 
 impl AccountSpec {
@@ -372,6 +385,18 @@ impl EnvSource for ProcessEnv {
 }
 
 impl Settings {
+    /// Reads the secret of one configured account from its `secret_env` (in
+    /// the process environment) or `secret_file`, for a command that needs
+    /// it only sometimes (`quota --clear` without a valid stored token).
+    pub fn secret_of(&self, account: &AccountSpec) -> Result<SecretString, ConfigError> {
+        account
+            .secret
+            .read(&ProcessEnv)
+            .map_err(|problem| ConfigError::Invalid {
+                problems: vec![problem],
+            })
+    }
+
     /// Loads defaults, then `file` if given, then `WXTOKEND__…` variables
     /// from the process environment, and validates the result.
     pub fn load(file: Option<&Path>, scope: Scope) -> Result<Settings, ConfigError> {

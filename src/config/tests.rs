@@ -240,24 +240,63 @@ fn store_only_scope_keeps_every_account_without_its_secret() {
                 platform: Platform::OfficialAccount,
                 endpoint: TokenEndpoint::StableToken,
                 tickets: vec![CredentialKind::JsapiTicket, CredentialKind::WxCardTicket],
+                secret: SecretSource {
+                    index: 0,
+                    env: Some("UNSET".into()),
+                    file: None,
+                },
             },
             AccountSpec {
                 id: AccountId::new("ww0123/1000002"),
                 platform: Platform::Wecom,
                 endpoint: TokenEndpoint::Token,
                 tickets: vec![CredentialKind::AgentConfigTicket],
+                secret: SecretSource {
+                    index: 1,
+                    env: None,
+                    file: None,
+                },
             },
             AccountSpec {
                 id: AccountId::new("wxmp"),
                 platform: Platform::MiniProgram,
                 endpoint: TokenEndpoint::Token,
                 tickets: vec![],
+                secret: SecretSource {
+                    index: 2,
+                    env: None,
+                    file: Some("/nonexistent/secret".into()),
+                },
             },
         ]
     );
     // No account at all is fine too: a business host may list none.
     let none = load_store_only("").expect("no account needed");
     assert!(none.configured.is_empty());
+}
+
+#[test]
+fn one_accounts_secret_is_read_on_demand_and_names_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "  from-file\n").expect("write secret");
+    let toml = format!(
+        r#"
+        [[accounts]]
+        id = "wx0001"
+        platform = "official_account"
+        secret_file = {secret:?}
+        [[accounts]]
+        id = "wx0002"
+        platform = "official_account"
+        secret_env = "WXTOKEND_TEST_SURELY_UNSET_SECRET"
+        "#
+    );
+    let s = load_store_only(&toml).expect("no secret read at load");
+    let read = s.secret_of(&s.configured[0]).expect("readable");
+    assert_eq!(read.expose_secret(), "from-file");
+    let error = s.secret_of(&s.configured[1]).expect_err("unset");
+    assert_eq!(keys(error), ["accounts[1].secret_env"]);
 }
 
 #[test]

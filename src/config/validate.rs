@@ -72,7 +72,7 @@ impl RawSettings {
         let log = log_settings(&self.log, &mut problems);
         let configured = account_specs(&self.accounts, &mut problems);
         let accounts = match scope {
-            Scope::Daemon => resolve_secrets(&self.accounts, &configured, env, &mut problems),
+            Scope::Daemon => resolve_secrets(&configured, env, &mut problems),
             Scope::StoreOnly => Vec::new(),
         };
         let stable = configured

@@ -168,7 +168,9 @@ pub(super) fn parse_credential(
     })
 }
 
-fn api_error(
+/// WeChat's refusal as an error: classified by `call`, with `secret` (the
+/// AppSecret or token the call was made with) scrubbed from its `errmsg`.
+pub(super) fn api_error(
     errcode: i64,
     errmsg: Option<String>,
     secret: &SecretString,

@@ -39,10 +39,6 @@ impl fmt::Display for ErrorClass {
 /// things (40001 is a wrong AppSecret when asking for a token, and a stale
 /// token when using one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(
-    clippy::enum_variant_names,
-    reason = "issuing versus using a token is the distinction"
-)]
 pub enum Call {
     /// A call that issues an access token (`token`, `stable_token`).
     IssueToken,
@@ -52,6 +48,11 @@ pub enum Call {
     WecomIssueToken,
     /// A WeCom call made with an access token.
     WecomUseToken,
+    /// Showing or clearing an account's API quotas with its access token
+    /// (`openapi/quota/get`, `clear_quota`).
+    ManageQuota,
+    /// Clearing an account's API quotas with its AppSecret (`clear_quota/v2`).
+    ClearQuotaWithSecret,
 }
 
 struct Entry {
@@ -147,6 +148,69 @@ const USE_TOKEN: &[Entry] = &[
     entry(42001, InvalidToken, "access_token expired"),
 ];
 
+/// Why a quota clear is refused: WeChat allows 10 a month per account.
+const CLEARS_SPENT: &str = "this month's 10 quota clears of the account are used (clears in the \
+     admin console count too): wait for the daily reset at 00:00 Beijing time, or next month";
+
+/// Codes returned by `openapi/quota/get` and `clear_quota`, made with an
+/// access token.
+const MANAGE_QUOTA: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45011, Transient, "API minute quota reached"),
+    entry(45009, DailyQuota, "API daily quota reached"),
+    entry(
+        40001,
+        InvalidToken,
+        "access_token is invalid or not the latest",
+    ),
+    entry(40014, InvalidToken, "access_token is not valid"),
+    entry(42001, InvalidToken, "access_token expired"),
+    entry(48006, Permanent, CLEARS_SPENT),
+    entry(
+        76021,
+        Permanent,
+        "cgi_path not found: give --api as WeChat's path, such as /cgi-bin/token",
+    ),
+    entry(
+        76022,
+        Permanent,
+        "no quota to show for this API with this account's token (never for /sns/ APIs)",
+    ),
+    entry(40013, Permanent, "invalid appid: check the account's id"),
+    entry(
+        48001,
+        Permanent,
+        "this account is not authorized for the API",
+    ),
+];
+
+/// Codes returned by `clear_quota/v2`, made with the AppSecret.
+const CLEAR_QUOTA_WITH_SECRET: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45011, Transient, "API minute quota reached"),
+    entry(48006, Permanent, CLEARS_SPENT),
+    entry(
+        40001,
+        Permanent,
+        "AppSecret is wrong: check the account's secret_env or secret_file",
+    ),
+    entry(
+        40125,
+        Permanent,
+        "AppSecret is invalid: check the account's secret_env or secret_file",
+    ),
+    entry(
+        40243,
+        Permanent,
+        "AppSecret is frozen: unfreeze it in the account's admin console",
+    ),
+    entry(40013, Permanent, "invalid appid: check the account's id"),
+    entry(41002, Permanent, "appid missing"),
+    entry(41004, Permanent, "appsecret missing"),
+    entry(40164, Permanent, IP_WHITELIST),
+    entry(61004, Permanent, IP_WHITELIST),
+];
+
 /// WeCom's codes when issuing a token. Its 45009 is a frequency limit that
 /// lifts within the hour, not a daily quota.
 const WECOM_ISSUE_TOKEN: &[Entry] = &[
@@ -178,6 +242,8 @@ fn lookup(errcode: i64, call: Call) -> Option<&'static Entry> {
         Call::UseToken => USE_TOKEN,
         Call::WecomIssueToken => WECOM_ISSUE_TOKEN,
         Call::WecomUseToken => WECOM_USE_TOKEN,
+        Call::ManageQuota => MANAGE_QUOTA,
+        Call::ClearQuotaWithSecret => CLEAR_QUOTA_WITH_SECRET,
     };
     table.iter().find(|e| e.code == errcode)
 }
@@ -253,6 +319,18 @@ mod tests {
         assert_eq!(classify(45009, Call::WecomIssueToken), Transient);
         assert_eq!(classify(60020, Call::WecomIssueToken), Permanent);
         assert_eq!(classify(42001, Call::WecomUseToken), InvalidToken);
+    }
+
+    #[test]
+    fn quota_codes_name_the_monthly_clear_limit_and_the_path() {
+        for call in [Call::ManageQuota, Call::ClearQuotaWithSecret] {
+            assert_eq!(classify(48006, call), Permanent);
+            assert!(meaning(48006, call).contains("10 quota clears"));
+        }
+        assert!(meaning(76021, Call::ManageQuota).contains("--api"));
+        assert_eq!(classify(42001, Call::ManageQuota), InvalidToken);
+        // With the AppSecret, 40001 is the secret, not a token.
+        assert_eq!(classify(40001, Call::ClearQuotaWithSecret), Permanent);
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The upstream: WeChat's HTTP API. Only this module speaks HTTP.
 //!
+//! Credentials are fetched here (`mod.rs`, answers in [`answer`]); the quota
+//! administration behind `wxtokend quota` is in [`openapi`].
+//!
 //! The AppSecret travels in the query string of `/cgi-bin/token`, so every
 //! error leaving this module is built without the URL, and WeChat's own
 //! `errmsg` is scrubbed of the secret before it is kept ([`answer`]).
@@ -7,6 +10,7 @@
 mod answer;
 mod api;
 mod errcode;
+mod openapi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +28,7 @@ pub use answer::{
 };
 pub use api::Api;
 pub use errcode::{Call, ErrorClass};
+pub use openapi::{ApiQuota, CgiPath, RateLimit};
 
 /// WeChat allows about 20 `force_refresh` calls of `stable_token` a day.
 pub const STABLE_TOKEN_FORCED_PER_DAY: i64 = 20;

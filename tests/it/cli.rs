@@ -44,7 +44,7 @@ fn help_lists_commands_and_exit_codes() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "get", "sign", "refresh", "status", "check", "health", "help"],
+        ["run", "get", "sign", "refresh", "status", "quota", "check", "health", "help"],
         "{out}"
     );
     assert!(
@@ -60,11 +60,16 @@ fn help_lists_commands_and_exit_codes() {
         exit_codes,
         "  0  success\n  \
            1  unexpected failure; health: not healthy (or not ready)\n  \
-           2  bad command line\n  \
+           2  bad command line; quota: an account that is not configured or is\n     \
+              WeCom's, or --clear not confirmed (answered no, or no terminal to ask\n     \
+              and no --yes)\n  \
            3  invalid configuration (the message names the key);\n     \
               health: admin.listen is off or uses port 0\n  \
            4  MongoDB unreachable or failing\n  \
-           5  get, sign: no valid credential stored (none yet, or the newest has expired)",
+           5  get, sign, quota: no valid credential stored (none yet, or the newest\n     \
+              has expired)\n  \
+           6  quota: WeChat refused the call or did not answer (the message names\n     \
+              the errcode and what it means)",
         "{out}"
     );
 }
@@ -100,13 +105,14 @@ async fn check_exits_4_when_mongodb_is_unreachable() {
 #[test]
 fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
     let id = account().id;
-    let commands: [&[&str]; 6] = [
+    let commands: [&[&str]; 7] = [
         &["run"],
         &["check"],
         &["get", &id],
         &["sign", &id, "https://shop.example.com/"],
         &["refresh", &id],
         &["status"],
+        &["quota", &id, "--clear", "--yes"],
     ];
     for uri in [
         "mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/",

@@ -21,6 +21,7 @@ mod permits;
 // (scripts/test.sh passes it).
 #[cfg(feature = "failpoints")]
 mod process;
+mod quota;
 mod reader;
 mod replicas;
 mod requests;

@@ -18,6 +18,8 @@
 //! - WeCom's `GET /cgi-bin/gettoken?corpid=…&corpsecret=…` returns the same
 //!   token while it is valid; [`FakeWechat::invalidate_tokens`] kills tokens
 //!   early, as WeCom may.
+//! - `POST /cgi-bin/openapi/quota/get`, `/cgi-bin/clear_quota` and
+//!   `/cgi-bin/clear_quota/v2` show and clear quotas (10 clears; [`openapi`]).
 //! - Callers can be told apart: [`FakeWechat::caller_url`] gives each caller
 //!   (a daemon replica) its own base URL, and [`FakeWechat::issued_by`] says
 //!   who got each token.
@@ -35,6 +37,8 @@ use axum::{Json, Router};
 use rand::distr::{Alphanumeric, SampleString};
 use serde::Deserialize;
 use serde_json::json;
+
+mod openapi;
 
 /// One registered app.
 #[derive(Debug, Clone)]
@@ -160,6 +164,27 @@ impl App {
 #[derive(Default)]
 struct World {
     apps: HashMap<String, App>,
+    openapi: openapi::Counters,
+}
+
+/// WeChat's count of `app`'s calls to `cgi_path` today, as
+/// `openapi/quota/get` answers it: (daily limit, used); `None` for a path
+/// WeChat does not know (76021). Only the token API has a quota this fake
+/// enforces; the others answer plausible figures.
+fn quota_of(app: &App, cgi_path: &str) -> Option<(u32, u32)> {
+    match cgi_path {
+        "/cgi-bin/token" => Some((app.config.daily_quota, app.quota_used)),
+        // WeChat documents 500,000 stable_token calls a day.
+        "/cgi-bin/stable_token" => Some((500_000, app.stable_calls)),
+        // Not a documented number.
+        "/cgi-bin/ticket/getticket" => Some((100_000, app.tickets.len() as u32)),
+        _ => None,
+    }
+}
+
+/// What `clear_quota` resets: every quota this fake enforces.
+fn clear_quotas(app: &mut App) {
+    app.quota_used = 0;
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -202,6 +227,7 @@ fn router(world: Shared, caller: &str) -> Router {
         .route("/cgi-bin/get_jsapi_ticket", get(wecom_jsapi_ticket))
         .route("/cgi-bin/ticket/get", get(ticket))
         .route("/cgi-bin/getcallbackip", get(callback_ip))
+        .merge(openapi::routes())
         .layer(Extension(Caller(caller.into())))
         .with_state(world)
 }
