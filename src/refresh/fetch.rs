@@ -188,15 +188,18 @@ impl Refresher {
         // WeChat's clock for the credential starts no sooner than this.
         let sent_at = self.now();
         let wechat = &self.ctx.wechat;
+        let held = self.machine.held_value();
         let result = match access_token {
             None => {
                 // stable_token's force_refresh is only for a token reported invalid.
                 let force = reason == RefreshReason::ReportedInvalid;
-                wechat.fetch_access_token(slot, &self.account, force).await
+                wechat
+                    .fetch_access_token(slot, &self.account, force, held)
+                    .await
             }
             Some(token) => {
                 wechat
-                    .fetch_ticket(slot, &self.account, self.kind, &token.value)
+                    .fetch_ticket(slot, &self.account, self.kind, &token.value, held)
                     .await
             }
         };

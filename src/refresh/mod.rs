@@ -176,7 +176,7 @@ impl Refresher {
             Err(e) => return self.store_failed(&e, "cannot read the stored credential"),
         };
         self.recovered_from(&Problem::Store);
-        self.machine.loaded(newest.as_ref(), now);
+        self.machine.loaded(newest.as_ref());
         match newest.filter(|c| c.is_valid_at(now)) {
             Some(c) => {
                 self.ctx.metrics.credential(
