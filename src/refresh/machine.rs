@@ -89,6 +89,8 @@ impl Held {
 pub struct Pending {
     pub fetched: FetchedCredential,
     pub reason: RefreshReason,
+    /// It was asked for with `force_refresh`.
+    pub forced: bool,
     /// What was relied on before: kept if the fetched one is dropped.
     pub held: Option<Held>,
 }
@@ -152,6 +154,12 @@ pub struct Machine {
     settings: RefreshSettings,
     /// A refresh asked for by a request, wanted until a fetch succeeds.
     forced: Option<RefreshReason>,
+    /// This credential's endpoint can be forced to issue a new value
+    /// (stable_token's `force_refresh`).
+    can_force: bool,
+    /// The next fetch is sent with `force_refresh`: a reported value that
+    /// WeChat answered again to a plain request.
+    force_refresh: bool,
     /// No fetch before this time: the quota is spent, or a forced refresh
     /// came too soon. Nothing overrides it.
     not_before: Option<SystemTime>,
@@ -166,13 +174,16 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(settings: RefreshSettings) -> Self {
+    /// `can_force`: the endpoint has a forced refresh (stable_token).
+    pub fn new(settings: RefreshSettings, can_force: bool) -> Self {
         let backoff = Backoff::new(settings.retry_initial, settings.retry_max);
         let expired_repeats = Backoff::new(EXPIRED_REPEAT_RETRY, settings.retry_max);
         Self {
             state: State::Loading,
             settings,
             forced: None,
+            can_force,
+            force_refresh: false,
             not_before: None,
             retry_after: None,
             fetch_backoff: backoff.clone(),
@@ -189,6 +200,12 @@ impl Machine {
     /// The refresh asked for by a request, if one is wanted.
     pub fn forced(&self) -> Option<RefreshReason> {
         self.forced
+    }
+
+    /// Whether the next fetch is sent with `force_refresh`: only after
+    /// WeChat answered a plain request with the very value reported invalid.
+    pub fn force_refresh(&self) -> bool {
+        self.force_refresh && self.forced == Some(RefreshReason::ReportedInvalid)
     }
 
     /// The value relied on, to recognise WeChat repeating it.
@@ -285,6 +302,7 @@ impl Machine {
     /// Today's forced refreshes are spent: the forced refresh is dropped.
     pub fn forced_spent(&mut self) {
         self.forced = None;
+        self.force_refresh = false;
     }
 
     /// The day's quota is spent (our ceiling, or WeChat's 45009): no fetch
@@ -301,10 +319,12 @@ impl Machine {
 
     /// WeChat answered with a credential: store it next.
     pub fn fetched(&mut self, fetched: FetchedCredential, reason: RefreshReason) {
+        let forced = self.force_refresh();
         self.not_before = None;
         self.retry_after = None;
         self.fetch_backoff.reset();
         self.forced = None;
+        self.force_refresh = false;
         let held = match std::mem::replace(&mut self.state, State::Fenced) {
             State::Holding(held) => held,
             _ => None,
@@ -312,6 +332,7 @@ impl Machine {
         self.state = State::Pending(Pending {
             fetched,
             reason,
+            forced,
             held,
         });
     }
@@ -352,19 +373,28 @@ impl Machine {
     /// WeChat answered with the value stored as `generation`, which
     /// expires at `stored_expiry`: the earliest known expiry stands (a
     /// repeat never extends it), and the next try comes as the module
-    /// documentation says, until WeChat issues a new value.
+    /// documentation says, until WeChat issues a new value. A value that
+    /// was reported invalid and comes back from a plain request is asked
+    /// for again at once with `force_refresh`, where the endpoint has one.
     pub fn repeated(&mut self, generation: Generation, stored_expiry: SystemTime, now: SystemTime) {
         self.store_backoff.reset();
         let State::Pending(pending) = &self.state else {
             return;
         };
         let expires_at = stored_expiry.min(pending.fetched.expires_at());
+        let escalate =
+            self.can_force && pending.reason == RefreshReason::ReportedInvalid && !pending.forced;
         self.state = State::Holding(Some(Held {
             generation,
             expires_at,
             lifetime: pending.fetched.expires_in,
             value: pending.fetched.value.clone(),
         }));
+        if escalate {
+            self.forced = Some(RefreshReason::ReportedInvalid);
+            self.force_refresh = true;
+            return;
+        }
         let wait = self.next_repeat_try(expires_at, stored_expiry, now);
         self.retry_after = Some(now + wait);
     }

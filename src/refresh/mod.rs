@@ -22,7 +22,7 @@ use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 pub use backoff::Backoff;
 use machine::{Action, Machine, Requested};
 
-use crate::config::{Account, RefreshSettings};
+use crate::config::{Account, RefreshSettings, TokenEndpoint};
 use crate::coordination::{Inserted, Lease, RefreshRequest};
 use crate::metrics::{Metrics, Operation};
 use crate::store::{Store, StoreError};
@@ -75,7 +75,10 @@ impl Refresher {
         requests: watch::Receiver<Option<RefreshRequest>>,
         stop: CancellationToken,
     ) -> Self {
-        let machine = Machine::new(ctx.refresh.clone());
+        // Only stable_token can be told to issue a new token at once.
+        let can_force =
+            kind == CredentialKind::AccessToken && account.endpoint == TokenEndpoint::StableToken;
+        let machine = Machine::new(ctx.refresh.clone(), can_force);
         Self {
             account,
             kind,

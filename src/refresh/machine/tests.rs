@@ -60,14 +60,14 @@ fn request(reason: RefreshReason, generation: Option<i64>) -> RefreshRequest {
 
 /// A machine holding generation 1, fetched at `t0` for two hours.
 fn holding() -> Machine {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     m.loaded(Some(&stored(1, t0(), TWO_HOURS)));
     m
 }
 
 #[test]
 fn a_valid_stored_token_is_reused_and_refreshed_at_its_margin() {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     assert_eq!(m.next(t0()), Action::Load);
     let now = t0() + HOUR;
     m.loaded(Some(&stored(1, t0(), TWO_HOURS)));
@@ -79,10 +79,10 @@ fn a_valid_stored_token_is_reused_and_refreshed_at_its_margin() {
 
 #[test]
 fn nothing_valid_stored_means_a_startup_fetch_now() {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     m.loaded(Some(&stored(3, t0() - TWO_HOURS, TWO_HOURS)));
     assert_eq!(m.next(t0()), Action::Fetch(RefreshReason::Startup));
-    let mut empty = Machine::new(settings());
+    let mut empty = Machine::new(settings(), false);
     empty.loaded(None);
     assert_eq!(empty.next(t0()), Action::Fetch(RefreshReason::Startup));
 }
@@ -103,7 +103,7 @@ fn the_schedule_follows_the_returned_expires_in() {
 
 #[test]
 fn the_margin_is_capped_at_half_a_short_life() {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     let life = Duration::from_secs(60);
     m.loaded(Some(&stored(1, t0(), life)));
     assert_eq!(m.next(t0()), Action::Wait(Duration::from_secs(30)));
@@ -111,7 +111,7 @@ fn the_margin_is_capped_at_half_a_short_life() {
 
 #[test]
 fn transient_failures_back_off_and_a_success_resets() {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     m.loaded(None);
     let mut now = t0();
     for cap in [1, 2, 4, 8, 16, 32, 60, 60] {
@@ -266,7 +266,7 @@ fn repeat_tries_end_at_the_stored_expiry_itself_never_after_it() {
         let mut settings = settings();
         settings.margin = Duration::from_secs(margin);
         let life = Duration::from_secs(life);
-        let mut m = Machine::new(settings);
+        let mut m = Machine::new(settings, false);
         m.loaded(Some(&stored(1, t0(), life)));
         let stored_expiry = t0() + life;
         let calls = calls_while_repeated(&mut m, stored_expiry, t0());
@@ -364,13 +364,89 @@ fn a_counted_down_repeat_makes_the_earlier_expiry_the_one_to_keep() {
 
 #[test]
 fn an_expired_stored_value_is_held_to_recognise_a_repeat_but_fetched_at_once() {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     m.loaded(Some(&stored(3, t0() - TWO_HOURS, TWO_HOURS)));
     assert_eq!(m.next(t0()), Action::Fetch(RefreshReason::Startup));
     assert!(m.held_value().is_some());
-    let mut empty = Machine::new(settings());
+    let mut empty = Machine::new(settings(), false);
     empty.loaded(None);
     assert!(empty.held_value().is_none());
+}
+
+/// A stable_token machine holding generation 1, whose report was accepted.
+fn reported_stable() -> Machine {
+    let mut m = Machine::new(settings(), true);
+    m.loaded(Some(&stored(1, t0(), TWO_HOURS)));
+    assert_eq!(
+        m.request(&request(RefreshReason::ReportedInvalid, Some(1))),
+        Requested::Accepted(RefreshReason::ReportedInvalid)
+    );
+    m
+}
+
+#[test]
+fn a_reported_stable_token_is_asked_for_plainly_first_and_forced_only_if_it_comes_back() {
+    let mut m = reported_stable();
+    let now = t0() + HOUR;
+    assert_eq!(m.next(now), Action::Fetch(RefreshReason::ReportedInvalid));
+    assert!(!m.force_refresh(), "the first request is a plain one");
+    m.fetched(
+        fetched("STORED", now, Duration::from_secs(3600)),
+        RefreshReason::ReportedInvalid,
+    );
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    // The reported token came back: now force, at once.
+    assert_eq!(m.next(now), Action::Fetch(RefreshReason::ReportedInvalid));
+    assert!(m.force_refresh());
+    m.fetched(
+        fetched("NEW", now, TWO_HOURS),
+        RefreshReason::ReportedInvalid,
+    );
+    assert!(m.pending().is_some_and(|p| p.forced));
+    assert!(!m.force_refresh());
+    m.stored(Generation(2));
+    assert_eq!(m.next(now), Action::Wait(Duration::from_secs(6600)));
+
+    // A forced request WeChat answered with the same token (a force
+    // within 30 s does nothing there) is not forced again.
+    let mut m = reported_stable();
+    m.fetched(fetched("STORED", now, HOUR), RefreshReason::ReportedInvalid);
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    assert!(m.force_refresh());
+    m.fetched(fetched("STORED", now, HOUR), RefreshReason::ReportedInvalid);
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    assert!(!m.force_refresh());
+    assert_eq!(m.forced(), None);
+    assert!(matches!(m.next(now), Action::Wait(_)));
+}
+
+#[test]
+fn a_reported_stable_token_replaced_by_a_plain_request_spends_no_force() {
+    let mut m = reported_stable();
+    let now = t0() + HOUR;
+    assert_eq!(m.next(now), Action::Fetch(RefreshReason::ReportedInvalid));
+    // Someone else forced a refresh: WeChat's current token is another one.
+    m.fetched(
+        fetched("NEW", now, TWO_HOURS),
+        RefreshReason::ReportedInvalid,
+    );
+    assert!(m.pending().is_some_and(|p| !p.forced));
+    m.stored(Generation(2));
+    assert!(!m.force_refresh());
+    assert_eq!(m.forced(), None);
+}
+
+#[test]
+fn without_a_forced_refresh_a_reported_value_that_comes_back_is_not_forced() {
+    let mut m = holding();
+    m.request(&request(RefreshReason::ReportedInvalid, Some(1)));
+    let now = t0() + HOUR;
+    m.fetched(fetched("STORED", now, HOUR), RefreshReason::ReportedInvalid);
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    assert!(!m.force_refresh());
+    assert_eq!(m.forced(), None);
+    // WeChat says it is current: it is refreshed on its usual schedule.
+    assert_eq!(m.next(now), Action::Wait(Duration::from_secs(3000)));
 }
 
 #[test]
