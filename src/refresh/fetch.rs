@@ -121,24 +121,28 @@ impl Refresher {
 
     fn permit_rules(&self) -> PermitRules {
         let forced = self.machine.forced();
+        // A plain stable_token request replaces nothing: only calls with
+        // force_refresh are spaced, and counted against WeChat's 20 a day.
+        let spaced = forced.filter(|_| !self.uses_stable_token() || self.force_refresh());
         PermitRules {
             api: self.api(),
             min_remaining: self.ctx.lease_duration / 2,
             daily_limit: self.ctx.refresh.daily_call_limits.of(self.api()),
-            forced_min_interval: forced.map(|_| self.ctx.refresh.forced_min_interval),
-            // Only a reported token is fetched with force_refresh (see
-            // call_wechat), so only it counts against WeChat's 20 a day.
-            forced_daily_limit: forced
-                .filter(|reason| {
-                    *reason == RefreshReason::ReportedInvalid && self.uses_stable_token()
-                })
-                .map(|_| STABLE_TOKEN_FORCED_PER_DAY),
+            forced_min_interval: spaced.map(|_| self.ctx.refresh.forced_min_interval),
+            forced_daily_limit: self.force_refresh().then_some(STABLE_TOKEN_FORCED_PER_DAY),
         }
     }
 
     fn uses_stable_token(&self) -> bool {
         self.kind == CredentialKind::AccessToken
             && self.account.endpoint == TokenEndpoint::StableToken
+    }
+
+    /// Whether the call is sent with stable_token's `force_refresh`: only
+    /// for a reported token that a plain request answered again (see
+    /// `Machine::repeated`).
+    fn force_refresh(&self) -> bool {
+        self.uses_stable_token() && self.machine.force_refresh()
     }
 
     /// No call to this API until WeChat's quota day ends; `cause` is
@@ -201,15 +205,17 @@ impl Refresher {
         // WeChat's clock for the credential starts no sooner than this.
         let sent_at = self.now();
         let wechat = &self.ctx.wechat;
+        let held = self.machine.held_value();
         let result = match access_token {
             None => {
-                // stable_token's force_refresh is only for a token reported invalid.
-                let force = reason == RefreshReason::ReportedInvalid;
-                wechat.fetch_access_token(slot, &self.account, force).await
+                let force = self.force_refresh();
+                wechat
+                    .fetch_access_token(slot, &self.account, force, held)
+                    .await
             }
             Some(token) => {
                 wechat
-                    .fetch_ticket(slot, &self.account, self.kind, &token.value)
+                    .fetch_ticket(slot, &self.account, self.kind, &token.value, held)
                     .await
             }
         };

@@ -22,7 +22,7 @@ use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 pub use backoff::Backoff;
 use machine::{Action, Machine, Requested};
 
-use crate::config::{Account, RefreshSettings};
+use crate::config::{Account, RefreshSettings, TokenEndpoint};
 use crate::coordination::{Inserted, Lease, RefreshRequest};
 use crate::metrics::{Metrics, Operation};
 use crate::store::{Store, StoreError};
@@ -75,7 +75,10 @@ impl Refresher {
         requests: watch::Receiver<Option<RefreshRequest>>,
         stop: CancellationToken,
     ) -> Self {
-        let machine = Machine::new(ctx.refresh.clone());
+        // Only stable_token can be told to issue a new token at once.
+        let can_force =
+            kind == CredentialKind::AccessToken && account.endpoint == TokenEndpoint::StableToken;
+        let machine = Machine::new(ctx.refresh.clone(), can_force);
         Self {
             account,
             kind,
@@ -176,7 +179,7 @@ impl Refresher {
             Err(e) => return self.store_failed(&e, "cannot read the stored credential"),
         };
         self.recovered_from(&Problem::Store);
-        self.machine.loaded(newest.as_ref(), now);
+        self.machine.loaded(newest.as_ref());
         match newest.filter(|c| c.is_valid_at(now)) {
             Some(c) => {
                 self.ctx.metrics.credential(

@@ -147,6 +147,23 @@ pub(super) fn parse_credential(
     secret: &SecretString,
     min_expires_in: Duration,
 ) -> Result<FetchedCredential, FetchError> {
+    parse_repeatable(body, kind, call, secret, min_expires_in, None)
+}
+
+/// As [`parse_credential`], except that an answer repeating `held` (the
+/// value the refresher relies on) is accepted whatever its `expires_in`
+/// (clamped to WeChat's range): WeChat may count a repeated value down to
+/// zero, and a repeat never sets an expiry anyway (the stored one stands).
+/// The bounds and the floor are there to refuse *new* values that would be
+/// refreshed in a loop.
+pub(super) fn parse_repeatable(
+    body: &[u8],
+    kind: CredentialKind,
+    call: Call,
+    secret: &SecretString,
+    min_expires_in: Duration,
+    held: Option<&SecretString>,
+) -> Result<FetchedCredential, FetchError> {
     let parsed: CredentialResponse = serde_json::from_slice(body)
         .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
     if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
@@ -161,9 +178,17 @@ pub(super) fn parse_credential(
     let expires_in = parsed
         .expires_in
         .ok_or_else(|| FetchError::InvalidResponse("expires_in is missing".into()))?;
+    let value = check_value(field, value)?;
+    let repeat = held.is_some_and(|held| held.expose_secret() == value.expose_secret());
+    let expires_in = if repeat {
+        let seconds = expires_in.clamp(0, MAX_EXPIRES_IN.as_secs() as i64);
+        Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        check_expires_in(expires_in, min_expires_in)?
+    };
     Ok(FetchedCredential {
-        value: check_value(field, value)?,
-        expires_in: check_expires_in(expires_in, min_expires_in)?,
+        value,
+        expires_in,
         fetched_at: SystemTime::now(),
     })
 }

@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wxtokend_reader::CredentialKind;
 
 use crate::config::{Account, Platform, TokenEndpoint, WechatSettings};
-use answer::parse_credential;
+use answer::parse_repeatable;
 pub use answer::{
     parse_token_answer, FetchError, FetchedCredential, DEFAULT_MIN_EXPIRES_IN, MAX_EXPIRES_IN,
     MAX_TOKEN_LEN,
@@ -82,12 +82,16 @@ impl WechatClient {
     /// The account's access token, from its platform's endpoint:
     /// `GET /cgi-bin/token`, `POST /cgi-bin/stable_token` (with
     /// `force_refresh` when `force`), or WeCom's `GET /cgi-bin/gettoken`.
+    /// `held` is the token the refresher holds: WeChat answering it again
+    /// is a repeat, accepted whatever its `expires_in` (see
+    /// [`answer::parse_repeatable`]).
     #[tracing::instrument(name = "fetch_access_token", skip_all, fields(account = %account.id))]
     pub async fn fetch_access_token(
         &self,
         _slot: &CallSlot,
         account: &Account,
         force: bool,
+        held: Option<&SecretString>,
     ) -> Result<FetchedCredential, FetchError> {
         let secret = account.secret.expose_secret();
         let (body, call) = match (account.platform, account.endpoint) {
@@ -118,23 +122,26 @@ impl WechatClient {
                 (self.get(url).await?, Call::IssueToken)
             }
         };
-        // WeCom's gettoken repeats the current token with its time left
-        // counting down to zero: a floor would refuse the last answers
-        // before the new token and leave readers without one meanwhile.
+        // WeCom's gettoken answers the current token with its time left:
+        // a first fetch (nothing stored yet) may get one near its end,
+        // which is still worth storing rather than leaving readers with
+        // nothing until it dies.
         let floor = match call {
             Call::WecomIssueToken => Duration::from_secs(1),
             _ => self.min_expires_in,
         };
-        parse_credential(
+        parse_repeatable(
             &body,
             CredentialKind::AccessToken,
             call,
             &account.secret,
             floor,
+            held,
         )
     }
 
-    /// A ticket, fetched with a currently valid access token.
+    /// A ticket, fetched with a currently valid access token; `held` as
+    /// for [`Self::fetch_access_token`].
     #[tracing::instrument(name = "fetch_ticket", skip_all, fields(account = %account.id, %kind))]
     pub async fn fetch_ticket(
         &self,
@@ -142,6 +149,7 @@ impl WechatClient {
         account: &Account,
         kind: CredentialKind,
         access_token: &SecretString,
+        held: Option<&SecretString>,
     ) -> Result<FetchedCredential, FetchError> {
         let (mut url, ticket_type, call) = match (account.platform, kind) {
             (Platform::Wecom, CredentialKind::JsapiTicket) => (
@@ -171,7 +179,7 @@ impl WechatClient {
             url.query_pairs_mut().append_pair("type", ticket_type);
         }
         let body = self.get(url).await?;
-        parse_credential(&body, kind, call, access_token, self.min_expires_in)
+        parse_repeatable(&body, kind, call, access_token, self.min_expires_in, held)
     }
 
     /// Sends a GET and reads at most `max_response_bytes` of the body.

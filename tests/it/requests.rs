@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use fake_wechat::Fault;
+use fake_wechat::{Endpoint, Fault};
 use mongodb::bson::{doc, DateTime, Document};
 
 use crate::support::{eventually, Scenario, TestAccount, WAIT};
@@ -87,10 +87,21 @@ async fn refresh_means_now_even_after_a_permanent_error() {
     s.fake.set_sticky_fault(&id, None);
     assert_eq!(s.run(&["refresh", &id]).0, 0);
     s.wait_for_tokens(1).await;
-    // Any kind: a ticket, refreshed on request.
+    // Any kind: a ticket, asked for on request. WeChat answers the same
+    // ticket while it is valid, so nothing new is stored.
     let tickets = s.wait_for_docs("jsapi_tickets", 1).await;
     assert_eq!(tickets.len(), 1);
+    let calls = s.fake.calls(&id, Endpoint::GetTicket);
     let (code, out, _) = s.run(&["refresh", &id, "--kind", "jsapi-ticket"]);
     assert_eq!(code, 0, "{out}");
-    s.wait_for_docs("jsapi_tickets", 2).await;
+    eventually(WAIT, "the requested ticket call", || async {
+        (s.fake.calls(&id, Endpoint::GetTicket) > calls).then_some(())
+    })
+    .await;
+    s.wait_for_renewals(&id, 2).await;
+    assert_eq!(
+        s.db.docs("jsapi_tickets").await.len(),
+        1,
+        "a repeat was stored"
+    );
 }

@@ -61,17 +61,17 @@ fn request(reason: RefreshReason, generation: Option<i64>) -> RefreshRequest {
 
 /// A machine holding generation 1, fetched at `t0` for two hours.
 fn holding() -> Machine {
-    let mut m = Machine::new(settings());
-    m.loaded(Some(&stored(1, t0(), TWO_HOURS)), t0());
+    let mut m = Machine::new(settings(), false);
+    m.loaded(Some(&stored(1, t0(), TWO_HOURS)));
     m
 }
 
 #[test]
 fn a_valid_stored_token_is_reused_and_refreshed_at_its_margin() {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     assert_eq!(m.next(t0()), Action::Load);
     let now = t0() + HOUR;
-    m.loaded(Some(&stored(1, t0(), TWO_HOURS)), now);
+    m.loaded(Some(&stored(1, t0(), TWO_HOURS)));
     // Due at expiry minus the 10-minute margin: 50 minutes from now.
     assert_eq!(m.next(now), Action::Wait(Duration::from_secs(3000)));
     let due = t0() + TWO_HOURS - Duration::from_secs(600);
@@ -80,11 +80,11 @@ fn a_valid_stored_token_is_reused_and_refreshed_at_its_margin() {
 
 #[test]
 fn nothing_valid_stored_means_a_startup_fetch_now() {
-    let mut m = Machine::new(settings());
-    m.loaded(Some(&stored(3, t0() - TWO_HOURS, TWO_HOURS)), t0());
+    let mut m = Machine::new(settings(), false);
+    m.loaded(Some(&stored(3, t0() - TWO_HOURS, TWO_HOURS)));
     assert_eq!(m.next(t0()), Action::Fetch(RefreshReason::Startup));
-    let mut empty = Machine::new(settings());
-    empty.loaded(None, t0());
+    let mut empty = Machine::new(settings(), false);
+    empty.loaded(None);
     assert_eq!(empty.next(t0()), Action::Fetch(RefreshReason::Startup));
 }
 
@@ -104,16 +104,16 @@ fn the_schedule_follows_the_returned_expires_in() {
 
 #[test]
 fn the_margin_is_capped_at_half_a_short_life() {
-    let mut m = Machine::new(settings());
+    let mut m = Machine::new(settings(), false);
     let life = Duration::from_secs(60);
-    m.loaded(Some(&stored(1, t0(), life)), t0());
+    m.loaded(Some(&stored(1, t0(), life)));
     assert_eq!(m.next(t0()), Action::Wait(Duration::from_secs(30)));
 }
 
 #[test]
 fn transient_failures_back_off_and_a_success_resets() {
-    let mut m = Machine::new(settings());
-    m.loaded(None, t0());
+    let mut m = Machine::new(settings(), false);
+    m.loaded(None);
     let mut now = t0();
     for cap in [1, 2, 4, 8, 16, 32, 60, 60] {
         assert_eq!(m.next(now), Action::Fetch(RefreshReason::Startup));
@@ -236,16 +236,223 @@ fn a_repeat_answer_never_extends_the_stored_expiry_and_tries_again_at_half_the_t
     );
     m.repeated(Generation(1), stored_expiry, later);
     assert_eq!(m.next(later), Action::Wait(Duration::from_secs(150)));
-    // Never sooner than a second apart, even at the very end.
-    let end = stored_expiry - Duration::from_millis(500);
-    m.fetched(fetched("STORED", end, TWO_HOURS), RefreshReason::Scheduled);
-    m.repeated(Generation(1), stored_expiry, end);
-    assert_eq!(m.next(end), Action::Wait(Duration::from_secs(1)));
     // A new value ends it: scheduled from its own life again.
     let after = stored_expiry + Duration::from_millis(500);
     m.fetched(fetched("NEW", after, TWO_HOURS), RefreshReason::Startup);
     m.stored(Generation(2));
     assert_eq!(m.next(after), Action::Wait(Duration::from_secs(6600)));
+}
+
+/// Repeats `value` to every fetch from `from` until the stored expiry has
+/// passed: the times of the calls made.
+fn calls_while_repeated(
+    m: &mut Machine,
+    stored_expiry: SystemTime,
+    from: SystemTime,
+) -> Vec<SystemTime> {
+    let mut now = from;
+    let mut calls = Vec::new();
+    while now <= stored_expiry {
+        match m.next(now) {
+            Action::Wait(wait) => now += wait,
+            Action::Fetch(reason) => {
+                calls.push(now);
+                m.fetched(fetched("STORED", now, TWO_HOURS), reason);
+                m.repeated(Generation(1), stored_expiry, now);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    calls
+}
+
+#[test]
+fn repeat_tries_end_at_the_stored_expiry_itself_never_after_it() {
+    for (margin, life) in [(600, 7200), (2, 4), (3, 6), (10, 60), (1, 4)] {
+        let mut settings = settings();
+        settings.margin = Duration::from_secs(margin);
+        let life = Duration::from_secs(life);
+        let mut m = Machine::new(settings, false);
+        m.loaded(Some(&stored(1, t0(), life)));
+        let stored_expiry = t0() + life;
+        let calls = calls_while_repeated(&mut m, stored_expiry, t0());
+        let margin = effective_margin(Duration::from_secs(margin), life);
+        assert_eq!(calls.first(), Some(&(stored_expiry - margin)));
+        // The last try lands at the stored expiry, not a moment later:
+        // readers lose the value there, and a new one is wanted at once.
+        assert_eq!(calls.last(), Some(&stored_expiry), "margin {margin:?}");
+        let bound = repeat_calls_until_expiry(margin);
+        assert!(
+            calls.len() as u32 <= bound,
+            "margin {margin:?}: {} calls, bound {bound}",
+            calls.len()
+        );
+        // Never sooner than a second apart before the expiry.
+        for pair in calls.windows(2) {
+            let gap = pair[1].duration_since(pair[0]).expect("in order");
+            assert!(
+                gap >= MIN_REPEAT_RETRY || pair[1] == stored_expiry,
+                "{gap:?}"
+            );
+        }
+    }
+    assert_eq!(repeat_calls_until_expiry(Duration::from_secs(600)), 11);
+    assert_eq!(repeat_calls_until_expiry(Duration::from_secs(2)), 3);
+}
+
+#[test]
+fn past_the_stored_expiry_a_repeated_value_is_asked_for_again_soon_and_less_often() {
+    let mut m = holding();
+    let stored_expiry = t0() + TWO_HOURS;
+    // WeChat's copy outlives ours by the latency of the call that fetched it.
+    let mut now = stored_expiry;
+    let mut caps = Vec::new();
+    for attempt in 0..4 {
+        assert!(matches!(m.next(now), Action::Fetch(_)), "attempt {attempt}");
+        m.fetched(fetched("STORED", now, TWO_HOURS), RefreshReason::Scheduled);
+        m.repeated(Generation(1), stored_expiry, now);
+        let Action::Wait(wait) = m.next(now) else {
+            panic!("a wait after a repeat")
+        };
+        let cap = EXPIRED_REPEAT_RETRY * 2u32.pow(attempt);
+        assert!(wait >= cap / 2 && wait <= cap, "{wait:?} vs {cap:?}");
+        caps.push(cap);
+        now += wait;
+    }
+    // A new value resets it.
+    m.fetched(fetched("NEW", now, TWO_HOURS), RefreshReason::Startup);
+    m.stored(Generation(2));
+    let next_expiry = now + TWO_HOURS;
+    let mut late = next_expiry;
+    assert!(matches!(m.next(late), Action::Fetch(_)));
+    m.fetched(fetched("NEW", late, TWO_HOURS), RefreshReason::Scheduled);
+    m.repeated(Generation(2), next_expiry, late);
+    let Action::Wait(wait) = m.next(late) else {
+        panic!("a wait")
+    };
+    assert!(wait <= EXPIRED_REPEAT_RETRY, "{wait:?}");
+    late += wait;
+    assert!(matches!(m.next(late), Action::Fetch(_)));
+}
+
+#[test]
+fn a_counted_down_repeat_makes_the_earlier_expiry_the_one_to_keep() {
+    let mut m = holding();
+    let stored_expiry = t0() + TWO_HOURS;
+    let due = t0() + Duration::from_secs(6600);
+    // WeCom answers the same token with 598 s left (rounded down).
+    m.fetched(
+        fetched("STORED", due, Duration::from_secs(598)),
+        RefreshReason::Scheduled,
+    );
+    m.repeated(Generation(1), stored_expiry, due);
+    let earlier = due + Duration::from_secs(598);
+    assert!(matches!(m.state(), State::Holding(Some(h)) if h.expires_at == earlier));
+    assert_eq!(m.next(due), Action::Wait(Duration::from_secs(299)));
+    // ... and at the end it says 0: still a repeat, asked again where
+    // readers lose it, then soon after.
+    let end = earlier;
+    m.fetched(
+        fetched("STORED", end, Duration::ZERO),
+        RefreshReason::Scheduled,
+    );
+    // Not dropped as expired: the store recognises the repeat.
+    assert_eq!(m.next(end), Action::Store);
+    m.repeated(Generation(1), stored_expiry, end);
+    assert_eq!(m.next(end), Action::Wait(Duration::from_secs(2)));
+    m.fetched(
+        fetched("STORED", stored_expiry, Duration::ZERO),
+        RefreshReason::Scheduled,
+    );
+    m.repeated(Generation(1), stored_expiry, stored_expiry);
+    assert!(matches!(m.next(stored_expiry), Action::Wait(w) if w <= EXPIRED_REPEAT_RETRY));
+}
+
+#[test]
+fn an_expired_stored_value_is_held_to_recognise_a_repeat_but_fetched_at_once() {
+    let mut m = Machine::new(settings(), false);
+    m.loaded(Some(&stored(3, t0() - TWO_HOURS, TWO_HOURS)));
+    assert_eq!(m.next(t0()), Action::Fetch(RefreshReason::Startup));
+    assert!(m.held_value().is_some());
+    let mut empty = Machine::new(settings(), false);
+    empty.loaded(None);
+    assert!(empty.held_value().is_none());
+}
+
+/// A stable_token machine holding generation 1, whose report was accepted.
+fn reported_stable() -> Machine {
+    let mut m = Machine::new(settings(), true);
+    m.loaded(Some(&stored(1, t0(), TWO_HOURS)));
+    assert_eq!(
+        m.request(&request(RefreshReason::ReportedInvalid, Some(1))),
+        Requested::Accepted(RefreshReason::ReportedInvalid)
+    );
+    m
+}
+
+#[test]
+fn a_reported_stable_token_is_asked_for_plainly_first_and_forced_only_if_it_comes_back() {
+    let mut m = reported_stable();
+    let now = t0() + HOUR;
+    assert_eq!(m.next(now), Action::Fetch(RefreshReason::ReportedInvalid));
+    assert!(!m.force_refresh(), "the first request is a plain one");
+    m.fetched(
+        fetched("STORED", now, Duration::from_secs(3600)),
+        RefreshReason::ReportedInvalid,
+    );
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    // The reported token came back: now force, at once.
+    assert_eq!(m.next(now), Action::Fetch(RefreshReason::ReportedInvalid));
+    assert!(m.force_refresh());
+    m.fetched(
+        fetched("NEW", now, TWO_HOURS),
+        RefreshReason::ReportedInvalid,
+    );
+    assert!(m.pending().is_some_and(|p| p.forced));
+    assert!(!m.force_refresh());
+    m.stored(Generation(2));
+    assert_eq!(m.next(now), Action::Wait(Duration::from_secs(6600)));
+
+    // A forced request WeChat answered with the same token (a force
+    // within 30 s does nothing there) is not forced again.
+    let mut m = reported_stable();
+    m.fetched(fetched("STORED", now, HOUR), RefreshReason::ReportedInvalid);
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    assert!(m.force_refresh());
+    m.fetched(fetched("STORED", now, HOUR), RefreshReason::ReportedInvalid);
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    assert!(!m.force_refresh());
+    assert_eq!(m.forced(), None);
+    assert!(matches!(m.next(now), Action::Wait(_)));
+}
+
+#[test]
+fn a_reported_stable_token_replaced_by_a_plain_request_spends_no_force() {
+    let mut m = reported_stable();
+    let now = t0() + HOUR;
+    assert_eq!(m.next(now), Action::Fetch(RefreshReason::ReportedInvalid));
+    // Someone else forced a refresh: WeChat's current token is another one.
+    m.fetched(
+        fetched("NEW", now, TWO_HOURS),
+        RefreshReason::ReportedInvalid,
+    );
+    assert!(m.pending().is_some_and(|p| !p.forced));
+    m.stored(Generation(2));
+    assert!(!m.force_refresh());
+    assert_eq!(m.forced(), None);
+}
+
+#[test]
+fn without_a_forced_refresh_a_reported_value_that_comes_back_is_not_forced() {
+    let mut m = holding();
+    m.request(&request(RefreshReason::ReportedInvalid, Some(1)));
+    let now = t0() + HOUR;
+    m.fetched(fetched("STORED", now, HOUR), RefreshReason::ReportedInvalid);
+    m.repeated(Generation(1), t0() + TWO_HOURS, now);
+    assert!(!m.force_refresh());
+    assert_eq!(m.forced(), None);
+    // WeChat says it is current: it is refreshed on its usual schedule.
+    assert_eq!(m.next(now), Action::Wait(Duration::from_secs(3000)));
 }
 
 #[test]
@@ -276,6 +483,8 @@ fn a_fetched_token_that_expired_unstored_is_dropped_and_fetched_again() {
     let late = due + HOUR;
     assert_eq!(m.next(late), Action::DropExpired);
     assert_eq!(m.next(late), Action::Fetch(RefreshReason::Startup));
+    // What is stored is still known, to recognise WeChat repeating it.
+    assert!(matches!(m.state(), State::Holding(Some(h)) if h.generation == Generation(1)));
 }
 
 #[test]

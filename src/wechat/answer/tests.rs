@@ -66,6 +66,39 @@ fn expires_in_below_the_configured_floor_is_a_transient_invalid_response() {
 }
 
 #[test]
+fn a_repeat_of_the_held_value_is_accepted_whatever_its_expires_in_and_a_new_one_is_not() {
+    let held = SecretString::from("HELD");
+    let parse = |body: &str| {
+        parse_repeatable(
+            body.as_bytes(),
+            CredentialKind::JsapiTicket,
+            Call::WecomUseToken,
+            &SecretString::from("the-token"),
+            Duration::from_secs(60),
+            Some(&held),
+        )
+    };
+    // WeChat counts the held value down, to zero in its last second.
+    for (seconds, kept) in [(0, 0), (5, 5), (59, 59), (-3, 0), (99_999_999, 86_400)] {
+        let body = format!(r#"{{"errcode":0,"ticket":"HELD","expires_in":{seconds}}}"#);
+        let repeat = parse(&body).expect(&body);
+        assert_eq!(repeat.expires_in, Duration::from_secs(kept), "{body}");
+    }
+    // A new value is judged as ever.
+    let outside = parse(r#"{"errcode":0,"ticket":"NEW","expires_in":0}"#).expect_err("0");
+    assert!(outside.to_string().contains("outside"), "{outside}");
+    let short = parse(r#"{"errcode":0,"ticket":"NEW","expires_in":5}"#).expect_err("5");
+    assert!(
+        short.to_string().contains("wechat.min_expires_in"),
+        "{short}"
+    );
+    assert!(
+        parse(r#"{"errcode":0,"ticket":"HELD"}"#).is_err(),
+        "expires_in missing"
+    );
+}
+
+#[test]
 fn ticket_answer_parses_and_a_stale_token_is_invalid_token() {
     let secret = SecretString::from("ACCESS");
     let ok = parse_credential(

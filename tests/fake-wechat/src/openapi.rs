@@ -25,7 +25,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::{clear_quotas, errcode, lock, quota_of, App, FakeWechat, Shared, World};
+use crate::handlers::errcode;
+use crate::{clear_quotas, lock, quota_of, App, FakeWechat, Shared, World};
 
 /// Clears WeChat allows per account per month.
 const CLEARS_PER_MONTH: u32 = 10;
@@ -108,8 +109,7 @@ fn token_owner(world: &World, token: Option<&str>) -> Result<String, Refusal> {
     };
     let now = Instant::now();
     let found = world.apps.iter().find_map(|(id, app)| {
-        app.all_tokens()
-            .find(|i| i.token == token)
+        app.token(token)
             .map(|i| (id, i.accepted_at(now), now >= i.expires_at))
     });
     match found {
