@@ -26,6 +26,7 @@ use mongodb::bson::{doc, Document};
 use tokio::task::JoinHandle;
 use wxtokend_reader::{AccountId, CredentialKind, Generation, Reader};
 
+use crate::support::store::Api;
 use crate::support::{eventually, Scenario, TestAccount, WAIT};
 
 /// Pause between one reader's samples.
@@ -660,4 +661,80 @@ async fn stable_token_forces_only_a_reported_token_wechat_still_answers() {
     assert_eq!(code, 0, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(status[0]["forced_calls_today"], 1, "{status}");
+}
+
+/// WeChat counts quotas per API: a `getticket` answering 45009 stops that
+/// ticket of the account for its quota day, and nothing else. Over a
+/// time-compressed day (a 7200 s token is refreshed about a dozen times a
+/// day; here one lives 2 s), the access token keeps being refreshed and
+/// readers always have one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_getticket_45009_stops_that_ticket_only_while_the_token_refreshes_all_day() {
+    const A_DAY: usize = 13;
+    let account = TestAccount::new("wx00000000modes0051", "modes-secret-0051").tickets(&["jsapi"]);
+    let id = account.id.clone();
+    let s = Arc::new(
+        Scenario::new()
+            .account(account.clone())
+            .app_for(&id, |app| {
+                app.expires_in(Duration::from_secs(2))
+                    .quota(Endpoint::GetTicket, 0)
+            })
+            .config(|c| c.margin = "1s")
+            .build()
+            .await,
+    );
+    let token = Target::new(
+        "token while getticket answers 45009",
+        &account,
+        CredentialKind::AccessToken,
+    );
+    let targets = [token.clone()];
+    wait_for_values(&s, &targets, 1).await;
+    let readers = Readers::start(&s, &targets, 1).await;
+    wait_for_values(&s, &targets, A_DAY + 1).await;
+    let (_, tallies) = readers.stop().await.remove(0);
+    let tally = Tally::sum(&tallies);
+    let history = check_history(&s, &token, &tally.missing).await;
+    report(&token, &tally, &history);
+    assert!(tally.taken > 100, "too few samples");
+    assert_eq!(tally.missing.len(), 0, "readers found no token");
+    assert_eq!(tally.rejected, Vec::<i64>::new(), "rejected");
+
+    // getticket was asked once, answered 45009, and never asked again;
+    // nothing was stored for it.
+    assert_eq!(s.fake.calls(&id, Endpoint::GetTicket), 1);
+    assert!(stored(
+        &s,
+        &Target::new("jsapi", &account, CredentialKind::JsapiTicket)
+    )
+    .await
+    .is_empty());
+    // The stop is the ticket's alone, in MongoDB, /metrics and status.
+    let lease = s.lease(&id).await.expect("lease");
+    assert!(lease.exhausted(Api::JsapiTicket), "{lease:?}");
+    assert!(!lease.exhausted(Api::Token), "{lease:?}");
+    assert_eq!(lease.calls_today(Api::JsapiTicket), 1, "{lease:?}");
+    assert!(lease.calls_today(Api::Token) > A_DAY as i64, "{lease:?}");
+    let m = s.daemon().metrics().await;
+    let stopped = |api| m.quota("wxtokend_quota_exhausted", &id, api);
+    assert_eq!(stopped("jsapi_ticket"), Some(1.0));
+    assert_eq!(stopped("token"), None);
+    let (code, out, err) = s.run(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    let line = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind} line: {out}"))
+            .clone()
+    };
+    let (ticket, token) = (line("jsapi_ticket"), line("access_token"));
+    assert_eq!(ticket["api"], "jsapi_ticket", "{ticket}");
+    assert_eq!(ticket["quota_exhausted"], true, "{ticket}");
+    assert_eq!(ticket["calls_today"], 1, "{ticket}");
+    assert_eq!(token["api"], "token", "{token}");
+    assert_eq!(token["quota_exhausted"], false, "{token}");
+    s.daemon().assert_logs_free_of(&s.secrets());
 }
