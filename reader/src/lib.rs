@@ -42,4 +42,4 @@ pub use connect::{connect, ConnectError, ConnectOptions};
 pub use credentials::{Credentials, QueryError};
 pub use domain::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
 pub use jssdk::JsSdkConfig;
-pub use reader::{ReadError, Reader, MAX_CACHE_AGE};
+pub use reader::{ReadError, Reader, HANDOVER_WAIT, MAX_CACHE_AGE};

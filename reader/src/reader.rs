@@ -18,6 +18,15 @@ use crate::requests::{self, NewRequest};
 /// older than this could already be dead, so longer cache ages are capped.
 pub const MAX_CACHE_AGE: Duration = Duration::from_secs(120);
 
+/// Where WeChat repeats a value until it dies (`getticket`, WeCom), the next
+/// value exists only after the stored one expired, and is stored about one
+/// WeChat call later. A read that falls in that moment waits for it, up to
+/// this long after the expiry, rather than failing.
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a read waiting for the next value looks again.
+const HANDOVER_POLL: Duration = Duration::from_millis(10);
+
 /// `requested_by` of the reports this module files.
 const REPORTER: &str = "wxtokend::reader";
 
@@ -114,7 +123,8 @@ impl Reader {
         self.latest_of(CredentialKind::AccessToken, account).await
     }
 
-    /// The newest valid credential of any kind.
+    /// The newest valid credential of any kind. Read a moment after the
+    /// newest one expired, it waits for the next (see [`HANDOVER_WAIT`]).
     pub async fn latest_of(
         &self,
         kind: CredentialKind,
@@ -126,7 +136,7 @@ impl Reader {
         }
         let found = match self.credentials.newest_valid(kind, account, now).await? {
             Some(credential) => Arc::new(credential),
-            None => return Err(self.explain_missing(kind, account).await),
+            None => Arc::new(self.wait_for_next(kind, account).await?),
         };
         if let Some(cache) = &self.cache {
             let mut entries = cache
@@ -219,6 +229,30 @@ impl Reader {
             timestamp,
             nonce_str,
         })
+    }
+
+    /// Nothing valid is stored: if the newest value expired a moment ago,
+    /// waits (at most [`HANDOVER_WAIT`] past its expiry) for the next one,
+    /// which the daemon stores as soon as WeChat issues it. Otherwise, or
+    /// if none comes, says why nothing is valid.
+    async fn wait_for_next(
+        &self,
+        kind: CredentialKind,
+        account: &AccountId,
+    ) -> Result<Credential, ReadError> {
+        let missing = self.explain_missing(kind, account).await;
+        let ReadError::Expired { expired_at, .. } = missing else {
+            return Err(missing);
+        };
+        let give_up = expired_at + HANDOVER_WAIT;
+        while SystemTime::now() < give_up {
+            tokio::time::sleep(HANDOVER_POLL).await;
+            let now = SystemTime::now();
+            if let Some(next) = self.credentials.newest_valid(kind, account, now).await? {
+                return Ok(next);
+            }
+        }
+        Err(missing)
     }
 
     /// Tells "never stored" from "stored but expired" (the daemon stopped).

@@ -153,18 +153,8 @@ const CLEARS_SPENT: &str = "this month's 10 quota clears of the account are used
      admin console count too): wait for the daily reset at 00:00 Beijing time, or next month";
 
 /// Codes returned by `openapi/quota/get` and `clear_quota`, made with an
-/// access token.
+/// access token, besides those of every call made with one ([`USE_TOKEN`]).
 const MANAGE_QUOTA: &[Entry] = &[
-    entry(-1, Transient, "system busy"),
-    entry(45011, Transient, "API minute quota reached"),
-    entry(45009, DailyQuota, "API daily quota reached"),
-    entry(
-        40001,
-        InvalidToken,
-        "access_token is invalid or not the latest",
-    ),
-    entry(40014, InvalidToken, "access_token is not valid"),
-    entry(42001, InvalidToken, "access_token expired"),
     entry(48006, Permanent, CLEARS_SPENT),
     entry(
         76021,
@@ -242,7 +232,10 @@ fn lookup(errcode: i64, call: Call) -> Option<&'static Entry> {
         Call::UseToken => USE_TOKEN,
         Call::WecomIssueToken => WECOM_ISSUE_TOKEN,
         Call::WecomUseToken => WECOM_USE_TOKEN,
-        Call::ManageQuota => MANAGE_QUOTA,
+        Call::ManageQuota => {
+            let own = MANAGE_QUOTA.iter().find(|e| e.code == errcode);
+            return own.or_else(|| lookup(errcode, Call::UseToken));
+        }
         Call::ClearQuotaWithSecret => CLEAR_QUOTA_WITH_SECRET,
     };
     table.iter().find(|e| e.code == errcode)

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use wxtokend_reader::Generation;
-use wxtokend_reader::{ReadError, Reader};
+use wxtokend_reader::{ReadError, Reader, HANDOVER_WAIT};
 
 use crate::support::mongo::TestDb;
 use crate::support::store::{ensure_indexes, store_token};
@@ -79,6 +79,45 @@ async fn missing_and_expired_are_told_apart() {
         }
         other => panic!("expected Expired, got {other:?}"),
     }
+}
+
+/// Where WeChat repeats a value until it dies, the next one is stored a
+/// call after the stored one expired: a read in that moment waits for it
+/// (at most `HANDOVER_WAIT` past the expiry) instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_just_after_an_expiry_waits_for_the_next_value() {
+    let db = database().await;
+    let lifetime = Duration::from_secs(7200);
+    let just_expired = lifetime + Duration::from_millis(20);
+    store_token(&db, "wxEdge", "dying", just_expired, lifetime).await;
+    let reader = reader(&db).await;
+    let next = {
+        let db = TestDb {
+            uri: db.uri.clone(),
+            name: db.name.clone(),
+            client: db.client.clone(),
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store_token(&db, "wxEdge", "next", Duration::ZERO, HOUR).await
+        })
+    };
+    let token = reader
+        .latest(&"wxEdge".into())
+        .await
+        .expect("the next value");
+    assert_eq!(token.secret(), "next");
+    assert_eq!(next.await.expect("writer"), Generation(2));
+
+    // Nothing comes: the read gives up about HANDOVER_WAIT after the
+    // expiry, saying the value expired.
+    store_token(&db, "wxLate", "dying", just_expired, lifetime).await;
+    let started = std::time::Instant::now();
+    match reader.latest(&"wxLate".into()).await {
+        Err(ReadError::Expired { .. }) => {}
+        other => panic!("expected Expired, got {other:?}"),
+    }
+    assert!(started.elapsed() < HANDOVER_WAIT + Duration::from_secs(5));
 }
 
 #[tokio::test]
