@@ -357,10 +357,30 @@ impl Machine {
         let wait = match (retry_after, class) {
             (Some(after), _) => after,
             (None, ErrorClass::Permanent) => self.settings.permanent_error_retry,
-            (None, _) => self.fetch_backoff.next_delay(),
+            // Never past the expiry of the credential relied on: where WeChat
+            // repeats a value until it dies, that is when the next one comes,
+            // and readers have nothing until it is stored.
+            (None, _) => {
+                let backoff = self.fetch_backoff.next_delay();
+                match self
+                    .held_expiry()
+                    .and_then(|at| at.duration_since(now).ok())
+                {
+                    Some(left) if !left.is_zero() => backoff.min(left),
+                    _ => backoff,
+                }
+            }
         };
         self.retry_after = Some(now + wait);
         wait
+    }
+
+    /// When the credential relied on expires.
+    fn held_expiry(&self) -> Option<SystemTime> {
+        match &self.state {
+            State::Holding(Some(held)) => Some(held.expires_at),
+            _ => None,
+        }
     }
 
     /// The pending credential is stored as `generation`.

@@ -87,27 +87,17 @@ async fn missing_and_expired_are_told_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_just_after_an_expiry_waits_for_the_next_value() {
     let db = database().await;
-    let lifetime = Duration::from_secs(7200);
-    let just_expired = lifetime + Duration::from_millis(20);
-    store_token(&db, "wxEdge", "dying", just_expired, lifetime).await;
     let reader = reader(&db).await;
-    let next = {
-        let db = TestDb {
-            uri: db.uri.clone(),
-            name: db.name.clone(),
-            client: db.client.clone(),
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            store_token(&db, "wxEdge", "next", Duration::ZERO, HOUR).await
-        })
-    };
-    let token = reader
-        .latest(&"wxEdge".into())
-        .await
-        .expect("the next value");
-    assert_eq!(token.secret(), "next");
-    assert_eq!(next.await.expect("writer"), Generation(2));
+    let lifetime = Duration::from_secs(7200);
+    let just_expired = lifetime + Duration::from_millis(5);
+    store_token(&db, "wxEdge", "dying", just_expired, lifetime).await;
+    let edge = "wxEdge".into();
+    let (token, next) = tokio::join!(reader.latest(&edge), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store_token(&db, "wxEdge", "next", Duration::ZERO, HOUR).await
+    });
+    assert_eq!(token.expect("the next value").secret(), "next");
+    assert_eq!(next, Generation(2));
 
     // Nothing comes: the read gives up about HANDOVER_WAIT after the
     // expiry, saying the value expired.

@@ -515,3 +515,30 @@ fn a_manual_refresh_overrides_the_wait_after_a_permanent_error_but_not_the_quota
     reported.request(&request(RefreshReason::ReportedInvalid, Some(1)));
     assert_eq!(reported.next(due), Action::Wait(Duration::from_secs(1800)));
 }
+
+#[test]
+fn a_transient_failure_never_waits_past_the_expiry_of_the_credential_relied_on() {
+    let mut m = holding();
+    let expiry = t0() + TWO_HOURS;
+    // Failures in a row push the backoff to retry_max (60 s here)...
+    let mut wait = Duration::ZERO;
+    for _ in 0..10 {
+        wait = m.fetch_failed(ErrorClass::Transient, None, t0() + HOUR);
+    }
+    assert!(wait >= Duration::from_secs(30), "{wait:?}");
+    // ...but 2 s before the expiry, the next try comes at the expiry.
+    let late = expiry - Duration::from_secs(2);
+    assert_eq!(
+        m.fetch_failed(ErrorClass::Transient, None, late),
+        Duration::from_secs(2)
+    );
+    // Past it, the backoff alone decides.
+    let after = expiry + Duration::from_secs(1);
+    assert!(m.fetch_failed(ErrorClass::Transient, None, after) >= Duration::from_secs(30));
+    // WeChat's own word on when still wins.
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        m.fetch_failed(ErrorClass::Transient, Some(hour), late),
+        hour
+    );
+}
