@@ -432,6 +432,9 @@ async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, 
         Ok(store) => store,
         Err(e) => return store_failure(&e),
     };
+    // WeChat cleared but MongoDB failed after: the result is printed, and
+    // the exit code says MongoDB.
+    let mut daemon_reset_failed = false;
     let printed = match clear {
         None => quota::show(&store, &settings, request).await.map(|shown| {
             if json {
@@ -445,8 +448,11 @@ async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, 
             quota::clear(&store, &settings, request, confirm)
                 .await
                 .map(|cleared| {
-                    if let Some(note) = &cleared.note {
-                        eprintln!("warning: {note}");
+                    for warning in &cleared.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    if !cleared.daemon_reset_done {
+                        daemon_reset_failed = true;
                     }
                     if json {
                         serde_json::to_string(&cleared)
@@ -459,7 +465,11 @@ async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, 
     match printed {
         Ok(Ok(text)) => {
             println!("{}", text.trim_end());
-            exit::OK
+            if daemon_reset_failed {
+                exit::MONGODB
+            } else {
+                exit::OK
+            }
         }
         Ok(Err(e)) => report(&e.to_string(), exit::FAILURE),
         Err(e) => {

@@ -98,8 +98,11 @@ pub struct Cleared {
     /// The daemon's own per-API counts reset in MongoDB (its 45009 stops
     /// and ceilings), so its refreshers resume within a minute.
     pub daemon_reset: Vec<Api>,
-    #[serde(skip)]
-    pub note: Option<String>,
+    /// `false`: MongoDB failed after WeChat cleared; the daemon's stops
+    /// stand until midnight (see `warnings`). The command then exits 4.
+    pub daemon_reset_done: bool,
+    /// What went wrong after WeChat cleared (printed on stderr too).
+    pub warnings: Vec<String>,
 }
 
 /// Shows WeChat's count of today's calls to `request.api` by the account.
@@ -140,19 +143,22 @@ pub async fn clear(
     let (via, token) = send_clear(&client, settings, spec, token).await?;
     // WeChat has cleared: from here on an error must not hide that (a
     // retry would spend another of the 10 clears).
-    let mut notes = Vec::new();
-    let daemon_reset = match Leases::new(store.clone()).clear_quota_stops(&spec.id).await {
-        Ok(apis) => apis,
-        Err(e) => {
-            notes.push(format!(
-                "cleared at WeChat, but the daemon's own stops could not be lifted in MongoDB \
-                 ({e}): they end at 00:00 Beijing time, or run `wxtokend quota {} --clear` \
-                 again once MongoDB answers",
-                spec.id
-            ));
-            Vec::new()
-        }
-    };
+    let mut warnings = Vec::new();
+    let (daemon_reset, daemon_reset_done) =
+        match Leases::new(store.clone()).clear_quota_stops(&spec.id).await {
+            Ok(apis) => (apis, true),
+            Err(e) => {
+                warnings.push(format!(
+                    "cleared at WeChat, but the daemon's own stops could not be lifted in \
+                     MongoDB ({e}): they end at 00:00 Beijing time. Do not clear again for \
+                     this (it would spend another of the 10 clears); to lift them at once \
+                     when MongoDB answers, set quota.<api>.calls to 0 and \
+                     quota.<api>.exhausted to false in the leases document with _id \"{}\"",
+                    spec.id
+                ));
+                (Vec::new(), false)
+            }
+        };
     let api = request.api.clone().unwrap_or_else(|| token_api(spec));
     let (quota, note) = match token {
         Some(token) => match client.api_quota(&token.value, &api).await {
@@ -174,14 +180,15 @@ pub async fn clear(
         },
         None => (None, None),
     };
-    notes.extend(note);
+    warnings.extend(note);
     Ok(Cleared {
         account: spec.id.clone(),
         cleared: true,
         via,
         quota,
         daemon_reset,
-        note: (!notes.is_empty()).then(|| notes.join("\n")),
+        daemon_reset_done,
+        warnings,
     })
 }
 
@@ -202,7 +209,10 @@ async fn send_clear(
         Err(e) if e.class() == ErrorClass::InvalidToken => {
             Ok((clear_with_secret(client, settings, spec).await?, None))
         }
-        Err(e) => Err(refused(format!("WeChat did not clear {}", spec.id), e)),
+        Err(e) => Err(refused_clear(
+            format!("WeChat did not clear {}", spec.id),
+            e,
+        )),
     }
 }
 
@@ -218,7 +228,7 @@ async fn clear_with_secret(
         .clear_quota_with_secret(&spec.id, &secret)
         .await
         .map_err(|e| {
-            refused(
+            refused_clear(
                 format!("WeChat did not clear {} (clear_quota/v2)", spec.id),
                 e,
             )
@@ -274,6 +284,21 @@ fn refused(what: String, source: FetchError) -> QuotaError {
         _ => "",
     };
     QuotaError::Wechat { what, source, hint }
+}
+
+/// A clear that failed. Without an answer from WeChat (timeout, broken
+/// connection, HTTP error) the clear may have happened all the same: say so,
+/// since clearing again would spend another of the 10 a month.
+fn refused_clear(what: String, source: FetchError) -> QuotaError {
+    if source.errcode().is_some() {
+        return refused(what, source);
+    }
+    QuotaError::Wechat {
+        what,
+        source,
+        hint: " (WeChat did not answer, so the clear may have happened all the same: check \
+               with `wxtokend quota ACCOUNT` before clearing again, as each clear counts)",
+    }
 }
 
 /// A table for people: one line per API shown.
@@ -334,6 +359,28 @@ pub fn render_cleared(cleared: &Cleared) -> String {
 mod tests {
     use super::*;
     use crate::wechat::RateLimit;
+
+    #[test]
+    fn a_clear_without_an_answer_says_it_may_have_happened() {
+        let unanswered = [
+            FetchError::Timeout,
+            FetchError::Transport("connection reset".into()),
+            FetchError::HttpStatus(502),
+        ];
+        for error in unanswered {
+            let text = refused_clear("WeChat did not clear wx1".into(), error).to_string();
+            assert!(text.contains("may have happened"), "{text}");
+        }
+        let answered = FetchError::Api {
+            errcode: 48006,
+            errmsg: "forbid to clear quota because of reaching the limit".into(),
+            meaning: "used up",
+            class: ErrorClass::Permanent,
+            retry_after: None,
+        };
+        let text = refused_clear("WeChat did not clear wx1".into(), answered).to_string();
+        assert!(!text.contains("may have happened"), "{text}");
+    }
 
     #[test]
     fn the_table_lines_up_under_its_header() {

@@ -108,6 +108,9 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
                 .map(|q| q.on(&today))
                 .unwrap_or_default();
             let stable = api == Some(Api::StableToken);
+            let daily_call_limit = api
+                .filter(|_| known.spec.is_some())
+                .map(|api| settings.refresh.daily_call_limits.of(api));
             lines.push(AccountStatus {
                 account: account.clone(),
                 kind,
@@ -128,10 +131,9 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
                 api,
                 quota_day: today.clone(),
                 calls_today: quota.calls,
-                daily_call_limit: api
-                    .filter(|_| known.spec.is_some())
-                    .map(|api| settings.refresh.daily_call_limits.of(api)),
-                quota_exhausted: quota.exhausted,
+                daily_call_limit,
+                quota_exhausted: quota.exhausted
+                    || daily_call_limit.is_some_and(|limit| quota.calls >= limit),
                 forced_calls_today: stable.then_some(quota.forced_calls),
                 forced_call_limit: stable.then_some(STABLE_TOKEN_FORCED_PER_DAY),
                 last_error: lease.and_then(|l| l.last_error.clone()),

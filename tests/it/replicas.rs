@@ -366,6 +366,13 @@ async fn the_daily_call_ceiling_holds_across_restarts_and_shows_in_status() {
     assert_eq!(line["account"], id.as_str());
     assert_eq!(line["generation"], 3);
     assert_eq!(line["calls_today"], 3);
+    // Stopped by the ceiling, as by a 45009: in status and /metrics.
+    assert_eq!(line["quota_exhausted"], true, "{line}");
+    again
+        .wait_metrics("the ceiling's stop exported", |m| {
+            m.quota("wxtokend_quota_exhausted", &id, "token") == Some(1.0)
+        })
+        .await;
     assert_eq!(line["lease_holder"], "restarted");
     assert_eq!(line["lease_valid"], true);
     let (_, table, _) = s.run(&["status"]);
@@ -376,7 +383,7 @@ async fn the_daily_call_ceiling_holds_across_restarts_and_shows_in_status() {
         .split_whitespace()
         .collect();
     assert_eq!(row[..3], [id.as_str(), "access_token", "3"], "{table}");
-    assert!(row.contains(&"3/3"), "calls today of the limit: {table}");
+    assert!(row.contains(&"3/3!"), "calls today of the limit: {table}");
 }
 
 #[tokio::test]
@@ -434,6 +441,14 @@ async fn status_lists_every_configured_account_with_its_limits() {
         .config(|c| {
             c.forced_min_interval = "30s";
             c.daily_call_limit = 1000;
+            // Each API its own ceiling, to see each where it belongs.
+            c.api_call_limits = vec![
+                ("stable_token", 1001),
+                ("jsapi_ticket", 1002),
+                ("wecom_token", 1003),
+                ("wecom_jsapi_ticket", 1004),
+                ("agent_config_ticket", 1005),
+            ];
         })
         .build()
         .await;
@@ -487,13 +502,19 @@ async fn status_lists_every_configured_account_with_its_limits() {
     );
     let held = s.lease(&stable.id).await.expect("a lease");
     // Quotas per WeChat API: the forced count is stable_token's alone.
-    for (kind, api, forced, forced_limit) in [
-        ("access_token", Api::StableToken, json!(1), json!(20)),
-        ("jsapi_ticket", Api::JsapiTicket, json!(null), json!(null)),
+    for (kind, api, limit, forced, forced_limit) in [
+        ("access_token", Api::StableToken, 1001, json!(1), json!(20)),
+        (
+            "jsapi_ticket",
+            Api::JsapiTicket,
+            1002,
+            json!(null),
+            json!(null),
+        ),
     ] {
         let l = line(&lines, &stable.id, kind);
         assert_eq!(l["api"], api.as_str(), "{l}");
-        assert_eq!(l["daily_call_limit"], 1000, "{l}");
+        assert_eq!(l["daily_call_limit"], limit, "{l}");
         assert_eq!(l["calls_today"], held.calls_today(api), "{l}");
         assert!(held.calls_today(api) >= 1, "{l}");
         assert_eq!(l["forced_calls_today"], forced, "{l}");
@@ -505,6 +526,7 @@ async fn status_lists_every_configured_account_with_its_limits() {
     assert_eq!(l["generation"], serde_json::Value::Null, "{l}");
     assert_eq!(l["lease_holder"], "test-instance", "{l}");
     assert!(l["calls_today"].as_i64() >= Some(1), "{l}");
+    // The token API's ceiling: this test's default for every other API.
     assert_eq!(l["daily_call_limit"], 1000, "{l}");
     assert_eq!(l["forced_calls_today"], serde_json::Value::Null, "{l}");
     assert!(
@@ -514,18 +536,18 @@ async fn status_lists_every_configured_account_with_its_limits() {
         "{l}"
     );
     // Never refreshed, not even leased: every kind, with its limits.
-    for (kind, api) in [
-        ("access_token", "wecom_token"),
-        ("jsapi_ticket", "wecom_jsapi_ticket"),
-        ("agent_config_ticket", "agent_config_ticket"),
+    for (kind, api, limit) in [
+        ("access_token", "wecom_token", 1003),
+        ("jsapi_ticket", "wecom_jsapi_ticket", 1004),
+        ("agent_config_ticket", "agent_config_ticket", 1005),
     ] {
         let l = line(&lines, &never.id, kind);
         assert_eq!(l["api"], api, "{l}");
+        assert_eq!(l["daily_call_limit"], limit, "{l}");
         assert_eq!(l["generation"], serde_json::Value::Null, "{l}");
         assert_eq!(l["lease_holder"], serde_json::Value::Null, "{l}");
         assert_eq!(l["lease_valid"], false, "{l}");
         assert_eq!(l["calls_today"], 0, "{l}");
-        assert_eq!(l["daily_call_limit"], 1000, "{l}");
         assert_eq!(l["forced_call_limit"], serde_json::Value::Null, "{l}");
     }
 
@@ -557,7 +579,7 @@ async fn status_lists_every_configured_account_with_its_limits() {
         "{table}"
     );
     assert!(
-        stable_row.contains(&format!("{}/1000", held.calls_today(Api::StableToken))),
+        stable_row.contains(&format!("{}/1001", held.calls_today(Api::StableToken))),
         "{table}"
     );
     assert!(stable_row.contains(&"1/20".to_owned()), "{table}");
