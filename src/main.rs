@@ -39,8 +39,10 @@ Exit codes:
      WeCom's, or --clear not confirmed (answered no, or no terminal to ask
      and no --yes)
   3  invalid configuration (the message names the key);
-     health: admin.listen is off or uses port 0
-  4  MongoDB unreachable or failing
+     health: admin.listen is off or uses port 0; quota --clear: the
+     account's secret is needed and cannot be read
+  4  MongoDB unreachable or failing (quota --clear: also after WeChat
+     cleared, when the daemon's own stops could not be lifted)
   5  get, sign, quota: no valid credential stored (none yet, or the newest
      has expired)
   6  quota: WeChat refused the call or did not answer (the message names

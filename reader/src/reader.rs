@@ -24,8 +24,11 @@ pub const MAX_CACHE_AGE: Duration = Duration::from_secs(120);
 /// this long after the expiry, rather than failing.
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(1);
 
-/// How often a read waiting for the next value looks again.
+/// A read waiting for the next value looks again after this long, then
+/// twice as long each time, up to [`HANDOVER_POLL_MAX`]: a few queries per
+/// waiting read, however many wait.
 const HANDOVER_POLL: Duration = Duration::from_millis(10);
+const HANDOVER_POLL_MAX: Duration = Duration::from_millis(160);
 
 /// `requested_by` of the reports this module files.
 const REPORTER: &str = "wxtokend::reader";
@@ -245,8 +248,10 @@ impl Reader {
             return Err(missing);
         };
         let give_up = expired_at + HANDOVER_WAIT;
+        let mut pause = HANDOVER_POLL;
         while SystemTime::now() < give_up {
-            tokio::time::sleep(HANDOVER_POLL).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(HANDOVER_POLL_MAX);
             let now = SystemTime::now();
             if let Some(next) = self.credentials.newest_valid(kind, account, now).await? {
                 return Ok(next);

@@ -76,6 +76,16 @@ pub(super) async fn ask(
     Ok(lease.map_or(Permit::NotHolder, |lease| refusal(&lease, now, rules)))
 }
 
+/// The previous version's per-account quota fields, removed when a quota
+/// day starts (README, migration notes).
+const LEGACY_FIELDS: [&str; 5] = [
+    "quota_day",
+    "quota_calls",
+    "quota_exhausted",
+    "quota_forced_calls",
+    "last_forced_at",
+];
+
 /// Resets the API's day counters when the quota day has changed (the
 /// time of the last forced refresh stays: its spacing spans midnight).
 async fn start_quota_day(
@@ -88,12 +98,15 @@ async fn start_quota_day(
     leases
         .update_one(
             held,
-            doc! { "$set": {
-                path(api, quota::field::DAY): today,
-                path(api, quota::field::CALLS): 0_i64,
-                path(api, quota::field::FORCED_CALLS): 0_i64,
-                path(api, quota::field::EXHAUSTED): false,
-            } },
+            doc! {
+                "$set": {
+                    path(api, quota::field::DAY): today,
+                    path(api, quota::field::CALLS): 0_i64,
+                    path(api, quota::field::FORCED_CALLS): 0_i64,
+                    path(api, quota::field::EXHAUSTED): false,
+                },
+                "$unset": LEGACY_FIELDS.iter().map(|f| (f.to_string(), "".into())).collect::<Document>(),
+            },
         )
         .await?;
     Ok(())

@@ -163,7 +163,7 @@ impl Refresher {
                 daily_call_limit = self.ctx.refresh.daily_call_limits.of(api),
                 resets_in_s = reset.as_secs(),
                 "daily quota of {} for this {} is spent: no call until it resets at midnight \
-                 Beijing time (`wxtokend quota ACCOUNT` shows WeChat's count)",
+                 Beijing time (`wxtokend quota ACCOUNT --api PATH` shows WeChat's count; not for WeCom)",
                 api.cgi_path(),
                 self.kind
             );

@@ -473,6 +473,11 @@ impl Machine {
             }
             _ => {
                 self.retry_after = None;
+                // A pending report stays: it is the stronger request (it may
+                // need stable_token's force_refresh; a manual one never does).
+                if self.forced == Some(RefreshReason::ReportedInvalid) {
+                    return Requested::Accepted(RefreshReason::ReportedInvalid);
+                }
                 RefreshReason::Manual
             }
         };

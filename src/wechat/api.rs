@@ -47,14 +47,13 @@ impl Api {
         match (platform, kind) {
             (Platform::Wecom, CredentialKind::AccessToken) => Self::WecomToken,
             (Platform::Wecom, CredentialKind::JsapiTicket) => Self::WecomJsapiTicket,
-            (Platform::Wecom, _) | (_, CredentialKind::AgentConfigTicket) => {
-                Self::AgentConfigTicket
-            }
+            (_, CredentialKind::AgentConfigTicket) => Self::AgentConfigTicket,
             (_, CredentialKind::AccessToken) => match endpoint {
                 TokenEndpoint::Token => Self::Token,
                 TokenEndpoint::StableToken => Self::StableToken,
             },
             (_, CredentialKind::JsapiTicket) => Self::JsapiTicket,
+            // WeCom has no card ticket: the configuration refuses it there.
             (_, CredentialKind::WxCardTicket) => Self::WxCardTicket,
         }
     }

@@ -174,32 +174,9 @@ const MANAGE_QUOTA: &[Entry] = &[
     ),
 ];
 
-/// Codes returned by `clear_quota/v2`, made with the AppSecret.
-const CLEAR_QUOTA_WITH_SECRET: &[Entry] = &[
-    entry(-1, Transient, "system busy"),
-    entry(45011, Transient, "API minute quota reached"),
-    entry(48006, Permanent, CLEARS_SPENT),
-    entry(
-        40001,
-        Permanent,
-        "AppSecret is wrong: check the account's secret_env or secret_file",
-    ),
-    entry(
-        40125,
-        Permanent,
-        "AppSecret is invalid: check the account's secret_env or secret_file",
-    ),
-    entry(
-        40243,
-        Permanent,
-        "AppSecret is frozen: unfreeze it in the account's admin console",
-    ),
-    entry(40013, Permanent, "invalid appid: check the account's id"),
-    entry(41002, Permanent, "appid missing"),
-    entry(41004, Permanent, "appsecret missing"),
-    entry(40164, Permanent, IP_WHITELIST),
-    entry(61004, Permanent, IP_WHITELIST),
-];
+/// Codes returned by `clear_quota/v2`, made with the AppSecret, besides
+/// those of the token call, which takes the same AppSecret ([`ISSUE_TOKEN`]).
+const CLEAR_QUOTA_WITH_SECRET: &[Entry] = &[entry(48006, Permanent, CLEARS_SPENT)];
 
 /// WeCom's codes when issuing a token. Its 45009 is a frequency limit that
 /// lifts within the hour, not a daily quota.
@@ -236,7 +213,10 @@ fn lookup(errcode: i64, call: Call) -> Option<&'static Entry> {
             let own = MANAGE_QUOTA.iter().find(|e| e.code == errcode);
             return own.or_else(|| lookup(errcode, Call::UseToken));
         }
-        Call::ClearQuotaWithSecret => CLEAR_QUOTA_WITH_SECRET,
+        Call::ClearQuotaWithSecret => {
+            let own = CLEAR_QUOTA_WITH_SECRET.iter().find(|e| e.code == errcode);
+            return own.or_else(|| lookup(errcode, Call::IssueToken));
+        }
     };
     table.iter().find(|e| e.code == errcode)
 }

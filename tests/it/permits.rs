@@ -169,11 +169,29 @@ async fn a_stop_ends_with_the_quota_day_or_a_clear() {
     let leases = Leases::new(&db).await;
     let id = "wxpermit6";
     let lease = leases.acquire(id, "a").await.expect("free");
+    let collection = db.db().collection::<mongodb::bson::Document>("leases");
+    // The previous version's per-account fields are removed when a day
+    // of the new per-API counters starts.
+    collection
+        .update_one(
+            mongodb::bson::doc! { "_id": id },
+            mongodb::bson::doc! { "$set": { "quota_day": "2026-11-26", "quota_calls": 9_i64, "quota_exhausted": true } },
+        )
+        .await
+        .expect("an old-shaped lease");
     let ticket = PermitRules {
         api: Api::JsapiTicket,
         ..NORMAL
     };
     assert_eq!(calls_today(permit(&lease, ticket).await), Some(1));
+    let stored = collection
+        .find_one(mongodb::bson::doc! { "_id": id })
+        .await
+        .expect("read")
+        .expect("the lease");
+    for old in ["quota_day", "quota_calls", "quota_exhausted"] {
+        assert!(!stored.contains_key(old), "{old} left: {stored}");
+    }
     lease
         .mark_quota_exhausted(Api::JsapiTicket)
         .await
@@ -183,8 +201,7 @@ async fn a_stop_ends_with_the_quota_day_or_a_clear() {
         Permit::QuotaSpent { .. }
     ));
     // Yesterday's stop: a new day starts from zero.
-    db.db()
-        .collection::<mongodb::bson::Document>("leases")
+    collection
         .update_one(
             mongodb::bson::doc! { "_id": id },
             mongodb::bson::doc! { "$set": { "quota.jsapi_ticket.day": "2000-01-01" } },

@@ -88,26 +88,41 @@ async fn missing_and_expired_are_told_apart() {
 async fn a_read_just_after_an_expiry_waits_for_the_next_value() {
     let db = database().await;
     let reader = reader(&db).await;
-    let lifetime = Duration::from_secs(7200);
-    let just_expired = lifetime + Duration::from_millis(5);
-    store_token(&db, "wxEdge", "dying", just_expired, lifetime).await;
+    // Values living two seconds: each expires two seconds after its store,
+    // whatever the setup took before.
+    let (lifetime, age) = (Duration::from_secs(2), Duration::ZERO);
+    store_token(&db, "wxEdge", "dying", age, lifetime).await;
+    let dying = reader.latest(&"wxEdge".into()).await.expect("still valid");
+    let expiry = dying.expires_at;
+    let until = |at: SystemTime| at.duration_since(SystemTime::now()).unwrap_or_default();
     let edge = "wxEdge".into();
-    let (token, next) = tokio::join!(reader.latest(&edge), async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        store_token(&db, "wxEdge", "next", Duration::ZERO, HOUR).await
-    });
+    let (token, next) = tokio::join!(
+        async {
+            tokio::time::sleep(until(expiry + Duration::from_millis(10))).await;
+            reader.latest(&edge).await
+        },
+        async {
+            tokio::time::sleep(until(expiry + Duration::from_millis(100))).await;
+            store_token(&db, "wxEdge", "next", Duration::ZERO, HOUR).await
+        }
+    );
     assert_eq!(token.expect("the next value").secret(), "next");
     assert_eq!(next, Generation(2));
 
-    // Nothing comes: the read gives up about HANDOVER_WAIT after the
-    // expiry, saying the value expired.
-    store_token(&db, "wxLate", "dying", just_expired, lifetime).await;
-    let started = std::time::Instant::now();
+    // Nothing comes: the read gives up HANDOVER_WAIT after the expiry,
+    // saying the value expired.
+    store_token(&db, "wxLate", "dying", age, lifetime).await;
+    let expiry = reader
+        .latest(&"wxLate".into())
+        .await
+        .expect("still valid")
+        .expires_at;
+    tokio::time::sleep(until(expiry + Duration::from_millis(10))).await;
     match reader.latest(&"wxLate".into()).await {
         Err(ReadError::Expired { .. }) => {}
         other => panic!("expected Expired, got {other:?}"),
     }
-    assert!(started.elapsed() < HANDOVER_WAIT + Duration::from_secs(5));
+    assert!(SystemTime::now() >= expiry + HANDOVER_WAIT, "gave up early");
 }
 
 #[tokio::test]

@@ -542,3 +542,14 @@ fn a_transient_failure_never_waits_past_the_expiry_of_the_credential_relied_on()
         hour
     );
 }
+
+#[test]
+fn a_manual_refresh_never_replaces_a_pending_report() {
+    let mut m = holding();
+    m.request(&request(RefreshReason::ReportedInvalid, Some(1)));
+    assert_eq!(
+        m.request(&request(RefreshReason::Manual, None)),
+        Requested::Accepted(RefreshReason::ReportedInvalid)
+    );
+    assert_eq!(m.forced(), Some(RefreshReason::ReportedInvalid));
+}
