@@ -19,7 +19,7 @@ use crate::config::{AccountSpec, ConfigError, Platform, Settings};
 use crate::coordination::Leases;
 use crate::store::{Store, StoreError};
 use crate::wechat::{Api, ClientError, ErrorClass, FetchError, WechatClient};
-pub use crate::wechat::{ApiQuota, CgiPath, RateLimit};
+pub use crate::wechat::{CgiPath, RateLimit, WechatQuota};
 
 /// What the command was asked.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub struct Shown {
     pub account: AccountId,
     pub api: CgiPath,
     #[serde(flatten)]
-    pub quota: ApiQuota,
+    pub quota: WechatQuota,
 }
 
 /// How a clear reached WeChat.
@@ -387,7 +387,7 @@ mod tests {
         let shown = Shown {
             account: AccountId::new("wx1234567890abcdef"),
             api: "/cgi-bin/token".parse().expect("a path"),
-            quota: ApiQuota {
+            quota: WechatQuota {
                 daily_limit: 2000,
                 used: 13,
                 remain: 1987,

@@ -172,12 +172,8 @@ fn refusal(lease: &Document, now: SystemTime, rules: PermitRules) -> Permit {
     {
         return Permit::ForcedSpent;
     }
-    let last_forced = lease
-        .get_document(quota::QUOTA)
-        .and_then(|q| q.get_document(rules.api.as_str()))
-        .and_then(|q| q.get_datetime(quota::field::LAST_FORCED_AT));
-    if let (Some(interval), Ok(last)) = (rules.forced_min_interval, last_forced) {
-        let next = last.to_system_time() + interval;
+    if let (Some(interval), Some(last)) = (rules.forced_min_interval, quota.last_forced_at) {
+        let next = last + interval;
         if next > now {
             return Permit::TooSoon {
                 retry_in: next.duration_since(now).unwrap_or_default(),

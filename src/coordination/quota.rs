@@ -45,6 +45,9 @@ pub struct ApiQuota {
     pub forced_calls: i64,
     /// WeChat answered 45009 on `day`.
     pub exhausted: bool,
+    /// When the last forced refresh was allowed (its spacing spans days).
+    #[serde(skip)]
+    pub last_forced_at: Option<SystemTime>,
 }
 
 impl ApiQuota {
@@ -61,6 +64,10 @@ impl ApiQuota {
             calls: integer(quota, field::CALLS).unwrap_or_default(),
             forced_calls: integer(quota, field::FORCED_CALLS).unwrap_or_default(),
             exhausted: quota.get_bool(field::EXHAUSTED).unwrap_or(false),
+            last_forced_at: quota
+                .get_datetime(field::LAST_FORCED_AT)
+                .ok()
+                .map(|at| at.to_system_time()),
         }
     }
 
@@ -72,6 +79,7 @@ impl ApiQuota {
         } else {
             Self {
                 day: Some(today.to_owned()),
+                last_forced_at: self.last_forced_at,
                 ..Self::default()
             }
         }

@@ -28,7 +28,7 @@ pub use answer::{
 };
 pub use api::Api;
 pub use errcode::{Call, ErrorClass};
-pub use openapi::{ApiQuota, CgiPath, RateLimit};
+pub use openapi::{CgiPath, RateLimit, WechatQuota};
 
 /// WeChat allows about 20 `force_refresh` calls of `stable_token` a day.
 pub const STABLE_TOKEN_FORCED_PER_DAY: i64 = 20;

@@ -73,7 +73,7 @@ impl FromStr for CgiPath {
 
 /// WeChat's count of an account's calls to one API today.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ApiQuota {
+pub struct WechatQuota {
     /// Calls the account may make today.
     pub daily_limit: i64,
     /// Calls made today (WeChat says its count may be off by about 1%).
@@ -123,7 +123,7 @@ impl WechatClient {
         &self,
         access_token: &SecretString,
         api: &CgiPath,
-    ) -> Result<ApiQuota, FetchError> {
+    ) -> Result<WechatQuota, FetchError> {
         let mut url = endpoint(&self.base, "cgi-bin/openapi/quota/get");
         url.query_pairs_mut()
             .append_pair("access_token", access_token.expose_secret());
@@ -175,7 +175,7 @@ impl WechatClient {
 
 /// Parses `openapi/quota/get`'s answer; `access_token` is scrubbed from
 /// WeChat's `errmsg`.
-fn parse_quota(body: &[u8], access_token: &SecretString) -> Result<ApiQuota, FetchError> {
+fn parse_quota(body: &[u8], access_token: &SecretString) -> Result<WechatQuota, FetchError> {
     let answer: QuotaAnswer = serde_json::from_slice(body)
         .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
     if let Some(errcode) = answer.errcode.filter(|code| *code != 0) {
@@ -189,7 +189,7 @@ fn parse_quota(body: &[u8], access_token: &SecretString) -> Result<ApiQuota, Fet
     let counts = answer
         .quota
         .ok_or_else(|| FetchError::InvalidResponse("quota is missing".into()))?;
-    Ok(ApiQuota {
+    Ok(WechatQuota {
         daily_limit: counts.daily_limit,
         used: counts.used,
         remain: counts.remain,
@@ -227,7 +227,7 @@ mod tests {
         let quota = parse_quota(body, &token()).expect("parsed");
         assert_eq!(
             quota,
-            ApiQuota {
+            WechatQuota {
                 daily_limit: 2000,
                 used: 3,
                 remain: 1997,
