@@ -64,8 +64,10 @@ fn help_lists_commands_and_exit_codes() {
               WeCom's, or --clear not confirmed (answered no, or no terminal to ask\n     \
               and no --yes)\n  \
            3  invalid configuration (the message names the key);\n     \
-              health: admin.listen is off or uses port 0\n  \
-           4  MongoDB unreachable or failing\n  \
+              health: admin.listen is off or uses port 0; quota --clear: the\n     \
+              account's secret is needed and cannot be read\n  \
+           4  MongoDB unreachable or failing (quota --clear: also after WeChat\n     \
+              cleared, when the daemon's own stops could not be lifted)\n  \
            5  get, sign, quota: no valid credential stored (none yet, or the newest\n     \
               has expired)\n  \
            6  quota: WeChat refused the call or did not answer (the message names\n     \
