@@ -33,7 +33,7 @@ mod telemetry;
 mod wechat;
 
 pub use admin::{probe, ProbeError};
-pub use config::{ConfigError, EnvSource, LogSettings, Scope, Settings};
+pub use config::{ConfigError, EnvSource, LogSettings, MongoSettings, Scope, Settings};
 pub use coordination::{Lease, Leases};
 pub use daemon::{connect_store, shutdown_signal, Daemon, DaemonError};
 pub use status::{collect as collect_status, render as render_status, AccountStatus};

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend::quota::{self, CgiPath, QuotaError, QuotaRequest};
 use wxtokend::{
-    connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, Scope, Settings, StoreError,
+    connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, MongoSettings, Scope,
+    Settings, StoreError,
 };
 use wxtokend_reader::requests::{self, NewRequest};
 use wxtokend_reader::{
@@ -197,8 +198,8 @@ fn main() -> ExitCode {
         | Command::Sign { .. }
         | Command::Refresh { .. }
         | Command::Status { .. }
-        | Command::Quota { .. }
-        | Command::Health { .. } => Scope::StoreOnly,
+        | Command::Quota { .. } => Scope::StoreOnly,
+        Command::Health { .. } => Scope::Local,
         Command::Run | Command::Check => Scope::Daemon,
     };
     let settings = match Settings::load(cli.config.as_deref(), scope) {
@@ -255,9 +256,12 @@ fn config_failure(error: &ConfigError) -> ExitCode {
 async fn run(settings: Settings) -> u8 {
     wxtokend::init_logging(&settings.log);
     wxtokend::setup_failpoints();
+    let mongodb = settings.mongodb.clone();
     let daemon = match Daemon::build(settings).await {
         Ok(daemon) => daemon,
-        Err(DaemonError::Store(e)) if invalid_uri(&e).is_some() => return store_failure(&e),
+        Err(DaemonError::Store(e)) if invalid_uri(&e).is_some() => {
+            return store_failure(&mongodb, &e)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return exit::FAILURE;
@@ -279,7 +283,7 @@ async fn run(settings: Settings) -> u8 {
 async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     match Reader::new(store.database().clone())
         .latest_of(kind, &account)
@@ -349,7 +353,7 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind)
         };
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     let signed = Reader::new(store.database().clone())
         .signature_with(kind.into(), &account, url)
@@ -383,7 +387,7 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind)
 async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     let request = NewRequest {
         app_id: &account,
@@ -408,7 +412,7 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
 async fn status(settings: Settings, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     match wxtokend::collect_status(&store, &settings).await {
         Ok(lines) if json => match serde_json::to_string(&lines) {
@@ -430,7 +434,7 @@ async fn status(settings: Settings, json: bool) -> u8 {
 async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     let printed = match clear {
         None => quota::show(&store, &settings, request).await.map(|shown| {
@@ -468,7 +472,9 @@ async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, 
                 | QuotaError::Wecom(_)
                 | QuotaError::NotConfirmed(_) => exit::BAD_COMMAND_LINE,
                 QuotaError::Secret(_) => exit::CONFIG,
-                QuotaError::Store(e) if invalid_uri(e).is_some() => return store_failure(e),
+                QuotaError::Store(e) if invalid_uri(e).is_some() => {
+                    return store_failure(&settings.mongodb, e)
+                }
                 QuotaError::Store(_) => exit::MONGODB,
                 QuotaError::NoValidToken(_) => exit::NO_VALID_CREDENTIAL,
                 QuotaError::Wechat { .. } => exit::WECHAT,
@@ -525,7 +531,7 @@ async fn health(settings: Settings, ready: bool) -> u8 {
 async fn check(settings: Settings) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     if let Err(e) = store.ping().await {
         return report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB);
@@ -548,14 +554,17 @@ fn invalid_uri(error: &StoreError) -> Option<&str> {
 }
 
 /// Exit code and message for a store that could not be opened: a URI the
-/// driver cannot use is a configuration error (3, worded like the others and
-/// never quoting the URI); anything else is MongoDB's (4).
-fn store_failure(error: &StoreError) -> u8 {
+/// driver cannot use is a configuration error (3, worded like the others,
+/// naming the key and the file it came from, never quoting the URI);
+/// anything else is MongoDB's (4).
+fn store_failure(mongodb: &MongoSettings, error: &StoreError) -> u8 {
     match invalid_uri(error) {
         Some(why) => report(
             &format!(
-                "invalid configuration:\n  - mongodb.uri: not shown, as it may hold a \
-                 password; the MongoDB driver rejects it: {why}"
+                "invalid configuration:\n  - {}: {} is not shown, as it may hold a \
+                 password; the MongoDB driver rejects it: {why}",
+                mongodb.uri_key(),
+                mongodb.uri_described()
             ),
             exit::CONFIG,
         ),

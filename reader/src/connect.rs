@@ -57,7 +57,7 @@ pub async fn connect(
 fn redacted_uri_error(error: &MongoError) -> String {
     match error.kind.as_ref() {
         ErrorKind::InvalidArgument { .. } => {
-            "invalid argument (check the format of mongodb.uri)".into()
+            "invalid argument (check the format of the connection string)".into()
         }
         _ => error.to_string(),
     }

@@ -101,7 +101,8 @@ async fn check_exits_4_when_mongodb_is_unreachable() {
 
 /// A connection string the driver cannot parse is a configuration error
 /// for every command that opens the database, and the message names the key
-/// without quoting the string (it may hold a password).
+/// (and the file, for `mongodb.uri_file`) without quoting the string (it
+/// may hold a password).
 #[test]
 fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
     let id = account().id;
@@ -114,16 +115,35 @@ fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
         &["status"],
         &["quota", &id, "--clear", "--yes"],
     ];
-    for uri in [
-        "mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/",
-        "mongodb://wxuser:s3cret-pass@/",
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri_file = dir.path().join("mongodb_uri");
+    for (uri, in_file) in [
+        ("mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/", false),
+        ("mongodb://wxuser:s3cret-pass@/", false),
+        ("mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/", true),
     ] {
-        let cfg = TestConfig::new(
-            uri,
+        // With a file, the inline URI is broken differently: were the
+        // file ignored, the error would name mongodb.uri.
+        let mut cfg = TestConfig::new(
+            if in_file {
+                "mongodb://inline:unused@127.0.0.1:noport/"
+            } else {
+                uri
+            },
             "wxtokend_cli_bad_uri",
             "https://api.weixin.qq.com",
             &[account()],
         );
+        let key = if in_file {
+            std::fs::write(&uri_file, format!("{uri}\n")).expect("write the URI file");
+            cfg.mongodb_uri_file = Some(uri_file.clone());
+            format!(
+                "mongodb.uri_file: the connection string in {} is not shown",
+                uri_file.display()
+            )
+        } else {
+            "mongodb.uri: ".to_owned()
+        };
         for args in commands {
             let (code, out, err) = cfg.run(args);
             assert_eq!(code, 3, "{args:?} with {uri}: {err}");
@@ -134,7 +154,7 @@ fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
             );
             let problems = problems(&err);
             assert_eq!(problems.len(), 1, "{args:?}: {err}");
-            assert!(problems[0].starts_with("mongodb.uri: "), "{args:?}: {err}");
+            assert!(problems[0].starts_with(&key), "{args:?}: {err}");
             for secret in ["s3cret-pass", "wxuser", "notaport"] {
                 assert!(!err.contains(secret), "{args:?} shows {secret:?}: {err}");
             }
