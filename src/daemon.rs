@@ -80,6 +80,8 @@ impl Daemon {
             store.clock().clone(),
             &settings.refresh.daily_call_limits,
         ));
+        // Readiness is checked only once the indexes are in place.
+        let (indexed, indexes_ready) = tokio::sync::watch::channel(false);
         let admin_task = admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");
@@ -94,11 +96,10 @@ impl Daemon {
                     .collect(),
                 interval: settings.lease.renew_interval,
                 stale_after: settings.lease.duration,
+                indexes_ready,
             };
             tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
         });
-        // systemd (Type=notify): started. Readiness for traffic is /readyz.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         tracing::info!(
             instance = %settings.daemon.instance_id,
             database = store.database_name(),
@@ -108,6 +109,13 @@ impl Daemon {
         if !ensure_indexes(&store, &settings, &metrics, &shutdown).await {
             return Ok(());
         }
+        let _ = indexed.send(true);
+        // systemd (Type=notify): started, indexes in place. Readiness for
+        // traffic is /readyz.
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("running"),
+        ]);
         let ctx = Arc::new(Context {
             wechat,
             store,
@@ -148,8 +156,9 @@ impl Daemon {
     }
 }
 
-/// Creates the indexes, waiting for MongoDB as long as it takes. Returns
-/// false if shutdown came first.
+/// Creates the indexes, waiting for MongoDB as long as it takes (telling
+/// systemd why the start takes long, and extending its start timeout while
+/// retrying). Returns false if shutdown came first.
 async fn ensure_indexes(
     store: &Store,
     settings: &Settings,
@@ -170,6 +179,15 @@ async fn ensure_indexes(
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "cannot create indexes; is MongoDB up?");
+                let status = format!("waiting for MongoDB to create indexes: {e}");
+                // The wait, then an attempt with room to spare.
+                let extend = wait + settings.mongodb.server_selection_timeout * 4 + START_SLACK;
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Status(&status),
+                    sd_notify::NotifyState::ExtendTimeoutUsec(
+                        u32::try_from(extend.as_micros()).unwrap_or(u32::MAX),
+                    ),
+                ]);
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
                     () = tokio::time::sleep(wait) => {}
@@ -178,6 +196,10 @@ async fn ensure_indexes(
         }
     }
 }
+
+/// Room added to each extension of systemd's start timeout while the
+/// daemon waits for MongoDB.
+const START_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The store as configured.
 pub async fn connect_store(settings: &Settings) -> Result<Store, StoreError> {

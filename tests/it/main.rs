@@ -27,3 +27,4 @@ mod replicas;
 mod requests;
 mod secrets;
 mod soak;
+mod systemd;

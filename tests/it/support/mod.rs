@@ -7,10 +7,12 @@
 //!   configuration, and its admin endpoints.
 //! - [`metrics`]: the daemon's `/metrics`, parsed.
 //! - [`store`]: the only file that uses the daemon's internal store API.
+//! - [`notify`]: systemd's notification socket.
 
 pub mod daemon;
 pub mod metrics;
 pub mod mongo;
+pub mod notify;
 pub mod scenario;
 pub mod store;
 
