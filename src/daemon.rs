@@ -10,10 +10,10 @@ use crate::config::Settings;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::coordination::Leases;
-use crate::coordinator::{Coordinator, RefresherDied};
+use crate::coordination::{Leases, INSTANCES, LEASES};
+use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
-use wxtokend_reader::ConnectOptions;
+use wxtokend_reader::{ConnectOptions, Refused};
 
 use crate::refresh::{Backoff, Context};
 use crate::store::{Store, StoreError};
@@ -34,6 +34,18 @@ pub enum DaemonError {
     RefresherDied(#[from] RefresherDied),
     #[error("the coordinator died: {0}")]
     CoordinatorDied(String),
+    /// MongoDB refused the user or a privilege: a restart cannot help.
+    #[error(transparent)]
+    Refused(Refused),
+}
+
+impl From<CoordinatorError> for DaemonError {
+    fn from(error: CoordinatorError) -> Self {
+        match error {
+            CoordinatorError::RefresherDied(died) => Self::RefresherDied(died),
+            CoordinatorError::Refused(refused) => Self::Refused(refused),
+        }
+    }
 }
 
 /// A daemon ready to run.
@@ -106,8 +118,13 @@ impl Daemon {
             accounts = settings.accounts.len(),
             "wxtokend starting"
         );
-        if !ensure_indexes(&store, &settings, &metrics, &shutdown).await {
-            return Ok(());
+        match ensure_indexes(&store, &settings, &metrics, &shutdown).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(refused) => {
+                tracing::error!(error = %refused, "cannot start: MongoDB refused this replica");
+                return Err(DaemonError::Refused(refused));
+            }
         }
         let _ = indexed.send(true);
         // systemd (Type=notify): started, indexes in place. Readiness for
@@ -131,11 +148,13 @@ impl Daemon {
             () = shutdown.cancelled() => {}
             result = &mut task => {
                 let error = match result {
-                    Ok(Err(died)) => DaemonError::from(died),
+                    Ok(Err(stopped)) => DaemonError::from(stopped),
                     Ok(Ok(())) => DaemonError::CoordinatorDied("it returned".into()),
                     Err(e) => DaemonError::CoordinatorDied(e.to_string()),
                 };
-                tracing::error!(error = %error, "stopping: a part of the daemon died");
+                if !matches!(error, DaemonError::Refused(_)) {
+                    tracing::error!(error = %error, "stopping: a part of the daemon died");
+                }
                 return Err(error);
             }
         }
@@ -158,13 +177,14 @@ impl Daemon {
 
 /// Creates the indexes, waiting for MongoDB as long as it takes (telling
 /// systemd why the start takes long, and extending its start timeout while
-/// retrying). Returns false if shutdown came first.
+/// retrying). Returns false if shutdown came first, and MongoDB's refusal of
+/// the user or of a privilege, which no retry can overcome.
 async fn ensure_indexes(
     store: &Store,
     settings: &Settings,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Result<bool, Refused> {
     let mut backoff = Backoff::new(settings.refresh.retry_initial, settings.refresh.retry_max);
     let leases = Leases::new(store.clone());
     loop {
@@ -175,7 +195,8 @@ async fn ensure_indexes(
             leases.ensure_indexes().await
         };
         match metrics.observe(Operation::EnsureIndexes, ensure).await {
-            Ok(()) => return true,
+            Ok(()) => return Ok(true),
+            Err(StoreError::Refused(refused)) => return Err(refused),
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "cannot create indexes; is MongoDB up?");
@@ -189,7 +210,7 @@ async fn ensure_indexes(
                     ),
                 ]);
                 tokio::select! {
-                    () = shutdown.cancelled() => return false,
+                    () = shutdown.cancelled() => return Ok(false),
                     () = tokio::time::sleep(wait) => {}
                 }
             }
@@ -200,6 +221,19 @@ async fn ensure_indexes(
 /// Room added to each extension of systemd's start timeout while the
 /// daemon waits for MongoDB.
 const START_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What `check` verifies of MongoDB: it answers, every collection the
+/// daemon uses can be read, and the indexes can be created (idempotent:
+/// what `run` does first). Writes other than indexes are first tried by
+/// `run`, which stops (exit 3) on a privilege MongoDB refuses.
+pub async fn check_store(store: &Store, settings: &Settings) -> Result<(), StoreError> {
+    store.ping().await?;
+    store.check_reads(&[LEASES, INSTANCES]).await?;
+    store
+        .ensure_indexes(settings.mongodb.history_retention)
+        .await?;
+    Leases::new(store.clone()).ensure_indexes().await
+}
 
 /// The store as configured.
 pub async fn connect_store(settings: &Settings) -> Result<Store, StoreError> {

@@ -35,7 +35,7 @@ mod wechat;
 pub use admin::{probe, ProbeError};
 pub use config::{ConfigError, EnvSource, LogSettings, MongoSettings, Scope, Settings};
 pub use coordination::{Lease, Leases};
-pub use daemon::{connect_store, shutdown_signal, Daemon, DaemonError};
+pub use daemon::{check_store, connect_store, shutdown_signal, Daemon, DaemonError};
 pub use status::{collect as collect_status, render as render_status, AccountStatus};
 pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;

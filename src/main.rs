@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend::quota::{self, CgiPath, QuotaError, QuotaRequest};
 use wxtokend::{
-    connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, MongoSettings, Scope,
-    Settings, StoreError,
+    check_store, connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, MongoSettings,
+    Scope, Settings, StoreError,
 };
 use wxtokend_reader::requests::{self, NewRequest};
 use wxtokend_reader::{
-    AccountId, ConnectError, Credential, CredentialKind, ReadError, Reader, RefreshReason,
+    AccountId, ConnectError, Credential, CredentialKind, QueryError, ReadError, Reader,
+    RefreshReason, Refused,
 };
 
 /// Exit codes, documented in the README and in `--help`.
@@ -39,8 +40,10 @@ Exit codes:
   2  bad command line; quota: an account that is not configured or is
      WeCom's, or --clear not confirmed (answered no, or no terminal to ask
      and no --yes)
-  3  invalid configuration (the message names the key);
-     health: admin.listen is off or uses port 0
+  3  invalid configuration (the message names the key); MongoDB refused
+     the connection string's user or a privilege (the message names the
+     action, the collection and the role to grant); health: admin.listen
+     is off or uses port 0
   4  MongoDB unreachable or failing
   5  get, sign, quota: no valid credential stored (none yet, or the newest
      has expired)
@@ -144,7 +147,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the configuration, read every secret, and reach MongoDB.
+    /// Validate the configuration, read every secret, reach MongoDB, read
+    /// each collection the daemon uses and create its indexes (idempotent;
+    /// what `run` does first).
     Check,
     /// Ask the running daemon's admin server whether it is alive (/healthz),
     /// or with --ready whether every account has a valid token (/readyz).
@@ -259,9 +264,7 @@ async fn run(settings: Settings) -> u8 {
     let mongodb = settings.mongodb.clone();
     let daemon = match Daemon::build(settings).await {
         Ok(daemon) => daemon,
-        Err(DaemonError::Store(e)) if invalid_uri(&e).is_some() => {
-            return store_failure(&mongodb, &e)
-        }
+        Err(DaemonError::Store(e)) if is_configuration(&e) => return store_failure(&mongodb, &e),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return exit::FAILURE;
@@ -275,7 +278,9 @@ async fn run(settings: Settings) -> u8 {
     });
     match daemon.run(shutdown).await {
         Ok(()) => exit::OK,
-        // Logged where it happened; non-zero so that a service manager restarts us.
+        // Logged where it happened. A refusal needs a change of user or
+        // role (a restart cannot help); anything else, a restart.
+        Err(DaemonError::Refused(_)) => exit::CONFIG,
         Err(_) => exit::FAILURE,
     }
 }
@@ -300,7 +305,7 @@ async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json:
         Err(e @ (ReadError::NotFound { .. } | ReadError::Expired { .. })) => {
             report(&e.to_string(), exit::NO_VALID_CREDENTIAL)
         }
-        Err(e) => report(&e.to_string(), exit::MONGODB),
+        Err(e) => read_failure(&e),
     }
 }
 
@@ -380,7 +385,7 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind)
         Err(e @ (ReadError::NotFound { .. } | ReadError::Expired { .. })) => {
             report(&e.to_string(), exit::NO_VALID_CREDENTIAL)
         }
-        Err(e) => report(&e.to_string(), exit::MONGODB),
+        Err(e) => read_failure(&e),
     }
 }
 
@@ -405,6 +410,7 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
             );
             exit::OK
         }
+        Err(QueryError::Refused(refused)) => refused_failure(&refused),
         Err(e) => report(&e.to_string(), exit::MONGODB),
     }
 }
@@ -426,7 +432,7 @@ async fn status(settings: Settings, json: bool) -> u8 {
             print!("{}", wxtokend::render_status(&lines));
             exit::OK
         }
-        Err(e) => report(&e.to_string(), exit::MONGODB),
+        Err(e) => store_failure(&settings.mongodb, &e),
     }
 }
 
@@ -472,10 +478,7 @@ async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, 
                 | QuotaError::Wecom(_)
                 | QuotaError::NotConfirmed(_) => exit::BAD_COMMAND_LINE,
                 QuotaError::Secret(_) => exit::CONFIG,
-                QuotaError::Store(e) if invalid_uri(e).is_some() => {
-                    return store_failure(&settings.mongodb, e)
-                }
-                QuotaError::Store(_) => exit::MONGODB,
+                QuotaError::Store(e) => return store_failure(&settings.mongodb, e),
                 QuotaError::NoValidToken(_) => exit::NO_VALID_CREDENTIAL,
                 QuotaError::Wechat { .. } => exit::WECHAT,
                 QuotaError::Client(_) => exit::FAILURE,
@@ -529,47 +532,88 @@ async fn health(settings: Settings, ready: bool) -> u8 {
 }
 
 async fn check(settings: Settings) -> u8 {
-    let store = match connect_store(&settings).await {
-        Ok(store) => store,
-        Err(e) => return store_failure(&settings.mongodb, &e),
+    let checked = async {
+        let store = connect_store(&settings).await?;
+        check_store(&store, &settings).await
     };
-    if let Err(e) = store.ping().await {
-        return report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB);
+    match checked.await {
+        Ok(()) => {
+            println!(
+                "configuration valid: {} account(s); every secret readable; MongoDB reachable \
+                 (database {:?}): every collection readable, indexes in place",
+                settings.accounts.len(),
+                settings.mongodb.database
+            );
+            exit::OK
+        }
+        Err(e) => {
+            let code = match &e {
+                StoreError::Mongo(m)
+                    if matches!(
+                        m.kind.as_ref(),
+                        mongodb::error::ErrorKind::ServerSelection { .. }
+                            | mongodb::error::ErrorKind::Io(_)
+                    ) =>
+                {
+                    report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB)
+                }
+                e => store_failure(&settings.mongodb, e),
+            };
+            code
+        }
     }
-    println!(
-        "configuration valid: {} account(s); every secret readable; MongoDB reachable (database {:?})",
-        settings.accounts.len(),
-        store.database_name()
-    );
-    exit::OK
 }
 
-/// Why the driver refused `mongodb.uri`, if that is the error: the reason is
-/// already stripped of the string itself, which may hold a password.
-fn invalid_uri(error: &StoreError) -> Option<&str> {
-    match error {
-        StoreError::Connect(ConnectError::InvalidUri(why)) => Some(why),
-        _ => None,
-    }
+/// Whether the store could not be opened because of the configuration:
+/// a connection string the driver refuses, or its TLS files.
+fn is_configuration(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Connect(ConnectError::InvalidUri(_) | ConnectError::Tls(_))
+    )
 }
 
-/// Exit code and message for a store that could not be opened: a URI the
-/// driver cannot use is a configuration error (3, worded like the others,
-/// naming the key and the file it came from, never quoting the URI);
-/// anything else is MongoDB's (4).
+/// Exit code and message for a store that could not be opened or used: a
+/// connection string the driver cannot use is a configuration error (3,
+/// worded like the others, naming the key and never quoting the string),
+/// and so is MongoDB's refusal of its user or of a privilege; anything else
+/// is MongoDB's (4).
 fn store_failure(mongodb: &MongoSettings, error: &StoreError) -> u8 {
-    match invalid_uri(error) {
-        Some(why) => report(
+    let key = mongodb.uri_key();
+    match error {
+        StoreError::Connect(ConnectError::InvalidUri(why)) => report(
             &format!(
-                "invalid configuration:\n  - {}: {} is not shown, as it may hold a \
+                "invalid configuration:\n  - {key}: {} is not shown, as it may hold a \
                  password; the MongoDB driver rejects it: {why}",
-                mongodb.uri_key(),
                 mongodb.uri_described()
             ),
             exit::CONFIG,
         ),
-        None => report(&error.to_string(), exit::MONGODB),
+        StoreError::Connect(ConnectError::Tls(why)) => report(
+            &format!(
+                "invalid configuration:\n  - {key}: {}: the TLS files it names cannot be \
+                 used: {why}",
+                mongodb.uri_described()
+            ),
+            exit::CONFIG,
+        ),
+        StoreError::Refused(refused) => refused_failure(refused),
+        other => report(&other.to_string(), exit::MONGODB),
     }
+}
+
+/// Exit code and message for a failed read (`get`, `sign`).
+fn read_failure(error: &ReadError) -> u8 {
+    match error {
+        ReadError::Query(QueryError::Refused(refused)) => refused_failure(refused),
+        other => report(&other.to_string(), exit::MONGODB),
+    }
+}
+
+/// MongoDB refused the user or a privilege: the connection string or the
+/// user's role must change.
+fn refused_failure(refused: &Refused) -> u8 {
+    report(&refused.to_string(), exit::CONFIG)
 }
 
 fn report(message: &str, code: u8) -> u8 {

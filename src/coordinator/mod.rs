@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use wxtokend_reader::{AccountId, CredentialKind};
+use wxtokend_reader::{AccountId, CredentialKind, Refused};
 
 use crate::config::{Account, LeaseSettings};
 use crate::coordination::{Lease, Leases, RefreshRequest, Term};
@@ -48,6 +48,17 @@ struct HeldLease {
 #[error("the refresh task of account {account} died")]
 pub struct RefresherDied {
     pub account: AccountId,
+}
+
+/// Why the coordinator stopped the replica before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error(transparent)]
+    RefresherDied(#[from] RefresherDied),
+    /// MongoDB refused a privilege to one of this replica's operations: no
+    /// retry can succeed until the user's role changes.
+    #[error(transparent)]
+    Refused(Refused),
 }
 
 pub struct Coordinator {
@@ -80,10 +91,10 @@ impl Coordinator {
 
     /// Runs until `shutdown`, then stops every refresher (letting each
     /// finish its step and store what it fetched) and releases the leases.
-    /// A refresher that died (a bug) ends the run with an error, after the
-    /// same clean stop, so that the process exits non-zero and its service
-    /// manager restarts it.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RefresherDied> {
+    /// A refresher that died (a bug), or a privilege MongoDB refused to any
+    /// operation of this replica, ends the run with an error, after the
+    /// same clean stop, so that the process exits non-zero.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
         self.shutdown = shutdown.clone();
         let mut maintain = tokio::time::interval(self.lease.renew_interval);
         maintain.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -94,8 +105,8 @@ impl Coordinator {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
                 _ = maintain.tick() => {
-                    if let Err(died) = self.check_refreshers() {
-                        break Err(died);
+                    if let Err(stop) = self.check_refreshers().and_then(|()| self.check_refused()) {
+                        break Err(stop);
                     }
                     self.maintain().await;
                 }
@@ -104,6 +115,32 @@ impl Coordinator {
         };
         self.stop_all().await;
         outcome
+    }
+
+    /// MongoDB refused a privilege to an operation of this replica (any
+    /// part: a refresher retries what failed, but no retry can succeed).
+    fn check_refused(&self) -> Result<(), CoordinatorError> {
+        match self.ctx.store.refused() {
+            Some(refused) => {
+                tracing::error!(error = %refused, "stopping: MongoDB refused a privilege this replica needs");
+                Err(CoordinatorError::Refused(refused.clone()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one MongoDB operation (timed in `metrics`); a refusal is noted,
+    /// to stop the replica at the next turn.
+    async fn observed<T>(
+        &self,
+        operation: Operation,
+        run: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.ctx.metrics.observe(operation, run).await;
+        if let Err(StoreError::Refused(refused)) = &result {
+            self.ctx.store.note_refused(refused);
+        }
+        result
     }
 
     /// Every held lease with its term.
@@ -116,7 +153,7 @@ impl Coordinator {
 
     /// A refresher of a held lease ends only when told to: one that ended
     /// on its own died.
-    fn check_refreshers(&self) -> Result<(), RefresherDied> {
+    fn check_refreshers(&self) -> Result<(), CoordinatorError> {
         let dead = self.held.iter().find(|(_, held)| {
             !held.stop.is_cancelled() && held.tasks.iter().any(JoinHandle::is_finished)
         });
@@ -125,7 +162,8 @@ impl Coordinator {
                 tracing::error!(%account, "a refresh task died; stopping this replica");
                 Err(RefresherDied {
                     account: account.clone(),
-                })
+                }
+                .into())
             }
             None => Ok(()),
         }
@@ -139,12 +177,7 @@ impl Coordinator {
         let heartbeat =
             self.leases
                 .heartbeat(&self.ctx.instance_id, self.lease.duration, self.held.len());
-        let live = match self
-            .ctx
-            .metrics
-            .observe(Operation::Heartbeat, heartbeat)
-            .await
-        {
+        let live = match self.observed(Operation::Heartbeat, heartbeat).await {
             Ok(live) => live,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot announce this replica; leases unchanged");
@@ -176,7 +209,7 @@ impl Coordinator {
         let renew = self
             .leases
             .renew_all(&held, &self.ctx.instance_id, self.lease.duration);
-        let renewed = self.ctx.metrics.observe(Operation::Renew, renew).await;
+        let renewed = self.observed(Operation::Renew, renew).await;
         let still = match renewed {
             Ok(still) => still,
             Err(e) => {

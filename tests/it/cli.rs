@@ -63,8 +63,10 @@ fn help_lists_commands_and_exit_codes() {
            2  bad command line; quota: an account that is not configured or is\n     \
               WeCom's, or --clear not confirmed (answered no, or no terminal to ask\n     \
               and no --yes)\n  \
-           3  invalid configuration (the message names the key);\n     \
-              health: admin.listen is off or uses port 0\n  \
+           3  invalid configuration (the message names the key); MongoDB refused\n     \
+              the connection string's user or a privilege (the message names the\n     \
+              action, the collection and the role to grant); health: admin.listen\n     \
+              is off or uses port 0\n  \
            4  MongoDB unreachable or failing\n  \
            5  get, sign, quota: no valid credential stored (none yet, or the newest\n     \
               has expired)\n  \
@@ -82,8 +84,8 @@ async fn check_passes_with_a_valid_config_and_reachable_mongodb() {
     assert_eq!(
         out,
         format!(
-            "configuration valid: 1 account(s); every secret readable; \
-             MongoDB reachable (database {:?})\n",
+            "configuration valid: 1 account(s); every secret readable; MongoDB reachable \
+             (database {:?}): every collection readable, indexes in place\n",
             db.name
         )
     );

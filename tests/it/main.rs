@@ -15,6 +15,7 @@ mod credentials;
 mod daemon;
 mod documents;
 mod handover;
+mod mongo_auth;
 mod mongodb_outage;
 mod permits;
 // Needs the daemon built with injected faults: `--features failpoints`
