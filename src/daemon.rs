@@ -13,6 +13,7 @@ use crate::admin;
 use crate::coordination::{Leases, INSTANCES, LEASES};
 use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
+use crate::watchdog::{self, Liveness};
 use wxtokend_reader::{ConnectOptions, Refused};
 
 use crate::refresh::{Backoff, Context};
@@ -133,6 +134,10 @@ impl Daemon {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("running"),
         ]);
+        let liveness = Arc::new(Liveness::default());
+        if let Some(interval) = watchdog::interval() {
+            watch_over(&settings, interval, liveness.clone(), shutdown.clone());
+        }
         let ctx = Arc::new(Context {
             wechat,
             store,
@@ -142,7 +147,12 @@ impl Daemon {
             instance_id: settings.daemon.instance_id.as_str().into(),
             metrics,
         });
-        let coordinator = Coordinator::new(ctx, settings.accounts.clone(), settings.lease.clone());
+        let coordinator = Coordinator::new(
+            ctx,
+            settings.accounts.clone(),
+            settings.lease.clone(),
+            liveness,
+        );
         let mut task = tokio::spawn(coordinator.run(shutdown.clone()));
         tokio::select! {
             () = shutdown.cancelled() => {}
@@ -173,6 +183,33 @@ impl Daemon {
         tracing::info!("wxtokend stopped");
         Ok(())
     }
+}
+
+/// Starts the task that pings systemd's watchdog while the coordinator
+/// makes progress, after a warning if `WatchdogSec=` is shorter than what
+/// these settings need.
+fn watch_over(
+    settings: &Settings,
+    interval: std::time::Duration,
+    liveness: Arc<Liveness>,
+    shutdown: CancellationToken,
+) {
+    let minimum = watchdog::minimum(settings);
+    if interval < minimum {
+        tracing::warn!(
+            watchdog_s = interval.as_secs_f32(),
+            minimum_s = minimum.as_secs(),
+            "WatchdogSec is too short for lease.renew_interval and \
+             mongodb.server_selection_timeout: a slow MongoDB could get this replica \
+             restarted; set WatchdogSec to at least 2 x (lease.renew_interval + \
+             2 x mongodb.server_selection_timeout + 10s)"
+        );
+    }
+    tracing::info!(
+        watchdog_s = interval.as_secs_f32(),
+        "systemd watchdog: WATCHDOG=1 while the coordinator makes progress"
+    );
+    tokio::spawn(watchdog::run(liveness, interval, shutdown));
 }
 
 /// Creates the indexes, waiting for MongoDB as long as it takes (telling

@@ -27,6 +27,7 @@ use crate::coordination::{Lease, Leases, RefreshRequest, Term};
 use crate::metrics::Operation;
 use crate::refresh::{Context, Refresher};
 use crate::store::StoreError;
+use crate::watchdog::Liveness;
 
 mod requests;
 
@@ -74,10 +75,17 @@ pub struct Coordinator {
     /// awaited in the loop (a call in flight must not delay renewals), only
     /// at shutdown.
     stopping: Vec<JoinHandle<()>>,
+    /// Where the loop notes its progress for systemd's watchdog.
+    liveness: Arc<Liveness>,
 }
 
 impl Coordinator {
-    pub fn new(ctx: Arc<Context>, accounts: Vec<Account>, lease: LeaseSettings) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        accounts: Vec<Account>,
+        lease: LeaseSettings,
+        liveness: Arc<Liveness>,
+    ) -> Self {
         Self {
             leases: Leases::new(ctx.store.clone()),
             ctx,
@@ -86,6 +94,7 @@ impl Coordinator {
             held: HashMap::new(),
             shutdown: CancellationToken::new(),
             stopping: Vec::new(),
+            liveness,
         }
     }
 
@@ -101,16 +110,21 @@ impl Coordinator {
         let mut poll = tokio::time::interval(self.ctx.refresh.request_poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let outcome = loop {
+            self.liveness.idle();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
                 _ = maintain.tick() => {
+                    self.liveness.progress();
                     if let Err(stop) = self.check_refreshers().and_then(|()| self.check_refused()) {
                         break Err(stop);
                     }
                     self.maintain().await;
                 }
-                _ = poll.tick() => self.dispatch_requests().await,
+                _ = poll.tick() => {
+                    self.liveness.progress();
+                    self.dispatch_requests().await;
+                }
             }
         };
         self.stop_all().await;
@@ -129,14 +143,16 @@ impl Coordinator {
         }
     }
 
-    /// Runs one MongoDB operation (timed in `metrics`); a refusal is noted,
-    /// to stop the replica at the next turn.
+    /// Runs one MongoDB operation (timed in `metrics`), whose end, failed
+    /// or not, is progress for the watchdog; a refusal is noted, to stop
+    /// the replica at the next turn.
     async fn observed<T>(
         &self,
         operation: Operation,
         run: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let result = self.ctx.metrics.observe(operation, run).await;
+        self.liveness.progress();
         if let Err(StoreError::Refused(refused)) = &result {
             self.ctx.store.note_refused(refused);
         }
@@ -172,6 +188,7 @@ impl Coordinator {
     /// Renews, announces, balances and takes leases.
     async fn maintain(&mut self) {
         crate::failpoint!("coordinator-maintain");
+        crate::stall_point!("coordinator-stall");
         self.stopping.retain(|task| !task.is_finished());
         self.renew_all().await;
         let heartbeat =
@@ -195,6 +212,7 @@ impl Coordinator {
         let acquired = metrics
             .observe(Operation::Acquire, self.acquire_up_to(share))
             .await;
+        self.liveness.progress();
         if let Err(e) = acquired {
             tracing::warn!(error = %e, "cannot look for free leases");
         }
@@ -307,8 +325,9 @@ impl Coordinator {
         let taken = self
             .leases
             .acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
-            .await?;
-        if let Some(lease) = taken {
+            .await;
+        self.liveness.progress();
+        if let Some(lease) = taken? {
             self.start(account, lease);
         }
         Ok(())
