@@ -35,7 +35,10 @@ mod watchdog;
 mod wechat;
 
 pub use admin::{probe, ProbeError};
-pub use config::{ConfigError, EnvSource, LogSettings, MongoSettings, Scope, Settings};
+pub use config::{
+    effective as effective_config, ConfigError, ConfigFile, EnvSource, LogSettings, MongoSettings,
+    Scope, Settings,
+};
 pub use coordination::{Lease, Leases};
 pub use daemon::{check_store, connect_store, shutdown_signal, Daemon, DaemonError};
 pub use status::{collect as collect_status, render as render_status, AccountStatus};

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend::quota::{self, CgiPath, QuotaError, QuotaRequest};
 use wxtokend::{
-    check_store, connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, MongoSettings,
-    Scope, Settings, StoreError,
+    check_store, connect_store, shutdown_signal, ConfigError, ConfigFile, Daemon, DaemonError,
+    MongoSettings, Scope, Settings, StoreError,
 };
 use wxtokend_reader::requests::{self, NewRequest};
 use wxtokend_reader::{
@@ -56,6 +56,7 @@ Exit codes:
 struct Cli {
     /// Configuration file (TOML) layered over the built-in defaults;
     /// WXTOKEND__SECTION__KEY environment variables override both.
+    /// Without it, /etc/wxtokend/wxtokend.toml is read if it exists.
     #[arg(
         long,
         short,
@@ -149,8 +150,16 @@ enum Command {
     },
     /// Validate the configuration, read every secret, reach MongoDB, read
     /// each collection the daemon uses and create its indexes (idempotent;
-    /// what `run` does first).
+    /// what `run` does first): says which configuration file it used.
     Check,
+    /// Print the effective configuration (defaults, file, environment)
+    /// without secrets: passwords in mongodb.uri show as ****, secret_env,
+    /// secret_file and mongodb.uri_file are named, never read.
+    Config {
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running daemon's admin server whether it is alive (/healthz),
     /// or with --ready whether every account has a valid token (/readyz).
     /// Exit 0 if so, 1 if not, 3 if admin.listen is off or uses port 0.
@@ -198,6 +207,7 @@ impl From<Kind> for CredentialKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let file = ConfigFile::choose(cli.config);
     let scope = match cli.command {
         Command::Get { .. }
         | Command::Sign { .. }
@@ -206,10 +216,11 @@ fn main() -> ExitCode {
         | Command::Quota { .. } => Scope::StoreOnly,
         Command::Health { .. } => Scope::Local,
         Command::Run | Command::Check => Scope::Daemon,
+        Command::Config { json } => return ExitCode::from(show_config(&file, json)),
     };
-    let settings = match Settings::load(cli.config.as_deref(), scope) {
+    let settings = match Settings::load(file.path(), scope) {
         Ok(settings) => settings,
-        Err(e) => return config_failure(&e),
+        Err(e) => return config_failure(&file, &e),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -220,7 +231,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Run => run(settings).await,
+            Command::Run => run(settings, &file).await,
             Command::Get {
                 account,
                 kind,
@@ -246,19 +257,51 @@ fn main() -> ExitCode {
                 };
                 quota(settings, &request, clear.then_some(yes), json).await
             }
-            Command::Check => check(settings).await,
+            Command::Check => check(settings, &file).await,
             Command::Health { ready } => health(settings, ready).await,
+            Command::Config { .. } => unreachable!("answered before loading"),
         }
     });
     ExitCode::from(code)
 }
 
-fn config_failure(error: &ConfigError) -> ExitCode {
+fn config_failure(file: &ConfigFile, error: &ConfigError) -> ExitCode {
     eprintln!("error: {error}");
+    eprintln!("(configuration file: {file})");
     ExitCode::from(exit::CONFIG)
 }
 
-async fn run(settings: Settings) -> u8 {
+/// `config`: the effective configuration, without secrets.
+fn show_config(file: &ConfigFile, json: bool) -> u8 {
+    let effective = match wxtokend::effective_config(file.path()) {
+        Ok(effective) => effective,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("(configuration file: {file})");
+            return exit::CONFIG;
+        }
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&effective).map_err(|e| e.to_string())
+    } else {
+        toml::to_string(&effective).map_err(|e| e.to_string())
+    };
+    match text {
+        Ok(text) => {
+            // A TOML comment; JSON has none, so stderr says it there.
+            if json {
+                eprintln!("configuration file: {file}");
+            } else {
+                println!("# configuration file: {file}");
+            }
+            println!("{}", text.trim_end());
+            exit::OK
+        }
+        Err(e) => report(&e, exit::FAILURE),
+    }
+}
+
+async fn run(settings: Settings, file: &ConfigFile) -> u8 {
     wxtokend::init_logging(&settings.log);
     wxtokend::setup_failpoints();
     let mongodb = settings.mongodb.clone();
@@ -270,6 +313,7 @@ async fn run(settings: Settings) -> u8 {
             return exit::FAILURE;
         }
     };
+    tracing::info!(config = %file, "configuration loaded");
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -531,13 +575,14 @@ async fn health(settings: Settings, ready: bool) -> u8 {
     }
 }
 
-async fn check(settings: Settings) -> u8 {
+async fn check(settings: Settings, file: &ConfigFile) -> u8 {
     let checked = async {
         let store = connect_store(&settings).await?;
         check_store(&store, &settings).await
     };
     match checked.await {
         Ok(()) => {
+            println!("configuration file: {file}");
             println!(
                 "configuration valid: {} account(s); every secret readable; MongoDB reachable \
                  (database {:?}): every collection readable, indexes in place",
@@ -559,6 +604,7 @@ async fn check(settings: Settings) -> u8 {
                 }
                 e => store_failure(&settings.mongodb, e),
             };
+            eprintln!("(configuration file: {file})");
             code
         }
     }

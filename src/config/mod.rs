@@ -512,8 +512,67 @@ fn layers(file: Option<&Path>, overrides: Environment) -> Result<Config, ConfigE
         })
 }
 
+/// Where the configuration file is looked for when none is given.
+pub const DEFAULT_FILE: &str = "/etc/wxtokend/wxtokend.toml";
+
+/// Replaces [`DEFAULT_FILE`], for the test suite only (not documented in
+/// `--help`): tests cannot write to `/etc`.
+const DEFAULT_FILE_FOR_TESTS: &str = "WXTOKEND_DEFAULT_CONFIG";
+
+/// The configuration file in use, and how it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// Given with `--config` or `WXTOKEND_CONFIG`.
+    Given(PathBuf),
+    /// None given, and [`DEFAULT_FILE`] exists.
+    Default(PathBuf),
+    /// None given and none at [`DEFAULT_FILE`]: the built-in defaults and
+    /// `WXTOKEND__…` variables only.
+    None,
+}
+
+impl ConfigFile {
+    /// `given` if any, else [`DEFAULT_FILE`] if it exists.
+    pub fn choose(given: Option<PathBuf>) -> Self {
+        if let Some(path) = given {
+            return Self::Given(path);
+        }
+        let default = std::env::var_os(DEFAULT_FILE_FOR_TESTS)
+            .map_or_else(|| PathBuf::from(DEFAULT_FILE), PathBuf::from);
+        if default.is_file() {
+            Self::Default(default)
+        } else {
+            Self::None
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Given(path) | Self::Default(path) => Some(path),
+            Self::None => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(path) => write!(f, "{}", path.display()),
+            Self::Default(path) => write!(f, "{} (the default path)", path.display()),
+            Self::None => write!(
+                f,
+                "none (no --config, no WXTOKEND_CONFIG, no {DEFAULT_FILE}): built-in defaults \
+                 and WXTOKEND__* variables only"
+            ),
+        }
+    }
+}
+
 mod accounts;
+mod show;
 mod validate;
+
+pub use show::effective;
 
 #[cfg(test)]
 mod tests;

@@ -263,6 +263,31 @@ fn uri_file_problems_name_the_file_and_never_its_contents() {
 }
 
 #[test]
+fn effective_configuration_shows_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mongodb]\nuri = \"mongodb://u:s3cret-pass@db/?authSource=wechat\"\n{ONE_ACCOUNT}"
+        ),
+    )
+    .expect("write");
+    let shown = effective(Some(&path)).expect("valid");
+    assert_eq!(
+        shown["mongodb"]["uri"],
+        "mongodb://u:****@db/?authSource=wechat"
+    );
+    assert_eq!(shown["accounts"][0]["secret_env"], "WX_SECRET");
+    assert_eq!(shown["accounts"][0]["endpoint"], "token");
+    assert!(!shown.to_string().contains("s3cret-pass"));
+    std::fs::write(&path, with_uri_file(&dir.path().join("absent"))).expect("write");
+    let shown = effective(Some(&path)).expect("valid without reading uri_file");
+    assert!(shown["mongodb"].get("uri").is_none(), "{shown}");
+    assert!(!shown.to_string().contains("pw@"), "{shown}");
+}
+
+#[test]
 fn store_only_scope_needs_no_account_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("wxtokend.toml");
