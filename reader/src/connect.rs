@@ -103,7 +103,7 @@ pub fn connection_hint(error: &MongoError) -> &'static str {
         return "";
     }
     let text = error.to_string().to_ascii_lowercase();
-    let hints: [(&[&str], &str); 5] = [
+    let hints: [(&[&str], &str); 6] = [
         (
             &["unexpected end of file", "connection reset"],
             " (the server closed the connection at once: if it requires TLS, put tls=true in \
@@ -127,6 +127,13 @@ pub fn connection_hint(error: &MongoError) -> &'static str {
         (
             &["connection refused"],
             " (nothing listens there: is MongoDB running, and are the host and port right?)",
+        ),
+        (
+            // No error recorded: the server never answered (a TLS client
+            // and a plain server wait for each other, for one).
+            &["type: unknown }", "i/o error: timed out"],
+            " (no answer within mongodb.server_selection_timeout: are the host and port right, \
+             and does tls=true match the server?)",
         ),
     ];
     hints

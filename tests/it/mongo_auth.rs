@@ -361,6 +361,48 @@ async fn a_wrong_password_or_no_tls_fails_clearly_and_never_shows_the_password()
     assert!(err.starts_with("error: MongoDB is unreachable: "), "{err}");
     assert!(err.contains("if it requires TLS, put tls=true"), "{err}");
     assert_free_of_secrets("check without TLS", &err);
+
+    // TLS, but the server's CA is not the one trusted (the system's).
+    let untrusted = mongo
+        .uri(Some(&DAEMON), &db.name)
+        .replace(&format!("&tlsCAFile={}", mongo.pki.ca().display()), "");
+    let file = mongo.uri_file("untrusted", &untrusted);
+    let (code, out, err) = config(&db, &fake, &file).run(&["check"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("not signed by a CA this host trusts"), "{err}");
+    assert_free_of_secrets("check with another CA", &err);
+
+    // A CA file that is not there: the connection string's problem (exit
+    // 3), naming the key, the file of the string, and the missing file.
+    let missing = mongo
+        .uri(Some(&DAEMON), &db.name)
+        .replace(&mongo.pki.ca().display().to_string(), "/nonexistent/ca.pem");
+    let file = mongo.uri_file("missing-ca", &missing);
+    let (code, out, err) = config(&db, &fake, &file).run(&["check"]);
+    assert_eq!(code, 3, "{out}{err}");
+    let key = format!(
+        "  - mongodb.uri_file: the connection string in {}",
+        file.display()
+    );
+    assert!(
+        err.contains(&key) && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+    assert_free_of_secrets("check with a missing CA file", &err);
+
+    // TLS against a server without it: each waits for the other.
+    let plain_server = TestDb::new().await;
+    let file = mongo.uri_file(
+        "tls-to-plain",
+        &format!(
+            "{}&tls=true&tlsCAFile={}",
+            plain_server.uri,
+            mongo.pki.ca().display()
+        ),
+    );
+    let (code, out, err) = config(&plain_server, &fake, &file).run(&["check"]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("does tls=true match the server?"), "{err}");
 }
 
 /// The README's role minus `createIndex` on `access_tokens`: `check` and
