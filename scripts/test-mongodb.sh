@@ -3,11 +3,13 @@
 # protocol over WiredTiger), built once from crates.io and cached.
 #
 #   scripts/test-mongodb.sh bin            install if needed, print the binary path
-#   scripts/test-mongodb.sh start DIR [PORT]  start in the background, wait until it
-#                                          answers, print its URI (PORT 0 = any free one)
+#   scripts/test-mongodb.sh start DIR [PORT [ARGS...]]  start in the background, wait
+#                                          until it listens, print its URI (PORT 0 = any
+#                                          free one; ARGS go to the server: --auth, --tls-*)
 #   scripts/test-mongodb.sh stop DIR       stop the server started in DIR
-#   scripts/test-mongodb.sh serve DIR [PORT]  start, print the URI, stop when stdin closes
-#                                          (how the tests start one and never leak it)
+#   scripts/test-mongodb.sh serve DIR [PORT [ARGS...]]  start, print the URI, stop when
+#                                          stdin closes (how the tests start one and never
+#                                          leak it)
 #
 # Environment: WXTOKEND_TEST_SERVER_ROOT overrides the install directory
 # (default ~/.cache/wxtokend/secantus-mdb-VERSION).
@@ -34,11 +36,12 @@ install_server() {
 
 start_server() {
   local dir=$1 port=${2:-0}
+  shift; shift || true
   install_server
   mkdir -p "$dir/data"
   : > "$dir/server.log"
   "$BIN" --host 127.0.0.1 --port "$port" --storage-path "$dir/data" \
-    --cache-size 256M --log-file-max 16MB >>"$dir/server.log" 2>&1 &
+    --cache-size 256M --log-file-max 16MB "$@" >>"$dir/server.log" 2>&1 &
   echo $! > "$dir/server.pid"
   local listening=""
   for _ in $(seq 1 300); do
@@ -68,14 +71,15 @@ stop_server() {
 
 case "${1:-}" in
   bin) install_server; echo "$BIN" ;;
-  start) start_server "${2:?DIR}" "${3:-0}" ;;
+  start) shift; start_server "${1:?DIR}" "${2:-0}" "${@:3}" ;;
   stop) stop_server "${2:?DIR}" ;;
   serve)
-    dir=${2:?DIR}
+    shift
+    dir=${1:?DIR}
     trap 'stop_server "$dir"' EXIT
-    start_server "$dir" "${3:-0}"
+    start_server "$dir" "${2:-0}" "${@:3}"
     # Wait until whoever started us closes our stdin (or dies).
     cat >/dev/null || true
     ;;
-  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

@@ -45,6 +45,8 @@ pub struct Admin {
     pub interval: Duration,
     /// A check older than this makes the daemon not ready.
     pub stale_after: Duration,
+    /// True once the daemon's indexes are in place: no check before.
+    pub indexes_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Clone)]
@@ -124,7 +126,10 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         .read()
         .unwrap_or_else(PoisonError::into_inner);
     let body = match &readiness.checked {
-        None => json!({ "ready": false, "mongodb": "readiness not checked yet" }),
+        None => json!({
+            "ready": false,
+            "mongodb": "readiness not checked yet (indexes are created first)",
+        }),
         Some((at, _)) if at.elapsed() > state.stale_after => json!({
             "ready": false,
             "mongodb": format!("no readiness check for {}s: MongoDB does not answer", at.elapsed().as_secs()),
@@ -141,12 +146,21 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Checks readiness every `interval` until shutdown.
+/// Checks readiness every `interval` until shutdown, once the indexes are
+/// in place.
 async fn check_readiness(
-    admin: Admin,
+    mut admin: Admin,
     readiness: Arc<RwLock<Readiness>>,
     shutdown: CancellationToken,
 ) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        ready = admin.indexes_ready.wait_for(|ready| *ready) => {
+            if ready.is_err() {
+                return;
+            }
+        }
+    }
     let mut interval = tokio::time::interval(admin.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -10,10 +10,11 @@ use crate::config::Settings;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::coordination::Leases;
-use crate::coordinator::{Coordinator, RefresherDied};
+use crate::coordination::{Leases, INSTANCES, LEASES};
+use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
-use wxtokend_reader::ConnectOptions;
+use crate::watchdog::{self, Liveness};
+use wxtokend_reader::{ConnectOptions, Refused};
 
 use crate::refresh::{Backoff, Context};
 use crate::store::{Store, StoreError};
@@ -34,6 +35,18 @@ pub enum DaemonError {
     RefresherDied(#[from] RefresherDied),
     #[error("the coordinator died: {0}")]
     CoordinatorDied(String),
+    /// MongoDB refused the user or a privilege: a restart cannot help.
+    #[error(transparent)]
+    Refused(Refused),
+}
+
+impl From<CoordinatorError> for DaemonError {
+    fn from(error: CoordinatorError) -> Self {
+        match error {
+            CoordinatorError::RefresherDied(died) => Self::RefresherDied(died),
+            CoordinatorError::Refused(refused) => Self::Refused(refused),
+        }
+    }
 }
 
 /// A daemon ready to run.
@@ -80,6 +93,8 @@ impl Daemon {
             store.clock().clone(),
             &settings.refresh.daily_call_limits,
         ));
+        // Readiness is checked only once the indexes are in place.
+        let (indexed, indexes_ready) = tokio::sync::watch::channel(false);
         let admin_task = admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");
@@ -94,19 +109,34 @@ impl Daemon {
                     .collect(),
                 interval: settings.lease.renew_interval,
                 stale_after: settings.lease.duration,
+                indexes_ready,
             };
             tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
         });
-        // systemd (Type=notify): started. Readiness for traffic is /readyz.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         tracing::info!(
             instance = %settings.daemon.instance_id,
             database = store.database_name(),
             accounts = settings.accounts.len(),
             "wxtokend starting"
         );
-        if !ensure_indexes(&store, &settings, &metrics, &shutdown).await {
-            return Ok(());
+        match ensure_indexes(&store, &settings, &metrics, &shutdown).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(refused) => {
+                tracing::error!(error = %refused, "cannot start: MongoDB refused this replica");
+                return Err(DaemonError::Refused(refused));
+            }
+        }
+        let _ = indexed.send(true);
+        // systemd (Type=notify): started, indexes in place. Readiness for
+        // traffic is /readyz.
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("running"),
+        ]);
+        let liveness = Arc::new(Liveness::default());
+        if let Some(interval) = watchdog::interval() {
+            watch_over(&settings, interval, liveness.clone(), shutdown.clone());
         }
         let ctx = Arc::new(Context {
             wechat,
@@ -117,17 +147,24 @@ impl Daemon {
             instance_id: settings.daemon.instance_id.as_str().into(),
             metrics,
         });
-        let coordinator = Coordinator::new(ctx, settings.accounts.clone(), settings.lease.clone());
+        let coordinator = Coordinator::new(
+            ctx,
+            settings.accounts.clone(),
+            settings.lease.clone(),
+            liveness,
+        );
         let mut task = tokio::spawn(coordinator.run(shutdown.clone()));
         tokio::select! {
             () = shutdown.cancelled() => {}
             result = &mut task => {
                 let error = match result {
-                    Ok(Err(died)) => DaemonError::from(died),
+                    Ok(Err(stopped)) => DaemonError::from(stopped),
                     Ok(Ok(())) => DaemonError::CoordinatorDied("it returned".into()),
                     Err(e) => DaemonError::CoordinatorDied(e.to_string()),
                 };
-                tracing::error!(error = %error, "stopping: a part of the daemon died");
+                if !matches!(error, DaemonError::Refused(_)) {
+                    tracing::error!(error = %error, "stopping: a part of the daemon died");
+                }
                 return Err(error);
             }
         }
@@ -148,14 +185,43 @@ impl Daemon {
     }
 }
 
-/// Creates the indexes, waiting for MongoDB as long as it takes. Returns
-/// false if shutdown came first.
+/// Starts the task that pings systemd's watchdog while the coordinator
+/// makes progress, after a warning if `WatchdogSec=` is shorter than what
+/// these settings need.
+fn watch_over(
+    settings: &Settings,
+    interval: std::time::Duration,
+    liveness: Arc<Liveness>,
+    shutdown: CancellationToken,
+) {
+    let minimum = watchdog::minimum(settings);
+    if interval < minimum {
+        tracing::warn!(
+            watchdog_s = interval.as_secs_f32(),
+            minimum_s = minimum.as_secs(),
+            "WatchdogSec is too short for lease.renew_interval and \
+             mongodb.server_selection_timeout: a slow MongoDB could get this replica \
+             restarted; set WatchdogSec to at least 2 x (lease.renew_interval + \
+             2 x mongodb.server_selection_timeout + 10s)"
+        );
+    }
+    tracing::info!(
+        watchdog_s = interval.as_secs_f32(),
+        "systemd watchdog: WATCHDOG=1 while the coordinator makes progress"
+    );
+    tokio::spawn(watchdog::run(liveness, interval, shutdown));
+}
+
+/// Creates the indexes, waiting for MongoDB as long as it takes (telling
+/// systemd why the start takes long, and extending its start timeout while
+/// retrying). Returns false if shutdown came first, and MongoDB's refusal of
+/// the user or of a privilege, which no retry can overcome.
 async fn ensure_indexes(
     store: &Store,
     settings: &Settings,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Result<bool, Refused> {
     let mut backoff = Backoff::new(settings.refresh.retry_initial, settings.refresh.retry_max);
     let leases = Leases::new(store.clone());
     loop {
@@ -166,17 +232,44 @@ async fn ensure_indexes(
             leases.ensure_indexes().await
         };
         match metrics.observe(Operation::EnsureIndexes, ensure).await {
-            Ok(()) => return true,
+            Ok(()) => return Ok(true),
+            Err(StoreError::Refused(refused)) => return Err(refused),
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "cannot create indexes; is MongoDB up?");
+                let status = format!("waiting for MongoDB to create indexes: {e}");
+                // The wait, then an attempt with room to spare.
+                let extend = wait + settings.mongodb.server_selection_timeout * 4 + START_SLACK;
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Status(&status),
+                    sd_notify::NotifyState::ExtendTimeoutUsec(
+                        u32::try_from(extend.as_micros()).unwrap_or(u32::MAX),
+                    ),
+                ]);
                 tokio::select! {
-                    () = shutdown.cancelled() => return false,
+                    () = shutdown.cancelled() => return Ok(false),
                     () = tokio::time::sleep(wait) => {}
                 }
             }
         }
     }
+}
+
+/// Room added to each extension of systemd's start timeout while the
+/// daemon waits for MongoDB.
+const START_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What `check` verifies of MongoDB: it answers, every collection the
+/// daemon uses can be read, and the indexes can be created (idempotent:
+/// what `run` does first). Writes other than indexes are first tried by
+/// `run`, which stops (exit 3) on a privilege MongoDB refuses.
+pub async fn check_store(store: &Store, settings: &Settings) -> Result<(), StoreError> {
+    store.ping().await?;
+    store.check_reads(&[LEASES, INSTANCES]).await?;
+    store
+        .ensure_indexes(settings.mongodb.history_retention)
+        .await?;
+    Leases::new(store.clone()).ensure_indexes().await
 }
 
 /// The store as configured.

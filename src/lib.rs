@@ -14,7 +14,8 @@
 //!   get a permit for a WeChat call or to write a credential.
 //! - [`store`]: the database handle, the server's clock (`clock`), indexes.
 //! - `wechat`: the upstream HTTP client and the one errcode table.
-//! - `status`, `admin`, `metrics`, `telemetry`: what operators see.
+//! - `status`, `admin`, `metrics`, `telemetry`: what operators see;
+//!   `watchdog`: systemd's, pinged while the coordinator makes progress.
 //! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
 //!   with a stored token (`wxtokend quota`).
 
@@ -30,12 +31,16 @@ mod refresh;
 mod status;
 pub mod store;
 mod telemetry;
+mod watchdog;
 mod wechat;
 
 pub use admin::{probe, ProbeError};
-pub use config::{ConfigError, EnvSource, LogSettings, Scope, Settings};
+pub use config::{
+    effective as effective_config, ConfigError, ConfigFile, EnvSource, LogSettings, MongoSettings,
+    Scope, Settings,
+};
 pub use coordination::{Lease, Leases};
-pub use daemon::{connect_store, shutdown_signal, Daemon, DaemonError};
+pub use daemon::{check_store, connect_store, shutdown_signal, Daemon, DaemonError};
 pub use status::{collect as collect_status, render as render_status, AccountStatus};
 pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;
@@ -50,6 +55,22 @@ macro_rules! failpoint {
     };
 }
 pub(crate) use failpoint;
+
+/// A named place where the test suite can stall a task for good without
+/// blocking its thread (`FAILPOINTS=name=return`, or `3*off->return` to
+/// let three passes through first); nothing in other builds.
+macro_rules! stall_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        if (|| {
+            fail::fail_point!($name, |_| true);
+            false
+        })() {
+            std::future::pending::<()>().await;
+        }
+    };
+}
+pub(crate) use stall_point;
 
 /// Reads `FAILPOINTS` (test builds with the `failpoints` feature only).
 pub fn setup_failpoints() {

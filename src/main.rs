@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend::quota::{self, CgiPath, QuotaError, QuotaRequest};
 use wxtokend::{
-    connect_store, shutdown_signal, ConfigError, Daemon, DaemonError, Scope, Settings, StoreError,
+    check_store, connect_store, shutdown_signal, ConfigError, ConfigFile, Daemon, DaemonError,
+    MongoSettings, Scope, Settings, StoreError,
 };
 use wxtokend_reader::requests::{self, NewRequest};
 use wxtokend_reader::{
-    AccountId, ConnectError, Credential, CredentialKind, ReadError, Reader, RefreshReason,
+    AccountId, ConnectError, Credential, CredentialKind, QueryError, ReadError, Reader,
+    RefreshReason, Refused,
 };
 
 /// Exit codes, documented in the README and in `--help`.
@@ -38,9 +40,11 @@ Exit codes:
   2  bad command line; quota: an account that is not configured or is
      WeCom's, or --clear not confirmed (answered no, or no terminal to ask
      and no --yes)
-  3  invalid configuration (the message names the key);
-     health: admin.listen is off or uses port 0; quota --clear: the
-     account's secret is needed and cannot be read
+  3  invalid configuration (the message names the key); MongoDB refused
+     the connection string's user or a privilege (the message names the
+     action, the collection and the role to grant); health: admin.listen
+     is off or uses port 0; quota --clear: the account's secret is needed
+     and cannot be read
   4  MongoDB unreachable or failing (quota --clear: also after WeChat
      cleared, when the daemon's own stops could not be lifted)
   5  get, sign, quota: no valid credential stored (none yet, or the newest
@@ -54,6 +58,7 @@ Exit codes:
 struct Cli {
     /// Configuration file (TOML) layered over the built-in defaults;
     /// WXTOKEND__SECTION__KEY environment variables override both.
+    /// Without it, /etc/wxtokend/wxtokend.toml is read if it exists.
     #[arg(
         long,
         short,
@@ -145,8 +150,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Validate the configuration, read every secret, and reach MongoDB.
+    /// Validate the configuration, read every secret, reach MongoDB, read
+    /// each collection the daemon uses and create its indexes (idempotent;
+    /// what `run` does first): says which configuration file it used.
     Check,
+    /// Print the effective configuration (defaults, file, environment)
+    /// without secrets: passwords in mongodb.uri show as ****, secret_env,
+    /// secret_file and mongodb.uri_file are named, never read.
+    Config {
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the running daemon's admin server whether it is alive (/healthz),
     /// or with --ready whether every account has a valid token (/readyz).
     /// Exit 0 if so, 1 if not, 3 if admin.listen is off or uses port 0.
@@ -194,18 +209,20 @@ impl From<Kind> for CredentialKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let file = ConfigFile::choose(cli.config);
     let scope = match cli.command {
         Command::Get { .. }
         | Command::Sign { .. }
         | Command::Refresh { .. }
         | Command::Status { .. }
-        | Command::Quota { .. }
-        | Command::Health { .. } => Scope::StoreOnly,
+        | Command::Quota { .. } => Scope::StoreOnly,
+        Command::Health { .. } => Scope::Local,
         Command::Run | Command::Check => Scope::Daemon,
+        Command::Config { json } => return ExitCode::from(show_config(&file, json)),
     };
-    let settings = match Settings::load(cli.config.as_deref(), scope) {
+    let settings = match Settings::load(file.path(), scope) {
         Ok(settings) => settings,
-        Err(e) => return config_failure(&e),
+        Err(e) => return config_failure(&file, &e),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -216,7 +233,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async move {
         match cli.command {
-            Command::Run => run(settings).await,
+            Command::Run => run(settings, &file).await,
             Command::Get {
                 account,
                 kind,
@@ -242,29 +259,63 @@ fn main() -> ExitCode {
                 };
                 quota(settings, &request, clear.then_some(yes), json).await
             }
-            Command::Check => check(settings).await,
+            Command::Check => check(settings, &file).await,
             Command::Health { ready } => health(settings, ready).await,
+            Command::Config { .. } => unreachable!("answered before loading"),
         }
     });
     ExitCode::from(code)
 }
 
-fn config_failure(error: &ConfigError) -> ExitCode {
+fn config_failure(file: &ConfigFile, error: &ConfigError) -> ExitCode {
     eprintln!("error: {error}");
+    eprintln!("(configuration file: {file})");
     ExitCode::from(exit::CONFIG)
 }
 
-async fn run(settings: Settings) -> u8 {
+/// `config`: the effective configuration, without secrets.
+fn show_config(file: &ConfigFile, json: bool) -> u8 {
+    let effective = match wxtokend::effective_config(file.path()) {
+        Ok(effective) => effective,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("(configuration file: {file})");
+            return exit::CONFIG;
+        }
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&effective).map_err(|e| e.to_string())
+    } else {
+        toml::to_string(&effective).map_err(|e| e.to_string())
+    };
+    match text {
+        Ok(text) => {
+            // A TOML comment; JSON has none, so stderr says it there.
+            if json {
+                eprintln!("configuration file: {file}");
+            } else {
+                println!("# configuration file: {file}");
+            }
+            println!("{}", text.trim_end());
+            exit::OK
+        }
+        Err(e) => report(&e, exit::FAILURE),
+    }
+}
+
+async fn run(settings: Settings, file: &ConfigFile) -> u8 {
     wxtokend::init_logging(&settings.log);
     wxtokend::setup_failpoints();
+    let mongodb = settings.mongodb.clone();
     let daemon = match Daemon::build(settings).await {
         Ok(daemon) => daemon,
-        Err(DaemonError::Store(e)) if invalid_uri(&e).is_some() => return store_failure(&e),
+        Err(DaemonError::Store(e)) if is_configuration(&e) => return store_failure(&mongodb, &e),
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return exit::FAILURE;
         }
     };
+    tracing::info!(config = %file, "configuration loaded");
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -273,7 +324,9 @@ async fn run(settings: Settings) -> u8 {
     });
     match daemon.run(shutdown).await {
         Ok(()) => exit::OK,
-        // Logged where it happened; non-zero so that a service manager restarts us.
+        // Logged where it happened. A refusal needs a change of user or
+        // role (a restart cannot help); anything else, a restart.
+        Err(DaemonError::Refused(_)) => exit::CONFIG,
         Err(_) => exit::FAILURE,
     }
 }
@@ -281,7 +334,7 @@ async fn run(settings: Settings) -> u8 {
 async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     match Reader::new(store.database().clone())
         .latest_of(kind, &account)
@@ -298,7 +351,7 @@ async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json:
         Err(e @ (ReadError::NotFound { .. } | ReadError::Expired { .. })) => {
             report(&e.to_string(), exit::NO_VALID_CREDENTIAL)
         }
-        Err(e) => report(&e.to_string(), exit::MONGODB),
+        Err(e) => read_failure(&e),
     }
 }
 
@@ -351,7 +404,7 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind)
         };
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     let signed = Reader::new(store.database().clone())
         .signature_with(kind.into(), &account, url)
@@ -378,14 +431,14 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind)
         Err(e @ (ReadError::NotFound { .. } | ReadError::Expired { .. })) => {
             report(&e.to_string(), exit::NO_VALID_CREDENTIAL)
         }
-        Err(e) => report(&e.to_string(), exit::MONGODB),
+        Err(e) => read_failure(&e),
     }
 }
 
 async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     let request = NewRequest {
         app_id: &account,
@@ -403,6 +456,7 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
             );
             exit::OK
         }
+        Err(QueryError::Refused(refused)) => refused_failure(&refused),
         Err(e) => report(&e.to_string(), exit::MONGODB),
     }
 }
@@ -410,7 +464,7 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
 async fn status(settings: Settings, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     match wxtokend::collect_status(&store, &settings).await {
         Ok(lines) if json => match serde_json::to_string(&lines) {
@@ -424,7 +478,7 @@ async fn status(settings: Settings, json: bool) -> u8 {
             print!("{}", wxtokend::render_status(&lines));
             exit::OK
         }
-        Err(e) => report(&e.to_string(), exit::MONGODB),
+        Err(e) => store_failure(&settings.mongodb, &e),
     }
 }
 
@@ -432,7 +486,7 @@ async fn status(settings: Settings, json: bool) -> u8 {
 async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
-        Err(e) => return store_failure(&e),
+        Err(e) => return store_failure(&settings.mongodb, &e),
     };
     // WeChat cleared but MongoDB failed after: the result is printed, and
     // the exit code says MongoDB.
@@ -480,8 +534,7 @@ async fn quota(settings: Settings, request: &QuotaRequest, clear: Option<bool>, 
                 | QuotaError::Wecom(_)
                 | QuotaError::NotConfirmed(_) => exit::BAD_COMMAND_LINE,
                 QuotaError::Secret(_) => exit::CONFIG,
-                QuotaError::Store(e) if invalid_uri(e).is_some() => return store_failure(e),
-                QuotaError::Store(_) => exit::MONGODB,
+                QuotaError::Store(e) => return store_failure(&settings.mongodb, e),
                 QuotaError::NoValidToken(_) => exit::NO_VALID_CREDENTIAL,
                 QuotaError::Wechat { .. } => exit::WECHAT,
                 QuotaError::Client(_) => exit::FAILURE,
@@ -534,45 +587,91 @@ async fn health(settings: Settings, ready: bool) -> u8 {
     }
 }
 
-async fn check(settings: Settings) -> u8 {
-    let store = match connect_store(&settings).await {
-        Ok(store) => store,
-        Err(e) => return store_failure(&e),
+async fn check(settings: Settings, file: &ConfigFile) -> u8 {
+    let checked = async {
+        let store = connect_store(&settings).await?;
+        check_store(&store, &settings).await
     };
-    if let Err(e) = store.ping().await {
-        return report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB);
+    match checked.await {
+        Ok(()) => {
+            println!("configuration file: {file}");
+            println!(
+                "configuration valid: {} account(s); every secret readable; MongoDB reachable \
+                 (database {:?}): every collection readable, indexes in place",
+                settings.accounts.len(),
+                settings.mongodb.database
+            );
+            exit::OK
+        }
+        Err(e) => {
+            let code = match &e {
+                StoreError::Mongo(m)
+                    if matches!(
+                        m.kind.as_ref(),
+                        mongodb::error::ErrorKind::ServerSelection { .. }
+                            | mongodb::error::ErrorKind::Io(_)
+                    ) =>
+                {
+                    report(&format!("MongoDB is unreachable: {e}"), exit::MONGODB)
+                }
+                e => store_failure(&settings.mongodb, e),
+            };
+            eprintln!("(configuration file: {file})");
+            code
+        }
     }
-    println!(
-        "configuration valid: {} account(s); every secret readable; MongoDB reachable (database {:?})",
-        settings.accounts.len(),
-        store.database_name()
-    );
-    exit::OK
 }
 
-/// Why the driver refused `mongodb.uri`, if that is the error: the reason is
-/// already stripped of the string itself, which may hold a password.
-fn invalid_uri(error: &StoreError) -> Option<&str> {
+/// Whether the store could not be opened because of the configuration:
+/// a connection string the driver refuses, or its TLS files.
+fn is_configuration(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Connect(ConnectError::InvalidUri(_) | ConnectError::Tls(_))
+    )
+}
+
+/// Exit code and message for a store that could not be opened or used: a
+/// connection string the driver cannot use is a configuration error (3,
+/// worded like the others, naming the key and never quoting the string),
+/// and so is MongoDB's refusal of its user or of a privilege; anything else
+/// is MongoDB's (4).
+fn store_failure(mongodb: &MongoSettings, error: &StoreError) -> u8 {
+    let key = mongodb.uri_key();
     match error {
-        StoreError::Connect(ConnectError::InvalidUri(why)) => Some(why),
-        _ => None,
-    }
-}
-
-/// Exit code and message for a store that could not be opened: a URI the
-/// driver cannot use is a configuration error (3, worded like the others and
-/// never quoting the URI); anything else is MongoDB's (4).
-fn store_failure(error: &StoreError) -> u8 {
-    match invalid_uri(error) {
-        Some(why) => report(
+        StoreError::Connect(ConnectError::InvalidUri(why)) => report(
             &format!(
-                "invalid configuration:\n  - mongodb.uri: not shown, as it may hold a \
-                 password; the MongoDB driver rejects it: {why}"
+                "invalid configuration:\n  - {key}: {} is not shown, as it may hold a \
+                 password; the MongoDB driver rejects it: {why}",
+                mongodb.uri_described()
             ),
             exit::CONFIG,
         ),
-        None => report(&error.to_string(), exit::MONGODB),
+        StoreError::Connect(ConnectError::Tls(why)) => report(
+            &format!(
+                "invalid configuration:\n  - {key}: {}: the TLS files it names cannot be \
+                 used: {why}",
+                mongodb.uri_described()
+            ),
+            exit::CONFIG,
+        ),
+        StoreError::Refused(refused) => refused_failure(refused),
+        other => report(&other.to_string(), exit::MONGODB),
     }
+}
+
+/// Exit code and message for a failed read (`get`, `sign`).
+fn read_failure(error: &ReadError) -> u8 {
+    match error {
+        ReadError::Query(QueryError::Refused(refused)) => refused_failure(refused),
+        other => report(&other.to_string(), exit::MONGODB),
+    }
+}
+
+/// MongoDB refused the user or a privilege: the connection string or the
+/// user's role must change.
+fn refused_failure(refused: &Refused) -> u8 {
+    report(&refused.to_string(), exit::CONFIG)
 }
 
 fn report(message: &str, code: u8) -> u8 {

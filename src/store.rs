@@ -3,17 +3,21 @@
 //! crate ([`Credentials`]); leases, permits and fenced writes in
 //! [`crate::coordination`]. Only these modules speak MongoDB.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
 use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 use secrecy::SecretString;
 use wxtokend_reader::document::field;
 use wxtokend_reader::requests::{self, REQUEST_RETENTION};
-use wxtokend_reader::{ConnectError, ConnectOptions, CredentialKind, Credentials, QueryError};
+use wxtokend_reader::{
+    connection_hint, ConnectError, ConnectOptions, CredentialKind, Credentials, QueryError, Refused,
+};
 
 use crate::clock::Clock;
 
@@ -35,8 +39,11 @@ const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 pub enum StoreError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("MongoDB operation failed: {0}")]
-    Mongo(#[from] MongoError),
+    #[error("MongoDB operation failed: {0}{hint}", hint = connection_hint(.0))]
+    Mongo(MongoError),
+    /// MongoDB refused the user or a privilege: trying again cannot help.
+    #[error(transparent)]
+    Refused(Refused),
     #[error(transparent)]
     Query(QueryError),
     #[error("another writer keeps inserting {kind} generations for {app_id}")]
@@ -48,11 +55,32 @@ pub enum StoreError {
     Unsupported(&'static str),
 }
 
+impl From<MongoError> for StoreError {
+    fn from(error: MongoError) -> Self {
+        match Refused::of(&error) {
+            Some(refused) => Self::Refused(refused),
+            None => Self::Mongo(error),
+        }
+    }
+}
+
 impl From<QueryError> for StoreError {
     fn from(error: QueryError) -> Self {
         match error {
             QueryError::Mongo(e) => Self::Mongo(e),
+            QueryError::Refused(refused) => Self::Refused(refused),
             malformed => Self::Query(malformed),
+        }
+    }
+}
+
+impl StoreError {
+    /// The refusal this error is, if MongoDB refused the user or a
+    /// privilege.
+    pub fn refused(&self) -> Option<&Refused> {
+        match self {
+            Self::Refused(refused) => Some(refused),
+            _ => None,
         }
     }
 }
@@ -64,6 +92,7 @@ pub struct Store {
     db: Database,
     credentials: Credentials,
     clock: Arc<Clock>,
+    refused: Arc<OnceLock<Refused>>,
 }
 
 impl Store {
@@ -74,17 +103,61 @@ impl Store {
         database: &str,
         options: ConnectOptions,
     ) -> Result<Store, StoreError> {
-        let db = wxtokend_reader::connect(uri, database, options).await?;
+        let mut client_options = wxtokend_reader::client_options(uri, options).await?;
+        let refused = Arc::new(OnceLock::new());
+        let seen = refused.clone();
+        client_options.command_event_handler =
+            Some(EventHandler::callback(move |event: CommandEvent| {
+                if let CommandEvent::Failed(failed) = event {
+                    if let Some(refusal) = Refused::of(&failed.failure) {
+                        let _ = seen.set(refusal);
+                    }
+                }
+            }));
+        let db = wxtokend_reader::open(client_options, database)?;
         Ok(Store {
             credentials: Credentials::new(db.clone()),
             db,
             clock: Arc::default(),
+            refused,
         })
+    }
+
+    /// The first refusal MongoDB answered this process with: a command
+    /// refused for a missing privilege, whoever ran it, or a refusal noted
+    /// with [`Store::note_refused`]. A refresher retries what failed; the
+    /// coordinator looks here and stops the replica, as no retry can succeed.
+    pub fn refused(&self) -> Option<&Refused> {
+        self.refused.get()
+    }
+
+    /// Notes a refusal the driver reports outside of commands (a login
+    /// refused when a connection opens).
+    pub fn note_refused(&self, refused: &Refused) {
+        let _ = self.refused.set(refused.clone());
     }
 
     /// Checks that the server answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    /// Reads one document of every credential collection, of
+    /// `refresh_requests` and of `others`: a `find` privilege the user
+    /// lacks shows here.
+    pub async fn check_reads(&self, others: &[&str]) -> Result<(), StoreError> {
+        let credentials = CredentialKind::ALL.map(CredentialKind::collection);
+        let names = credentials
+            .iter()
+            .chain(&[requests::REFRESH_REQUESTS])
+            .chain(others);
+        for name in names {
+            self.db
+                .collection::<Document>(name)
+                .find_one(doc! {})
+                .await?;
+        }
         Ok(())
     }
 

@@ -10,8 +10,10 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::{Collection, Database};
 
+use crate::connect::connection_hint;
 use crate::document::{self, as_integer, field, DocumentError};
 use crate::domain::{AccountId, Credential, CredentialKind, Generation};
+use crate::refused::Refused;
 
 /// How many of the newest documents a read looks through for a readable
 /// one: documents written by hand or by another program may be malformed.
@@ -35,14 +37,27 @@ pub struct Newest {
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("MongoDB operation failed: {0}")]
-    Mongo(#[from] mongodb::error::Error),
+    #[error("MongoDB operation failed: {0}{hint}", hint = connection_hint(.0))]
+    Mongo(mongodb::error::Error),
+    /// MongoDB refused the user or one of its privileges: said without the
+    /// server's message (see [`Refused`]).
+    #[error(transparent)]
+    Refused(Refused),
     #[error("stored {kind} document for {app_id} is malformed: {problem}")]
     Malformed {
         kind: CredentialKind,
         app_id: AccountId,
         problem: DocumentError,
     },
+}
+
+impl From<mongodb::error::Error> for QueryError {
+    fn from(error: mongodb::error::Error) -> Self {
+        match Refused::of(&error) {
+            Some(refused) => Self::Refused(refused),
+            None => Self::Mongo(error),
+        }
+    }
 }
 
 impl Newest {

@@ -36,10 +36,12 @@ pub mod document;
 mod domain;
 pub mod jssdk;
 mod reader;
+mod refused;
 pub mod requests;
 
-pub use connect::{connect, ConnectError, ConnectOptions};
+pub use connect::{client_options, connect, connection_hint, open, ConnectError, ConnectOptions};
 pub use credentials::{Credentials, QueryError};
 pub use domain::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
 pub use jssdk::JsSdkConfig;
 pub use reader::{ReadError, Reader, HANDOVER_WAIT, MAX_CACHE_AGE};
+pub use refused::Refused;

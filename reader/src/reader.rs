@@ -58,7 +58,7 @@ pub enum ReadError {
 
 impl From<mongodb::error::Error> for ReadError {
     fn from(error: mongodb::error::Error) -> Self {
-        Self::Query(QueryError::Mongo(error))
+        Self::Query(QueryError::from(error))
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::{Collection, Database};
 
+use crate::credentials::QueryError;
 use crate::domain::{AccountId, CredentialKind, Generation, RefreshReason};
 
 /// The collection.
@@ -43,7 +44,7 @@ pub struct NewRequest<'a> {
 }
 
 /// Files a request.
-pub async fn file(db: &Database, request: &NewRequest<'_>) -> Result<(), mongodb::error::Error> {
+pub async fn file(db: &Database, request: &NewRequest<'_>) -> Result<(), QueryError> {
     collection(db).insert_one(to_document(request)).await?;
     Ok(())
 }

@@ -48,15 +48,53 @@ pub struct DaemonSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// `[mongodb]`, with the connection string read from `uri_file` when that
+/// is set.
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    /// The connection string: `mongodb.uri`, or the contents of
+    /// `mongodb.uri_file` (not read in [`Scope::Local`]).
+    pub uri: SecretString,
+    /// Where the connection string was read from, if from a file.
+    pub uri_file: Option<PathBuf>,
+    pub database: String,
+    pub server_selection_timeout: Duration,
+    pub history_retention: Duration,
+}
+
+impl MongoSettings {
+    /// The key a problem with the connection string names.
+    pub fn uri_key(&self) -> &'static str {
+        if self.uri_file.is_some() {
+            "mongodb.uri_file"
+        } else {
+            "mongodb.uri"
+        }
+    }
+
+    /// The connection string as an error may name it: never its text,
+    /// which may hold a password, but the file it came from.
+    pub fn uri_described(&self) -> String {
+        match &self.uri_file {
+            Some(path) => format!("the connection string in {}", path.display()),
+            None => "the connection string".to_owned(),
+        }
+    }
+}
+
+/// `[mongodb]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MongoSettings {
-    pub uri: SecretString,
-    pub database: String,
+struct RawMongoSettings {
+    uri: SecretString,
+    /// Empty: not set.
+    #[serde(default)]
+    uri_file: PathBuf,
+    database: String,
     #[serde(with = "humantime_serde")]
-    pub server_selection_timeout: Duration,
+    server_selection_timeout: Duration,
     #[serde(with = "humantime_serde")]
-    pub history_retention: Duration,
+    history_retention: Duration,
 }
 
 /// WeChat's API, with its base URLs checked and parsed.
@@ -364,10 +402,14 @@ pub enum Scope {
     /// Everything, with every account's secret resolved (`run`, `check`).
     Daemon,
     /// Only what reading MongoDB needs (`get`, `sign`, `refresh`, `status`,
-    /// `health`): each account's id, platform, endpoint and tickets are kept
-    /// and checked ([`Settings::configured`]), but its secret is neither read
-    /// nor required, so business hosts need no WeChat secret.
+    /// `quota`): the connection string (read from `mongodb.uri_file` when
+    /// set), and each account's id, platform, endpoint and tickets, kept
+    /// and checked ([`Settings::configured`]); no account's secret is read
+    /// or required, so business hosts need no WeChat secret.
     StoreOnly,
+    /// No secret at all, not even `mongodb.uri_file` (`health`, `config`):
+    /// every value is checked, nothing is read but the configuration.
+    Local,
 }
 
 /// Where environment values come from; tests pass their own.
@@ -400,11 +442,7 @@ impl Settings {
     /// Loads defaults, then `file` if given, then `WXTOKEND__…` variables
     /// from the process environment, and validates the result.
     pub fn load(file: Option<&Path>, scope: Scope) -> Result<Settings, ConfigError> {
-        let env = Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true);
-        Self::load_with(file, env, &ProcessEnv, scope)
+        Self::load_with(file, process_overrides(), &ProcessEnv, scope)
     }
 
     /// Loads defaults plus `toml` (as if it were the `--config` file), with
@@ -429,25 +467,7 @@ impl Settings {
         env: &dyn EnvSource,
         scope: Scope,
     ) -> Result<Settings, ConfigError> {
-        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::invalid(
-                    "--config",
-                    format!("{} does not exist or is not a file", path.display()),
-                ));
-            }
-            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
-        }
-        let layered =
-            builder
-                .add_source(overrides)
-                .build()
-                .map_err(|source| ConfigError::File {
-                    path: file.map(Path::to_path_buf).unwrap_or_default(),
-                    source,
-                })?;
-        Self::from_layers(layered, env, scope)
+        Self::from_layers(layers(file, overrides)?, env, scope)
     }
 
     /// Deserializes merged layers (naming the key of a type error) and
@@ -463,8 +483,96 @@ impl Settings {
     }
 }
 
+/// The `WXTOKEND__SECTION__KEY` variables of the process environment.
+fn process_overrides() -> Environment {
+    Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+}
+
+/// The defaults, `file` if given, then `overrides`, merged.
+fn layers(file: Option<&Path>, overrides: Environment) -> Result<Config, ConfigError> {
+    let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::invalid(
+                "--config",
+                format!("{} does not exist or is not a file", path.display()),
+            ));
+        }
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+    }
+    builder
+        .add_source(overrides)
+        .build()
+        .map_err(|source| ConfigError::File {
+            path: file.map(Path::to_path_buf).unwrap_or_default(),
+            source,
+        })
+}
+
+/// Where the configuration file is looked for when none is given.
+pub const DEFAULT_FILE: &str = "/etc/wxtokend/wxtokend.toml";
+
+/// Replaces [`DEFAULT_FILE`], for the test suite only (not documented in
+/// `--help`): tests cannot write to `/etc`.
+const DEFAULT_FILE_FOR_TESTS: &str = "WXTOKEND_DEFAULT_CONFIG";
+
+/// The configuration file in use, and how it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigFile {
+    /// Given with `--config` or `WXTOKEND_CONFIG`.
+    Given(PathBuf),
+    /// None given, and [`DEFAULT_FILE`] exists.
+    Default(PathBuf),
+    /// None given and none at [`DEFAULT_FILE`]: the built-in defaults and
+    /// `WXTOKEND__…` variables only.
+    None,
+}
+
+impl ConfigFile {
+    /// `given` if any, else [`DEFAULT_FILE`] if it exists.
+    pub fn choose(given: Option<PathBuf>) -> Self {
+        if let Some(path) = given {
+            return Self::Given(path);
+        }
+        let default = std::env::var_os(DEFAULT_FILE_FOR_TESTS)
+            .map_or_else(|| PathBuf::from(DEFAULT_FILE), PathBuf::from);
+        if default.is_file() {
+            Self::Default(default)
+        } else {
+            Self::None
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Given(path) | Self::Default(path) => Some(path),
+            Self::None => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Given(path) => write!(f, "{}", path.display()),
+            Self::Default(path) => write!(f, "{} (the default path)", path.display()),
+            Self::None => write!(
+                f,
+                "none (no --config, no WXTOKEND_CONFIG, no {DEFAULT_FILE}): built-in defaults \
+                 and WXTOKEND__* variables only"
+            ),
+        }
+    }
+}
+
 mod accounts;
+mod show;
 mod validate;
+
+pub use show::effective;
 
 #[cfg(test)]
 mod tests;

@@ -180,6 +180,113 @@ fn secret_file_is_read_and_trimmed() {
     assert_eq!(s.accounts[0].secret.expose_secret(), "from-file");
 }
 
+/// `[mongodb]` with `uri_file` set to `path`, and one account.
+fn with_uri_file(path: &std::path::Path) -> String {
+    format!(
+        "[mongodb]\nuri = \"mongodb://inline:pw@127.0.0.1/\"\nuri_file = {:?}\n{ONE_ACCOUNT}",
+        path.display().to_string()
+    )
+}
+
+fn load_scoped(toml: &str, scope: Scope) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let vars = HashMap::from([("WX_SECRET".to_owned(), "x".to_owned())]);
+    let overrides = Environment::with_prefix(ENV_PREFIX).source(Some(HashMap::new()));
+    Settings::load_with(Some(&path), overrides, &MapEnv(vars), scope)
+}
+
+#[test]
+fn uri_file_replaces_uri_trimmed_for_every_command_that_reaches_mongodb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("mongodb_uri");
+    std::fs::write(&file, "mongodb://wxtokend:from-file@db1:27017/?tls=true\n").expect("write");
+    for scope in [Scope::Daemon, Scope::StoreOnly] {
+        let s = load_scoped(&with_uri_file(&file), scope).expect("valid");
+        assert_eq!(
+            s.mongodb.uri.expose_secret(),
+            "mongodb://wxtokend:from-file@db1:27017/?tls=true"
+        );
+        assert_eq!(s.mongodb.uri_file.as_deref(), Some(file.as_path()));
+        assert_eq!(s.mongodb.uri_key(), "mongodb.uri_file");
+    }
+    // `health` and `config` read no secret, not even this file.
+    std::fs::remove_file(&file).expect("remove");
+    let s = load_scoped(&with_uri_file(&file), Scope::Local).expect("not read");
+    assert_eq!(s.mongodb.uri_file.as_deref(), Some(file.as_path()));
+}
+
+#[test]
+fn an_empty_uri_file_is_not_set() {
+    let s = load_scoped(
+        &format!("[mongodb]\nuri_file = \"\"\n{ONE_ACCOUNT}"),
+        Scope::Daemon,
+    )
+    .expect("valid");
+    assert_eq!(s.mongodb.uri.expose_secret(), "mongodb://127.0.0.1:27017");
+    assert_eq!(s.mongodb.uri_file, None);
+    assert_eq!(s.mongodb.uri_key(), "mongodb.uri");
+}
+
+#[test]
+fn uri_file_problems_name_the_file_and_never_its_contents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("mongodb_uri");
+    for (contents, expected) in [
+        (None, "cannot read "),
+        (Some(" \n"), "is empty; write the connection string"),
+        (
+            Some("postgres://user:s3cret-pass@db/\n"),
+            "(not shown, as it may hold a password) must start with mongodb:// or mongodb+srv://",
+        ),
+    ] {
+        match contents {
+            Some(text) => std::fs::write(&file, text).expect("write"),
+            None => {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+        for scope in [Scope::Daemon, Scope::StoreOnly] {
+            let err = load_scoped(&with_uri_file(&file), scope).expect_err("must fail");
+            let problems = err.problems();
+            assert_eq!(problems.len(), 1, "{err}");
+            assert_eq!(problems[0].key, "mongodb.uri_file");
+            assert!(
+                problems[0].message.contains(&file.display().to_string()),
+                "{err}"
+            );
+            assert!(problems[0].message.contains(expected), "{err}");
+            assert!(!err.to_string().contains("s3cret-pass"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn effective_configuration_shows_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[mongodb]\nuri = \"mongodb://u:s3cret-pass@db/?authSource=wechat\"\n{ONE_ACCOUNT}"
+        ),
+    )
+    .expect("write");
+    let shown = effective(Some(&path)).expect("valid");
+    assert_eq!(
+        shown["mongodb"]["uri"],
+        "mongodb://u:****@db/?authSource=wechat"
+    );
+    assert_eq!(shown["accounts"][0]["secret_env"], "WX_SECRET");
+    assert_eq!(shown["accounts"][0]["endpoint"], "token");
+    assert!(!shown.to_string().contains("s3cret-pass"));
+    std::fs::write(&path, with_uri_file(&dir.path().join("absent"))).expect("write");
+    let shown = effective(Some(&path)).expect("valid without reading uri_file");
+    assert!(shown["mongodb"].get("uri").is_none(), "{shown}");
+    assert!(!shown.to_string().contains("pw@"), "{shown}");
+}
+
 #[test]
 fn store_only_scope_needs_no_account_secret() {
     let dir = tempfile::tempdir().expect("tempdir");

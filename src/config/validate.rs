@@ -2,10 +2,11 @@
 //! problem named by its key with the fix, secrets read, URLs and the log
 //! filter parsed once.
 
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::Url;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tracing_subscriber::filter::Directive;
 
@@ -14,8 +15,8 @@ use crate::wechat::Api;
 use super::accounts::{account_specs, resolve_secrets, RawAccount};
 use super::{
     AdminSettings, ConfigError, DaemonSettings, EnvSource, LeaseSettings, LogSettings,
-    MongoSettings, Problem, RawLogSettings, RawWechatSettings, RefreshSettings, Scope, Settings,
-    TokenEndpoint, WechatSettings,
+    MongoSettings, Problem, RawLogSettings, RawMongoSettings, RawWechatSettings, RefreshSettings,
+    Scope, Settings, TokenEndpoint, WechatSettings,
 };
 
 /// Most calls to WeChat in flight that a configuration may ask for: beyond
@@ -32,7 +33,7 @@ const MAX_MIN_EXPIRES_IN: Duration = Duration::from_secs(300);
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSettings {
     daemon: DaemonSettings,
-    mongodb: MongoSettings,
+    mongodb: RawMongoSettings,
     wechat: RawWechatSettings,
     refresh: RefreshSettings,
     lease: LeaseSettings,
@@ -70,10 +71,11 @@ impl RawSettings {
         self.check_values(&mut problems);
         let wechat = wechat_settings(&self.wechat, &mut problems);
         let log = log_settings(&self.log, &mut problems);
+        let mongodb = mongo_settings(&self.mongodb, scope, &mut problems);
         let configured = account_specs(&self.accounts, &mut problems);
         let accounts = match scope {
             Scope::Daemon => resolve_secrets(&configured, env, &mut problems),
-            Scope::StoreOnly => Vec::new(),
+            Scope::StoreOnly | Scope::Local => Vec::new(),
         };
         let stable = configured
             .iter()
@@ -94,7 +96,7 @@ impl RawSettings {
         }
         Ok(Settings {
             daemon,
-            mongodb: self.mongodb,
+            mongodb,
             wechat,
             refresh: self.refresh,
             lease: self.lease,
@@ -106,12 +108,13 @@ impl RawSettings {
     }
 
     fn check_values(&self, p: &mut Problems) {
-        let uri = self.mongodb.uri.expose_secret();
-        p.check(
-            uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://"),
-            "mongodb.uri",
-            "must start with mongodb:// or mongodb+srv://",
-        );
+        if self.mongodb.uri_file.as_os_str().is_empty() {
+            p.check(
+                is_mongodb_uri(self.mongodb.uri.expose_secret()),
+                "mongodb.uri",
+                "must start with mongodb:// or mongodb+srv://",
+            );
+        }
         p.check(
             !self.mongodb.database.is_empty(),
             "mongodb.database",
@@ -218,6 +221,55 @@ impl RawSettings {
             "must be an address such as \"127.0.0.1:9464\", or \"\" to turn the admin server off",
         );
     }
+}
+
+fn is_mongodb_uri(uri: &str) -> bool {
+    uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")
+}
+
+/// `[mongodb]` with the connection string read from `uri_file` when that
+/// is set (except in [`Scope::Local`], which reads no secret).
+fn mongo_settings(raw: &RawMongoSettings, scope: Scope, p: &mut Problems) -> MongoSettings {
+    let uri_file = Some(raw.uri_file.clone()).filter(|path| !path.as_os_str().is_empty());
+    let uri = match (&uri_file, scope) {
+        (Some(path), Scope::Daemon | Scope::StoreOnly) => match uri_from_file(path) {
+            Ok(uri) => uri,
+            Err(message) => {
+                p.add("mongodb.uri_file", message);
+                SecretString::from(String::new())
+            }
+        },
+        _ => raw.uri.clone(),
+    };
+    MongoSettings {
+        uri,
+        uri_file,
+        database: raw.database.clone(),
+        server_selection_timeout: raw.server_selection_timeout,
+        history_retention: raw.history_retention,
+    }
+}
+
+/// The connection string in `path`, trimmed (a trailing newline is usual);
+/// a problem names the file, never what it holds.
+fn uri_from_file(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let uri = text.trim();
+    if uri.is_empty() {
+        return Err(format!(
+            "{} is empty; write the connection string (mongodb://...) in it",
+            path.display()
+        ));
+    }
+    if !is_mongodb_uri(uri) {
+        return Err(format!(
+            "the connection string in {} (not shown, as it may hold a password) must start \
+             with mongodb:// or mongodb+srv://",
+            path.display()
+        ));
+    }
+    Ok(SecretString::from(uri.to_owned()))
 }
 
 /// `[wechat]` with its base URLs parsed; `None` if one is wrong.

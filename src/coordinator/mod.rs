@@ -20,13 +20,14 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use wxtokend_reader::{AccountId, CredentialKind};
+use wxtokend_reader::{AccountId, CredentialKind, Refused};
 
 use crate::config::{Account, LeaseSettings};
 use crate::coordination::{Lease, Leases, RefreshRequest, Term};
 use crate::metrics::Operation;
 use crate::refresh::{Context, Refresher};
 use crate::store::StoreError;
+use crate::watchdog::Liveness;
 
 mod requests;
 
@@ -50,6 +51,17 @@ pub struct RefresherDied {
     pub account: AccountId,
 }
 
+/// Why the coordinator stopped the replica before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error(transparent)]
+    RefresherDied(#[from] RefresherDied),
+    /// MongoDB refused a privilege to one of this replica's operations: no
+    /// retry can succeed until the user's role changes.
+    #[error(transparent)]
+    Refused(Refused),
+}
+
 pub struct Coordinator {
     ctx: Arc<Context>,
     leases: Leases,
@@ -63,10 +75,17 @@ pub struct Coordinator {
     /// awaited in the loop (a call in flight must not delay renewals), only
     /// at shutdown.
     stopping: Vec<JoinHandle<()>>,
+    /// Where the loop notes its progress for systemd's watchdog.
+    liveness: Arc<Liveness>,
 }
 
 impl Coordinator {
-    pub fn new(ctx: Arc<Context>, accounts: Vec<Account>, lease: LeaseSettings) -> Self {
+    pub fn new(
+        ctx: Arc<Context>,
+        accounts: Vec<Account>,
+        lease: LeaseSettings,
+        liveness: Arc<Liveness>,
+    ) -> Self {
         Self {
             leases: Leases::new(ctx.store.clone()),
             ctx,
@@ -75,35 +94,69 @@ impl Coordinator {
             held: HashMap::new(),
             shutdown: CancellationToken::new(),
             stopping: Vec::new(),
+            liveness,
         }
     }
 
     /// Runs until `shutdown`, then stops every refresher (letting each
     /// finish its step and store what it fetched) and releases the leases.
-    /// A refresher that died (a bug) ends the run with an error, after the
-    /// same clean stop, so that the process exits non-zero and its service
-    /// manager restarts it.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RefresherDied> {
+    /// A refresher that died (a bug), or a privilege MongoDB refused to any
+    /// operation of this replica, ends the run with an error, after the
+    /// same clean stop, so that the process exits non-zero.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), CoordinatorError> {
         self.shutdown = shutdown.clone();
         let mut maintain = tokio::time::interval(self.lease.renew_interval);
         maintain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut poll = tokio::time::interval(self.ctx.refresh.request_poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let outcome = loop {
+            self.liveness.idle();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
                 _ = maintain.tick() => {
-                    if let Err(died) = self.check_refreshers() {
-                        break Err(died);
+                    self.liveness.progress();
+                    if let Err(stop) = self.check_refreshers().and_then(|()| self.check_refused()) {
+                        break Err(stop);
                     }
                     self.maintain().await;
                 }
-                _ = poll.tick() => self.dispatch_requests().await,
+                _ = poll.tick() => {
+                    self.liveness.progress();
+                    self.dispatch_requests().await;
+                }
             }
         };
         self.stop_all().await;
         outcome
+    }
+
+    /// MongoDB refused a privilege to an operation of this replica (any
+    /// part: a refresher retries what failed, but no retry can succeed).
+    fn check_refused(&self) -> Result<(), CoordinatorError> {
+        match self.ctx.store.refused() {
+            Some(refused) => {
+                tracing::error!(error = %refused, "stopping: MongoDB refused a privilege this replica needs");
+                Err(CoordinatorError::Refused(refused.clone()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Runs one MongoDB operation (timed in `metrics`), whose end, failed
+    /// or not, is progress for the watchdog; a refusal is noted, to stop
+    /// the replica at the next turn.
+    async fn observed<T>(
+        &self,
+        operation: Operation,
+        run: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = self.ctx.metrics.observe(operation, run).await;
+        self.liveness.progress();
+        if let Err(StoreError::Refused(refused)) = &result {
+            self.ctx.store.note_refused(refused);
+        }
+        result
     }
 
     /// Every held lease with its term.
@@ -116,7 +169,7 @@ impl Coordinator {
 
     /// A refresher of a held lease ends only when told to: one that ended
     /// on its own died.
-    fn check_refreshers(&self) -> Result<(), RefresherDied> {
+    fn check_refreshers(&self) -> Result<(), CoordinatorError> {
         let dead = self.held.iter().find(|(_, held)| {
             !held.stop.is_cancelled() && held.tasks.iter().any(JoinHandle::is_finished)
         });
@@ -125,7 +178,8 @@ impl Coordinator {
                 tracing::error!(%account, "a refresh task died; stopping this replica");
                 Err(RefresherDied {
                     account: account.clone(),
-                })
+                }
+                .into())
             }
             None => Ok(()),
         }
@@ -134,17 +188,13 @@ impl Coordinator {
     /// Renews, announces, balances and takes leases.
     async fn maintain(&mut self) {
         crate::failpoint!("coordinator-maintain");
+        crate::stall_point!("coordinator-stall");
         self.stopping.retain(|task| !task.is_finished());
         self.renew_all().await;
         let heartbeat =
             self.leases
                 .heartbeat(&self.ctx.instance_id, self.lease.duration, self.held.len());
-        let live = match self
-            .ctx
-            .metrics
-            .observe(Operation::Heartbeat, heartbeat)
-            .await
-        {
+        let live = match self.observed(Operation::Heartbeat, heartbeat).await {
             Ok(live) => live,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot announce this replica; leases unchanged");
@@ -162,6 +212,7 @@ impl Coordinator {
         let acquired = metrics
             .observe(Operation::Acquire, self.acquire_up_to(share))
             .await;
+        self.liveness.progress();
         if let Err(e) = acquired {
             tracing::warn!(error = %e, "cannot look for free leases");
         }
@@ -176,7 +227,7 @@ impl Coordinator {
         let renew = self
             .leases
             .renew_all(&held, &self.ctx.instance_id, self.lease.duration);
-        let renewed = self.ctx.metrics.observe(Operation::Renew, renew).await;
+        let renewed = self.observed(Operation::Renew, renew).await;
         let still = match renewed {
             Ok(still) => still,
             Err(e) => {
@@ -274,8 +325,9 @@ impl Coordinator {
         let taken = self
             .leases
             .acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
-            .await?;
-        if let Some(lease) = taken {
+            .await;
+        self.liveness.progress();
+        if let Some(lease) = taken? {
             self.start(account, lease);
         }
         Ok(())

@@ -20,9 +20,8 @@ impl Coordinator {
         }
         let requests = Requests::new(self.ctx.store.database());
         let ids: Vec<AccountId> = self.held.keys().cloned().collect();
-        let metrics = &self.ctx.metrics;
         let open = requests.open(&ids, REQUESTS_PER_POLL);
-        let open = match metrics.observe(Operation::Requests, open).await {
+        let open = match self.observed(Operation::Requests, open).await {
             Ok(open) => open,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read refresh requests");
@@ -56,8 +55,8 @@ impl Coordinator {
                 ),
             }
         }
-        let deleted = metrics
-            .observe(Operation::Requests, requests.delete(&handled))
+        let deleted = self
+            .observed(Operation::Requests, requests.delete(&handled))
             .await;
         if let Err(e) = deleted {
             tracing::debug!(error = %e, "cannot delete handled refresh requests");
@@ -69,9 +68,7 @@ impl Coordinator {
     pub(super) async fn date_undated_requests(&self) {
         let requests = Requests::new(self.ctx.store.database());
         let dated = self
-            .ctx
-            .metrics
-            .observe(
+            .observed(
                 Operation::Requests,
                 requests.date_undated(self.ctx.store.clock().now()),
             )

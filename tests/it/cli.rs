@@ -19,7 +19,10 @@ fn config(db: &TestDb) -> TestConfig {
 
 fn wxtokend(args: &[&str]) -> Command {
     let mut cmd = Command::new(binary());
-    cmd.args(args).env_remove("WXTOKEND_CONFIG");
+    cmd.args(args)
+        .env_remove("WXTOKEND_CONFIG")
+        // Whatever this host has in /etc/wxtokend/wxtokend.toml.
+        .env("WXTOKEND_DEFAULT_CONFIG", "/nonexistent/wxtokend.toml");
     cmd
 }
 
@@ -44,7 +47,7 @@ fn help_lists_commands_and_exit_codes() {
         .collect();
     assert_eq!(
         commands,
-        ["run", "get", "sign", "refresh", "status", "quota", "check", "health", "help"],
+        ["run", "get", "sign", "refresh", "status", "quota", "check", "config", "health", "help"],
         "{out}"
     );
     assert!(
@@ -63,9 +66,11 @@ fn help_lists_commands_and_exit_codes() {
            2  bad command line; quota: an account that is not configured or is\n     \
               WeCom's, or --clear not confirmed (answered no, or no terminal to ask\n     \
               and no --yes)\n  \
-           3  invalid configuration (the message names the key);\n     \
-              health: admin.listen is off or uses port 0; quota --clear: the\n     \
-              account's secret is needed and cannot be read\n  \
+           3  invalid configuration (the message names the key); MongoDB refused\n     \
+              the connection string's user or a privilege (the message names the\n     \
+              action, the collection and the role to grant); health: admin.listen\n     \
+              is off or uses port 0; quota --clear: the account's secret is needed\n     \
+              and cannot be read\n  \
            4  MongoDB unreachable or failing (quota --clear: also after WeChat\n     \
               cleared, when the daemon's own stops could not be lifted)\n  \
            5  get, sign, quota: no valid credential stored (none yet, or the newest\n     \
@@ -81,11 +86,18 @@ async fn check_passes_with_a_valid_config_and_reachable_mongodb() {
     let db = TestDb::new().await;
     let (code, out, err) = config(&db).run(&["check"]);
     assert_eq!(code, 0, "{err}");
+    let file = out
+        .strip_prefix("configuration file: ")
+        .and_then(|rest| rest.split_once('\n'))
+        .map(|(file, _)| file)
+        .unwrap_or_default();
+    assert!(file.ends_with("wxtokend.toml"), "{out}");
     assert_eq!(
         out,
         format!(
-            "configuration valid: 1 account(s); every secret readable; \
-             MongoDB reachable (database {:?})\n",
+            "configuration file: {file}\nconfiguration valid: 1 account(s); every secret \
+             readable; MongoDB reachable (database {:?}): every collection readable, indexes \
+             in place\n",
             db.name
         )
     );
@@ -103,7 +115,8 @@ async fn check_exits_4_when_mongodb_is_unreachable() {
 
 /// A connection string the driver cannot parse is a configuration error
 /// for every command that opens the database, and the message names the key
-/// without quoting the string (it may hold a password).
+/// (and the file, for `mongodb.uri_file`) without quoting the string (it
+/// may hold a password).
 #[test]
 fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
     let id = account().id;
@@ -116,16 +129,35 @@ fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
         &["status"],
         &["quota", &id, "--clear", "--yes"],
     ];
-    for uri in [
-        "mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/",
-        "mongodb://wxuser:s3cret-pass@/",
+    let dir = tempfile::tempdir().expect("tempdir");
+    let uri_file = dir.path().join("mongodb_uri");
+    for (uri, in_file) in [
+        ("mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/", false),
+        ("mongodb://wxuser:s3cret-pass@/", false),
+        ("mongodb://wxuser:s3cret-pass@127.0.0.1:notaport/", true),
     ] {
-        let cfg = TestConfig::new(
-            uri,
+        // With a file, the inline URI is broken differently: were the
+        // file ignored, the error would name mongodb.uri.
+        let mut cfg = TestConfig::new(
+            if in_file {
+                "mongodb://inline:unused@127.0.0.1:noport/"
+            } else {
+                uri
+            },
             "wxtokend_cli_bad_uri",
             "https://api.weixin.qq.com",
             &[account()],
         );
+        let key = if in_file {
+            std::fs::write(&uri_file, format!("{uri}\n")).expect("write the URI file");
+            cfg.mongodb_uri_file = Some(uri_file.clone());
+            format!(
+                "mongodb.uri_file: the connection string in {} is not shown",
+                uri_file.display()
+            )
+        } else {
+            "mongodb.uri: ".to_owned()
+        };
         for args in commands {
             let (code, out, err) = cfg.run(args);
             assert_eq!(code, 3, "{args:?} with {uri}: {err}");
@@ -136,7 +168,7 @@ fn an_unparseable_mongodb_uri_exits_3_and_is_never_quoted() {
             );
             let problems = problems(&err);
             assert_eq!(problems.len(), 1, "{args:?}: {err}");
-            assert!(problems[0].starts_with("mongodb.uri: "), "{args:?}: {err}");
+            assert!(problems[0].starts_with(&key), "{args:?}: {err}");
             for secret in ["s3cret-pass", "wxuser", "notaport"] {
                 assert!(!err.contains(secret), "{args:?} shows {secret:?}: {err}");
             }
@@ -343,13 +375,21 @@ fn run_logging(level: &str, rust_log: Option<&str>, wanted: &str) -> Vec<String>
     .expect("write");
     let mut cmd = wxtokend(&["--config", path.to_str().expect("UTF-8 path"), "run"]);
     cmd.env(account().secret_env(), &account().secret)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env_remove("RUST_LOG");
     if let Some(value) = rust_log {
         cmd.env("RUST_LOG", value);
     }
-    let mut child = cmd.spawn().expect("start wxtokend");
+    lines_until(&mut cmd, wanted)
+}
+
+/// Runs `cmd` until a stderr line contains `wanted` or 20 s pass, then
+/// kills it. Returns the stderr lines seen.
+fn lines_until(cmd: &mut Command, wanted: &str) -> Vec<String> {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wxtokend");
     let stderr = child.stderr.take().expect("piped stderr");
     let (send, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -403,4 +443,151 @@ fn an_invalid_rust_log_is_reported_and_log_level_applies() {
         "{lines:#?}"
     );
     assert!(lines.iter().any(|l| l.contains(listening)), "{lines:#?}");
+}
+
+/// Without `--config` or `WXTOKEND_CONFIG`, /etc/wxtokend/wxtokend.toml is
+/// read when it exists (here a file the test names instead, through the
+/// test-only `WXTOKEND_DEFAULT_CONFIG`), and `check`, `config` and `run`
+/// say which file they used.
+#[tokio::test]
+async fn the_default_file_is_read_when_no_file_is_given_and_named() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, config(&db).to_toml()).expect("write");
+    let default = |args: &[&str]| {
+        let mut cmd = wxtokend(args);
+        cmd.env("WXTOKEND_DEFAULT_CONFIG", &path)
+            .env(account().secret_env(), &account().secret);
+        cmd
+    };
+    let named = format!("{} (the default path)", path.display());
+
+    let (code, out, err) = output(&mut default(&["check"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("configuration file: {named}\n")),
+        "{out}"
+    );
+
+    let (code, out, err) = output(&mut default(&["config"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("# configuration file: {named}\n")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("database = {:?}", db.name)), "{out}");
+
+    let lines = lines_until(&mut default(&["run"]), "configuration loaded");
+    let loaded = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "configuration loaded")
+        .unwrap_or_else(|| panic!("no \"configuration loaded\" line: {lines:?}"));
+    assert_eq!(loaded["config"], named.as_str());
+
+    // `--config` wins over the default file; without either, defaults only.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[daemon]\ninstance_id = \"from-other\"\n").expect("write");
+    let mut given = default(&["--config", other.to_str().expect("UTF-8 path"), "config"]);
+    let (code, out, err) = output(&mut given);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("# configuration file: {}\n", other.display())),
+        "{out}"
+    );
+    assert!(out.contains("instance_id = \"from-other\""), "{out}");
+    let (code, out, err) = output(&mut wxtokend(&["config"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("# configuration file: none (no --config"),
+        "{out}"
+    );
+}
+
+/// `config` prints every setting as the layers set it (the environment
+/// included), loadable again, and no secret: not the password of the
+/// connection string, nor an AppSecret from the environment or a file, nor
+/// what `mongodb.uri_file` holds; their variable names and paths, yes.
+#[test]
+fn config_prints_the_effective_configuration_without_any_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("wx_second");
+    std::fs::write(&secret_file, "file-app-secret-0123").expect("write");
+    let uri_file = dir.path().join("mongodb_uri");
+    std::fs::write(&uri_file, "mongodb://wxtokend:file-db-password@db2/\n").expect("write");
+    let path = dir.path().join("wxtokend.toml");
+    let toml = format!(
+        "[mongodb]\nuri = \"mongodb://wxtokend:inline-db-password@db1:27017/?authSource=wechat\"\n\
+         [[accounts]]\nid = \"wx1\"\nplatform = \"official_account\"\nsecret_env = \"WX_MAIN\"\n\
+         tickets = [\"jsapi\"]\n\
+         [[accounts]]\nid = \"wx2\"\nplatform = \"mini_program\"\nsecret_file = {:?}\n",
+        secret_file.display().to_string()
+    );
+    std::fs::write(&path, toml).expect("write");
+    let path = path.to_str().expect("UTF-8 path");
+    let secrets = [
+        "inline-db-password",
+        "file-db-password",
+        "env-app-secret-0123",
+        "file-app-secret-0123",
+    ];
+    let show = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = wxtokend(&[&["--config", path, "config"], args].concat());
+        cmd.env("WX_MAIN", "env-app-secret-0123")
+            .env("WXTOKEND__REFRESH__MARGIN", "5m")
+            .envs(env.iter().copied());
+        let (code, out, err) = output(&mut cmd);
+        assert_eq!(code, 0, "{args:?} {env:?}: {err}");
+        for secret in secrets {
+            assert!(
+                !out.contains(secret) && !err.contains(secret),
+                "{secret} in {out}{err}"
+            );
+        }
+        (out, err)
+    };
+
+    let (out, _) = show(&[], &[]);
+    let toml: toml::Table = out.parse().expect("TOML");
+    let mongodb = &toml["mongodb"];
+    assert_eq!(
+        mongodb["uri"].as_str(),
+        Some("mongodb://wxtokend:****@db1:27017/?authSource=wechat")
+    );
+    assert_eq!(toml["refresh"]["margin"].as_str(), Some("5m"));
+    let accounts = toml["accounts"].as_array().expect("accounts");
+    assert_eq!(accounts[0]["secret_env"].as_str(), Some("WX_MAIN"));
+    assert_eq!(accounts[0]["endpoint"].as_str(), Some("token"));
+    assert_eq!(accounts[1]["secret_file"].as_str(), secret_file.to_str());
+    // Printed, it loads again, and prints the same.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &out).expect("write");
+    let (code, reprinted, err) = output(
+        wxtokend(&["--config", again.to_str().expect("UTF-8 path"), "config"])
+            .env("WXTOKEND__REFRESH__MARGIN", "5m"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        reprinted.lines().skip(1).collect::<Vec<_>>(),
+        out.lines().skip(1).collect::<Vec<_>>()
+    );
+
+    // No secret is read: none needs to be there.
+    let (code, _, err) = output(
+        wxtokend(&["--config", path, "config"])
+            .env_remove("WX_MAIN")
+            .env("WXTOKEND__MONGODB__URI_FILE", "/nonexistent/mongodb_uri"),
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&secret_file).expect("remove");
+    let (code, _, err) = output(&mut wxtokend(&["--config", path, "config"]));
+    assert_eq!(code, 0, "{err}");
+
+    let uri_file = uri_file.to_str().expect("UTF-8 path");
+    let (out, err) = show(&["--json"], &[("WXTOKEND__MONGODB__URI_FILE", uri_file)]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(json["mongodb"]["uri_file"], uri_file);
+    assert!(json["mongodb"].get("uri").is_none(), "{out}");
+    assert_eq!(err, format!("configuration file: {path}\n"));
 }

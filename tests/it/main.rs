@@ -16,6 +16,7 @@ mod daemon;
 mod documents;
 mod handover;
 mod modes;
+mod mongo_auth;
 mod mongodb_outage;
 mod permits;
 // Needs the daemon built with injected faults: `--features failpoints`
@@ -28,3 +29,4 @@ mod replicas;
 mod requests;
 mod secrets;
 mod soak;
+mod systemd;

@@ -102,6 +102,9 @@ impl TestAccount {
 #[derive(Clone)]
 pub struct TestConfig {
     pub mongodb_uri: String,
+    /// `mongodb.uri_file`: when set, the daemon reads its connection string
+    /// there instead of `mongodb_uri`.
+    pub mongodb_uri_file: Option<PathBuf>,
     pub database: String,
     pub wechat_url: String,
     pub accounts: Vec<TestAccount>,
@@ -140,6 +143,7 @@ impl TestConfig {
     ) -> Self {
         Self {
             mongodb_uri: mongodb_uri.into(),
+            mongodb_uri_file: None,
             database: database.into(),
             wechat_url: wechat_url.into(),
             accounts: accounts.to_vec(),
@@ -189,6 +193,7 @@ shutdown_timeout = "{shutdown}"
 
 [mongodb]
 uri = "{uri}"
+uri_file = {uri_file:?}
 database = "{db}"
 server_selection_timeout = "1s"
 
@@ -223,6 +228,11 @@ level = "{log_level}"
 "#,
             instance = self.instance_id,
             uri = self.mongodb_uri,
+            uri_file = self
+                .mongodb_uri_file
+                .as_deref()
+                .map(|path| path.display().to_string())
+                .unwrap_or_default(),
             db = self.database,
             wechat = self.wechat_url,
             request_timeout = self.request_timeout,

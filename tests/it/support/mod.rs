@@ -7,12 +7,16 @@
 //!   configuration, and its admin endpoints.
 //! - [`metrics`]: the daemon's `/metrics`, parsed.
 //! - [`store`]: the only file that uses the daemon's internal store API.
+//! - [`tls`]: a throwaway CA and certificates; [`notify`]: systemd's
+//!   notification socket.
 
 pub mod daemon;
 pub mod metrics;
 pub mod mongo;
+pub mod notify;
 pub mod scenario;
 pub mod store;
+pub mod tls;
 
 use std::time::{Duration, Instant};
 

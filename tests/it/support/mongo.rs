@@ -28,12 +28,13 @@ struct Served {
     uri: String,
 }
 
-fn serve(dir: &std::path::Path, port: u16) -> Served {
+fn serve(dir: &std::path::Path, port: u16, args: &[String]) -> Served {
     let mut child = Command::new("bash")
         .arg(script())
         .arg("serve")
         .arg(dir)
         .arg(port.to_string())
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -71,7 +72,7 @@ fn shared_uri() -> String {
                 return uri;
             }
             let dir = tempfile::tempdir().expect("tempdir");
-            let served = serve(dir.path(), 0);
+            let served = serve(dir.path(), 0, &[]);
             let uri = served.uri.clone();
             // Kept open for the life of the process; closed (and the server
             // stopped) when the process exits.
@@ -165,12 +166,19 @@ pub struct PrivateMongo {
     dir: tempfile::TempDir,
     port: u16,
     served: Option<Served>,
+    /// The server's own options (`--auth`, `--tls-*`), kept for restarts.
+    args: Vec<String>,
 }
 
 impl PrivateMongo {
     pub fn start() -> PrivateMongo {
+        Self::start_with(&[])
+    }
+
+    /// A server started with options of its own (`--auth`, `--tls-*`).
+    pub fn start_with(args: &[String]) -> PrivateMongo {
         let dir = tempfile::tempdir().expect("tempdir");
-        let served = serve(dir.path(), 0);
+        let served = serve(dir.path(), 0, args);
         let port = served
             .uri
             .trim_start_matches("mongodb://127.0.0.1:")
@@ -182,11 +190,16 @@ impl PrivateMongo {
             dir,
             port,
             served: Some(served),
+            args: args.to_vec(),
         }
     }
 
     pub fn uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn stop(&mut self) {
@@ -211,7 +224,7 @@ impl PrivateMongo {
 
     pub fn restart(&mut self) {
         self.stop();
-        self.served = Some(serve(self.dir.path(), self.port));
+        self.served = Some(serve(self.dir.path(), self.port, &self.args));
     }
 }
 

@@ -1,0 +1,131 @@
+//! systemd's watchdog (`WatchdogSec=` in the unit, `WATCHDOG_USEC` in our
+//! environment): `WATCHDOG=1` is sent only while the coordinator loop makes
+//! progress, so that systemd restarts a replica whose loop hangs.
+//!
+//! Progress is what the loop does, not whether MongoDB answers: starting a
+//! turn and finishing a MongoDB operation count, failed ones too. A MongoDB
+//! outage must not get the daemon killed (a fetched token not yet stored
+//! lives only in its memory until MongoDB is back); a loop stuck for half
+//! the watchdog interval without finishing anything is not progress.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+/// The driver checks each server this often; an operation on a server that
+/// stopped answering fails once a check times out (within this plus the
+/// connect timeout, `mongodb.server_selection_timeout`).
+const DRIVER_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// When the coordinator loop last made progress.
+#[derive(Debug)]
+pub struct Liveness {
+    origin: Instant,
+    /// Milliseconds from `origin` to the start of the current stretch of
+    /// work, plus one; 0 while the loop waits for its next tick.
+    busy_since: AtomicU64,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            busy_since: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Liveness {
+    /// The loop started a turn or finished a MongoDB operation (whether it
+    /// succeeded or not).
+    pub fn progress(&self) {
+        let millis = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.busy_since.store(millis + 1, Ordering::Relaxed);
+    }
+
+    /// The loop waits for its next tick: nothing can be stuck.
+    pub fn idle(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the loop has worked without progress (zero while idle).
+    pub fn stuck_for(&self) -> Duration {
+        match self.busy_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => {
+                let since = self.origin + Duration::from_millis(since - 1);
+                since.elapsed()
+            }
+        }
+    }
+}
+
+/// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this
+/// process), if any.
+pub fn interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero())
+}
+
+/// The shortest `WatchdogSec=` these settings tolerate. Pings stop after
+/// half the interval without progress, and a stretch without progress
+/// legitimately lasts up to: half a renew interval of taking leases, plus
+/// an operation on a MongoDB that is down (the server selection timeout)
+/// or that stopped answering (the driver's heartbeat plus the connect
+/// timeout, which is the server selection timeout too).
+pub fn minimum(settings: &Settings) -> Duration {
+    let stretch = settings.lease.renew_interval
+        + settings.mongodb.server_selection_timeout * 2
+        + DRIVER_HEARTBEAT;
+    stretch * 2
+}
+
+/// Sends `WATCHDOG=1` every quarter of `interval` while the loop has made
+/// progress within half of it, until shutdown.
+pub async fn run(liveness: Arc<Liveness>, interval: Duration, shutdown: CancellationToken) {
+    let allowed = interval / 2;
+    let mut tick = tokio::time::interval(interval / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut silent = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stuck = liveness.stuck_for();
+        if stuck < allowed {
+            if silent {
+                tracing::info!("the coordinator makes progress again; watchdog pings resume");
+                silent = false;
+            }
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else if !silent {
+            silent = true;
+            tracing::error!(
+                stuck_s = stuck.as_secs(),
+                watchdog_s = interval.as_secs(),
+                "the coordinator has made no progress for half the watchdog interval; \
+                 no more WATCHDOG=1, so systemd restarts this replica"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_is_never_stuck_and_work_is_stuck_since_its_last_progress() {
+        let liveness = Liveness::default();
+        assert_eq!(liveness.stuck_for(), Duration::ZERO);
+        liveness.progress();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(liveness.stuck_for() >= Duration::from_millis(20));
+        liveness.idle();
+        assert_eq!(liveness.stuck_for(), Duration::ZERO);
+    }
+}
