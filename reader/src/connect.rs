@@ -58,9 +58,17 @@ pub async fn client_options(
     uri: &SecretString,
     options: ConnectOptions,
 ) -> Result<ClientOptions, ConnectError> {
-    let mut client_options = ClientOptions::parse(uri.expose_secret())
-        .await
-        .map_err(|e| ConnectError::InvalidUri(redacted_uri_error(&e)))?;
+    let mut client_options =
+        ClientOptions::parse(uri.expose_secret())
+            .await
+            .map_err(|e| match e.kind.as_ref() {
+                // A mongodb+srv:// string is resolved by DNS while it is parsed:
+                // a lookup that fails is MongoDB's to retry, not the string's.
+                ErrorKind::InvalidArgument { .. } => {
+                    ConnectError::InvalidUri(redacted_uri_error(&e))
+                }
+                _ => ConnectError::Client(e),
+            })?;
     client_options.server_selection_timeout = Some(options.server_selection_timeout);
     client_options.connect_timeout = Some(options.server_selection_timeout);
     client_options.app_name = Some(options.app_name);

@@ -53,7 +53,21 @@ impl Refused {
     /// The refusal `error` is, if it is one.
     pub fn of(error: &MongoError) -> Option<Refused> {
         if let ErrorKind::Authentication { message, .. } = error.kind.as_ref() {
-            return Some(Refused::Authentication {
+            // The driver reports any failed answer to the login as an
+            // authentication error, a server shutting down or stepping
+            // down included: only the server's AuthenticationFailed (or,
+            // where it sent no code, its words for it) is a refusal.
+            let code = std::error::Error::source(error)
+                .and_then(|source| source.downcast_ref::<MongoError>())
+                .and_then(server_error)
+                .map(|(code, _)| code);
+            let refused = match code {
+                Some(code) => code == AUTHENTICATION_FAILED,
+                None => message
+                    .to_ascii_lowercase()
+                    .contains("authentication failed"),
+            };
+            return refused.then(|| Refused::Authentication {
                 reason: message.clone(),
             });
         }

@@ -539,10 +539,12 @@ impl ConfigFile {
         }
         let default = std::env::var_os(DEFAULT_FILE_FOR_TESTS)
             .map_or_else(|| PathBuf::from(DEFAULT_FILE), PathBuf::from);
-        if default.is_file() {
-            Self::Default(default)
-        } else {
-            Self::None
+        // Only a file that is not there means none: one that cannot even
+        // be looked at (a directory the user may not enter) is used, so that
+        // loading it fails naming it, rather than running on the defaults.
+        match std::fs::metadata(&default) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::None,
+            _ => Self::Default(default),
         }
     }
 

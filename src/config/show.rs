@@ -15,7 +15,11 @@ use super::{layers, process_overrides, ConfigError, ProcessEnv, Scope, Settings}
 const REDACTED: &str = "****";
 
 /// Options of a connection string that can carry a secret.
-const SECRET_OPTIONS: [&str; 2] = ["tlsCertificateKeyFilePassword", "authMechanismProperties"];
+const SECRET_OPTIONS: [&str; 3] = [
+    "tlsCertificateKeyFilePassword",
+    "authMechanismProperties",
+    "proxyPassword",
+];
 
 /// The configuration `file` (if any) and the environment make, checked as
 /// every command checks it, with its secrets left out; keys sorted.
@@ -127,6 +131,10 @@ mod tests {
             (
                 "mongodb://db/?tls=true&tlsCertificateKeyFilePassword=kp&authMechanismProperties=AWS_SESSION_TOKEN:t",
                 "mongodb://db/?tls=true&tlsCertificateKeyFilePassword=****&authMechanismProperties=****",
+            ),
+            (
+                "mongodb://db/?proxyHost=p&proxyUsername=pu&ProxyPassword=pp",
+                "mongodb://db/?proxyHost=p&proxyUsername=pu&ProxyPassword=****",
             ),
             ("mongodb://u:pw@db?tls=true", "mongodb://u:****@db?tls=true"),
             ("mongodb://u:pa/ss?x@db/", "mongodb://u:****@db/"),

@@ -503,6 +503,14 @@ async fn the_default_file_is_read_when_no_file_is_given_and_named() {
         out.starts_with("# configuration file: none (no --config"),
         "{out}"
     );
+
+    // A default file that cannot even be looked at (here: under a regular
+    // file, as under a directory the user may not enter) is not silently
+    // skipped: loading it fails, naming it.
+    let unreachable = path.join("wxtokend.toml");
+    let (code, _, err) = output(wxtokend(&["check"]).env("WXTOKEND_DEFAULT_CONFIG", &unreachable));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&unreachable.display().to_string()), "{err}");
 }
 
 /// `config` prints every setting as the layers set it (the environment
