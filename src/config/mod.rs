@@ -354,11 +354,12 @@ impl Account {
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration file {}: {source}", path.display())]
+    #[error("configuration file {}: {message}", path.display())]
     File {
         path: PathBuf,
-        #[source]
-        source: config::ConfigError,
+        /// The loader's error without the lines of the file it quotes
+        /// (see [`file_error`]).
+        message: String,
     },
     #[error("invalid configuration:\n{}", problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid { problems: Vec<Problem> },
@@ -453,10 +454,7 @@ impl Settings {
             .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
             .add_source(File::from_str(toml, FileFormat::Toml))
             .build()
-            .map_err(|source| ConfigError::File {
-                path: PathBuf::from("<string>"),
-                source,
-            })?;
+            .map_err(|source| file_error(PathBuf::from("<string>"), &source))?;
         Self::from_layers(layered, env, Scope::Daemon)
     }
 
@@ -506,10 +504,25 @@ fn layers(file: Option<&Path>, overrides: Environment) -> Result<Config, ConfigE
     builder
         .add_source(overrides)
         .build()
-        .map_err(|source| ConfigError::File {
-            path: file.map(Path::to_path_buf).unwrap_or_default(),
-            source,
+        .map_err(|source| file_error(file.map(Path::to_path_buf).unwrap_or_default(), &source))
+}
+
+/// A file the loader could not read or parse. A TOML syntax error quotes
+/// the offending line, which may be `mongodb.uri` with its password: only
+/// the position and the reason are kept.
+fn file_error(path: PathBuf, source: &config::ConfigError) -> ConfigError {
+    let text = source.to_string();
+    let message = text
+        .lines()
+        .filter(|line| {
+            let quoted = line
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            !quoted.trim_start().starts_with('|')
         })
+        .collect::<Vec<_>>()
+        .join(" ");
+    ConfigError::File { path, message }
 }
 
 /// Where the configuration file is looked for when none is given.

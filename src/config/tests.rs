@@ -122,6 +122,19 @@ fn call_ceilings_are_per_api_and_the_old_single_one_names_its_replacement() {
 }
 
 #[test]
+fn a_syntax_error_names_the_place_but_never_quotes_the_line() {
+    let err = load(
+        "[mongodb]\nuri = \"mongodb://user:hunter2-password@db/x\n",
+        &[],
+    )
+    .expect_err("must fail");
+    let text = err.to_string();
+    assert!(text.contains("line 2"), "{text}");
+    assert!(text.contains("wxtokend.toml"), "{text}");
+    assert!(!text.contains("hunter2"), "the line was quoted: {text}");
+}
+
+#[test]
 fn bad_duration_is_named() {
     let err = load(
         &format!("{ONE_ACCOUNT}\n[refresh]\nmargin = \"ten minutes\"\n"),
