@@ -94,6 +94,24 @@ impl Api {
         }
     }
 
+    /// Whether the API is WeCom's (served from `wechat.wecom_base_url`).
+    pub fn is_wecom(self) -> bool {
+        matches!(
+            self,
+            Self::WecomToken | Self::WecomJsapiTicket | Self::AgentConfigTicket
+        )
+    }
+
+    /// The `type` parameter of a ticket API that serves several types.
+    pub fn ticket_type(self) -> Option<&'static str> {
+        match self {
+            Self::JsapiTicket => Some("jsapi"),
+            Self::WxCardTicket => Some("wx_card"),
+            Self::AgentConfigTicket => Some("agent_config"),
+            _ => None,
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|api| api.as_str() == name)
     }

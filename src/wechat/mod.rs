@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wxtokend_reader::CredentialKind;
 
-use crate::config::{Account, Platform, TokenEndpoint, WechatSettings};
+use crate::config::{Account, WechatSettings};
 use answer::parse_repeatable;
 pub use answer::{
     parse_token_answer, FetchError, FetchedCredential, DEFAULT_MIN_EXPIRES_IN, MAX_EXPIRES_IN,
@@ -94,16 +94,16 @@ impl WechatClient {
         held: Option<&SecretString>,
     ) -> Result<FetchedCredential, FetchError> {
         let secret = account.secret.expose_secret();
-        let (body, call) = match (account.platform, account.endpoint) {
-            (Platform::Wecom, _) => {
-                let mut url = endpoint(&self.wecom_base, "cgi-bin/gettoken");
+        let api = account.api(CredentialKind::AccessToken);
+        let mut url = self.url(api);
+        let (body, call) = match api {
+            Api::WecomToken => {
                 url.query_pairs_mut()
                     .append_pair("corpid", account.corp_id())
                     .append_pair("corpsecret", secret);
                 (self.get(url).await?, Call::WecomIssueToken)
             }
-            (_, TokenEndpoint::StableToken) => {
-                let url = endpoint(&self.base, "cgi-bin/stable_token");
+            Api::StableToken => {
                 let request = serde_json::json!({
                     "grant_type": "client_credential",
                     "appid": account.id.as_str(),
@@ -113,8 +113,7 @@ impl WechatClient {
                 let response = self.http.post(url).json(&request).send().await;
                 (self.read(response).await?, Call::IssueToken)
             }
-            (_, TokenEndpoint::Token) => {
-                let mut url = endpoint(&self.base, "cgi-bin/token");
+            _ => {
                 url.query_pairs_mut()
                     .append_pair("grant_type", "client_credential")
                     .append_pair("appid", account.id.as_str())
@@ -151,27 +150,13 @@ impl WechatClient {
         access_token: &SecretString,
         held: Option<&SecretString>,
     ) -> Result<FetchedCredential, FetchError> {
-        let (mut url, ticket_type, call) = match (account.platform, kind) {
-            (Platform::Wecom, CredentialKind::JsapiTicket) => (
-                endpoint(&self.wecom_base, "cgi-bin/get_jsapi_ticket"),
-                None,
-                Call::WecomUseToken,
-            ),
-            (Platform::Wecom, _) => (
-                endpoint(&self.wecom_base, "cgi-bin/ticket/get"),
-                Some("agent_config"),
-                Call::WecomUseToken,
-            ),
-            (_, CredentialKind::WxCardTicket) => (
-                endpoint(&self.base, "cgi-bin/ticket/getticket"),
-                Some("wx_card"),
-                Call::UseToken,
-            ),
-            _ => (
-                endpoint(&self.base, "cgi-bin/ticket/getticket"),
-                Some("jsapi"),
-                Call::UseToken,
-            ),
+        let api = account.api(kind);
+        let mut url = self.url(api);
+        let ticket_type = api.ticket_type();
+        let call = if api.is_wecom() {
+            Call::WecomUseToken
+        } else {
+            Call::UseToken
         };
         url.query_pairs_mut()
             .append_pair("access_token", access_token.expose_secret());
@@ -180,6 +165,17 @@ impl WechatClient {
         }
         let body = self.get(url).await?;
         parse_repeatable(&body, kind, call, access_token, self.min_expires_in, held)
+    }
+
+    /// Where `api` is served: WeCom's APIs from `wechat.wecom_base_url`,
+    /// the others from `wechat.base_url`.
+    fn url(&self, api: Api) -> Url {
+        let base = if api.is_wecom() {
+            &self.wecom_base
+        } else {
+            &self.base
+        };
+        endpoint(base, api.cgi_path().trim_start_matches('/'))
     }
 
     /// Sends a GET and reads at most `max_response_bytes` of the body.
