@@ -8,7 +8,6 @@ use wxtokend_reader::requests::{self as request_docs, NewRequest};
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 
 use super::{Problem, Refresher};
-use crate::config::TokenEndpoint;
 use crate::coordination::{Permit, PermitRules};
 use crate::metrics::{Operation, Outcome};
 use crate::store::StoreError;
@@ -134,8 +133,7 @@ impl Refresher {
     }
 
     fn uses_stable_token(&self) -> bool {
-        self.kind == CredentialKind::AccessToken
-            && self.account.endpoint == TokenEndpoint::StableToken
+        self.api() == Api::StableToken
     }
 
     /// Whether the call is sent with stable_token's `force_refresh`: only

@@ -22,11 +22,11 @@ use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 pub use backoff::Backoff;
 use machine::{Action, Machine, Requested};
 
-use crate::config::{Account, RefreshSettings, TokenEndpoint};
+use crate::config::{Account, RefreshSettings};
 use crate::coordination::{Inserted, Lease, RefreshRequest};
 use crate::metrics::{Metrics, Operation};
 use crate::store::{Store, StoreError};
-use crate::wechat::{ErrorClass, WechatClient};
+use crate::wechat::{Api, ErrorClass, WechatClient};
 
 /// What every refresher of this replica shares.
 #[derive(Debug)]
@@ -76,8 +76,7 @@ impl Refresher {
         stop: CancellationToken,
     ) -> Self {
         // Only stable_token can be told to issue a new token at once.
-        let can_force =
-            kind == CredentialKind::AccessToken && account.endpoint == TokenEndpoint::StableToken;
+        let can_force = account.api(kind) == Api::StableToken;
         let machine = Machine::new(ctx.refresh.clone(), can_force);
         Self {
             account,
