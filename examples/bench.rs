@@ -34,7 +34,9 @@ async fn fresh_store(uri: &str, db: &str) -> Result<Store> {
     )
     .await?;
     store
-        .ensure_indexes(Duration::from_secs(7 * 86_400))
+        .ensure_indexes(&wxtokend::store::credential_indexes(Duration::from_secs(
+            7 * 86_400,
+        )))
         .await?;
     Ok(store)
 }

@@ -10,14 +10,14 @@ use crate::config::Settings;
 use tokio::net::TcpListener;
 
 use crate::admin;
-use crate::coordination::{Leases, INSTANCES, LEASES};
+use crate::coordination::{self, INSTANCES, LEASES};
 use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
 use crate::watchdog::{self, Liveness};
 use wxtokend_reader::{ConnectOptions, Refused};
 
 use crate::refresh::{Backoff, Context};
-use crate::store::{Store, StoreError};
+use crate::store::{self, IndexConflict, IndexSpec, IndexStep, Store, StoreError};
 use crate::wechat::{ClientError, WechatClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,10 @@ pub enum DaemonError {
     /// MongoDB refused the user or a privilege: a restart cannot help.
     #[error(transparent)]
     Refused(Refused),
+    /// An index in place stands where one of ours must be: a restart
+    /// cannot help.
+    #[error(transparent)]
+    IndexConflict(Box<IndexConflict>),
 }
 
 impl From<CoordinatorError> for DaemonError {
@@ -119,13 +123,8 @@ impl Daemon {
             accounts = settings.accounts.len(),
             "wxtokend starting"
         );
-        match ensure_indexes(&store, &settings, &metrics, &shutdown).await {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
-            Err(refused) => {
-                tracing::error!(error = %refused, "cannot start: MongoDB refused this replica");
-                return Err(DaemonError::Refused(refused));
-            }
+        if !ensure_indexes(&store, &settings, &metrics, &shutdown).await? {
+            return Ok(());
         }
         let _ = indexed.send(true);
         // systemd (Type=notify): started, indexes in place. Readiness for
@@ -212,28 +211,45 @@ fn watch_over(
     tokio::spawn(watchdog::run(liveness, interval, shutdown));
 }
 
-/// Creates the indexes, waiting for MongoDB as long as it takes (telling
-/// systemd why the start takes long, and extending its start timeout while
-/// retrying). Returns false if shutdown came first, and MongoDB's refusal of
-/// the user or of a privilege, which no retry can overcome.
+/// Every index the daemon needs, in every collection.
+pub fn all_indexes(settings: &Settings) -> Vec<IndexSpec> {
+    let mut indexes = store::credential_indexes(settings.mongodb.history_retention);
+    indexes.extend(store::request_indexes());
+    indexes.extend(coordination::indexes());
+    indexes
+}
+
+/// Brings the indexes in line, waiting for MongoDB as long as it takes
+/// (telling systemd why the start takes long, and extending its start
+/// timeout while retrying). Returns false if shutdown came first. MongoDB's
+/// refusal of the user or of a privilege, and an index in the way, are
+/// errors no retry can overcome.
 async fn ensure_indexes(
     store: &Store,
     settings: &Settings,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> Result<bool, Refused> {
+) -> Result<bool, DaemonError> {
     let mut backoff = Backoff::new(settings.refresh.retry_initial, settings.refresh.retry_max);
-    let leases = Leases::new(store.clone());
+    let wanted = all_indexes(settings);
     loop {
         let ensure = async {
-            store
-                .ensure_indexes(settings.mongodb.history_retention)
-                .await?;
-            leases.ensure_indexes().await
+            for step in store.plan_indexes(&wanted).await? {
+                tracing::info!(%step, "bringing the indexes in line");
+                store.apply_index_step(&step).await?;
+            }
+            Ok(())
         };
         match metrics.observe(Operation::EnsureIndexes, ensure).await {
             Ok(()) => return Ok(true),
-            Err(StoreError::Refused(refused)) => return Err(refused),
+            Err(StoreError::Refused(refused)) => {
+                tracing::error!(error = %refused, "cannot start: MongoDB refused this replica");
+                return Err(DaemonError::Refused(refused));
+            }
+            Err(StoreError::IndexConflict(conflict)) => {
+                tracing::error!(error = %conflict, "cannot start: an index is in the way");
+                return Err(DaemonError::IndexConflict(conflict));
+            }
             Err(e) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "cannot create indexes; is MongoDB up?");
@@ -260,16 +276,37 @@ async fn ensure_indexes(
 const START_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What `check` verifies of MongoDB: it answers, every collection the
-/// daemon uses can be read, and the indexes can be created (idempotent:
-/// what `run` does first). Writes other than indexes are first tried by
-/// `run`, which stops (exit 3) on a privilege MongoDB refuses.
-pub async fn check_store(store: &Store, settings: &Settings) -> Result<(), StoreError> {
+/// daemon uses can be read, and the indexes are in line or can be brought
+/// in line. It creates the missing indexes (what `run` does first, so a
+/// missing `createIndex` privilege shows) but changes none in place: a TTL
+/// of another retention is returned, for `run` to change. An index in the
+/// way is an error. Writes other than indexes are first tried by `run`,
+/// which stops (exit 3) on a privilege MongoDB refuses.
+pub async fn check_store(store: &Store, settings: &Settings) -> Result<CheckedIndexes, StoreError> {
     store.ping().await?;
     store.check_reads(&[LEASES, INSTANCES]).await?;
-    store
-        .ensure_indexes(settings.mongodb.history_retention)
-        .await?;
-    Leases::new(store.clone()).ensure_indexes().await
+    let mut checked = CheckedIndexes::default();
+    for step in store.plan_indexes(&all_indexes(settings)).await? {
+        match step {
+            IndexStep::Create(spec) => {
+                store
+                    .apply_index_step(&IndexStep::Create(spec.clone()))
+                    .await?;
+                checked.created.push(spec);
+            }
+            change @ IndexStep::ChangeTtl { .. } => checked.left_for_run.push(change),
+        }
+    }
+    Ok(checked)
+}
+
+/// What `check` did to the indexes, and what it left for `run`.
+#[derive(Debug, Default)]
+pub struct CheckedIndexes {
+    /// Missing, now created.
+    pub created: Vec<IndexSpec>,
+    /// Changes `run` makes at start (a TTL of another retention).
+    pub left_for_run: Vec<IndexStep>,
 }
 
 /// The store as configured.

@@ -40,7 +40,9 @@ pub use config::{
     Scope, Settings,
 };
 pub use coordination::{Lease, Leases};
-pub use daemon::{check_store, connect_store, shutdown_signal, Daemon, DaemonError};
+pub use daemon::{
+    all_indexes, check_store, connect_store, shutdown_signal, CheckedIndexes, Daemon, DaemonError,
+};
 pub use status::{collect as collect_status, render as render_status, AccountStatus};
 pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;

@@ -42,7 +42,8 @@ Exit codes:
      and no --yes)
   3  invalid configuration (the message names the key); MongoDB refused
      the connection string's user or a privilege (the message names the
-     action, the collection and the role to grant); health: admin.listen
+     action, the collection and the role to grant); check, run: an index in
+     the way of wxtokend's (the message says which to drop); health: admin.listen
      is off or uses port 0; quota --clear: the account's secret is needed
      and cannot be read
   4  MongoDB unreachable or failing (quota --clear: also after WeChat
@@ -326,7 +327,7 @@ async fn run(settings: Settings, file: &ConfigFile) -> u8 {
         Ok(()) => exit::OK,
         // Logged where it happened. A refusal needs a change of user or
         // role (a restart cannot help); anything else, a restart.
-        Err(DaemonError::Refused(_)) => exit::CONFIG,
+        Err(DaemonError::Refused(_) | DaemonError::IndexConflict(_)) => exit::CONFIG,
         Err(_) => exit::FAILURE,
     }
 }
@@ -593,7 +594,7 @@ async fn check(settings: Settings, file: &ConfigFile) -> u8 {
         check_store(&store, &settings).await
     };
     match checked.await {
-        Ok(()) => {
+        Ok(indexes) => {
             println!("configuration file: {file}");
             println!(
                 "configuration valid: {} account(s); every secret readable; MongoDB reachable \
@@ -601,6 +602,18 @@ async fn check(settings: Settings, file: &ConfigFile) -> u8 {
                 settings.accounts.len(),
                 settings.mongodb.database
             );
+            if !indexes.created.is_empty() {
+                println!(
+                    "created {} missing index(es), as `run` does at start",
+                    indexes.created.len()
+                );
+            }
+            for step in &indexes.left_for_run {
+                println!(
+                    "left for `run`, which does it at start: {step} \
+                     (mongodb.history_retention differs from the index in place)"
+                );
+            }
             exit::OK
         }
         Err(e) => {
@@ -656,6 +669,7 @@ fn store_failure(mongodb: &MongoSettings, error: &StoreError) -> u8 {
             exit::CONFIG,
         ),
         StoreError::Refused(refused) => refused_failure(refused),
+        StoreError::IndexConflict(conflict) => report(&conflict.to_string(), exit::CONFIG),
         other => report(&other.to_string(), exit::MONGODB),
     }
 }

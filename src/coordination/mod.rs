@@ -24,7 +24,7 @@ use mongodb::Collection;
 use wxtokend_reader::document::integer;
 use wxtokend_reader::AccountId;
 
-use crate::store::{is_duplicate_key, ttl_index, Store, StoreError};
+use crate::store::{is_duplicate_key, IndexSpec, Store, StoreError};
 use crate::wechat::Api;
 pub use lease::{Inserted, Lease};
 pub use permit::{Permit, PermitRules};
@@ -78,21 +78,6 @@ pub struct Leases {
 impl Leases {
     pub fn new(store: Store) -> Self {
         Self { store }
-    }
-
-    /// Creates the index that deletes a replica's heartbeat a minute after
-    /// it stopped beating. Idempotent.
-    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        self.store
-            .database()
-            .collection::<Document>(INSTANCES)
-            .create_index(ttl_index(
-                field::EXPIRES_AT,
-                "expires_at_ttl",
-                Duration::from_secs(60),
-            ))
-            .await?;
-        Ok(())
     }
 
     fn collection(&self) -> Collection<Document> {
@@ -346,4 +331,16 @@ fn lease_info(doc: &Document) -> LeaseInfo {
         last_error: doc.get_str(field::LAST_ERROR).ok().map(str::to_owned),
         last_error_at: date(field::LAST_ERROR_AT),
     }
+}
+
+/// The index of `instances`: heartbeats removed a minute after they lapse.
+/// (`leases` needs none: it is read and written by `_id`.)
+pub fn indexes() -> Vec<IndexSpec> {
+    vec![IndexSpec {
+        collection: INSTANCES,
+        name: "expires_at_ttl",
+        keys: &[(field::EXPIRES_AT, 1)],
+        unique: false,
+        ttl: Some(Duration::from_secs(60)),
+    }]
 }

@@ -121,6 +121,14 @@ impl Refresher {
         if self.machine.pending().is_some() {
             tracing::info!("stopping: storing the fetched credential first");
             self.store_pending().await;
+            if self.machine.pending().is_some() {
+                tracing::error!(
+                    "stopping without storing the fetched {}: it is lost; MongoDB keeps the \
+                     previous one, which WeChat may have replaced (an access token stays valid \
+                     about 5 minutes after a new one is issued)",
+                    self.kind
+                );
+            }
         }
     }
 
@@ -316,7 +324,15 @@ impl Refresher {
 
     fn store_failed(&mut self, error: &StoreError, what: &str) -> Duration {
         let wait = self.machine.store_failed();
-        if self.last_problem.as_ref() == Some(&Problem::Store) {
+        if error.refused().is_some() {
+            // No retry can succeed: the coordinator stops the replica at its
+            // next turn.
+            tracing::error!(
+                error = %error,
+                "MongoDB refused to store the fetched {}: this replica stops",
+                self.kind
+            );
+        } else if self.last_problem.as_ref() == Some(&Problem::Store) {
             tracing::debug!(error = %error, retry_in_s = wait.as_secs(), "{what}");
         } else {
             tracing::warn!(error = %error, retry_in_s = wait.as_secs(), "{what}");

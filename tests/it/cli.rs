@@ -4,10 +4,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fake_wechat::FakeWechat;
+use futures_util::TryStreamExt;
+use mongodb::bson::doc;
+
 use crate::support::daemon::{binary, output};
 use crate::support::mongo::TestDb;
 use crate::support::store::store_token;
-use crate::support::{TestAccount, TestConfig};
+use crate::support::{eventually, TestAccount, TestConfig, TestDaemon, WAIT};
 
 fn account() -> TestAccount {
     TestAccount::new("wx0000000000000cli", "cli-secret-value-0123")
@@ -68,7 +72,8 @@ fn help_lists_commands_and_exit_codes() {
               and no --yes)\n  \
            3  invalid configuration (the message names the key); MongoDB refused\n     \
               the connection string's user or a privilege (the message names the\n     \
-              action, the collection and the role to grant); health: admin.listen\n     \
+              action, the collection and the role to grant); check, run: an index in\n     \
+              the way of wxtokend's (the message says which to drop); health: admin.listen\n     \
               is off or uses port 0; quota --clear: the account's secret is needed\n     \
               and cannot be read\n  \
            4  MongoDB unreachable or failing (quota --clear: also after WeChat\n     \
@@ -92,14 +97,130 @@ async fn check_passes_with_a_valid_config_and_reachable_mongodb() {
         .map(|(file, _)| file)
         .unwrap_or_default();
     assert!(file.ends_with("wxtokend.toml"), "{out}");
+    let valid = format!(
+        "configuration file: {file}\nconfiguration valid: 1 account(s); every secret \
+         readable; MongoDB reachable (database {:?}): every collection readable, indexes \
+         in place\n",
+        db.name
+    );
+    // A new database: the indexes `run` needs are created.
+    let mut indexes = 0;
+    for collection in db.db().list_collection_names().await.expect("collections") {
+        let names = db
+            .db()
+            .collection::<mongodb::bson::Document>(&collection)
+            .list_index_names()
+            .await
+            .expect("indexes");
+        indexes += names.iter().filter(|name| *name != "_id_").count();
+    }
+    assert_eq!(
+        indexes, 15,
+        "3 per credential collection, 2 for requests, 1 for instances"
+    );
     assert_eq!(
         out,
-        format!(
-            "configuration file: {file}\nconfiguration valid: 1 account(s); every secret \
-             readable; MongoDB reachable (database {:?}): every collection readable, indexes \
-             in place\n",
-            db.name
-        )
+        format!("{valid}created {indexes} missing index(es), as `run` does at start\n")
+    );
+    // Then they are in place, and nothing is done.
+    let (code, again, err) = config(&db).run(&["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(again.lines().nth(1), valid.lines().nth(1), "{again}");
+    assert_eq!(again.lines().count(), 2, "{again}");
+}
+
+/// The expireAfterSeconds of the history TTL index on `access_tokens`.
+async fn history_ttl(db: &TestDb) -> Option<i64> {
+    let indexes: Vec<mongodb::IndexModel> = db
+        .db()
+        .collection::<mongodb::bson::Document>("access_tokens")
+        .list_indexes()
+        .await
+        .expect("indexes")
+        .try_collect()
+        .await
+        .expect("indexes");
+    indexes
+        .iter()
+        .filter_map(|index| index.options.as_ref())
+        .find(|options| options.name.as_deref() == Some("expires_at_ttl"))
+        .and_then(|options| options.expire_after)
+        .map(|ttl| i64::try_from(ttl.as_secs()).expect("seconds"))
+}
+
+/// `check` never changes an index in place: a TTL index of another
+/// retention is left for `run`, which changes it at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_leaves_a_changed_retention_to_run() {
+    let db = TestDb::new().await;
+    db.db()
+        .run_command(doc! {
+            "createIndexes": "access_tokens",
+            "indexes": [{ "key": { "expires_at": 1 }, "name": "expires_at_ttl", "expireAfterSeconds": 3600 }],
+        })
+        .await
+        .expect("a TTL index of another retention");
+    let fake = FakeWechat::start().await.expect("fake WeChat");
+    fake.add_app(account().app());
+    let config = TestConfig::new(&db.uri, &db.name, &fake.url(), &[account()]);
+
+    let (code, out, err) = config.run(&["check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("left for `run`, which does it at start: change the TTL of expires_at_ttl on access_tokens from 1h to 7days"),
+        "{out}"
+    );
+    assert_eq!(
+        history_ttl(&db).await,
+        Some(3600),
+        "check changed the index"
+    );
+
+    let mut daemon = TestDaemon::spawn(&config);
+    eventually(WAIT, "run changes the retention", || async {
+        (history_ttl(&db).await == Some(7 * 86_400)).then_some(())
+    })
+    .await;
+    assert_eq!(daemon.terminate(WAIT).code(), Some(0));
+}
+
+/// An index in the way of one wxtokend needs (the business query's, made by
+/// hand without `unique`): `check` and `run` stop at once with exit 3,
+/// saying which index to drop, instead of retrying; nothing is changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_in_the_way_stops_check_and_run_and_names_it() {
+    let db = TestDb::new().await;
+    db.db()
+        .run_command(doc! {
+            "createIndexes": "access_tokens",
+            "indexes": [{ "key": { "app_id": 1, "generation": -1 }, "name": "app_id_1_generation_-1" }],
+        })
+        .await
+        .expect("an index in the way");
+    let fake = FakeWechat::start().await.expect("fake WeChat");
+    fake.add_app(account().app());
+    let config = TestConfig::new(&db.uri, &db.name, &fake.url(), &[account()]);
+    let drop = format!(
+        "db.getSiblingDB(\"{}\").access_tokens.dropIndex(\"app_id_1_generation_-1\")",
+        db.name
+    );
+
+    let (code, _, err) = config.run(&["check"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&drop), "{err}");
+
+    let mut daemon = TestDaemon::spawn(&config);
+    assert_eq!(daemon.wait_exit(WAIT).code(), Some(3));
+    let log = daemon.raw_lines().join("\n");
+    let named = daemon.logs().iter().any(|line| {
+        line["level"] == "ERROR" && line["error"].as_str().is_some_and(|e| e.contains(&drop))
+    });
+    assert!(named, "{log}");
+    assert!(!log.contains("is MongoDB up?"), "retried: {log}");
+    assert_eq!(
+        fake.token_calls(&account().id),
+        0,
+        "fetched without its indexes"
     );
 }
 

@@ -507,6 +507,14 @@ async fn a_privilege_refused_while_running_stops_the_daemon() {
         log.contains("stopping: MongoDB refused a privilege"),
         "{log}"
     );
+    // The token it fetched and could not write is said lost, loudly.
+    let lost = daemon.logs().iter().any(|line| {
+        line["level"] == "ERROR"
+            && line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("stopping without storing the fetched access_token"))
+    });
+    assert!(lost, "{log}");
     for line in daemon.raw_lines() {
         assert_free_of_secrets("the daemon's log", &line);
         for token in fake.all_issued_tokens(&account().id) {

@@ -8,8 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use mongodb::bson::doc;
-
 use crate::support::notify::NotifySocket;
 use crate::support::store::store_token;
 use crate::support::{eventually, Scenario, TestAccount, WAIT};
@@ -117,16 +115,16 @@ async fn watchdog_pings_go_on_while_mongodb_is_down() {
 }
 
 /// Until its indexes are in place the daemon is neither READY for systemd
-/// nor ready on `/readyz`, even with a valid token stored: here an index of
-/// the same name and other options is in the way, which the daemon retries
-/// (as it would an outage) until the index is dropped.
+/// nor ready on `/readyz`, even with a valid token stored: here MongoDB is
+/// down when it starts, and it retries the indexes until MongoDB is back.
 #[tokio::test]
 async fn no_ready_and_no_readyz_before_the_indexes_are_in_place() {
     let notify = NotifySocket::bind();
     let env = notify.env(None);
-    let s = Scenario::new()
+    let mut s = Scenario::new()
         .account(account())
         .config(move |c| c.env.extend(env))
+        .private_mongo()
         .replicas(0)
         .build()
         .await;
@@ -139,14 +137,7 @@ async fn no_ready_and_no_readyz_before_the_indexes_are_in_place() {
         Duration::from_secs(7200),
     )
     .await;
-    let in_the_way = doc! {
-        "createIndexes": "access_tokens",
-        "indexes": [{ "key": { "app_id": 1, "generation": -1 }, "name": "app_id_1_generation_-1" }],
-    };
-    s.db.db()
-        .run_command(in_the_way)
-        .await
-        .expect("a non-unique index");
+    s.mongo().stop();
 
     let daemon = s.spawn("test-instance");
     daemon
@@ -165,10 +156,7 @@ async fn no_ready_and_no_readyz_before_the_indexes_are_in_place() {
     let said = notify.settle().await;
     assert!(!said.iter().any(|m| m.has("READY=1")), "{said:?}");
 
-    s.db.db()
-        .run_command(doc! { "dropIndexes": "access_tokens", "index": "app_id_1_generation_-1" })
-        .await
-        .expect("drop the index in the way");
+    s.mongo().restart();
     notify.wait_for("READY=1", 1).await;
     eventually(WAIT, "/readyz 200", || async {
         (daemon.get("/readyz").await.0 == 200).then_some(())

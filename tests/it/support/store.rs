@@ -51,7 +51,9 @@ async fn store(db: &TestDb) -> Store {
 pub async fn ensure_indexes(db: &TestDb) {
     store(db)
         .await
-        .ensure_indexes(Duration::from_secs(86_400))
+        .ensure_indexes(&wxtokend::store::credential_indexes(Duration::from_secs(
+            86_400,
+        )))
         .await
         .expect("indexes");
 }

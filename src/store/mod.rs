@@ -10,8 +10,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
-use mongodb::options::IndexOptions;
-use mongodb::{Database, IndexModel};
+use mongodb::Database;
 use secrecy::SecretString;
 use wxtokend_reader::document::field;
 use wxtokend_reader::requests::{self, REQUEST_RETENTION};
@@ -20,6 +19,10 @@ use wxtokend_reader::{
 };
 
 use crate::clock::Clock;
+
+mod indexes;
+
+pub use indexes::{IndexConflict, IndexSpec, IndexStep};
 
 /// Name of the unique index that also serves the business query.
 pub const GENERATION_INDEX: &str = "app_id_1_generation_-1";
@@ -32,8 +35,6 @@ pub const RETENTION_INDEX: &str = "expires_at_ttl";
 
 /// MongoDB error codes this crate reacts to.
 const DUPLICATE_KEY: i32 = 11000;
-const INDEX_OPTIONS_CONFLICT: i32 = 85;
-const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +52,10 @@ pub enum StoreError {
         kind: CredentialKind,
         app_id: wxtokend_reader::AccountId,
     },
+    /// An index in place stands where one of ours must be: a person must
+    /// drop it; trying again cannot help.
+    #[error(transparent)]
+    IndexConflict(Box<IndexConflict>),
     #[error("the MongoDB server lacks a feature wxtokend needs: {0}")]
     Unsupported(&'static str),
 }
@@ -192,95 +197,66 @@ impl Store {
     pub fn clock(&self) -> &Arc<Clock> {
         &self.clock
     }
-
-    /// Creates the indexes of every collection. Idempotent; a changed
-    /// retention updates the TTL index in place.
-    pub async fn ensure_indexes(&self, retention: Duration) -> Result<(), StoreError> {
-        for kind in CredentialKind::ALL {
-            self.ensure_kind_indexes(kind, retention).await?;
-        }
-        self.ensure_coordination_indexes().await
-    }
-
-    async fn ensure_coordination_indexes(&self) -> Result<(), StoreError> {
-        let requests = requests::collection(&self.db);
-        requests
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { requests::field::APP_ID: 1 })
-                    .build(),
-            )
-            .await?;
-        requests
-            .create_index(ttl_index(
-                requests::field::REQUESTED_AT,
-                "requested_at_ttl",
-                REQUEST_RETENTION,
-            ))
-            .await?;
-        Ok(())
-    }
-
-    async fn ensure_kind_indexes(
-        &self,
-        kind: CredentialKind,
-        retention: Duration,
-    ) -> Result<(), StoreError> {
-        let collection = self.credentials.collection(kind);
-        let generation = IndexModel::builder()
-            .keys(doc! { field::APP_ID: 1, field::GENERATION: -1 })
-            .options(
-                IndexOptions::builder()
-                    .name(GENERATION_INDEX.to_string())
-                    .unique(true)
-                    .build(),
-            )
-            .build();
-        collection.create_index(generation).await?;
-        let valid = IndexModel::builder()
-            .keys(doc! { field::APP_ID: 1, field::EXPIRES_AT: -1 })
-            .options(
-                IndexOptions::builder()
-                    .name(VALID_INDEX.to_string())
-                    .build(),
-            )
-            .build();
-        collection.create_index(valid).await?;
-        let ttl = ttl_index(field::EXPIRES_AT, RETENTION_INDEX, retention);
-        match collection.create_index(ttl).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_index_conflict(&e) => {
-                self.db
-                    .run_command(doc! {
-                        "collMod": kind.collection(),
-                        "index": {
-                            "name": RETENTION_INDEX,
-                            "expireAfterSeconds": i64::try_from(retention.as_secs()).unwrap_or(i64::MAX),
-                        },
-                    })
-                    .await?;
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
-/// An index that deletes documents `after` the date in `key`.
-pub(crate) fn ttl_index(key: &str, name: &str, after: Duration) -> IndexModel {
-    IndexModel::builder()
-        .keys(doc! { key: 1 })
-        .options(
-            IndexOptions::builder()
-                .name(name.to_string())
-                .expire_after(after)
-                .build(),
-        )
-        .build()
+/// The indexes of the credential collections: the business query's
+/// (unique per generation), the valid documents', and the TTL index that
+/// bounds history to `retention` past each expiry.
+pub fn credential_indexes(retention: Duration) -> Vec<IndexSpec> {
+    CredentialKind::ALL
+        .into_iter()
+        .flat_map(|kind| {
+            let collection = kind.collection();
+            [
+                IndexSpec {
+                    collection,
+                    name: GENERATION_INDEX,
+                    keys: &[(field::APP_ID, 1), (field::GENERATION, -1)],
+                    unique: true,
+                    ttl: None,
+                },
+                IndexSpec {
+                    collection,
+                    name: VALID_INDEX,
+                    keys: &[(field::APP_ID, 1), (field::EXPIRES_AT, -1)],
+                    unique: false,
+                    ttl: None,
+                },
+                IndexSpec {
+                    collection,
+                    name: RETENTION_INDEX,
+                    keys: &[(field::EXPIRES_AT, 1)],
+                    unique: false,
+                    ttl: Some(retention),
+                },
+            ]
+        })
+        .collect()
+}
+
+/// The indexes of `refresh_requests`: by account, and the TTL index that
+/// removes requests nobody handled.
+pub fn request_indexes() -> Vec<IndexSpec> {
+    vec![
+        IndexSpec {
+            collection: requests::REFRESH_REQUESTS,
+            name: "app_id_1",
+            keys: &[(requests::field::APP_ID, 1)],
+            unique: false,
+            ttl: None,
+        },
+        IndexSpec {
+            collection: requests::REFRESH_REQUESTS,
+            name: "requested_at_ttl",
+            keys: &[(requests::field::REQUESTED_AT, 1)],
+            unique: false,
+            ttl: Some(REQUEST_RETENTION),
+        },
+    ]
 }
 
 /// The server's error code, for command and write errors.
-fn server_code(error: &MongoError) -> Option<i32> {
+pub(super) fn server_code(error: &MongoError) -> Option<i32> {
     match error.kind.as_ref() {
         ErrorKind::Command(e) => Some(e.code),
         ErrorKind::Write(WriteFailure::WriteError(e)) => Some(e.code),
@@ -292,11 +268,4 @@ fn server_code(error: &MongoError) -> Option<i32> {
 
 pub(crate) fn is_duplicate_key(error: &MongoError) -> bool {
     server_code(error) == Some(DUPLICATE_KEY)
-}
-
-fn is_index_conflict(error: &MongoError) -> bool {
-    matches!(
-        server_code(error),
-        Some(INDEX_OPTIONS_CONFLICT | INDEX_KEY_SPECS_CONFLICT)
-    )
 }
