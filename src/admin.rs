@@ -1,5 +1,5 @@
 //! The admin HTTP server (loopback by default): `/healthz` (the process
-//! answers), `/readyz` (every configured account has a valid token stored,
+//! answers and its coordinator loop is not stuck), `/readyz` (every configured account has a valid token stored,
 //! as last checked), `/metrics` (Prometheus text format).
 //!
 //! Probes are answered from memory: readiness is checked against MongoDB by
@@ -28,6 +28,7 @@ use wxtokend_reader::{AccountId, CredentialKind};
 
 use crate::metrics::{Metrics, Operation};
 use crate::store::Store;
+use crate::watchdog::Liveness;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -47,6 +48,11 @@ pub struct Admin {
     pub stale_after: Duration,
     /// True once the daemon's indexes are in place: no check before.
     pub indexes_ready: tokio::sync::watch::Receiver<bool>,
+    /// The coordinator loop's progress...
+    pub liveness: Arc<Liveness>,
+    /// ...and the longest it may go without any before `/healthz` says
+    /// the process is stuck (for a supervisor without systemd's watchdog).
+    pub stuck_after: Duration,
 }
 
 #[derive(Clone)]
@@ -54,6 +60,8 @@ struct AdminState {
     metrics: Arc<Metrics>,
     readiness: Arc<RwLock<Readiness>>,
     stale_after: Duration,
+    liveness: Arc<Liveness>,
+    stuck_after: Duration,
 }
 
 /// The last readiness check.
@@ -69,10 +77,12 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         metrics: admin.metrics.clone(),
         readiness: readiness.clone(),
         stale_after: admin.stale_after,
+        liveness: admin.liveness.clone(),
+        stuck_after: admin.stuck_after,
     };
     let checker = tokio::spawn(check_readiness(admin, readiness, shutdown.clone()));
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
@@ -116,6 +126,24 @@ async fn render_metrics(State(state): State<AdminState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// 200 while the coordinator loop makes progress (waiting for its next
+/// turn counts), 503 once it has been stuck in one stretch of work for
+/// longer than it legitimately can: every MongoDB operation it runs is cut
+/// off well before.
+async fn healthz(State(state): State<AdminState>) -> Response {
+    let stuck = state.liveness.stuck_for();
+    if stuck > state.stuck_after {
+        let body = format!(
+            "stuck: the coordinator loop has made no progress for {} s (at most {} s is \
+             expected); restart this process\n",
+            stuck.as_secs(),
+            state.stuck_after.as_secs()
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    "ok\n".into_response()
 }
 
 /// 200 when the last check (recent enough) found a valid credential of

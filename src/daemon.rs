@@ -99,6 +99,7 @@ impl Daemon {
         ));
         // Readiness is checked only once the indexes are in place.
         let (indexed, indexes_ready) = tokio::sync::watch::channel(false);
+        let liveness = Arc::new(Liveness::default());
         let admin_task = admin.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "admin HTTP listening (/healthz, /readyz, /metrics)");
@@ -114,6 +115,8 @@ impl Daemon {
                 interval: settings.lease.renew_interval,
                 stale_after: settings.lease.duration,
                 indexes_ready,
+                liveness: liveness.clone(),
+                stuck_after: watchdog::longest_stretch(&settings),
             };
             tokio::spawn(admin::serve(listener, admin, shutdown.clone()))
         });
@@ -133,7 +136,6 @@ impl Daemon {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("running"),
         ]);
-        let liveness = Arc::new(Liveness::default());
         if let Some(interval) = watchdog::interval() {
             watch_over(&settings, interval, liveness.clone(), shutdown.clone());
         }
@@ -198,10 +200,8 @@ fn watch_over(
         tracing::warn!(
             watchdog_s = interval.as_secs_f32(),
             minimum_s = minimum.as_secs(),
-            "WatchdogSec is too short for lease.renew_interval and \
-             mongodb.server_selection_timeout: a slow MongoDB could get this replica \
-             restarted; set WatchdogSec to at least 2 x (lease.renew_interval + \
-             2 x mongodb.server_selection_timeout + 10s)"
+            "WatchdogSec is too short for lease.renew_interval: a slow MongoDB could get \
+             this replica restarted; set WatchdogSec to at least 2 x (lease.renew_interval + 5s)"
         );
     }
     tracing::info!(

@@ -6,7 +6,10 @@
 //! turn and finishing a MongoDB operation count, failed ones too. A MongoDB
 //! outage must not get the daemon killed (a fetched token not yet stored
 //! lives only in its memory until MongoDB is back); a loop stuck for half
-//! the watchdog interval without finishing anything is not progress.
+//! the watchdog interval without finishing anything is not progress. Every
+//! MongoDB operation of the loop is cut off after `lease.renew_interval`
+//! (one that hangs fails like any other), so only a bug stalls it for long.
+//! The same measure answers `/healthz`, for supervisors without systemd.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,10 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 
-/// The driver checks each server this often; an operation on a server that
-/// stopped answering fails once a check times out (within this plus the
-/// connect timeout, `mongodb.server_selection_timeout`).
-const DRIVER_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Room for a loaded machine on top of the longest legitimate stretch.
+const SLACK: Duration = Duration::from_secs(5);
 
 /// When the coordinator loop last made progress.
 #[derive(Debug)]
@@ -70,17 +71,18 @@ pub fn interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero())
 }
 
-/// The shortest `WatchdogSec=` these settings tolerate. Pings stop after
-/// half the interval without progress, and a stretch without progress
-/// legitimately lasts up to: half a renew interval of taking leases, plus
-/// an operation on a MongoDB that is down (the server selection timeout)
-/// or that stopped answering (the driver's heartbeat plus the connect
-/// timeout, which is the server selection timeout too).
+/// The longest the coordinator loop legitimately works without progress:
+/// one MongoDB operation, which it cuts off after `lease.renew_interval`
+/// (taking leases one by one notes progress after each), plus room for a
+/// loaded machine. `/healthz` answers 503 past it.
+pub fn longest_stretch(settings: &Settings) -> Duration {
+    settings.lease.renew_interval + SLACK
+}
+
+/// The shortest `WatchdogSec=` these settings tolerate: pings stop after
+/// half the interval without progress.
 pub fn minimum(settings: &Settings) -> Duration {
-    let stretch = settings.lease.renew_interval
-        + settings.mongodb.server_selection_timeout * 2
-        + DRIVER_HEARTBEAT;
-    stretch * 2
+    longest_stretch(settings) * 2
 }
 
 /// Sends `WATCHDOG=1` every quarter of `interval` while the loop has made

@@ -250,6 +250,8 @@ impl Leases {
         duration: Duration,
         held: usize,
     ) -> Result<usize, StoreError> {
+        // The test suite's stand-in for a MongoDB operation that never ends.
+        crate::stall_point!("heartbeat-hang");
         let now = self.store.server_time().await?;
         let instances = self.store.database().collection::<Document>(INSTANCES);
         instances

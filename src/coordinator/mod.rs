@@ -143,15 +143,17 @@ impl Coordinator {
         }
     }
 
-    /// Runs one MongoDB operation (timed in `metrics`), whose end, failed
-    /// or not, is progress for the watchdog; a refusal is noted, to stop
-    /// the replica at the next turn.
+    /// Runs one MongoDB operation (timed in `metrics`), cut off after a
+    /// renew interval (a write that hangs must not hold up the renewals),
+    /// whose end, failed or not, is progress for the watchdog; a refusal is
+    /// noted, to stop the replica at the next turn.
     async fn observed<T>(
         &self,
         operation: Operation,
         run: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let result = self.ctx.metrics.observe(operation, run).await;
+        let bounded = bounded(self.lease.renew_interval, run);
+        let result = self.ctx.metrics.observe(operation, bounded).await;
         self.liveness.progress();
         if let Err(StoreError::Refused(refused)) = &result {
             self.ctx.store.note_refused(refused);
@@ -209,8 +211,14 @@ impl Coordinator {
             self.give_back(&id, "handing the lease to a less busy replica");
         }
         let metrics = self.ctx.metrics.clone();
+        // Each lease taken is progress; the whole is cut off like any one
+        // operation (a lease taken when the cut comes is left to expire).
+        let limit = self.lease.renew_interval;
         let acquired = metrics
-            .observe(Operation::Acquire, self.acquire_up_to(share))
+            .observe(
+                Operation::Acquire,
+                bounded(limit, self.acquire_up_to(share)),
+            )
             .await;
         self.liveness.progress();
         if let Err(e) = acquired {
@@ -419,6 +427,17 @@ impl Coordinator {
             tracing::debug!(error = %e, "cannot remove this replica's heartbeat");
         }
     }
+}
+
+/// `run`, failed with [`StoreError::TimedOut`] if it takes longer than
+/// `limit`.
+async fn bounded<T>(
+    limit: std::time::Duration,
+    run: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or(Err(StoreError::TimedOut(limit)))
 }
 
 /// Waits for an account's refresher tasks.

@@ -56,6 +56,9 @@ pub enum StoreError {
     /// drop it; trying again cannot help.
     #[error(transparent)]
     IndexConflict(Box<IndexConflict>),
+    /// An operation MongoDB did not finish in time (cut off by the caller).
+    #[error("MongoDB did not finish the operation within {} ms; it was abandoned", .0.as_millis())]
+    TimedOut(std::time::Duration),
     #[error("the MongoDB server lacks a feature wxtokend needs: {0}")]
     Unsupported(&'static str),
 }

@@ -64,14 +64,82 @@ async fn watchdog_pings_follow_ready_and_stop_when_the_coordinator_stalls() {
                     .is_some_and(|m| m.contains("no progress for half the watchdog interval"))
         })
         .await;
-    // The process itself still runs: only its coordinator is stuck.
-    assert_eq!(daemon.get("/healthz").await.0, 200);
+    // Without systemd, /healthz says so too (once the loop is stuck for
+    // longer than a renew interval plus 5 s), for Kubernetes or Docker.
+    let body = eventually(WAIT, "/healthz 503", || async {
+        let (status, body) = daemon.get("/healthz").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(
+        body.starts_with("stuck: the coordinator loop has made no progress"),
+        "{body}"
+    );
     let warned = daemon.logs().into_iter().any(|l| {
         l["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("WatchdogSec is too short"))
     });
     assert!(warned, "no warning about a 6 s WatchdogSec");
+}
+
+/// A MongoDB operation that never ends (the heartbeat, hung by an injected
+/// fault from the third turn on) is cut off after a renew interval and
+/// counted as failed: the loop goes on renewing the lease, the account keeps
+/// being refreshed, the watchdog pings go on and `/healthz` stays 200.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_mongodb_operation_that_hangs_is_cut_off_and_the_loop_goes_on() {
+    let notify = NotifySocket::bind();
+    let env = notify.env(Some(WATCHDOG));
+    let s = Scenario::new()
+        .account(account())
+        .app(|app| app.expires_in(Duration::from_secs(8)))
+        .config(move |c| {
+            c.env.extend(env);
+            c.margin = "5s";
+            c.env
+                .push(("FAILPOINTS", "heartbeat-hang=2*off->return".into()));
+        })
+        .build()
+        .await;
+    s.wait_for_tokens(1).await;
+    let daemon = s.daemon();
+    let hung = daemon
+        .wait_metrics("three heartbeats cut off", |m| {
+            m.mongodb_errors("heartbeat") >= 3
+        })
+        .await;
+    let hung_at = Instant::now();
+    let renewals = hung.mongodb_ops("renew");
+    daemon
+        .wait_metrics("three more renewals", |m| {
+            m.mongodb_ops("renew") >= renewals + 3
+        })
+        .await;
+    // Refreshes go on: a new token every 3 s (8 s lives, 5 s margin).
+    let stored = s.db.count("access_tokens").await;
+    s.wait_for_tokens(usize::try_from(stored).expect("count") + 1)
+        .await;
+    let pings: Vec<Instant> = std::iter::once(hung_at)
+        .chain(
+            notify
+                .times_of("WATCHDOG=1")
+                .into_iter()
+                .filter(|t| *t > hung_at),
+        )
+        .collect();
+    let gap = longest_gap(&pings);
+    assert!(
+        gap < WATCHDOG,
+        "no ping for {gap:?} while the heartbeat hung"
+    );
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let lease = s.lease(s.id()).await.expect("the lease");
+    assert!(
+        lease.valid && lease.holder == "test-instance",
+        "lost: {lease:?}"
+    );
 }
 
 #[tokio::test]
