@@ -234,9 +234,19 @@ async fn ensure_indexes(
     let wanted = all_indexes(settings);
     loop {
         let ensure = async {
-            for step in store.plan_indexes(&wanted).await? {
-                tracing::info!(%step, "bringing the indexes in line");
-                store.apply_index_step(&step).await?;
+            let steps = store.plan_indexes(&wanted).await?;
+            let mut created = 0;
+            for step in &steps {
+                store.apply_index_step(step).await?;
+                match step {
+                    IndexStep::Create(_) => created += 1,
+                    IndexStep::ChangeTtl { .. } => {
+                        tracing::info!(%step, "mongodb.history_retention changed: TTL index changed");
+                    }
+                }
+            }
+            if created > 0 {
+                tracing::info!(created, "created the missing indexes");
             }
             Ok(())
         };
