@@ -14,10 +14,13 @@ use crate::coordination::{self, INSTANCES, LEASES};
 use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
 use crate::watchdog::{self, Liveness};
-use wxtokend_reader::{ConnectOptions, Refused};
+use wxtokend_reader::requests;
+use wxtokend_reader::{ConnectOptions, CredentialKind, Refused};
 
 use crate::refresh::{Backoff, Context};
-use crate::store::{self, IndexConflict, IndexSpec, IndexStep, Store, StoreError};
+use crate::store::{
+    self, IndexConflict, IndexSpec, IndexStep, MissingPrivileges, Needed, Store, StoreError,
+};
 use crate::wechat::{ClientError, WechatClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,10 @@ pub enum DaemonError {
     /// MongoDB refused the user or a privilege: a restart cannot help.
     #[error(transparent)]
     Refused(Refused),
+    /// The user lacks privileges, by the server's list: a restart cannot
+    /// help.
+    #[error(transparent)]
+    MissingPrivileges(Box<MissingPrivileges>),
     /// An index in place stands where one of ours must be: a restart
     /// cannot help.
     #[error(transparent)]
@@ -219,6 +226,38 @@ pub fn all_indexes(settings: &Settings) -> Vec<IndexSpec> {
     indexes
 }
 
+/// What the daemon does in MongoDB, by collection: the role the README
+/// gives (`collMod`, needed only when the retention changes, is asked for
+/// then).
+pub fn privileges_needed() -> Vec<Needed> {
+    const CREDENTIALS: &[&str] = &["find", "insert", "listIndexes", "createIndex"];
+    const COORDINATION: &[&str] = &[
+        "find",
+        "insert",
+        "update",
+        "remove",
+        "listIndexes",
+        "createIndex",
+    ];
+    let mut needed: Vec<Needed> = CredentialKind::ALL
+        .into_iter()
+        .map(|kind| (kind.collection(), CREDENTIALS))
+        .collect();
+    needed.push((LEASES, &["find", "insert", "update"]));
+    needed.push((INSTANCES, COORDINATION));
+    needed.push((requests::REFRESH_REQUESTS, COORDINATION));
+    needed
+}
+
+/// Stops with [`StoreError::MissingPrivileges`] if the server lists the
+/// user's privileges and some are missing.
+async fn check_privileges(store: &Store) -> Result<(), StoreError> {
+    match store.missing_privileges(&privileges_needed()).await? {
+        Some(missing) => Err(StoreError::MissingPrivileges(Box::new(missing))),
+        None => Ok(()),
+    }
+}
+
 /// Brings the indexes in line, waiting for MongoDB as long as it takes
 /// (telling systemd why the start takes long, and extending its start
 /// timeout while retrying). Returns false if shutdown came first. MongoDB's
@@ -234,6 +273,7 @@ async fn ensure_indexes(
     let wanted = all_indexes(settings);
     loop {
         let ensure = async {
+            check_privileges(store).await?;
             let steps = store.plan_indexes(&wanted).await?;
             let mut created = 0;
             for step in &steps {
@@ -255,6 +295,10 @@ async fn ensure_indexes(
             Err(StoreError::Refused(refused)) => {
                 tracing::error!(error = %refused, "cannot start: MongoDB refused this replica");
                 return Err(DaemonError::Refused(refused));
+            }
+            Err(StoreError::MissingPrivileges(missing)) => {
+                tracing::error!(error = %missing, "cannot start: MongoDB's user lacks privileges");
+                return Err(DaemonError::MissingPrivileges(missing));
             }
             Err(StoreError::IndexConflict(conflict)) => {
                 tracing::error!(error = %conflict, "cannot start: an index is in the way");
@@ -294,6 +338,7 @@ const START_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
 /// which stops (exit 3) on a privilege MongoDB refuses.
 pub async fn check_store(store: &Store, settings: &Settings) -> Result<CheckedIndexes, StoreError> {
     store.ping().await?;
+    check_privileges(store).await?;
     store.check_reads(&[LEASES, INSTANCES]).await?;
     let mut checked = CheckedIndexes::default();
     for step in store.plan_indexes(&all_indexes(settings)).await? {

@@ -41,7 +41,8 @@ pub use config::{
 };
 pub use coordination::{Lease, Leases};
 pub use daemon::{
-    all_indexes, check_store, connect_store, shutdown_signal, CheckedIndexes, Daemon, DaemonError,
+    all_indexes, check_store, connect_store, privileges_needed, shutdown_signal, CheckedIndexes,
+    Daemon, DaemonError,
 };
 pub use status::{collect as collect_status, render as render_status, AccountStatus};
 pub use store::{Store, StoreError};

@@ -327,7 +327,11 @@ async fn run(settings: Settings, file: &ConfigFile) -> u8 {
         Ok(()) => exit::OK,
         // Logged where it happened. A refusal needs a change of user or
         // role (a restart cannot help); anything else, a restart.
-        Err(DaemonError::Refused(_) | DaemonError::IndexConflict(_)) => exit::CONFIG,
+        Err(
+            DaemonError::Refused(_)
+            | DaemonError::MissingPrivileges(_)
+            | DaemonError::IndexConflict(_),
+        ) => exit::CONFIG,
         Err(_) => exit::FAILURE,
     }
 }
@@ -670,6 +674,7 @@ fn store_failure(mongodb: &MongoSettings, error: &StoreError) -> u8 {
         ),
         StoreError::Refused(refused) => refused_failure(refused),
         StoreError::IndexConflict(conflict) => report(&conflict.to_string(), exit::CONFIG),
+        StoreError::MissingPrivileges(missing) => report(&missing.to_string(), exit::CONFIG),
         other => report(&other.to_string(), exit::MONGODB),
     }
 }

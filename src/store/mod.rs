@@ -21,8 +21,10 @@ use wxtokend_reader::{
 use crate::clock::Clock;
 
 mod indexes;
+mod privileges;
 
 pub use indexes::{IndexConflict, IndexSpec, IndexStep};
+pub use privileges::{MissingPrivileges, Needed};
 
 /// Name of the unique index that also serves the business query.
 pub const GENERATION_INDEX: &str = "app_id_1_generation_-1";
@@ -56,6 +58,10 @@ pub enum StoreError {
     /// drop it; trying again cannot help.
     #[error(transparent)]
     IndexConflict(Box<IndexConflict>),
+    /// The user lacks privileges, by the server's own list: trying again
+    /// cannot help.
+    #[error(transparent)]
+    MissingPrivileges(Box<MissingPrivileges>),
     /// An operation MongoDB did not finish in time (cut off by the caller).
     #[error("MongoDB did not finish the operation within {} ms; it was abandoned", .0.as_millis())]
     TimedOut(std::time::Duration),

@@ -578,3 +578,39 @@ async fn business_hosts_get_exactly_the_readers_privileges_and_clear_refusals() 
         "{err}"
     );
 }
+
+/// Against a server that lists the user's privileges (mongod does;
+/// SecantusDB lists none, so the daemon's start-up check cannot run here),
+/// the daemon compares them with what it needs before fetching anything.
+/// Here the comparison is fed the README's own `wxtokend` role, as mongod
+/// would list it: it lacks nothing, and without `insert` on `access_tokens`
+/// that action is named, so the daemon stops before a token is fetched that
+/// it could not store.
+#[test]
+fn the_readme_role_is_what_the_start_up_privilege_check_asks_for() {
+    let status = |role: Document| {
+        doc! {
+            "authInfo": {
+                "authenticatedUsers": [{ "user": "wxtokend", "db": "wechat" }],
+                "authenticatedUserPrivileges": role.get_array("privileges").expect("privileges").clone(),
+            },
+        }
+    };
+    let needed = wxtokend::privileges_needed();
+    let full = status(readme_role("wxtokend", "wechat", |_| {}));
+    assert_eq!(
+        wxtokend::store::MissingPrivileges::compare("wechat", &full, &needed),
+        None
+    );
+    let partial = status(readme_role(
+        "wxtokend",
+        "wechat",
+        without("insert", "access_tokens"),
+    ));
+    let missing = wxtokend::store::MissingPrivileges::compare("wechat", &partial, &needed)
+        .expect("insert is missing");
+    assert_eq!(missing.missing, [("access_tokens", "insert")]);
+    // The reader's role is not enough for the daemon.
+    let reader = status(readme_role("wxtokendReader", "wechat", |_| {}));
+    assert!(wxtokend::store::MissingPrivileges::compare("wechat", &reader, &needed).is_some());
+}
