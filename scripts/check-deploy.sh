@@ -50,8 +50,16 @@ download_prometheus_deb() {
   (cd "$1" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" prometheus) >&2
 }
 
+# The rules are checked with Debian 12's promtool; another minor version may
+# read them differently, so it is named and refused rather than used silently.
+PROMTOOL_VERSION=2.42.
+
+promtool_version_ok() {
+  "$tools/promtool" --version 2>/dev/null | head -1 | grep -q "version $PROMTOOL_VERSION"
+}
+
 install_promtool() {
-  [ -x "$tools/promtool" ] && return
+  [ -x "$tools/promtool" ] && promtool_version_ok && return
   if ! command -v apt-get >/dev/null 2>&1; then
     command -v promtool >/dev/null 2>&1 || { say "no apt-get and no promtool on PATH"; exit 1; }
     ln -sf "$(command -v promtool)" "$tools/promtool"
@@ -74,6 +82,10 @@ install_promtool() {
 
 install_python_tools
 install_promtool
+if ! promtool_version_ok; then
+  say "promtool is not ${PROMTOOL_VERSION}x, the version the rules are checked with: $("$tools/promtool" --version 2>&1 | head -1)"
+  exit 1
+fi
 
 passed=0
 failed=()
