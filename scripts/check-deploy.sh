@@ -6,10 +6,12 @@
 # (.dockerignore). CI runs it (.ci/run).
 #
 # The tools come from package registries, pinned, and are cached under
-# ~/.cache/wxtokend/deploy-tools: a venv from PyPI, and promtool taken out of
-# Debian's prometheus package (installing that package would also enable a
-# Prometheus server). Every schema ships inside its package, so the checks
-# themselves need no network.
+# ~/.cache/wxtokend/deploy-tools: a venv from PyPI, promtool 2.42 taken out of
+# Debian 12's prometheus package (installing that package would also enable a
+# Prometheus server), and promtool 3.x taken out of Debian unstable's promtool
+# package through an apt configuration of its own (the host's sources are not
+# touched), so that the rules hold under both major versions. Every schema
+# ships inside its package, so the checks themselves need no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -80,8 +82,35 @@ install_promtool() {
   rm -rf "$dir"
 }
 
+# Prometheus 3 reads some rules differently (left-open range selectors, for
+# one); Debian 12 has no promtool 3, Debian unstable does.
+install_promtool3() {
+  "$tools/promtool3" --version 2>/dev/null | head -1 | grep -q "version 3\." && return
+  say "taking promtool 3 out of Debian unstable's promtool package"
+  local dir
+  dir=$(mktemp -d)
+  mkdir -p "$dir"/lists/partial "$dir"/cache/archives/partial "$dir"/parts "$dir"/deb
+  echo 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main' \
+    >"$dir/sources.list"
+  cat >"$dir/apt.conf" <<CONF
+Dir::Etc::sourcelist "$dir/sources.list";
+Dir::Etc::sourceparts "$dir/parts";
+Dir::Etc::preferencesparts "$dir/parts";
+Dir::State::Lists "$dir/lists";
+Dir::Cache "$dir/cache";
+CONF
+  APT_CONFIG="$dir/apt.conf" apt-get update -qq >&2
+  (cd "$dir/deb" && APT_CONFIG="$dir/apt.conf" apt-get download -qq \
+    -o APT::Sandbox::User="$(id -un)" promtool) >&2
+  dpkg-deb --fsys-tarfile "$dir"/deb/promtool_*.deb | tar -xO ./usr/bin/promtool >"$dir/promtool"
+  chmod 755 "$dir/promtool"
+  mv "$dir/promtool" "$tools/promtool3"
+  rm -rf "$dir"
+}
+
 install_python_tools
 install_promtool
+install_promtool3
 if ! promtool_version_ok; then
   say "promtool is not ${PROMTOOL_VERSION}x, the version the rules are checked with: $("$tools/promtool" --version 2>&1 | head -1)"
   exit 1
@@ -124,6 +153,9 @@ check kubernetes kubernetes_manifests
 check "promtool check rules" "$tools/promtool" check rules config/prometheus/wxtokend.rules.yml \
   config/prometheus/wxtokend-accounts.rules.yml
 check "promtool test rules" "$tools/promtool" test rules config/prometheus/wxtokend.rules.test.yml
+check "promtool 3 check rules" "$tools/promtool3" check rules config/prometheus/wxtokend.rules.yml \
+  config/prometheus/wxtokend-accounts.rules.yml
+check "promtool 3 test rules" "$tools/promtool3" test rules config/prometheus/wxtokend.rules.test.yml
 check hadolint "$venv/bin/hadolint" Dockerfile
 check "docker context" "$venv/bin/python" scripts/check-docker-context.py .
 check "image version" image_version
