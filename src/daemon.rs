@@ -104,6 +104,7 @@ impl Daemon {
             store.clock().clone(),
             &settings.refresh.daily_call_limits,
         ));
+        store.on_command(Box::new(metrics.command_counter()));
         // Readiness is checked only once the indexes are in place.
         let (indexed, indexes_ready) = tokio::sync::watch::channel(false);
         let liveness = Arc::new(Liveness::default());

@@ -34,6 +34,26 @@ pub struct Lease {
     term: Term,
 }
 
+/// What the writer knows of the newest stored credential of a kind, to
+/// recognise WeChat answering it again without reading it back.
+#[derive(Debug, Clone, Copy)]
+pub enum Newest<'a> {
+    /// Read it from MongoDB first: after a write that failed (its answer,
+    /// not the write, may have been lost), or when nothing is known.
+    Unknown,
+    /// What this holder read or wrote last (only the holder writes):
+    /// `None` if nothing is stored.
+    Known(Option<Stored<'a>>),
+}
+
+/// A stored credential, as its writer knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub generation: Generation,
+    pub expires_at: SystemTime,
+    pub value: &'a secrecy::SecretString,
+}
+
 /// The outcome of [`Lease::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -80,7 +100,7 @@ impl Lease {
     /// (see [`PermitRules`]). A granted permit counts one call of the
     /// rules' API for today.
     pub async fn permit(&self, rules: PermitRules) -> Result<Permit, StoreError> {
-        let now = self.store.server_time().await?;
+        let now = self.store.clock().now();
         permit::ask(&self.leases(), self.held(), now, rules).await
     }
 
@@ -88,25 +108,45 @@ impl Lease {
     /// lease is still ours. The generation comes from the lease's counter,
     /// so a paused former holder that resumes cannot write at all, and a
     /// newer holder always writes a higher generation; the unique index is
-    /// the last line of defence. If an earlier attempt landed but its answer
-    /// was lost, or WeChat answered with the stored value, nothing is
-    /// written twice.
+    /// the last line of defence. A value WeChat answered again is not
+    /// written twice: compared with `newest` as the caller knows it, or as
+    /// read back (after a failed attempt, which may have landed). Two round
+    /// trips when `newest` is known: the reservation and the insert.
     pub async fn insert(
         &self,
         kind: CredentialKind,
         fetched: &FetchedCredential,
         reason: RefreshReason,
+        newest: Newest<'_>,
     ) -> Result<Inserted, StoreError> {
         let credentials = self.store.credentials();
+        let mut known = newest;
         for _ in 0..INSERT_ATTEMPTS {
-            let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
-            if let Some(stored) = &newest.credential {
-                if stored.secret() == fetched.value.expose_secret() {
-                    return Ok(Inserted::Repeat {
-                        generation: stored.generation,
-                        expires_at: stored.expires_at,
-                    });
-                }
+            let stored = match known {
+                Newest::Known(stored) => stored.map(|s| {
+                    (
+                        s.generation,
+                        s.expires_at,
+                        s.value.expose_secret() == fetched.value.expose_secret(),
+                    )
+                }),
+                Newest::Unknown => credentials
+                    .scan_newest(kind, &self.app_id, None)
+                    .await?
+                    .credential
+                    .map(|c| {
+                        (
+                            c.generation,
+                            c.expires_at,
+                            c.secret() == fetched.value.expose_secret(),
+                        )
+                    }),
+            };
+            if let Some((generation, expires_at, true)) = stored {
+                return Ok(Inserted::Repeat {
+                    generation,
+                    expires_at,
+                });
             }
             let Some(generation) = self.reserve_generation(kind).await? else {
                 return Ok(Inserted::Fenced);
@@ -114,8 +154,10 @@ impl Lease {
             let document = to_document(&self.credential(kind, fetched, reason, generation));
             match credentials.collection(kind).insert_one(document).await {
                 Ok(_) => return Ok(Inserted::Stored(generation)),
-                // The counter was behind the stored history: catch it up.
+                // The counter was behind the stored history: catch it up,
+                // and read what is stored from now on.
                 Err(e) if is_duplicate_key(&e) => {
+                    known = Newest::Unknown;
                     let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
                     if let Some(top) = newest.top_generation {
                         self.raise_generation_floor(kind, top).await?;

@@ -26,7 +26,7 @@ use wxtokend_reader::AccountId;
 
 use crate::store::{is_duplicate_key, IndexSpec, Store, StoreError};
 use crate::wechat::Api;
-pub use lease::{Inserted, Lease};
+pub use lease::{Inserted, Lease, Newest, Stored};
 pub use permit::{Permit, PermitRules};
 use quota::ApiQuota;
 pub use requests::{RefreshRequest, Requests};

@@ -50,30 +50,45 @@ pub struct PermitRules {
     pub forced_daily_limit: Option<i64>,
 }
 
-/// Asks for a permit on the lease matched by `held`, at server time `now`.
+/// Asks for a permit on the lease matched by `held`, at server time `now`
+/// (the daemon's clock, kept in step with the server's: the lease's own
+/// liveness is checked against the server's `$$NOW` as well). One round
+/// trip when the permit is granted; a refusal is explained from the lease
+/// document, and the first call of a quota day starts the day first.
 pub(super) async fn ask(
     leases: &Collection<Document>,
     held: Document,
     now: SystemTime,
     rules: PermitRules,
 ) -> Result<Permit, StoreError> {
-    start_quota_day(leases, held.clone(), rules.api, &quota_day(now)).await?;
-    let (filter, update) = grant(held.clone(), now, rules);
-    let granted = leases
-        .find_one_and_update(filter, update)
-        .return_document(ReturnDocument::After)
-        .await?;
-    if let Some(lease) = granted {
-        let expires_at = lease
-            .get_datetime(field::EXPIRES_AT)
-            .map_or(now, |at| at.to_system_time());
-        return Ok(Permit::Granted {
-            calls_today: ApiQuota::of(&lease, rules.api).calls,
-            lease_left: expires_at.duration_since(now).unwrap_or_default(),
-        });
+    let today = quota_day(now);
+    let mut day_started = false;
+    loop {
+        let (filter, update) = grant(held.clone(), now, &today, rules);
+        let granted = leases
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await?;
+        if let Some(lease) = granted {
+            let expires_at = lease
+                .get_datetime(field::EXPIRES_AT)
+                .map_or(now, |at| at.to_system_time());
+            return Ok(Permit::Granted {
+                calls_today: ApiQuota::of(&lease, rules.api).calls,
+                lease_left: expires_at.duration_since(now).unwrap_or_default(),
+            });
+        }
+        let Some(lease) = leases.find_one(held.clone()).await? else {
+            return Ok(Permit::NotHolder);
+        };
+        let quota = ApiQuota::of(&lease, rules.api);
+        if !day_started && quota.day.as_deref() != Some(today.as_str()) {
+            start_quota_day(leases, held.clone(), rules.api, &today).await?;
+            day_started = true;
+            continue;
+        }
+        return Ok(refusal(&lease, now, rules));
     }
-    let lease = leases.find_one(held).await?;
-    Ok(lease.map_or(Permit::NotHolder, |lease| refusal(&lease, now, rules)))
 }
 
 /// The previous version's per-account quota fields, removed when a quota
@@ -114,7 +129,12 @@ async fn start_quota_day(
 
 /// The filter that matches only a lease allowed to call, and the update
 /// that counts the call.
-fn grant(mut filter: Document, now: SystemTime, rules: PermitRules) -> (Document, Document) {
+fn grant(
+    mut filter: Document,
+    now: SystemTime,
+    today: &str,
+    rules: PermitRules,
+) -> (Document, Document) {
     // Enough left by the server's clock as read just before (`now`), and
     // still alive at the moment of the update itself (`$$NOW`).
     filter.insert(
@@ -128,6 +148,8 @@ fn grant(mut filter: Document, now: SystemTime, rules: PermitRules) -> (Document
     let calls = path(rules.api, quota::field::CALLS);
     let forced_calls = path(rules.api, quota::field::FORCED_CALLS);
     let last_forced_at = path(rules.api, quota::field::LAST_FORCED_AT);
+    // The counters count today (a new day is started first, see `ask`).
+    filter.insert(path(rules.api, quota::field::DAY), today);
     filter.insert(
         path(rules.api, quota::field::EXHAUSTED),
         doc! { "$ne": true },

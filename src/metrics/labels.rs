@@ -156,3 +156,9 @@ pub struct QuotaLabels {
 pub struct OperationLabels {
     pub operation: Operation,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    /// The MongoDB command's name (`find`, `insert`, `findAndModify`...).
+    pub command: String,
+}

@@ -22,8 +22,8 @@ use crate::wechat::Api;
 mod labels;
 
 use labels::{
-    AccountLabels, ApiLabels, CredentialLabels, Kind, KindLabels, OperationLabels, OutcomeLabels,
-    QuotaLabels,
+    AccountLabels, ApiLabels, CommandLabels, CredentialLabels, Kind, KindLabels, OperationLabels,
+    OutcomeLabels, QuotaLabels,
 };
 pub use labels::{Operation, Outcome};
 
@@ -62,6 +62,7 @@ pub struct Metrics {
     lease_held: Family<AccountLabels, Gauge>,
     mongodb_duration: Histograms<OperationLabels>,
     mongodb_errors: Family<OperationLabels, Counter>,
+    mongodb_commands: Family<CommandLabels, Counter>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -111,6 +112,7 @@ impl Metrics {
             lease_held: Family::default(),
             mongodb_duration: Family::new_with_constructor(mongodb_buckets),
             mongodb_errors: Family::default(),
+            mongodb_commands: Family::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -181,7 +183,24 @@ impl Metrics {
             "Failed MongoDB operations, by what they are for",
             m.mongodb_errors.clone(),
         );
+        registry.register(
+            "wxtokend_mongodb_commands",
+            "MongoDB commands sent (each one round trip), by command name",
+            m.mongodb_commands.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one MongoDB command sent (see `Store::on_command`).
+    pub fn command_counter(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let commands = self.mongodb_commands.clone();
+        move |command: &str| {
+            commands
+                .get_or_create(&CommandLabels {
+                    command: command.to_owned(),
+                })
+                .inc();
+        }
     }
 
     /// The credential an account's refresher now relies on.

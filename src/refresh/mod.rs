@@ -23,7 +23,7 @@ pub use backoff::Backoff;
 use machine::{Action, Machine, Requested};
 
 use crate::config::{Account, RefreshSettings};
-use crate::coordination::{Inserted, Lease, RefreshRequest};
+use crate::coordination::{Inserted, Lease, Newest, RefreshRequest, Stored};
 use crate::metrics::{Metrics, Operation};
 use crate::store::{Store, StoreError};
 use crate::wechat::{Api, ErrorClass, WechatClient};
@@ -64,6 +64,9 @@ pub struct Refresher {
     stop: CancellationToken,
     machine: Machine,
     last_problem: Option<Problem>,
+    /// The last write of a fetched credential failed: what is stored must
+    /// be read back before the next one (it may have landed).
+    write_failed: bool,
 }
 
 impl Refresher {
@@ -87,6 +90,7 @@ impl Refresher {
             stop,
             machine,
             last_problem: None,
+            write_failed: false,
         }
     }
 
@@ -254,14 +258,26 @@ impl Refresher {
             pending.fetched.expires_in,
         );
         let reason = pending.reason;
+        // What this holder last read or wrote is what is stored, unless a
+        // write failed since (it may have landed all the same).
+        let newest = if self.write_failed {
+            Newest::Unknown
+        } else {
+            Newest::Known(pending.held.as_ref().map(|held| Stored {
+                generation: held.generation,
+                expires_at: held.expires_at,
+                value: &held.value,
+            }))
+        };
         let insert = self
             .lease
-            .insert(self.kind, &pending.fetched, pending.reason);
+            .insert(self.kind, &pending.fetched, pending.reason, newest);
         let inserted = self
             .ctx
             .metrics
             .observe(Operation::InsertCredential, insert)
             .await;
+        self.write_failed = inserted.is_err();
         if inserted.is_ok() {
             self.stored_again().await;
         }

@@ -107,6 +107,23 @@ pub struct Store {
     credentials: Credentials,
     clock: Arc<Clock>,
     refused: Arc<OnceLock<Refused>>,
+    commands: Arc<CommandHookSlot>,
+}
+
+/// Told the name of every command sent (each one round trip).
+pub type CommandHook = Box<dyn Fn(&str) + Send + Sync>;
+
+#[derive(Default)]
+struct CommandHookSlot(OnceLock<CommandHook>);
+
+impl std::fmt::Debug for CommandHookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "CommandHook"
+        } else {
+            "None"
+        })
+    }
 }
 
 impl Store {
@@ -120,20 +137,30 @@ impl Store {
         let mut client_options = wxtokend_reader::client_options(uri, options).await?;
         let refused = Arc::new(OnceLock::new());
         let seen = refused.clone();
-        client_options.command_event_handler =
-            Some(EventHandler::callback(move |event: CommandEvent| {
-                if let CommandEvent::Failed(failed) = event {
+        let commands = Arc::new(CommandHookSlot::default());
+        let sent = commands.clone();
+        client_options.command_event_handler = Some(EventHandler::callback(
+            move |event: CommandEvent| match event {
+                CommandEvent::Started(started) => {
+                    if let Some(hook) = sent.0.get() {
+                        hook(&started.command_name);
+                    }
+                }
+                CommandEvent::Failed(failed) => {
                     if let Some(refusal) = Refused::of(&failed.failure) {
                         let _ = seen.set(refusal);
                     }
                 }
-            }));
+                _ => {}
+            },
+        ));
         let db = wxtokend_reader::open(client_options, database)?;
         Ok(Store {
             credentials: Credentials::new(db.clone()),
             db,
             clock: Arc::default(),
             refused,
+            commands,
         })
     }
 
@@ -143,6 +170,12 @@ impl Store {
     /// coordinator looks here and stops the replica, as no retry can succeed.
     pub fn refused(&self) -> Option<&Refused> {
         self.refused.get()
+    }
+
+    /// Calls `hook` with the name of every command this store's client
+    /// sends from now on (the first hook set stays).
+    pub fn on_command(&self, hook: CommandHook) {
+        let _ = self.commands.0.set(hook);
     }
 
     /// Notes a refusal the driver reports outside of commands (a login

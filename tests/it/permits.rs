@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::support::mongo::TestDb;
 use wxtokend_reader::Generation;
 
-use crate::support::store::{permit, Api, Leases, Permit, PermitRules};
+use crate::support::store::{
+    insert, insert_knowing, permit, Api, Inserted, Leases, Permit, PermitRules,
+};
 
 /// The day's count of a granted permit; `None` for a refusal.
 fn calls_today(permit: Permit) -> Option<i64> {
@@ -245,4 +247,45 @@ async fn a_lease_that_moved_on_cannot_write() {
     let b = leases.acquire(id, "b").await.expect("released");
     assert_eq!(insert(&stale, "late").await, Inserted::Fenced);
     assert_eq!(insert(&b, "second").await, Inserted::Stored(Generation(2)));
+}
+
+/// A refresh on the happy path costs three MongoDB round trips: the permit
+/// (one `findAndModify`, which also checks the quota), the generation's
+/// reservation (one fenced `findAndModify`) and the insert; a value WeChat
+/// answered again costs the permit only. The first call of a quota day
+/// starts the day first; a write after a failed one reads back what is
+/// stored first.
+#[tokio::test]
+async fn a_refresh_costs_three_round_trips() {
+    let db = TestDb::new().await;
+    let (leases, sent) = Leases::counted(&db).await;
+    let id = "wxroundtrips";
+    let lease = leases.acquire(id, "a").await.expect("free");
+    let take = || std::mem::take(&mut *sent.lock().expect("lock"));
+    take();
+
+    // The first permit of the day starts the day.
+    assert_eq!(calls_today(permit(&lease, NORMAL).await), Some(1));
+    let first_day = take();
+    assert!(first_day.len() > 1, "{first_day:?}");
+    // Nothing known: read back, then reserve and insert.
+    let Inserted::Stored(first) = insert(&lease, "TOKEN-1").await else {
+        panic!("not stored");
+    };
+    take();
+
+    assert_eq!(calls_today(permit(&lease, NORMAL).await), Some(2));
+    let Inserted::Stored(second) =
+        insert_knowing(&lease, "TOKEN-2", Some((first, "TOKEN-1"))).await
+    else {
+        panic!("not stored");
+    };
+    assert!(second > first);
+    assert_eq!(take(), ["findAndModify", "findAndModify", "insert"]);
+
+    // WeChat answers the stored value again: nothing is written.
+    assert_eq!(calls_today(permit(&lease, NORMAL).await), Some(3));
+    let repeat = insert_knowing(&lease, "TOKEN-2", Some((second, "TOKEN-2"))).await;
+    assert!(matches!(repeat, Inserted::Repeat { generation, .. } if generation == second));
+    assert_eq!(take(), ["findAndModify"]);
 }

@@ -82,6 +82,7 @@ pub async fn store_token(
             CredentialKind::AccessToken,
             &fetched,
             RefreshReason::Scheduled,
+            wxtokend::coordination::Newest::Unknown,
         )
         .await
         .expect("insert");
@@ -153,6 +154,21 @@ impl Leases {
         Leases(wxtokend::Leases::new(store(db).await))
     }
 
+    /// Leases on a client of their own, whose every MongoDB command (one
+    /// round trip each) is recorded by name in the returned list.
+    pub async fn counted(db: &TestDb) -> (Leases, std::sync::Arc<Mutex<Vec<String>>>) {
+        let uri = SecretString::from(db.uri.clone());
+        let store = Store::connect(&uri, &db.name, ConnectOptions::default())
+            .await
+            .expect("store");
+        let sent = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        store.on_command(Box::new(move |command| {
+            log.lock().expect("lock").push(command.to_owned());
+        }));
+        (Leases(wxtokend::Leases::new(store)), sent)
+    }
+
     /// What `wxtokend quota --clear` does to the daemon's stops.
     pub async fn clear_quota_stops(&self, account: &str) -> Vec<Api> {
         self.0
@@ -186,6 +202,38 @@ pub async fn insert(lease: &HeldLease, value: &str) -> Inserted {
             CredentialKind::AccessToken,
             &fetched,
             RefreshReason::Scheduled,
+            wxtokend::coordination::Newest::Unknown,
+        )
+        .await
+        .expect("insert")
+}
+
+/// Writes an access token through `lease` as the daemon's refresher does
+/// when it knows what is stored (what it read or wrote last).
+pub async fn insert_knowing(
+    lease: &HeldLease,
+    value: &str,
+    newest: Option<(Generation, &str)>,
+) -> Inserted {
+    let fetched = FetchedCredential {
+        value: SecretString::from(value.to_owned()),
+        expires_in: Duration::from_secs(3600),
+        fetched_at: SystemTime::now(),
+    };
+    let stored_value = newest.map(|(_, value)| SecretString::from(value.to_owned()));
+    let known = newest
+        .zip(stored_value.as_ref())
+        .map(|((generation, _), value)| wxtokend::coordination::Stored {
+            generation,
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+            value,
+        });
+    lease
+        .insert(
+            CredentialKind::AccessToken,
+            &fetched,
+            RefreshReason::Scheduled,
+            wxtokend::coordination::Newest::Known(known),
         )
         .await
         .expect("insert")
