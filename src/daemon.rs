@@ -14,6 +14,7 @@ use crate::coordination::{self, INSTANCES, LEASES};
 use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
 use crate::watchdog::{self, Liveness};
+use mongodb::bson::Document;
 use wxtokend_reader::requests;
 use wxtokend_reader::{ConnectOptions, CredentialKind, Refused};
 
@@ -155,6 +156,7 @@ impl Daemon {
             call_timeout: settings.wechat.connect_timeout + settings.wechat.request_timeout,
             instance_id: settings.daemon.instance_id.as_str().into(),
             metrics,
+            operation_timeout: settings.mongodb_operation_timeout(),
         });
         let coordinator = Coordinator::new(
             ctx,
@@ -208,8 +210,10 @@ fn watch_over(
         tracing::warn!(
             watchdog_s = interval.as_secs_f32(),
             minimum_s = minimum.as_secs(),
-            "WatchdogSec is too short for lease.renew_interval: a slow MongoDB could get \
-             this replica restarted; set WatchdogSec to at least 2 x (lease.renew_interval + 5s)"
+            "WatchdogSec is too short for lease.renew_interval and \
+             mongodb.server_selection_timeout: a slow MongoDB could get this replica restarted; \
+             set WatchdogSec to at least 2 x (max(lease.renew_interval, 2 x \
+             mongodb.server_selection_timeout, 5s) + 5s)"
         );
     }
     tracing::info!(
@@ -227,19 +231,13 @@ pub fn all_indexes(settings: &Settings) -> Vec<IndexSpec> {
     indexes
 }
 
-/// What the daemon does in MongoDB, by collection: the role the README
-/// gives (`collMod`, needed only when the retention changes, is asked for
-/// then).
-pub fn privileges_needed() -> Vec<Needed> {
-    const CREDENTIALS: &[&str] = &["find", "insert", "listIndexes", "createIndex"];
-    const COORDINATION: &[&str] = &[
-        "find",
-        "insert",
-        "update",
-        "remove",
-        "listIndexes",
-        "createIndex",
-    ];
+/// What the daemon does in MongoDB, by collection, with `steps` to bring
+/// the indexes in line: the role the README gives needs no more (it also
+/// has `createIndex` and `collMod` on the credential collections for the
+/// steps of later starts).
+pub fn privileges_needed(steps: &[IndexStep]) -> Vec<Needed> {
+    const CREDENTIALS: &[&str] = &["find", "insert", "listIndexes"];
+    const COORDINATION: &[&str] = &["find", "insert", "update", "remove", "listIndexes"];
     let mut needed: Vec<Needed> = CredentialKind::ALL
         .into_iter()
         .map(|kind| (kind.collection(), CREDENTIALS))
@@ -247,13 +245,23 @@ pub fn privileges_needed() -> Vec<Needed> {
     needed.push((LEASES, &["find", "insert", "update"]));
     needed.push((INSTANCES, COORDINATION));
     needed.push((requests::REFRESH_REQUESTS, COORDINATION));
+    for step in steps {
+        needed.push(match step {
+            IndexStep::Create(spec) => (spec.collection, &["createIndex"]),
+            IndexStep::ChangeTtl { spec, .. } => (spec.collection, &["collMod"]),
+        });
+    }
     needed
 }
 
-/// Stops with [`StoreError::MissingPrivileges`] if the server lists the
-/// user's privileges and some are missing.
-async fn check_privileges(store: &Store) -> Result<(), StoreError> {
-    match store.missing_privileges(&privileges_needed()).await? {
+/// [`StoreError::MissingPrivileges`] if the server listed the user's
+/// privileges (`status`) and some that `steps` need are missing.
+fn approve(
+    store: &Store,
+    status: Option<&Document>,
+    steps: &[IndexStep],
+) -> Result<(), StoreError> {
+    match MissingPrivileges::compare(store.database_name(), status, &privileges_needed(steps)) {
         Some(missing) => Err(StoreError::MissingPrivileges(Box::new(missing))),
         None => Ok(()),
     }
@@ -274,16 +282,15 @@ async fn ensure_indexes(
     let wanted = all_indexes(settings);
     loop {
         let ensure = async {
-            check_privileges(store).await?;
-            let steps = store.plan_indexes(&wanted).await?;
+            let status = store.privileges().await?;
+            let steps = store
+                .ensure_indexes_with(&wanted, |steps| approve(store, status.as_ref(), steps))
+                .await?;
             let mut created = 0;
             for step in &steps {
-                store.apply_index_step(step).await?;
                 match step {
                     IndexStep::Create(_) => created += 1,
-                    IndexStep::ChangeTtl { .. } => {
-                        tracing::info!(%step, "mongodb.history_retention changed: TTL index changed");
-                    }
+                    IndexStep::ChangeTtl { .. } => tracing::info!(%step, "TTL index changed"),
                 }
             }
             if created > 0 {
@@ -339,16 +346,22 @@ const START_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
 /// which stops (exit 3) on a privilege MongoDB refuses.
 pub async fn check_store(store: &Store, settings: &Settings) -> Result<CheckedIndexes, StoreError> {
     store.ping().await?;
-    check_privileges(store).await?;
+    let status = store.privileges().await?;
+    let steps = store.plan_indexes(&all_indexes(settings)).await?;
+    // Every privilege `run` needs, for the steps left to it too.
+    approve(store, status.as_ref(), &steps)?;
     store.check_reads(&[LEASES, INSTANCES]).await?;
     let mut checked = CheckedIndexes::default();
-    for step in store.plan_indexes(&all_indexes(settings)).await? {
+    for step in steps {
         match step {
             IndexStep::Create(spec) => {
-                store
+                // `false`: another replica created it meanwhile.
+                if store
                     .apply_index_step(&IndexStep::Create(spec.clone()))
-                    .await?;
-                checked.created.push(spec);
+                    .await?
+                {
+                    checked.created.push(spec);
+                }
             }
             change @ IndexStep::ChangeTtl { .. } => checked.left_for_run.push(change),
         }

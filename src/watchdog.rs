@@ -7,8 +7,9 @@
 //! outage must not get the daemon killed (a fetched token not yet stored
 //! lives only in its memory until MongoDB is back); a loop stuck for half
 //! the watchdog interval without finishing anything is not progress. Every
-//! MongoDB operation of the loop is cut off after `lease.renew_interval`
-//! (one that hangs fails like any other), so only a bug stalls it for long.
+//! MongoDB operation of the loop is cut off (one that hangs fails like any
+//! other: `Settings::mongodb_operation_timeout`), so only a bug stalls it
+//! for long.
 //! The same measure answers `/healthz`, for supervisors without systemd.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,11 +73,12 @@ pub fn interval() -> Option<Duration> {
 }
 
 /// The longest the coordinator loop legitimately works without progress:
-/// one MongoDB operation, which it cuts off after `lease.renew_interval`
-/// (taking leases one by one notes progress after each), plus room for a
-/// loaded machine. `/healthz` answers 503 past it.
+/// one MongoDB operation, which it cuts off after
+/// [`Settings::mongodb_operation_timeout`] (taking leases one by one notes
+/// progress after each), plus room for a loaded machine. `/healthz`
+/// answers 503 past it.
 pub fn longest_stretch(settings: &Settings) -> Duration {
-    settings.lease.renew_interval + SLACK
+    settings.mongodb_operation_timeout() + SLACK
 }
 
 /// The shortest `WatchdogSec=` these settings tolerate: pings stop after

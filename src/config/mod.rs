@@ -427,7 +427,25 @@ impl EnvSource for ProcessEnv {
     }
 }
 
+/// The shortest time a MongoDB operation is given before it is abandoned:
+/// a loaded host or server takes seconds for what usually takes
+/// milliseconds.
+pub const MIN_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Settings {
+    /// How long any one MongoDB operation of the daemon may take before it
+    /// is abandoned and counted as failed: a renew interval, and at least
+    /// twice the server selection timeout (a failover, a slow primary) and
+    /// [`MIN_OPERATION_TIMEOUT`]. One that hangs must not stop the loop
+    /// that renews the leases; one that is merely slow must not be cut
+    /// (a retry only adds load).
+    pub fn mongodb_operation_timeout(&self) -> Duration {
+        self.lease
+            .renew_interval
+            .max(self.mongodb.server_selection_timeout * 2)
+            .max(MIN_OPERATION_TIMEOUT)
+    }
+
     /// Reads the secret of one configured account from its `secret_env` (in
     /// the process environment) or `secret_file`, for a command that needs
     /// it only sometimes (`quota --clear` without a valid stored token).

@@ -100,6 +100,8 @@ impl Lease {
     /// (see [`PermitRules`]). A granted permit counts one call of the
     /// rules' API for today.
     pub async fn permit(&self, rules: PermitRules) -> Result<Permit, StoreError> {
+        // The test suite's stand-in for an operation that never ends.
+        crate::stall_point!("permit-hang");
         let now = self.store.clock().now();
         permit::ask(&self.leases(), self.held(), now, rules).await
     }

@@ -77,6 +77,11 @@ pub struct Coordinator {
     stopping: Vec<JoinHandle<()>>,
     /// Where the loop notes its progress for systemd's watchdog.
     liveness: Arc<Liveness>,
+    /// The account whose lease is being taken, while it is.
+    taking: Option<AccountId>,
+    /// Accounts whose taking was cut off: MongoDB may have given this
+    /// replica the lease all the same.
+    stranded: Vec<AccountId>,
 }
 
 impl Coordinator {
@@ -95,6 +100,8 @@ impl Coordinator {
             shutdown: CancellationToken::new(),
             stopping: Vec::new(),
             liveness,
+            taking: None,
+            stranded: Vec::new(),
         }
     }
 
@@ -143,8 +150,8 @@ impl Coordinator {
         }
     }
 
-    /// Runs one MongoDB operation (timed in `metrics`), cut off after a
-    /// renew interval (a write that hangs must not hold up the renewals),
+    /// Runs one MongoDB operation (timed in `metrics`), cut off after the
+    /// operation timeout (a write that hangs must not hold up the renewals),
     /// whose end, failed or not, is progress for the watchdog; a refusal is
     /// noted, to stop the replica at the next turn.
     async fn observed<T>(
@@ -152,7 +159,7 @@ impl Coordinator {
         operation: Operation,
         run: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let bounded = bounded(self.lease.renew_interval, run);
+        let bounded = bounded(self.ctx.operation_timeout, run);
         let result = self.ctx.metrics.observe(operation, bounded).await;
         self.liveness.progress();
         if let Err(StoreError::Refused(refused)) = &result {
@@ -211,9 +218,11 @@ impl Coordinator {
             self.give_back(&id, "handing the lease to a less busy replica");
         }
         let metrics = self.ctx.metrics.clone();
+        self.release_stranded().await;
         // Each lease taken is progress; the whole is cut off like any one
-        // operation (a lease taken when the cut comes is left to expire).
-        let limit = self.lease.renew_interval;
+        // operation. A lease being taken when the cut comes may have been
+        // taken all the same: it is given back at the next turn.
+        let limit = self.ctx.operation_timeout;
         let acquired = metrics
             .observe(
                 Operation::Acquire,
@@ -221,6 +230,9 @@ impl Coordinator {
             )
             .await;
         self.liveness.progress();
+        if let Some(id) = self.taking.take() {
+            self.stranded.push(id);
+        }
         if let Err(e) = acquired {
             tracing::warn!(error = %e, "cannot look for free leases");
         }
@@ -330,15 +342,49 @@ impl Coordinator {
     /// Tries to take the account's lease and, if it gets it, starts its
     /// refreshers.
     async fn take(&mut self, account: Account) -> Result<(), StoreError> {
+        self.taking = Some(account.id.clone());
         let taken = self
             .leases
             .acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
             .await;
+        self.taking = None;
         self.liveness.progress();
         if let Some(lease) = taken? {
             self.start(account, lease);
         }
         Ok(())
+    }
+
+    /// Gives back the leases whose taking was cut off and that MongoDB gave
+    /// this replica all the same (held by this instance, and not in
+    /// `held`): nobody refreshes them otherwise until they expire.
+    async fn release_stranded(&mut self) {
+        if self.stranded.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.stranded);
+        let infos = self
+            .observed(Operation::Acquire, self.leases.infos(&ids))
+            .await;
+        let Ok(infos) = infos else {
+            // Try again at the next turn.
+            self.stranded = ids;
+            return;
+        };
+        for info in infos {
+            if info.holder != *self.ctx.instance_id || self.held.contains_key(&info.app_id) {
+                continue;
+            }
+            let release = self.leases.release_taken(&info);
+            match self.observed(Operation::Release, release).await {
+                Ok(()) => {
+                    tracing::info!(account = %info.app_id, "released a lease whose taking was cut off")
+                }
+                Err(e) => {
+                    tracing::warn!(account = %info.app_id, error = %e, "cannot release a lease whose taking was cut off; it expires on its own")
+                }
+            }
+        }
     }
 
     fn start(&mut self, account: Account, lease: Lease) {

@@ -54,7 +54,7 @@ impl Refresher {
         let started = Instant::now();
         let ask = self.lease.permit(self.permit_rules());
         let permit = tokio::select! {
-            permit = self.ctx.metrics.observe(Operation::Permit, ask) => permit,
+            permit = self.ctx.observe(Operation::Permit, ask) => permit,
             () = stop.cancelled() => return Duration::ZERO,
         };
         match permit {
@@ -100,16 +100,14 @@ impl Refresher {
 
     /// The newest valid access token (malformed documents skipped).
     async fn access_token(&self) -> Result<Option<Credential>, StoreError> {
-        let read = self.ctx.store.credentials().scan_newest(
-            CredentialKind::AccessToken,
-            &self.account.id,
-            Some(self.now()),
-        );
-        let newest = self
-            .ctx
-            .metrics
-            .observe(Operation::ReadAccessToken, read)
-            .await?;
+        let read = async {
+            let credentials = self.ctx.store.credentials();
+            let now = Some(self.now());
+            Ok(credentials
+                .scan_newest(CredentialKind::AccessToken, &self.account.id, now)
+                .await?)
+        };
+        let newest = self.ctx.observe(Operation::ReadAccessToken, read).await?;
         Ok(newest.credential)
     }
 
@@ -260,7 +258,7 @@ impl Refresher {
     ) -> Duration {
         if error.class() == ErrorClass::DailyQuota {
             let mark = self.lease.mark_quota_exhausted(self.api());
-            let marked = self.ctx.metrics.observe(Operation::LeaseNote, mark).await;
+            let marked = self.ctx.observe(Operation::LeaseNote, mark).await;
             self.lease_note_failed(marked);
             return self.quota_spent(calls_today, Some(error));
         }
@@ -273,7 +271,7 @@ impl Refresher {
         self.report_fetch_error(error, wait);
         let message = error.to_string();
         let note = self.lease.note_error(Some(&message));
-        let noted = self.ctx.metrics.observe(Operation::LeaseNote, note).await;
+        let noted = self.ctx.observe(Operation::LeaseNote, note).await;
         self.lease_note_failed(noted);
         wait
     }

@@ -40,6 +40,28 @@ pub struct Context {
     pub call_timeout: Duration,
     pub instance_id: Arc<str>,
     pub metrics: Arc<Metrics>,
+    /// Every MongoDB operation of the daemon is cut off after this long
+    /// (see `Settings::mongodb_operation_timeout`), and fails as
+    /// [`StoreError::TimedOut`].
+    pub operation_timeout: Duration,
+}
+
+impl Context {
+    /// `operation`, timed in the metrics as `what`, cut off after
+    /// [`Context::operation_timeout`].
+    pub async fn observe<T>(
+        &self,
+        what: Operation,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.operation_timeout;
+        let bounded = async {
+            tokio::time::timeout(limit, operation)
+                .await
+                .unwrap_or(Err(StoreError::TimedOut(limit)))
+        };
+        self.metrics.observe(what, bounded).await
+    }
 }
 
 /// What a problem was, to log a repeated one once rather than every retry.
@@ -180,12 +202,7 @@ impl Refresher {
     /// fetching would rotate it under every service that already reads it.
     async fn load_stored(&mut self, now: SystemTime) -> Duration {
         let read = self.read_newest();
-        let newest = match self
-            .ctx
-            .metrics
-            .observe(Operation::LoadCredential, read)
-            .await
-        {
+        let newest = match self.ctx.observe(Operation::LoadCredential, read).await {
             Ok(newest) => newest,
             Err(e) => return self.store_failed(&e, "cannot read the stored credential"),
         };
@@ -272,11 +289,7 @@ impl Refresher {
         let insert = self
             .lease
             .insert(self.kind, &pending.fetched, pending.reason, newest);
-        let inserted = self
-            .ctx
-            .metrics
-            .observe(Operation::InsertCredential, insert)
-            .await;
+        let inserted = self.ctx.observe(Operation::InsertCredential, insert).await;
         self.write_failed = inserted.is_err();
         if inserted.is_ok() {
             self.stored_again().await;
@@ -333,7 +346,7 @@ impl Refresher {
         self.recovered_from(&Problem::Store);
         if self.last_problem.take().is_some() {
             let clear = self.lease.note_error(None);
-            let cleared = self.ctx.metrics.observe(Operation::LeaseNote, clear).await;
+            let cleared = self.ctx.observe(Operation::LeaseNote, clear).await;
             self.lease_note_failed(cleared);
         }
     }

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::IndexOptions;
 use mongodb::IndexModel;
@@ -16,6 +15,15 @@ use super::{server_code, Store, StoreError};
 /// MongoDB's `NamespaceNotFound`: listing the indexes of a collection that
 /// does not exist yet.
 const NAMESPACE_NOT_FOUND: i32 = 26;
+/// MongoDB's `IndexOptionsConflict` and `IndexKeySpecsConflict`.
+const INDEX_CONFLICTS: [i32; 2] = [85, 86];
+/// How many times indexes are planned when the server keeps finding one in
+/// the way that the plan did not see.
+const PLANS: usize = 3;
+
+fn is_index_conflict(error: &mongodb::error::Error) -> bool {
+    server_code(error).is_some_and(|code| INDEX_CONFLICTS.contains(&code))
+}
 
 /// An index wxtokend needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,27 +85,53 @@ impl std::fmt::Display for IndexStep {
 
 /// An index in place that stands where one wxtokend needs must be.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the index {existing} on {database}.{collection} is in the way of the index wxtokend needs, \
-     {wanted}: drop it (in mongosh: db.getSiblingDB(\"{database}\").{collection}.dropIndex(\"{existing_name}\")) \
-     and start wxtokend again, which creates its own (or use another mongodb.database)"
-)]
-pub struct IndexConflict {
-    pub database: String,
-    pub collection: &'static str,
-    pub wanted: String,
-    pub existing: String,
-    pub existing_name: String,
+pub enum IndexConflict {
+    #[error(
+        "the index {existing} on {database}.{collection} is in the way of the index wxtokend \
+         needs, {wanted}: drop it (in mongosh: \
+         db.getSiblingDB({}).getCollection({}).dropIndex({})) and start wxtokend again, \
+         which creates its own (or use another mongodb.database)",
+        json(database),
+        json(collection),
+        json(existing_name)
+    )]
+    InTheWay {
+        database: String,
+        collection: &'static str,
+        wanted: String,
+        existing: String,
+        existing_name: String,
+    },
+    /// The server kept refusing an index the plan found no obstacle to.
+    #[error(
+        "MongoDB keeps refusing the indexes of {database} as in the way of others, although \
+         listIndexes shows none: compare db.<collection>.getIndexes() with the README's list"
+    )]
+    Unresolved { database: String },
 }
 
-/// An index as `listIndexes` shows it.
+/// `text` as a JavaScript (JSON) string, for a mongosh line to paste.
+fn json(text: &str) -> serde_json::Value {
+    serde_json::Value::from(text)
+}
+
+/// An index as `listIndexes` shows it (read field by field: other tools
+/// write numbers where the driver's types expect booleans or integers).
 #[derive(Debug, Clone, PartialEq)]
 struct Existing {
     name: String,
     keys: Vec<(String, f64)>,
     unique: bool,
-    ttl: Option<Duration>,
+    /// `expireAfterSeconds`, as stored (a double, say, from the old shell).
+    ttl: Option<f64>,
+    /// Options that change what the index holds or how it compares:
+    /// `sparse`, `partialFilterExpression`, `collation`.
+    narrowed: Vec<&'static str>,
 }
+
+/// The options of an index that change which documents it holds or how it
+/// compares keys: one of ours must have none.
+const NARROWING: [&str; 3] = ["sparse", "partialFilterExpression", "collation"];
 
 impl From<&IndexSpec> for Existing {
     fn from(spec: &IndexSpec) -> Existing {
@@ -109,24 +143,48 @@ impl From<&IndexSpec> for Existing {
                 .map(|(key, order)| ((*key).to_owned(), f64::from(*order)))
                 .collect(),
             unique: spec.unique,
-            ttl: spec.ttl,
+            ttl: spec.ttl.map(|ttl| ttl.as_secs_f64().floor()),
+            narrowed: Vec::new(),
         }
     }
 }
 
 impl Existing {
-    fn of(model: &IndexModel) -> Existing {
-        let options = model.options.as_ref();
+    fn of(index: &Document) -> Existing {
         Existing {
-            name: options.and_then(|o| o.name.clone()).unwrap_or_default(),
-            keys: model
-                .keys
-                .iter()
-                .map(|(key, order)| (key.clone(), number(order)))
+            name: index.get_str("name").unwrap_or_default().to_owned(),
+            keys: index
+                .get_document("key")
+                .map(|keys| {
+                    keys.iter()
+                        .map(|(key, order)| (key.clone(), number(order)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            unique: index.get("unique").is_some_and(truthy),
+            ttl: index.get("expireAfterSeconds").map(number),
+            narrowed: NARROWING
+                .into_iter()
+                .filter(|option| match index.get(*option) {
+                    Some(
+                        value @ (Bson::Boolean(_)
+                        | Bson::Int32(_)
+                        | Bson::Int64(_)
+                        | Bson::Double(_)),
+                    ) => truthy(value),
+                    Some(Bson::Null) | None => false,
+                    Some(_) => true,
+                })
                 .collect(),
-            unique: options.and_then(|o| o.unique).unwrap_or(false),
-            ttl: options.and_then(|o| o.expire_after),
         }
+    }
+
+    /// Its `expireAfterSeconds` as a whole number of seconds, if it is one
+    /// MongoDB acts on.
+    fn ttl_seconds(&self) -> Option<u64> {
+        self.ttl
+            .filter(|ttl| ttl.is_finite() && *ttl >= 0.0)
+            .map(|ttl| ttl as u64)
     }
 }
 
@@ -137,7 +195,10 @@ impl std::fmt::Display for Existing {
             f.write_str(" unique")?;
         }
         if let Some(ttl) = self.ttl {
-            write!(f, " expireAfterSeconds {}", ttl.as_secs())?;
+            write!(f, " expireAfterSeconds {ttl}")?;
+        }
+        for option in &self.narrowed {
+            write!(f, " {option}")?;
         }
         Ok(())
     }
@@ -151,6 +212,17 @@ fn number(order: &Bson) -> f64 {
         Bson::Int64(n) => *n as f64,
         Bson::Double(n) => *n,
         _ => f64::NAN,
+    }
+}
+
+/// A boolean option as MongoDB reads it (`true`, or a non-zero number).
+fn truthy(value: &Bson) -> bool {
+    match value {
+        Bson::Boolean(b) => *b,
+        Bson::Int32(n) => *n != 0,
+        Bson::Int64(n) => *n != 0,
+        Bson::Double(n) => *n != 0.0,
+        _ => false,
     }
 }
 
@@ -170,7 +242,7 @@ fn plan(
     existing: &[Existing],
 ) -> Result<Option<IndexStep>, IndexConflict> {
     let keys = Existing::from(wanted).keys;
-    let conflict = |index: &Existing| IndexConflict {
+    let conflict = |index: &Existing| IndexConflict::InTheWay {
         database: database.to_owned(),
         collection: wanted.collection,
         wanted: wanted.to_string(),
@@ -178,22 +250,25 @@ fn plan(
         existing_name: index.name.clone(),
     };
     if let Some(index) = existing.iter().find(|index| index.name == wanted.name) {
-        if index.keys != keys || index.unique != wanted.unique {
+        if index.keys != keys || index.unique != wanted.unique || !index.narrowed.is_empty() {
             return Err(conflict(index));
         }
         return match (wanted.ttl, index.ttl) {
             (None, None) => Ok(None),
-            (Some(want), Some(have)) if want == have => Ok(None),
-            (Some(_), Some(have)) => Ok(Some(IndexStep::ChangeTtl {
+            (Some(want), Some(_)) if index.ttl_seconds() == Some(want.as_secs()) => Ok(None),
+            (Some(_), Some(_)) => Ok(Some(IndexStep::ChangeTtl {
                 spec: wanted.clone(),
-                from: have,
+                from: Duration::from_secs(index.ttl_seconds().unwrap_or_default()),
             })),
             _ => Err(conflict(index)),
         };
     }
-    // MongoDB keeps one index per key pattern: another name on the same
-    // keys refuses ours.
-    if let Some(index) = existing.iter().find(|index| index.keys == keys) {
+    // The same keys under another name: MongoDB refuses ours if that index
+    // is the same kind of index (and creates ours beside it otherwise).
+    let same = |index: &&Existing| {
+        index.keys == keys && index.unique == wanted.unique && index.narrowed.is_empty()
+    };
+    if let Some(index) = existing.iter().find(same) {
         return Err(conflict(index));
     }
     Ok(Some(IndexStep::Create(wanted.clone())))
@@ -224,28 +299,45 @@ impl Store {
     }
 
     async fn list_indexes(&self, collection: &str) -> Result<Vec<Existing>, StoreError> {
+        // One batch holds them all: a collection has at most 64 indexes.
         let listed = self
             .database()
-            .collection::<Document>(collection)
-            .list_indexes()
+            .run_command(doc! { "listIndexes": collection, "cursor": { "batchSize": 1000 } })
             .await;
-        let cursor = match listed {
-            Ok(cursor) => cursor,
+        let answer = match listed {
+            Ok(answer) => answer,
             Err(e) if server_code(&e) == Some(NAMESPACE_NOT_FOUND) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let models: Vec<IndexModel> = cursor.try_collect().await?;
-        Ok(models.iter().map(Existing::of).collect())
+        let batch = answer
+            .get_document("cursor")
+            .and_then(|cursor| cursor.get_array("firstBatch"))
+            .map_err(|_| {
+                StoreError::Unsupported("listIndexes answered without cursor.firstBatch")
+            })?;
+        Ok(batch
+            .iter()
+            .filter_map(Bson::as_document)
+            .map(Existing::of)
+            .collect())
     }
 
-    /// Takes one step of a plan.
-    pub async fn apply_index_step(&self, step: &IndexStep) -> Result<(), StoreError> {
+    /// Takes one step of a plan. `false`: the server found an index in the
+    /// way that the plan did not see (another replica, or a person, changed
+    /// the indexes meanwhile): plan again.
+    pub async fn apply_index_step(&self, step: &IndexStep) -> Result<bool, StoreError> {
         match step {
             IndexStep::Create(spec) => {
-                self.database()
+                let created = self
+                    .database()
                     .collection::<Document>(spec.collection)
                     .create_index(spec.model())
-                    .await?;
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    Err(e) if is_index_conflict(&e) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
             }
             IndexStep::ChangeTtl { spec, .. } => {
                 let seconds = spec.ttl.unwrap_or_default().as_secs();
@@ -260,17 +352,46 @@ impl Store {
                     .await?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Brings the indexes in line with `wanted`: creates the missing ones
     /// and changes a TTL of another retention in place. An index in the way
     /// is an error ([`StoreError::IndexConflict`]).
     pub async fn ensure_indexes(&self, wanted: &[IndexSpec]) -> Result<(), StoreError> {
-        for step in self.plan_indexes(wanted).await? {
-            self.apply_index_step(&step).await?;
+        self.ensure_indexes_with(wanted, |_| Ok(()))
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Store::ensure_indexes`], with `approve` seeing each plan before it
+    /// is carried out (to check the privileges it needs). Plans again when
+    /// the server finds an index in the way the plan did not see, up to
+    /// three times. Returns the steps taken.
+    pub async fn ensure_indexes_with(
+        &self,
+        wanted: &[IndexSpec],
+        approve: impl Fn(&[IndexStep]) -> Result<(), StoreError>,
+    ) -> Result<Vec<IndexStep>, StoreError> {
+        for _ in 0..PLANS {
+            let steps = self.plan_indexes(wanted).await?;
+            approve(&steps)?;
+            let mut in_line = true;
+            for step in &steps {
+                if !self.apply_index_step(step).await? {
+                    in_line = false;
+                    break;
+                }
+            }
+            if in_line {
+                return Ok(steps);
+            }
         }
-        Ok(())
+        Err(StoreError::IndexConflict(Box::new(
+            IndexConflict::Unresolved {
+                database: self.database_name().to_owned(),
+            },
+        )))
     }
 }
 
@@ -293,41 +414,63 @@ mod tests {
         ttl: Some(Duration::from_secs(3600)),
     };
 
-    fn existing(name: &str, keys: &[(&str, f64)], unique: bool, ttl: Option<u64>) -> Existing {
-        Existing {
-            name: name.to_owned(),
-            keys: keys.iter().map(|(k, o)| ((*k).to_owned(), *o)).collect(),
-            unique,
-            ttl: ttl.map(Duration::from_secs),
-        }
+    /// `plan` against indexes as `listIndexes` lists them.
+    fn plan_on(
+        wanted: &IndexSpec,
+        listed: &[Document],
+    ) -> Result<Option<IndexStep>, IndexConflict> {
+        let existing: Vec<Existing> = listed.iter().map(Existing::of).collect();
+        plan("wechat", wanted, &existing)
+    }
+
+    fn ours() -> Document {
+        doc! { "v": 2, "key": { "app_id": 1, "generation": -1 }, "name": "app_id_1_generation_-1", "unique": true }
     }
 
     #[test]
-    fn what_is_in_place_is_left_alone_and_what_is_missing_is_created() {
-        let same = existing(
-            "app_id_1_generation_-1",
-            &[("app_id", 1.0), ("generation", -1.0)],
-            true,
-            None,
-        );
-        assert_eq!(plan("wechat", &GENERATION, &[same]), Ok(None));
+    fn what_is_in_place_is_left_alone_whoever_wrote_it() {
+        assert_eq!(plan_on(&GENERATION, &[ours()]), Ok(None));
+        // mongosh writes doubles; an old server, a numeric `unique`.
+        let shell = doc! { "v": 2, "key": { "app_id": 1.0, "generation": -1.0 }, "name": "app_id_1_generation_-1", "unique": 1.0 };
+        assert_eq!(plan_on(&GENERATION, &[shell]), Ok(None));
+        for ttl in [Bson::Int32(3600), Bson::Int64(3600), Bson::Double(3600.0)] {
+            let index = doc! { "v": 2, "key": { "expires_at": 1 }, "name": "expires_at_ttl", "expireAfterSeconds": ttl };
+            assert_eq!(plan_on(&TTL, &[index]), Ok(None));
+        }
+        // A sub-second retention is compared in whole seconds, as stored.
+        let fine = IndexSpec {
+            ttl: Some(Duration::from_millis(3_600_500)),
+            ..TTL
+        };
+        let index = doc! { "key": { "expires_at": 1 }, "name": "expires_at_ttl", "expireAfterSeconds": 3600 };
+        assert_eq!(plan_on(&fine, &[index]), Ok(None));
+    }
+
+    #[test]
+    fn what_is_missing_is_created_and_another_retention_changed_in_place() {
         assert_eq!(
-            plan("wechat", &GENERATION, &[]),
+            plan_on(&GENERATION, &[]),
             Ok(Some(IndexStep::Create(GENERATION)))
         );
-        let ttl = existing("expires_at_ttl", &[("expires_at", 1.0)], false, Some(3600));
-        assert_eq!(plan("wechat", &TTL, &[ttl]), Ok(None));
-    }
-
-    #[test]
-    fn another_retention_is_changed_in_place() {
-        let ttl = existing("expires_at_ttl", &[("expires_at", 1.0)], false, Some(60));
+        for (stored, from) in [
+            (Bson::Int32(60), 60),
+            (Bson::Double(f64::NAN), 0),
+            (Bson::Int64(-1), 0),
+        ] {
+            let index = doc! { "key": { "expires_at": 1 }, "name": "expires_at_ttl", "expireAfterSeconds": stored };
+            assert_eq!(
+                plan_on(&TTL, &[index]),
+                Ok(Some(IndexStep::ChangeTtl {
+                    spec: TTL,
+                    from: Duration::from_secs(from)
+                }))
+            );
+        }
+        // Another kind of index on the same keys does not stand in the way.
+        let narrower = doc! { "key": { "app_id": 1, "generation": -1 }, "name": "by_generation" };
         assert_eq!(
-            plan("wechat", &TTL, &[ttl]),
-            Ok(Some(IndexStep::ChangeTtl {
-                spec: TTL,
-                from: Duration::from_secs(60)
-            }))
+            plan_on(&GENERATION, &[narrower]),
+            Ok(Some(IndexStep::Create(GENERATION)))
         );
     }
 
@@ -335,42 +478,34 @@ mod tests {
     fn an_index_in_the_way_is_a_conflict_naming_how_to_drop_it() {
         let cases = [
             // Same name, not unique.
-            existing(
-                "app_id_1_generation_-1",
-                &[("app_id", 1.0), ("generation", -1.0)],
-                false,
-                None,
-            ),
+            doc! { "key": { "app_id": 1, "generation": -1 }, "name": "app_id_1_generation_-1" },
             // Same name, other keys.
-            existing("app_id_1_generation_-1", &[("app_id", 1.0)], true, None),
-            // Same keys, another name.
-            existing(
-                "by_generation",
-                &[("app_id", 1.0), ("generation", -1.0)],
-                true,
-                None,
-            ),
+            doc! { "key": { "app_id": 1 }, "name": "app_id_1_generation_-1", "unique": true },
+            // Same name, holding only some documents, or comparing otherwise.
+            doc! { "key": { "app_id": 1, "generation": -1 }, "name": "app_id_1_generation_-1", "unique": true, "partialFilterExpression": { "app_id": { "$exists": true } } },
+            doc! { "key": { "app_id": 1, "generation": -1 }, "name": "app_id_1_generation_-1", "unique": true, "collation": { "locale": "en" } },
+            doc! { "key": { "app_id": 1, "generation": -1 }, "name": "app_id_1_generation_-1", "unique": true, "sparse": true },
+            // The same index under another name.
+            doc! { "key": { "app_id": 1, "generation": -1 }, "name": "by \"generation\"", "unique": true },
         ];
         for index in cases {
-            let conflict =
-                plan("wechat", &GENERATION, std::slice::from_ref(&index)).expect_err("a conflict");
+            let name = index.get_str("name").expect("name").to_owned();
+            let conflict = plan_on(&GENERATION, &[index]).expect_err("a conflict");
             let text = conflict.to_string();
+            let drop = format!("dropIndex({})", serde_json::Value::from(name.as_str()));
             assert!(
-                text.contains(&format!("dropIndex(\"{}\")", index.name))
-                    && text.contains("wechat.access_tokens")
+                text.contains(&drop)
+                    && text
+                        .contains("db.getSiblingDB(\"wechat\").getCollection(\"access_tokens\")")
                     && text.contains("app_id_1_generation_-1 { app_id: 1, generation: -1 } unique"),
                 "{text}"
             );
         }
         // A TTL index where ours has none, and none where ours has one.
-        let ttl_less = existing("expires_at_ttl", &[("expires_at", 1.0)], false, None);
-        assert!(plan("wechat", &TTL, &[ttl_less]).is_err());
-        let with_ttl = existing(
-            "app_id_1_generation_-1",
-            &[("app_id", 1.0), ("generation", -1.0)],
-            true,
-            Some(60),
-        );
-        assert!(plan("wechat", &GENERATION, &[with_ttl]).is_err());
+        let ttl_less = doc! { "key": { "expires_at": 1 }, "name": "expires_at_ttl" };
+        assert!(plan_on(&TTL, &[ttl_less]).is_err());
+        let mut with_ttl = ours();
+        with_ttl.insert("expireAfterSeconds", 60);
+        assert!(plan_on(&GENERATION, &[with_ttl]).is_err());
     }
 }

@@ -7,6 +7,7 @@
 //! ([`wxtokend_reader::Refused`]).
 
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::ErrorKind;
 
 use super::{Store, StoreError};
 
@@ -44,18 +45,26 @@ fn describe(database: &str, missing: &[(&'static str, &'static str)]) -> String 
 }
 
 impl Store {
-    /// The privileges of `needed` the user lacks, by the server's own list;
-    /// `None` when there is nothing to compare with (no user, or a server
-    /// that lists no privileges).
-    pub async fn missing_privileges(
-        &self,
-        needed: &[Needed],
-    ) -> Result<Option<MissingPrivileges>, StoreError> {
+    /// The user's privileges as the server lists them (`connectionStatus`
+    /// with `showPrivileges`); `None` when the server cannot say (it
+    /// refused or does not know the command: a proxy, a compatible
+    /// service), with a warning.
+    pub async fn privileges(&self) -> Result<Option<Document>, StoreError> {
         let status = self
             .database()
             .run_command(doc! { "connectionStatus": 1, "showPrivileges": true })
-            .await?;
-        Ok(missing(self.database_name(), &status, needed))
+            .await;
+        match status {
+            Ok(status) => Ok(Some(status)),
+            Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(_)) => {
+                tracing::warn!(
+                    "MongoDB does not list this user's privileges (connectionStatus failed); \
+                     a missing one shows when it is refused"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -63,8 +72,8 @@ impl MissingPrivileges {
     /// Compares `needed` with the privileges in a `connectionStatus`
     /// answer; `None` when nothing is missing or there is nothing to
     /// compare with.
-    pub fn compare(database: &str, status: &Document, needed: &[Needed]) -> Option<Self> {
-        missing(database, status, needed)
+    pub fn compare(database: &str, status: Option<&Document>, needed: &[Needed]) -> Option<Self> {
+        missing(database, status?, needed)
     }
 }
 

@@ -201,7 +201,7 @@ async fn an_index_in_the_way_stops_check_and_run_and_names_it() {
     fake.add_app(account().app());
     let config = TestConfig::new(&db.uri, &db.name, &fake.url(), &[account()]);
     let drop = format!(
-        "db.getSiblingDB(\"{}\").access_tokens.dropIndex(\"app_id_1_generation_-1\")",
+        "db.getSiblingDB(\"{}\").getCollection(\"access_tokens\").dropIndex(\"app_id_1_generation_-1\")",
         db.name
     );
 

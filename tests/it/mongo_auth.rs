@@ -596,10 +596,29 @@ fn the_readme_role_is_what_the_start_up_privilege_check_asks_for() {
             },
         }
     };
-    let needed = wxtokend::privileges_needed();
+    use wxtokend::store::{IndexStep, MissingPrivileges};
+    // The first start (every index created) and a changed retention.
+    let credentials = wxtokend::store::credential_indexes(Duration::from_secs(86_400));
+    let mut steps: Vec<IndexStep> = credentials
+        .iter()
+        .chain(&wxtokend::store::request_indexes())
+        .chain(&wxtokend::coordination::indexes())
+        .cloned()
+        .map(IndexStep::Create)
+        .collect();
+    steps.extend(
+        credentials
+            .into_iter()
+            .filter(|spec| spec.ttl.is_some())
+            .map(|spec| IndexStep::ChangeTtl {
+                spec,
+                from: Duration::from_secs(60),
+            }),
+    );
+    let needed = wxtokend::privileges_needed(&steps);
     let full = status(readme_role("wxtokend", "wechat", |_| {}));
     assert_eq!(
-        wxtokend::store::MissingPrivileges::compare("wechat", &full, &needed),
+        MissingPrivileges::compare("wechat", Some(&full), &needed),
         None
     );
     let partial = status(readme_role(
@@ -607,10 +626,22 @@ fn the_readme_role_is_what_the_start_up_privilege_check_asks_for() {
         "wechat",
         without("insert", "access_tokens"),
     ));
-    let missing = wxtokend::store::MissingPrivileges::compare("wechat", &partial, &needed)
-        .expect("insert is missing");
+    let missing =
+        MissingPrivileges::compare("wechat", Some(&partial), &needed).expect("insert is missing");
     assert_eq!(missing.missing, [("access_tokens", "insert")]);
+    // An index already in place needs no createIndex.
+    let no_index = status(readme_role(
+        "wxtokend",
+        "wechat",
+        without("createIndex", "instances"),
+    ));
+    let everyday = wxtokend::privileges_needed(&[]);
+    assert_eq!(
+        MissingPrivileges::compare("wechat", Some(&no_index), &everyday),
+        None
+    );
+    assert!(MissingPrivileges::compare("wechat", Some(&no_index), &needed).is_some());
     // The reader's role is not enough for the daemon.
     let reader = status(readme_role("wxtokendReader", "wechat", |_| {}));
-    assert!(wxtokend::store::MissingPrivileges::compare("wechat", &reader, &needed).is_some());
+    assert!(MissingPrivileges::compare("wechat", Some(&reader), &everyday).is_some());
 }

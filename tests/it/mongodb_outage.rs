@@ -2,7 +2,7 @@
 //! memory, writes it when MongoDB returns, never fetches twice for it, and
 //! never calls WeChat without a permit from MongoDB.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use fake_wechat::Fault;
 
@@ -170,4 +170,69 @@ async fn every_failed_mongodb_operation_is_counted() {
             m.mongodb_errors("renew") >= 1 && m.mongodb_errors("heartbeat") >= 1
         })
         .await;
+}
+
+/// MongoDB gives this replica a lease but the answer never comes back (an
+/// injected fault): the taking is cut off after the operation timeout, and
+/// at the next turn the replica finds the lease held in its name, gives it
+/// back and takes it properly, instead of leaving the account without a
+/// refresher until the lease expires (20 s here).
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_lease_taken_whose_answer_was_lost_is_given_back_at_once() {
+    let started = SystemTime::now();
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wx00000000stranded",
+            "stranded-secret-0123",
+        ))
+        .config(|c| {
+            c.lease_duration = "20s";
+            c.env
+                .push(("FAILPOINTS", "acquire-answer-lost=1*return->off".into()));
+        })
+        .build()
+        .await;
+    let docs = s.wait_for_tokens(1).await;
+    let fetched = docs[0]
+        .get_datetime("fetched_at")
+        .expect("fetched_at")
+        .to_system_time();
+    let waited = fetched.duration_since(started).unwrap_or_default();
+    assert!(
+        waited < Duration::from_secs(15),
+        "the first token came {waited:?} after the start: the lease taken in the lost answer \
+         was left to expire"
+    );
+    let lease = s.lease(s.id()).await.expect("the lease");
+    assert!(
+        lease.term >= 2,
+        "taken once in the lost answer, then again: {lease:?}"
+    );
+}
+
+/// A refresher's MongoDB operation that never ends (here its first permit,
+/// hung by an injected fault) is cut off and retried like a failed one: the
+/// account gets its token, instead of a refresher stuck for good while the
+/// coordinator keeps renewing its lease.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_refresher_operation_that_hangs_is_cut_off_and_retried() {
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wx0000000permithang",
+            "permit-hang-secret-0123",
+        ))
+        .config(|c| {
+            c.env
+                .push(("FAILPOINTS", "permit-hang=1*return->off".into()));
+        })
+        .build()
+        .await;
+    s.wait_for_tokens(1).await;
+    let metrics = s.daemon().metrics().await;
+    assert!(
+        metrics.mongodb_errors("permit") >= 1,
+        "the hung permit was not cut off"
+    );
 }
