@@ -332,6 +332,103 @@ async fn footprint(uri: &str, n: usize, seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// MongoDB's operation counters (all kinds added up): a benchmark's
+/// round trips, give or take the few of its own polling.
+async fn server_operations(client: &Client) -> Result<i64> {
+    let status = client
+        .database("admin")
+        .run_command(doc! { "serverStatus": 1 })
+        .await?;
+    let counters = status.get_document("opcounters")?;
+    Ok(counters
+        .values()
+        .filter_map(|v| match v {
+            mongodb::bson::Bson::Int32(n) => Some(i64::from(*n)),
+            mongodb::bson::Bson::Int64(n) => Some(*n),
+            mongodb::bson::Bson::Double(n) => Some(*n as i64),
+            _ => None,
+        })
+        .sum())
+}
+
+/// The naive refresher the issue compares with: `concurrency` tasks, each
+/// taking the next account, calling WeChat's token endpoint and inserting
+/// one document. No leases, no permits, no fencing.
+async fn naive_loop(uri: &str, wechat: &str, n: usize, concurrency: usize) -> Result<Duration> {
+    let db = "bench_coldstart_naive";
+    fresh_store(uri, db).await?;
+    let collection = Client::with_uri_str(uri)
+        .await?
+        .database(db)
+        .collection::<Document>("access_tokens");
+    let http = reqwest::Client::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, http, collection) = (next.clone(), http.clone(), collection.clone());
+            let url = format!("{wechat}/cgi-bin/token");
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<(), String>(());
+                    }
+                    let id = account_id(i);
+                    let answer: serde_json::Value = http
+                        .get(&url)
+                        .query(&[
+                            ("grant_type", "client_credential"),
+                            ("appid", id.as_str()),
+                            ("secret", "bench-secret"),
+                        ])
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .json()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let token = answer["access_token"].as_str().ok_or("no token")?;
+                    let now = SystemTime::now();
+                    collection
+                        .insert_one(doc! {
+                            "app_id": &id,
+                            "access_token": token,
+                            "expires_in": 7200,
+                            "fetched_at": DateTime::from_system_time(now),
+                            "expires_at": DateTime::from_system_time(now + Duration::from_secs(7200)),
+                            "generation": 1_i64,
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?.map_err(|e| format!("naive loop: {e}"))?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Cold start: `n` accounts, an empty database, `replicas` daemons started
+/// at once; the time to the last first token, and MongoDB operations per
+/// account meanwhile.
+async fn cold_start(uri: &str, n: usize, replicas: usize) -> Result<(Duration, f64)> {
+    let db = format!("bench_coldstart_{n}_{replicas}");
+    let store = fresh_store(uri, &db).await?;
+    let fake = fake_with(n, Duration::from_secs(7200)).await?;
+    let client = Client::with_uri_str(uri).await?;
+    let before = server_operations(&client).await?;
+    let daemons: Vec<Daemon> = (0..replicas)
+        .map(|r| spawn_daemon(uri, &db, &fake.url(), n, "10m", &format!("replica-{r}")))
+        .collect::<Result<_>>()?;
+    let all = wait_all_valid(&store, n, Duration::from_secs(600)).await?;
+    let operations = server_operations(&client).await? - before;
+    drop(daemons);
+    Ok((all, operations as f64 / n as f64))
+}
+
 async fn scale(uri: &str, n: usize, replicas: usize) -> Result<()> {
     let lifetime = Duration::from_secs(120);
     let margin = Duration::from_secs(30);
@@ -432,6 +529,30 @@ async fn main() -> Result<()> {
         println!("|---:|---:|---:|---:|---:|");
         footprint(&uri, 1, 30).await?;
         footprint(&uri, 10_000, 30).await?;
+    }
+    if wants("coldstart") {
+        let n = std::env::var("BENCH_ACCOUNTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        println!("\n## Cold start: {n} accounts, empty database, to the last first token\n");
+        let fake = fake_with(n, Duration::from_secs(7200)).await?;
+        let naive = naive_loop(&uri, &fake.url(), n, 16).await?;
+        println!("| what | time to the last first token | vs the naive loop | MongoDB operations per account |");
+        println!("|---|---:|---:|---:|");
+        println!(
+            "| naive loop (16 tasks: GET /cgi-bin/token + insert_one) | {:.1} s | 1.00x | 1 |",
+            naive.as_secs_f64()
+        );
+        drop(fake);
+        for replicas in [1, 3] {
+            let (time, per_account) = cold_start(&uri, n, replicas).await?;
+            println!(
+                "| wxtokend, {replicas} replica(s) | {:.1} s | **{:.2}x** | {per_account:.1} |",
+                time.as_secs_f64(),
+                time.as_secs_f64() / naive.as_secs_f64()
+            );
+        }
     }
     if wants("scale") {
         println!("\n## Scale: 10,000 accounts, tokens live 120 s, margin 30 s, one full cycle\n");

@@ -83,6 +83,10 @@ impl Lease {
         self.term
     }
 
+    pub fn app_id(&self) -> &AccountId {
+        &self.app_id
+    }
+
     fn leases(&self) -> Collection<Document> {
         self.store.database().collection(LEASES)
     }

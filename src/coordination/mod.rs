@@ -24,7 +24,7 @@ use mongodb::Collection;
 use wxtokend_reader::document::integer;
 use wxtokend_reader::AccountId;
 
-use crate::store::{is_duplicate_key, IndexSpec, Store, StoreError};
+use crate::store::{is_duplicate_key, is_only_duplicate_keys, IndexSpec, Store, StoreError};
 use crate::wechat::Api;
 pub use lease::{Inserted, Lease, Newest, Stored};
 pub use permit::{Permit, PermitRules};
@@ -49,6 +49,9 @@ pub mod field {
     pub const QUOTA: &str = super::quota::QUOTA;
     pub const LAST_ERROR: &str = "last_error";
     pub const LAST_ERROR_AT: &str = "last_error_at";
+    /// A random number set by each batch of leases taken at once, to read
+    /// back which of them that batch got.
+    pub const BATCH: &str = "batch";
 }
 
 /// A lease term: increases by one each time the lease changes hands.
@@ -84,6 +87,95 @@ impl Leases {
         self.store.database().collection(LEASES)
     }
 
+    /// Takes, whatever their number, the leases of `ids` that nobody holds
+    /// or whose holder let them expire, in at most three round trips:
+    /// creating the documents of `new` (accounts without one yet, with the
+    /// WeChat APIs each will call: created free, today's quota day started
+    /// for those APIs), one update of all, and one read of what this batch
+    /// got. Returns the leases taken.
+    pub async fn acquire_many(
+        &self,
+        ids: &[AccountId],
+        new: &[(AccountId, Vec<Api>)],
+        holder: &Arc<str>,
+        duration: Duration,
+    ) -> Result<Vec<Lease>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = self.store.clock().now();
+        if !new.is_empty() {
+            let day = quota::quota_day(now);
+            let fresh = |(id, apis): &(AccountId, Vec<Api>)| {
+                let quota: Document = apis
+                    .iter()
+                    .map(|api| (api.as_str().to_owned(), quota::started(&day).into()))
+                    .collect();
+                doc! { field::ID: id.as_str(), field::QUOTA: quota }
+            };
+            let created = self
+                .collection()
+                .insert_many(new.iter().map(fresh))
+                .ordered(false)
+                .await;
+            match created {
+                Ok(_) => {}
+                // Created meanwhile by another replica: what matters is
+                // that they exist.
+                Err(e) if is_only_duplicate_keys(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let names: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        let batch = rand::random::<i64>();
+        let taken = self
+            .collection()
+            .update_many(
+                doc! {
+                    field::ID: { "$in": &names },
+                    "$or": [
+                        { field::TERM: { "$exists": false } },
+                        { "$expr": { "$lte": [format!("${}", field::EXPIRES_AT), "$$NOW"] } },
+                    ],
+                },
+                doc! {
+                    "$set": {
+                        field::HOLDER: holder.as_ref(),
+                        field::EXPIRES_AT: DateTime::from_system_time(now + duration),
+                        field::ACQUIRED_AT: DateTime::from_system_time(now),
+                        field::BATCH: batch,
+                    },
+                    "$inc": { field::TERM: 1_i64 },
+                },
+            )
+            .await?;
+        // The test suite's stand-in for an answer that never comes back
+        // although the leases were taken.
+        crate::stall_point!("acquire-answer-lost");
+        if taken.modified_count == 0 {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<Document> = self
+            .collection()
+            .find(doc! {
+                field::ID: { "$in": &names },
+                field::HOLDER: holder.as_ref(),
+                field::BATCH: batch,
+            })
+            .projection(doc! { field::ID: 1, field::TERM: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(docs
+            .iter()
+            .filter_map(|lease| {
+                let id = AccountId::new(lease.get_str(field::ID).ok()?);
+                let term = Term(integer(lease, field::TERM).ok()?);
+                Some(Lease::new(self.store.clone(), id, holder.clone(), term))
+            })
+            .collect())
+    }
+
     /// Takes the lease of `app_id` for `holder` if nobody holds it or its
     /// holder let it expire. `None`: someone else holds it.
     pub async fn acquire(
@@ -114,9 +206,6 @@ impl Leases {
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await;
-        // The test suite's stand-in for an answer that never comes back
-        // although the lease was taken.
-        crate::stall_point!("acquire-answer-lost");
         match result {
             Ok(Some(lease)) => {
                 let term = Term(integer(&lease, field::TERM).unwrap_or_default());
@@ -201,7 +290,6 @@ impl Leases {
         expire_now(&self.store, held_filter(held, holder)).await
     }
 
-    /// The lease documents of `ids`, or of every account if `ids` is empty.
     /// Gives back a lease as `info` shows it (holder and term): one this
     /// replica took without knowing it (its answer was cut off).
     pub async fn release_taken(&self, info: &LeaseInfo) -> Result<(), StoreError> {
@@ -214,6 +302,7 @@ impl Leases {
         lease.release().await
     }
 
+    /// The lease documents of `ids`, or of every account if `ids` is empty.
     pub async fn infos(&self, ids: &[AccountId]) -> Result<Vec<LeaseInfo>, StoreError> {
         let filter = if ids.is_empty() {
             doc! {}

@@ -36,6 +36,16 @@ pub fn path(api: Api, name: &str) -> String {
     format!("{QUOTA}.{}.{name}", api.as_str())
 }
 
+/// An API's counters at the start of quota day `day`.
+pub fn started(day: &str) -> Document {
+    let mut counters = Document::new();
+    counters.insert(field::DAY, day);
+    counters.insert(field::CALLS, 0_i64);
+    counters.insert(field::FORCED_CALLS, 0_i64);
+    counters.insert(field::EXHAUSTED, false);
+    counters
+}
+
 /// One API's counters for one account, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ApiQuota {

@@ -28,6 +28,7 @@ use crate::metrics::Operation;
 use crate::refresh::{Context, Refresher};
 use crate::store::StoreError;
 use crate::watchdog::Liveness;
+use crate::wechat::Api;
 
 mod requests;
 
@@ -77,8 +78,10 @@ pub struct Coordinator {
     stopping: Vec<JoinHandle<()>>,
     /// Where the loop notes its progress for systemd's watchdog.
     liveness: Arc<Liveness>,
-    /// The account whose lease is being taken, while it is.
-    taking: Option<AccountId>,
+    /// The accounts whose leases are being taken, while they are.
+    taking: Vec<AccountId>,
+    /// Where each account is in `accounts`.
+    index: HashMap<AccountId, usize>,
     /// Accounts whose taking was cut off: MongoDB may have given this
     /// replica the lease all the same.
     stranded: Vec<AccountId>,
@@ -91,7 +94,13 @@ impl Coordinator {
         lease: LeaseSettings,
         liveness: Arc<Liveness>,
     ) -> Self {
+        let index = accounts
+            .iter()
+            .enumerate()
+            .map(|(at, account)| (account.id.clone(), at))
+            .collect();
         Self {
+            index,
             leases: Leases::new(ctx.store.clone()),
             ctx,
             accounts,
@@ -100,7 +109,7 @@ impl Coordinator {
             shutdown: CancellationToken::new(),
             stopping: Vec::new(),
             liveness,
-            taking: None,
+            taking: Vec::new(),
             stranded: Vec::new(),
         }
     }
@@ -230,9 +239,7 @@ impl Coordinator {
             )
             .await;
         self.liveness.progress();
-        if let Some(id) = self.taking.take() {
-            self.stranded.push(id);
-        }
+        self.stranded.append(&mut self.taking);
         if let Err(e) = acquired {
             tracing::warn!(error = %e, "cannot look for free leases");
         }
@@ -275,8 +282,8 @@ impl Coordinator {
         }
     }
 
-    /// Takes free leases up to `share`, and orphans whatever the share, for
-    /// at most half a renew interval (the rest at the next tick).
+    /// Takes free leases up to `share`, and orphans (leases left expired
+    /// for over a renew interval) whatever the share, in one batch.
     async fn acquire_up_to(&mut self, share: usize) -> Result<(), StoreError> {
         let store = self.ctx.store.clone();
         let ids: Vec<AccountId> = self
@@ -286,23 +293,14 @@ impl Coordinator {
             .map(|a| a.id.clone())
             .collect();
         if self.held.len() >= share {
-            // At our share: only orphans (leases left expired) concern us,
-            // and that query returns nothing when all is well.
+            // At our share: only orphans concern us, and that query returns
+            // nothing when all is well.
             let now = store.server_time().await?;
             let orphans = self
                 .leases
                 .expired(&ids, now - self.lease.renew_interval)
                 .await?;
-            let deadline = tokio::time::Instant::now() + self.lease.renew_interval / 2;
-            for id in orphans {
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                if let Some(account) = self.accounts.iter().find(|a| a.id == id).cloned() {
-                    self.take(account).await?;
-                }
-            }
-            return Ok(());
+            return self.take(orphans, Vec::new()).await;
         }
         let infos: HashMap<AccountId, _> = self
             .leases
@@ -312,45 +310,85 @@ impl Coordinator {
             .map(|info| (info.app_id.clone(), info))
             .collect();
         let now = store.server_time().await?;
-        let mut candidates: Vec<Account> = self
-            .accounts
-            .iter()
-            .filter(|a| !self.held.contains_key(&a.id))
-            .filter(|a| infos.get(&a.id).is_none_or(|i| i.expires_at <= now))
-            .cloned()
+        let mut free: Vec<AccountId> = ids
+            .into_iter()
+            .filter(|id| infos.get(id).is_none_or(|i| i.expires_at <= now))
             .collect();
-        candidates.shuffle(&mut rand::rng());
-        // Taking thousands of leases one by one must not starve the renewal
-        // of those already held: stop after half a renew interval, go on at
-        // the next tick.
-        let deadline = tokio::time::Instant::now() + self.lease.renew_interval / 2;
-        for account in candidates {
-            if tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            let orphaned = infos
-                .get(&account.id)
-                .is_some_and(|i| i.expires_at + self.lease.renew_interval <= now);
-            if self.held.len() >= share && !orphaned {
-                continue;
-            }
-            self.take(account).await?;
-        }
-        Ok(())
+        free.shuffle(&mut rand::rng());
+        let orphaned = |id: &AccountId| {
+            infos
+                .get(id)
+                .is_some_and(|i| i.expires_at + self.lease.renew_interval <= now)
+        };
+        let (mut chosen, others): (Vec<AccountId>, Vec<AccountId>) =
+            free.into_iter().partition(|id| orphaned(id));
+        chosen.extend(others.into_iter().take(share - self.held.len()));
+        let new = chosen
+            .iter()
+            .filter(|id| !infos.contains_key(*id))
+            .filter_map(|id| {
+                let account = &self.accounts[*self.index.get(id)?];
+                let apis = account.kinds().map(|kind| account.api(kind)).collect();
+                Some((id.clone(), apis))
+            })
+            .collect();
+        self.take(chosen, new).await
     }
 
-    /// Tries to take the account's lease and, if it gets it, starts its
-    /// refreshers.
-    async fn take(&mut self, account: Account) -> Result<(), StoreError> {
-        self.taking = Some(account.id.clone());
+    /// Tries to take the leases of `ids` (`new`: those without a lease
+    /// document yet) and starts the refreshers of those it gets.
+    async fn take(
+        &mut self,
+        ids: Vec<AccountId>,
+        new: Vec<(AccountId, Vec<Api>)>,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.taking.clone_from(&ids);
         let taken = self
             .leases
-            .acquire(&account.id, &self.ctx.instance_id, self.lease.duration)
+            .acquire_many(&ids, &new, &self.ctx.instance_id, self.lease.duration)
             .await;
-        self.taking = None;
+        self.taking.clear();
         self.liveness.progress();
-        if let Some(lease) = taken? {
-            self.start(account, lease);
+        let taken = taken?;
+        // Which of them have anything stored, one query per kind: a
+        // refresher of an account with nothing stored (a new account) need
+        // not read first.
+        let taken_ids: Vec<AccountId> = taken.iter().map(|l| l.app_id().clone()).collect();
+        let mut with_history = HashMap::new();
+        for kind in CredentialKind::ALL {
+            let wanted = taken_ids.iter().any(|id| {
+                self.index
+                    .get(id)
+                    .is_some_and(|&at| self.accounts[at].kinds().any(|k| k == kind))
+            });
+            if wanted {
+                // On failure, every refresher reads for itself.
+                let any = self
+                    .ctx
+                    .store
+                    .accounts_with_history(kind, &taken_ids)
+                    .await
+                    .ok();
+                with_history.insert(kind, any);
+                self.liveness.progress();
+            }
+        }
+        for lease in taken {
+            let account = self
+                .index
+                .get(lease.app_id())
+                .map(|&at| self.accounts[at].clone());
+            if let Some(account) = account {
+                let id = account.id.clone();
+                let stored = |kind| match with_history.get(&kind) {
+                    Some(Some(ids)) => ids.contains(&id),
+                    _ => true,
+                };
+                self.start(account, lease, stored);
+            }
         }
         Ok(())
     }
@@ -387,7 +425,10 @@ impl Coordinator {
         }
     }
 
-    fn start(&mut self, account: Account, lease: Lease) {
+    /// Starts the account's refreshers under `lease`; `stored(kind)`: some
+    /// credential of that kind may be stored (read it before anything),
+    /// `false` when none is.
+    fn start(&mut self, account: Account, lease: Lease, stored: impl Fn(CredentialKind) -> bool) {
         tracing::info!(account = %account.id, term = lease.term().0, "took the lease");
         self.ctx.metrics.lease_taken(&account.id);
         let stop = self.shutdown.child_token();
@@ -403,6 +444,11 @@ impl Coordinator {
                 requests_rx,
                 stop.clone(),
             );
+            let refresher = if stored(kind) {
+                refresher
+            } else {
+                refresher.nothing_stored()
+            };
             requests.insert(kind, requests_tx);
             tasks.push(tokio::spawn(refresher.run()));
         }

@@ -116,6 +116,13 @@ impl Refresher {
         }
     }
 
+    /// For an account with nothing of this kind stored (its coordinator
+    /// just looked): no read before the first fetch.
+    pub fn nothing_stored(mut self) -> Self {
+        self.machine.loaded(None);
+        self
+    }
+
     /// Runs until its stop token is cancelled. A call already sent is
     /// finished (a fetched token must not be lost); a token that is still
     /// unstored then gets one last write attempt.

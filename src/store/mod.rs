@@ -216,6 +216,24 @@ impl Store {
         self.db.name()
     }
 
+    /// Which of `ids` have any `kind` document stored, valid or not.
+    pub async fn accounts_with_history(
+        &self,
+        kind: CredentialKind,
+        ids: &[wxtokend_reader::AccountId],
+    ) -> Result<std::collections::HashSet<wxtokend_reader::AccountId>, StoreError> {
+        let names: Vec<&str> = ids.iter().map(wxtokend_reader::AccountId::as_str).collect();
+        let found = self
+            .credentials
+            .collection(kind)
+            .distinct(field::APP_ID, doc! { field::APP_ID: { "$in": names } })
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|id| id.as_str().map(wxtokend_reader::AccountId::new))
+            .collect())
+    }
+
     /// The credential collections, read-only.
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
@@ -310,4 +328,18 @@ pub(super) fn server_code(error: &MongoError) -> Option<i32> {
 
 pub(crate) fn is_duplicate_key(error: &MongoError) -> bool {
     server_code(error) == Some(DUPLICATE_KEY)
+}
+
+/// An unordered `insert_many` whose every failure is a duplicate key: the
+/// documents it was to create all exist.
+pub(crate) fn is_only_duplicate_keys(error: &MongoError) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(e) => {
+            e.write_concern_error.is_none()
+                && e.write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|w| w.code == DUPLICATE_KEY))
+        }
+        _ => is_duplicate_key(error),
+    }
 }
