@@ -13,6 +13,7 @@ use crate::admin;
 use crate::coordination::{Leases, INSTANCES, LEASES};
 use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
+use crate::mirror::{MirrorError, Mirrors};
 use crate::watchdog::{self, Liveness};
 use wxtokend_reader::{ConnectOptions, Refused};
 
@@ -33,6 +34,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     RefresherDied(#[from] RefresherDied),
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
     #[error("the coordinator died: {0}")]
     CoordinatorDied(String),
     /// MongoDB refused the user or a privilege: a restart cannot help.
@@ -138,7 +141,15 @@ impl Daemon {
         if let Some(interval) = watchdog::interval() {
             watch_over(&settings, interval, liveness.clone(), shutdown.clone());
         }
+        let (mirrors, mirror_tasks) = Mirrors::start(
+            &settings.mirrors,
+            &settings.accounts,
+            &store,
+            &metrics,
+            &shutdown,
+        )?;
         let ctx = Arc::new(Context {
+            mirrors,
             wechat,
             store,
             refresh: settings.refresh.clone(),
@@ -178,6 +189,9 @@ impl Daemon {
             task.abort();
         }
         if let Some(task) = admin_task {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
+        for task in mirror_tasks {
             let _ = tokio::time::timeout(grace, task).await;
         }
         tracing::info!("wxtokend stopped");

@@ -14,6 +14,8 @@
 //!   get a permit for a WeChat call or to write a credential.
 //! - [`store`]: the database handle, the server's clock (`clock`), indexes.
 //! - `wechat`: the upstream HTTP client and the one errcode table.
+//! - `mirror`: Redis mirrors, each stored credential written in the key
+//!   layouts of the SDKs teams use (WxJava, silenceper, wechatpy).
 //! - `status`, `admin`, `metrics`, `telemetry`: what operators see;
 //!   `watchdog`: systemd's, pinged while the coordinator makes progress.
 //! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
@@ -26,6 +28,7 @@ pub mod coordination;
 mod coordinator;
 mod daemon;
 mod metrics;
+mod mirror;
 pub mod quota;
 mod refresh;
 mod status;

@@ -92,6 +92,8 @@ pub enum Operation {
     EnsureIndexes,
     /// The readiness check behind `/readyz`.
     Readiness,
+    /// A Redis mirror reading the newest credentials to rewrite them.
+    MirrorResync,
 }
 
 impl Operation {
@@ -109,6 +111,7 @@ impl Operation {
             Self::Requests => "requests",
             Self::EnsureIndexes => "ensure_indexes",
             Self::Readiness => "readiness",
+            Self::MirrorResync => "mirror_resync",
         }
     }
 }
@@ -155,4 +158,10 @@ pub struct QuotaLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: Operation,
+}
+
+/// The `mirror` label: a `[[mirrors]]` entry's `name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub mirror: String,
 }

@@ -22,8 +22,8 @@ use crate::wechat::Api;
 mod labels;
 
 use labels::{
-    AccountLabels, ApiLabels, CredentialLabels, Kind, KindLabels, OperationLabels, OutcomeLabels,
-    QuotaLabels,
+    AccountLabels, ApiLabels, CredentialLabels, Kind, KindLabels, MirrorLabels, OperationLabels,
+    OutcomeLabels, QuotaLabels,
 };
 pub use labels::{Operation, Outcome};
 
@@ -62,6 +62,11 @@ pub struct Metrics {
     lease_held: Family<AccountLabels, Gauge>,
     mongodb_duration: Histograms<OperationLabels>,
     mongodb_errors: Family<OperationLabels, Counter>,
+    mirror_writes: Family<MirrorLabels, Counter>,
+    mirror_errors: Family<MirrorLabels, Counter>,
+    mirror_dropped: Family<MirrorLabels, Counter>,
+    mirror_resyncs: Family<MirrorLabels, Counter>,
+    mirror_up: Family<MirrorLabels, Gauge>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -111,6 +116,11 @@ impl Metrics {
             lease_held: Family::default(),
             mongodb_duration: Family::new_with_constructor(mongodb_buckets),
             mongodb_errors: Family::default(),
+            mirror_writes: Family::default(),
+            mirror_errors: Family::default(),
+            mirror_dropped: Family::default(),
+            mirror_resyncs: Family::default(),
+            mirror_up: Family::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -181,7 +191,68 @@ impl Metrics {
             "Failed MongoDB operations, by what they are for",
             m.mongodb_errors.clone(),
         );
+        registry.register(
+            "wxtokend_mirror_writes",
+            "Credentials written to a Redis mirror (every SDK layout of one credential in one \
+             write)",
+            m.mirror_writes.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_errors",
+            "Failed Redis operations of a mirror (each is retried; see wxtokend_mirror_up)",
+            m.mirror_errors.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_dropped",
+            "Credentials a full mirror queue could not take (the mirror then rewrites \
+             everything from MongoDB)",
+            m.mirror_dropped.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_resyncs",
+            "Rewrites of every held credential from MongoDB (at start, after a Redis outage \
+             or restart, after a drop)",
+            m.mirror_resyncs.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_up",
+            "1 while the mirror's last Redis operation succeeded",
+            m.mirror_up.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A Redis mirror's outcome: `written` credentials, or a failure.
+    pub fn mirror(&self, mirror: &str, result: Result<u64, ()>) {
+        let labels = MirrorLabels {
+            mirror: mirror.to_owned(),
+        };
+        match result {
+            Ok(written) => {
+                self.mirror_writes.get_or_create(&labels).inc_by(written);
+                self.mirror_up.get_or_create(&labels).set(1);
+            }
+            Err(()) => {
+                self.mirror_errors.get_or_create(&labels).inc();
+                self.mirror_up.get_or_create(&labels).set(0);
+            }
+        }
+    }
+
+    pub fn mirror_dropped(&self, mirror: &str) {
+        self.mirror_dropped
+            .get_or_create(&MirrorLabels {
+                mirror: mirror.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn mirror_resynced(&self, mirror: &str) {
+        self.mirror_resyncs
+            .get_or_create(&MirrorLabels {
+                mirror: mirror.to_owned(),
+            })
+            .inc();
     }
 
     /// The credential an account's refresher now relies on.

@@ -25,6 +25,7 @@ use machine::{Action, Machine, Requested};
 use crate::config::{Account, RefreshSettings};
 use crate::coordination::{Inserted, Lease, RefreshRequest};
 use crate::metrics::{Metrics, Operation};
+use crate::mirror::{Mirrored, Mirrors};
 use crate::store::{Store, StoreError};
 use crate::wechat::{Api, ErrorClass, WechatClient};
 
@@ -40,6 +41,9 @@ pub struct Context {
     pub call_timeout: Duration,
     pub instance_id: Arc<str>,
     pub metrics: Arc<Metrics>,
+    /// Redis mirrors: offered every credential stored or reused, never
+    /// waited for.
+    pub mirrors: Mirrors,
 }
 
 /// What a problem was, to log a repeated one once rather than every retry.
@@ -181,6 +185,7 @@ impl Refresher {
         self.machine.loaded(newest.as_ref());
         match newest.filter(|c| c.is_valid_at(now)) {
             Some(c) => {
+                self.ctx.mirrors.offer(&c.clone().into());
                 self.ctx.metrics.credential(
                     &self.account.id,
                     self.kind,
@@ -246,6 +251,7 @@ impl Refresher {
             pending.fetched.expires_in,
         );
         let reason = pending.reason;
+        let value = pending.fetched.value.clone();
         let insert = self
             .lease
             .insert(self.kind, &pending.fetched, pending.reason);
@@ -259,6 +265,13 @@ impl Refresher {
         }
         match inserted {
             Ok(Inserted::Stored(generation)) => {
+                self.ctx.mirrors.offer(&Mirrored {
+                    account: self.account.id.clone(),
+                    kind: self.kind,
+                    generation,
+                    value,
+                    expires_at,
+                });
                 self.ctx.metrics.credential(
                     &self.account.id,
                     self.kind,

@@ -1,0 +1,142 @@
+//! Redis mirrors (`[[mirrors]]`): every credential this replica stores in
+//! MongoDB, or reuses from it when it takes a lease, is also written into
+//! Redis where and how each configured SDK reads it ([`layout`]), so that
+//! an SDK pointed at that Redis never fetches a token of its own.
+//!
+//! MongoDB stays the source of truth and its path never waits for Redis: a
+//! refresher only offers the credential to a bounded queue ([`Mirrors::offer`]);
+//! one task per mirror ([`writer`]) writes it. A full queue drops the offer,
+//! counts it, and makes the task rewrite everything from MongoDB.
+
+mod layout;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wxtokend_reader::{AccountId, Credential, CredentialKind, Generation};
+
+pub use layout::{KeyPrefixes, Layout};
+
+use crate::config::{Account, MirrorSettings};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Credentials a mirror's queue holds before offers are dropped: far more
+/// than one replica stores between two writes of a healthy Redis.
+const QUEUE: usize = 1024;
+
+/// A credential to mirror. `Debug` leaves the value out.
+#[derive(Clone)]
+pub struct Mirrored {
+    pub account: AccountId,
+    pub kind: CredentialKind,
+    pub generation: Generation,
+    pub value: SecretString,
+    pub expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for Mirrored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mirrored")
+            .field("account", &self.account)
+            .field("kind", &self.kind)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Credential> for Mirrored {
+    fn from(c: Credential) -> Self {
+        Self {
+            account: c.app_id,
+            kind: c.kind,
+            generation: c.generation,
+            value: c.value,
+            expires_at: c.expires_at,
+        }
+    }
+}
+
+/// The refreshers' side of every configured mirror.
+#[derive(Debug, Default)]
+pub struct Mirrors {
+    queues: Vec<Queue>,
+}
+
+#[derive(Debug)]
+struct Queue {
+    settings: Arc<MirrorSettings>,
+    tx: mpsc::Sender<Mirrored>,
+    /// Set when an offer was dropped: the writer rewrites from MongoDB.
+    lost: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Mirrors {
+    /// Starts one writer task per mirror; they end when `stop` is cancelled.
+    pub fn start(
+        settings: &[MirrorSettings],
+        accounts: &[Account],
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        stop: &CancellationToken,
+    ) -> Result<(Self, Vec<JoinHandle<()>>), MirrorError> {
+        let platforms: HashMap<AccountId, _> = accounts
+            .iter()
+            .map(|a| (a.id.clone(), a.platform))
+            .collect();
+        let mut queues = Vec::new();
+        let mut tasks = Vec::new();
+        for mirror in settings {
+            let settings = Arc::new(mirror.clone());
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let lost = Arc::new(AtomicBool::new(false));
+            let writer = writer::Writer::new(
+                settings.clone(),
+                platforms.clone(),
+                store.clone(),
+                metrics.clone(),
+                rx,
+                lost.clone(),
+            )
+            .map_err(|()| MirrorError::Url(mirror.name.clone()))?;
+            tasks.push(tokio::spawn(writer.run(stop.clone())));
+            queues.push(Queue {
+                settings,
+                tx,
+                lost,
+                metrics: metrics.clone(),
+            });
+        }
+        Ok((Self { queues }, tasks))
+    }
+
+    /// Hands a credential just stored in (or reused from) MongoDB to every
+    /// mirror that wants it. Never waits: a full queue drops it and asks
+    /// for a rewrite from MongoDB.
+    pub fn offer(&self, credential: &Mirrored) {
+        for queue in &self.queues {
+            if !queue.settings.wants(&credential.account, credential.kind) {
+                continue;
+            }
+            if queue.tx.try_send(credential.clone()).is_err() {
+                queue.lost.store(true, Ordering::Release);
+                queue.metrics.mirror_dropped(&queue.settings.name);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    /// Checked at load time already; the URL is never quoted.
+    #[error("mirror {0}: the Redis URL is not valid")]
+    Url(String),
+}
