@@ -44,7 +44,11 @@ pub use config::{
 };
 pub use coordination::{Lease, Leases};
 pub use daemon::{check_store, connect_store, shutdown_signal, Daemon, DaemonError};
-pub use status::{collect as collect_status, render as render_status, AccountStatus};
+pub use mirror::Health as MirrorHealth;
+pub use status::{
+    collect as collect_status, mirrors as mirror_status, render as render_status, render_mirrors,
+    AccountStatus,
+};
 pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;
 pub use wechat::{Api, FetchedCredential};

@@ -476,6 +476,9 @@ async fn status(settings: Settings, json: bool) -> u8 {
         },
         Ok(lines) => {
             print!("{}", wxtokend::render_status(&lines));
+            if let Some(mirrors) = wxtokend::mirror_status(&store).await {
+                print!("{}", wxtokend::render_mirrors(&mirrors));
+            }
             exit::OK
         }
         Err(e) => store_failure(&settings.mongodb, &e),

@@ -13,7 +13,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use secrecy::SecretString;
@@ -70,6 +70,28 @@ pub struct Mirrors {
     queues: Vec<Queue>,
 }
 
+/// How a mirror is doing, as this replica's heartbeat tells `status`.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub name: String,
+    /// The last Redis operation succeeded.
+    pub up: bool,
+    /// Failed Redis operations since start.
+    pub errors: u64,
+    /// The last failure (Redis's error: it names the command and the
+    /// server, never a value).
+    pub last_error: Option<String>,
+    /// When the last credential was written.
+    pub last_write: Option<SystemTime>,
+}
+
+/// One mirror's [`Health`], updated by its writer.
+pub(super) type SharedHealth = Arc<Mutex<Health>>;
+
+fn update(health: &SharedHealth, change: impl FnOnce(&mut Health)) {
+    change(&mut health.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
 #[derive(Debug)]
 struct Queue {
     settings: Arc<MirrorSettings>,
@@ -77,6 +99,7 @@ struct Queue {
     /// Set when an offer was dropped: the writer rewrites from MongoDB.
     lost: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    health: SharedHealth,
 }
 
 impl Mirrors {
@@ -98,6 +121,10 @@ impl Mirrors {
             let settings = Arc::new(mirror.clone());
             let (tx, rx) = mpsc::channel(QUEUE);
             let lost = Arc::new(AtomicBool::new(false));
+            let health = Arc::new(Mutex::new(Health {
+                name: mirror.name.clone(),
+                ..Health::default()
+            }));
             let writer = writer::Writer::new(
                 settings.clone(),
                 platforms.clone(),
@@ -105,6 +132,7 @@ impl Mirrors {
                 metrics.clone(),
                 rx,
                 lost.clone(),
+                health.clone(),
             )
             .map_err(|()| MirrorError::Url(mirror.name.clone()))?;
             tasks.push(tokio::spawn(writer.run(stop.clone())));
@@ -113,9 +141,23 @@ impl Mirrors {
                 tx,
                 lost,
                 metrics: metrics.clone(),
+                health,
             });
         }
         Ok((Self { queues }, tasks))
+    }
+
+    /// Every mirror's health now.
+    pub fn health(&self) -> Vec<Health> {
+        self.queues
+            .iter()
+            .map(|q| {
+                q.health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            })
+            .collect()
     }
 
     /// Hands a credential just stored in (or reused from) MongoDB to every

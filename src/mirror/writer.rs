@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use wxtokend_reader::{AccountId, CredentialKind};
 
 use super::layout::{entries, Value};
-use super::Mirrored;
+use super::{update, Mirrored, SharedHealth};
 use crate::config::{MirrorSettings, Platform};
 use crate::metrics::{Metrics, Operation};
 use crate::store::Store;
@@ -79,6 +79,7 @@ pub(super) struct Writer {
     server: Option<String>,
     /// The last problem, logged once until Redis answers again.
     failing: bool,
+    health: SharedHealth,
 }
 
 impl Writer {
@@ -89,6 +90,7 @@ impl Writer {
         metrics: Arc<Metrics>,
         rx: mpsc::Receiver<Mirrored>,
         lost: Arc<AtomicBool>,
+        health: SharedHealth,
     ) -> Result<Self, ()> {
         let client = redis::Client::open(settings.url.expose_secret()).map_err(|_| ())?;
         let config = ConnectionManagerConfig::new()
@@ -109,6 +111,7 @@ impl Writer {
             unwritten: HashSet::new(),
             server: None,
             failing: false,
+            health,
         })
     }
 
@@ -181,6 +184,7 @@ impl Writer {
         }
         self.failing = false;
         self.metrics.mirror(&self.settings.name, Ok(0));
+        update(&self.health, |h| h.up = true);
         self.resync().await;
     }
 
@@ -226,6 +230,13 @@ impl Writer {
             }
         }
         self.metrics.mirror(&self.settings.name, Ok(written));
+        let now = self.store.clock().now();
+        update(&self.health, |h| {
+            h.up = true;
+            if written > 0 {
+                h.last_write = Some(now);
+            }
+        });
     }
 
     /// One credential, every layout, one script call. An expired one is
@@ -284,6 +295,11 @@ impl Writer {
 
     fn failed(&mut self, error: &redis::RedisError) {
         self.metrics.mirror(&self.settings.name, Err(()));
+        update(&self.health, |h| {
+            h.up = false;
+            h.errors += 1;
+            h.last_error = Some(error.to_string());
+        });
         // Redis's errors name the command and the server, never the values.
         if self.failing {
             tracing::debug!(error = %error, "Redis still fails; retrying");

@@ -99,8 +99,10 @@ async fn reads(redis: &RedisView, sdk: Sdk, key: &str, expected: &Credential) ->
     };
     let after = left();
     let ttl = ttl as f64;
+    // Slack: Redis rounds TTL to the second, and the daemon's clock is
+    // MongoDB's as measured over a loaded test machine (about a second).
     assert!(
-        ttl <= before + 1.0 && ttl >= after - 3.0,
+        ttl <= before + 2.5 && ttl >= after - 3.0,
         "{key}: TTL {ttl} s, but the credential has {after:.1}..{before:.1} s left"
     );
     true
@@ -316,6 +318,17 @@ async fn after_a_redis_outage_and_a_restart_redis_holds_the_newest_token_again()
                     .is_some_and(|n| n >= 1.0)
         })
         .await;
+    // `status` shows it too (from the replica's heartbeat), without the URL.
+    let shown = eventually(WAIT, "status to show the mirror down", || async {
+        let (code, out, _) = s.run(&["status"]);
+        (code == 0
+            && out
+                .lines()
+                .any(|l| l.starts_with("sdk ") && l.contains("DOWN")))
+        .then_some(out)
+    })
+    .await;
+    assert!(!shown.contains(&url), "{shown}");
     let (code, _, err) = s.run(&["refresh", id]);
     assert_eq!(code, 0, "{err}");
     s.wait_for_tokens(2).await;
@@ -331,6 +344,13 @@ async fn after_a_redis_outage_and_a_restart_redis_holds_the_newest_token_again()
             m.get("wxtokend_mirror_up", &sdk) == Some(1.0)
         })
         .await;
+    eventually(WAIT, "status to show the mirror up", || async {
+        let (_, out, _) = s.run(&["status"]);
+        out.lines()
+            .any(|l| l.starts_with("sdk ") && l.contains(" up "))
+            .then_some(())
+    })
+    .await;
 
     // A restart with nothing refreshed since: every key is back.
     redis_server.restart();
