@@ -457,3 +457,123 @@ fn a_mirror_url_problem_names_the_key_and_never_the_url() {
         "{err}"
     );
 }
+
+/// The python of a virtualenv with `sdk` `version` from PyPI
+/// (scripts/sdk-venv.sh builds it once, with apt's python3-venv if needed).
+fn sdk_python(sdk: &str, version: &str) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sdk-venv.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args([sdk, version])
+        .output()
+        .expect("run scripts/sdk-venv.sh");
+    assert!(
+        out.status.success(),
+        "cannot build the {sdk} {version} virtualenv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("a path")
+        .trim()
+        .to_owned()
+}
+
+/// Runs tests/sdk/wechatpy_proof.py with wechatpy `version` for `seconds`
+/// against the scenario's fake and mirror, then checks that every token it
+/// used came from the daemon and that it fetched none itself.
+async fn wechatpy_proof(s: &Scenario, version: &str, seconds: u64) -> Vec<String> {
+    let id = s.id().to_owned();
+    let python = sdk_python("wechatpy", version);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/wechatpy_proof.py");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(script)
+        .env("REDIS_URL", shared_url())
+        .env("FAKE_WECHAT_URL", s.fake.url())
+        .env("APPID", &id)
+        .env("APPSECRET", &s.accounts[0].secret)
+        .env("PROOF_SECONDS", seconds.to_string());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "wechatpy {version} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the proof's JSON line");
+    let tokens: Vec<String> = seen["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("a token").to_owned())
+        .collect();
+    // Every token WeChat issued was fetched and stored by the daemon: none
+    // by wechatpy.
+    let stored = eventually(WAIT, "every issued token stored", || async {
+        let stored: Vec<String> = s
+            .tokens_of(&id)
+            .await
+            .iter()
+            .map(|d| d.get_str("access_token").expect("token").to_owned())
+            .collect();
+        (stored.len() == s.fake.token_calls(&id) as usize).then_some(stored)
+    })
+    .await;
+    assert_eq!(stored, s.fake.issued_tokens(&id));
+    for token in &tokens {
+        assert!(
+            stored.contains(token),
+            "wechatpy used a token the daemon did not store"
+        );
+    }
+    tokens
+}
+
+#[tokio::test]
+async fn wechatpy_1_8_itself_uses_the_daemons_tokens_and_fetches_none() {
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wxmirrorwechatpy0018",
+            "wechatpy-18-secret",
+        ))
+        .app(|app| app.expires_in(Duration::from_secs(6)))
+        .config(|c| {
+            c.margin = "3s";
+            c.extra_toml = mirror(&shared_url(), &["wechatpy"]);
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let key = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &key).await;
+    // About four refresh cycles.
+    let tokens = wechatpy_proof(&s, "1.8.18", 12).await;
+    assert!(tokens.len() >= 3, "wechatpy saw {} tokens", tokens.len());
+}
+
+/// wechatpy 2 also reads `…_access_token_expires_at` and fetches on its own
+/// once 60 s or less are left: tokens live 130 s here, refreshed with 65 s
+/// left, so one refresh cycle takes a minute.
+#[tokio::test]
+async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wxmirrorwechatpy0020",
+            "wechatpy-20-secret",
+        ))
+        .app(|app| app.expires_in(Duration::from_secs(130)))
+        .config(|c| {
+            c.margin = "65s";
+            c.extra_toml = mirror(&shared_url(), &["wechatpy"]);
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let key = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &key).await;
+    let tokens = wechatpy_proof(&s, "2.0.0a26", 72).await;
+    assert_eq!(tokens.len(), 2, "one refresh in 72 s");
+}
