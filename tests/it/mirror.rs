@@ -512,7 +512,8 @@ async fn wechatpy_proof(s: &Scenario, version: &str, seconds: u64) -> Vec<String
         .collect();
     // Every token WeChat issued was fetched and stored by the daemon: none
     // by wechatpy.
-    let stored = eventually(WAIT, "every issued token stored", || async {
+    let what = "every token the fake issued stored by the daemon (else wechatpy fetched its own)";
+    let stored = eventually(WAIT, what, || async {
         let stored: Vec<String> = s
             .tokens_of(&id)
             .await
