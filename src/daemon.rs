@@ -141,6 +141,7 @@ impl Daemon {
         if let Some(interval) = watchdog::interval() {
             watch_over(&settings, interval, liveness.clone(), shutdown.clone());
         }
+        warn_about_mirrors(&settings);
         let (mirrors, mirror_tasks) = Mirrors::start(
             &settings.mirrors,
             &settings.accounts,
@@ -196,6 +197,23 @@ impl Daemon {
         }
         tracing::info!("wxtokend stopped");
         Ok(())
+    }
+}
+
+/// wechatpy 2 fetches a token of its own once 60 s or less of it are
+/// left (its `…_expires_at`): the mirror must get the next one earlier.
+fn warn_about_mirrors(settings: &Settings) {
+    let wechatpy = settings
+        .mirrors
+        .iter()
+        .any(|m| m.layouts.contains(&crate::mirror::Layout::Wechatpy));
+    if wechatpy && settings.refresh.margin <= std::time::Duration::from_secs(90) {
+        tracing::warn!(
+            margin_s = settings.refresh.margin.as_secs(),
+            "a mirror writes wechatpy's keys but refresh.margin is 90s or less: wechatpy 2 \
+             fetches a token of its own when 60 s or less are left; keep the margin above \
+             that (the default 10m is)"
+        );
     }
 }
 
