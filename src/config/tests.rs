@@ -768,3 +768,32 @@ fn effective_configuration_redacts_a_mirror_url_password() {
     assert_eq!(shown["mirrors"][0]["url"], "redis://app:****@cache:6379/0");
     assert!(!shown.to_string().contains("s3cret-pass"));
 }
+
+#[test]
+fn a_mirror_keeps_to_its_accounts_kinds_and_prefixes() {
+    let config = format!(
+        r#"{ONE_ACCOUNT}
+        [[accounts]]
+        id = "wx0002"
+        platform = "official_account"
+        secret_env = "WX_SECRET"
+
+        [[mirrors]]
+        name = "java"
+        url = "redis://127.0.0.1/1"
+        layouts = ["wxjava"]
+        accounts = ["wx0002"]
+        kinds = ["jsapi_ticket"]
+        key_prefix = {{ wxjava = "mp", wechatpy = "py" }}
+"#
+    );
+    let s = load(&config, &[("WX_SECRET", "x")]).expect("valid");
+    let mirror = &s.mirrors[0];
+    assert_eq!(mirror.name, "java");
+    assert!(mirror.wants(&AccountId::new("wx0002"), CredentialKind::JsapiTicket));
+    assert!(!mirror.wants(&AccountId::new("wx0002"), CredentialKind::AccessToken));
+    assert!(!mirror.wants(&AccountId::new("wx0001"), CredentialKind::JsapiTicket));
+    assert_eq!(mirror.key_prefix.wxjava, "mp");
+    assert_eq!(mirror.key_prefix.wxjava_miniapp, "wa");
+    assert_eq!(mirror.key_prefix.wechatpy, "py");
+}
