@@ -4,12 +4,13 @@
 # directory, no persistence (a restart empties it, the harder case).
 #
 #   scripts/test-redis.sh bin              install if needed, print the binary path
-#   scripts/test-redis.sh start DIR [PORT] start in the background, wait until it
-#                                          answers, print its URL (PORT 0 = a free one)
+#   scripts/test-redis.sh start DIR [PORT [ARGS...]]  start in the background, wait
+#                                          until it answers, print its URL (PORT 0 = a
+#                                          free one; ARGS go to the server: --requirepass)
 #   scripts/test-redis.sh stop DIR         stop the server started in DIR
-#   scripts/test-redis.sh serve DIR [PORT] start, print the URL, stop when stdin
-#                                          closes (how the tests start one and never
-#                                          leak it)
+#   scripts/test-redis.sh serve DIR [PORT [ARGS...]]  start, print the URL, stop when
+#                                          stdin closes (how the tests start one and
+#                                          never leak it)
 set -euo pipefail
 
 install_server() {
@@ -25,13 +26,16 @@ install_server() {
 
 # Starts on $port and waits until it answers; returns 1 if the port was taken.
 try_start() {
-  local dir=$1 port=$2
+  local dir=$1 port=$2 answer
+  shift 2
   : > "$dir/server.log"
   redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save "" --appendonly no \
-    --daemonize no --logfile "$dir/server.log" >/dev/null 2>&1 &
+    --daemonize no --logfile "$dir/server.log" "$@" >/dev/null 2>&1 &
   echo $! > "$dir/server.pid"
   for _ in $(seq 1 100); do
-    if [ "$(redis-cli -p "$port" ping 2>/dev/null || true)" = PONG ]; then return 0; fi
+    # A server with --requirepass answers NOAUTH: it is up all the same.
+    answer=$(redis-cli -p "$port" ping 2>/dev/null || true)
+    case "$answer" in PONG|NOAUTH*) return 0 ;; esac
     if ! kill -0 "$(cat "$dir/server.pid")" 2>/dev/null; then
       grep -q "Address already in use" "$dir/server.log" && return 1
       echo "test-redis: server exited; its log:" >&2; cat "$dir/server.log" >&2; exit 1
@@ -44,14 +48,15 @@ try_start() {
 
 start_server() {
   local dir=$1 port=${2:-0}
+  shift; shift || true
   install_server
   mkdir -p "$dir"
   if [ "$port" != 0 ]; then
-    try_start "$dir" "$port" || { echo "test-redis: port $port is taken" >&2; exit 1; }
+    try_start "$dir" "$port" "$@" || { echo "test-redis: port $port is taken" >&2; exit 1; }
   else
     for _ in $(seq 1 20); do
       port=$((20000 + RANDOM % 30000))
-      try_start "$dir" "$port" && break
+      try_start "$dir" "$port" "$@" && break
       port=0
     done
     [ "$port" != 0 ] || { echo "test-redis: no free port found" >&2; exit 1; }
@@ -71,15 +76,15 @@ stop_server() {
 
 case "${1:-}" in
   bin) install_server; command -v redis-server ;;
-  start) shift; start_server "${1:?DIR}" "${2:-0}" ;;
+  start) shift; start_server "${1:?DIR}" "${2:-0}" "${@:3}" ;;
   stop) stop_server "${2:?DIR}" ;;
   serve)
     shift
     dir=${1:?DIR}
     trap 'stop_server "$dir"' EXIT
-    start_server "$dir" "${2:-0}"
+    start_server "$dir" "${2:-0}" "${@:3}"
     # Wait until whoever started us closes our stdin (or dies).
     cat >/dev/null || true
     ;;
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
 esac

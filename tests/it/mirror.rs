@@ -579,3 +579,82 @@ async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
     let tokens = wechatpy_proof(&s, "2.0.0a26", 72).await;
     assert_eq!(tokens.len(), 2, "one refresh in 72 s");
 }
+
+#[tokio::test]
+async fn the_redis_password_shows_nowhere() {
+    let id = "wxmirrorpassword001";
+    let password = "s3cret-redis-password";
+    let redis_server = PrivateRedis::start_with(&["--requirepass", password]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url_file = dir.path().join("redis_url");
+    std::fs::write(
+        &url_file,
+        format!("{}\n", redis_server.url_with_password(password)),
+    )
+    .expect("write the URL file");
+    let mut s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-password-secret"))
+        .config({
+            let toml = format!(
+                "\n[[mirrors]]\nname = \"sdk\"\nurl_file = {:?}\nlayouts = [\"wxjava\"]\ncheck_interval = \"200ms\"\n",
+                url_file.display().to_string()
+            );
+            move |c| {
+                c.log_level_debug = true;
+                c.extra_toml = toml;
+            }
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&redis_server.url_with_password(password));
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+
+    // The password changes under the daemon: every write is refused.
+    let mut c = redis::Client::open(redis_server.url_with_password(password))
+        .expect("URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("another-redis-password")
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG SET");
+    // Connections already open stay authenticated: close the daemon's.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut c)
+        .await
+        .expect("CLIENT KILL");
+    let (code, _, err) = s.run(&["refresh", id]);
+    assert_eq!(code, 0, "{err}");
+    s.daemon()
+        .wait_metrics("the mirror refused", |m| {
+            m.get("wxtokend_mirror_up", &[("mirror", "sdk")]) == Some(0.0)
+        })
+        .await;
+    let status = eventually(WAIT, "status to show the mirror down", || async {
+        let (_, out, _) = s.run(&["status"]);
+        out.lines()
+            .any(|l| l.starts_with("sdk ") && l.contains("DOWN"))
+            .then_some(out)
+    })
+    .await;
+    let (_, shown, _) = s.run(&["config"]);
+    let metrics = s.daemon().metrics().await;
+    s.daemon_mut().terminate(WAIT);
+    let mut secrets = s.secrets();
+    secrets.push(password.to_owned());
+    secrets.push("another-redis-password".to_owned());
+    s.daemon().assert_logs_free_of(&secrets);
+    for text in [status.as_str(), shown.as_str(), metrics.text()] {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret leaked: {text}");
+        }
+    }
+}

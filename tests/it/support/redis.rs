@@ -20,12 +20,13 @@ struct Served {
     url: String,
 }
 
-fn serve(dir: &std::path::Path, port: u16) -> Served {
+fn serve(dir: &std::path::Path, port: u16, args: &[String]) -> Served {
     let mut child = Command::new("bash")
         .arg(script())
         .arg("serve")
         .arg(dir)
         .arg(port.to_string())
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -63,7 +64,7 @@ pub fn shared_url() -> String {
                 return url;
             }
             let dir = tempfile::tempdir().expect("tempdir");
-            let served = serve(dir.path(), 0);
+            let served = serve(dir.path(), 0, &[]);
             let url = served.url.clone();
             KEEP.lock().expect("lock").push((served, dir));
             url
@@ -77,12 +78,20 @@ pub struct PrivateRedis {
     dir: tempfile::TempDir,
     port: u16,
     served: Option<Served>,
+    /// The server's own options (`--requirepass`), kept for restarts.
+    args: Vec<String>,
 }
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
+        Self::start_with(&[])
+    }
+
+    /// A server started with options of its own (`--requirepass PW`).
+    pub fn start_with(args: &[&str]) -> PrivateRedis {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::tempdir().expect("tempdir");
-        let served = serve(dir.path(), 0);
+        let served = serve(dir.path(), 0, &args);
         let port = served
             .url
             .trim_start_matches("redis://127.0.0.1:")
@@ -94,11 +103,17 @@ impl PrivateRedis {
             dir,
             port,
             served: Some(served),
+            args,
         }
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The URL with `password`.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("redis://:{password}@127.0.0.1:{}/0", self.port)
     }
 
     pub fn stop(&mut self) {
@@ -109,7 +124,7 @@ impl PrivateRedis {
 
     pub fn restart(&mut self) {
         self.stop();
-        self.served = Some(serve(self.dir.path(), self.port));
+        self.served = Some(serve(self.dir.path(), self.port, &self.args));
     }
 
     /// Sends a signal to the server process itself (`STOP`, `CONT`).
