@@ -204,14 +204,14 @@ impl Metrics {
         );
         registry.register(
             "wxtokend_mirror_dropped",
-            "Credentials a full mirror queue could not take (the mirror then rewrites \
-             everything from MongoDB)",
+            "Credentials a full mirror queue could not take (the mirror then rereads each \
+             from MongoDB)",
             m.mirror_dropped.clone(),
         );
         registry.register(
             "wxtokend_mirror_resyncs",
             "Rewrites of every held credential from MongoDB (at start, after a Redis outage \
-             or restart, after a drop)",
+             or restart)",
             m.mirror_resyncs.clone(),
         );
         registry.register(

@@ -11,8 +11,7 @@
 mod layout;
 mod writer;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -85,6 +84,9 @@ pub struct Health {
     pub last_write: Option<SystemTime>,
 }
 
+/// The (account, kind) pairs whose offers a full queue dropped.
+pub(super) type Lost = Arc<Mutex<HashSet<(AccountId, CredentialKind)>>>;
+
 /// One mirror's [`Health`], updated by its writer.
 pub(super) type SharedHealth = Arc<Mutex<Health>>;
 
@@ -96,8 +98,8 @@ fn update(health: &SharedHealth, change: impl FnOnce(&mut Health)) {
 struct Queue {
     settings: Arc<MirrorSettings>,
     tx: mpsc::Sender<Mirrored>,
-    /// Set when an offer was dropped: the writer rewrites from MongoDB.
-    lost: Arc<AtomicBool>,
+    /// What offers were dropped for: the writer rereads them from MongoDB.
+    lost: Lost,
     metrics: Arc<Metrics>,
     health: SharedHealth,
 }
@@ -120,7 +122,7 @@ impl Mirrors {
         for mirror in settings {
             let settings = Arc::new(mirror.clone());
             let (tx, rx) = mpsc::channel(QUEUE);
-            let lost = Arc::new(AtomicBool::new(false));
+            let lost = Lost::default();
             let health = Arc::new(Mutex::new(Health {
                 name: mirror.name.clone(),
                 ..Health::default()
@@ -168,12 +170,25 @@ impl Mirrors {
             if !queue.settings.wants(&credential.account, credential.kind) {
                 continue;
             }
-            if queue.tx.try_send(credential.clone()).is_err() {
-                queue.lost.store(true, Ordering::Release);
+            if full_for_tests() || queue.tx.try_send(credential.clone()).is_err() {
+                queue
+                    .lost
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert((credential.account.clone(), credential.kind));
                 queue.metrics.mirror_dropped(&queue.settings.name);
             }
         }
     }
+}
+
+/// The test suite's stand-in for a full queue (`FAILPOINTS=mirror-queue-full=1*return`).
+fn full_for_tests() -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::fail_point!("mirror-queue-full", |_| true);
+    }
+    false
 }
 
 #[derive(Debug, thiserror::Error)]

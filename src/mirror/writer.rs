@@ -2,7 +2,7 @@
 //! every configured SDK layout of a credential in one atomic script, and
 //! rewrites all of them from MongoDB whenever Redis may have lost or aged
 //! them (the first contact, a return after a failure, a restart seen as a
-//! new `run_id`, an offer dropped by a full queue).
+//! new `run_id`); an offer a full queue dropped is reread alone.
 //!
 //! TTL: every key lives as long as the credential (its `expires_at`, by
 //! MongoDB's clock, minus now), never shorter. The SDKs' own early expiries
@@ -21,8 +21,7 @@
 //! write, after a lease moved, racing with this one's late write).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -33,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use wxtokend_reader::{AccountId, CredentialKind};
 
 use super::layout::{entries, Value};
-use super::{update, Mirrored, SharedHealth};
+use super::{update, Lost, Mirrored, SharedHealth};
 use crate::config::{MirrorSettings, Platform};
 use crate::metrics::{Metrics, Operation};
 use crate::store::Store;
@@ -66,7 +65,7 @@ pub(super) struct Writer {
     store: Store,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Mirrored>,
-    lost: Arc<AtomicBool>,
+    lost: Lost,
     script: redis::Script,
     /// The newest credential of each (account, kind) offered so far: what
     /// a rewrite starts from.
@@ -89,7 +88,7 @@ impl Writer {
         store: Store,
         metrics: Arc<Metrics>,
         rx: mpsc::Receiver<Mirrored>,
-        lost: Arc<AtomicBool>,
+        lost: Lost,
         health: SharedHealth,
     ) -> Result<Self, ()> {
         let client = redis::Client::open(settings.url.expose_secret()).map_err(|_| ())?;
@@ -137,9 +136,16 @@ impl Writer {
             while let Ok(credential) = self.rx.try_recv() {
                 self.take(credential);
             }
-            if self.lost.swap(false, Ordering::AcqRel) && self.server.is_some() {
-                tracing::warn!("the mirror queue was full; rewriting everything from MongoDB");
-                self.resync().await;
+            let lost: Vec<Key> =
+                std::mem::take(&mut *self.lost.lock().unwrap_or_else(PoisonError::into_inner))
+                    .into_iter()
+                    .collect();
+            if !lost.is_empty() {
+                tracing::warn!(
+                    dropped = lost.len(),
+                    "the mirror queue was full; rereading those credentials from MongoDB"
+                );
+                self.reread(lost).await;
             }
             self.flush().await;
         }
@@ -188,25 +194,41 @@ impl Writer {
         self.resync().await;
     }
 
-    /// Rereads the newest valid credential of everything held from MongoDB
-    /// (a newer one than offered wins; a failed read keeps what was
-    /// offered) and marks all of it for writing.
+    /// Rereads everything held from MongoDB and marks it for writing.
     async fn resync(&mut self) {
         self.metrics.mirror_resynced(&self.settings.name);
         let keys: Vec<Key> = self.latest.keys().cloned().collect();
+        self.reread(keys).await;
+    }
+
+    /// Rereads the newest valid credential of each of `keys` from MongoDB
+    /// (a newer one than offered wins; a failed read keeps what was
+    /// offered) and marks it for writing.
+    async fn reread(&mut self, keys: Vec<Key>) {
         for (account, kind) in keys {
             let now = self.store.clock().now();
             let read = self.store.credentials().newest_valid(kind, &account, now);
             let read = self.metrics.observe(Operation::MirrorResync, read).await;
             match read {
                 Ok(Some(stored)) => self.take(stored.into()),
-                Ok(None) => {}
-                Err(e) => tracing::debug!(
-                    error = %e, %account, %kind,
-                    "cannot reread the credential from MongoDB; writing the one held"
-                ),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(
+                        error = %e, %account, %kind,
+                        "cannot reread the credential from MongoDB; writing the one held"
+                    );
+                }
             }
-            self.unwritten.insert((account, kind));
+            let key = (account, kind);
+            if self.latest.contains_key(&key) {
+                self.unwritten.insert(key);
+            } else {
+                // Never offered (dropped) and not read: read again later.
+                self.lost
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key);
+            }
         }
     }
 

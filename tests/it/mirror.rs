@@ -658,3 +658,31 @@ async fn the_redis_password_shows_nowhere() {
         }
     }
 }
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_credential_a_full_queue_dropped_is_written_from_mongodb() {
+    let id = "wxmirrordropped0001";
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-dropped-secret"))
+        .config(|c| {
+            c.extra_toml = mirror(&shared_url(), &["wxjava"]);
+            // The first offer finds the queue full.
+            c.env
+                .push(("FAILPOINTS", "mirror-queue-full=1*return->off".into()));
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        1
+    );
+    let m = s.daemon().metrics().await;
+    assert_eq!(
+        m.get("wxtokend_mirror_dropped_total", &[("mirror", "sdk")]),
+        Some(1.0)
+    );
+    assert_eq!(s.fake.tokens_issued(id), 1);
+}
