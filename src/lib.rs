@@ -44,7 +44,7 @@ pub use config::{
 };
 pub use coordination::{Lease, Leases};
 pub use daemon::{check_store, connect_store, shutdown_signal, Daemon, DaemonError};
-pub use mirror::Health as MirrorHealth;
+pub use mirror::{ping as ping_mirror, Health as MirrorHealth};
 pub use status::{
     collect as collect_status, mirrors as mirror_status, render as render_status, render_mirrors,
     AccountStatus,

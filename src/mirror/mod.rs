@@ -182,6 +182,26 @@ impl Mirrors {
     }
 }
 
+/// Whether the mirror's Redis answers (`wxtokend check`). The error is
+/// Redis's own (command and server, never the URL).
+pub async fn ping(settings: &MirrorSettings) -> Result<(), String> {
+    use secrecy::ExposeSecret;
+    let client = redis::Client::open(settings.url.expose_secret())
+        .map_err(|_| "the Redis URL is not valid".to_owned())?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut connection)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The test suite's stand-in for a full queue (`FAILPOINTS=mirror-queue-full=1*return`).
 fn full_for_tests() -> bool {
     #[cfg(feature = "failpoints")]

@@ -686,3 +686,28 @@ async fn a_credential_a_full_queue_dropped_is_written_from_mongodb() {
     );
     assert_eq!(s.fake.tokens_issued(id), 1);
 }
+
+#[tokio::test]
+async fn check_says_whether_each_mirror_answers() {
+    let mut down = PrivateRedis::start();
+    let down_url = down.url();
+    down.stop();
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wxmirrorcheck000001",
+            "mirror-check-secret",
+        ))
+        .config(move |c| {
+            c.extra_toml = format!(
+                "{}\n[[mirrors]]\nname = \"gone\"\nurl = \"{down_url}\"\nlayouts = [\"wxjava\"]\n",
+                mirror(&shared_url(), &["wxjava"])
+            )
+        })
+        .replicas(0)
+        .build()
+        .await;
+    let (code, out, err) = s.run(&["check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("mirror sdk: Redis answers"), "{out}");
+    assert!(err.contains("mirror gone: Redis does not answer"), "{err}");
+}
