@@ -16,21 +16,22 @@ case "$sdk" in
 esac
 root="${XDG_CACHE_HOME:-$HOME/.cache}/wxtokend/venv-$sdk-$version"
 if [ ! -x "$root/bin/python" ]; then
-  # Debian's own python3, whatever else is on PATH.
+  # Debian's own python3 (whatever else is on PATH); making a venv needs
+  # python3-venv, which a fresh Debian lacks (python3 too).
   python=/usr/bin/python3
-  [ -x "$python" ] || python=$(command -v python3)
-  if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
+  rm -rf "$root" "$root.tmp"
+  if ! [ -x "$python" ] || ! "$python" -m venv "$root.tmp" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "sdk-venv: installing python3-venv" >&2
       apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+      rm -rf "$root.tmp"
+      "$python" -m venv "$root.tmp"
     else
       echo "sdk-venv: python3 with venv is required: sudo apt-get install python3-venv" >&2
       exit 1
     fi
   fi
   echo "sdk-venv: building $root (${packages[*]})" >&2
-  rm -rf "$root"
-  "$python" -m venv "$root.tmp"
   "$root.tmp/bin/pip" install -q --disable-pip-version-check "${packages[@]}" >&2
   mv "$root.tmp" "$root"
 fi
