@@ -414,7 +414,17 @@ async fn naive_loop(uri: &str, wechat: &str, n: usize, concurrency: usize) -> Re
 /// Cold start: `n` accounts, an empty database, `replicas` daemons started
 /// at once; the time to the last first token, and MongoDB operations per
 /// account meanwhile.
-async fn cold_start(uri: &str, n: usize, replicas: usize) -> Result<(Duration, f64)> {
+struct ColdStart {
+    all: Duration,
+    operations_per_account: f64,
+    /// WeChat token calls beyond one per account.
+    extra_calls: i64,
+    /// Leases per replica once every account has its token, and 20 s later.
+    spread: String,
+    settled: String,
+}
+
+async fn cold_start(uri: &str, n: usize, replicas: usize) -> Result<ColdStart> {
     let db = format!("bench_coldstart_{n}_{replicas}");
     let store = fresh_store(uri, &db).await?;
     let fake = fake_with(n, Duration::from_secs(7200)).await?;
@@ -425,8 +435,35 @@ async fn cold_start(uri: &str, n: usize, replicas: usize) -> Result<(Duration, f
         .collect::<Result<_>>()?;
     let all = wait_all_valid(&store, n, Duration::from_secs(600)).await?;
     let operations = server_operations(&client).await? - before;
+    let spread = lease_spread(&store).await?;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let settled = lease_spread(&store).await?;
+    let calls: i64 = (0..n)
+        .map(|i| i64::from(fake.token_calls(&account_id(i))))
+        .sum();
     drop(daemons);
-    Ok((all, operations as f64 / n as f64))
+    Ok(ColdStart {
+        all,
+        operations_per_account: operations as f64 / n as f64,
+        extra_calls: calls - n as i64,
+        spread,
+        settled,
+    })
+}
+
+/// Valid leases per holder, as "a / b / c".
+async fn lease_spread(store: &Store) -> Result<String> {
+    let infos = wxtokend::Leases::new(store.clone()).infos(&[]).await?;
+    let now = SystemTime::now();
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for info in infos.into_iter().filter(|i| i.expires_at > now) {
+        *counts.entry(info.holder).or_default() += 1;
+    }
+    Ok(counts
+        .values()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" / "))
 }
 
 async fn scale(uri: &str, n: usize, replicas: usize) -> Result<()> {
@@ -538,19 +575,23 @@ async fn main() -> Result<()> {
         println!("\n## Cold start: {n} accounts, empty database, to the last first token\n");
         let fake = fake_with(n, Duration::from_secs(7200)).await?;
         let naive = naive_loop(&uri, &fake.url(), n, 16).await?;
-        println!("| what | time to the last first token | vs the naive loop | MongoDB operations per account |");
-        println!("|---|---:|---:|---:|");
+        println!("| what | time to the last first token | vs the naive loop | MongoDB operations per account | WeChat calls beyond one per account | leases per replica then | 20 s later |");
+        println!("|---|---:|---:|---:|---:|---|---|");
         println!(
-            "| naive loop (16 tasks: GET /cgi-bin/token + insert_one) | {:.1} s | 1.00x | 1 |",
+            "| naive loop (16 tasks: GET /cgi-bin/token + insert_one) | {:.1} s | 1.00x | 1 | 0 | | |",
             naive.as_secs_f64()
         );
         drop(fake);
         for replicas in [1, 3] {
-            let (time, per_account) = cold_start(&uri, n, replicas).await?;
+            let c = cold_start(&uri, n, replicas).await?;
             println!(
-                "| wxtokend, {replicas} replica(s) | {:.1} s | **{:.2}x** | {per_account:.1} |",
-                time.as_secs_f64(),
-                time.as_secs_f64() / naive.as_secs_f64()
+                "| wxtokend, {replicas} replica(s) | {:.1} s | **{:.2}x** | {:.1} | {} | {} | {} |",
+                c.all.as_secs_f64(),
+                c.all.as_secs_f64() / naive.as_secs_f64(),
+                c.operations_per_account,
+                c.extra_calls,
+                c.spread,
+                c.settled,
             );
         }
     }

@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: starts one test MongoDB server for the run
-# (unless MONGODB_URI points at one already), then `cargo test --workspace`.
+# Runs the whole test suite: starts one test MongoDB server and one Redis
+# server for the run (unless MONGODB_URI or REDIS_URL point at them already),
+# then `cargo test --workspace`.
 # Extra arguments go to cargo test, e.g. scripts/test.sh refresh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+mongodb_dir="" redis_dir=""
+cleanup() {
+  if [ -n "$mongodb_dir" ]; then scripts/test-mongodb.sh stop "$mongodb_dir"; rm -rf "$mongodb_dir"; fi
+  if [ -n "$redis_dir" ]; then scripts/test-redis.sh stop "$redis_dir"; rm -rf "$redis_dir"; fi
+}
+trap cleanup EXIT
+
 if [ -z "${MONGODB_URI:-}" ]; then
-  dir=$(mktemp -d -t wxtokend-test-mongodb.XXXXXX)
-  trap 'scripts/test-mongodb.sh stop "$dir"; rm -rf "$dir"' EXIT
-  MONGODB_URI=$(scripts/test-mongodb.sh start "$dir")
+  mongodb_dir=$(mktemp -d -t wxtokend-test-mongodb.XXXXXX)
+  MONGODB_URI=$(scripts/test-mongodb.sh start "$mongodb_dir")
   export MONGODB_URI
   echo "test MongoDB: $MONGODB_URI" >&2
 fi
 # Tests that stop and restart MongoDB start their own server with the same script.
 scripts/test-mongodb.sh bin >/dev/null
+# The Redis mirror tests: Debian's redis-server (installed when missing), one
+# for the run; tests that restart Redis start their own with the same script.
+if [ -z "${REDIS_URL:-}" ]; then
+  redis_dir=$(mktemp -d -t wxtokend-test-redis.XXXXXX)
+  REDIS_URL=$(scripts/test-redis.sh start "$redis_dir")
+  export REDIS_URL
+  echo "test Redis: $REDIS_URL" >&2
+fi
 # The clock-skew test runs one daemon under Debian's libfaketime.
 if ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
    && command -v apt-get >/dev/null 2>&1; then

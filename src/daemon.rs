@@ -13,6 +13,7 @@ use crate::admin;
 use crate::coordination::{self, INSTANCES, LEASES};
 use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
+use crate::mirror::{MirrorError, Mirrors};
 use crate::watchdog::{self, Liveness};
 use mongodb::bson::Document;
 use wxtokend_reader::requests;
@@ -37,6 +38,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     RefresherDied(#[from] RefresherDied),
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
     #[error("the coordinator died: {0}")]
     CoordinatorDied(String),
     /// MongoDB refused the user or a privilege: a restart cannot help.
@@ -148,7 +151,16 @@ impl Daemon {
         if let Some(interval) = watchdog::interval() {
             watch_over(&settings, interval, liveness.clone(), shutdown.clone());
         }
+        warn_about_mirrors(&settings);
+        let (mirrors, mirror_tasks) = Mirrors::start(
+            &settings.mirrors,
+            &settings.accounts,
+            &store,
+            &metrics,
+            &shutdown,
+        )?;
         let ctx = Arc::new(Context {
+            mirrors,
             wechat,
             store,
             refresh: settings.refresh.clone(),
@@ -191,8 +203,28 @@ impl Daemon {
         if let Some(task) = admin_task {
             let _ = tokio::time::timeout(grace, task).await;
         }
+        for task in mirror_tasks {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
         tracing::info!("wxtokend stopped");
         Ok(())
+    }
+}
+
+/// wechatpy 2 fetches a token of its own once 60 s or less of it are
+/// left (its `…_expires_at`): the mirror must get the next one earlier.
+fn warn_about_mirrors(settings: &Settings) {
+    let wechatpy = settings
+        .mirrors
+        .iter()
+        .any(|m| m.layouts.contains(&crate::mirror::Layout::Wechatpy));
+    if wechatpy && settings.refresh.margin <= std::time::Duration::from_secs(90) {
+        tracing::warn!(
+            margin_s = settings.refresh.margin.as_secs(),
+            "a mirror writes wechatpy's keys but refresh.margin is 90s or less: wechatpy 2 \
+             fetches a token of its own when 60 s or less are left; keep the margin above \
+             that (the default 10m is)"
+        );
     }
 }
 

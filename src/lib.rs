@@ -14,6 +14,8 @@
 //!   get a permit for a WeChat call or to write a credential.
 //! - [`store`]: the database handle, the server's clock (`clock`), indexes.
 //! - `wechat`: the upstream HTTP client and the one errcode table.
+//! - `mirror`: Redis mirrors, each stored credential written in the key
+//!   layouts of the SDKs teams use (WxJava, silenceper, wechatpy).
 //! - `status`, `admin`, `metrics`, `telemetry`: what operators see;
 //!   `watchdog`: systemd's, pinged while the coordinator makes progress.
 //! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
@@ -26,6 +28,7 @@ pub mod coordination;
 mod coordinator;
 mod daemon;
 mod metrics;
+mod mirror;
 pub mod quota;
 mod refresh;
 mod status;
@@ -44,7 +47,11 @@ pub use daemon::{
     all_indexes, check_store, connect_store, privileges_needed, shutdown_signal, CheckedIndexes,
     Daemon, DaemonError,
 };
-pub use status::{collect as collect_status, render as render_status, AccountStatus};
+pub use mirror::{ping as ping_mirror, Health as MirrorHealth};
+pub use status::{
+    collect as collect_status, mirrors as mirror_status, render as render_status, render_mirrors,
+    AccountStatus,
+};
 pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;
 pub use wechat::{Api, FetchedCredential};

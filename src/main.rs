@@ -36,7 +36,8 @@ mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  unexpected failure; health: not healthy (or not ready)
+  1  unexpected failure; health: not healthy (or not ready); check: a
+     mirror's Redis does not answer
   2  bad command line; quota: an account that is not configured or is
      WeCom's, or --clear not confirmed (answered no, or no terminal to ask
      and no --yes)
@@ -481,6 +482,9 @@ async fn status(settings: Settings, json: bool) -> u8 {
         },
         Ok(lines) => {
             print!("{}", wxtokend::render_status(&lines));
+            if let Some(mirrors) = wxtokend::mirror_status(&store).await {
+                print!("{}", wxtokend::render_mirrors(&mirrors));
+            }
             exit::OK
         }
         Err(e) => store_failure(&settings.mongodb, &e),
@@ -618,7 +622,7 @@ async fn check(settings: Settings, file: &ConfigFile) -> u8 {
                      (mongodb.history_retention differs from the index in place)"
                 );
             }
-            exit::OK
+            check_mirrors(&settings).await
         }
         Err(e) => {
             let code = match &e {
@@ -637,6 +641,23 @@ async fn check(settings: Settings, file: &ConfigFile) -> u8 {
             code
         }
     }
+}
+
+/// `check`'s last step: every `[[mirrors]]` Redis answers.
+async fn check_mirrors(settings: &Settings) -> u8 {
+    let mut code = exit::OK;
+    for mirror in &settings.mirrors {
+        match wxtokend::ping_mirror(mirror).await {
+            Ok(()) => println!("mirror {}: Redis answers", mirror.name),
+            Err(e) => {
+                code = report(
+                    &format!("mirror {}: Redis does not answer: {e}", mirror.name),
+                    exit::FAILURE,
+                );
+            }
+        }
+    }
+    code
 }
 
 /// Whether the store could not be opened because of the configuration:

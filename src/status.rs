@@ -13,6 +13,7 @@ use wxtokend_reader::{AccountId, CredentialKind};
 use crate::config::{AccountSpec, Settings};
 use crate::coordination::quota::quota_day;
 use crate::coordination::{LeaseInfo, Leases};
+use crate::mirror::Health;
 use crate::store::{Store, StoreError};
 use crate::wechat::{Api, STABLE_TOKEN_FORCED_PER_DAY};
 
@@ -205,6 +206,49 @@ pub fn render(lines: &[AccountStatus]) -> String {
         out.push_str(
             "* not kept by this configuration: found in MongoDB (another configuration's \
              account, or one since removed)\n",
+        );
+    }
+    out
+}
+
+/// The Redis mirrors of every live replica (their heartbeats), for a
+/// section after the accounts. Best effort: a user without `find` on
+/// `instances` (an older reader role) gets `None`, and the table alone.
+pub async fn mirrors(store: &Store) -> Option<Vec<(String, Health)>> {
+    match Leases::new(store.clone()).mirrors().await {
+        Ok(mirrors) => Some(mirrors),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the replicas' mirror states");
+            None
+        }
+    }
+}
+
+/// The mirrors' section: one line per (replica, mirror).
+pub fn render_mirrors(mirrors: &[(String, Health)]) -> String {
+    let mut out = String::new();
+    if mirrors.is_empty() {
+        return out;
+    }
+    let now = SystemTime::now();
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<28} {:<5} {:>10} {:>7}  LAST ERROR",
+        "MIRROR", "REPLICA", "STATE", "LAST WRITE", "ERRORS"
+    );
+    for (replica, h) in mirrors {
+        let last_write = h.last_write.map_or("-".into(), |at| {
+            short_duration(now.duration_since(at).unwrap_or_default().as_secs()) + " ago"
+        });
+        let _ = writeln!(
+            out,
+            "{:<16} {:<28} {:<5} {:>10} {:>7}  {}",
+            h.name,
+            replica,
+            if h.up { "up" } else { "DOWN" },
+            last_write,
+            h.errors,
+            h.last_error.as_deref().unwrap_or("-"),
         );
     }
     out

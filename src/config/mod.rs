@@ -38,6 +38,9 @@ pub struct Settings {
     /// Every configured account as written, without its secret, in both
     /// scopes (what `status` lists).
     pub configured: Vec<AccountSpec>,
+    /// `[[mirrors]]`: Redis servers filled in SDKs' key layouts; their URLs
+    /// are read for [`Scope::Daemon`] only.
+    pub mirrors: Vec<MirrorSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -602,9 +605,11 @@ impl fmt::Display for ConfigFile {
 }
 
 mod accounts;
+mod mirrors;
 mod show;
 mod validate;
 
+pub use mirrors::MirrorSettings;
 pub use show::effective;
 
 #[cfg(test)]

@@ -14,11 +14,14 @@ use super::{layers, process_overrides, ConfigError, ProcessEnv, Scope, Settings}
 /// What stands for a secret in the output.
 const REDACTED: &str = "****";
 
-/// Options of a connection string that can carry a secret.
-const SECRET_OPTIONS: [&str; 3] = [
+/// Options of a connection string that can carry a secret (MongoDB's, and
+/// Redis's `pass` of `redis+unix://` URLs).
+const SECRET_OPTIONS: [&str; 5] = [
     "tlsCertificateKeyFilePassword",
     "authMechanismProperties",
     "proxyPassword",
+    "pass",
+    "password",
 ];
 
 /// The configuration `file` (if any) and the environment make, checked as
@@ -31,6 +34,13 @@ pub fn effective(file: Option<&Path>) -> Result<Value, ConfigError> {
         .map_err(|e| ConfigError::invalid("configuration", e.to_string()))?;
     if let Some(mongodb) = value.get_mut("mongodb").and_then(Value::as_object_mut) {
         redact_mongodb(mongodb);
+    }
+    if let Some(mirrors) = value.get_mut("mirrors").and_then(Value::as_array_mut) {
+        for mirror in mirrors.iter_mut().filter_map(Value::as_object_mut) {
+            if let Some(Value::String(url)) = mirror.get_mut("url") {
+                *url = redact_uri(url);
+            }
+        }
     }
     if let Some(accounts) = value.get_mut("accounts").and_then(Value::as_array_mut) {
         for account in accounts.iter_mut().filter_map(Value::as_object_mut) {
@@ -138,6 +148,12 @@ mod tests {
             ),
             ("mongodb://u:pw@db?tls=true", "mongodb://u:****@db?tls=true"),
             ("mongodb://u:pa/ss?x@db/", "mongodb://u:****@db/"),
+            ("redis://:pw@cache:6379/0", "redis://:****@cache:6379/0"),
+            ("redis://app:pw@cache/1", "redis://app:****@cache/1"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=pw",
+                "redis+unix:///run/redis.sock?db=1&pass=****",
+            ),
         ] {
             assert_eq!(redact_uri(uri), shown, "{uri}");
         }

@@ -644,3 +644,156 @@ fn the_expires_in_floor_defaults_to_60s_and_is_bounded() {
          answers a token's remaining life, down to about 5 minutes)"
     );
 }
+
+const ONE_MIRROR: &str = r#"
+    [[mirrors]]
+    url_env = "REDIS_URL"
+    layouts = ["wxjava", "wechatpy"]
+"#;
+
+#[test]
+fn a_mirror_reads_its_url_from_the_environment_and_wants_everything_by_default() {
+    let s = load(
+        &format!("{ONE_ACCOUNT}{ONE_MIRROR}"),
+        &[
+            ("WX_SECRET", "x"),
+            ("REDIS_URL", "redis://:pw@127.0.0.1:6379/2\n"),
+        ],
+    )
+    .expect("valid");
+    let mirror = &s.mirrors[0];
+    assert_eq!(mirror.name, "0");
+    assert_eq!(mirror.url.expose_secret(), "redis://:pw@127.0.0.1:6379/2");
+    assert_eq!(
+        mirror.layouts,
+        [
+            crate::mirror::Layout::Wxjava,
+            crate::mirror::Layout::Wechatpy
+        ]
+    );
+    assert_eq!(mirror.key_prefix, crate::mirror::KeyPrefixes::default());
+    assert!(mirror.wants(&AccountId::new("wx0001"), CredentialKind::WxCardTicket));
+    assert!(!format!("{s:?}").contains(":pw@"));
+}
+
+#[test]
+fn a_mirror_url_file_is_read_and_its_problems_never_quote_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("redis_url");
+    let config = format!(
+        "{ONE_ACCOUNT}[[mirrors]]\nurl_file = {:?}\nlayouts = [\"silenceper\"]\n",
+        path.display().to_string()
+    );
+    let err = load(&config, &[("WX_SECRET", "x")]).expect_err("no file");
+    assert!(err.to_string().contains("mirrors[0].url_file"), "{err}");
+    std::fs::write(&path, "rediss://:hunter2@cache:6380\n").expect("write");
+    let text = load(&config, &[("WX_SECRET", "x")])
+        .expect_err("TLS")
+        .to_string();
+    assert!(
+        text.contains("mirrors[0].url_file") && text.contains("rediss://"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    std::fs::write(&path, "http://:hunter2@cache\n").expect("write");
+    let text = load(&config, &[("WX_SECRET", "x")])
+        .expect_err("scheme")
+        .to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    std::fs::write(&path, "redis://:hunter2@cache:6379/0\n").expect("write");
+    let s = load(&config, &[("WX_SECRET", "x")]).expect("valid");
+    assert_eq!(
+        s.mirrors[0].url.expose_secret(),
+        "redis://:hunter2@cache:6379/0"
+    );
+    // Commands that do not run the daemon never read it.
+    std::fs::remove_file(&path).expect("remove");
+    load_scoped(&config, Scope::StoreOnly).expect("not read for store-only commands");
+}
+
+#[test]
+fn mirror_problems_name_the_key_and_the_fix() {
+    let config = format!(
+        r#"{ONE_ACCOUNT}
+        [[mirrors]]
+        url = "redis://127.0.0.1"
+        url_env = "REDIS_URL"
+        layouts = ["easywechat", "wxjava", "wxjava", "co-wechat"]
+        accounts = ["wx0001", "wx9999"]
+        kinds = ["access_token", "ticket"]
+
+        [[mirrors]]
+        url = "redis://127.0.0.1"
+"#
+    );
+    let err =
+        load(&config, &[("WX_SECRET", "x"), ("REDIS_URL", "redis://x")]).expect_err("invalid");
+    let text = err.to_string();
+    assert_eq!(
+        keys(err),
+        [
+            "mirrors[0].url_file",
+            "mirrors[0].layouts",
+            "mirrors[0].layouts",
+            "mirrors[0].layouts",
+            "mirrors[0].accounts[1]",
+            "mirrors[0].kinds[1]",
+            "mirrors[1].layouts",
+        ]
+    );
+    assert!(
+        text.contains("set only one of url, url_env and url_file"),
+        "{text}"
+    );
+    assert!(text.contains("easywechat is not supported"), "{text}");
+    assert!(
+        text.contains("\"wx9999\" is not an [[accounts]] id"),
+        "{text}"
+    );
+    assert!(text.contains("unknown layout \"co-wechat\""), "{text}");
+}
+
+#[test]
+fn effective_configuration_redacts_a_mirror_url_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{ONE_ACCOUNT}[[mirrors]]\nurl = \"redis://app:s3cret-pass@cache:6379/0\"\nlayouts = [\"wxjava\"]\n"
+        ),
+    )
+    .expect("write");
+    let shown = effective(Some(&path)).expect("valid");
+    assert_eq!(shown["mirrors"][0]["url"], "redis://app:****@cache:6379/0");
+    assert!(!shown.to_string().contains("s3cret-pass"));
+}
+
+#[test]
+fn a_mirror_keeps_to_its_accounts_kinds_and_prefixes() {
+    let config = format!(
+        r#"{ONE_ACCOUNT}
+        [[accounts]]
+        id = "wx0002"
+        platform = "official_account"
+        secret_env = "WX_SECRET"
+
+        [[mirrors]]
+        name = "java"
+        url = "redis://127.0.0.1/1"
+        layouts = ["wxjava"]
+        accounts = ["wx0002"]
+        kinds = ["jsapi_ticket"]
+        key_prefix = {{ wxjava = "mp", wechatpy = "py" }}
+"#
+    );
+    let s = load(&config, &[("WX_SECRET", "x")]).expect("valid");
+    let mirror = &s.mirrors[0];
+    assert_eq!(mirror.name, "java");
+    assert!(mirror.wants(&AccountId::new("wx0002"), CredentialKind::JsapiTicket));
+    assert!(!mirror.wants(&AccountId::new("wx0002"), CredentialKind::AccessToken));
+    assert!(!mirror.wants(&AccountId::new("wx0001"), CredentialKind::JsapiTicket));
+    assert_eq!(mirror.key_prefix.wxjava, "mp");
+    assert_eq!(mirror.key_prefix.wxjava_miniapp, "wa");
+    assert_eq!(mirror.key_prefix.wechatpy, "py");
+}

@@ -13,6 +13,7 @@ use tracing_subscriber::filter::Directive;
 use crate::wechat::Api;
 
 use super::accounts::{account_specs, resolve_secrets, RawAccount};
+use super::mirrors::{mirror_settings, RawMirror};
 use super::{
     AdminSettings, ConfigError, DaemonSettings, EnvSource, LeaseSettings, LogSettings,
     MongoSettings, Problem, RawLogSettings, RawMongoSettings, RawWechatSettings, RefreshSettings,
@@ -40,6 +41,8 @@ pub(super) struct RawSettings {
     admin: AdminSettings,
     log: RawLogSettings,
     accounts: Vec<RawAccount>,
+    #[serde(default)]
+    mirrors: Vec<RawMirror>,
 }
 
 /// Collects problems so that one run reports all of them.
@@ -77,6 +80,7 @@ impl RawSettings {
             Scope::Daemon => resolve_secrets(&configured, env, &mut problems),
             Scope::StoreOnly | Scope::Local => Vec::new(),
         };
+        let mirrors = mirror_settings(&self.mirrors, &configured, env, scope, &mut problems);
         let stable = configured
             .iter()
             .any(|a| a.endpoint == TokenEndpoint::StableToken);
@@ -104,6 +108,7 @@ impl RawSettings {
             log,
             accounts,
             configured,
+            mirrors,
         })
     }
 

@@ -24,6 +24,7 @@ use mongodb::Collection;
 use wxtokend_reader::document::integer;
 use wxtokend_reader::AccountId;
 
+use crate::mirror::Health;
 use crate::store::{is_duplicate_key, is_only_duplicate_keys, IndexSpec, Store, StoreError};
 use crate::wechat::Api;
 pub use lease::{Inserted, Lease, Newest, Stored};
@@ -346,24 +347,28 @@ impl Leases {
         Ok(info.quotas.into_keys().collect())
     }
 
-    /// Announces `instance` as alive until `duration` from now and returns
-    /// how many replicas are alive (this one included).
+    /// Announces `instance` as alive until `duration` from now, with how
+    /// its Redis mirrors are doing, and returns how many replicas are alive
+    /// (this one included).
     pub async fn heartbeat(
         &self,
         instance: &str,
         duration: Duration,
         held: usize,
+        mirrors: &[Health],
     ) -> Result<usize, StoreError> {
         // The test suite's stand-in for a MongoDB operation that never ends.
         crate::stall_point!("heartbeat-hang");
         let now = self.store.server_time().await?;
         let instances = self.store.database().collection::<Document>(INSTANCES);
+        let mirrors: Vec<Document> = mirrors.iter().map(mirror_document).collect();
         instances
             .update_one(
                 doc! { "_id": instance },
                 doc! { "$set": {
                     field::EXPIRES_AT: DateTime::from_system_time(now + duration),
                     "leases_held": i64::try_from(held).unwrap_or(i64::MAX),
+                    MIRRORS: mirrors,
                 } },
             )
             .upsert(true)
@@ -374,6 +379,31 @@ impl Leases {
         Ok(usize::try_from(live).unwrap_or(1).max(1))
     }
 
+    /// The Redis mirrors of every live replica, as their heartbeats say:
+    /// (replica, mirror), by replica.
+    pub async fn mirrors(&self) -> Result<Vec<(String, Health)>, StoreError> {
+        let now = self.store.server_time().await?;
+        let live: Vec<Document> = self
+            .store
+            .database()
+            .collection::<Document>(INSTANCES)
+            .find(doc! { field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) } })
+            .sort(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let mut all = Vec::new();
+        for instance in live {
+            let id = instance.get_str("_id").unwrap_or_default().to_owned();
+            for mirror in instance.get_array(MIRRORS).into_iter().flatten() {
+                if let Some(mirror) = mirror.as_document() {
+                    all.push((id.clone(), mirror_health(mirror)));
+                }
+            }
+        }
+        Ok(all)
+    }
+
     /// Removes `instance`'s heartbeat (clean shutdown).
     pub async fn leave(&self, instance: &str) -> Result<(), StoreError> {
         self.store
@@ -382,6 +412,32 @@ impl Leases {
             .delete_one(doc! { "_id": instance })
             .await?;
         Ok(())
+    }
+}
+
+/// The heartbeat's field with the replica's Redis mirrors.
+const MIRRORS: &str = "mirrors";
+
+fn mirror_document(h: &Health) -> Document {
+    doc! {
+        "name": &h.name,
+        "up": h.up,
+        "errors": i64::try_from(h.errors).unwrap_or(i64::MAX),
+        "last_error": h.last_error.clone(),
+        "last_write": h.last_write.map(DateTime::from_system_time),
+    }
+}
+
+fn mirror_health(d: &Document) -> Health {
+    Health {
+        name: d.get_str("name").unwrap_or_default().to_owned(),
+        up: d.get_bool("up").unwrap_or(false),
+        errors: u64::try_from(integer(d, "errors").unwrap_or(0)).unwrap_or(0),
+        last_error: d.get_str("last_error").ok().map(str::to_owned),
+        last_write: d
+            .get_datetime("last_write")
+            .ok()
+            .map(|t| t.to_system_time()),
     }
 }
 

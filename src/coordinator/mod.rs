@@ -209,9 +209,13 @@ impl Coordinator {
         crate::stall_point!("coordinator-stall");
         self.stopping.retain(|task| !task.is_finished());
         self.renew_all().await;
-        let heartbeat =
-            self.leases
-                .heartbeat(&self.ctx.instance_id, self.lease.duration, self.held.len());
+        let mirrors = self.ctx.mirrors.health();
+        let heartbeat = self.leases.heartbeat(
+            &self.ctx.instance_id,
+            self.lease.duration,
+            self.held.len(),
+            &mirrors,
+        );
         let live = match self.observed(Operation::Heartbeat, heartbeat).await {
             Ok(live) => live,
             Err(e) => {

@@ -92,6 +92,8 @@ pub enum Operation {
     EnsureIndexes,
     /// The readiness check behind `/readyz`.
     Readiness,
+    /// A Redis mirror reading the newest credentials to rewrite them.
+    MirrorResync,
 }
 
 impl Operation {
@@ -109,6 +111,7 @@ impl Operation {
             Self::Requests => "requests",
             Self::EnsureIndexes => "ensure_indexes",
             Self::Readiness => "readiness",
+            Self::MirrorResync => "mirror_resync",
         }
     }
 }
@@ -161,4 +164,10 @@ pub struct OperationLabels {
 pub struct CommandLabels {
     /// The MongoDB command's name (`find`, `insert`, `findAndModify`...).
     pub command: String,
+}
+
+/// The `mirror` label: a `[[mirrors]]` entry's `name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub mirror: String,
 }

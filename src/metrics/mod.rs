@@ -22,8 +22,8 @@ use crate::wechat::Api;
 mod labels;
 
 use labels::{
-    AccountLabels, ApiLabels, CommandLabels, CredentialLabels, Kind, KindLabels, OperationLabels,
-    OutcomeLabels, QuotaLabels,
+    AccountLabels, ApiLabels, CommandLabels, CredentialLabels, Kind, KindLabels, MirrorLabels,
+    OperationLabels, OutcomeLabels, QuotaLabels,
 };
 pub use labels::{Operation, Outcome};
 
@@ -63,6 +63,11 @@ pub struct Metrics {
     mongodb_duration: Histograms<OperationLabels>,
     mongodb_errors: Family<OperationLabels, Counter>,
     mongodb_commands: Family<CommandLabels, Counter>,
+    mirror_writes: Family<MirrorLabels, Counter>,
+    mirror_errors: Family<MirrorLabels, Counter>,
+    mirror_dropped: Family<MirrorLabels, Counter>,
+    mirror_resyncs: Family<MirrorLabels, Counter>,
+    mirror_up: Family<MirrorLabels, Gauge>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -113,6 +118,11 @@ impl Metrics {
             mongodb_duration: Family::new_with_constructor(mongodb_buckets),
             mongodb_errors: Family::default(),
             mongodb_commands: Family::default(),
+            mirror_writes: Family::default(),
+            mirror_errors: Family::default(),
+            mirror_dropped: Family::default(),
+            mirror_resyncs: Family::default(),
+            mirror_up: Family::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -188,6 +198,34 @@ impl Metrics {
             "MongoDB commands sent (each one round trip), by command name",
             m.mongodb_commands.clone(),
         );
+        registry.register(
+            "wxtokend_mirror_writes",
+            "Credentials written to a Redis mirror (every SDK layout of one credential in one \
+             write)",
+            m.mirror_writes.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_errors",
+            "Failed Redis operations of a mirror (each is retried; see wxtokend_mirror_up)",
+            m.mirror_errors.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_dropped",
+            "Credentials a full mirror queue could not take (the mirror then rereads each \
+             from MongoDB)",
+            m.mirror_dropped.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_resyncs",
+            "Rewrites of every held credential from MongoDB (at start, after a Redis outage \
+             or restart)",
+            m.mirror_resyncs.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_up",
+            "1 while the mirror's last Redis operation succeeded",
+            m.mirror_up.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -201,6 +239,39 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A Redis mirror's outcome: `written` credentials, or a failure.
+    pub fn mirror(&self, mirror: &str, result: Result<u64, ()>) {
+        let labels = MirrorLabels {
+            mirror: mirror.to_owned(),
+        };
+        match result {
+            Ok(written) => {
+                self.mirror_writes.get_or_create(&labels).inc_by(written);
+                self.mirror_up.get_or_create(&labels).set(1);
+            }
+            Err(()) => {
+                self.mirror_errors.get_or_create(&labels).inc();
+                self.mirror_up.get_or_create(&labels).set(0);
+            }
+        }
+    }
+
+    pub fn mirror_dropped(&self, mirror: &str) {
+        self.mirror_dropped
+            .get_or_create(&MirrorLabels {
+                mirror: mirror.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn mirror_resynced(&self, mirror: &str) {
+        self.mirror_resyncs
+            .get_or_create(&MirrorLabels {
+                mirror: mirror.to_owned(),
+            })
+            .inc();
     }
 
     /// The credential an account's refresher now relies on.

@@ -25,6 +25,7 @@ use machine::{Action, Machine, Requested};
 use crate::config::{Account, RefreshSettings};
 use crate::coordination::{Inserted, Lease, Newest, RefreshRequest, Stored};
 use crate::metrics::{Metrics, Operation};
+use crate::mirror::{Mirrored, Mirrors};
 use crate::store::{Store, StoreError};
 use crate::wechat::{Api, ErrorClass, WechatClient};
 
@@ -44,6 +45,9 @@ pub struct Context {
     /// (see `Settings::mongodb_operation_timeout`), and fails as
     /// [`StoreError::TimedOut`].
     pub operation_timeout: Duration,
+    /// Redis mirrors: offered every credential stored or reused, never
+    /// waited for.
+    pub mirrors: Mirrors,
 }
 
 impl Context {
@@ -217,6 +221,7 @@ impl Refresher {
         self.machine.loaded(newest.as_ref());
         match newest.filter(|c| c.is_valid_at(now)) {
             Some(c) => {
+                self.ctx.mirrors.offer(&c.clone().into());
                 self.ctx.metrics.credential(
                     &self.account.id,
                     self.kind,
@@ -293,6 +298,7 @@ impl Refresher {
                 value: &held.value,
             }))
         };
+        let value = pending.fetched.value.clone();
         let insert = self
             .lease
             .insert(self.kind, &pending.fetched, pending.reason, newest);
@@ -303,6 +309,13 @@ impl Refresher {
         }
         match inserted {
             Ok(Inserted::Stored(generation)) => {
+                self.ctx.mirrors.offer(&Mirrored {
+                    account: self.account.id.clone(),
+                    kind: self.kind,
+                    generation,
+                    value,
+                    expires_at,
+                });
                 self.ctx.metrics.credential(
                     &self.account.id,
                     self.kind,

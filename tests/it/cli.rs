@@ -66,7 +66,8 @@ fn help_lists_commands_and_exit_codes() {
     assert_eq!(
         exit_codes,
         "  0  success\n  \
-           1  unexpected failure; health: not healthy (or not ready)\n  \
+           1  unexpected failure; health: not healthy (or not ready); check: a\n     \
+              mirror's Redis does not answer\n  \
            2  bad command line; quota: an account that is not configured or is\n     \
               WeCom's, or --clear not confirmed (answered no, or no terminal to ask\n     \
               and no --yes)\n  \

@@ -15,6 +15,7 @@ mod credentials;
 mod daemon;
 mod documents;
 mod handover;
+mod mirror;
 mod modes;
 mod mongo_auth;
 mod mongodb_outage;

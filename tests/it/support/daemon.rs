@@ -132,6 +132,8 @@ pub struct TestConfig {
     pub log_format: &'static str,
     /// Log everything at debug, dependencies included (for the secrets audit).
     pub log_level_debug: bool,
+    /// TOML appended after the accounts (`[[mirrors]]` tables).
+    pub extra_toml: String,
 }
 
 impl TestConfig {
@@ -165,6 +167,7 @@ impl TestConfig {
             env: Vec::new(),
             log_format: "json",
             log_level_debug: false,
+            extra_toml: String::new(),
         }
     }
 
@@ -266,6 +269,7 @@ level = "{log_level}"
                 tickets.join(", ")
             ));
         }
+        toml.push_str(&self.extra_toml);
         toml
     }
 

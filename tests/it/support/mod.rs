@@ -7,6 +7,7 @@
 //!   configuration, and its admin endpoints.
 //! - [`metrics`]: the daemon's `/metrics`, parsed.
 //! - [`store`]: the only file that uses the daemon's internal store API.
+//! - [`redis`]: the test Redis server (the mirror tests) and a view of it.
 //! - [`tls`]: a throwaway CA and certificates; [`notify`]: systemd's
 //!   notification socket.
 
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod metrics;
 pub mod mongo;
 pub mod notify;
+pub mod redis;
 pub mod scenario;
 pub mod store;
 pub mod tls;

@@ -1,0 +1,713 @@
+//! Redis mirrors (`[[mirrors]]`): an SDK pointed at the mirror reads the
+//! daemon's credentials exactly where and how it looks for its own (key,
+//! value encoding, TTL rule), across refreshes, a daemon restart, a Redis
+//! outage and a Redis restart; the MongoDB path never waits for Redis.
+//!
+//! Tests on the shared Redis use account ids no other test uses.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::ExposeSecret;
+use wxtokend_reader::{AccountId, Credential, CredentialKind, Credentials};
+
+use crate::support::redis::{shared_url, PrivateRedis, RedisView};
+use crate::support::{eventually, Scenario, TestAccount, TestConfig, TestDaemon, WAIT};
+
+fn mirror(url: &str, layouts: &[&str]) -> String {
+    let layouts: Vec<String> = layouts.iter().map(|l| format!("{l:?}")).collect();
+    format!(
+        "\n[[mirrors]]\nname = \"sdk\"\nurl = \"{url}\"\nlayouts = [{}]\ncheck_interval = \"200ms\"\n",
+        layouts.join(", ")
+    )
+}
+
+/// WxJava's `getAccessToken()` behind `isAccessTokenExpired()`
+/// (`WxMpRedisConfigImpl`): a key without TTL or with under 2 s left is
+/// expired. `None`: no usable value (or Redis does not answer).
+async fn wxjava_reads(redis: &RedisView, key: &str) -> Option<String> {
+    let ttl = redis.ttl(key).await?;
+    if ttl < 2 {
+        return None;
+    }
+    redis.get(key).await?
+}
+
+/// silenceper's `cache.Get`: the value as stored, whatever its TTL.
+async fn silenceper_reads(redis: &RedisView, key: &str) -> Option<String> {
+    redis.get(key).await?
+}
+
+/// wechatpy's `RedisStorage.get` (`json.loads`) of the value and of its
+/// `…_expires_at` companion.
+async fn wechatpy_reads(redis: &RedisView, key: &str) -> Option<(String, Option<u64>)> {
+    let raw = redis.get(key).await??;
+    let value: String = serde_json::from_str(&raw).expect("wechatpy's values are JSON");
+    let expires_at = redis
+        .get(&format!("{key}_expires_at"))
+        .await?
+        .map(|raw| serde_json::from_str(&raw).expect("a JSON number"));
+    Some((value, expires_at))
+}
+
+async fn newest_valid(s: &Scenario, account: &str, kind: CredentialKind) -> Option<Credential> {
+    Credentials::new(s.db.db())
+        .newest_valid(kind, &AccountId::new(account), SystemTime::now())
+        .await
+        .ok()?
+}
+
+fn unix(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+/// The keys each SDK reads for one credential, and how it decodes them.
+#[derive(Clone, Copy)]
+enum Sdk {
+    Wxjava,
+    Silenceper,
+    Wechatpy,
+}
+
+/// Where each SDK reads one credential.
+type SdkKeys = Vec<(Sdk, String)>;
+
+/// Whether `sdk` reads `expected` at `key`, with the TTL rule held: the key
+/// never outlives the credential, and is not cut short either.
+async fn reads(redis: &RedisView, sdk: Sdk, key: &str, expected: &Credential) -> bool {
+    let value = expected.value.expose_secret();
+    let got = match sdk {
+        Sdk::Wxjava => wxjava_reads(redis, key).await,
+        Sdk::Silenceper => silenceper_reads(redis, key).await,
+        Sdk::Wechatpy => match wechatpy_reads(redis, key).await {
+            Some((v, Some(at))) if at == unix(expected.expires_at) => Some(v),
+            _ => None,
+        },
+    };
+    if got.as_deref() != Some(value) {
+        return false;
+    }
+    let left = || {
+        expected
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    let before = left();
+    let Some(ttl) = redis.ttl(key).await else {
+        return false;
+    };
+    let after = left();
+    let ttl = ttl as f64;
+    // Slack: Redis rounds TTL to the second, and the daemon's clock is
+    // MongoDB's as measured over a loaded test machine (about a second).
+    assert!(
+        ttl <= before + 2.5 && ttl >= after - 3.0,
+        "{key}: TTL {ttl} s, but the credential has {after:.1}..{before:.1} s left"
+    );
+    true
+}
+
+/// Waits until every (sdk, key) reads the newest valid `kind` of `account`
+/// in MongoDB; returns its generation.
+async fn wait_mirrored(
+    s: &Scenario,
+    redis: &RedisView,
+    account: &str,
+    kind: CredentialKind,
+    keys: &[(Sdk, String)],
+) -> i64 {
+    eventually(WAIT, &format!("{account} {kind} in Redis"), || async {
+        let newest = newest_valid(s, account, kind).await?;
+        for (sdk, key) in keys {
+            if !reads(redis, *sdk, key, &newest).await {
+                return None;
+            }
+        }
+        Some(newest.generation.0)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_sdk_reads_the_newest_token_and_tickets_where_it_looks_across_refreshes() {
+    let oa = "wxmirrorlayouts0001";
+    let mp = "wxmirrorlayouts0002";
+    let wecom = "wwmirrorlayouts0003/1000002";
+    let s = Scenario::new()
+        .account(TestAccount::new(oa, "mirror-secret-0001").tickets(&["jsapi", "wx_card"]))
+        .account(TestAccount::new(mp, "mirror-secret-0002").platform("mini_program"))
+        .account(
+            TestAccount::new(wecom, "mirror-secret-0003")
+                .platform("wecom")
+                .tickets(&["jsapi", "agent_config"]),
+        )
+        .app(|app| {
+            app.expires_in(Duration::from_secs(6))
+                .ticket_expires_in(Duration::from_secs(6))
+        })
+        .config(|c| {
+            c.margin = "3s";
+            c.extra_toml = mirror(&shared_url(), &["wxjava", "silenceper", "wechatpy"]);
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    use CredentialKind::*;
+    use Sdk::*;
+    let expected: Vec<(&str, CredentialKind, SdkKeys)> = vec![
+        (
+            oa,
+            AccessToken,
+            vec![
+                (Wxjava, format!("wx:access_token:{oa}")),
+                (
+                    Silenceper,
+                    format!("gowechat_officialaccount__access_token_{oa}"),
+                ),
+                (Wechatpy, format!("wechatpy:{oa}_access_token")),
+            ],
+        ),
+        (
+            oa,
+            JsapiTicket,
+            vec![
+                (Wxjava, format!("wx:ticket:key:{oa}:jsapi")),
+                (
+                    Silenceper,
+                    format!("gowechat_officialaccount__jsapi_ticket_{oa}"),
+                ),
+                (Wechatpy, format!("wechatpy:{oa}_jsapi_ticket")),
+            ],
+        ),
+        (
+            oa,
+            WxCardTicket,
+            vec![
+                (Wxjava, format!("wx:ticket:key:{oa}:wx_card")),
+                (Wechatpy, format!("wechatpy:{oa}_jsapi_card_ticket")),
+            ],
+        ),
+        (
+            mp,
+            AccessToken,
+            vec![
+                (Wxjava, format!("wa:access_token:{mp}")),
+                (
+                    Silenceper,
+                    format!("gowechat_miniprogram__access_token_{mp}"),
+                ),
+                (Wechatpy, format!("wechatpy:{mp}_access_token")),
+            ],
+        ),
+        (
+            wecom,
+            AccessToken,
+            vec![(
+                Wxjava,
+                "wx:cp:wechat_cp_access_token_key:wwmirrorlayouts0003:1000002".into(),
+            )],
+        ),
+        (
+            wecom,
+            JsapiTicket,
+            vec![(
+                Wxjava,
+                "wx:cp:wechat_cp_jsapi_ticket_key:wwmirrorlayouts0003:1000002".into(),
+            )],
+        ),
+        (
+            wecom,
+            AgentConfigTicket,
+            vec![(
+                Wxjava,
+                "wx:cp:wechat_cp_agent_jsapi_ticket_key:wwmirrorlayouts0003:1000002".into(),
+            )],
+        ),
+    ];
+    // Three generations of every token: each one is in Redis, in every
+    // layout, once MongoDB has it.
+    for round in 1..=3 {
+        for (account, kind, keys) in &expected {
+            let generation = wait_mirrored(&s, &redis, account, *kind, keys).await;
+            if *kind == AccessToken {
+                assert!(generation >= round, "{account}: generation {generation}");
+            }
+        }
+        let next = round + 1;
+        eventually(WAIT, "the next generation of every token", || async {
+            for account in [oa, mp, wecom] {
+                let newest = newest_valid(&s, account, AccessToken).await?;
+                (newest.generation.0 >= next).then_some(())?;
+            }
+            Some(())
+        })
+        .await;
+    }
+    // WeCom has no silenceper or wechatpy key (theirs lack the agent id or
+    // hold part of the secret).
+    assert_eq!(
+        redis
+            .get("gowechat_work__access_token_wwmirrorlayouts0003")
+            .await,
+        Some(None)
+    );
+    s.daemon().assert_logs_free_of(&s.secrets());
+}
+
+#[tokio::test]
+async fn a_restarted_daemon_rewrites_the_keys_from_mongodb_without_fetching() {
+    let id = "wxmirrorrestart0001";
+    let mut s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-restart-secret"))
+        .config(|c| c.extra_toml = mirror(&shared_url(), &["wxjava", "silenceper", "wechatpy"]))
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let keys = vec![
+        (Sdk::Wxjava, format!("wx:access_token:{id}")),
+        (
+            Sdk::Silenceper,
+            format!("gowechat_officialaccount__access_token_{id}"),
+        ),
+        (Sdk::Wechatpy, format!("wechatpy:{id}_access_token")),
+    ];
+    wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+    s.daemon_mut().terminate(WAIT);
+    // What an SDK does on 40001 (WxJava's expireAccessToken), or a Redis
+    // that lost its keys while wxtokend was down.
+    let mut all: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
+    all.push(format!("wechatpy:{id}_access_token_expires_at"));
+    redis.del(&all).await;
+    s.daemons = vec![TestDaemon::spawn(&s.config)];
+    let generation = wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+    assert_eq!(generation, 1);
+    assert_eq!(s.fake.tokens_issued(id), 1, "a restart fetches nothing");
+}
+
+#[tokio::test]
+async fn after_a_redis_outage_and_a_restart_redis_holds_the_newest_token_again() {
+    let id = "wxmirroroutage00001";
+    let mut redis_server = PrivateRedis::start();
+    let url = redis_server.url();
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-outage-secret"))
+        .config({
+            let toml = mirror(&url, &["wxjava", "wechatpy"]);
+            move |c| c.extra_toml = toml
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&url);
+    let keys = vec![
+        (Sdk::Wxjava, format!("wx:access_token:{id}")),
+        (Sdk::Wechatpy, format!("wechatpy:{id}_access_token")),
+    ];
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        1
+    );
+
+    // Redis goes away; a refresh lands in MongoDB meanwhile.
+    redis_server.stop();
+    let sdk = [("mirror", "sdk")];
+    s.daemon()
+        .wait_metrics("the mirror down", |m| {
+            m.get("wxtokend_mirror_up", &sdk) == Some(0.0)
+                && m.get("wxtokend_mirror_errors_total", &sdk)
+                    .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    // `status` shows it too (from the replica's heartbeat), without the URL.
+    let shown = eventually(WAIT, "status to show the mirror down", || async {
+        let (code, out, _) = s.run(&["status"]);
+        (code == 0
+            && out
+                .lines()
+                .any(|l| l.starts_with("sdk ") && l.contains("DOWN")))
+        .then_some(out)
+    })
+    .await;
+    assert!(!shown.contains(&url), "{shown}");
+    let (code, _, err) = s.run(&["refresh", id]);
+    assert_eq!(code, 0, "{err}");
+    s.wait_for_tokens(2).await;
+
+    // It comes back empty: the newest token is written again, no fetch.
+    redis_server.restart();
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        2
+    );
+    s.daemon()
+        .wait_metrics("the mirror up", |m| {
+            m.get("wxtokend_mirror_up", &sdk) == Some(1.0)
+        })
+        .await;
+    eventually(WAIT, "status to show the mirror up", || async {
+        let (_, out, _) = s.run(&["status"]);
+        out.lines()
+            .any(|l| l.starts_with("sdk ") && l.contains(" up "))
+            .then_some(())
+    })
+    .await;
+
+    // A restart with nothing refreshed since: every key is back.
+    redis_server.restart();
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        2
+    );
+    assert_eq!(s.fake.tokens_issued(id), 2);
+}
+
+#[tokio::test]
+async fn an_older_generation_never_replaces_a_newer_one_in_redis() {
+    let id = "wxmirrorguard000001";
+    let redis = RedisView::new(&shared_url());
+    // Another replica already wrote generation 7 (this daemon will store 1).
+    redis
+        .set(&format!("wxtokend:generation:{id}:access_token"), "7", 600)
+        .await;
+    redis
+        .set(&format!("wx:access_token:{id}"), "generation-7-token", 600)
+        .await;
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-guard-secret"))
+        .config(|c| c.extra_toml = mirror(&shared_url(), &["wxjava", "silenceper"]))
+        .build()
+        .await;
+    s.wait_for_tokens(1).await;
+    s.daemon()
+        .wait_metrics("a mirror write", |m| {
+            m.get("wxtokend_mirror_writes_total", &[("mirror", "sdk")])
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    assert_eq!(
+        redis.get(&format!("wx:access_token:{id}")).await,
+        Some(Some("generation-7-token".into()))
+    );
+    // All or nothing: no layout got the older one.
+    assert_eq!(
+        redis
+            .get(&format!("gowechat_officialaccount__access_token_{id}"))
+            .await,
+        Some(None)
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_redis_never_delays_refreshes() {
+    let id = "wxmirrorfrozen00001";
+    let redis_server = PrivateRedis::start();
+    redis_server.signal("STOP");
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-frozen-secret"))
+        .app(|app| app.expires_in(Duration::from_secs(2)))
+        .config({
+            let toml = mirror(&redis_server.url(), &["wxjava"]);
+            move |c| {
+                c.margin = "1s";
+                c.extra_toml = toml;
+            }
+        })
+        .build()
+        .await;
+    // Every refresh is on time (one a second) although each Redis call
+    // hangs until its timeout (2 s): a refresher that waited for Redis
+    // would take twice as long.
+    let tokens = s.wait_for_tokens(4).await;
+    let at = |i: usize| {
+        tokens[i]
+            .get_datetime("fetched_at")
+            .expect("fetched_at")
+            .to_system_time()
+    };
+    let spread = at(3).duration_since(at(0)).expect("in order");
+    assert!(
+        spread < Duration::from_millis(5500),
+        "three refreshes took {spread:?}"
+    );
+    s.daemon()
+        .wait_metrics("the mirror down", |m| {
+            m.get("wxtokend_mirror_up", &[("mirror", "sdk")]) == Some(0.0)
+        })
+        .await;
+}
+
+/// A configuration with a mirror fails to start with the key named when
+/// its URL cannot be read; it never prints the URL.
+#[test]
+fn a_mirror_url_problem_names_the_key_and_never_the_url() {
+    let mut config = TestConfig::new(
+        "mongodb://127.0.0.1:9/",
+        "unused",
+        "http://127.0.0.1:9",
+        &[TestAccount::new(
+            "wxmirrorconfig00001",
+            "mirror-config-secret",
+        )],
+    );
+    config.extra_toml = mirror("rediss://:hunter2@cache:6380/0", &["wxjava"]);
+    let (code, out, err) = config.run(&["check"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("mirrors[0].url"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !out.contains("hunter2"),
+        "{err}"
+    );
+}
+
+/// The python of a virtualenv with `sdk` `version` from PyPI
+/// (scripts/sdk-venv.sh builds it once, with apt's python3-venv if needed).
+fn sdk_python(sdk: &str, version: &str) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/sdk-venv.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args([sdk, version])
+        .output()
+        .expect("run scripts/sdk-venv.sh");
+    assert!(
+        out.status.success(),
+        "cannot build the {sdk} {version} virtualenv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("a path")
+        .trim()
+        .to_owned()
+}
+
+/// Runs tests/sdk/wechatpy_proof.py with wechatpy `version` for `seconds`
+/// against the scenario's fake and mirror, then checks that every token it
+/// used came from the daemon and that it fetched none itself.
+async fn wechatpy_proof(s: &Scenario, version: &str, seconds: u64) -> Vec<String> {
+    let id = s.id().to_owned();
+    let python = sdk_python("wechatpy", version);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/wechatpy_proof.py");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(script)
+        .env("REDIS_URL", shared_url())
+        .env("FAKE_WECHAT_URL", s.fake.url())
+        .env("APPID", &id)
+        .env("APPSECRET", &s.accounts[0].secret)
+        .env("PROOF_SECONDS", seconds.to_string());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "wechatpy {version} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the proof's JSON line");
+    let tokens: Vec<String> = seen["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("a token").to_owned())
+        .collect();
+    // Every token WeChat issued was fetched and stored by the daemon: none
+    // by wechatpy.
+    let what = "every token the fake issued stored by the daemon (else wechatpy fetched its own)";
+    let stored = eventually(WAIT, what, || async {
+        let stored: Vec<String> = s
+            .tokens_of(&id)
+            .await
+            .iter()
+            .map(|d| d.get_str("access_token").expect("token").to_owned())
+            .collect();
+        (stored.len() == s.fake.token_calls(&id) as usize).then_some(stored)
+    })
+    .await;
+    assert_eq!(stored, s.fake.issued_tokens(&id));
+    for token in &tokens {
+        assert!(
+            stored.contains(token),
+            "wechatpy used a token the daemon did not store"
+        );
+    }
+    tokens
+}
+
+#[tokio::test]
+async fn wechatpy_1_8_itself_uses_the_daemons_tokens_and_fetches_none() {
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wxmirrorwechatpy0018",
+            "wechatpy-18-secret",
+        ))
+        .app(|app| app.expires_in(Duration::from_secs(6)))
+        .config(|c| {
+            c.margin = "3s";
+            c.extra_toml = mirror(&shared_url(), &["wechatpy"]);
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let key = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &key).await;
+    // About four refresh cycles.
+    let tokens = wechatpy_proof(&s, "1.8.18", 12).await;
+    assert!(tokens.len() >= 3, "wechatpy saw {} tokens", tokens.len());
+}
+
+/// wechatpy 2 also reads `…_access_token_expires_at` and fetches on its own
+/// once 60 s or less are left: tokens live 130 s here, refreshed with 65 s
+/// left, so one refresh cycle takes a minute.
+#[tokio::test]
+async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wxmirrorwechatpy0020",
+            "wechatpy-20-secret",
+        ))
+        .app(|app| app.expires_in(Duration::from_secs(130)))
+        .config(|c| {
+            c.margin = "65s";
+            c.extra_toml = mirror(&shared_url(), &["wechatpy"]);
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let key = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &key).await;
+    let tokens = wechatpy_proof(&s, "2.0.0a26", 72).await;
+    assert_eq!(tokens.len(), 2, "one refresh in 72 s");
+}
+
+#[tokio::test]
+async fn the_redis_password_shows_nowhere() {
+    let id = "wxmirrorpassword001";
+    let password = "s3cret-redis-password";
+    let redis_server = PrivateRedis::start_with(&["--requirepass", password]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url_file = dir.path().join("redis_url");
+    std::fs::write(
+        &url_file,
+        format!("{}\n", redis_server.url_with_password(password)),
+    )
+    .expect("write the URL file");
+    let mut s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-password-secret"))
+        .config({
+            let toml = format!(
+                "\n[[mirrors]]\nname = \"sdk\"\nurl_file = {:?}\nlayouts = [\"wxjava\"]\ncheck_interval = \"200ms\"\n",
+                url_file.display().to_string()
+            );
+            move |c| {
+                c.log_level_debug = true;
+                c.extra_toml = toml;
+            }
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&redis_server.url_with_password(password));
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+
+    // The password changes under the daemon: every write is refused.
+    let mut c = redis::Client::open(redis_server.url_with_password(password))
+        .expect("URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("another-redis-password")
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG SET");
+    // Connections already open stay authenticated: close the daemon's.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut c)
+        .await
+        .expect("CLIENT KILL");
+    let (code, _, err) = s.run(&["refresh", id]);
+    assert_eq!(code, 0, "{err}");
+    s.daemon()
+        .wait_metrics("the mirror refused", |m| {
+            m.get("wxtokend_mirror_up", &[("mirror", "sdk")]) == Some(0.0)
+        })
+        .await;
+    let status = eventually(WAIT, "status to show the mirror down", || async {
+        let (_, out, _) = s.run(&["status"]);
+        out.lines()
+            .any(|l| l.starts_with("sdk ") && l.contains("DOWN"))
+            .then_some(out)
+    })
+    .await;
+    let (_, shown, _) = s.run(&["config"]);
+    let metrics = s.daemon().metrics().await;
+    s.daemon_mut().terminate(WAIT);
+    let mut secrets = s.secrets();
+    secrets.push(password.to_owned());
+    secrets.push("another-redis-password".to_owned());
+    s.daemon().assert_logs_free_of(&secrets);
+    for text in [status.as_str(), shown.as_str(), metrics.text()] {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret leaked: {text}");
+        }
+    }
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_credential_a_full_queue_dropped_is_written_from_mongodb() {
+    let id = "wxmirrordropped0001";
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-dropped-secret"))
+        .config(|c| {
+            c.extra_toml = mirror(&shared_url(), &["wxjava"]);
+            // The first offer finds the queue full.
+            c.env
+                .push(("FAILPOINTS", "mirror-queue-full=1*return->off".into()));
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        1
+    );
+    let m = s.daemon().metrics().await;
+    assert_eq!(
+        m.get("wxtokend_mirror_dropped_total", &[("mirror", "sdk")]),
+        Some(1.0)
+    );
+    assert_eq!(s.fake.tokens_issued(id), 1);
+}
+
+#[tokio::test]
+async fn check_says_whether_each_mirror_answers() {
+    let mut down = PrivateRedis::start();
+    let down_url = down.url();
+    down.stop();
+    let s = Scenario::new()
+        .account(TestAccount::new(
+            "wxmirrorcheck000001",
+            "mirror-check-secret",
+        ))
+        .config(move |c| {
+            c.extra_toml = format!(
+                "{}\n[[mirrors]]\nname = \"gone\"\nurl = \"{down_url}\"\nlayouts = [\"wxjava\"]\n",
+                mirror(&shared_url(), &["wxjava"])
+            )
+        })
+        .replicas(0)
+        .build()
+        .await;
+    let (code, out, err) = s.run(&["check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("mirror sdk: Redis answers"), "{out}");
+    assert!(err.contains("mirror gone: Redis does not answer"), "{err}");
+}
