@@ -234,18 +234,34 @@ impl Leases {
         duration: Duration,
     ) -> Result<Vec<AccountId>, StoreError> {
         let now = self.store.server_time().await?;
-        let filter = held_filter(held, holder);
-        let result = self
-            .collection()
-            .update_many(
-                filter.clone(),
-                doc! { "$set": { field::EXPIRES_AT: DateTime::from_system_time(now + duration) } },
-            )
-            .await?;
-        if result.matched_count as usize == held.len() {
+        let expires_at = DateTime::from_system_time(now + duration);
+        let matched = update_each(&self.store, held, holder, expires_at).await?;
+        if matched == held.len() {
             return Ok(held.iter().map(|(id, _)| id.clone()).collect());
         }
-        self.ids(filter).await
+        // Some moved on: which are still ours, at our term.
+        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let docs: Vec<Document> = self
+            .collection()
+            .find(doc! { field::ID: { "$in": ids }, field::HOLDER: holder })
+            .projection(doc! { field::ID: 1, field::TERM: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let terms: std::collections::HashMap<&str, i64> = held
+            .iter()
+            .map(|(id, term)| (id.as_str(), term.0))
+            .collect();
+        Ok(docs
+            .iter()
+            .filter(|d| {
+                d.get_str(field::ID)
+                    .ok()
+                    .and_then(|id| terms.get(id))
+                    .is_some_and(|term| integer(d, field::TERM).ok() == Some(*term))
+            })
+            .filter_map(|d| d.get_str(field::ID).ok().map(AccountId::new))
+            .collect())
     }
 
     /// Leases of `ids` that expired before `before` (server clock): the
@@ -288,7 +304,9 @@ impl Leases {
         if held.is_empty() {
             return Ok(());
         }
-        expire_now(&self.store, held_filter(held, holder)).await
+        let now = self.store.server_time().await?;
+        update_each(&self.store, held, holder, DateTime::from_system_time(now)).await?;
+        Ok(())
     }
 
     /// Gives back a lease as `info` shows it (holder and term): one this
@@ -461,13 +479,39 @@ fn generation_counter(kind: wxtokend_reader::CredentialKind) -> String {
     format!("{}.{}", field::GENERATIONS, kind.as_str())
 }
 
-/// The leases in `held`, each only at its term, and only while `holder`'s.
-fn held_filter(held: &[(AccountId, Term)], holder: &str) -> Document {
-    let each: Vec<Document> = held
-        .iter()
-        .map(|(id, term)| doc! { field::ID: id.as_str(), field::TERM: term.0 })
-        .collect();
-    doc! { field::HOLDER: holder, "$or": each }
+/// Most statements sent in one `update` command (MongoDB's limit is
+/// 100,000).
+const STATEMENTS_PER_COMMAND: usize = 50_000;
+
+/// Sets `expires_at` on each lease of `held` that is still `holder`'s at
+/// its term: one `update` command of one statement per lease, each matched
+/// by `_id` (one round trip per 50,000 leases; a single `$or` of thousands
+/// of clauses costs the server far more). Returns how many matched (a
+/// statement that failed on the server counts as not matched).
+async fn update_each(
+    store: &Store,
+    held: &[(AccountId, Term)],
+    holder: &str,
+    expires_at: DateTime,
+) -> Result<usize, StoreError> {
+    let mut matched = 0;
+    for chunk in held.chunks(STATEMENTS_PER_COMMAND) {
+        let updates: Vec<Document> = chunk
+            .iter()
+            .map(|(id, term)| {
+                doc! {
+                    "q": { field::ID: id.as_str(), field::HOLDER: holder, field::TERM: term.0 },
+                    "u": { "$set": { field::EXPIRES_AT: expires_at } },
+                }
+            })
+            .collect();
+        let answer = store
+            .database()
+            .run_command(doc! { "update": LEASES, "updates": updates, "ordered": false })
+            .await?;
+        matched += usize::try_from(integer(&answer, "n").unwrap_or_default()).unwrap_or(0);
+    }
+    Ok(matched)
 }
 
 /// An integer counter of a lease document (0 when absent).
