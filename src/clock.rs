@@ -1,33 +1,44 @@
 //! One clock for every time the daemon stamps or compares with what it
-//! stores: the MongoDB server's. Each time the server's time is read (every
-//! permit and lease operation), the offset of the local clock from it is
-//! remeasured; [`Clock::now`] is the local clock corrected by that offset.
-//! A replica whose own clock is minutes off then still writes `fetched_at`
-//! and `expires_at` that readers with a correct clock can trust.
+//! stores: the MongoDB server's. Each time the server's time is read (each
+//! heartbeat and lease operation, at least once per renew interval), the
+//! reading is kept with the monotonic instant it was taken at;
+//! [`Clock::now`] is that reading plus the monotonic time since. A replica
+//! whose own clock is minutes off, or is stepped between readings, then
+//! still writes `fetched_at` and `expires_at` that readers with a correct
+//! clock can trust, and judges its leases by the server's time (a permit
+//! needs the lease to outlast the call by this clock: see `permit`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Readings slower than this do not move the offset.
+/// Readings slower than this do not move the clock.
 pub const MAX_ROUND_TRIP: Duration = Duration::from_secs(1);
 
 /// The server's time, as seen from this process. Cheap to share.
 #[derive(Debug, Default)]
 pub struct Clock {
-    /// Server minus local, in milliseconds (0 until first measured).
+    /// The server's time at the last reading, and when (monotonic) that was.
+    reading: Mutex<Option<(SystemTime, Instant)>>,
+    /// Server minus local at the last reading, in milliseconds.
     offset_ms: AtomicI64,
 }
 
 impl Clock {
-    /// The server's time now (the local time until the first measurement).
+    /// The server's time now (the local time until the first reading).
     pub fn now(&self) -> SystemTime {
-        shift(SystemTime::now(), self.offset_ms.load(Ordering::Relaxed))
+        let reading = *self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        match reading {
+            Some((server, at)) => server + at.elapsed(),
+            None => SystemTime::now(),
+        }
     }
 
     /// Records that the server said `server` while the local clock read
-    /// between `sent` and `received`: the answer is taken as given halfway.
-    /// A reading whose round trip took longer than [`MAX_ROUND_TRIP`] (it
-    /// waited for a server) says too little and is ignored.
+    /// between `sent` and `received` (just now): the answer is taken as
+    /// given halfway. A reading whose round trip took longer than
+    /// [`MAX_ROUND_TRIP`] (it waited for a server) says too little and is
+    /// ignored.
     pub fn observe(&self, server: SystemTime, sent: SystemTime, received: SystemTime) {
         let trip = received.duration_since(sent).unwrap_or_default();
         if trip > MAX_ROUND_TRIP {
@@ -37,9 +48,13 @@ impl Clock {
         let local = sent + half_trip;
         self.offset_ms
             .store(millis(server) - millis(local), Ordering::Relaxed);
+        // The server's time as the answer arrived (now).
+        *self.reading.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((server + half_trip, Instant::now()));
     }
 
-    /// How far the local clock is from the server's (server minus local).
+    /// How far the local clock was from the server's at the last reading
+    /// (server minus local).
     pub fn offset(&self) -> i64 {
         self.offset_ms.load(Ordering::Relaxed)
     }
@@ -49,15 +64,6 @@ fn millis(at: SystemTime) -> i64 {
     match at.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
         Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
-
-fn shift(at: SystemTime, ms: i64) -> SystemTime {
-    let by = Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        at + by
-    } else {
-        at - by
     }
 }
 
@@ -82,7 +88,7 @@ mod tests {
             .duration_since(SystemTime::now())
             .expect("ahead");
         assert!(
-            skew > Duration::from_secs(299) && skew <= Duration::from_secs(300),
+            skew > Duration::from_secs(299) && skew <= Duration::from_millis(300_100),
             "{skew:?}"
         );
         // Behind works the same way.
