@@ -13,6 +13,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Debian packages the tests need, installed in one apt-get run when missing
+# (and run as root): tests running side by side must not each run apt-get.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || missing+=(libfaketime)
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "test: installing ${missing[*]}" >&2
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
+# The wechatpy proofs' virtualenvs (from PyPI, cached), built before the tests
+# that use them start their clocks. Versions as in tests/it/mirror.rs.
+for version in 1.8.18 2.0.0a26; do
+  scripts/sdk-venv.sh wechatpy "$version" >/dev/null
+done
+
 if [ -z "${MONGODB_URI:-}" ]; then
   mongodb_dir=$(mktemp -d -t wxtokend-test-mongodb.XXXXXX)
   MONGODB_URI=$(scripts/test-mongodb.sh start "$mongodb_dir")
@@ -29,11 +45,6 @@ if [ -z "${REDIS_URL:-}" ]; then
   export REDIS_URL
   echo "test Redis: $REDIS_URL" >&2
 fi
-# The clock-skew test runs one daemon under Debian's libfaketime.
-if ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-   && command -v apt-get >/dev/null 2>&1; then
-  echo "test: installing libfaketime (for the clock-skew test)" >&2
-  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >&2
-fi
+# The clock-skew test runs one daemon under Debian's libfaketime (installed above).
 export WXTOKEND_REQUIRE_FAKETIME=1
 cargo test --workspace --locked --features failpoints "$@"

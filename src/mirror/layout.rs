@@ -13,8 +13,8 @@ use crate::config::Platform;
 /// An SDK whose Redis token cache wxtokend can fill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layout {
-    /// WxJava (`weixin-java-mp`, `-miniapp`, `-cp`) with its RedisTemplate,
-    /// Jedis or Redisson storage.
+    /// WxJava (`weixin-java-mp`, `-miniapp`, `-cp`) with its RedisTemplate
+    /// or Jedis storage (not Redisson's, whose codec is binary).
     Wxjava,
     /// silenceper/wechat (Go) with its Redis cache.
     Silenceper,

@@ -42,7 +42,7 @@ use crate::store::Store;
 /// ARGV[1]: the generation; ARGV[2]: the TTL in seconds; ARGV[3..]: the
 /// values of KEYS[2..]. Returns 1 if written, 0 if a newer one stands.
 const WRITE: &str = r"
-local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
+local stored = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if stored > tonumber(ARGV[1]) then
   return 0
 end
