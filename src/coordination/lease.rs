@@ -106,7 +106,19 @@ impl Lease {
     pub async fn permit(&self, rules: PermitRules) -> Result<Permit, StoreError> {
         // The test suite's stand-in for an operation that never ends.
         crate::stall_point!("permit-hang");
-        let now = self.store.clock().now();
+        // The coordinator reads the server's time every renew interval; an
+        // older reading (the process was paused, the host suspended) is
+        // renewed first, so that the lease's end is judged by the server.
+        let now = if self
+            .store
+            .clock()
+            .age()
+            .is_none_or(|age| age > rules.clock_max_age)
+        {
+            self.store.server_time().await?
+        } else {
+            self.store.clock().now()
+        };
         permit::ask(&self.leases(), self.held(), now, rules).await
     }
 
@@ -157,6 +169,23 @@ impl Lease {
             let Some(generation) = self.reserve_generation(kind).await? else {
                 return Ok(Inserted::Fenced);
             };
+            // A generation other than the one after what the caller knows:
+            // someone wrote meanwhile (a former holder's late insert), so
+            // read what is stored before taking this for a new value.
+            if let Newest::Known(stored) = known {
+                let next = stored.map_or(1, |s| s.generation.0 + 1);
+                if generation.0 != next {
+                    let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
+                    if let Some(c) = &newest.credential {
+                        if c.secret() == fetched.value.expose_secret() {
+                            return Ok(Inserted::Repeat {
+                                generation: c.generation,
+                                expires_at: c.expires_at,
+                            });
+                        }
+                    }
+                }
+            }
             let document = to_document(&self.credential(kind, fetched, reason, generation));
             match credentials.collection(kind).insert_one(document).await {
                 Ok(_) => return Ok(Inserted::Stored(generation)),

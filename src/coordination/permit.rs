@@ -48,6 +48,9 @@ pub struct PermitRules {
     pub forced_min_interval: Option<Duration>,
     /// For forced refreshes: how many are allowed per quota day.
     pub forced_daily_limit: Option<i64>,
+    /// The server's time is read afresh before the permit if the daemon's
+    /// last reading is older than this.
+    pub clock_max_age: Duration,
 }
 
 /// Asks for a permit on the lease matched by `held`, at server time `now`
@@ -109,7 +112,12 @@ async fn start_quota_day(
     api: Api,
     today: &str,
 ) -> Result<(), StoreError> {
-    held.insert(path(api, quota::field::DAY), doc! { "$ne": today });
+    // Only forwards: a clock a moment behind (or one replica's a moment
+    // ahead, at a handover) must not take the counters back a day.
+    held.insert(
+        path(api, quota::field::DAY),
+        doc! { "$not": { "$gte": today } },
+    );
     leases
         .update_one(
             held,

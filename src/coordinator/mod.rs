@@ -349,14 +349,21 @@ impl Coordinator {
         if ids.is_empty() {
             return Ok(());
         }
+        // Until their refreshers run, leases this batch may have got are in
+        // `taking`: a cut-off or an error gives them back at the next turn.
         self.taking.clone_from(&ids);
         let taken = self
             .leases
             .acquire_many(&ids, &new, &self.ctx.instance_id, self.lease.duration)
             .await;
-        self.taking.clear();
         self.liveness.progress();
-        let taken = taken?;
+        let taken = match taken {
+            Ok(taken) => taken,
+            Err(e) => {
+                self.stranded.append(&mut self.taking);
+                return Err(e);
+            }
+        };
         // Which of them have anything stored, one query per kind: a
         // refresher of an account with nothing stored (a new account) need
         // not read first.
@@ -394,6 +401,7 @@ impl Coordinator {
                 self.start(account, lease, stored);
             }
         }
+        self.taking.clear();
         Ok(())
     }
 

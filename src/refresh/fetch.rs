@@ -127,6 +127,9 @@ impl Refresher {
             daily_limit: self.ctx.refresh.daily_call_limits.of(self.api()),
             forced_min_interval: spaced.map(|_| self.ctx.refresh.forced_min_interval),
             forced_daily_limit: self.force_refresh().then_some(STABLE_TOKEN_FORCED_PER_DAY),
+            // The coordinator reads it every renew interval (at most a third
+            // of the lease): older means the process was held up.
+            clock_max_age: self.ctx.lease_duration / 2,
         }
     }
 

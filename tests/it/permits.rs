@@ -24,6 +24,7 @@ const NORMAL: PermitRules = PermitRules {
     daily_limit: 100,
     forced_min_interval: None,
     forced_daily_limit: None,
+    clock_max_age: Duration::from_secs(15),
 };
 
 #[tokio::test]
@@ -288,4 +289,49 @@ async fn a_refresh_costs_three_round_trips() {
     let repeat = insert_knowing(&lease, "TOKEN-2", Some((second, "TOKEN-2"))).await;
     assert!(matches!(repeat, Inserted::Repeat { generation, .. } if generation == second));
     assert_eq!(take(), ["findAndModify"]);
+}
+
+/// The permit reads the server's time afresh when the daemon's last reading
+/// is older than the rules allow (a paused process, a suspended host), so
+/// that a lease is never judged alive by a clock that stood still.
+#[tokio::test]
+async fn a_permit_after_a_pause_reads_the_servers_time_first() {
+    let db = TestDb::new().await;
+    let (leases, sent) = Leases::counted(&db).await;
+    let lease = leases.acquire("wxclockage", "a").await.expect("free");
+    assert_eq!(calls_today(permit(&lease, NORMAL).await), Some(1));
+    sent.lock().expect("lock").clear();
+    let stale = PermitRules {
+        clock_max_age: Duration::ZERO,
+        ..NORMAL
+    };
+    assert_eq!(calls_today(permit(&lease, stale).await), Some(2));
+    assert_eq!(
+        std::mem::take(&mut *sent.lock().expect("lock")),
+        ["hello", "findAndModify"]
+    );
+}
+
+/// A holder that knows generation N as the newest, while a former holder's
+/// late insert stored N+1 meanwhile: its reservation is not N+1, so it reads
+/// what is stored first, and a value WeChat answered again is not written
+/// twice.
+#[tokio::test]
+async fn a_late_insert_by_someone_else_is_read_before_writing() {
+    let db = TestDb::new().await;
+    let leases = Leases::new(&db).await;
+    let lease = leases.acquire("wxlateinsert", "a").await.expect("free");
+    let Inserted::Stored(first) = insert(&lease, "TOKEN-1").await else {
+        panic!("not stored");
+    };
+    // Written by another path (here the same lease, not telling the caller).
+    let Inserted::Stored(second) = insert(&lease, "TOKEN-2").await else {
+        panic!("not stored");
+    };
+    // WeChat answers TOKEN-2; the caller still believes TOKEN-1 is newest.
+    let repeat = insert_knowing(&lease, "TOKEN-2", Some((first, "TOKEN-1"))).await;
+    assert!(
+        matches!(repeat, Inserted::Repeat { generation, .. } if generation == second),
+        "{repeat:?}"
+    );
 }
