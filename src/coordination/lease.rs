@@ -140,31 +140,17 @@ impl Lease {
         let credentials = self.store.credentials();
         let mut known = newest;
         for _ in 0..INSERT_ATTEMPTS {
-            let stored = match known {
-                Newest::Known(stored) => stored.map(|s| {
-                    (
-                        s.generation,
-                        s.expires_at,
-                        s.value.expose_secret() == fetched.value.expose_secret(),
-                    )
-                }),
-                Newest::Unknown => credentials
-                    .scan_newest(kind, &self.app_id, None)
-                    .await?
-                    .credential
-                    .map(|c| {
-                        (
-                            c.generation,
-                            c.expires_at,
-                            c.secret() == fetched.value.expose_secret(),
-                        )
+            let repeat = match known {
+                Newest::Known(stored) => stored
+                    .filter(|s| s.value.expose_secret() == fetched.value.expose_secret())
+                    .map(|s| Inserted::Repeat {
+                        generation: s.generation,
+                        expires_at: s.expires_at,
                     }),
+                Newest::Unknown => self.stored_repeat(kind, fetched).await?,
             };
-            if let Some((generation, expires_at, true)) = stored {
-                return Ok(Inserted::Repeat {
-                    generation,
-                    expires_at,
-                });
+            if let Some(repeat) = repeat {
+                return Ok(repeat);
             }
             let Some(generation) = self.reserve_generation(kind).await? else {
                 return Ok(Inserted::Fenced);
@@ -175,14 +161,8 @@ impl Lease {
             if let Newest::Known(stored) = known {
                 let next = stored.map_or(1, |s| s.generation.0 + 1);
                 if generation.0 != next {
-                    let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
-                    if let Some(c) = &newest.credential {
-                        if c.secret() == fetched.value.expose_secret() {
-                            return Ok(Inserted::Repeat {
-                                generation: c.generation,
-                                expires_at: c.expires_at,
-                            });
-                        }
+                    if let Some(repeat) = self.stored_repeat(kind, fetched).await? {
+                        return Ok(repeat);
                     }
                 }
             }
@@ -205,6 +185,27 @@ impl Lease {
             kind,
             app_id: self.app_id.clone(),
         })
+    }
+
+    /// The newest stored `kind` credential as a [`Inserted::Repeat`], if
+    /// it holds the value WeChat answered with (read back from MongoDB).
+    async fn stored_repeat(
+        &self,
+        kind: CredentialKind,
+        fetched: &FetchedCredential,
+    ) -> Result<Option<Inserted>, StoreError> {
+        let newest = self
+            .store
+            .credentials()
+            .scan_newest(kind, &self.app_id, None)
+            .await?;
+        Ok(newest
+            .credential
+            .filter(|c| c.secret() == fetched.value.expose_secret())
+            .map(|c| Inserted::Repeat {
+                generation: c.generation,
+                expires_at: c.expires_at,
+            }))
     }
 
     fn credential(
