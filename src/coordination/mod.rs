@@ -19,13 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
-use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 use wxtokend_reader::document::integer;
 use wxtokend_reader::AccountId;
 
 use crate::mirror::Health;
-use crate::store::{is_duplicate_key, is_only_duplicate_keys, IndexSpec, Store, StoreError};
+use crate::store::{is_only_duplicate_keys, IndexSpec, Store, StoreError};
 use crate::wechat::Api;
 pub use lease::{Inserted, Lease, Newest, Stored};
 pub use permit::{Permit, PermitRules};
@@ -178,50 +177,18 @@ impl Leases {
     }
 
     /// Takes the lease of `app_id` for `holder` if nobody holds it or its
-    /// holder let it expire. `None`: someone else holds it.
+    /// holder let it expire: [`Leases::acquire_many`] for one account (its
+    /// document created if missing, without quota counters). `None`:
+    /// someone else holds it.
     pub async fn acquire(
         &self,
         app_id: &AccountId,
         holder: &Arc<str>,
         duration: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        let now = self.store.server_time().await?;
-        let filter = doc! {
-            field::ID: app_id.as_str(),
-            "$or": [
-                { field::TERM: { "$exists": false } },
-                { "$expr": { "$lte": [format!("${}", field::EXPIRES_AT), "$$NOW"] } },
-            ],
-        };
-        let update = doc! {
-            "$set": {
-                field::HOLDER: holder.as_ref(),
-                field::EXPIRES_AT: DateTime::from_system_time(now + duration),
-                field::ACQUIRED_AT: DateTime::from_system_time(now),
-            },
-            "$inc": { field::TERM: 1_i64 },
-        };
-        let result = self
-            .collection()
-            .find_one_and_update(filter, update)
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await;
-        match result {
-            Ok(Some(lease)) => {
-                let term = Term(integer(&lease, field::TERM).unwrap_or_default());
-                Ok(Some(Lease::new(
-                    self.store.clone(),
-                    app_id.clone(),
-                    holder.clone(),
-                    term,
-                )))
-            }
-            Ok(None) => Ok(None),
-            // The lease exists and is valid: the upsert collided with it.
-            Err(e) if is_duplicate_key(&e) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let one = [app_id.clone()];
+        let new = [(app_id.clone(), Vec::new())];
+        Ok(self.acquire_many(&one, &new, holder, duration).await?.pop())
     }
 
     /// Extends every lease in `held` that is still `holder`'s at that
