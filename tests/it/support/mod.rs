@@ -8,6 +8,7 @@
 //! - [`metrics`]: the daemon's `/metrics`, parsed.
 //! - [`store`]: the only file that uses the daemon's internal store API.
 //! - [`redis`]: the test Redis server (the mirror tests) and a view of it.
+//! - [`served`]: a test server run by its script, shared or a test's own.
 //! - [`tls`]: a throwaway CA and certificates; [`notify`]: systemd's
 //!   notification socket.
 
@@ -17,6 +18,7 @@ pub mod mongo;
 pub mod notify;
 pub mod redis;
 pub mod scenario;
+pub mod served;
 pub mod store;
 pub mod tls;
 

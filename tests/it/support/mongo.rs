@@ -4,9 +4,6 @@
 //! fresh database ([`TestDb`]); tests that stop and restart MongoDB get a
 //! [`PrivateMongo`] of their own.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -16,51 +13,14 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-mongodb.sh")
-}
+use super::served::{serve, Kind, PrivateServer, Served};
 
-/// A server run by `test-mongodb.sh serve`: it stops when we close its stdin,
-/// which also happens when the test process dies.
-struct Served {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    uri: String,
-}
-
-fn serve(dir: &std::path::Path, port: u16, args: &[String]) -> Served {
-    let mut child = Command::new("bash")
-        .arg(script())
-        .arg("serve")
-        .arg(dir)
-        .arg(port.to_string())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run scripts/test-mongodb.sh");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut uri = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut uri)
-        .expect("read the server URI");
-    assert!(
-        uri.starts_with("mongodb://"),
-        "test MongoDB did not start (see stderr above)"
-    );
-    Served {
-        stdin: child.stdin.take(),
-        child,
-        uri: uri.trim().to_string(),
-    }
-}
-
-impl Served {
-    fn stop(mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
-    }
-}
+/// The test MongoDB-protocol server, as `scripts/test-mongodb.sh` runs it.
+static MONGODB: Kind = Kind {
+    script: "scripts/test-mongodb.sh",
+    scheme: "mongodb://",
+    name: "MongoDB",
+};
 
 /// URI of the server shared by all tests.
 fn shared_uri() -> String {
@@ -72,8 +32,8 @@ fn shared_uri() -> String {
                 return uri;
             }
             let dir = tempfile::tempdir().expect("tempdir");
-            let served = serve(dir.path(), 0, &[]);
-            let uri = served.uri.clone();
+            let served = serve(&MONGODB, dir.path(), 0, &[]);
+            let uri = served.address.clone();
             // Kept open for the life of the process; closed (and the server
             // stopped) when the process exits.
             KEEP.lock().expect("lock").push((served, dir));
@@ -161,14 +121,8 @@ impl TestDb {
 }
 
 /// A server of this test's own, which it can stop and start again on the
-/// same port with the same data.
-pub struct PrivateMongo {
-    dir: tempfile::TempDir,
-    port: u16,
-    served: Option<Served>,
-    /// The server's own options (`--auth`, `--tls-*`), kept for restarts.
-    args: Vec<String>,
-}
+/// same port with the same data, or signal (`KILL`, `STOP`, `CONT`).
+pub struct PrivateMongo(PrivateServer);
 
 impl PrivateMongo {
     pub fn start() -> PrivateMongo {
@@ -177,59 +131,26 @@ impl PrivateMongo {
 
     /// A server started with options of its own (`--auth`, `--tls-*`).
     pub fn start_with(args: &[String]) -> PrivateMongo {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let served = serve(dir.path(), 0, args);
-        let port = served
-            .uri
-            .trim_start_matches("mongodb://127.0.0.1:")
-            .split('/')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port in URI");
-        PrivateMongo {
-            dir,
-            port,
-            served: Some(served),
-            args: args.to_vec(),
-        }
+        PrivateMongo(PrivateServer::start(&MONGODB, args))
     }
 
     pub fn uri(&self) -> String {
-        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(served) = self.served.take() {
-            served.stop();
-        }
-    }
-
-    /// Sends a signal to the server process itself (`KILL`, `STOP`, `CONT`).
-    pub fn signal(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.dir.path().join("server.pid")).expect("server.pid");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.trim())
-            .status()
-            .expect("run kill");
-        assert!(
-            status.success(),
-            "kill -{signal} of the test MongoDB failed"
-        );
-    }
-
-    pub fn restart(&mut self) {
-        self.stop();
-        self.served = Some(serve(self.dir.path(), self.port, &self.args));
+        format!(
+            "mongodb://127.0.0.1:{}/?directConnection=true",
+            self.0.port()
+        )
     }
 }
 
-impl Drop for PrivateMongo {
-    fn drop(&mut self) {
-        self.stop();
+impl std::ops::Deref for PrivateMongo {
+    type Target = PrivateServer;
+    fn deref(&self) -> &PrivateServer {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PrivateMongo {
+    fn deref_mut(&mut self) -> &mut PrivateServer {
+        &mut self.0
     }
 }

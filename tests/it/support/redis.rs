@@ -4,55 +4,16 @@
 //! share it by using account ids of their own; a test that restarts Redis
 //! gets a [`PrivateRedis`].
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/test-redis.sh")
-}
+use super::served::{serve, Kind, PrivateServer, Served};
 
-/// A server run by `test-redis.sh serve`: it stops when we close its stdin.
-struct Served {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    url: String,
-}
-
-fn serve(dir: &std::path::Path, port: u16, args: &[String]) -> Served {
-    let mut child = Command::new("bash")
-        .arg(script())
-        .arg("serve")
-        .arg(dir)
-        .arg(port.to_string())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run scripts/test-redis.sh");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut url = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut url)
-        .expect("read the server URL");
-    assert!(
-        url.starts_with("redis://"),
-        "test Redis did not start (see stderr above)"
-    );
-    Served {
-        stdin: child.stdin.take(),
-        child,
-        url: url.trim().to_owned(),
-    }
-}
-
-impl Served {
-    fn stop(mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
-    }
-}
+/// The test Redis server, as `scripts/test-redis.sh` runs it.
+static REDIS: Kind = Kind {
+    script: "scripts/test-redis.sh",
+    scheme: "redis://",
+    name: "Redis",
+};
 
 /// URL of the server shared by all tests.
 pub fn shared_url() -> String {
@@ -64,8 +25,8 @@ pub fn shared_url() -> String {
                 return url;
             }
             let dir = tempfile::tempdir().expect("tempdir");
-            let served = serve(dir.path(), 0, &[]);
-            let url = served.url.clone();
+            let served = serve(&REDIS, dir.path(), 0, &[]);
+            let url = served.address.clone();
             KEEP.lock().expect("lock").push((served, dir));
             url
         })
@@ -73,14 +34,8 @@ pub fn shared_url() -> String {
 }
 
 /// A server of this test's own, which it can stop and start again (empty:
-/// no persistence) on the same port, or freeze.
-pub struct PrivateRedis {
-    dir: tempfile::TempDir,
-    port: u16,
-    served: Option<Served>,
-    /// The server's own options (`--requirepass`), kept for restarts.
-    args: Vec<String>,
-}
+/// no persistence) on the same port, or freeze (`STOP`, `CONT`).
+pub struct PrivateRedis(PrivateServer);
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
@@ -90,62 +45,38 @@ impl PrivateRedis {
     /// A server started with options of its own (`--requirepass PW`).
     pub fn start_with(args: &[&str]) -> PrivateRedis {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let served = serve(dir.path(), 0, &args);
-        let port = served
-            .url
-            .trim_start_matches("redis://127.0.0.1:")
-            .split('/')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port in URL");
-        PrivateRedis {
-            dir,
-            port,
-            served: Some(served),
-            args,
-        }
+        PrivateRedis(PrivateServer::start(&REDIS, &args))
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://127.0.0.1:{}/0", self.0.port())
     }
 
     /// The URL with `password`.
     pub fn url_with_password(&self, password: &str) -> String {
-        format!("redis://:{password}@127.0.0.1:{}/0", self.port)
+        format!("redis://:{password}@127.0.0.1:{}/0", self.0.port())
     }
+}
 
-    pub fn stop(&mut self) {
-        if let Some(served) = self.served.take() {
-            served.stop();
-        }
+impl std::ops::Deref for PrivateRedis {
+    type Target = PrivateServer;
+    fn deref(&self) -> &PrivateServer {
+        &self.0
     }
+}
 
-    pub fn restart(&mut self) {
-        self.stop();
-        self.served = Some(serve(self.dir.path(), self.port, &self.args));
-    }
-
-    /// Sends a signal to the server process itself (`STOP`, `CONT`).
-    pub fn signal(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.dir.path().join("server.pid")).expect("server.pid");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.trim())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} of the test Redis failed");
+impl std::ops::DerefMut for PrivateRedis {
+    fn deref_mut(&mut self) -> &mut PrivateServer {
+        &mut self.0
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         // A frozen server must be thawed to stop.
-        if self.served.is_some() {
-            self.signal("CONT");
+        if self.0.is_running() {
+            self.0.signal("CONT");
         }
-        self.stop();
     }
 }
 
