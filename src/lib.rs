@@ -49,8 +49,8 @@ pub use daemon::{
 };
 pub use mirror::{ping as ping_mirror, Health as MirrorHealth};
 pub use status::{
-    collect as collect_status, mirrors as mirror_status, render as render_status, render_mirrors,
-    AccountStatus,
+    collect as collect_status, mirror_lines, mirrors as mirror_status, render as render_status,
+    render_mirrors, AccountStatus,
 };
 pub use store::{Store, StoreError};
 pub use telemetry::init as init_logging;

@@ -120,10 +120,14 @@ enum Command {
     /// refresh.daily_call_limit, force_refresh calls today of 20
     /// (stable_token accounts), last error. Needs no WeChat secret.
     Status {
-        /// Print JSON (an array, one object per account and kind) instead of
-        /// a table.
+        /// Print JSON (an array, one object per account and kind; with
+        /// --mirrors, one per replica and mirror) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show only the Redis mirrors of every live replica: state, errors,
+        /// last write, Redis's last error.
+        #[arg(long)]
+        mirrors: bool,
     },
     /// Show WeChat's own count of ACCOUNT's calls today to its token API (or
     /// --api PATH), or with --clear reset every API's count (10 a month).
@@ -247,7 +251,7 @@ fn main() -> ExitCode {
             Command::Refresh { account, kind } => {
                 refresh(settings, AccountId::new(account), kind.into()).await
             }
-            Command::Status { json } => status(settings, json).await,
+            Command::Status { json, mirrors } => status(settings, json, mirrors).await,
             Command::Quota {
                 account,
                 api,
@@ -467,11 +471,34 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
     }
 }
 
-async fn status(settings: Settings, json: bool) -> u8 {
+async fn status(settings: Settings, json: bool, mirrors: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return store_failure(&settings.mongodb, &e),
     };
+    if mirrors {
+        return match wxtokend::mirror_status(&store).await {
+            Ok(mirrors) if json => {
+                let lines = wxtokend::mirror_lines(&mirrors, std::time::SystemTime::now());
+                match serde_json::to_string(&lines) {
+                    Ok(text) => {
+                        println!("{text}");
+                        exit::OK
+                    }
+                    Err(e) => report(&e.to_string(), exit::FAILURE),
+                }
+            }
+            Ok(mirrors) if mirrors.is_empty() => {
+                println!("no live replica has a mirror");
+                exit::OK
+            }
+            Ok(mirrors) => {
+                print!("{}", wxtokend::render_mirrors(&mirrors).trim_start());
+                exit::OK
+            }
+            Err(e) => store_failure(&settings.mongodb, &e),
+        };
+    }
     match wxtokend::collect_status(&store, &settings).await {
         Ok(lines) if json => match serde_json::to_string(&lines) {
             Ok(text) => {
@@ -482,8 +509,10 @@ async fn status(settings: Settings, json: bool) -> u8 {
         },
         Ok(lines) => {
             print!("{}", wxtokend::render_status(&lines));
-            if let Some(mirrors) = wxtokend::mirror_status(&store).await {
-                print!("{}", wxtokend::render_mirrors(&mirrors));
+            // Best effort: an older reader role cannot read `instances`.
+            match wxtokend::mirror_status(&store).await {
+                Ok(mirrors) => print!("{}", wxtokend::render_mirrors(&mirrors)),
+                Err(e) => tracing::debug!(error = %e, "cannot read the replicas' mirror states"),
             }
             exit::OK
         }

@@ -211,17 +211,44 @@ pub fn render(lines: &[AccountStatus]) -> String {
     out
 }
 
-/// The Redis mirrors of every live replica (their heartbeats), for a
-/// section after the accounts. Best effort: a user without `find` on
-/// `instances` (an older reader role) gets `None`, and the table alone.
-pub async fn mirrors(store: &Store) -> Option<Vec<(String, Health)>> {
-    match Leases::new(store.clone()).mirrors().await {
-        Ok(mirrors) => Some(mirrors),
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the replicas' mirror states");
-            None
-        }
-    }
+/// The Redis mirrors of every live replica (their heartbeats): `(replica,
+/// health)`. Needs `find` on `instances`.
+pub async fn mirrors(store: &Store) -> Result<Vec<(String, Health)>, StoreError> {
+    Leases::new(store.clone()).mirrors().await
+}
+
+/// One line of `status --mirrors --json`: a mirror of a live replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorStatus {
+    /// The `[[mirrors]]` entry's `name`.
+    pub mirror: String,
+    /// The replica's `daemon.instance_id`.
+    pub replica: String,
+    /// Its last Redis operation succeeded.
+    pub up: bool,
+    /// Failed Redis operations since the replica started.
+    pub errors: u64,
+    /// Redis's last error (command and server, never a value).
+    pub last_error: Option<String>,
+    /// Seconds since it last wrote a key; `None`: not yet.
+    pub last_write_age_s: Option<u64>,
+}
+
+/// The mirrors as `status --mirrors --json` prints them.
+pub fn mirror_lines(mirrors: &[(String, Health)], now: SystemTime) -> Vec<MirrorStatus> {
+    mirrors
+        .iter()
+        .map(|(replica, h)| MirrorStatus {
+            mirror: h.name.clone(),
+            replica: replica.clone(),
+            up: h.up,
+            errors: h.errors,
+            last_error: h.last_error.clone(),
+            last_write_age_s: h
+                .last_write
+                .map(|at| now.duration_since(at).unwrap_or_default().as_secs()),
+        })
+        .collect()
 }
 
 /// The mirrors' section: one line per (replica, mirror).

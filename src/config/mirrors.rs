@@ -30,6 +30,9 @@ pub struct MirrorSettings {
     pub key_prefix: KeyPrefixes,
     /// How often Redis is checked for a restart or a return.
     pub check_interval: Duration,
+    /// How often every key is compared with what it should hold, and
+    /// written again where it is missing or differs.
+    pub repair_interval: Duration,
 }
 
 impl MirrorSettings {
@@ -61,10 +64,16 @@ pub(super) struct RawMirror {
     key_prefix: RawKeyPrefixes,
     #[serde(default = "default_check_interval", with = "humantime_serde")]
     check_interval: Duration,
+    #[serde(default = "default_repair_interval", with = "humantime_serde")]
+    repair_interval: Duration,
 }
 
 fn default_check_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_repair_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Deserialize, Default)]
@@ -116,6 +125,7 @@ pub(super) fn mirror_settings(
                 kinds: kinds(mirror, i, p),
                 key_prefix: mirror.key_prefix.resolve(),
                 check_interval: check_interval(mirror, i, p),
+                repair_interval: repair_interval(mirror, i, p),
             }
         })
         .collect()
@@ -128,6 +138,15 @@ fn check_interval(mirror: &RawMirror, i: usize, p: &mut Problems) -> Duration {
         "must be at least 100ms, for example \"5s\"",
     );
     mirror.check_interval
+}
+
+fn repair_interval(mirror: &RawMirror, i: usize, p: &mut Problems) -> Duration {
+    p.check(
+        mirror.repair_interval >= mirror.check_interval,
+        &format!("mirrors[{i}].repair_interval"),
+        "must be at least check_interval (the repair runs after a check), for example \"30s\"",
+    );
+    mirror.repair_interval
 }
 
 fn layouts(names: &[String], i: usize, p: &mut Problems) -> Vec<Layout> {

@@ -672,6 +672,8 @@ fn a_mirror_reads_its_url_from_the_environment_and_wants_everything_by_default()
         ]
     );
     assert_eq!(mirror.key_prefix, crate::mirror::KeyPrefixes::default());
+    assert_eq!(mirror.check_interval, Duration::from_secs(5));
+    assert_eq!(mirror.repair_interval, Duration::from_secs(30));
     assert!(mirror.wants(&AccountId::new("wx0001"), CredentialKind::WxCardTicket));
     assert!(!format!("{s:?}").contains(":pw@"));
 }
@@ -751,6 +753,18 @@ fn mirror_problems_name_the_key_and_the_fix() {
         "{text}"
     );
     assert!(text.contains("unknown layout \"co-wechat\""), "{text}");
+}
+
+#[test]
+fn a_mirror_repairs_no_more_often_than_it_checks() {
+    let config = format!(
+        "{ONE_ACCOUNT}[[mirrors]]\nurl = \"redis://127.0.0.1\"\nlayouts = [\"wxjava\"]\n\
+         check_interval = \"10s\"\nrepair_interval = \"5s\"\n"
+    );
+    let err = load(&config, &[("WX_SECRET", "x")]).expect_err("invalid");
+    let text = err.to_string();
+    assert_eq!(keys(err), ["mirrors[0].repair_interval"]);
+    assert!(text.contains("at least check_interval"), "{text}");
 }
 
 #[test]

@@ -39,6 +39,18 @@ fn mongodb_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 14))
 }
 
+/// What Redis answered to a round of a mirror's writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MirrorTally {
+    /// Credentials written as a new generation.
+    pub written: u64,
+    /// SDK keys of a generation already there, written again because they
+    /// were missing or held something else.
+    pub repaired: u64,
+    /// Credentials not written: Redis holds a newer generation.
+    pub stale: u64,
+}
+
 /// What the refreshers know about the credential they keep fresh.
 #[derive(Debug, Clone, Copy)]
 struct Held {
@@ -65,7 +77,8 @@ pub struct Metrics {
     mongodb_commands: Family<CommandLabels, Counter>,
     mirror_writes: Family<MirrorLabels, Counter>,
     mirror_errors: Family<MirrorLabels, Counter>,
-    mirror_dropped: Family<MirrorLabels, Counter>,
+    mirror_repairs: Family<MirrorLabels, Counter>,
+    mirror_stale: Family<MirrorLabels, Counter>,
     mirror_resyncs: Family<MirrorLabels, Counter>,
     mirror_up: Family<MirrorLabels, Gauge>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
@@ -120,7 +133,8 @@ impl Metrics {
             mongodb_commands: Family::default(),
             mirror_writes: Family::default(),
             mirror_errors: Family::default(),
-            mirror_dropped: Family::default(),
+            mirror_repairs: Family::default(),
+            mirror_stale: Family::default(),
             mirror_resyncs: Family::default(),
             mirror_up: Family::default(),
             held: Mutex::new(HashMap::new()),
@@ -210,10 +224,16 @@ impl Metrics {
             m.mirror_errors.clone(),
         );
         registry.register(
-            "wxtokend_mirror_dropped",
-            "Credentials a full mirror queue could not take (the mirror then rereads each \
-             from MongoDB)",
-            m.mirror_dropped.clone(),
+            "wxtokend_mirror_repairs",
+            "SDK keys found missing or changed in Redis (deleted, evicted, flushed, or \
+             written by an SDK) and written again with the newest credential",
+            m.mirror_repairs.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_stale",
+            "Credentials not written because Redis already holds a newer generation (another \
+             replica's)",
+            m.mirror_stale.clone(),
         );
         registry.register(
             "wxtokend_mirror_resyncs",
@@ -241,14 +261,20 @@ impl Metrics {
         }
     }
 
-    /// A Redis mirror's outcome: `written` credentials, or a failure.
-    pub fn mirror(&self, mirror: &str, result: Result<u64, ()>) {
+    /// A Redis mirror's outcome: what Redis answered, or a failure.
+    pub fn mirror(&self, mirror: &str, result: Result<MirrorTally, ()>) {
         let labels = MirrorLabels {
             mirror: mirror.to_owned(),
         };
         match result {
-            Ok(written) => {
-                self.mirror_writes.get_or_create(&labels).inc_by(written);
+            Ok(tally) => {
+                self.mirror_writes
+                    .get_or_create(&labels)
+                    .inc_by(tally.written);
+                self.mirror_repairs
+                    .get_or_create(&labels)
+                    .inc_by(tally.repaired);
+                self.mirror_stale.get_or_create(&labels).inc_by(tally.stale);
                 self.mirror_up.get_or_create(&labels).set(1);
             }
             Err(()) => {
@@ -256,14 +282,6 @@ impl Metrics {
                 self.mirror_up.get_or_create(&labels).set(0);
             }
         }
-    }
-
-    pub fn mirror_dropped(&self, mirror: &str) {
-        self.mirror_dropped
-            .get_or_create(&MirrorLabels {
-                mirror: mirror.to_owned(),
-            })
-            .inc();
     }
 
     pub fn mirror_resynced(&self, mirror: &str) {

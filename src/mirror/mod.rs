@@ -4,19 +4,20 @@
 //! an SDK pointed at that Redis never fetches a token of its own.
 //!
 //! MongoDB stays the source of truth and its path never waits for Redis: a
-//! refresher only offers the credential to a bounded queue ([`Mirrors::offer`]);
-//! one task per mirror ([`writer`]) writes it. A full queue drops the offer,
-//! counts it, and makes the task rewrite everything from MongoDB.
+//! refresher only leaves the credential in the mirror's mailbox
+//! ([`Mirrors::offer`]), which keeps the newest offer per (account, kind),
+//! so it never fills and never drops one; one task per mirror ([`writer`])
+//! takes what is there and writes it.
 
 mod layout;
 mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use secrecy::SecretString;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxtokend_reader::{AccountId, Credential, CredentialKind, Generation};
@@ -26,10 +27,6 @@ pub use layout::{KeyPrefixes, Layout};
 use crate::config::{Account, MirrorSettings};
 use crate::metrics::Metrics;
 use crate::store::Store;
-
-/// Credentials a mirror's queue holds before offers are dropped: far more
-/// than one replica stores between two writes of a healthy Redis.
-const QUEUE: usize = 1024;
 
 /// A credential to mirror. `Debug` leaves the value out.
 #[derive(Clone)]
@@ -66,7 +63,7 @@ impl From<Credential> for Mirrored {
 /// The refreshers' side of every configured mirror.
 #[derive(Debug, Default)]
 pub struct Mirrors {
-    queues: Vec<Queue>,
+    outlets: Vec<Outlet>,
 }
 
 /// How a mirror is doing, as this replica's heartbeat tells `status`.
@@ -84,8 +81,43 @@ pub struct Health {
     pub last_write: Option<SystemTime>,
 }
 
-/// The (account, kind) pairs whose offers a full queue dropped.
-pub(super) type Lost = Arc<Mutex<HashSet<(AccountId, CredentialKind)>>>;
+/// A credential's place in a mirror: one per (account, kind).
+pub(super) type Key = (AccountId, CredentialKind);
+
+/// The newest credential offered per [`Key`] and not yet taken by the
+/// writer; bounded by the number of credentials this replica can hold.
+#[derive(Debug, Default)]
+pub(super) struct Mailbox {
+    offered: Mutex<HashMap<Key, Mirrored>>,
+    wake: Notify,
+}
+
+impl Mailbox {
+    /// Leaves `credential` unless a newer one of its key waits already.
+    fn put(&self, credential: &Mirrored) {
+        let key = (credential.account.clone(), credential.kind);
+        let mut offered = self.offered.lock().unwrap_or_else(PoisonError::into_inner);
+        let newer = offered
+            .get(&key)
+            .is_none_or(|waiting| waiting.generation <= credential.generation);
+        if newer {
+            offered.insert(key, credential.clone());
+        }
+        drop(offered);
+        self.wake.notify_one();
+    }
+
+    /// Everything offered since the last call.
+    pub(super) fn take(&self) -> HashMap<Key, Mirrored> {
+        std::mem::take(&mut *self.offered.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Until something is offered (at once if something was since the last
+    /// wait).
+    pub(super) async fn offered(&self) {
+        self.wake.notified().await;
+    }
+}
 
 /// One mirror's [`Health`], updated by its writer.
 pub(super) type SharedHealth = Arc<Mutex<Health>>;
@@ -95,12 +127,9 @@ fn update(health: &SharedHealth, change: impl FnOnce(&mut Health)) {
 }
 
 #[derive(Debug)]
-struct Queue {
+struct Outlet {
     settings: Arc<MirrorSettings>,
-    tx: mpsc::Sender<Mirrored>,
-    /// What offers were dropped for: the writer rereads them from MongoDB.
-    lost: Lost,
-    metrics: Arc<Metrics>,
+    mailbox: Arc<Mailbox>,
     health: SharedHealth,
 }
 
@@ -117,12 +146,11 @@ impl Mirrors {
             .iter()
             .map(|a| (a.id.clone(), a.platform))
             .collect();
-        let mut queues = Vec::new();
+        let mut outlets = Vec::new();
         let mut tasks = Vec::new();
         for mirror in settings {
             let settings = Arc::new(mirror.clone());
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let lost = Lost::default();
+            let mailbox = Arc::new(Mailbox::default());
             let health = Arc::new(Mutex::new(Health {
                 name: mirror.name.clone(),
                 ..Health::default()
@@ -132,26 +160,23 @@ impl Mirrors {
                 platforms.clone(),
                 store.clone(),
                 metrics.clone(),
-                rx,
-                lost.clone(),
+                mailbox.clone(),
                 health.clone(),
             )
             .map_err(|()| MirrorError::Url(mirror.name.clone()))?;
             tasks.push(tokio::spawn(writer.run(stop.clone())));
-            queues.push(Queue {
+            outlets.push(Outlet {
                 settings,
-                tx,
-                lost,
-                metrics: metrics.clone(),
+                mailbox,
                 health,
             });
         }
-        Ok((Self { queues }, tasks))
+        Ok((Self { outlets }, tasks))
     }
 
     /// Every mirror's health now.
     pub fn health(&self) -> Vec<Health> {
-        self.queues
+        self.outlets
             .iter()
             .map(|q| {
                 q.health
@@ -163,20 +188,11 @@ impl Mirrors {
     }
 
     /// Hands a credential just stored in (or reused from) MongoDB to every
-    /// mirror that wants it. Never waits: a full queue drops it and asks
-    /// for a rewrite from MongoDB.
+    /// mirror that wants it. Never waits on Redis.
     pub fn offer(&self, credential: &Mirrored) {
-        for queue in &self.queues {
-            if !queue.settings.wants(&credential.account, credential.kind) {
-                continue;
-            }
-            if full_for_tests() || queue.tx.try_send(credential.clone()).is_err() {
-                queue
-                    .lost
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert((credential.account.clone(), credential.kind));
-                queue.metrics.mirror_dropped(&queue.settings.name);
+        for outlet in &self.outlets {
+            if outlet.settings.wants(&credential.account, credential.kind) {
+                outlet.mailbox.put(credential);
             }
         }
     }
@@ -202,18 +218,48 @@ pub async fn ping(settings: &MirrorSettings) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The test suite's stand-in for a full queue (`FAILPOINTS=mirror-queue-full=1*return`).
-fn full_for_tests() -> bool {
-    #[cfg(feature = "failpoints")]
-    {
-        fail::fail_point!("mirror-queue-full", |_| true);
-    }
-    false
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     /// Checked at load time already; the URL is never quoted.
     #[error("mirror {0}: the Redis URL is not valid")]
     Url(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn offer(account: &str, kind: CredentialKind, generation: i64) -> Mirrored {
+        Mirrored {
+            account: AccountId::new(account),
+            kind,
+            generation: Generation(generation),
+            value: SecretString::from(format!("value-{generation}")),
+            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(7200),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_mailbox_keeps_the_newest_offer_of_each_credential_and_wakes_the_writer() {
+        let mailbox = Mailbox::default();
+        for _ in 0..3 {
+            for account in 0..2_000 {
+                let account = format!("wx{account:04}");
+                mailbox.put(&offer(&account, CredentialKind::AccessToken, 2));
+                mailbox.put(&offer(&account, CredentialKind::AccessToken, 1));
+                mailbox.put(&offer(&account, CredentialKind::JsapiTicket, 5));
+            }
+        }
+        // Offers made before the writer waits are not missed.
+        tokio::time::timeout(Duration::from_secs(1), mailbox.offered())
+            .await
+            .expect("woken");
+        let taken = mailbox.take();
+        assert_eq!(taken.len(), 4_000, "one per account and kind, none dropped");
+        let key = (AccountId::new("wx0042"), CredentialKind::AccessToken);
+        assert_eq!(taken[&key].generation, Generation(2));
+        assert!(mailbox.take().is_empty());
+    }
 }

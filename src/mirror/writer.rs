@@ -1,62 +1,88 @@
 //! One task per mirror: writes the credentials offered to it into Redis,
-//! every configured SDK layout of a credential in one atomic script, and
-//! rewrites all of them from MongoDB whenever Redis may have lost or aged
-//! them (the first contact, a return after a failure, a restart seen as a
-//! new `run_id`); an offer a full queue dropped is reread alone.
+//! every configured SDK layout of a credential in one atomic script, many
+//! credentials per pipeline. It rewrites all of them from MongoDB whenever
+//! Redis may have lost them (the first contact, a return after a failure,
+//! a restart seen as a new `run_id`), and every `repair_interval` it checks
+//! every key of what it holds and writes again those that are missing or
+//! hold something else (a key deleted, evicted or flushed, or written by an
+//! SDK that fetched a token of its own).
 //!
 //! TTL: every key lives as long as the credential (its `expires_at`, by
-//! MongoDB's clock, minus now), never shorter. The SDKs' own early expiries
-//! (silenceper `expires_in - 1500`, WxJava's `- 200` for tickets and mini
-//! programs) are deliberately not copied: wxtokend stores the next token
-//! `refresh.margin` before expiry (a stable_token or a ticket only when
-//! WeChat issues it, in its last minutes), so a key that vanished earlier
-//! would leave the SDK without a key and make it fetch on its own, rotating
-//! everyone's token. The SDKs' read-side rules still hold: WxJava counts a
-//! key with under 2 s left as expired, wechatpy refetches in the last 60 s
-//! of its `…_expires_at`; both only matter once wxtokend is late.
+//! MongoDB's clock, minus now, in milliseconds), never shorter. The SDKs'
+//! own early expiries (silenceper `expires_in - 1500`, WxJava's `- 200` for
+//! tickets and mini programs) are deliberately not copied: wxtokend stores
+//! the next token `refresh.margin` before expiry (a stable_token or a ticket
+//! only when WeChat issues it, in its last minutes), so a key that vanished
+//! earlier would leave the SDK without a key and make it fetch on its own,
+//! rotating everyone's token. The SDKs' read-side rules still hold: WxJava
+//! counts a key with under 2 s left as expired, wechatpy refetches in the
+//! last 60 s of its `…_expires_at`; both only matter once wxtokend is late.
+//! A key may outlive its credential by the time the write spends on its way
+//! to Redis (the TTL is counted from when it was computed).
 //!
 //! No older generation over a newer one: beside the SDK keys, the script
 //! keeps `wxtokend:generation:{account}:{kind}` (same TTL) and writes
 //! nothing when Redis already holds a newer generation (another replica's
-//! write, after a lease moved, racing with this one's late write).
+//! write, after a lease moved, racing with this one's late write); this
+//! replica then stops mirroring that credential until it offers a newer one.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wxtokend_reader::{AccountId, CredentialKind};
+use wxtokend_reader::AccountId;
 
 use super::layout::{entries, Value};
-use super::{update, Lost, Mirrored, SharedHealth};
+use super::{update, Key, Mailbox, Mirrored, SharedHealth};
 use crate::config::{MirrorSettings, Platform};
-use crate::metrics::{Metrics, Operation};
+use crate::metrics::{Metrics, MirrorTally, Operation};
 use crate::store::Store;
 
-/// Sets every SDK key of one credential unless Redis holds a newer
-/// generation of it. KEYS[1]: the generation key; KEYS[2..]: the SDK keys.
-/// ARGV[1]: the generation; ARGV[2]: the TTL in seconds; ARGV[3..]: the
-/// values of KEYS[2..]. Returns 1 if written, 0 if a newer one stands.
+/// Writes one credential's SDK keys unless Redis holds a newer generation
+/// of it. KEYS[1]: the generation key; KEYS[2..]: the SDK keys. ARGV[1]:
+/// the generation; ARGV[2]: the TTL in milliseconds; ARGV[3..]: the values
+/// of KEYS[2..].
+///
+/// A new generation sets every key. The generation already there sets
+/// only the keys that are missing or hold something else (a repair). A
+/// key of another type (`GET` fails) is something else too.
+///
+/// Returns `{outcome, keys set}`: outcome 1 written as a new generation,
+/// 0 the generation was there, -1 a newer one stands (nothing set).
 const WRITE: &str = r"
+local generation = tonumber(ARGV[1])
 local stored = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if stored > tonumber(ARGV[1]) then
-  return 0
+if stored > generation then
+  return {-1, 0}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local set = 0
 for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[2])
+  local now = redis.pcall('GET', KEYS[i])
+  if stored < generation or now ~= ARGV[i + 1] then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
+    set = set + 1
+  end
 end
-return 1
+if stored < generation then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, set}
+end
+return {0, set}
 ";
 
 /// A Redis call that takes longer counts as failed (and is retried).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Key = (AccountId, CredentialKind);
+/// Credentials per pipeline: a few hundred kilobytes at most.
+const PIPELINE: usize = 256;
+
+/// A credential with less life left is not written (its keys expire on
+/// their own).
+const MIN_TTL: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     settings: Arc<MirrorSettings>,
@@ -64,11 +90,10 @@ pub(super) struct Writer {
     redis: ConnectionManager,
     store: Store,
     metrics: Arc<Metrics>,
-    rx: mpsc::Receiver<Mirrored>,
-    lost: Lost,
+    mailbox: Arc<Mailbox>,
     script: redis::Script,
-    /// The newest credential of each (account, kind) offered so far: what
-    /// a rewrite starts from.
+    /// The newest credential of each (account, kind) this replica
+    /// mirrors: what a rewrite or a repair starts from.
     latest: HashMap<Key, Mirrored>,
     /// Those not yet in Redis.
     unwritten: HashSet<Key>,
@@ -87,8 +112,7 @@ impl Writer {
         platforms: HashMap<AccountId, Platform>,
         store: Store,
         metrics: Arc<Metrics>,
-        rx: mpsc::Receiver<Mirrored>,
-        lost: Lost,
+        mailbox: Arc<Mailbox>,
         health: SharedHealth,
     ) -> Result<Self, ()> {
         let client = redis::Client::open(settings.url.expose_secret()).map_err(|_| ())?;
@@ -103,8 +127,7 @@ impl Writer {
             redis,
             store,
             metrics,
-            rx,
-            lost,
+            mailbox,
             script: redis::Script::new(WRITE),
             latest: HashMap::new(),
             unwritten: HashSet::new(),
@@ -120,32 +143,25 @@ impl Writer {
     }
 
     async fn run_until(&mut self, stop: CancellationToken) {
+        let mailbox = self.mailbox.clone();
         let mut next_check = Instant::now();
+        let mut next_repair = Instant::now() + self.settings.repair_interval;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                received = self.rx.recv() => match received {
-                    Some(credential) => self.take(credential),
-                    None => return,
-                },
+                () = mailbox.offered() => {}
                 () = tokio::time::sleep_until(next_check) => {
                     self.check().await;
                     next_check = Instant::now() + self.settings.check_interval;
+                    if Instant::now() >= next_repair && self.server.is_some() {
+                        // Every key of everything held is compared.
+                        self.unwritten.extend(self.latest.keys().cloned());
+                        next_repair = Instant::now() + self.settings.repair_interval;
+                    }
                 }
             }
-            while let Ok(credential) = self.rx.try_recv() {
+            for credential in mailbox.take().into_values() {
                 self.take(credential);
-            }
-            let lost: Vec<Key> =
-                std::mem::take(&mut *self.lost.lock().unwrap_or_else(PoisonError::into_inner))
-                    .into_iter()
-                    .collect();
-            if !lost.is_empty() {
-                tracing::warn!(
-                    dropped = lost.len(),
-                    "the mirror queue was full; rereading those credentials from MongoDB"
-                );
-                self.reread(lost).await;
             }
             self.flush().await;
         }
@@ -183,35 +199,35 @@ impl Writer {
         if self.server.as_deref() == Some(run_id.as_str()) {
             return;
         }
+        // The pipelines send the script by its hash.
+        if let Err(e) = self.script.load_async(&mut self.redis).await {
+            return self.failed(&e);
+        }
         match self.server.replace(run_id) {
             Some(_) => tracing::warn!("Redis restarted or was replaced; rewriting every key"),
             None if self.failing => tracing::info!("Redis answers again; rewriting every key"),
             None => tracing::info!("Redis answers; writing every held credential"),
         }
         self.failing = false;
-        self.metrics.mirror(&self.settings.name, Ok(0));
+        self.metrics
+            .mirror(&self.settings.name, Ok(MirrorTally::default()));
         update(&self.health, |h| h.up = true);
         self.resync().await;
     }
 
-    /// Rereads everything held from MongoDB and marks it for writing.
+    /// Rereads the newest valid credential of everything held from MongoDB
+    /// (a newer one than offered wins; a failed read keeps what was
+    /// offered) and marks it all for writing.
     async fn resync(&mut self) {
         self.metrics.mirror_resynced(&self.settings.name);
         let keys: Vec<Key> = self.latest.keys().cloned().collect();
-        self.reread(keys).await;
-    }
-
-    /// Rereads the newest valid credential of each of `keys` from MongoDB
-    /// (a newer one than offered wins; a failed read keeps what was
-    /// offered) and marks it for writing.
-    async fn reread(&mut self, keys: Vec<Key>) {
         for (account, kind) in keys {
             let now = self.store.clock().now();
             let read = self.store.credentials().newest_valid(kind, &account, now);
             let read = self.metrics.observe(Operation::MirrorResync, read).await;
             match read {
                 Ok(Some(stored)) => self.take(stored.into()),
-                Ok(None) => continue,
+                Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(
                         error = %e, %account, %kind,
@@ -219,100 +235,116 @@ impl Writer {
                     );
                 }
             }
-            let key = (account, kind);
-            if self.latest.contains_key(&key) {
-                self.unwritten.insert(key);
-            } else {
-                // Never offered (dropped) and not read: read again later.
-                self.lost
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key);
-            }
+            self.unwritten.insert((account, kind));
         }
     }
 
-    /// Writes what is not in Redis yet, while Redis answers.
+    /// Writes what is not in Redis yet (or is to be compared), while Redis
+    /// answers, [`PIPELINE`] credentials per round trip.
     async fn flush(&mut self) {
         if self.server.is_none() || self.unwritten.is_empty() {
             return;
         }
-        let mut written = 0;
+        let now = self.store.clock().now();
+        let mut tally = MirrorTally::default();
         let keys: Vec<Key> = self.unwritten.iter().cloned().collect();
-        for key in keys {
-            let Some(credential) = self.latest.get(&key) else {
-                continue;
-            };
-            match self.write(credential.clone()).await {
-                Ok(()) => {
-                    self.unwritten.remove(&key);
-                    written += 1;
+        for chunk in keys.chunks(PIPELINE) {
+            let mut pipe = redis::pipe();
+            let mut sent = Vec::with_capacity(chunk.len());
+            for key in chunk {
+                match self.latest.get(key).and_then(|c| self.command(c, now)) {
+                    Some(command) => {
+                        pipe.add_command(command);
+                        sent.push(key);
+                    }
+                    None => {
+                        // Expired, or no key in any layout: nothing to keep.
+                        self.latest.remove(key);
+                        self.unwritten.remove(key);
+                    }
                 }
+            }
+            if sent.is_empty() {
+                continue;
+            }
+            let answers: Vec<(i64, u64)> = match pipe.query_async(&mut self.redis).await {
+                Ok(answers) => answers,
                 Err(e) => return self.failed(&e),
+            };
+            for (key, (outcome, set)) in sent.into_iter().zip(answers) {
+                self.unwritten.remove(key);
+                match outcome {
+                    1 => tally.written += 1,
+                    0 => tally.repaired += set,
+                    _ => {
+                        // Another replica mirrors a newer one: stop
+                        // repairing this one.
+                        tally.stale += 1;
+                        if let Some(c) = self.latest.remove(key) {
+                            tracing::debug!(
+                                account = %c.account, kind = %c.kind, generation = %c.generation,
+                                "Redis already holds a newer generation; not written"
+                            );
+                        }
+                    }
+                }
             }
         }
-        self.metrics.mirror(&self.settings.name, Ok(written));
-        let now = self.store.clock().now();
+        if tally.repaired > 0 {
+            tracing::warn!(
+                keys = tally.repaired,
+                "SDK keys were missing or held another value in Redis; written again"
+            );
+        }
+        self.metrics.mirror(&self.settings.name, Ok(tally));
         update(&self.health, |h| {
             h.up = true;
-            if written > 0 {
+            if tally.written + tally.repaired > 0 {
                 h.last_write = Some(now);
             }
         });
     }
 
-    /// One credential, every layout, one script call. An expired one is
-    /// not written (its keys expire on their own).
-    async fn write(&mut self, credential: Mirrored) -> redis::RedisResult<()> {
-        let now = self.store.clock().now();
+    /// The script call for one credential, every layout; `None` when it
+    /// has under [`MIN_TTL`] left or no layout has a key for it.
+    fn command(&self, credential: &Mirrored, now: SystemTime) -> Option<redis::Cmd> {
         let ttl = credential
             .expires_at
             .duration_since(now)
-            .unwrap_or_default()
-            .as_secs();
-        let Some(&platform) = self.platforms.get(&credential.account) else {
-            return Ok(());
-        };
-        if ttl < 1 {
-            return Ok(());
+            .unwrap_or_default();
+        let platform = *self.platforms.get(&credential.account)?;
+        if ttl < MIN_TTL {
+            return None;
         }
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(format!(
-                "wxtokend:generation:{}:{}",
-                credential.account, credential.kind
-            ))
-            .arg(credential.generation.0)
-            .arg(ttl);
-        let mut any = false;
+        let mut keys = vec![format!(
+            "wxtokend:generation:{}:{}",
+            credential.account, credential.kind
+        )];
+        let mut values = Vec::new();
         for &layout in &self.settings.layouts {
-            let keys = entries(
+            for entry in entries(
                 layout,
                 &self.settings.key_prefix,
                 platform,
                 &credential.account,
                 credential.kind,
-            );
-            for entry in keys {
-                invocation
-                    .key(entry.key)
-                    .arg(encode(entry.value, &credential));
-                any = true;
+            ) {
+                keys.push(entry.key);
+                values.push(encode(entry.value, credential));
             }
         }
-        if !any {
-            return Ok(());
+        if values.is_empty() {
+            return None;
         }
-        let stood: i64 = invocation.invoke_async(&mut self.redis).await?;
-        if stood == 0 {
-            tracing::debug!(
-                account = %credential.account,
-                kind = %credential.kind,
-                generation = %credential.generation,
-                "Redis already holds a newer generation; not written"
-            );
-        }
-        Ok(())
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(self.script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(credential.generation.0)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(values);
+        Some(command)
     }
 
     fn failed(&mut self, error: &redis::RedisError) {

@@ -7,6 +7,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fake_wechat::{AppConfig, Endpoint, Mode};
+use mongodb::bson::doc;
 use secrecy::ExposeSecret;
 use wxtokend_reader::{AccountId, Credential, CredentialKind, Credentials};
 
@@ -318,16 +320,33 @@ async fn after_a_redis_outage_and_a_restart_redis_holds_the_newest_token_again()
                     .is_some_and(|n| n >= 1.0)
         })
         .await;
-    // `status` shows it too (from the replica's heartbeat), without the URL.
-    let shown = eventually(WAIT, "status to show the mirror down", || async {
-        let (code, out, _) = s.run(&["status"]);
-        (code == 0
-            && out
-                .lines()
-                .any(|l| l.starts_with("sdk ") && l.contains("DOWN")))
-        .then_some(out)
+    // `status --mirrors --json` shows it too (from the replica's
+    // heartbeat), without the URL...
+    let out = eventually(WAIT, "status to show the mirror failing", || async {
+        let (code, out, err) = s.run(&["status", "--mirrors", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let lines: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let line = &lines[0];
+        (line["errors"].as_u64().is_some_and(|n| n >= 1)).then(|| {
+            assert_eq!(lines.as_array().map(Vec::len), Some(1), "{out}");
+            assert_eq!(line["mirror"], "sdk", "{out}");
+            assert_eq!(line["up"], false, "{out}");
+            assert!(line["last_error"].is_string(), "{out}");
+            assert!(line["last_write_age_s"].is_u64(), "{out}");
+            out
+        })
     })
     .await;
+    assert!(!out.contains(&url), "{out}");
+    // ... and `status`, after the accounts.
+    let (code, shown, err) = s.run(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("sdk ") && l.contains("DOWN")),
+        "{shown}"
+    );
     assert!(!shown.contains(&url), "{shown}");
     let (code, _, err) = s.run(&["refresh", id]);
     assert_eq!(code, 0, "{err}");
@@ -379,9 +398,8 @@ async fn an_older_generation_never_replaces_a_newer_one_in_redis() {
         .await;
     s.wait_for_tokens(1).await;
     s.daemon()
-        .wait_metrics("a mirror write", |m| {
-            m.get("wxtokend_mirror_writes_total", &[("mirror", "sdk")])
-                .is_some_and(|n| n >= 1.0)
+        .wait_metrics("a mirror write refused", |m| {
+            m.get("wxtokend_mirror_stale_total", &[("mirror", "sdk")]) == Some(1.0)
         })
         .await;
     assert_eq!(
@@ -479,10 +497,17 @@ fn sdk_python(sdk: &str, version: &str) -> String {
         .to_owned()
 }
 
+/// What wechatpy used over a proof run: the access tokens, then the JS-SDK
+/// tickets, each in the order it first saw them.
+struct Used {
+    tokens: Vec<String>,
+    tickets: Vec<String>,
+}
+
 /// Runs tests/sdk/wechatpy_proof.py with wechatpy `version` for `seconds`
-/// against the scenario's fake and mirror, then checks that every token it
-/// used came from the daemon and that it fetched none itself.
-async fn wechatpy_proof(s: &Scenario, version: &str, seconds: u64) -> Vec<String> {
+/// against the scenario's fake and mirror, then checks that every token and
+/// ticket it used came from the daemon and that it fetched none itself.
+async fn wechatpy_proof(s: &Scenario, version: &str, seconds: u64) -> Used {
     let id = s.id().to_owned();
     let python = sdk_python("wechatpy", version);
     let script =
@@ -505,43 +530,74 @@ async fn wechatpy_proof(s: &Scenario, version: &str, seconds: u64) -> Vec<String
     );
     let seen: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("the proof's JSON line");
-    let tokens: Vec<String> = seen["tokens"]
-        .as_array()
-        .expect("tokens")
-        .iter()
-        .map(|t| t.as_str().expect("a token").to_owned())
-        .collect();
-    // Every token WeChat issued was fetched and stored by the daemon: none
-    // by wechatpy.
-    let what = "every token the fake issued stored by the daemon (else wechatpy fetched its own)";
-    let stored = eventually(WAIT, what, || async {
-        let stored: Vec<String> = s
-            .tokens_of(&id)
-            .await
+    let strings = |field: &str| -> Vec<String> {
+        seen[field]
+            .as_array()
+            .expect(field)
             .iter()
-            .map(|d| d.get_str("access_token").expect("token").to_owned())
-            .collect();
-        (stored.len() == s.fake.token_calls(&id) as usize).then_some(stored)
-    })
-    .await;
-    assert_eq!(stored, s.fake.issued_tokens(&id));
-    for token in &tokens {
-        assert!(
-            stored.contains(token),
-            "wechatpy used a token the daemon did not store"
+            .map(|t| t.as_str().expect("a string").to_owned())
+            .collect()
+    };
+    let used = Used {
+        tokens: strings("tokens"),
+        tickets: strings("tickets"),
+    };
+    // Every token and ticket WeChat issued was fetched and stored by the
+    // daemon: none by wechatpy.
+    for (collection, field, endpoint, used) in [
+        (
+            "access_tokens",
+            "access_token",
+            Endpoint::Token,
+            &used.tokens,
+        ),
+        (
+            "jsapi_tickets",
+            "ticket",
+            Endpoint::GetTicket,
+            &used.tickets,
+        ),
+    ] {
+        let what = format!("every {field} the fake issued stored by the daemon");
+        let stored = eventually(WAIT, &what, || async {
+            let stored: Vec<String> =
+                s.db.try_find(collection, doc! { "app_id": &id })
+                    .await?
+                    .iter()
+                    .map(|d| d.get_str(field).expect("a value").to_owned())
+                    .collect();
+            (stored.len() == s.fake.calls(&id, endpoint) as usize).then_some(stored)
+        })
+        .await;
+        assert_eq!(
+            stored,
+            s.fake.issued_on(&id, endpoint),
+            "wechatpy fetched a {field} of its own"
         );
+        for value in used {
+            assert!(
+                stored.contains(value),
+                "wechatpy used a {field} the daemon did not store"
+            );
+        }
     }
-    tokens
+    used
+}
+
+/// The fake issues a new JS-SDK ticket at every call, living as long as the
+/// tokens, so that the daemon refreshes tickets ahead of expiry like tokens
+/// and wechatpy sees them change.
+fn rotating_tickets(app: AppConfig, life: Duration) -> AppConfig {
+    app.expires_in(life)
+        .ticket_expires_in(life)
+        .behaviour(Endpoint::GetTicket, |b| b.mode = Mode::NewEveryCall)
 }
 
 #[tokio::test]
 async fn wechatpy_1_8_itself_uses_the_daemons_tokens_and_fetches_none() {
     let s = Scenario::new()
-        .account(TestAccount::new(
-            "wxmirrorwechatpy0018",
-            "wechatpy-18-secret",
-        ))
-        .app(|app| app.expires_in(Duration::from_secs(6)))
+        .account(TestAccount::new("wxmirrorwechatpy0018", "wechatpy-18-secret").tickets(&["jsapi"]))
+        .app(|app| rotating_tickets(app, Duration::from_secs(6)))
         .config(|c| {
             c.margin = "3s";
             c.extra_toml = mirror(&shared_url(), &["wechatpy"]);
@@ -549,11 +605,22 @@ async fn wechatpy_1_8_itself_uses_the_daemons_tokens_and_fetches_none() {
         .build()
         .await;
     let redis = RedisView::new(&shared_url());
-    let key = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
-    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &key).await;
+    let token = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
+    let ticket = vec![(Sdk::Wechatpy, format!("wechatpy:{}_jsapi_ticket", s.id()))];
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &token).await;
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::JsapiTicket, &ticket).await;
     // About four refresh cycles.
-    let tokens = wechatpy_proof(&s, "1.8.18", 12).await;
-    assert!(tokens.len() >= 3, "wechatpy saw {} tokens", tokens.len());
+    let used = wechatpy_proof(&s, "1.8.18", 12).await;
+    assert!(
+        used.tokens.len() >= 3,
+        "wechatpy saw {} tokens",
+        used.tokens.len()
+    );
+    assert!(
+        used.tickets.len() >= 3,
+        "wechatpy saw {} tickets",
+        used.tickets.len()
+    );
 }
 
 /// wechatpy 2 also reads `…_access_token_expires_at` and fetches on its own
@@ -563,11 +630,8 @@ async fn wechatpy_1_8_itself_uses_the_daemons_tokens_and_fetches_none() {
 #[tokio::test]
 async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
     let s = Scenario::new()
-        .account(TestAccount::new(
-            "wxmirrorwechatpy0020",
-            "wechatpy-20-secret",
-        ))
-        .app(|app| app.expires_in(Duration::from_secs(150)))
+        .account(TestAccount::new("wxmirrorwechatpy0020", "wechatpy-20-secret").tickets(&["jsapi"]))
+        .app(|app| rotating_tickets(app, Duration::from_secs(150)))
         .config(|c| {
             c.margin = "75s";
             c.extra_toml = mirror(&shared_url(), &["wechatpy"]);
@@ -575,10 +639,13 @@ async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
         .build()
         .await;
     let redis = RedisView::new(&shared_url());
-    let key = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
-    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &key).await;
-    let tokens = wechatpy_proof(&s, "2.0.0a26", 90).await;
-    assert_eq!(tokens.len(), 2, "one refresh in 90 s");
+    let token = vec![(Sdk::Wechatpy, format!("wechatpy:{}_access_token", s.id()))];
+    let ticket = vec![(Sdk::Wechatpy, format!("wechatpy:{}_jsapi_ticket", s.id()))];
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &token).await;
+    wait_mirrored(&s, &redis, s.id(), CredentialKind::JsapiTicket, &ticket).await;
+    let used = wechatpy_proof(&s, "2.0.0a26", 90).await;
+    assert_eq!(used.tokens.len(), 2, "one refresh in 90 s");
+    assert_eq!(used.tickets.len(), 2, "one ticket refresh in 90 s");
 }
 
 #[tokio::test]
@@ -660,32 +727,112 @@ async fn the_redis_password_shows_nowhere() {
     }
 }
 
-#[cfg(feature = "failpoints")]
+/// A mirror that compares every key with what it should hold every
+/// 500 ms.
+fn repairing_mirror(url: &str, layouts: &[&str]) -> String {
+    format!("{}repair_interval = \"500ms\"\n", mirror(url, layouts))
+}
+
 #[tokio::test]
-async fn a_credential_a_full_queue_dropped_is_written_from_mongodb() {
-    let id = "wxmirrordropped0001";
+async fn keys_deleted_overwritten_or_flushed_are_written_again_without_a_refresh() {
+    let id = "wxmirrorrepair00001";
+    let redis_server = PrivateRedis::start();
+    let url = redis_server.url();
     let s = Scenario::new()
-        .account(TestAccount::new(id, "mirror-dropped-secret"))
-        .config(|c| {
-            c.extra_toml = mirror(&shared_url(), &["wxjava"]);
-            // The first offer finds the queue full.
-            c.env
-                .push(("FAILPOINTS", "mirror-queue-full=1*return->off".into()));
+        .account(TestAccount::new(id, "mirror-repair-secret"))
+        .config({
+            let toml = repairing_mirror(&url, &["wxjava", "wechatpy"]);
+            move |c| c.extra_toml = toml
         })
         .build()
         .await;
+    let redis = RedisView::new(&url);
+    let wxjava = format!("wx:access_token:{id}");
+    let wechatpy = format!("wechatpy:{id}_access_token");
+    let keys = vec![
+        (Sdk::Wxjava, wxjava.clone()),
+        (Sdk::Wechatpy, wechatpy.clone()),
+    ];
+    let generation = wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+
+    // WxJava deletes its key on 40001; wechatpy writes a token it fetched
+    // itself (and its expiry) over the daemon's.
+    redis.del(std::slice::from_ref(&wxjava)).await;
+    redis.set(&wechatpy, "\"a-token-of-its-own\"", 7200).await;
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        generation
+    );
+    s.daemon()
+        .wait_metrics("both keys repaired", |m| {
+            m.get("wxtokend_mirror_repairs_total", &[("mirror", "sdk")]) == Some(2.0)
+        })
+        .await;
+
+    // Everything flushed, on the same server (no restart to notice).
+    redis.flush_all().await;
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        generation
+    );
+    // The token was not refreshed for it: MongoDB's stands.
+    assert_eq!(s.fake.tokens_issued(id), 1);
+}
+
+/// The holder is frozen (SIGSTOP) with its credential mirrored; another
+/// replica takes the lease and mirrors a newer token (a refresh request);
+/// the old holder thaws with its older token, still valid, to repair:
+/// Redis refuses it, and keeps the newest.
+#[tokio::test]
+async fn a_former_holder_never_puts_its_older_token_back_in_redis() {
+    let id = "wxmirrorhandover001";
     let redis = RedisView::new(&shared_url());
-    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-handover-secret"))
+        .config(|c| c.extra_toml = repairing_mirror(&shared_url(), &["wxjava", "silenceper"]))
+        .replicas(2)
+        .build()
+        .await;
+    let keys = vec![
+        (Sdk::Wxjava, format!("wx:access_token:{id}")),
+        (
+            Sdk::Silenceper,
+            format!("gowechat_officialaccount__access_token_{id}"),
+        ),
+    ];
     assert_eq!(
         wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
         1
     );
-    let m = s.daemon().metrics().await;
+    let holder = s.wait_for_lease(id, "a holder", |l| l.valid).await.holder;
+    s.replica(&holder).signal("STOP");
+    s.wait_for_lease(id, "the other replica holding", |l| {
+        l.valid && l.holder != holder
+    })
+    .await;
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    eventually(WAIT, "generation 2 in Redis", || async {
+        let newest = newest_valid(&s, id, CredentialKind::AccessToken).await?;
+        (newest.generation.0 == 2).then_some(())
+    })
+    .await;
     assert_eq!(
-        m.get("wxtokend_mirror_dropped_total", &[("mirror", "sdk")]),
-        Some(1.0)
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        2
     );
-    assert_eq!(s.fake.tokens_issued(id), 1);
+
+    s.replica(&holder).signal("CONT");
+    s.replica(&holder)
+        .wait_metrics("the thawed replica's write refused", |m| {
+            m.get("wxtokend_mirror_stale_total", &[("mirror", "sdk")])
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    // Redis holds MongoDB's newest, never the thawed replica's older one.
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        2
+    );
 }
 
 #[tokio::test]

@@ -2,12 +2,13 @@
 
 A WeChatClient configured as the README says (RedisStorage on the mirror,
 auto_retry=False) calls an API that needs a valid access token
-(ticket/getticket, which the fake refuses with 40001 for a dead token) and
-reads its JS-SDK ticket (get_jsapi_ticket, cached by wechatpy in Redis)
-every 200 ms for PROOF_SECONDS. Only the URLs are pointed at the fake:
-the API base, and the token URL wechatpy would fetch from, so that any
-token fetch of its own is counted there. Prints one JSON line:
-{"tokens": [...], "tickets": [...], "calls": N}.
+(getcallbackip, which the fake refuses with 40001/42001 for a dead token)
+and reads its JS-SDK ticket (get_jsapi_ticket: wechatpy's own cache in
+Redis, `{appid}_jsapi_ticket` and its `_expires_at`; on a miss it calls
+ticket/getticket itself) every 200 ms for PROOF_SECONDS. Only the URLs are
+pointed at the fake: the API base, and the token URL wechatpy would fetch
+from, so that any token or ticket fetch of its own is counted there.
+Prints one JSON line: {"tokens": [...], "tickets": [...], "calls": N}.
 """
 
 import json
@@ -44,7 +45,7 @@ def main():
         if token not in tokens:
             tokens.append(token)
         # Raises WeChatClientException on 40001/42001 (auto_retry=False).
-        client.jsapi.get_ticket()
+        client.misc.get_wechat_ips()
         ticket = client.jsapi.get_jsapi_ticket()
         if ticket not in tickets:
             tickets.append(ticket)

@@ -136,4 +136,13 @@ impl RedisView {
             .await
             .expect("DEL");
     }
+
+    /// `FLUSHALL`: every key of every database gone, the server unchanged.
+    pub async fn flush_all(&self) {
+        let mut c = self.connection().await.expect("Redis answers");
+        let () = redis::cmd("FLUSHALL")
+            .query_async(&mut c)
+            .await
+            .expect("FLUSHALL");
+    }
 }
