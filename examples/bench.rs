@@ -1,5 +1,5 @@
 //! Benchmarks for BENCHMARKS.md. Run with `scripts/bench.sh [SECTION...]`
-//! (sections: reader, cached, footprint, scale; default: all). Needs
+//! (sections: reader, cached, footprint, coldstart, scale, mirror; default: all). Needs
 //! MONGODB_URI (bench.sh starts the test server) and a release build of the
 //! daemon (bench.sh builds it).
 
@@ -215,11 +215,24 @@ fn spawn_daemon(
     margin: &str,
     instance: &str,
 ) -> Result<Daemon> {
+    spawn_daemon_with(uri, db, wechat, n, margin, instance, "")
+}
+
+/// [`spawn_daemon`] with more TOML (before the accounts).
+fn spawn_daemon_with(
+    uri: &str,
+    db: &str,
+    wechat: &str,
+    n: usize,
+    margin: &str,
+    instance: &str,
+    extra: &str,
+) -> Result<Daemon> {
     let dir = tempfile::tempdir()?;
     let mut toml = format!(
         "[daemon]\ninstance_id = \"{instance}\"\n[mongodb]\nuri = \"{uri}\"\ndatabase = \"{db}\"\n\
          [wechat]\nbase_url = \"{wechat}\"\nallow_http = true\n[refresh]\nmargin = \"{margin}\"\n\
-         [admin]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n"
+         [admin]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n{extra}"
     );
     for i in 0..n {
         toml.push_str(&format!(
@@ -329,6 +342,115 @@ async fn footprint(uri: &str, n: usize, seconds: u64) -> Result<()> {
         rss_max as f64 / 1024.0,
         fake.token_calls(&account_id(0))
     );
+    Ok(())
+}
+
+/// A Redis server of the benchmark's own (scripts/test-redis.sh), stopped
+/// on drop.
+struct BenchRedis {
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl BenchRedis {
+    fn start() -> Result<BenchRedis> {
+        let dir = tempfile::tempdir()?;
+        let out = Command::new("scripts/test-redis.sh")
+            .arg("start")
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err("cannot start Redis (scripts/test-redis.sh)".into());
+        }
+        let url = String::from_utf8(out.stdout)?.trim().to_owned();
+        Ok(BenchRedis { url, dir })
+    }
+}
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = Command::new("scripts/test-redis.sh")
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// A Redis mirror of `n` accounts (every layout: 4 SDK keys and the
+/// generation key per account): how long after MongoDB every key is in
+/// Redis, then `seconds` of repair passes every 5 s: Redis's time per pass
+/// (its own `EVALSHA` statistics) and the daemon's CPU meanwhile.
+async fn mirror(uri: &str, n: usize, seconds: u64) -> Result<()> {
+    const KEYS_PER_ACCOUNT: i64 = 5;
+    const REPAIR: u64 = 5;
+    let db = format!("bench_mirror_{n}");
+    let store = fresh_store(uri, &db).await?;
+    let redis = BenchRedis::start()?;
+    let mut connection = redis::Client::open(redis.url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let fake = fake_with(n, Duration::from_secs(7200)).await?;
+    let extra = format!(
+        "[[mirrors]]\nurl = \"{}\"\nlayouts = [\"wxjava\", \"silenceper\", \"wechatpy\"]\n\
+         repair_interval = \"{REPAIR}s\"\n",
+        redis.url
+    );
+    let started = Instant::now();
+    let daemon = spawn_daemon_with(uri, &db, &fake.url(), n, "10m", "mirror", &extra)?;
+    let pid = daemon.child.id();
+    let in_mongodb = wait_all_valid(&store, n, Duration::from_secs(300)).await?;
+    let in_redis = loop {
+        let keys: i64 = redis::cmd("DBSIZE").query_async(&mut connection).await?;
+        if keys >= n as i64 * KEYS_PER_ACCOUNT {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(format!("{keys} keys in Redis after 300 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut connection)
+        .await?;
+    let (_, ticks_start) = usage(pid).ok_or("no /proc")?;
+    let mut rss_max = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_max = rss_max.max(usage(pid).ok_or("daemon died")?.0);
+    }
+    let (_, ticks_end) = usage(pid).ok_or("daemon died")?;
+    let cpu =
+        (ticks_end - ticks_start) as f64 / clock_ticks() / start.elapsed().as_secs_f64() * 100.0;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await?;
+    let evalsha = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .unwrap_or_default();
+    let stat = |name: &str| -> f64 {
+        evalsha
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let passes = (seconds / REPAIR).max(1) as f64;
+    println!(
+        "| {n} | {:.1} s | {:.1} s | {:.0} | {:.1} ms | {:.1} µs | {cpu:.2} % | {:.1} MB |",
+        in_mongodb.as_secs_f64(),
+        in_redis.as_secs_f64(),
+        stat("calls") / passes,
+        stat("usec") / passes / 1000.0,
+        stat("usec_per_call"),
+        rss_max as f64 / 1024.0,
+    );
+    drop(daemon);
     Ok(())
 }
 
@@ -594,6 +716,13 @@ async fn main() -> Result<()> {
                 c.settled,
             );
         }
+    }
+    if wants("mirror") {
+        println!("\n## Redis mirror: every layout, repair every 5 s, 30 s idle\n");
+        println!("| accounts | all tokens in MongoDB after | all keys in Redis after | EVALSHA per repair pass | Redis time per pass | per call | daemon CPU (avg) | max RSS |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        mirror(&uri, 1, 30).await?;
+        mirror(&uri, 10_000, 30).await?;
     }
     if wants("scale") {
         println!("\n## Scale: 10,000 accounts, tokens live 120 s, margin 30 s, one full cycle\n");

@@ -151,12 +151,16 @@ impl Writer {
                 () = stop.cancelled() => return,
                 () = mailbox.offered() => {}
                 () = tokio::time::sleep_until(next_check) => {
+                    // Both counted from the same instant, so that a repair
+                    // interval equal to the check interval repairs at every
+                    // check.
+                    let now = Instant::now();
                     self.check().await;
-                    next_check = Instant::now() + self.settings.check_interval;
-                    if Instant::now() >= next_repair && self.server.is_some() {
+                    next_check = now + self.settings.check_interval;
+                    if now >= next_repair && self.server.is_some() {
                         // Every key of everything held is compared.
                         self.unwritten.extend(self.latest.keys().cloned());
-                        next_repair = Instant::now() + self.settings.repair_interval;
+                        next_repair = now + self.settings.repair_interval;
                     }
                 }
             }
