@@ -1,5 +1,6 @@
 //! Benchmarks for BENCHMARKS.md. Run with `scripts/bench.sh [SECTION...]`
-//! (sections: reader, cached, footprint, coldstart, scale, mirror; default: all). Needs
+//! (sections: reader, cached, concurrent, footprint, coldstart, scale, mirror;
+//! default: all). Needs
 //! MONGODB_URI (bench.sh starts the test server) and a release build of the
 //! daemon (bench.sh builds it).
 
@@ -182,6 +183,204 @@ fn cached_reads(uri: &str) -> Result<()> {
     let (reads, took) = result;
     println!(
         "{reads} cached reads in {took:.2?}: **{:.1} million reads/s** on one core",
+        reads as f64 / took.as_secs_f64() / 1e6
+    );
+    Ok(())
+}
+
+/// Throughput and latency of `tasks` concurrent tasks, each running `op`
+/// `per_task` times: (operations per second, p50, p99).
+async fn concurrently<F, Fut>(
+    tasks: usize,
+    per_task: usize,
+    op: F,
+) -> Result<(f64, Duration, Duration)>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<(), String>> + Send,
+{
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut took = Vec::with_capacity(per_task);
+                for _ in 0..per_task {
+                    let t = Instant::now();
+                    op().await?;
+                    took.push(t.elapsed());
+                }
+                Ok::<_, String>(took)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(tasks * per_task);
+    for handle in handles {
+        all.extend(handle.await??);
+    }
+    let elapsed = start.elapsed();
+    let rate = all.len() as f64 / elapsed.as_secs_f64();
+    Ok((rate, percentile(&mut all, 0.5), percentile(&mut all, 0.99)))
+}
+
+/// 64 tasks on one client each: uncached `Reader::latest` against a bare
+/// `find_one({_id})` of the same document, in alternating rounds; then the
+/// cached reader on a 2-thread runtime.
+async fn reader_concurrency(uri: &str) -> Result<()> {
+    const TASKS: usize = 64;
+    const PER_TASK: usize = 200;
+    const ROUNDS: usize = 3;
+    println!("\n## Reader under concurrency ({TASKS} tasks on one client, 1,000 history documents, {ROUNDS} alternating rounds of {PER_TASK} reads per task)\n");
+    let db_name = "bench_reader_concurrent";
+    fresh_store(uri, db_name).await?;
+    let client = Client::with_uri_str(uri).await?;
+    let collection = client
+        .database(db_name)
+        .collection::<Document>("access_tokens");
+    let account = "wxbench0000000001";
+    collection.insert_many(history(account, 1_000)).await?;
+    let newest_id: ObjectId = collection
+        .find_one(doc! { "app_id": account, "generation": 1_000_i64 })
+        .await?
+        .and_then(|d| d.get_object_id("_id").ok())
+        .ok_or("no newest")?;
+    let reader = std::sync::Arc::new(Reader::connect(uri, db_name).await?);
+    let id = AccountId::new(account);
+    let latest = {
+        let (reader, id) = (reader.clone(), id.clone());
+        move || {
+            let (reader, id) = (reader.clone(), id.clone());
+            async move {
+                let token = reader.latest(&id).await.map_err(|e| e.to_string())?;
+                (token.generation.0 == 1_000)
+                    .then_some(())
+                    .ok_or_else(|| "not the newest".to_owned())
+            }
+        }
+    };
+    let bare = {
+        let collection = collection.clone();
+        move || {
+            let collection = collection.clone();
+            async move {
+                collection
+                    .find_one(doc! { "_id": newest_id })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(|_| ())
+                    .ok_or_else(|| "no document".to_owned())
+            }
+        }
+    };
+    // The Reader's query by hand (filter, sort, limit as in
+    // `Credentials::scan_newest`), with and without a hint: is it the
+    // query or the Reader?
+    let query = |hint: bool| {
+        let collection = collection.clone();
+        move || {
+            let collection = collection.clone();
+            async move {
+                let filter = doc! {
+                    "app_id": account,
+                    "generation": { "$type": "number", "$lt": 1_i64 << 53 },
+                    "expires_at": { "$gt": DateTime::now() },
+                };
+                let mut find = collection
+                    .find(filter)
+                    .sort(doc! { "generation": -1 })
+                    .limit(16);
+                if hint {
+                    find = find.hint(mongodb::options::Hint::Name(
+                        "app_id_1_expires_at_-1".into(),
+                    ));
+                }
+                let docs: Vec<Document> =
+                    futures_util::TryStreamExt::try_collect(find.await.map_err(|e| e.to_string())?)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                (!docs.is_empty())
+                    .then_some(())
+                    .ok_or_else(|| "nothing valid".to_owned())
+            }
+        }
+    };
+    // Warm the pools up.
+    concurrently(TASKS, 20, latest.clone()).await?;
+    concurrently(TASKS, 20, bare.clone()).await?;
+    println!("| round | what | reads/s | p50 | p99 | find_one(_id) reads/s ÷ this |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for round in 1..=ROUNDS {
+        let (br, b50, b99) = concurrently(TASKS, PER_TASK, bare.clone()).await?;
+        println!(
+            "| {round} | find_one(_id) | {br:.0} | {} | {} | 1.00x |",
+            us(b50),
+            us(b99)
+        );
+        let (lr, l50, l99) = concurrently(TASKS, PER_TASK, latest.clone()).await?;
+        println!(
+            "| {round} | `Reader::latest` (uncached) | {lr:.0} | {} | {} | **{:.2}x** |",
+            us(l50),
+            us(l99),
+            br / lr
+        );
+        for (hint, what) in [
+            (false, "its query by hand"),
+            (true, "its query by hand, hinted"),
+        ] {
+            let (qr, q50, q99) = concurrently(TASKS, PER_TASK, query(hint)).await?;
+            println!(
+                "| {round} | {what} | {qr:.0} | {} | {} | {:.2}x |",
+                us(q50),
+                us(q99),
+                br / qr
+            );
+        }
+    }
+
+    // The cached reader, two worker threads, four tasks, 3 s.
+    let cached = std::sync::Arc::new(
+        Reader::connect(uri, db_name)
+            .await?
+            .with_cache(Duration::from_secs(60)),
+    );
+    cached.latest(&id).await?;
+    let (reads, took) =
+        std::thread::spawn(move || -> std::result::Result<(u64, Duration), String> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (cached, id) = (cached.clone(), id.clone());
+                        tokio::spawn(async move {
+                            let mut reads = 0u64;
+                            while start.elapsed() < Duration::from_secs(3) {
+                                for _ in 0..10_000 {
+                                    let token =
+                                        cached.latest(&id).await.map_err(|e| e.to_string())?;
+                                    std::hint::black_box(&token);
+                                }
+                                reads += 10_000;
+                            }
+                            Ok::<u64, String>(reads)
+                        })
+                    })
+                    .collect();
+                let mut reads = 0;
+                for task in tasks {
+                    reads += task.await.map_err(|e| e.to_string())??;
+                }
+                Ok((reads, start.elapsed()))
+            })
+        })
+        .join()
+        .map_err(|_| "bench thread panicked")??;
+    println!(
+        "\nCached reader, 2 worker threads, 4 tasks: {reads} reads in {took:.2?}: **{:.1} million reads/s**",
         reads as f64 / took.as_secs_f64() / 1e6
     );
     Ok(())
@@ -681,6 +880,9 @@ async fn main() -> Result<()> {
     }
     if wants("cached") {
         cached_reads(&uri)?;
+    }
+    if wants("concurrent") {
+        reader_concurrency(&uri).await?;
     }
     if wants("footprint") {
         println!("\n## Daemon footprint (release build, tokens valid 2 h, so idle after start)\n");

@@ -152,12 +152,16 @@ impl Daemon {
             watch_over(&settings, interval, liveness.clone(), shutdown.clone());
         }
         warn_about_mirrors(&settings);
+        // The mirrors stop after the refreshers, so that what they store
+        // last still reaches Redis.
+        let mirrors_stop = CancellationToken::new();
+        let _stop_mirrors = mirrors_stop.clone().drop_guard();
         let (mirrors, mirror_tasks) = Mirrors::start(
             &settings.mirrors,
             &settings.accounts,
             &store,
             &metrics,
-            &shutdown,
+            &mirrors_stop,
         )?;
         let ctx = Arc::new(Context {
             mirrors,
@@ -200,6 +204,7 @@ impl Daemon {
             );
             task.abort();
         }
+        mirrors_stop.cancel();
         if let Some(task) = admin_task {
             let _ = tokio::time::timeout(grace, task).await;
         }

@@ -106,7 +106,8 @@ pub(super) fn mirror_settings(
     p: &mut Problems,
 ) -> Vec<MirrorSettings> {
     let mut names = Vec::new();
-    raw.iter()
+    let mirrors: Vec<MirrorSettings> = raw
+        .iter()
         .enumerate()
         .map(|(i, mirror)| {
             let name = mirror.name.clone().unwrap_or_else(|| i.to_string());
@@ -128,7 +129,25 @@ pub(super) fn mirror_settings(
                 repair_interval: repair_interval(mirror, i, p),
             }
         })
-        .collect()
+        .collect();
+    // Two entries on one Redis would share the generation keys and count
+    // each other's writes as repairs.
+    for (i, mirror) in mirrors.iter().enumerate() {
+        let url = mirror.url.expose_secret();
+        let first = mirrors[..i]
+            .iter()
+            .position(|m| !url.is_empty() && m.url.expose_secret() == url);
+        if let Some(first) = first {
+            p.add(
+                format!("mirrors[{i}]"),
+                format!(
+                    "the same Redis as mirrors[{first}]; list every layout in one [[mirrors]] \
+                     entry per Redis database"
+                ),
+            );
+        }
+    }
+    mirrors
 }
 
 fn check_interval(mirror: &RawMirror, i: usize, p: &mut Problems) -> Duration {

@@ -768,6 +768,26 @@ fn a_mirror_repairs_no_more_often_than_it_checks() {
 }
 
 #[test]
+fn two_mirrors_on_one_redis_are_refused_without_quoting_it() {
+    let config = format!(
+        "{ONE_ACCOUNT}[[mirrors]]\nurl_env = \"A\"\nlayouts = [\"wxjava\"]\n\
+         [[mirrors]]\nurl_env = \"B\"\nlayouts = [\"wechatpy\"]\n\
+         [[mirrors]]\nurl_env = \"C\"\nlayouts = [\"silenceper\"]\n"
+    );
+    let env = [
+        ("WX_SECRET", "x"),
+        ("A", "redis://:pw1@cache:6379/0"),
+        ("B", "redis://:pw1@cache:6379/0"),
+        ("C", "redis://:pw1@cache:6379/1"),
+    ];
+    let err = load(&config, &env).expect_err("one Redis twice");
+    let text = err.to_string();
+    assert_eq!(keys(err), ["mirrors[1]"]);
+    assert!(text.contains("the same Redis as mirrors[0]"), "{text}");
+    assert!(!text.contains("pw1"), "{text}");
+}
+
+#[test]
 fn effective_configuration_redacts_a_mirror_url_password() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("wxtokend.toml");

@@ -81,6 +81,7 @@ pub struct Metrics {
     mirror_stale: Family<MirrorLabels, Counter>,
     mirror_resyncs: Family<MirrorLabels, Counter>,
     mirror_up: Family<MirrorLabels, Gauge>,
+    mirror_credentials: Family<MirrorLabels, Gauge>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -137,6 +138,7 @@ impl Metrics {
             mirror_stale: Family::default(),
             mirror_resyncs: Family::default(),
             mirror_up: Family::default(),
+            mirror_credentials: Family::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -243,8 +245,14 @@ impl Metrics {
         );
         registry.register(
             "wxtokend_mirror_up",
-            "1 while the mirror's last Redis operation succeeded",
+            "1 while the mirror's Redis answers and takes its writes",
             m.mirror_up.clone(),
+        );
+        registry.register(
+            "wxtokend_mirror_credentials",
+            "Credentials this replica keeps written in a mirror and repairs (those of the \
+             leases it holds)",
+            m.mirror_credentials.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -261,27 +269,41 @@ impl Metrics {
         }
     }
 
-    /// A Redis mirror's outcome: what Redis answered, or a failure.
-    pub fn mirror(&self, mirror: &str, result: Result<MirrorTally, ()>) {
+    /// What Redis answered to a round of a mirror's writes.
+    pub fn mirror_tally(&self, mirror: &str, tally: MirrorTally) {
         let labels = MirrorLabels {
             mirror: mirror.to_owned(),
         };
-        match result {
-            Ok(tally) => {
-                self.mirror_writes
-                    .get_or_create(&labels)
-                    .inc_by(tally.written);
-                self.mirror_repairs
-                    .get_or_create(&labels)
-                    .inc_by(tally.repaired);
-                self.mirror_stale.get_or_create(&labels).inc_by(tally.stale);
-                self.mirror_up.get_or_create(&labels).set(1);
-            }
-            Err(()) => {
-                self.mirror_errors.get_or_create(&labels).inc();
-                self.mirror_up.get_or_create(&labels).set(0);
-            }
+        self.mirror_writes
+            .get_or_create(&labels)
+            .inc_by(tally.written);
+        self.mirror_repairs
+            .get_or_create(&labels)
+            .inc_by(tally.repaired);
+        self.mirror_stale.get_or_create(&labels).inc_by(tally.stale);
+    }
+
+    /// Whether a mirror's Redis took what it was asked (`Err`: a failed
+    /// operation, counted).
+    pub fn mirror_state(&self, mirror: &str, result: Result<(), ()>) {
+        let labels = MirrorLabels {
+            mirror: mirror.to_owned(),
+        };
+        if result.is_err() {
+            self.mirror_errors.get_or_create(&labels).inc();
         }
+        self.mirror_up
+            .get_or_create(&labels)
+            .set(i64::from(result.is_ok()));
+    }
+
+    /// How many credentials a mirror keeps written and repairs.
+    pub fn mirror_credentials(&self, mirror: &str, held: usize) {
+        self.mirror_credentials
+            .get_or_create(&MirrorLabels {
+                mirror: mirror.to_owned(),
+            })
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     pub fn mirror_resynced(&self, mirror: &str) {

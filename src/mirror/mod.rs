@@ -70,12 +70,12 @@ pub struct Mirrors {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     pub name: String,
-    /// The last Redis operation succeeded.
+    /// Redis answers and takes the writes.
     pub up: bool,
     /// Failed Redis operations since start.
     pub errors: u64,
-    /// The last failure (Redis's error: it names the command and the
-    /// server, never a value).
+    /// The last failure: Redis's own code and message (never a value),
+    /// cut at 200 characters, with how many writes it refused.
     pub last_error: Option<String>,
     /// When the last credential was written.
     pub last_write: Option<SystemTime>,
@@ -84,11 +84,21 @@ pub struct Health {
 /// A credential's place in a mirror: one per (account, kind).
 pub(super) type Key = (AccountId, CredentialKind);
 
-/// The newest credential offered per [`Key`] and not yet taken by the
-/// writer; bounded by the number of credentials this replica can hold.
+/// What the refreshers said about one [`Key`] since the writer last looked.
+#[derive(Debug, Default)]
+pub(super) struct Offer {
+    /// The newest credential offered.
+    pub(super) credential: Option<Mirrored>,
+    /// Its refresher stopped (the lease was lost or given back, or the
+    /// daemon stops): write what was offered, then stop mirroring it.
+    pub(super) withdrawn: bool,
+}
+
+/// The newest offer per [`Key`] not yet taken by the writer; bounded by
+/// the number of credentials this replica can hold.
 #[derive(Debug, Default)]
 pub(super) struct Mailbox {
-    offered: Mutex<HashMap<Key, Mirrored>>,
+    offered: Mutex<HashMap<Key, Offer>>,
     wake: Notify,
 }
 
@@ -97,18 +107,32 @@ impl Mailbox {
     fn put(&self, credential: &Mirrored) {
         let key = (credential.account.clone(), credential.kind);
         let mut offered = self.offered.lock().unwrap_or_else(PoisonError::into_inner);
-        let newer = offered
-            .get(&key)
+        let offer = offered.entry(key).or_default();
+        let newer = offer
+            .credential
+            .as_ref()
             .is_none_or(|waiting| waiting.generation <= credential.generation);
         if newer {
-            offered.insert(key, credential.clone());
+            offer.credential = Some(credential.clone());
+            offer.withdrawn = false;
         }
         drop(offered);
         self.wake.notify_one();
     }
 
+    /// Says that `key`'s refresher stopped.
+    fn withdraw(&self, key: Key) {
+        self.offered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .withdrawn = true;
+        self.wake.notify_one();
+    }
+
     /// Everything offered since the last call.
-    pub(super) fn take(&self) -> HashMap<Key, Mirrored> {
+    pub(super) fn take(&self) -> HashMap<Key, Offer> {
         std::mem::take(&mut *self.offered.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
@@ -196,6 +220,17 @@ impl Mirrors {
             }
         }
     }
+
+    /// The refresher of `kind` of `account` stopped: what it offered is
+    /// still written, but no longer rewritten or repaired by this replica
+    /// (the lease's next holder mirrors it).
+    pub fn withdraw(&self, account: &AccountId, kind: CredentialKind) {
+        for outlet in &self.outlets {
+            if outlet.settings.wants(account, kind) {
+                outlet.mailbox.withdraw((account.clone(), kind));
+            }
+        }
+    }
 }
 
 /// Whether the mirror's Redis answers (`wxtokend check`). The error is
@@ -231,7 +266,7 @@ mod tests {
 
     use super::*;
 
-    fn offer(account: &str, kind: CredentialKind, generation: i64) -> Mirrored {
+    fn offer_of(account: &str, kind: CredentialKind, generation: i64) -> Mirrored {
         Mirrored {
             account: AccountId::new(account),
             kind,
@@ -247,19 +282,33 @@ mod tests {
         for _ in 0..3 {
             for account in 0..2_000 {
                 let account = format!("wx{account:04}");
-                mailbox.put(&offer(&account, CredentialKind::AccessToken, 2));
-                mailbox.put(&offer(&account, CredentialKind::AccessToken, 1));
-                mailbox.put(&offer(&account, CredentialKind::JsapiTicket, 5));
+                mailbox.put(&offer_of(&account, CredentialKind::AccessToken, 2));
+                mailbox.put(&offer_of(&account, CredentialKind::AccessToken, 1));
+                mailbox.put(&offer_of(&account, CredentialKind::JsapiTicket, 5));
             }
         }
         // Offers made before the writer waits are not missed.
         tokio::time::timeout(Duration::from_secs(1), mailbox.offered())
             .await
             .expect("woken");
+        let key = (AccountId::new("wx0042"), CredentialKind::AccessToken);
+        mailbox.withdraw(key.clone());
         let taken = mailbox.take();
         assert_eq!(taken.len(), 4_000, "one per account and kind, none dropped");
-        let key = (AccountId::new("wx0042"), CredentialKind::AccessToken);
-        assert_eq!(taken[&key].generation, Generation(2));
+        let offer = &taken[&key];
+        assert_eq!(
+            offer.credential.as_ref().map(|c| c.generation),
+            Some(Generation(2))
+        );
+        assert!(
+            offer.withdrawn,
+            "withdrawn, and what was offered still written"
+        );
         assert!(mailbox.take().is_empty());
+        // A new offer after a withdrawal takes the credential back.
+        mailbox.withdraw(key.clone());
+        mailbox.put(&offer_of("wx0042", CredentialKind::AccessToken, 3));
+        let taken = mailbox.take();
+        assert!(!taken[&key].withdrawn);
     }
 }

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -48,21 +49,33 @@ use crate::store::Store;
 /// of KEYS[2..].
 ///
 /// A new generation sets every key. The generation already there sets
-/// only the keys that are missing or hold something else (a repair). A
-/// key of another type (`GET` fails) is something else too.
+/// only the keys that are missing, hold something else, or whose TTL is
+/// gone or more than 2 s off (a repair). A key of another type (`GET`
+/// fails) holds something else; a generation key of another type counts
+/// as none.
 ///
 /// Returns `{outcome, keys set}`: outcome 1 written as a new generation,
 /// 0 the generation was there, -1 a newer one stands (nothing set).
 const WRITE: &str = r"
 local generation = tonumber(ARGV[1])
-local stored = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local ttl = tonumber(ARGV[2])
+local found = redis.pcall('GET', KEYS[1])
+local stored = 0
+if type(found) == 'string' then
+  stored = tonumber(found) or 0
+end
 if stored > generation then
   return {-1, 0}
 end
 local set = 0
 for i = 2, #KEYS do
-  local now = redis.pcall('GET', KEYS[i])
-  if stored < generation or now ~= ARGV[i + 1] then
+  local stale = stored < generation
+  if not stale then
+    local now = redis.pcall('GET', KEYS[i])
+    local left = redis.call('PTTL', KEYS[i])
+    stale = now ~= ARGV[i + 1] or left < 0 or math.abs(left - ttl) > 2000
+  end
+  if stale then
     redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
     set = set + 1
   end
@@ -84,6 +97,23 @@ const PIPELINE: usize = 256;
 /// their own).
 const MIN_TTL: Duration = Duration::from_secs(1);
 
+/// How long the last writes may take once the daemon stops.
+const LAST_FLUSH: Duration = Duration::from_secs(5);
+
+/// The longest Redis error kept for `status` and the heartbeat.
+const ERROR_CHARS: usize = 200;
+
+/// How a round of writes failed.
+enum Failure {
+    /// No answer (connection refused, dropped, timed out): Redis may have
+    /// restarted meanwhile, so everything is rewritten when it answers.
+    Connection(RedisError),
+    /// Redis answered but refused `n` writes (out of memory, a read-only
+    /// replica, a missing permission...): retried at each check, nothing
+    /// reread.
+    Refused(RedisError, usize),
+}
+
 pub(super) struct Writer {
     settings: Arc<MirrorSettings>,
     platforms: HashMap<AccountId, Platform>,
@@ -97,11 +127,16 @@ pub(super) struct Writer {
     latest: HashMap<Key, Mirrored>,
     /// Those not yet in Redis.
     unwritten: HashSet<Key>,
+    /// Those whose refresher stopped: dropped from `latest` once written.
+    withdrawn: HashSet<Key>,
     /// The `run_id` of the Redis server last seen answering; `None` until
-    /// the first contact and after a failure: everything is rewritten
-    /// when it answers again.
+    /// the first contact and after a connection failure: everything is
+    /// rewritten when it answers again.
     server: Option<String>,
-    /// The last problem, logged once until Redis answers again.
+    /// Redis refused writes the last time: they are retried at each check
+    /// only, not at each offer.
+    refusing: bool,
+    /// A failure was logged; logged again only after Redis took writes.
     failing: bool,
     health: SharedHealth,
 }
@@ -131,22 +166,40 @@ impl Writer {
             script: redis::Script::new(WRITE),
             latest: HashMap::new(),
             unwritten: HashSet::new(),
+            withdrawn: HashSet::new(),
             server: None,
+            refusing: false,
             failing: false,
             health,
         })
     }
 
+    /// Runs until `stop` is cancelled (after the refreshers stopped), then
+    /// writes what they offered last, for at most [`LAST_FLUSH`].
     pub(super) async fn run(mut self, stop: CancellationToken) {
         let span = tracing::info_span!("mirror", mirror = %self.settings.name);
-        let _ = tracing::Instrument::instrument(self.run_until(stop), span).await;
+        tracing::Instrument::instrument(
+            async move {
+                self.run_until(&stop).await;
+                self.take_offers();
+                if tokio::time::timeout(LAST_FLUSH, self.flush())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("stopping before every last credential was written to Redis");
+                }
+            },
+            span,
+        )
+        .await;
     }
 
-    async fn run_until(&mut self, stop: CancellationToken) {
+    async fn run_until(&mut self, stop: &CancellationToken) {
         let mailbox = self.mailbox.clone();
         let mut next_check = Instant::now();
         let mut next_repair = Instant::now() + self.settings.repair_interval;
         loop {
+            let mut checked = false;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = mailbox.offered() => {}
@@ -156,6 +209,7 @@ impl Writer {
                     // check.
                     let now = Instant::now();
                     self.check().await;
+                    checked = true;
                     next_check = now + self.settings.check_interval;
                     if now >= next_repair && self.server.is_some() {
                         // Every key of everything held is compared.
@@ -164,11 +218,26 @@ impl Writer {
                     }
                 }
             }
-            for credential in mailbox.take().into_values() {
+            self.take_offers();
+            if checked || !self.refusing {
+                self.flush().await;
+            }
+        }
+    }
+
+    /// Takes what the refreshers offered and withdrew.
+    fn take_offers(&mut self) {
+        for (key, offer) in self.mailbox.take() {
+            if let Some(credential) = offer.credential {
                 self.take(credential);
             }
-            self.flush().await;
+            if offer.withdrawn {
+                self.withdrawn.insert(key);
+            } else {
+                self.withdrawn.remove(&key);
+            }
         }
+        self.forget_withdrawn();
     }
 
     /// Keeps `credential` if it is the newest of its (account, kind).
@@ -184,8 +253,24 @@ impl Writer {
         }
     }
 
-    /// Asks Redis who it is: a first answer, an answer after a failure, or
-    /// another server (a restart, a failover) means everything is rewritten.
+    /// Drops the withdrawn credentials that are written (or will not be).
+    fn forget_withdrawn(&mut self) {
+        let unwritten = &self.unwritten;
+        let latest = &mut self.latest;
+        self.withdrawn.retain(|key| {
+            let keep = unwritten.contains(key) && latest.contains_key(key);
+            if !keep {
+                latest.remove(key);
+            }
+            keep
+        });
+        self.metrics
+            .mirror_credentials(&self.settings.name, self.latest.len());
+    }
+
+    /// Asks Redis who it is: a first answer, an answer after a connection
+    /// failure, or another server (a restart, a failover) means everything
+    /// is rewritten.
     async fn check(&mut self) {
         let info = redis::cmd("INFO")
             .arg("server")
@@ -198,24 +283,32 @@ impl Writer {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
-            Err(e) => return self.failed(&e),
+            Err(e) => return self.failed(&Failure::from(e)),
         };
+        if run_id.is_empty() && self.server.is_none() {
+            tracing::warn!(
+                "Redis's INFO names no run_id (a proxy?): a restart that empties it is noticed \
+                 only by the next repair pass"
+            );
+        }
         if self.server.as_deref() == Some(run_id.as_str()) {
+            if !self.refusing {
+                self.answered();
+            }
             return;
         }
         // The pipelines send the script by its hash.
         if let Err(e) = self.script.load_async(&mut self.redis).await {
-            return self.failed(&e);
+            return self.failed(&Failure::from(e));
         }
         match self.server.replace(run_id) {
             Some(_) => tracing::warn!("Redis restarted or was replaced; rewriting every key"),
             None if self.failing => tracing::info!("Redis answers again; rewriting every key"),
             None => tracing::info!("Redis answers; writing every held credential"),
         }
-        self.failing = false;
-        self.metrics
-            .mirror(&self.settings.name, Ok(MirrorTally::default()));
-        update(&self.health, |h| h.up = true);
+        if !self.refusing {
+            self.answered();
+        }
         self.resync().await;
     }
 
@@ -244,16 +337,63 @@ impl Writer {
     }
 
     /// Writes what is not in Redis yet (or is to be compared), while Redis
-    /// answers, [`PIPELINE`] credentials per round trip.
+    /// answers, [`PIPELINE`] credentials per round trip. A script Redis
+    /// lost (a restart or `SCRIPT FLUSH` the check has not seen yet) is
+    /// loaded again and those writes sent once more.
     async fn flush(&mut self) {
         if self.server.is_none() || self.unwritten.is_empty() {
             return;
         }
-        let now = self.store.clock().now();
         let mut tally = MirrorTally::default();
         let keys: Vec<Key> = self.unwritten.iter().cloned().collect();
+        let mut result = self.send(&keys, &mut tally).await;
+        if let Ok(lost) = &result {
+            if !lost.is_empty() {
+                tracing::debug!("Redis lost the script; loading it again");
+                result = match self.script.load_async(&mut self.redis).await {
+                    Ok(_) => self.send(&lost.clone(), &mut tally).await,
+                    Err(e) => Err(Failure::from(e)),
+                };
+            }
+        }
+        // Keys the script still lacks count as refused.
+        let result = result.and_then(|lost| match lost.first() {
+            None => Ok(()),
+            Some(_) => Err(Failure::Refused(
+                RedisError::from((ErrorKind::Server(ServerErrorKind::NoScript), "NOSCRIPT")),
+                lost.len(),
+            )),
+        });
+        self.metrics.mirror_tally(&self.settings.name, tally);
+        if tally.repaired > 0 {
+            tracing::warn!(
+                keys = tally.repaired,
+                "SDK keys were missing or held another value or TTL in Redis; written again"
+            );
+        }
+        if tally.written + tally.repaired > 0 {
+            let now = self.store.clock().now();
+            update(&self.health, |h| h.last_write = Some(now));
+        }
+        self.forget_withdrawn();
+        match result {
+            Ok(()) => {
+                self.refusing = false;
+                self.answered();
+            }
+            Err(failure) => self.failed(&failure),
+        }
+    }
+
+    /// One pass over `keys`: returns those Redis answered `NOSCRIPT` for.
+    async fn send(&mut self, keys: &[Key], tally: &mut MirrorTally) -> Result<Vec<Key>, Failure> {
+        let mut lost = Vec::new();
+        let mut refused: Option<(RedisError, usize)> = None;
         for chunk in keys.chunks(PIPELINE) {
+            // Per chunk: the TTL is counted from just before its sending.
+            let now = self.store.clock().now();
             let mut pipe = redis::pipe();
+            pipe.ignore_errors();
             let mut sent = Vec::with_capacity(chunk.len());
             for key in chunk {
                 match self.latest.get(key).and_then(|c| self.command(c, now)) {
@@ -271,42 +411,47 @@ impl Writer {
             if sent.is_empty() {
                 continue;
             }
-            let answers: Vec<(i64, u64)> = match pipe.query_async(&mut self.redis).await {
-                Ok(answers) => answers,
-                Err(e) => return self.failed(&e),
-            };
-            for (key, (outcome, set)) in sent.into_iter().zip(answers) {
-                self.unwritten.remove(key);
-                match outcome {
-                    1 => tally.written += 1,
-                    0 => tally.repaired += set,
-                    _ => {
-                        // Another replica mirrors a newer one: stop
-                        // repairing this one.
-                        tally.stale += 1;
-                        if let Some(c) = self.latest.remove(key) {
-                            tracing::debug!(
-                                account = %c.account, kind = %c.kind, generation = %c.generation,
-                                "Redis already holds a newer generation; not written"
-                            );
-                        }
+            let answers: Vec<redis::RedisResult<(i64, u64)>> =
+                pipe.query_async(&mut self.redis).await?;
+            for (key, answer) in sent.into_iter().zip(answers) {
+                match answer {
+                    Ok((outcome, set)) => {
+                        self.unwritten.remove(key);
+                        self.count(key, outcome, set, tally);
                     }
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        lost.push(key.clone());
+                    }
+                    Err(e) if is_reply(&e) => match &mut refused {
+                        Some((_, n)) => *n += 1,
+                        None => refused = Some((e, 1)),
+                    },
+                    Err(e) => return Err(Failure::Connection(e)),
                 }
             }
         }
-        if tally.repaired > 0 {
-            tracing::warn!(
-                keys = tally.repaired,
-                "SDK keys were missing or held another value in Redis; written again"
-            );
+        match refused {
+            Some((e, n)) => Err(Failure::Refused(e, n)),
+            None => Ok(lost),
         }
-        self.metrics.mirror(&self.settings.name, Ok(tally));
-        update(&self.health, |h| {
-            h.up = true;
-            if tally.written + tally.repaired > 0 {
-                h.last_write = Some(now);
+    }
+
+    fn count(&mut self, key: &Key, outcome: i64, set: u64, tally: &mut MirrorTally) {
+        match outcome {
+            1 => tally.written += 1,
+            0 => tally.repaired += set,
+            _ => {
+                // Another replica mirrors a newer one: stop repairing this
+                // one.
+                tally.stale += 1;
+                if let Some(c) = self.latest.remove(key) {
+                    tracing::debug!(
+                        account = %c.account, kind = %c.kind, generation = %c.generation,
+                        "Redis already holds a newer generation; not written"
+                    );
+                }
             }
-        });
+        }
     }
 
     /// The script call for one credential, every layout; `None` when it
@@ -351,26 +496,67 @@ impl Writer {
         Some(command)
     }
 
-    fn failed(&mut self, error: &redis::RedisError) {
-        self.metrics.mirror(&self.settings.name, Err(()));
+    /// Redis answered and took what was asked.
+    fn answered(&mut self) {
+        if self.failing {
+            tracing::info!("Redis takes writes again");
+        }
+        self.failing = false;
+        self.metrics.mirror_state(&self.settings.name, Ok(()));
+        update(&self.health, |h| h.up = true);
+    }
+
+    fn failed(&mut self, failure: &Failure) {
+        let (error, refused) = match failure {
+            Failure::Connection(e) => (e, None),
+            Failure::Refused(e, n) => (e, Some(*n)),
+        };
+        // Redis's own words (its error code and message), never a value.
+        let mut said = error.to_string();
+        if let Some(cut) = said.char_indices().nth(ERROR_CHARS).map(|(at, _)| at) {
+            said.truncate(cut);
+            said.push('…');
+        }
+        if let Some(n) = refused {
+            said = format!("{n} writes refused: {said}");
+        }
+        self.metrics.mirror_state(&self.settings.name, Err(()));
         update(&self.health, |h| {
             h.up = false;
             h.errors += 1;
-            h.last_error = Some(error.to_string());
+            h.last_error = Some(said.clone());
         });
-        // Redis's errors name the command and the server, never the values.
         if self.failing {
-            tracing::debug!(error = %error, "Redis still fails; retrying");
+            tracing::debug!(error = %said, "Redis still fails; retrying");
         } else {
             tracing::warn!(
-                error = %error,
+                error = %said,
                 retry_in_s = self.settings.check_interval.as_secs_f32(),
                 "cannot write to Redis; the SDKs keep the keys they have until they expire"
             );
         }
         self.failing = true;
-        self.server = None;
+        match failure {
+            Failure::Connection(_) => self.server = None,
+            Failure::Refused(..) => self.refusing = true,
+        }
     }
+}
+
+impl From<RedisError> for Failure {
+    fn from(e: RedisError) -> Self {
+        if is_reply(&e) {
+            Failure::Refused(e, 1)
+        } else {
+            Failure::Connection(e)
+        }
+    }
+}
+
+/// Whether Redis itself answered with this error (as opposed to no
+/// answer at all).
+fn is_reply(e: &RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
 }
 
 /// The bytes an SDK expects under a key.

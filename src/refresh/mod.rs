@@ -167,6 +167,8 @@ impl Refresher {
                 );
             }
         }
+        // The lease's next holder mirrors it from now on.
+        self.ctx.mirrors.withdraw(&self.account.id, self.kind);
     }
 
     /// Does the next action (load what is stored, store a pending token, or

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fake_wechat::{AppConfig, Endpoint, Mode};
+use fake_wechat::{AppConfig, Endpoint, Fault, Mode};
 use mongodb::bson::doc;
 use secrecy::ExposeSecret;
 use wxtokend_reader::{AccountId, Credential, CredentialKind, Credentials};
@@ -566,7 +566,7 @@ async fn wechatpy_proof(s: &Scenario, version: &str, seconds: u64) -> Used {
                     .iter()
                     .map(|d| d.get_str(field).expect("a value").to_owned())
                     .collect();
-            (stored.len() == s.fake.calls(&id, endpoint) as usize).then_some(stored)
+            (stored.len() == s.fake.issued_on(&id, endpoint).len()).then_some(stored)
         })
         .await;
         assert_eq!(
@@ -734,7 +734,7 @@ fn repairing_mirror(url: &str, layouts: &[&str]) -> String {
 }
 
 #[tokio::test]
-async fn keys_deleted_overwritten_or_flushed_are_written_again_without_a_refresh() {
+async fn keys_deleted_changed_or_flushed_are_written_again_without_a_refresh() {
     let id = "wxmirrorrepair00001";
     let redis_server = PrivateRedis::start();
     let url = redis_server.url();
@@ -755,6 +755,15 @@ async fn keys_deleted_overwritten_or_flushed_are_written_again_without_a_refresh
     ];
     let generation = wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
 
+    let sdk = [("mirror", "sdk")];
+    let count = |name: &'static str| {
+        move |m: &crate::support::metrics::Metrics| m.get(name, &sdk).unwrap_or(0.0)
+    };
+    let repairs = count("wxtokend_mirror_repairs_total");
+    let writes = count("wxtokend_mirror_writes_total");
+    let written = s.daemon().metrics().await;
+    let written = writes(&written);
+
     // WxJava deletes its key on 40001; wechatpy writes a token it fetched
     // itself (and its expiry) over the daemon's.
     redis.del(std::slice::from_ref(&wxjava)).await;
@@ -764,25 +773,77 @@ async fn keys_deleted_overwritten_or_flushed_are_written_again_without_a_refresh
         generation
     );
     s.daemon()
-        .wait_metrics("both keys repaired", |m| {
-            m.get("wxtokend_mirror_repairs_total", &[("mirror", "sdk")]) == Some(2.0)
-        })
+        .wait_metrics("both keys repaired", |m| repairs(m) == 2.0)
         .await;
 
-    // Everything flushed, on the same server (no restart to notice).
-    redis.flush_all().await;
+    // A key loses its TTL (WxJava then counts it as expired); another
+    // becomes a hash.
+    redis.command(&["PERSIST", &wechatpy]).await;
+    redis.del(std::slice::from_ref(&wxjava)).await;
+    redis.command(&["HSET", &wxjava, "field", "value"]).await;
+    s.daemon()
+        .wait_metrics("two more keys repaired", |m| repairs(m) == 4.0)
+        .await;
     assert_eq!(
         wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
         generation
     );
-    // The token was not refreshed for it: MongoDB's stands.
+
+    // The generation key becomes a hash: the credential is written as new.
+    let generation_key = format!("wxtokend:generation:{id}:access_token");
+    redis.del(std::slice::from_ref(&generation_key)).await;
+    redis
+        .command(&["HSET", &generation_key, "field", "value"])
+        .await;
+    s.daemon()
+        .wait_metrics("written again", |m| writes(m) == written + 1.0)
+        .await;
+
+    // Everything flushed, on the same server (no restart to notice): the
+    // generation key went too, so it counts as a write, not a repair.
+    redis.flush_all().await;
+    s.daemon()
+        .wait_metrics("written again after the flush", |m| {
+            writes(m) == written + 2.0
+        })
+        .await;
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        generation
+    );
+
+    // Redis forgets the script (`SCRIPT FLUSH`): loaded again, no error.
+    redis.command(&["SCRIPT", "FLUSH"]).await;
+    redis.del(std::slice::from_ref(&wxjava)).await;
+    let m = s
+        .daemon()
+        .wait_metrics("repaired without the script", |m| repairs(m) == 5.0)
+        .await;
+    assert_eq!(
+        count("wxtokend_mirror_errors_total")(&m),
+        0.0,
+        "{}",
+        m.text()
+    );
+    assert_eq!(
+        count("wxtokend_mirror_resyncs_total")(&m),
+        1.0,
+        "{}",
+        m.text()
+    );
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        generation
+    );
+    // The token was not refreshed for any of it: MongoDB's stands.
     assert_eq!(s.fake.tokens_issued(id), 1);
 }
 
 /// The holder is frozen (SIGSTOP) with its credential mirrored; another
 /// replica takes the lease and mirrors a newer token (a refresh request);
-/// the old holder thaws with its older token, still valid, to repair:
-/// Redis refuses it, and keeps the newest.
+/// the old holder thaws with its older token still valid: it neither puts
+/// it back (the generation guard, or its refresher's withdrawal, whichever
+/// comes first) nor keeps mirroring the credential.
 #[tokio::test]
 async fn a_former_holder_never_puts_its_older_token_back_in_redis() {
     let id = "wxmirrorhandover001";
@@ -806,12 +867,14 @@ async fn a_former_holder_never_puts_its_older_token_back_in_redis() {
     );
     let holder = s.wait_for_lease(id, "a holder", |l| l.valid).await.holder;
     s.replica(&holder).signal("STOP");
-    s.wait_for_lease(id, "the other replica holding", |l| {
-        l.valid && l.holder != holder
-    })
-    .await;
+    let taker = s
+        .wait_for_lease(id, "the other replica holding", |l| {
+            l.valid && l.holder != holder
+        })
+        .await
+        .holder;
     assert_eq!(s.run(&["refresh", id]).0, 0);
-    eventually(WAIT, "generation 2 in Redis", || async {
+    eventually(WAIT, "generation 2 stored", || async {
         let newest = newest_valid(&s, id, CredentialKind::AccessToken).await?;
         (newest.generation.0 == 2).then_some(())
     })
@@ -820,18 +883,194 @@ async fn a_former_holder_never_puts_its_older_token_back_in_redis() {
         wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
         2
     );
+    let sdk = [("mirror", "sdk")];
+    let changes = |m: &crate::support::metrics::Metrics| {
+        m.get("wxtokend_mirror_writes_total", &sdk).unwrap_or(0.0)
+            + m.get("wxtokend_mirror_repairs_total", &sdk).unwrap_or(0.0)
+    };
+    let before = changes(&s.replica(&taker).metrics().await);
 
     s.replica(&holder).signal("CONT");
     s.replica(&holder)
-        .wait_metrics("the thawed replica's write refused", |m| {
-            m.get("wxtokend_mirror_stale_total", &[("mirror", "sdk")])
-                .is_some_and(|n| n >= 1.0)
+        .wait_metrics("the thawed replica mirroring nothing", |m| {
+            !m.lease_held(id) && m.get("wxtokend_mirror_credentials", &sdk) == Some(0.0)
         })
         .await;
-    // Redis holds MongoDB's newest, never the thawed replica's older one.
+    // Some repair passes of the holder later (one every 500 ms), it had
+    // nothing to put back: Redis never held generation 1 again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(changes(&s.replica(&taker).metrics().await), before);
     assert_eq!(
         wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
         2
+    );
+}
+
+/// A replica that gives a lease back (a second replica joins) stops
+/// mirroring that account: only its new holder keeps it written.
+#[tokio::test]
+async fn a_lease_given_back_is_mirrored_by_its_new_holder_only() {
+    let ids = ["wxmirrorgiveback001", "wxmirrorgiveback002"];
+    let redis = RedisView::new(&shared_url());
+    let mut s = Scenario::new()
+        .account(TestAccount::new(ids[0], "mirror-giveback-secret-1"))
+        .account(TestAccount::new(ids[1], "mirror-giveback-secret-2"))
+        .config(|c| c.extra_toml = repairing_mirror(&shared_url(), &["wxjava"]))
+        .build()
+        .await;
+    let sdk = [("mirror", "sdk")];
+    let first = "test-instance";
+    for id in ids {
+        let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+    }
+    s.replica(first)
+        .wait_metrics("both mirrored", |m| {
+            m.get("wxtokend_mirror_credentials", &sdk) == Some(2.0)
+        })
+        .await;
+    s.daemons.push(s.spawn("second"));
+    let moved = eventually(WAIT, "one account moved to the second replica", || async {
+        let holders = s.holders().await;
+        ids.into_iter()
+            .find(|id| holders.get(*id).map(String::as_str) == Some("second"))
+    })
+    .await;
+    for replica in [first, "second"] {
+        s.replica(replica)
+            .wait_metrics("one credential mirrored by each", |m| {
+                m.get("wxtokend_mirror_credentials", &sdk) == Some(1.0)
+            })
+            .await;
+    }
+    // Its key removed: the second replica puts it back, the first does not.
+    redis.del(&[format!("wx:access_token:{moved}")]).await;
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{moved}"))];
+    wait_mirrored(&s, &redis, moved, CredentialKind::AccessToken, &keys).await;
+    let repairs = |replica: &str| {
+        let replica = s.replica(replica);
+        async move {
+            replica
+                .metrics()
+                .await
+                .get("wxtokend_mirror_repairs_total", &sdk)
+                .unwrap_or(0.0)
+        }
+    };
+    assert_eq!(repairs("second").await, 1.0);
+    assert_eq!(repairs(first).await, 0.0);
+}
+
+/// A Redis that answers but refuses writes (out of memory) shows the
+/// mirror down, steadily, with Redis's words, and costs MongoDB nothing;
+/// once it takes writes again, the keys are written.
+#[tokio::test]
+async fn a_redis_that_refuses_writes_shows_down_until_it_takes_them() {
+    let id = "wxmirrorrefusing001";
+    let redis_server = PrivateRedis::start();
+    let url = redis_server.url();
+    let redis = RedisView::new(&url);
+    redis
+        .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await;
+    redis.command(&["CONFIG", "SET", "maxmemory", "1"]).await;
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-refusing-secret"))
+        .config({
+            let toml = repairing_mirror(&url, &["wxjava"]);
+            move |c| c.extra_toml = toml
+        })
+        .build()
+        .await;
+    s.wait_for_tokens(1).await;
+    let sdk = [("mirror", "sdk")];
+    s.daemon()
+        .wait_metrics("writes refused", |m| {
+            m.get("wxtokend_mirror_errors_total", &sdk)
+                .is_some_and(|n| n >= 3.0)
+        })
+        .await;
+    // Steadily down (no flapping between checks), and no reread of
+    // MongoDB per retry: one resync, at the first contact.
+    for _ in 0..10 {
+        let m = s.daemon().metrics().await;
+        assert_eq!(m.get("wxtokend_mirror_up", &sdk), Some(0.0), "{}", m.text());
+        assert_eq!(
+            m.get("wxtokend_mirror_resyncs_total", &sdk),
+            Some(1.0),
+            "{}",
+            m.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, out, err) = s.run(&["status", "--mirrors"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().any(|l| l.starts_with("sdk ")
+            && l.contains("DOWN")
+            && l.contains("writes refused")
+            && l.contains("OOM")),
+        "{out}"
+    );
+    assert!(redis.get(&format!("wx:access_token:{id}")).await == Some(None));
+
+    redis.command(&["CONFIG", "SET", "maxmemory", "0"]).await;
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        1
+    );
+    s.daemon()
+        .wait_metrics("the mirror up", |m| {
+            m.get("wxtokend_mirror_up", &sdk) == Some(1.0)
+        })
+        .await;
+}
+
+/// SIGTERM while a refresh's call is in flight: the token it brings is
+/// stored in MongoDB as the daemon stops, and written to Redis too before
+/// the mirror stops (else the SDKs would keep the replaced token).
+// Multi-threaded: `terminate` blocks its thread while the fake WeChat,
+// served from this runtime, must go on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_stored_while_stopping_reaches_redis_too() {
+    let id = "wxmirrorstopping001";
+    let redis = RedisView::new(&shared_url());
+    let mut s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-stopping-secret"))
+        .config(|c| {
+            c.extra_toml = mirror(&shared_url(), &["silenceper"]);
+            c.request_timeout = "5s";
+            c.lease_duration = "12s";
+            c.shutdown_timeout = "7s";
+        })
+        .build()
+        .await;
+    let keys = vec![(
+        Sdk::Silenceper,
+        format!("gowechat_officialaccount__access_token_{id}"),
+    )];
+    assert_eq!(
+        wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
+        1
+    );
+    s.fake
+        .set_sticky_fault(id, Some(Fault::Delay(Duration::from_secs(3))));
+    assert_eq!(s.run(&["refresh", id]).0, 0);
+    eventually(WAIT, "the refresh's call to reach WeChat", || async {
+        (s.fake.token_calls(id) >= 2).then_some(())
+    })
+    .await;
+    let status = s.daemon_mut().terminate(WAIT);
+    assert!(status.success(), "{status:?}");
+    let newest = newest_valid(&s, id, CredentialKind::AccessToken)
+        .await
+        .expect("a token");
+    assert_eq!(newest.generation.0, 2, "stored while stopping");
+    assert_eq!(
+        silenceper_reads(&redis, &keys[0].1).await.as_deref(),
+        Some(newest.value.expose_secret()),
+        "Redis kept the replaced token"
     );
 }
 
@@ -858,4 +1097,8 @@ async fn check_says_whether_each_mirror_answers() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("mirror sdk: Redis answers"), "{out}");
     assert!(err.contains("mirror gone: Redis does not answer"), "{err}");
+    // No replica runs: `status --mirrors` says so.
+    let (code, out, err) = s.run(&["status", "--mirrors"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "no live replica has a mirror");
 }

@@ -145,4 +145,15 @@ impl RedisView {
             .await
             .expect("FLUSHALL");
     }
+
+    /// Any command, for a test that changes the server (`CONFIG SET`,
+    /// `SCRIPT FLUSH`, `HSET`...).
+    pub async fn command(&self, args: &[&str]) -> redis::Value {
+        let mut c = self.connection().await.expect("Redis answers");
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut c).await.expect("the command")
+    }
 }
