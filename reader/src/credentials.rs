@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::SystemTime;
 
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, DateTime, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
 
 use crate::connect::connection_hint;
@@ -61,6 +61,29 @@ impl From<mongodb::error::Error> for QueryError {
 }
 
 impl Newest {
+    /// The first readable one of `docs` (newest first), with what was
+    /// skipped above it.
+    fn of(kind: CredentialKind, docs: &[Document]) -> Self {
+        let mut newest = Newest {
+            top_generation: docs
+                .iter()
+                .filter_map(|d| d.get(field::GENERATION).and_then(as_integer))
+                .max()
+                .map(Generation),
+            ..Newest::default()
+        };
+        for doc in docs {
+            match document::from_document(kind, doc) {
+                Ok(credential) => {
+                    newest.credential = Some(credential);
+                    break;
+                }
+                Err(problem) => newest.skipped.push(problem),
+            }
+        }
+        newest
+    }
+
     /// The credential; an error only if there were documents and none
     /// could be read.
     fn readable(
@@ -128,9 +151,26 @@ impl Credentials {
         app_id: &AccountId,
         valid_at: Option<SystemTime>,
     ) -> Result<Newest, QueryError> {
+        // The valid ones first by the business query alone: bounded by
+        // `expires_at` (its index), cheap on every server. Only if it
+        // meets a generation that is not a number below 2^53 (written by
+        // hand or by another program: in MongoDB's order strings and other
+        // types sort above every number, and could hide the real newest)
+        // is it asked again with the generation bounded in the query, which
+        // costs a test server an order of magnitude more under load
+        // (BENCHMARKS.md, "Reader under concurrency").
+        if let Some(now) = valid_at {
+            let filter = doc! {
+                field::APP_ID: app_id.as_str(),
+                field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) },
+            };
+            let docs = self.find_newest(kind, filter).await?;
+            if docs.iter().all(has_a_generation) {
+                return Ok(Newest::of(kind, &docs));
+            }
+        }
         // Only numeric generations, below 2^53 (the integers every driver
-        // reads exactly): anything else is not a generation, and in
-        // MongoDB's order strings and other types sort above every number.
+        // reads exactly): anything else is not a generation.
         let mut filter = doc! {
             field::APP_ID: app_id.as_str(),
             field::GENERATION: { "$type": "number", "$lt": MAX_GENERATION },
@@ -141,34 +181,26 @@ impl Credentials {
                 doc! { "$gt": DateTime::from_system_time(now) },
             );
         }
-        let docs: Vec<Document> = self
+        let docs = self.find_newest(kind, filter).await?;
+        Ok(Newest::of(kind, &docs))
+    }
+
+    /// The [`SCAN`] documents matching `filter` with the highest
+    /// generations, highest first.
+    async fn find_newest(
+        &self,
+        kind: CredentialKind,
+        filter: Document,
+    ) -> Result<Vec<Document>, QueryError> {
+        Ok(self
             .collection(kind)
             .find(filter)
             .sort(doc! { field::GENERATION: -1 })
             .limit(SCAN)
             .await?
             .try_collect()
-            .await?;
-        let mut newest = Newest {
-            top_generation: docs
-                .iter()
-                .filter_map(|d| d.get(field::GENERATION).and_then(as_integer))
-                .max()
-                .map(Generation),
-            ..Newest::default()
-        };
-        for doc in &docs {
-            match document::from_document(kind, doc) {
-                Ok(credential) => {
-                    newest.credential = Some(credential);
-                    break;
-                }
-                Err(problem) => newest.skipped.push(problem),
-            }
-        }
-        Ok(newest)
+            .await?)
     }
-
     /// Accounts with a credential of `kind` valid at `now` (one query).
     pub async fn accounts_with_valid(
         &self,
@@ -186,5 +218,17 @@ impl Credentials {
             .iter()
             .filter_map(|id| id.as_str().map(AccountId::new))
             .collect())
+    }
+}
+
+/// Whether `doc`'s generation is one the bounded query would also find: a
+/// number below 2^53.
+fn has_a_generation(doc: &Document) -> bool {
+    match doc.get(field::GENERATION) {
+        Some(Bson::Int32(_)) => true,
+        Some(Bson::Int64(g)) => *g < MAX_GENERATION,
+        #[allow(clippy::cast_precision_loss)]
+        Some(Bson::Double(g)) => *g < MAX_GENERATION as f64,
+        _ => false,
     }
 }
