@@ -107,6 +107,7 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new(
             store.clock().clone(),
             &settings.refresh.daily_call_limits,
+            settings.admin.account_series,
         ));
         store.on_command(Box::new(metrics.command_counter()));
         // Readiness is checked only once the indexes are in place.

@@ -209,6 +209,23 @@ pub struct LeaseSettings {
 pub struct AdminSettings {
     /// Empty: no admin server.
     pub listen: String,
+    /// Which per-account series `/metrics` exports.
+    #[serde(default)]
+    pub account_series: AccountSeries,
+}
+
+/// Per-account series in `/metrics`: each costs every scrape, and 10,000
+/// accounts make tens of thousands of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountSeries {
+    /// Those the alert rules use: seconds until expiry, refresh outcomes,
+    /// quota calls and stops, the lease held.
+    #[default]
+    Alerting,
+    /// Also each credential's age and generation and the WeChat calls
+    /// made for it.
+    All,
 }
 
 impl AdminSettings {

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use wxtokend_reader::{AccountId, CredentialKind, Generation};
 
 use crate::clock::Clock;
-use crate::config::DailyCallLimits;
+use crate::config::{AccountSeries, DailyCallLimits};
 use crate::wechat::Api;
 mod labels;
 
@@ -62,6 +62,9 @@ struct Held {
 /// All metrics of one replica.
 pub struct Metrics {
     registry: Registry,
+    /// `admin.account_series = "all"`: age, generation and WeChat calls
+    /// per credential too.
+    all_series: bool,
     seconds_until_expiry: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     age: Family<CredentialLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     generation: Family<CredentialLabels, Gauge>,
@@ -115,10 +118,11 @@ fn quota_labels(account: &AccountId, api: Api) -> QuotaLabels {
 impl Metrics {
     /// Metrics whose time-based gauges are measured with `clock`, with
     /// the configured daily ceilings of each WeChat API.
-    pub fn new(clock: Arc<Clock>, limits: &DailyCallLimits) -> Self {
+    pub fn new(clock: Arc<Clock>, limits: &DailyCallLimits, series: AccountSeries) -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
             clock,
+            all_series: series == AccountSeries::All,
             seconds_until_expiry: Family::default(),
             age: Family::default(),
             generation: Family::default(),
@@ -323,9 +327,11 @@ impl Metrics {
         fetched_at: SystemTime,
         expires_at: SystemTime,
     ) {
-        self.generation
-            .get_or_create(&labels(account, kind))
-            .set(generation.0);
+        if self.all_series {
+            self.generation
+                .get_or_create(&labels(account, kind))
+                .set(generation.0);
+        }
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -350,8 +356,11 @@ impl Metrics {
     }
 
     pub fn upstream_call(&self, account: &AccountId, kind: CredentialKind, took: Duration) {
-        let labels = labels(account, kind);
-        self.upstream_calls.get_or_create(&labels).inc();
+        if self.all_series {
+            self.upstream_calls
+                .get_or_create(&labels(account, kind))
+                .inc();
+        }
         self.upstream_duration
             .get_or_create(&KindLabels { kind: Kind(kind) })
             .observe(took.as_secs_f64());
@@ -444,10 +453,12 @@ impl Metrics {
             self.seconds_until_expiry
                 .get_or_create(&labels)
                 .set(left.as_secs_f64());
-            self.age.get_or_create(&labels).set(age.as_secs_f64());
-            self.generation
-                .get_or_create(&labels)
-                .set(held.generation.0);
+            if self.all_series {
+                self.age.get_or_create(&labels).set(age.as_secs_f64());
+                self.generation
+                    .get_or_create(&labels)
+                    .set(held.generation.0);
+            }
         }
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -30,6 +30,46 @@ async fn settled(daemon: &TestDaemon) -> Metrics {
         .await
 }
 
+/// By default only the series the alert rules use name an account: at
+/// 10,000 accounts each one more is 10,000 more lines per scrape.
+#[tokio::test]
+async fn by_default_accounts_are_named_only_in_the_series_alerts_use() {
+    let s = good_and_bad()
+        .config(|c| c.account_series = "alerting")
+        .build()
+        .await;
+    let m = s
+        .daemon()
+        .wait_metrics("the good token stored and the bad account refused", |m| {
+            m.refreshes(GOOD, "success") == 1 && m.refreshes(BAD, "permanent") >= 1
+        })
+        .await;
+    let mut named: Vec<&str> = m
+        .text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(GOOD))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    assert_eq!(
+        named,
+        [
+            "wxtokend_lease_held",
+            "wxtokend_quota_calls_today",
+            "wxtokend_refresh_total",
+            "wxtokend_token_seconds_until_expiry",
+        ],
+        "{}",
+        m.text()
+    );
+    // The latency histograms are per kind.
+    assert_eq!(
+        m.access_token_calls_ended(),
+        3 + m.refreshes(BAD, "permanent")
+    );
+}
+
 #[tokio::test]
 async fn metrics_match_what_happened() {
     let s = good_and_bad().build().await;

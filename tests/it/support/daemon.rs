@@ -134,6 +134,9 @@ pub struct TestConfig {
     pub log_level_debug: bool,
     /// TOML appended after the accounts (`[[mirrors]]` tables).
     pub extra_toml: String,
+    /// `admin.account_series`: `all` unless a test checks the default,
+    /// as many tests watch a credential's generation and calls.
+    pub account_series: &'static str,
 }
 
 impl TestConfig {
@@ -168,6 +171,7 @@ impl TestConfig {
             log_format: "json",
             log_level_debug: false,
             extra_toml: String::new(),
+            account_series: "all",
         }
     }
 
@@ -224,6 +228,7 @@ renew_interval = "{renew}"
 
 [admin]
 listen = "127.0.0.1:0"
+account_series = "{account_series}"
 
 [log]
 format = "{log_format}"
@@ -252,6 +257,7 @@ level = "{log_level}"
             lease = self.lease_duration,
             renew = self.lease_renew_interval,
             log_format = self.log_format,
+            account_series = self.account_series,
             log_level = if self.log_level_debug {
                 "trace"
             } else {
