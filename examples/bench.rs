@@ -1,8 +1,7 @@
 //! Benchmarks for BENCHMARKS.md. Run with `scripts/bench.sh [SECTION...]`
-//! (sections: reader, cached, concurrent, footprint, coldstart, scale, mirror;
-//! default: all). Needs
-//! MONGODB_URI (bench.sh starts the test server) and a release build of the
-//! daemon (bench.sh builds it).
+//! (sections: reader, cached, concurrent, footprint, coldstart, scale,
+//! mirror, metrics; default: all). Needs MONGODB_URI (bench.sh starts the
+//! test server) and a release build of the daemon (bench.sh builds it).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -416,6 +415,13 @@ fn spawn_daemon(
     spawn_daemon_with(uri, db, wechat, n, margin, instance, "")
 }
 
+/// A free port on loopback (for a daemon's admin server).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// [`spawn_daemon`] with more TOML (before the accounts).
 fn spawn_daemon_with(
     uri: &str,
@@ -430,8 +436,11 @@ fn spawn_daemon_with(
     let mut toml = format!(
         "[daemon]\ninstance_id = \"{instance}\"\n[mongodb]\nuri = \"{uri}\"\ndatabase = \"{db}\"\n\
          [wechat]\nbase_url = \"{wechat}\"\nallow_http = true\n[refresh]\nmargin = \"{margin}\"\n\
-         [admin]\nlisten = \"\"\n[log]\nlevel = \"warn\"\n{extra}"
+         [log]\nlevel = \"warn\"\n{extra}"
     );
+    if !extra.contains("[admin]") {
+        toml.push_str("[admin]\nlisten = \"\"\n");
+    }
     for i in 0..n {
         toml.push_str(&format!(
             "[[accounts]]\nid = \"{}\"\nplatform = \"official_account\"\nsecret_file = \"{}\"\n",
@@ -647,6 +656,48 @@ async fn mirror(uri: &str, n: usize, seconds: u64) -> Result<()> {
         stat("usec") / passes / 1000.0,
         stat("usec_per_call"),
         rss_max as f64 / 1024.0,
+    );
+    drop(daemon);
+    Ok(())
+}
+
+/// `/metrics` of a daemon holding `n` accounts: size, lines naming an
+/// account, scrape time (20 scrapes, after all tokens are stored), with
+/// `admin.account_series` = `series`.
+async fn metrics_scrape(uri: &str, n: usize, series: &str) -> Result<()> {
+    let db = format!("bench_metrics_{n}");
+    let store = fresh_store(uri, &db).await?;
+    let fake = fake_with(n, Duration::from_secs(7200)).await?;
+    let port = free_port()?;
+    let extra = format!("[admin]\nlisten = \"127.0.0.1:{port}\"\naccount_series = \"{series}\"\n");
+    let daemon = spawn_daemon_with(uri, &db, &fake.url(), n, "10m", "metrics", &extra)?;
+    wait_all_valid(&store, n, Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let (mut times, mut size, mut lines, mut naming) = (Vec::new(), 0, 0, 0);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let text = http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        times.push(t.elapsed());
+        size = text.len();
+        lines = text.lines().filter(|l| !l.starts_with('#')).count();
+        naming = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains("account=\""))
+            .count();
+    }
+    println!(
+        "| {n} | `{series}` | {:.1} KB | {lines} | {naming} | {} | {} |",
+        size as f64 / 1024.0,
+        us(percentile(&mut times, 0.5)),
+        us(percentile(&mut times, 0.99)),
     );
     drop(daemon);
     Ok(())
@@ -916,6 +967,15 @@ async fn main() -> Result<()> {
                 c.spread,
                 c.settled,
             );
+        }
+    }
+    if wants("metrics") {
+        println!("\n## /metrics at scale (tokens valid 2 h, 20 scrapes once all are stored)\n");
+        println!("| accounts | account_series | size | series | naming an account | scrape p50 | scrape p99 |");
+        println!("|---:|---|---:|---:|---:|---:|---:|");
+        for series in ["alerting", "all"] {
+            metrics_scrape(&uri, 1, series).await?;
+            metrics_scrape(&uri, 10_000, series).await?;
         }
     }
     if wants("mirror") {
