@@ -1,6 +1,6 @@
 //! Benchmarks for BENCHMARKS.md. Run with `scripts/bench.sh [SECTION...]`
 //! (sections: reader, cached, concurrent, footprint, coldstart, scale,
-//! mirror, metrics; default: all). Needs MONGODB_URI (bench.sh starts the
+//! mirror, metrics, huge; default: all but huge). Needs MONGODB_URI (bench.sh starts the
 //! test server) and a release build of the daemon (bench.sh builds it).
 
 use std::path::PathBuf;
@@ -703,6 +703,28 @@ async fn metrics_scrape(uri: &str, n: usize, series: &str) -> Result<()> {
     Ok(())
 }
 
+/// Each replica's MongoDB commands so far (`wxtokend_mongodb_commands_total`,
+/// every command name added up), read from its `/metrics`.
+async fn mongodb_commands(ports: &[u16]) -> Result<Vec<f64>> {
+    let http = reqwest::Client::new();
+    let mut all = Vec::new();
+    for port in ports {
+        let text = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        all.push(
+            text.lines()
+                .filter(|l| l.starts_with("wxtokend_mongodb_commands_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        );
+    }
+    Ok(all)
+}
+
 /// MongoDB's operation counters (all kinds added up): a benchmark's
 /// round trips, give or take the few of its own polling.
 async fn server_operations(client: &Client) -> Result<i64> {
@@ -838,18 +860,57 @@ async fn lease_spread(store: &Store) -> Result<String> {
 }
 
 async fn scale(uri: &str, n: usize, replicas: usize) -> Result<()> {
-    let lifetime = Duration::from_secs(120);
-    let margin = Duration::from_secs(30);
+    scale_with(
+        uri,
+        n,
+        replicas,
+        Duration::from_secs(120),
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// `n` accounts over `replicas` daemons, tokens living `lifetime`,
+/// refreshed `margin` before expiry: one full cycle, then what each
+/// account's history and each replica's `/metrics` say.
+async fn scale_with(
+    uri: &str,
+    n: usize,
+    replicas: usize,
+    lifetime: Duration,
+    margin: Duration,
+) -> Result<()> {
     let db = format!("bench_scale_{n}_{replicas}");
     let store = fresh_store(uri, &db).await?;
     let fake = fake_with(n, lifetime).await?;
     let started = Instant::now();
-    let daemons: Vec<Daemon> = (0..replicas)
-        .map(|r| spawn_daemon(uri, &db, &fake.url(), n, "30s", &format!("replica-{r}")))
+    let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect::<Result<_>>()?;
+    let daemons: Vec<Daemon> = ports
+        .iter()
+        .enumerate()
+        .map(|(r, port)| {
+            spawn_daemon_with(
+                uri,
+                &db,
+                &fake.url(),
+                n,
+                &format!("{}s", margin.as_secs()),
+                &format!("replica-{r}"),
+                &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n"),
+            )
+        })
         .collect::<Result<_>>()?;
-    let first = wait_all_valid(&store, n, Duration::from_secs(300)).await?;
+    let first = wait_all_valid(&store, n, Duration::from_secs(900)).await?;
+    let commands_at_first = mongodb_commands(&ports).await?;
     // One full cycle for every account, plus slack.
     tokio::time::sleep(lifetime - margin + Duration::from_secs(25)).await;
+    let cycle = started.elapsed() - first;
+    let commands: Vec<String> = mongodb_commands(&ports)
+        .await?
+        .iter()
+        .zip(&commands_at_first)
+        .map(|(end, start)| format!("{:.0}", (end - start) / cycle.as_secs_f64()))
+        .collect();
     let rss: Vec<String> = daemons
         .iter()
         .filter_map(|d| usage(d.child.id()))
@@ -904,11 +965,12 @@ async fn scale(uri: &str, n: usize, replicas: usize) -> Result<()> {
         counts.values().map(|c| c.to_string()).collect()
     };
     println!(
-        "| {n} | {replicas} | {:.1} s | {refreshed} of {n} | {late} | {:.1} s | {duplicate_calls} | {in_flight} | {} | {} MB |",
+        "| {n} | {replicas} | {:.1} s | {refreshed} of {n} | {late} | {:.1} s | {duplicate_calls} | {in_flight} | {} | {} MB | {} |",
         first.as_secs_f64(),
         min_left.as_secs_f64(),
         holders.join(" / "),
         rss.join(" / "),
+        commands.join(" / "),
     );
     let _ = started;
     drop(daemons);
@@ -920,7 +982,7 @@ async fn main() -> Result<()> {
     let uri =
         std::env::var("MONGODB_URI").map_err(|_| "set MONGODB_URI (scripts/bench.sh does)")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let wants = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let wants = |s: &str| (args.is_empty() && s != "huge") || args.iter().any(|a| a == s);
     println!(
         "# wxtokend benchmarks ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -985,10 +1047,31 @@ async fn main() -> Result<()> {
         mirror(&uri, 1, 30).await?;
         mirror(&uri, 10_000, 30).await?;
     }
+    if wants("huge") {
+        let n = std::env::var("BENCH_HUGE_ACCOUNTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(100_000);
+        let life = std::env::var("BENCH_HUGE_LIFETIME_S")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(600);
+        println!("\n## Scale: {n} accounts over 5 replicas, tokens live {life} s, margin {} s, one full cycle\n", life / 2);
+        println!("| accounts | replicas | all first tokens after | accounts refreshed | refreshes late (>5 s into the margin) | least time left at refresh | duplicate calls | calls in flight at the end | leases per replica | RSS per replica | MongoDB commands/s per replica over the cycle |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|");
+        scale_with(
+            &uri,
+            n,
+            5,
+            Duration::from_secs(life),
+            Duration::from_secs(life / 2),
+        )
+        .await?;
+    }
     if wants("scale") {
         println!("\n## Scale: 10,000 accounts, tokens live 120 s, margin 30 s, one full cycle\n");
-        println!("| accounts | replicas | all first tokens after | accounts refreshed | refreshes late (>5 s into the margin) | least time left at refresh | duplicate calls | calls in flight at the end | leases per replica | RSS per replica |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+        println!("| accounts | replicas | all first tokens after | accounts refreshed | refreshes late (>5 s into the margin) | least time left at refresh | duplicate calls | calls in flight at the end | leases per replica | RSS per replica | MongoDB commands/s per replica over the cycle |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|");
         scale(&uri, 10_000, 1).await?;
         scale(&uri, 10_000, 3).await?;
     }

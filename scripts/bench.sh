@@ -2,7 +2,7 @@
 # Runs the benchmarks behind BENCHMARKS.md against one test MongoDB server
 # (or MONGODB_URI) and an in-process fake WeChat, with release builds.
 #   scripts/bench.sh                 # everything (about 10 minutes)
-#   scripts/bench.sh reader cached   # some sections: reader, cached, concurrent, footprint, coldstart, scale, mirror, metrics
+#   scripts/bench.sh reader cached   # some sections: reader, cached, concurrent, footprint, coldstart, scale, mirror, metrics, huge (BENCH_HUGE_ACCOUNTS; not in the default run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin wxtokend --example bench
