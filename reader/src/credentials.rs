@@ -164,7 +164,10 @@ impl Credentials {
                 field::APP_ID: app_id.as_str(),
                 field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) },
             };
-            let docs = self.find_newest(kind, filter).await?;
+            let mut docs = self.find_newest(kind, filter).await?;
+            // Those sorting below every number (no generation, null, NaN)
+            // hide none: the bounded query leaves them out too.
+            docs.retain(|d| !sorts_below_numbers(d));
             if docs.iter().all(has_a_generation) {
                 return Ok(Newest::of(kind, &docs));
             }
@@ -230,5 +233,15 @@ fn has_a_generation(doc: &Document) -> bool {
         #[allow(clippy::cast_precision_loss)]
         Some(Bson::Double(g)) => *g < MAX_GENERATION as f64,
         _ => false,
+    }
+}
+
+/// Whether `doc`'s generation sorts below every number in MongoDB's order
+/// (missing, null, `MinKey`, undefined, NaN).
+fn sorts_below_numbers(doc: &Document) -> bool {
+    match doc.get(field::GENERATION) {
+        None | Some(Bson::Null | Bson::MinKey | Bson::Undefined) => true,
+        Some(Bson::Double(g)) => g.is_nan(),
+        Some(_) => false,
     }
 }

@@ -130,13 +130,15 @@ pub(super) fn mirror_settings(
             }
         })
         .collect();
-    // Two entries on one Redis would share the generation keys and count
-    // each other's writes as repairs.
-    for (i, mirror) in mirrors.iter().enumerate() {
-        let url = mirror.url.expose_secret();
-        let first = mirrors[..i]
+    // Two entries on one Redis database would share the generation keys
+    // and count each other's writes as repairs. Compared by address and
+    // database, whatever the user, password or spelling.
+    let databases: Vec<Option<String>> = mirrors.iter().map(|m| database(&m.url)).collect();
+    for (i, database) in databases.iter().enumerate() {
+        let Some(database) = database else { continue };
+        let first = databases[..i]
             .iter()
-            .position(|m| !url.is_empty() && m.url.expose_secret() == url);
+            .position(|d| d.as_ref() == Some(database));
         if let Some(first) = first {
             p.add(
                 format!("mirrors[{i}]"),
@@ -157,6 +159,18 @@ fn check_interval(mirror: &RawMirror, i: usize, p: &mut Problems) -> Duration {
         "must be at least 100ms, for example \"5s\"",
     );
     mirror.check_interval
+}
+
+/// `host:port/db` (or `path/db`) of a Redis URL; `None` when it is not
+/// read (outside the daemon) or not valid (reported elsewhere).
+fn database(url: &SecretString) -> Option<String> {
+    use redis::IntoConnectionInfo;
+    let url = url.expose_secret();
+    if url.is_empty() {
+        return None;
+    }
+    let info = url.into_connection_info().ok()?;
+    Some(format!("{}/{}", info.addr(), info.redis_settings().db()))
 }
 
 fn repair_interval(mirror: &RawMirror, i: usize, p: &mut Problems) -> Duration {

@@ -777,14 +777,15 @@ fn two_mirrors_on_one_redis_are_refused_without_quoting_it() {
     let env = [
         ("WX_SECRET", "x"),
         ("A", "redis://:pw1@cache:6379/0"),
-        ("B", "redis://:pw1@cache:6379/0"),
+        // The same database, spelt otherwise, as another user.
+        ("B", "redis://other:pw2@cache"),
         ("C", "redis://:pw1@cache:6379/1"),
     ];
     let err = load(&config, &env).expect_err("one Redis twice");
     let text = err.to_string();
     assert_eq!(keys(err), ["mirrors[1]"]);
     assert!(text.contains("the same Redis as mirrors[0]"), "{text}");
-    assert!(!text.contains("pw1"), "{text}");
+    assert!(!text.contains("pw1") && !text.contains("pw2"), "{text}");
 }
 
 #[test]

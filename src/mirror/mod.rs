@@ -89,9 +89,12 @@ pub(super) type Key = (AccountId, CredentialKind);
 pub(super) struct Offer {
     /// The newest credential offered.
     pub(super) credential: Option<Mirrored>,
-    /// Its refresher stopped (the lease was lost or given back, or the
-    /// daemon stops): write what was offered, then stop mirroring it.
-    pub(super) withdrawn: bool,
+    /// The highest lease term it was offered under.
+    pub(super) term: i64,
+    /// The refresher of that term (or a later one) stopped: the lease was
+    /// lost or given back, or the daemon stops. What was offered is
+    /// written, then no longer mirrored.
+    pub(super) withdrawn: Option<i64>,
 }
 
 /// The newest offer per [`Key`] not yet taken by the writer; bounded by
@@ -103,8 +106,9 @@ pub(super) struct Mailbox {
 }
 
 impl Mailbox {
-    /// Leaves `credential` unless a newer one of its key waits already.
-    fn put(&self, credential: &Mirrored) {
+    /// Leaves `credential`, held under lease `term`, unless a newer one of
+    /// its key waits already.
+    fn put(&self, credential: &Mirrored, term: i64) {
         let key = (credential.account.clone(), credential.kind);
         let mut offered = self.offered.lock().unwrap_or_else(PoisonError::into_inner);
         let offer = offered.entry(key).or_default();
@@ -114,20 +118,24 @@ impl Mailbox {
             .is_none_or(|waiting| waiting.generation <= credential.generation);
         if newer {
             offer.credential = Some(credential.clone());
-            offer.withdrawn = false;
+        }
+        offer.term = offer.term.max(term);
+        if offer.withdrawn.is_some_and(|t| t < term) {
+            offer.withdrawn = None;
         }
         drop(offered);
         self.wake.notify_one();
     }
 
-    /// Says that `key`'s refresher stopped.
-    fn withdraw(&self, key: Key) {
-        self.offered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(key)
-            .or_default()
-            .withdrawn = true;
+    /// Says that `key`'s refresher of lease `term` stopped; ignored when a
+    /// later term's refresher offered it already.
+    fn withdraw(&self, key: Key, term: i64) {
+        let mut offered = self.offered.lock().unwrap_or_else(PoisonError::into_inner);
+        let offer = offered.entry(key).or_default();
+        if term >= offer.term {
+            offer.withdrawn = Some(term);
+        }
+        drop(offered);
         self.wake.notify_one();
     }
 
@@ -211,23 +219,24 @@ impl Mirrors {
             .collect()
     }
 
-    /// Hands a credential just stored in (or reused from) MongoDB to every
-    /// mirror that wants it. Never waits on Redis.
-    pub fn offer(&self, credential: &Mirrored) {
+    /// Hands a credential just stored in (or reused from) MongoDB, under
+    /// lease `term`, to every mirror that wants it. Never waits on Redis.
+    pub fn offer(&self, credential: &Mirrored, term: i64) {
         for outlet in &self.outlets {
             if outlet.settings.wants(&credential.account, credential.kind) {
-                outlet.mailbox.put(credential);
+                outlet.mailbox.put(credential, term);
             }
         }
     }
 
-    /// The refresher of `kind` of `account` stopped: what it offered is
-    /// still written, but no longer rewritten or repaired by this replica
-    /// (the lease's next holder mirrors it).
-    pub fn withdraw(&self, account: &AccountId, kind: CredentialKind) {
+    /// The refresher of `kind` of `account` under lease `term` stopped:
+    /// what it offered is still written, but no longer rewritten or
+    /// repaired by this replica (the lease's next holder mirrors it),
+    /// unless a refresher of a later term offered it meanwhile.
+    pub fn withdraw(&self, account: &AccountId, kind: CredentialKind, term: i64) {
         for outlet in &self.outlets {
             if outlet.settings.wants(account, kind) {
-                outlet.mailbox.withdraw((account.clone(), kind));
+                outlet.mailbox.withdraw((account.clone(), kind), term);
             }
         }
     }
@@ -282,9 +291,9 @@ mod tests {
         for _ in 0..3 {
             for account in 0..2_000 {
                 let account = format!("wx{account:04}");
-                mailbox.put(&offer_of(&account, CredentialKind::AccessToken, 2));
-                mailbox.put(&offer_of(&account, CredentialKind::AccessToken, 1));
-                mailbox.put(&offer_of(&account, CredentialKind::JsapiTicket, 5));
+                mailbox.put(&offer_of(&account, CredentialKind::AccessToken, 2), 1);
+                mailbox.put(&offer_of(&account, CredentialKind::AccessToken, 1), 1);
+                mailbox.put(&offer_of(&account, CredentialKind::JsapiTicket, 5), 1);
             }
         }
         // Offers made before the writer waits are not missed.
@@ -292,7 +301,7 @@ mod tests {
             .await
             .expect("woken");
         let key = (AccountId::new("wx0042"), CredentialKind::AccessToken);
-        mailbox.withdraw(key.clone());
+        mailbox.withdraw(key.clone(), 1);
         let taken = mailbox.take();
         assert_eq!(taken.len(), 4_000, "one per account and kind, none dropped");
         let offer = &taken[&key];
@@ -300,15 +309,31 @@ mod tests {
             offer.credential.as_ref().map(|c| c.generation),
             Some(Generation(2))
         );
-        assert!(
+        assert_eq!(
             offer.withdrawn,
-            "withdrawn, and what was offered still written"
+            Some(1),
+            "withdrawn, what was offered still written"
         );
         assert!(mailbox.take().is_empty());
-        // A new offer after a withdrawal takes the credential back.
-        mailbox.withdraw(key.clone());
-        mailbox.put(&offer_of("wx0042", CredentialKind::AccessToken, 3));
-        let taken = mailbox.take();
-        assert!(!taken[&key].withdrawn);
+    }
+
+    #[test]
+    fn a_withdrawal_by_an_earlier_terms_refresher_is_ignored() {
+        let mailbox = Mailbox::default();
+        let key = (AccountId::new("wx0001"), CredentialKind::AccessToken);
+        // The lease was lost (term 3) and taken again (term 4): the new
+        // refresher offers before the old one ends.
+        mailbox.put(&offer_of("wx0001", CredentialKind::AccessToken, 7), 4);
+        mailbox.withdraw(key.clone(), 3);
+        assert_eq!(mailbox.take()[&key].withdrawn, None);
+        // Withdrawn, then taken again under a later term.
+        mailbox.withdraw(key.clone(), 4);
+        mailbox.put(&offer_of("wx0001", CredentialKind::AccessToken, 7), 5);
+        assert_eq!(mailbox.take()[&key].withdrawn, None);
+        // An old term's withdrawal that the writer sees after the new
+        // term's offer (the writer compares terms too).
+        mailbox.withdraw(key.clone(), 4);
+        let offer = &mailbox.take()[&key];
+        assert_eq!((offer.term, offer.withdrawn), (0, Some(4)));
     }
 }

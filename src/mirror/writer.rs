@@ -50,7 +50,8 @@ use crate::store::Store;
 ///
 /// A new generation sets every key. The generation already there sets
 /// only the keys that are missing, hold something else, or whose TTL is
-/// gone or more than 2 s off (a repair). A key of another type (`GET`
+/// gone or more than 10 s off (a repair; the two clocks and two deliveries
+/// between them may differ by seconds). A key of another type (`GET`
 /// fails) holds something else; a generation key of another type counts
 /// as none.
 ///
@@ -73,7 +74,7 @@ for i = 2, #KEYS do
   if not stale then
     local now = redis.pcall('GET', KEYS[i])
     local left = redis.call('PTTL', KEYS[i])
-    stale = now ~= ARGV[i + 1] or left < 0 or math.abs(left - ttl) > 2000
+    stale = now ~= ARGV[i + 1] or left < 0 or math.abs(left - ttl) > 10000
   end
   if stale then
     redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[2])
@@ -129,12 +130,18 @@ pub(super) struct Writer {
     unwritten: HashSet<Key>,
     /// Those whose refresher stopped: dropped from `latest` once written.
     withdrawn: HashSet<Key>,
-    /// The `run_id` of the Redis server last seen answering; `None` until
-    /// the first contact and after a connection failure: everything is
-    /// rewritten when it answers again.
-    server: Option<String>,
-    /// Redis refused writes the last time: they are retried at each check
-    /// only, not at each offer.
+    /// The highest lease term each credential was offered under: a
+    /// withdrawal by an earlier term's refresher is ignored.
+    terms: HashMap<Key, i64>,
+    /// The `run_id` of the Redis server last seen; a first one or another
+    /// one (a restart, a failover) means everything is rewritten from
+    /// MongoDB. Kept across failures: a Redis that comes back as itself
+    /// lost nothing (what was offered meanwhile is still to be written).
+    run_id: Option<String>,
+    /// Redis answered the last check and took the script.
+    connected: bool,
+    /// Redis refused writes the last time (it answers, but out of memory,
+    /// read-only, without a permission...).
     refusing: bool,
     /// A failure was logged; logged again only after Redis took writes.
     failing: bool,
@@ -167,7 +174,9 @@ impl Writer {
             latest: HashMap::new(),
             unwritten: HashSet::new(),
             withdrawn: HashSet::new(),
-            server: None,
+            terms: HashMap::new(),
+            run_id: None,
+            connected: false,
             refusing: false,
             failing: false,
             health,
@@ -182,11 +191,18 @@ impl Writer {
             async move {
                 self.run_until(&stop).await;
                 self.take_offers();
-                if tokio::time::timeout(LAST_FLUSH, self.flush())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!("stopping before every last credential was written to Redis");
+                let last = async {
+                    if !self.connected {
+                        self.check().await;
+                    }
+                    self.flush().await;
+                };
+                let finished = tokio::time::timeout(LAST_FLUSH, last).await.is_ok();
+                if !finished || !self.unwritten.is_empty() {
+                    tracing::warn!(
+                        unwritten = self.unwritten.len(),
+                        "stopping before every last credential was written to Redis"
+                    );
                 }
             },
             span,
@@ -199,7 +215,6 @@ impl Writer {
         let mut next_check = Instant::now();
         let mut next_repair = Instant::now() + self.settings.repair_interval;
         loop {
-            let mut checked = false;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = mailbox.offered() => {}
@@ -209,9 +224,8 @@ impl Writer {
                     // check.
                     let now = Instant::now();
                     self.check().await;
-                    checked = true;
                     next_check = now + self.settings.check_interval;
-                    if now >= next_repair && self.server.is_some() {
+                    if now >= next_repair && self.connected {
                         // Every key of everything held is compared.
                         self.unwritten.extend(self.latest.keys().cloned());
                         next_repair = now + self.settings.repair_interval;
@@ -219,22 +233,28 @@ impl Writer {
                 }
             }
             self.take_offers();
-            if checked || !self.refusing {
-                self.flush().await;
-            }
+            self.flush().await;
         }
     }
 
     /// Takes what the refreshers offered and withdrew.
     fn take_offers(&mut self) {
         for (key, offer) in self.mailbox.take() {
+            let known = self.terms.get(&key).copied().unwrap_or(0).max(offer.term);
+            self.terms.insert(key.clone(), known);
+            let offered = offer.credential.is_some();
             if let Some(credential) = offer.credential {
                 self.take(credential);
             }
-            if offer.withdrawn {
-                self.withdrawn.insert(key);
-            } else {
-                self.withdrawn.remove(&key);
+            match offer.withdrawn {
+                Some(term) if term >= known => {
+                    self.withdrawn.insert(key);
+                }
+                Some(_) => {}
+                None if offered => {
+                    self.withdrawn.remove(&key);
+                }
+                None => {}
             }
         }
         self.forget_withdrawn();
@@ -268,9 +288,9 @@ impl Writer {
             .mirror_credentials(&self.settings.name, self.latest.len());
     }
 
-    /// Asks Redis who it is: a first answer, an answer after a connection
-    /// failure, or another server (a restart, a failover) means everything
-    /// is rewritten.
+    /// Asks Redis who it is: a first answer or another server (a restart,
+    /// a failover) means everything is rewritten from MongoDB; the same
+    /// server after a failure keeps what it had.
     async fn check(&mut self) {
         let info = redis::cmd("INFO")
             .arg("server")
@@ -283,33 +303,42 @@ impl Writer {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
-            Err(e) => return self.failed(&Failure::from(e)),
+            Err(e) => return self.unreachable(&e),
         };
-        if run_id.is_empty() && self.server.is_none() {
-            tracing::warn!(
-                "Redis's INFO names no run_id (a proxy?): a restart that empties it is noticed \
-                 only by the next repair pass"
-            );
-        }
-        if self.server.as_deref() == Some(run_id.as_str()) {
+        if self.connected && self.run_id.as_deref() == Some(run_id.as_str()) {
             if !self.refusing {
                 self.answered();
             }
             return;
         }
+        if run_id.is_empty() && self.run_id.is_none() {
+            tracing::warn!(
+                "Redis's INFO names no run_id (a proxy?): a restart that empties it is noticed \
+                 only by the next repair pass"
+            );
+        }
         // The pipelines send the script by its hash.
         if let Err(e) = self.script.load_async(&mut self.redis).await {
-            return self.failed(&Failure::from(e));
+            return self.unreachable(&e);
         }
-        match self.server.replace(run_id) {
-            Some(_) => tracing::warn!("Redis restarted or was replaced; rewriting every key"),
-            None if self.failing => tracing::info!("Redis answers again; rewriting every key"),
-            None => tracing::info!("Redis answers; writing every held credential"),
-        }
+        self.connected = true;
+        let known = self.run_id.replace(run_id.clone());
         if !self.refusing {
             self.answered();
         }
-        self.resync().await;
+        match known {
+            Some(known) if known == run_id => {
+                tracing::info!("Redis answers again (the same server); writing what waits");
+            }
+            Some(_) => {
+                tracing::warn!("Redis restarted or was replaced; rewriting every key");
+                self.resync().await;
+            }
+            None => {
+                tracing::info!("Redis answers; writing every held credential");
+                self.resync().await;
+            }
+        }
     }
 
     /// Rereads the newest valid credential of everything held from MongoDB
@@ -341,7 +370,15 @@ impl Writer {
     /// lost (a restart or `SCRIPT FLUSH` the check has not seen yet) is
     /// loaded again and those writes sent once more.
     async fn flush(&mut self) {
-        if self.server.is_none() || self.unwritten.is_empty() {
+        if !self.connected {
+            return;
+        }
+        if self.unwritten.is_empty() {
+            // What Redis refused is gone (expired, withdrawn).
+            if self.refusing {
+                self.refusing = false;
+                self.answered();
+            }
             return;
         }
         let mut tally = MirrorTally::default();
@@ -506,25 +543,33 @@ impl Writer {
         update(&self.health, |h| h.up = true);
     }
 
+    /// A check found Redis not answering, or answering with an error.
+    fn unreachable(&mut self, error: &RedisError) {
+        self.connected = false;
+        self.report(&short(error));
+    }
+
     fn failed(&mut self, failure: &Failure) {
-        let (error, refused) = match failure {
-            Failure::Connection(e) => (e, None),
-            Failure::Refused(e, n) => (e, Some(*n)),
-        };
-        // Redis's own words (its error code and message), never a value.
-        let mut said = error.to_string();
-        if let Some(cut) = said.char_indices().nth(ERROR_CHARS).map(|(at, _)| at) {
-            said.truncate(cut);
-            said.push('…');
+        match failure {
+            Failure::Connection(e) => {
+                self.connected = false;
+                self.report(&short(e));
+            }
+            Failure::Refused(e, n) => {
+                self.refusing = true;
+                self.report(&format!("{n} writes refused: {}", short(e)));
+            }
         }
-        if let Some(n) = refused {
-            said = format!("{n} writes refused: {said}");
-        }
+    }
+
+    /// Counts a failure, shows it in `status`, and logs it once until
+    /// Redis takes writes again.
+    fn report(&mut self, said: &str) {
         self.metrics.mirror_state(&self.settings.name, Err(()));
         update(&self.health, |h| {
             h.up = false;
             h.errors += 1;
-            h.last_error = Some(said.clone());
+            h.last_error = Some(said.to_owned());
         });
         if self.failing {
             tracing::debug!(error = %said, "Redis still fails; retrying");
@@ -536,11 +581,18 @@ impl Writer {
             );
         }
         self.failing = true;
-        match failure {
-            Failure::Connection(_) => self.server = None,
-            Failure::Refused(..) => self.refusing = true,
-        }
     }
+}
+
+/// Redis's own words (its error code and message, never a value), cut at
+/// [`ERROR_CHARS`].
+fn short(error: &RedisError) -> String {
+    let mut said = error.to_string();
+    if let Some(cut) = said.char_indices().nth(ERROR_CHARS).map(|(at, _)| at) {
+        said.truncate(cut);
+        said.push('…');
+    }
+    said
 }
 
 impl From<RedisError> for Failure {

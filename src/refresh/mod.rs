@@ -168,7 +168,9 @@ impl Refresher {
             }
         }
         // The lease's next holder mirrors it from now on.
-        self.ctx.mirrors.withdraw(&self.account.id, self.kind);
+        self.ctx
+            .mirrors
+            .withdraw(&self.account.id, self.kind, self.lease.term().0);
     }
 
     /// Does the next action (load what is stored, store a pending token, or
@@ -223,7 +225,9 @@ impl Refresher {
         self.machine.loaded(newest.as_ref());
         match newest.filter(|c| c.is_valid_at(now)) {
             Some(c) => {
-                self.ctx.mirrors.offer(&c.clone().into());
+                self.ctx
+                    .mirrors
+                    .offer(&c.clone().into(), self.lease.term().0);
                 self.ctx.metrics.credential(
                     &self.account.id,
                     self.kind,
@@ -311,13 +315,16 @@ impl Refresher {
         }
         match inserted {
             Ok(Inserted::Stored(generation)) => {
-                self.ctx.mirrors.offer(&Mirrored {
-                    account: self.account.id.clone(),
-                    kind: self.kind,
-                    generation,
-                    value,
-                    expires_at,
-                });
+                self.ctx.mirrors.offer(
+                    &Mirrored {
+                        account: self.account.id.clone(),
+                        kind: self.kind,
+                        generation,
+                        value,
+                        expires_at,
+                    },
+                    self.lease.term().0,
+                );
                 self.ctx.metrics.credential(
                     &self.account.id,
                     self.kind,

@@ -761,8 +761,10 @@ async fn keys_deleted_changed_or_flushed_are_written_again_without_a_refresh() {
     };
     let repairs = count("wxtokend_mirror_repairs_total");
     let writes = count("wxtokend_mirror_writes_total");
-    let written = s.daemon().metrics().await;
-    let written = writes(&written);
+    let written = 1.0;
+    s.daemon()
+        .wait_metrics("the first write counted", |m| writes(m) == written)
+        .await;
 
     // WxJava deletes its key on 40001; wechatpy writes a token it fetched
     // itself (and its expiry) over the daemon's.
@@ -779,8 +781,7 @@ async fn keys_deleted_changed_or_flushed_are_written_again_without_a_refresh() {
     // A key loses its TTL (WxJava then counts it as expired); another
     // becomes a hash.
     redis.command(&["PERSIST", &wechatpy]).await;
-    redis.del(std::slice::from_ref(&wxjava)).await;
-    redis.command(&["HSET", &wxjava, "field", "value"]).await;
+    redis.replace_with_hash(&wxjava).await;
     s.daemon()
         .wait_metrics("two more keys repaired", |m| repairs(m) == 4.0)
         .await;
@@ -791,10 +792,7 @@ async fn keys_deleted_changed_or_flushed_are_written_again_without_a_refresh() {
 
     // The generation key becomes a hash: the credential is written as new.
     let generation_key = format!("wxtokend:generation:{id}:access_token");
-    redis.del(std::slice::from_ref(&generation_key)).await;
-    redis
-        .command(&["HSET", &generation_key, "field", "value"])
-        .await;
+    redis.replace_with_hash(&generation_key).await;
     s.daemon()
         .wait_metrics("written again", |m| writes(m) == written + 1.0)
         .await;
@@ -884,11 +882,20 @@ async fn a_former_holder_never_puts_its_older_token_back_in_redis() {
         2
     );
     let sdk = [("mirror", "sdk")];
-    let changes = |m: &crate::support::metrics::Metrics| {
-        m.get("wxtokend_mirror_writes_total", &sdk).unwrap_or(0.0)
-            + m.get("wxtokend_mirror_repairs_total", &sdk).unwrap_or(0.0)
+    let count = |name: &'static str| {
+        move |m: &crate::support::metrics::Metrics| m.get(name, &sdk).unwrap_or(0.0)
     };
-    let before = changes(&s.replica(&taker).metrics().await);
+    let (writes, repairs) = (
+        count("wxtokend_mirror_writes_total"),
+        count("wxtokend_mirror_repairs_total"),
+    );
+    // The taker wrote generation 2 (generation 1, which it reused when it
+    // took the lease, was there already).
+    let taker_writes = s
+        .replica(&taker)
+        .wait_metrics("the taker's write counted", |m| writes(m) >= 1.0)
+        .await;
+    let taker_writes = writes(&taker_writes);
 
     s.replica(&holder).signal("CONT");
     s.replica(&holder)
@@ -896,10 +903,17 @@ async fn a_former_holder_never_puts_its_older_token_back_in_redis() {
             !m.lease_held(id) && m.get("wxtokend_mirror_credentials", &sdk) == Some(0.0)
         })
         .await;
-    // Some repair passes of the holder later (one every 500 ms), it had
-    // nothing to put back: Redis never held generation 1 again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(changes(&s.replica(&taker).metrics().await), before);
+    // The taker's repair passes run (a key removed is put back); had the
+    // thawed replica put generation 1 back, the taker would have repaired
+    // more than that one key, or Redis would hold generation 1.
+    let wxjava = format!("wx:access_token:{id}");
+    redis.del(std::slice::from_ref(&wxjava)).await;
+    let m = s
+        .replica(&taker)
+        .wait_metrics("the taker's repair", |m| repairs(m) >= 1.0)
+        .await;
+    assert_eq!(repairs(&m), 1.0, "{}", m.text());
+    assert_eq!(writes(&m), taker_writes, "{}", m.text());
     assert_eq!(
         wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await,
         2
@@ -957,7 +971,11 @@ async fn a_lease_given_back_is_mirrored_by_its_new_holder_only() {
                 .unwrap_or(0.0)
         }
     };
-    assert_eq!(repairs("second").await, 1.0);
+    s.replica("second")
+        .wait_metrics("the second replica's repair", |m| {
+            m.get("wxtokend_mirror_repairs_total", &sdk) == Some(1.0)
+        })
+        .await;
     assert_eq!(repairs(first).await, 0.0);
 }
 
@@ -1003,15 +1021,19 @@ async fn a_redis_that_refuses_writes_shows_down_until_it_takes_them() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, out, err) = s.run(&["status", "--mirrors"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        out.lines().any(|l| l.starts_with("sdk ")
-            && l.contains("DOWN")
-            && l.contains("writes refused")
-            && l.contains("OOM")),
-        "{out}"
-    );
+    eventually(WAIT, "status to show Redis's refusal", || async {
+        let (code, out, err) = s.run(&["status", "--mirrors"]);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .any(|l| {
+                l.starts_with("sdk ")
+                    && l.contains("DOWN")
+                    && l.contains("writes refused")
+                    && l.contains("OOM")
+            })
+            .then_some(())
+    })
+    .await;
     assert!(redis.get(&format!("wx:access_token:{id}")).await == Some(None));
 
     redis.command(&["CONFIG", "SET", "maxmemory", "0"]).await;

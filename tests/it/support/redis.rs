@@ -156,4 +156,16 @@ impl RedisView {
         }
         cmd.query_async(&mut c).await.expect("the command")
     }
+
+    /// Replaces `key` with a hash, atomically (a repair pass between a
+    /// `DEL` and an `HSET` would make the `HSET` fail).
+    pub async fn replace_with_hash(&self, key: &str) {
+        self.command(&[
+            "EVAL",
+            "redis.call('DEL', KEYS[1]) return redis.call('HSET', KEYS[1], 'field', 'value')",
+            "1",
+            key,
+        ])
+        .await;
+    }
 }
