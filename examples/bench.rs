@@ -482,6 +482,22 @@ fn usage(pid: u32) -> Option<(u64, u64)> {
     Some((rss, ticks))
 }
 
+/// A process watched for `seconds`: (its largest RSS in KiB, sampled every
+/// second; its average CPU in percent of one core).
+async fn watch(pid: u32, seconds: u64) -> Result<(u64, f64)> {
+    let (_, ticks_start) = usage(pid).ok_or("no /proc")?;
+    let mut rss_max = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_max = rss_max.max(usage(pid).ok_or("daemon died")?.0);
+    }
+    let (_, ticks_end) = usage(pid).ok_or("daemon died")?;
+    let cpu =
+        (ticks_end - ticks_start) as f64 / clock_ticks() / start.elapsed().as_secs_f64() * 100.0;
+    Ok((rss_max, cpu))
+}
+
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -533,16 +549,7 @@ async fn footprint(uri: &str, n: usize, seconds: u64) -> Result<()> {
     let pid = daemon.child.id();
     let ready = wait_all_valid(&store, n, Duration::from_secs(300)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, ticks_start) = usage(pid).ok_or("no /proc")?;
-    let mut rss_max = 0;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(seconds) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        rss_max = rss_max.max(usage(pid).ok_or("daemon died")?.0);
-    }
-    let (_, ticks_end) = usage(pid).ok_or("daemon died")?;
-    let cpu =
-        (ticks_end - ticks_start) as f64 / clock_ticks() / start.elapsed().as_secs_f64() * 100.0;
+    let (rss_max, cpu) = watch(pid, seconds).await?;
     println!(
         "| {n} | {:.1} s | {:.1} MB | {cpu:.2} % | {} |",
         ready.as_secs_f64(),
@@ -622,16 +629,7 @@ async fn mirror(uri: &str, n: usize, seconds: u64) -> Result<()> {
         .arg("RESETSTAT")
         .query_async(&mut connection)
         .await?;
-    let (_, ticks_start) = usage(pid).ok_or("no /proc")?;
-    let mut rss_max = 0;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(seconds) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        rss_max = rss_max.max(usage(pid).ok_or("daemon died")?.0);
-    }
-    let (_, ticks_end) = usage(pid).ok_or("daemon died")?;
-    let cpu =
-        (ticks_end - ticks_start) as f64 / clock_ticks() / start.elapsed().as_secs_f64() * 100.0;
+    let (rss_max, cpu) = watch(pid, seconds).await?;
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut connection)
