@@ -157,7 +157,9 @@ impl Refresher {
         }
         if self.machine.pending().is_some() {
             tracing::info!("stopping: storing the fetched credential first");
-            self.store_pending().await;
+            // Boxed like the step: inline, this last write would make every
+            // task as large as the insert's state (10 KB an account).
+            Box::pin(self.store_pending()).await;
             if self.machine.pending().is_some() {
                 tracing::error!(
                     "stopping without storing the fetched {}: it is lost; MongoDB keeps the \
