@@ -56,9 +56,7 @@ impl Coordinator {
             match slot {
                 // A manual request comes after a report and takes its place:
                 // either way one refresh follows.
-                Some(slot) => {
-                    slot.send_replace(Some(request));
-                }
+                Some(slot) => slot.put(request),
                 None => tracing::warn!(
                     account = %request.app_id,
                     kind = %request.kind,

@@ -14,7 +14,7 @@ mod machine;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
@@ -76,6 +76,35 @@ enum Problem {
     Store,
 }
 
+/// The latest refresh request for one refresher, put by the coordinator:
+/// a slot, not a queue (a newer request replaces the one not yet taken).
+/// Lighter than a `watch` channel (whose shared state is 500 bytes, one per
+/// credential of every held account).
+#[derive(Debug, Default)]
+pub struct RequestSlot {
+    pending: std::sync::Mutex<Option<RefreshRequest>>,
+    notify: Notify,
+}
+
+impl RequestSlot {
+    /// Puts `request` in place of any not yet taken, and wakes the
+    /// refresher (now, or at its next wait if it is busy).
+    pub fn put(&self, request: RefreshRequest) {
+        *self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<RefreshRequest> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
 /// Keeps one credential of one account fresh while this replica holds the
 /// account's lease.
 pub struct Refresher {
@@ -85,7 +114,7 @@ pub struct Refresher {
     lease: Lease,
     /// The latest refresh request for this credential (a slot, not a queue:
     /// requests are summarized per credential before they get here).
-    requests: watch::Receiver<Option<RefreshRequest>>,
+    requests: Arc<RequestSlot>,
     /// Cancelled when the lease is given up or the daemon stops.
     stop: CancellationToken,
     machine: Machine,
@@ -101,7 +130,7 @@ impl Refresher {
         kind: CredentialKind,
         ctx: Arc<Context>,
         lease: Lease,
-        requests: watch::Receiver<Option<RefreshRequest>>,
+        requests: Arc<RequestSlot>,
         stop: CancellationToken,
     ) -> Self {
         // Only stable_token can be told to issue a new token at once.
@@ -147,9 +176,8 @@ impl Refresher {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
-                Ok(()) = self.requests.changed() => {
-                    let request = self.requests.borrow_and_update().clone();
-                    if let Some(request) = request {
+                () = self.requests.notify.notified() => {
+                    if let Some(request) = self.requests.take() {
                         self.on_request(&request);
                     }
                 }
