@@ -384,8 +384,13 @@ async fn reader_concurrency(uri: &str) -> Result<()> {
     Ok(())
 }
 
+/// The release daemon: `$CARGO_TARGET_DIR/release/wxtokend` when that is set
+/// (as bench.sh passes it on), else the crate's `target/`.
 fn daemon_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/wxtokend")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("release/wxtokend")
 }
 
 struct Daemon {

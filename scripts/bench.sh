@@ -12,4 +12,4 @@ if [ -z "${MONGODB_URI:-}" ]; then
   MONGODB_URI=$(scripts/test-mongodb.sh start "$dir")
   export MONGODB_URI
 fi
-target/release/examples/bench "$@"
+"${CARGO_TARGET_DIR:-target}/release/examples/bench" "$@"

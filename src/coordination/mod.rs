@@ -447,12 +447,15 @@ fn generation_counter(kind: wxtokend_reader::CredentialKind) -> String {
 }
 
 /// Most statements sent in one `update` command (MongoDB allows 100,000,
-/// and 16 MB: 10,000 statements stay near 1.5 MB with long ids).
-const STATEMENTS_PER_COMMAND: usize = 10_000;
+/// and 16 MB). Kept at 1,000: the driver copies each command into a
+/// document tree for its command monitoring (which counts commands and
+/// notes refusals), about 2 KB a statement, so 10,000 in one command
+/// made a 20 MB spike every renew interval that the allocator kept.
+const STATEMENTS_PER_COMMAND: usize = 1_000;
 
 /// Sets `expires_at` on each lease of `held` that is still `holder`'s at
 /// its term: one `update` command of one statement per lease, each matched
-/// by `_id` (one round trip per 10,000 leases; a single `$or` of thousands
+/// by `_id` (one round trip per 1,000 leases; a single `$or` of thousands
 /// of clauses costs the server far more). Returns how many matched (a
 /// statement that failed on the server counts as not matched).
 async fn update_each(

@@ -38,6 +38,18 @@ impl Requests {
         }
     }
 
+    /// Whether any request is open, for any account: one small query
+    /// (nearly always answered with none) before [`Requests::open`], whose
+    /// filter names every account this replica holds.
+    pub async fn any(&self) -> Result<bool, StoreError> {
+        let first = self
+            .collection
+            .find_one(doc! {})
+            .projection(doc! { "_id": 1 })
+            .await?;
+        Ok(first.is_some())
+    }
+
     /// The open requests for `accounts` (those this replica holds), oldest
     /// first, at most `limit`; requests for other accounts are left to
     /// their holders. Unreadable ones come back apart, to be deleted.

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 use wxtokend_reader::{AccountId, CredentialKind, Refused};
 
 use crate::config::{Account, LeaseSettings};
-use crate::coordination::{Lease, Leases, RefreshRequest, Term};
+use crate::coordination::{Lease, Leases, Term};
 use crate::metrics::Operation;
-use crate::refresh::{Context, Refresher};
+use crate::refresh::{Context, Refresher, RequestSlot};
 use crate::store::StoreError;
 use crate::watchdog::Liveness;
 use crate::wechat::Api;
@@ -52,7 +51,7 @@ const SAMPLE: usize = 4 * BATCH;
 /// account wants (access token first, then its tickets).
 struct HeldLease {
     lease: Lease,
-    requests: HashMap<CredentialKind, watch::Sender<Option<RefreshRequest>>>,
+    requests: HashMap<CredentialKind, Arc<RequestSlot>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -466,13 +465,13 @@ impl Coordinator {
         let mut requests = HashMap::new();
         let mut tasks = Vec::new();
         for kind in account.kinds() {
-            let (requests_tx, requests_rx) = watch::channel(None);
+            let slot = Arc::new(RequestSlot::default());
             let refresher = Refresher::new(
                 account.clone(),
                 kind,
                 self.ctx.clone(),
                 lease.clone(),
-                requests_rx,
+                slot.clone(),
                 stop.clone(),
             );
             let refresher = if stored(kind) {
@@ -480,7 +479,7 @@ impl Coordinator {
             } else {
                 refresher.nothing_stored()
             };
-            requests.insert(kind, requests_tx);
+            requests.insert(kind, slot);
             tasks.push(tokio::spawn(refresher.run()));
         }
         self.held.insert(

@@ -19,6 +19,17 @@ impl Coordinator {
             return;
         }
         let requests = Requests::new(self.ctx.store.database());
+        // Nearly always there is none: ask that first, with one small query,
+        // rather than name every held account each second (at 10,000
+        // accounts, that query was 40 % of an idle replica's CPU).
+        match self.observed(Operation::Requests, requests.any()).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read refresh requests");
+                return;
+            }
+        }
         let ids: Vec<AccountId> = self.held.keys().cloned().collect();
         let open = requests.open(&ids, REQUESTS_PER_POLL);
         let open = match self.observed(Operation::Requests, open).await {
@@ -45,9 +56,7 @@ impl Coordinator {
             match slot {
                 // A manual request comes after a report and takes its place:
                 // either way one refresh follows.
-                Some(slot) => {
-                    slot.send_replace(Some(request));
-                }
+                Some(slot) => slot.put(request),
                 None => tracing::warn!(
                     account = %request.app_id,
                     kind = %request.kind,

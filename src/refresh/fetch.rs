@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio_util::sync::CancellationToken;
 use wxtokend_reader::requests::{self as request_docs, NewRequest};
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 
@@ -32,7 +33,7 @@ impl Refresher {
     /// kept. A ticket needs a valid access token first.
     pub(super) async fn fetch(&mut self, reason: RefreshReason) -> Duration {
         let access_token = if self.kind.is_ticket() {
-            match self.access_token().await {
+            match Box::pin(self.access_token()).await {
                 Ok(Some(token)) => Some(token),
                 Ok(None) => {
                     tracing::debug!("waiting for a valid access_token");
@@ -50,6 +51,19 @@ impl Refresher {
             slot = self.ctx.wechat.slot() => slot,
             () = stop.cancelled() => return Duration::ZERO,
         };
+        // Boxed: a refresher waiting for a call slot (thousands at start)
+        // holds only that wait, not room for the permit and the call.
+        Box::pin(self.fetch_with_slot(slot, reason, access_token, stop)).await
+    }
+
+    /// [`Self::fetch`] once it has a call slot.
+    async fn fetch_with_slot(
+        &mut self,
+        slot: CallSlot,
+        reason: RefreshReason,
+        access_token: Option<Credential>,
+        stop: CancellationToken,
+    ) -> Duration {
         // Before the request: the lease's end is measured from here.
         let started = Instant::now();
         let ask = self.lease.permit(self.permit_rules());

@@ -150,11 +150,21 @@ pub enum Requested {
     Ignored { newest: Option<Generation> },
 }
 
+/// What a [`Machine`] reads of the refresh settings after it is made.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    margin: Duration,
+    request_poll_interval: Duration,
+    permanent_error_retry: Duration,
+}
+
 /// One credential's refresh decisions.
 #[derive(Debug)]
 pub struct Machine {
     state: State,
-    settings: RefreshSettings,
+    /// The settings it decides with (not all of [`RefreshSettings`]: one
+    /// machine per credential, 10,000s of them).
+    settings: Timings,
     /// A refresh asked for by a request, wanted until a fetch succeeds.
     forced: Option<RefreshReason>,
     /// This credential's endpoint can be forced to issue a new value
@@ -183,7 +193,11 @@ impl Machine {
         let expired_repeats = Backoff::new(EXPIRED_REPEAT_RETRY, settings.retry_max);
         Self {
             state: State::Loading,
-            settings,
+            settings: Timings {
+                margin: settings.margin,
+                request_poll_interval: settings.request_poll_interval,
+                permanent_error_retry: settings.permanent_error_retry,
+            },
             forced: None,
             can_force,
             force_refresh: false,

@@ -14,7 +14,7 @@ mod machine;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
@@ -76,6 +76,35 @@ enum Problem {
     Store,
 }
 
+/// The latest refresh request for one refresher, put by the coordinator:
+/// a slot, not a queue (a newer request replaces the one not yet taken).
+/// Lighter than a `watch` channel (whose shared state is 500 bytes, one per
+/// credential of every held account).
+#[derive(Debug, Default)]
+pub struct RequestSlot {
+    pending: std::sync::Mutex<Option<RefreshRequest>>,
+    notify: Notify,
+}
+
+impl RequestSlot {
+    /// Puts `request` in place of any not yet taken, and wakes the
+    /// refresher (now, or at its next wait if it is busy).
+    pub fn put(&self, request: RefreshRequest) {
+        *self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(request);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<RefreshRequest> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
 /// Keeps one credential of one account fresh while this replica holds the
 /// account's lease.
 pub struct Refresher {
@@ -85,7 +114,7 @@ pub struct Refresher {
     lease: Lease,
     /// The latest refresh request for this credential (a slot, not a queue:
     /// requests are summarized per credential before they get here).
-    requests: watch::Receiver<Option<RefreshRequest>>,
+    requests: Arc<RequestSlot>,
     /// Cancelled when the lease is given up or the daemon stops.
     stop: CancellationToken,
     machine: Machine,
@@ -101,7 +130,7 @@ impl Refresher {
         kind: CredentialKind,
         ctx: Arc<Context>,
         lease: Lease,
-        requests: watch::Receiver<Option<RefreshRequest>>,
+        requests: Arc<RequestSlot>,
         stop: CancellationToken,
     ) -> Self {
         // Only stable_token can be told to issue a new token at once.
@@ -130,26 +159,25 @@ impl Refresher {
     /// Runs until its stop token is cancelled. A call already sent is
     /// finished (a fetched token must not be lost); a token that is still
     /// unstored then gets one last write attempt.
-    pub async fn run(self) {
+    pub fn run(self) -> impl std::future::Future<Output = ()> {
+        // Not an async fn: one would hold the refresher twice (its own
+        // argument and the loop's), in every task.
         let span = tracing::info_span!("refresh", account = %self.account.id, kind = %self.kind);
-        self.run_until_stopped().instrument(span).await;
+        self.run_until_stopped().instrument(span)
     }
 
     async fn run_until_stopped(mut self) {
         let shutdown = self.stop.clone();
         while !shutdown.is_cancelled() {
-            // Boxed: a sleeping task then holds a pointer, not room for the
-            // largest step (10,000 idle accounts cost kilobytes each otherwise).
-            let wait = Box::pin(self.step()).await;
+            let wait = self.step().await;
             if wait.is_zero() {
                 continue;
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
-                Ok(()) = self.requests.changed() => {
-                    let request = self.requests.borrow_and_update().clone();
-                    if let Some(request) = request {
+                () = self.requests.notify.notified() => {
+                    if let Some(request) = self.requests.take() {
                         self.on_request(&request);
                     }
                 }
@@ -157,7 +185,9 @@ impl Refresher {
         }
         if self.machine.pending().is_some() {
             tracing::info!("stopping: storing the fetched credential first");
-            self.store_pending().await;
+            // Boxed like the step: inline, this last write would make every
+            // task as large as the insert's state (10 KB an account).
+            Box::pin(self.store_pending()).await;
             if self.machine.pending().is_some() {
                 tracing::error!(
                     "stopping without storing the fetched {}: it is lost; MongoDB keeps the \
@@ -178,10 +208,14 @@ impl Refresher {
     pub async fn step(&mut self) -> Duration {
         crate::failpoint!("refresh-step");
         let now = self.now();
+        // Each action that awaits MongoDB or WeChat is boxed: a task then
+        // holds room for the smallest wait only (a sleep, or a call slot),
+        // not for the largest action (7 KB; 10,000 accounts waiting for a
+        // call slot at start held 76 MB otherwise).
         match self.machine.next(now) {
             Action::Wait(wait) => wait,
-            Action::Load => self.load_stored(now).await,
-            Action::Store => self.store_pending().await,
+            Action::Load => Box::pin(self.load_stored(now)).await,
+            Action::Store => Box::pin(self.store_pending()).await,
             Action::Fetch(reason) => self.fetch(reason).await,
             Action::DropExpired => {
                 tracing::warn!(
