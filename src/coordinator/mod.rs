@@ -241,24 +241,41 @@ impl Coordinator {
             };
             self.give_back(&id, "handing the lease to a less busy replica");
         }
-        let metrics = self.ctx.metrics.clone();
         self.release_stranded().await;
-        // Each lease taken is progress; the whole is cut off like any one
-        // operation. A lease being taken when the cut comes may have been
-        // taken all the same: it is given back at the next turn.
-        let limit = self.ctx.operation_timeout;
-        let acquired = metrics
-            .observe(
-                Operation::Acquire,
-                bounded(limit, self.acquire_up_to(share)),
-            )
-            .await;
-        self.liveness.progress();
-        self.stranded.append(&mut self.taking);
-        if let Err(e) = acquired {
-            tracing::warn!(error = %e, "cannot look for free leases");
-        }
+        self.acquire_in_batches(share).await;
         self.date_undated_requests().await;
+    }
+
+    /// Takes leases up to `share` in batches of at most [`BATCH`], one
+    /// after the other while each comes back full and the turn has spent
+    /// less than half a renew interval (10,000 accounts then start in one
+    /// turn, not in five renew intervals). Each batch is cut off like any
+    /// one operation; a lease being taken when the cut comes may have been
+    /// taken all the same: it is given back at the next turn.
+    async fn acquire_in_batches(&mut self, share: usize) {
+        let metrics = self.ctx.metrics.clone();
+        let limit = self.ctx.operation_timeout;
+        let turn = std::time::Instant::now();
+        loop {
+            let acquired = metrics
+                .observe(
+                    Operation::Acquire,
+                    bounded(limit, self.acquire_up_to(share)),
+                )
+                .await;
+            self.liveness.progress();
+            self.stranded.append(&mut self.taking);
+            match acquired {
+                Ok(true)
+                    if turn.elapsed() < self.lease.renew_interval / 2
+                        && !self.shutdown.is_cancelled() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for free leases");
+                    break;
+                }
+            }
+        }
     }
 
     async fn renew_all(&mut self) {
@@ -299,8 +316,9 @@ impl Coordinator {
 
     /// Takes free leases up to `share`, and orphans (leases left expired
     /// for over a renew interval) whatever the share, in one batch of at
-    /// most [`BATCH`], among at most [`SAMPLE`] leases looked at.
-    async fn acquire_up_to(&mut self, share: usize) -> Result<(), StoreError> {
+    /// most [`BATCH`], among at most [`SAMPLE`] leases looked at. Returns
+    /// whether the batch was full (there may be more to take).
+    async fn acquire_up_to(&mut self, share: usize) -> Result<bool, StoreError> {
         let store = self.ctx.store.clone();
         let mut ids: Vec<AccountId> = self
             .accounts
@@ -320,8 +338,9 @@ impl Coordinator {
                 .leases
                 .expired(&ids, now - self.lease.renew_interval)
                 .await?;
+            let full = orphans.len() >= BATCH;
             orphans.truncate(BATCH);
-            return self.take(orphans, Vec::new()).await;
+            return self.take(orphans, Vec::new()).await.map(|()| full);
         }
         let infos: HashMap<AccountId, _> = self
             .leases
@@ -344,6 +363,7 @@ impl Coordinator {
         let (mut chosen, others): (Vec<AccountId>, Vec<AccountId>) =
             free.into_iter().partition(|id| orphaned(id));
         chosen.extend(others.into_iter().take(share - self.held.len()));
+        let full = chosen.len() >= BATCH;
         chosen.truncate(BATCH);
         let new = chosen
             .iter()
@@ -354,7 +374,7 @@ impl Coordinator {
                 Some((id.clone(), apis))
             })
             .collect();
-        self.take(chosen, new).await
+        self.take(chosen, new).await.map(|()| full)
     }
 
     /// Tries to take the leases of `ids` (`new`: those without a lease

@@ -667,3 +667,28 @@ async fn a_renewal_matches_the_term_not_only_the_holder_name() {
     );
     drop(second);
 }
+
+/// Leases are taken in batches of at most 2,000 (one batch must end well
+/// within the operation cut-off), but a turn goes on with the next batch
+/// while each comes back full: 2,500 accounts are all held after the first
+/// turn, not only after a second one a renew interval later (10,000
+/// accounts took five renew intervals to start that way).
+#[tokio::test]
+async fn more_accounts_than_one_batch_are_all_taken_in_the_first_turn() {
+    const ACCOUNTS: usize = 2_500;
+    let s = Scenario::new()
+        .accounts(ACCOUNTS)
+        .app(|app| app.expires_in(Duration::from_secs(7200)))
+        .config(|c| {
+            // The second turn would come 5 minutes after the first.
+            c.lease_duration = "900s";
+            c.lease_renew_interval = "300s";
+        })
+        .build()
+        .await;
+    eventually(WAIT, "every lease held by the one replica", || async {
+        let holders = s.holders().await;
+        (holders.len() == ACCOUNTS).then_some(())
+    })
+    .await;
+}
