@@ -21,7 +21,7 @@
 //! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
 //!   with a stored token (`wxtokend quota`).
 //! - [`open_platform`]: WeChat Open Platform (第三方平台) support: the
-//!   callback messages' crypto (not yet wired into the daemon).
+//!   callback messages' crypto and events (not yet wired into the daemon).
 
 mod admin;
 mod clock;

@@ -321,7 +321,7 @@ impl fmt::Debug for MessageCrypto {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -346,7 +346,7 @@ mod tests {
     }
 
     /// A: WeChat's official WXBizMsgCrypt sample (公众平台).
-    const A: Vector = Vector {
+    pub(in crate::open_platform) const A: Vector = Vector {
         token: "spamtest",
         encoding_aes_key: "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
         appid: "wx2c2769f8efd9abc2",
