@@ -20,6 +20,8 @@
 //!   `watchdog`: systemd's, pinged while the coordinator makes progress.
 //! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
 //!   with a stored token (`wxtokend quota`).
+//! - [`open_platform`]: WeChat Open Platform (第三方平台) support: the
+//!   callback messages' crypto and events (not yet wired into the daemon).
 
 mod admin;
 mod clock;
@@ -29,6 +31,7 @@ mod coordinator;
 mod daemon;
 mod metrics;
 mod mirror;
+pub mod open_platform;
 pub mod quota;
 mod refresh;
 mod status;
