@@ -247,7 +247,7 @@ impl Coordinator {
     }
 
     /// Takes leases up to `share` in batches of at most [`BATCH`], one
-    /// after the other while each comes back full and the turn has spent
+    /// after the other while each says there may be more and the turn has spent
     /// less than half a renew interval (10,000 accounts then start in one
     /// turn, not in five renew intervals). Each batch is cut off like any
     /// one operation; a lease being taken when the cut comes may have been
@@ -257,6 +257,7 @@ impl Coordinator {
         let limit = self.ctx.operation_timeout;
         let turn = std::time::Instant::now();
         loop {
+            let before = self.held.len();
             let acquired = metrics
                 .observe(
                     Operation::Acquire,
@@ -266,8 +267,10 @@ impl Coordinator {
             self.liveness.progress();
             self.stranded.append(&mut self.taking);
             match acquired {
+                // Another batch only after one that took something.
                 Ok(true)
-                    if turn.elapsed() < self.lease.renew_interval / 2
+                    if self.held.len() > before
+                        && turn.elapsed() < self.lease.renew_interval / 2
                         && !self.shutdown.is_cancelled() => {}
                 Ok(_) => break,
                 Err(e) => {
@@ -317,7 +320,8 @@ impl Coordinator {
     /// Takes free leases up to `share`, and orphans (leases left expired
     /// for over a renew interval) whatever the share, in one batch of at
     /// most [`BATCH`], among at most [`SAMPLE`] leases looked at. Returns
-    /// whether the batch was full (there may be more to take).
+    /// whether there may be more to take: the batch was full, or it found
+    /// some among a sample.
     async fn acquire_up_to(&mut self, share: usize) -> Result<bool, StoreError> {
         let store = self.ctx.store.clone();
         let mut ids: Vec<AccountId> = self
@@ -326,7 +330,10 @@ impl Coordinator {
             .filter(|a| !self.held.contains_key(&a.id))
             .map(|a| a.id.clone())
             .collect();
-        if ids.len() > SAMPLE {
+        // Leases beyond the sample are unseen: while this batch finds any,
+        // another sample may find more.
+        let sampled = ids.len() > SAMPLE;
+        if sampled {
             ids.shuffle(&mut rand::rng());
             ids.truncate(SAMPLE);
         }
@@ -338,7 +345,7 @@ impl Coordinator {
                 .leases
                 .expired(&ids, now - self.lease.renew_interval)
                 .await?;
-            let full = orphans.len() >= BATCH;
+            let full = orphans.len() >= BATCH || (sampled && !orphans.is_empty());
             orphans.truncate(BATCH);
             return self.take(orphans, Vec::new()).await.map(|()| full);
         }
@@ -363,7 +370,7 @@ impl Coordinator {
         let (mut chosen, others): (Vec<AccountId>, Vec<AccountId>) =
             free.into_iter().partition(|id| orphaned(id));
         chosen.extend(others.into_iter().take(share - self.held.len()));
-        let full = chosen.len() >= BATCH;
+        let full = chosen.len() >= BATCH || (sampled && !chosen.is_empty());
         chosen.truncate(BATCH);
         let new = chosen
             .iter()
