@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
+use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -42,10 +43,20 @@ const REQUESTS_PER_POLL: i64 = 1_000;
 const BATCH: usize = 2_000;
 
 /// At most this many of the leases this replica does not hold are looked
-/// at in one turn, chosen at random: a `$in` of 80,000 ids costs more than
-/// a turn. Below it, every one is; above it, free and orphaned leases are
-/// found over a few turns.
+/// at in one batch: a `$in` of 80,000 ids costs more than a turn. Above it,
+/// successive batches look at the next ones, in the order of the
+/// configuration from a random place (random picks found the last few free
+/// leases of 100,000 only after many turns).
 const SAMPLE: usize = 4 * BATCH;
+
+/// What one batch of [`Coordinator::acquire_up_to`] did.
+struct Batch {
+    /// It took as many as a batch may: there may be more.
+    full: bool,
+    /// How many accounts (held or not) it went past to find the ones it
+    /// looked at.
+    passed: usize,
+}
 
 /// A lease this replica holds, with one refresher per credential kind the
 /// account wants (access token first, then its tickets).
@@ -96,6 +107,8 @@ pub struct Coordinator {
     /// Accounts whose taking was cut off: MongoDB may have given this
     /// replica the lease all the same.
     stranded: Vec<AccountId>,
+    /// Where in `accounts` the next look for free leases begins.
+    scan_at: usize,
 }
 
 impl Coordinator {
@@ -105,6 +118,7 @@ impl Coordinator {
         lease: LeaseSettings,
         liveness: Arc<Liveness>,
     ) -> Self {
+        let accounts_len = accounts.len();
         let index = accounts
             .iter()
             .enumerate()
@@ -122,6 +136,8 @@ impl Coordinator {
             liveness,
             taking: Vec::new(),
             stranded: Vec::new(),
+            // Replicas start looking in different places.
+            scan_at: rand::rng().random_range(0..accounts_len.max(1)),
         }
     }
 
@@ -247,15 +263,17 @@ impl Coordinator {
     }
 
     /// Takes leases up to `share` in batches of at most [`BATCH`], one
-    /// after the other while each says there may be more and the turn has spent
-    /// less than half a renew interval (10,000 accounts then start in one
-    /// turn, not in five renew intervals). Each batch is cut off like any
-    /// one operation; a lease being taken when the cut comes may have been
-    /// taken all the same: it is given back at the next turn.
+    /// after the other for up to half a renew interval (10,000 accounts
+    /// then start in one turn, not in five renew intervals): while a batch
+    /// comes back full or took some, and, below the share, until every
+    /// account was looked at once in this turn. Each batch is cut off like
+    /// any one operation; a lease being taken when the cut comes may have
+    /// been taken all the same: it is given back at the next turn.
     async fn acquire_in_batches(&mut self, share: usize) {
         let metrics = self.ctx.metrics.clone();
         let limit = self.ctx.operation_timeout;
         let turn = std::time::Instant::now();
+        let mut looked_at = 0;
         loop {
             let before = self.held.len();
             let acquired = metrics
@@ -266,13 +284,17 @@ impl Coordinator {
                 .await;
             self.liveness.progress();
             self.stranded.append(&mut self.taking);
+            let time_left =
+                turn.elapsed() < self.lease.renew_interval / 2 && !self.shutdown.is_cancelled();
             match acquired {
-                // Another batch only after one that took something.
-                Ok(true)
-                    if self.held.len() > before
-                        && turn.elapsed() < self.lease.renew_interval / 2
-                        && !self.shutdown.is_cancelled() => {}
-                Ok(_) => break,
+                Ok(batch) => {
+                    looked_at += batch.passed;
+                    let unseen = looked_at < self.accounts.len() && self.held.len() < share;
+                    let more = batch.full || self.held.len() > before || unseen;
+                    if !(more && time_left) {
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot look for free leases");
                     break;
@@ -319,24 +341,12 @@ impl Coordinator {
 
     /// Takes free leases up to `share`, and orphans (leases left expired
     /// for over a renew interval) whatever the share, in one batch of at
-    /// most [`BATCH`], among at most [`SAMPLE`] leases looked at. Returns
-    /// whether there may be more to take: the batch was full, or it found
-    /// some among a sample.
-    async fn acquire_up_to(&mut self, share: usize) -> Result<bool, StoreError> {
+    /// most [`BATCH`], among the next [`SAMPLE`] accounts this replica does
+    /// not hold.
+    async fn acquire_up_to(&mut self, share: usize) -> Result<Batch, StoreError> {
         let store = self.ctx.store.clone();
-        let mut ids: Vec<AccountId> = self
-            .accounts
-            .iter()
-            .filter(|a| !self.held.contains_key(&a.id))
-            .map(|a| a.id.clone())
-            .collect();
-        // Leases beyond the sample are unseen: while this batch finds any,
-        // another sample may find more.
-        let sampled = ids.len() > SAMPLE;
-        if sampled {
-            ids.shuffle(&mut rand::rng());
-            ids.truncate(SAMPLE);
-        }
+        let (mut ids, passed) = self.next_unheld(SAMPLE);
+        ids.shuffle(&mut rand::rng());
         if self.held.len() >= share {
             // At our share: only orphans concern us, and that query returns
             // nothing when all is well.
@@ -345,9 +355,12 @@ impl Coordinator {
                 .leases
                 .expired(&ids, now - self.lease.renew_interval)
                 .await?;
-            let full = orphans.len() >= BATCH || (sampled && !orphans.is_empty());
+            let full = orphans.len() >= BATCH;
             orphans.truncate(BATCH);
-            return self.take(orphans, Vec::new()).await.map(|()| full);
+            return self
+                .take(orphans, Vec::new())
+                .await
+                .map(|()| Batch { full, passed });
         }
         let infos: HashMap<AccountId, _> = self
             .leases
@@ -370,7 +383,7 @@ impl Coordinator {
         let (mut chosen, others): (Vec<AccountId>, Vec<AccountId>) =
             free.into_iter().partition(|id| orphaned(id));
         chosen.extend(others.into_iter().take(share - self.held.len()));
-        let full = chosen.len() >= BATCH || (sampled && !chosen.is_empty());
+        let full = chosen.len() >= BATCH;
         chosen.truncate(BATCH);
         let new = chosen
             .iter()
@@ -381,7 +394,29 @@ impl Coordinator {
                 Some((id.clone(), apis))
             })
             .collect();
-        self.take(chosen, new).await.map(|()| full)
+        self.take(chosen, new)
+            .await
+            .map(|()| Batch { full, passed })
+    }
+
+    /// Up to `limit` accounts this replica does not hold, from `scan_at`
+    /// on (wrapping around), and how many accounts were passed over to
+    /// find them; `scan_at` moves past them.
+    fn next_unheld(&mut self, limit: usize) -> (Vec<AccountId>, usize) {
+        let n = self.accounts.len();
+        let mut ids = Vec::new();
+        let mut passed = 0;
+        while passed < n && ids.len() < limit {
+            let account = &self.accounts[(self.scan_at + passed) % n];
+            passed += 1;
+            if !self.held.contains_key(&account.id) {
+                ids.push(account.id.clone());
+            }
+        }
+        if n > 0 {
+            self.scan_at = (self.scan_at + passed) % n;
+        }
+        (ids, passed)
     }
 
     /// Tries to take the leases of `ids` (`new`: those without a lease
