@@ -29,6 +29,7 @@ mod config;
 pub mod coordination;
 mod coordinator;
 mod daemon;
+mod http;
 mod metrics;
 mod mirror;
 pub mod open_platform;
@@ -47,8 +48,8 @@ pub use config::{
 };
 pub use coordination::{Lease, Leases};
 pub use daemon::{
-    all_indexes, check_store, connect_store, privileges_needed, shutdown_signal, CheckedIndexes,
-    Daemon, DaemonError,
+    all_indexes, check_store, connect_store, open_platform_privileges, privileges_needed,
+    shutdown_signal, CheckedIndexes, Daemon, DaemonError,
 };
 pub use mirror::{ping as ping_mirror, Health as MirrorHealth};
 pub use status::{

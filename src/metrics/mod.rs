@@ -22,8 +22,8 @@ use crate::wechat::Api;
 mod labels;
 
 use labels::{
-    AccountLabels, ApiLabels, CommandLabels, CredentialLabels, Kind, KindLabels, MirrorLabels,
-    OperationLabels, OutcomeLabels, QuotaLabels,
+    AccountLabels, ApiLabels, CallbackLabels, CommandLabels, CredentialLabels, Kind, KindLabels,
+    MirrorLabels, OperationLabels, OutcomeLabels, QuotaLabels,
 };
 pub use labels::{Operation, Outcome};
 
@@ -85,6 +85,7 @@ pub struct Metrics {
     mirror_resyncs: Family<MirrorLabels, Counter>,
     mirror_up: Family<MirrorLabels, Gauge>,
     mirror_credentials: Family<MirrorLabels, Gauge>,
+    open_platform_callbacks: Family<CallbackLabels, Counter>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -143,6 +144,7 @@ impl Metrics {
             mirror_resyncs: Family::default(),
             mirror_up: Family::default(),
             mirror_credentials: Family::default(),
+            open_platform_callbacks: Family::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -258,7 +260,23 @@ impl Metrics {
              leases it holds)",
             m.mirror_credentials.clone(),
         );
+        registry.register(
+            "wxtokend_open_platform_callbacks",
+            "Pushes to the Open Platform callback receiver by outcome: stored (a verify \
+             ticket), acknowledged (an authorization event, not acted on yet), store_error \
+             (MongoDB failed; answered 503) or the reason it was refused",
+            m.open_platform_callbacks.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one push to the Open Platform callback receiver.
+    pub fn open_platform_callback(&self, outcome: &str) {
+        self.open_platform_callbacks
+            .get_or_create(&CallbackLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one MongoDB command sent (see `Store::on_command`).
