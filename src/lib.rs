@@ -21,7 +21,9 @@
 //! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
 //!   with a stored token (`wxtokend quota`).
 //! - [`open_platform`]: WeChat Open Platform (第三方平台) support: the
-//!   callback messages' crypto and events (not yet wired into the daemon).
+//!   callback messages' crypto and events, the verify tickets in MongoDB and
+//!   the callback receiver (authorization events not acted on yet).
+//! - `http`: the accept loop the admin server and the callback receiver share.
 
 mod admin;
 mod clock;

@@ -325,3 +325,36 @@ async fn the_receiver_is_off_unless_open_platform_listen_is_set() {
         s.db.docs(TICKETS).await
     );
 }
+
+/// The README's `wxtokend` role covers what a start with `[open_platform]`
+/// asks for (its index created, the tickets inserted and read); the
+/// reader's role gets nothing on the tickets.
+#[test]
+fn the_readme_roles_cover_the_receiver_and_keep_tickets_from_readers() {
+    use mongodb::bson::doc;
+    use wxtokend::store::{IndexStep, MissingPrivileges};
+    let status = |role: mongodb::bson::Document| {
+        doc! {
+            "authInfo": {
+                "authenticatedUsers": [{ "user": "wxtokend", "db": "wechat" }],
+                "authenticatedUserPrivileges": role.get_array("privileges").expect("privileges").clone(),
+            },
+        }
+    };
+    let steps: Vec<IndexStep> = wxtokend::open_platform::store::indexes()
+        .into_iter()
+        .map(IndexStep::Create)
+        .collect();
+    let mut needed = wxtokend::privileges_needed(&steps);
+    needed.extend(wxtokend::open_platform_privileges());
+    let role = crate::mongo_auth::readme_role("wxtokend", "wechat", |_| {});
+    assert_eq!(
+        MissingPrivileges::compare("wechat", Some(&status(role)), &needed),
+        None
+    );
+    let reader = crate::mongo_auth::readme_role("wxtokendReader", "wechat", |_| {});
+    assert!(
+        !reader.to_string().contains(TICKETS),
+        "the reader role must not reach {TICKETS}: {reader}"
+    );
+}
