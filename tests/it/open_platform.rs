@@ -358,3 +358,42 @@ fn the_readme_roles_cover_the_receiver_and_keep_tickets_from_readers() {
         "the reader role must not reach {TICKETS}: {reader}"
     );
 }
+
+/// MongoDB frozen: the push is answered 503 (WeChat pushes again), not
+/// `success`; the same push once MongoDB is back is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_mongodb_cannot_store_is_answered_503_and_stored_when_sent_again() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let mut s = Scenario::new()
+        .account(TestAccount::numbered(1))
+        .config(open_platform(&config, true))
+        .private_mongo()
+        .build()
+        .await;
+    let url = callback_url(s.daemon()).await;
+    assert!(send(&ticket_push(&component, "ticket@@@before"), &url)
+        .await
+        .delivered());
+
+    s.mongo().signal("STOP");
+    let later = SystemTime::now() + Duration::from_secs(1);
+    let push = component.verify_ticket("ticket@@@during", later, SystemTime::now());
+    let answer = send(&push, &url).await;
+    s.mongo().signal("CONT");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(!answer.body.contains("ticket@@@"), "{answer:?}");
+    assert_eq!(callbacks(s.daemon(), "store_error").await, 1.0);
+
+    let again = send(&push, &url).await;
+    assert!(again.delivered(), "{again:?}");
+    let (newest, _) = newest_verify_ticket(&s.db, COMPONENT)
+        .await
+        .expect("a ticket");
+    assert_eq!(newest, "ticket@@@during");
+    s.daemon().assert_logs_free_of(&secrets(
+        &s,
+        &config,
+        &["ticket@@@before", "ticket@@@during"],
+    ));
+}
