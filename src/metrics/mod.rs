@@ -86,6 +86,7 @@ pub struct Metrics {
     mirror_up: Family<MirrorLabels, Gauge>,
     mirror_credentials: Family<MirrorLabels, Gauge>,
     open_platform_callbacks: Family<CallbackLabels, Counter>,
+    verify_ticket_created: Gauge<f64, std::sync::atomic::AtomicU64>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -145,6 +146,7 @@ impl Metrics {
             mirror_up: Family::default(),
             mirror_credentials: Family::default(),
             open_platform_callbacks: Family::default(),
+            verify_ticket_created: Gauge::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -267,6 +269,12 @@ impl Metrics {
              (MongoDB failed; answered 503) or the reason it was refused",
             m.open_platform_callbacks.clone(),
         );
+        registry.register(
+            "wxtokend_open_platform_verify_ticket_create_time_seconds",
+            "WeChat's CreateTime (Unix seconds) of the newest verify ticket this replica \
+             received; time() minus its max over replicas is the ticket's age",
+            m.verify_ticket_created.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -277,6 +285,17 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Notes a verify ticket received and stored, created at `create_time`
+    /// (the gauge never goes back to an older one).
+    pub fn verify_ticket_received(&self, create_time: SystemTime) {
+        let secs = create_time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        if secs > self.verify_ticket_created.get() {
+            self.verify_ticket_created.set(secs);
+        }
     }
 
     /// Counts one MongoDB command sent (see `Store::on_command`).

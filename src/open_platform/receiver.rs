@@ -135,6 +135,7 @@ impl ReceiverState {
                     .map_err(|_| StoreError::TimedOut(receiver.operation_timeout))
                     .and_then(|stored| stored)
                     .map_err(Refused::Store)?;
+                receiver.metrics.verify_ticket_received(create_time);
                 let create_time = humantime::format_rfc3339_seconds(create_time).to_string();
                 match stored {
                     Stored::New => {

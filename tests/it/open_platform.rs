@@ -137,6 +137,23 @@ async fn a_pushed_verify_ticket_is_stored_once_and_answered_success() {
         .is_none());
 
     assert_eq!(callbacks(s.daemon(), "stored").await, 4.0);
+    let created = s
+        .daemon()
+        .metrics()
+        .await
+        .get(
+            "wxtokend_open_platform_verify_ticket_create_time_seconds",
+            &[],
+        )
+        .expect("the newest ticket's CreateTime");
+    let expected = later
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert_eq!(
+        created, expected as f64,
+        "the newest, not the last received"
+    );
     let tickets = ["ticket@@@first-one", "ticket@@@second", "ticket@@@late-old"];
     let metrics = s.daemon().metrics().await;
     for secret in secrets(&s, &config, &tickets) {
