@@ -414,3 +414,47 @@ async fn a_push_mongodb_cannot_store_is_answered_503_and_stored_when_sent_again(
         &["ticket@@@before", "ticket@@@during"],
     ));
 }
+
+/// WeChat's every-10-minutes push, on a short timer, and an authorization
+/// event: tickets keep being stored; the event is answered `success`,
+/// logged with the authorizer's appid (never the code) and not acted on.
+#[tokio::test(flavor = "multi_thread")]
+async fn timed_pushes_are_stored_and_authorization_events_only_acknowledged() {
+    use fake_wechat::component::TicketPusher;
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = scenario(&config, 1).await;
+    let url = callback_url(s.daemon()).await;
+
+    let pusher = TicketPusher::start(component.clone(), url.clone(), Duration::from_millis(1100));
+    let sent = eventually(WAIT, "three timed pushes", || async {
+        let sent = pusher.sent();
+        (sent.len() >= 3).then_some(sent)
+    })
+    .await;
+    drop(pusher);
+    assert!(sent.iter().all(|(_, a)| a.delivered()), "{sent:?}");
+    let stored = s.db.count(TICKETS).await;
+    assert!(stored >= 3, "{stored} of {} pushes stored", sent.len());
+
+    let code = "queryauthcode@@@never-logged-code";
+    let event = component.authorized("wxauthorizer000001", code, SystemTime::now());
+    let answer = send(&event, &url).await;
+    assert!(answer.delivered(), "{answer:?}");
+    assert_eq!(callbacks(s.daemon(), "acknowledged").await, 1.0);
+    assert_eq!(
+        s.db.count(TICKETS).await,
+        stored,
+        "an event stores no ticket"
+    );
+    let line = s
+        .daemon()
+        .wait_for_line("the authorization logged", |l| {
+            l["authorizer"] == "wxauthorizer000001"
+        })
+        .await;
+    assert_eq!(line["level"], "INFO", "{line}");
+    let mut secrets = secrets(&s, &config, &[code]);
+    secrets.extend(sent.into_iter().map(|(ticket, _)| ticket));
+    s.daemon().assert_logs_free_of(&secrets);
+}
