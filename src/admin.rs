@@ -6,7 +6,8 @@
 //! a task of its own every `interval`, never per probe, so a probe storm
 //! costs MongoDB nothing and a frozen MongoDB cannot hang probes. A check
 //! older than `stale_after` makes the daemon not ready. Connections must
-//! send their request headers within [`HEADER_READ_TIMEOUT`].
+//! send their request headers within
+//! [`crate::http::HEADER_READ_TIMEOUT`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -17,9 +18,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,10 +29,6 @@ use crate::store::Store;
 use crate::watchdog::Liveness;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// A client that does not finish sending its request headers within this
-/// long is disconnected (slow clients cannot hold connections open).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the admin server needs.
 pub struct Admin {
@@ -86,38 +80,8 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
-    accept(listener, app, shutdown).await;
+    crate::http::serve(listener, app, shutdown, "admin HTTP").await;
     checker.abort();
-}
-
-/// HTTP/1 with a header-read timeout; in-flight requests finish at shutdown.
-async fn accept(listener: TcpListener, app: Router, shutdown: CancellationToken) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, say: do not spin on it.
-                    tracing::warn!(error = %e, "admin HTTP: cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "admin HTTP connection ended");
-            }
-        });
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> Response {

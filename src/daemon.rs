@@ -14,6 +14,10 @@ use crate::coordination::{self, INSTANCES, LEASES};
 use crate::coordinator::{Coordinator, CoordinatorError, RefresherDied};
 use crate::metrics::{Metrics, Operation};
 use crate::mirror::{MirrorError, Mirrors};
+use crate::open_platform::{
+    self,
+    receiver::{self, Receiver},
+};
 use crate::watchdog::{self, Liveness};
 use mongodb::bson::Document;
 use wxtokend_reader::requests;
@@ -33,6 +37,11 @@ pub enum DaemonError {
     Wechat(#[from] ClientError),
     #[error("cannot listen on admin.listen {addr}: {source}")]
     Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on open_platform.listen {addr}: {source}")]
+    Receiver {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -70,6 +79,8 @@ pub struct Daemon {
     store: Store,
     wechat: WechatClient,
     admin: Option<TcpListener>,
+    /// The Open Platform callback receiver's listener, if configured.
+    receiver: Option<TcpListener>,
 }
 
 impl Daemon {
@@ -86,11 +97,20 @@ impl Daemon {
             ),
             None => None,
         };
+        let receiver = match settings.open_platform.as_ref().and_then(|o| o.listen) {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Receiver { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Daemon {
             settings,
             store,
             wechat,
             admin,
+            receiver,
         })
     }
 
@@ -103,6 +123,7 @@ impl Daemon {
             store,
             wechat,
             admin,
+            receiver,
         } = self;
         let metrics = Arc::new(Metrics::new(
             store.clock().clone(),
@@ -143,6 +164,10 @@ impl Daemon {
             return Ok(());
         }
         let _ = indexed.send(true);
+        // After the indexes: the same push received twice must meet the
+        // unique index.
+        let receiver_task = receiver
+            .and_then(|listener| start_receiver(listener, &settings, &store, &metrics, &shutdown));
         // systemd (Type=notify): started, indexes in place. Readiness for
         // traffic is /readyz.
         let _ = sd_notify::notify(&[
@@ -209,12 +234,52 @@ impl Daemon {
         if let Some(task) = admin_task {
             let _ = tokio::time::timeout(grace, task).await;
         }
+        if let Some(task) = receiver_task {
+            let _ = tokio::time::timeout(grace, task).await;
+        }
         for task in mirror_tasks {
             let _ = tokio::time::timeout(grace, task).await;
         }
         tracing::info!("wxtokend stopped");
         Ok(())
     }
+}
+
+/// Serves the Open Platform callback receiver on `listener` until
+/// `shutdown`; `None` without the component's secrets (never, for the
+/// daemon's settings).
+fn start_receiver(
+    listener: TcpListener,
+    settings: &Settings,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let open_platform = settings.open_platform.as_ref()?;
+    let secrets = open_platform.secrets.as_ref()?;
+    let receiver = Receiver {
+        crypto: secrets.crypto.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        max_message_age: open_platform.max_message_age,
+        operation_timeout: settings.mongodb_operation_timeout(),
+        instance_id: settings.daemon.instance_id.clone(),
+    };
+    let app = receiver::router(receiver, &open_platform.path, open_platform.max_body_bytes);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(
+            %addr,
+            path = %open_platform.path,
+            component = %open_platform.component_appid,
+            "open platform callback listening"
+        );
+    }
+    Some(tokio::spawn(crate::http::serve(
+        listener,
+        app,
+        shutdown.clone(),
+        "open platform callback",
+    )))
 }
 
 /// wechatpy 2 fetches a token of its own once 60 s or less of it are
@@ -266,6 +331,9 @@ pub fn all_indexes(settings: &Settings) -> Vec<IndexSpec> {
     let mut indexes = store::credential_indexes(settings.mongodb.history_retention);
     indexes.extend(store::request_indexes());
     indexes.extend(coordination::indexes());
+    if settings.open_platform.is_some() {
+        indexes.extend(open_platform::store::indexes());
+    }
     indexes
 }
 
@@ -292,14 +360,29 @@ pub fn privileges_needed(steps: &[IndexStep]) -> Vec<Needed> {
     needed
 }
 
+/// What the Open Platform component adds, when configured: the receiver
+/// reads and inserts verify tickets (its index steps are in
+/// [`privileges_needed`]'s `steps`).
+pub fn open_platform_privileges() -> Vec<Needed> {
+    vec![(
+        open_platform::store::COMPONENT_VERIFY_TICKETS,
+        &["find", "insert", "listIndexes"],
+    )]
+}
+
 /// [`StoreError::MissingPrivileges`] if the server listed the user's
 /// privileges (`status`) and some that `steps` need are missing.
 fn approve(
     store: &Store,
+    settings: &Settings,
     status: Option<&Document>,
     steps: &[IndexStep],
 ) -> Result<(), StoreError> {
-    match MissingPrivileges::compare(store.database_name(), status, &privileges_needed(steps)) {
+    let mut needed = privileges_needed(steps);
+    if settings.open_platform.is_some() {
+        needed.extend(open_platform_privileges());
+    }
+    match MissingPrivileges::compare(store.database_name(), status, &needed) {
         Some(missing) => Err(StoreError::MissingPrivileges(Box::new(missing))),
         None => Ok(()),
     }
@@ -322,7 +405,9 @@ async fn ensure_indexes(
         let ensure = async {
             let status = store.privileges().await?;
             let steps = store
-                .ensure_indexes_with(&wanted, |steps| approve(store, status.as_ref(), steps))
+                .ensure_indexes_with(&wanted, |steps| {
+                    approve(store, settings, status.as_ref(), steps)
+                })
                 .await?;
             let mut created = 0;
             for step in &steps {
@@ -387,8 +472,12 @@ pub async fn check_store(store: &Store, settings: &Settings) -> Result<CheckedIn
     let status = store.privileges().await?;
     let steps = store.plan_indexes(&all_indexes(settings)).await?;
     // Every privilege `run` needs, for the steps left to it too.
-    approve(store, status.as_ref(), &steps)?;
-    store.check_reads(&[LEASES, INSTANCES]).await?;
+    approve(store, settings, status.as_ref(), &steps)?;
+    let mut others = vec![LEASES, INSTANCES];
+    if settings.open_platform.is_some() {
+        others.push(open_platform::store::COMPONENT_VERIFY_TICKETS);
+    }
+    store.check_reads(&others).await?;
     let mut checked = CheckedIndexes::default();
     for step in steps {
         match step {

@@ -21,7 +21,9 @@
 //! - [`quota`]: WeChat's own API quotas of an account, shown and cleared
 //!   with a stored token (`wxtokend quota`).
 //! - [`open_platform`]: WeChat Open Platform (第三方平台) support: the
-//!   callback messages' crypto and events (not yet wired into the daemon).
+//!   callback messages' crypto and events, the verify tickets in MongoDB and
+//!   the callback receiver (authorization events not acted on yet).
+//! - `http`: the accept loop the admin server and the callback receiver share.
 
 mod admin;
 mod clock;
@@ -29,6 +31,7 @@ mod config;
 pub mod coordination;
 mod coordinator;
 mod daemon;
+mod http;
 mod metrics;
 mod mirror;
 pub mod open_platform;
@@ -47,8 +50,8 @@ pub use config::{
 };
 pub use coordination::{Lease, Leases};
 pub use daemon::{
-    all_indexes, check_store, connect_store, privileges_needed, shutdown_signal, CheckedIndexes,
-    Daemon, DaemonError,
+    all_indexes, check_store, connect_store, open_platform_privileges, privileges_needed,
+    shutdown_signal, CheckedIndexes, Daemon, DaemonError,
 };
 pub use mirror::{ping as ping_mirror, Health as MirrorHealth};
 pub use status::{

@@ -3,12 +3,13 @@
 //! time, for `quota --clear` only when it needs it.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 use wxtokend_reader::AccountId;
 
+use super::secrets::read_secret;
 use super::validate::Problems;
 use super::{
     Account, AccountSpec, EnvSource, Platform, Problem, SecretSource, TicketName, TokenEndpoint,
@@ -104,21 +105,13 @@ pub(super) fn resolve_secrets(
 impl SecretSource {
     /// Reads the secret; a problem names the key to fix.
     pub(super) fn read(&self, env: &dyn EnvSource) -> Result<SecretString, Problem> {
-        let key = |field: &str| format!("accounts[{}].{field}", self.index);
-        let read = match (&self.env, &self.file) {
-            (Some(var), None) => secret_from_env(var, env).map_err(|m| (key("secret_env"), m)),
-            (None, Some(path)) => secret_from_file(path).map_err(|m| (key("secret_file"), m)),
-            (Some(_), Some(_)) => Err((
-                key("secret_env"),
-                "set only one of secret_env and secret_file".to_string(),
-            )),
-            (None, None) => Err((
-                key("secret_env"),
-                "missing: set secret_env (an environment variable name) or secret_file (a path)"
-                    .to_string(),
-            )),
-        };
-        read.map_err(|(key, message)| Problem { key, message })
+        read_secret(
+            &format!("accounts[{}]", self.index),
+            "secret",
+            self.env.as_deref(),
+            self.file.as_deref(),
+            env,
+        )
     }
 }
 
@@ -159,23 +152,5 @@ fn check_account_shape(account: &RawAccount, i: usize, p: &mut Problems) {
             p.add(key("tickets"), format!("{ticket:?} is listed twice"));
         }
         seen.push(*ticket);
-    }
-}
-
-fn secret_from_env(var: &str, env: &dyn EnvSource) -> Result<SecretString, String> {
-    match env.var(var) {
-        Some(value) if !value.trim().is_empty() => Ok(SecretString::from(value.trim().to_owned())),
-        Some(_) => Err(format!("environment variable {var} is empty")),
-        None => Err(format!(
-            "environment variable {var} is not set; export it, or use secret_file"
-        )),
-    }
-}
-
-fn secret_from_file(path: &Path) -> Result<SecretString, String> {
-    match std::fs::read_to_string(path) {
-        Ok(value) if !value.trim().is_empty() => Ok(SecretString::from(value.trim().to_owned())),
-        Ok(_) => Err(format!("{} is empty", path.display())),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
 }

@@ -41,6 +41,9 @@ pub struct Settings {
     /// `[[mirrors]]`: Redis servers filled in SDKs' key layouts; their URLs
     /// are read for [`Scope::Daemon`] only.
     pub mirrors: Vec<MirrorSettings>,
+    /// `[open_platform]`, if configured: a WeChat Open Platform component
+    /// (its secrets read for [`Scope::Daemon`] only).
+    pub open_platform: Option<OpenPlatformSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -623,10 +626,13 @@ impl fmt::Display for ConfigFile {
 
 mod accounts;
 mod mirrors;
+mod open_platform;
+mod secrets;
 mod show;
 mod validate;
 
 pub use mirrors::MirrorSettings;
+pub use open_platform::OpenPlatformSettings;
 pub use show::effective;
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! accounts' `secret_env` and `secret_file` are shown as written, never
 //! resolved, and `mongodb.uri_file` is named, not opened. A password in
 //! `mongodb.uri` (and the URI options that can carry one) shows as `****`;
-//! `mongodb.uri` is left out when `mongodb.uri_file` replaces it.
+//! `mongodb.uri` is left out when `mongodb.uri_file` replaces it. The
+//! `[open_platform]` secrets are `*_env` and `*_file` names like the
+//! accounts', shown as written.
 
 use std::path::Path;
 
@@ -50,6 +52,25 @@ pub fn effective(file: Option<&Path>) -> Result<Value, ConfigError> {
                 .entry("tickets")
                 .or_insert_with(|| Value::Array(Vec::new()));
         }
+    }
+    if let Some(open_platform) = value
+        .get_mut("open_platform")
+        .and_then(Value::as_object_mut)
+    {
+        // The defaults of [open_platform] (see open_platform.rs); its
+        // secrets are `*_env` and `*_file` names, shown as written.
+        open_platform.entry("listen").or_insert_with(|| "".into());
+        open_platform
+            .entry("path")
+            .or_insert_with(|| super::open_platform::default_path().into());
+        open_platform.entry("max_message_age").or_insert_with(|| {
+            humantime::format_duration(super::open_platform::default_max_message_age())
+                .to_string()
+                .into()
+        });
+        open_platform
+            .entry("max_body_bytes")
+            .or_insert_with(|| super::open_platform::default_max_body_bytes().into());
     }
     Ok(sorted(value))
 }

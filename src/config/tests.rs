@@ -832,3 +832,139 @@ fn a_mirror_keeps_to_its_accounts_kinds_and_prefixes() {
     assert_eq!(mirror.key_prefix.wxjava_miniapp, "wa");
     assert_eq!(mirror.key_prefix.wechatpy, "py");
 }
+
+/// WeChat's published EncodingAESKey sample (43 characters).
+const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+fn open_platform(extra: &str) -> String {
+    format!(
+        "{ONE_ACCOUNT}\n[open_platform]\ncomponent_appid = \"wxcomponent0001\"\n\
+         component_secret_env = \"WX_C_SECRET\"\ntoken_env = \"WX_C_TOKEN\"\n\
+         encoding_aes_key_env = \"WX_C_AES\"\n{extra}"
+    )
+}
+
+const OPEN_PLATFORM_VARS: [(&str, &str); 4] = [
+    ("WX_SECRET", "s"),
+    ("WX_C_SECRET", "component-secret-value"),
+    ("WX_C_TOKEN", "message-token-value"),
+    ("WX_C_AES", AES_KEY),
+];
+
+#[test]
+fn open_platform_is_off_unless_configured_and_has_defaults() {
+    let s = load(ONE_ACCOUNT, &[("WX_SECRET", "s")]).expect("valid");
+    assert!(s.open_platform.is_none());
+    let s = load(&open_platform(""), &OPEN_PLATFORM_VARS).expect("valid");
+    let op = s.open_platform.expect("configured");
+    assert_eq!(op.component_appid, "wxcomponent0001");
+    assert_eq!(op.listen, None, "the receiver is off by default");
+    assert_eq!(op.path, "/wechat/open/events");
+    assert_eq!(op.max_message_age, Duration::from_secs(300));
+    assert_eq!(op.max_body_bytes, 65536);
+    let secrets = op.secrets.expect("read for the daemon");
+    assert_eq!(
+        secrets.component_secret.expose_secret(),
+        "component-secret-value"
+    );
+    assert_eq!(secrets.crypto.appid(), "wxcomponent0001");
+    let text = format!("{secrets:?}");
+    for secret in ["component-secret-value", "message-token-value", AES_KEY] {
+        assert!(!text.contains(secret), "{text}");
+    }
+}
+
+#[test]
+fn open_platform_secrets_come_from_env_or_file_and_problems_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "message-token-value\n").expect("write");
+    let toml = format!(
+        "{ONE_ACCOUNT}\n[open_platform]\ncomponent_appid = \"wxc\"\n\
+         component_secret_env = \"WX_C_SECRET\"\ntoken_file = {:?}\n\
+         encoding_aes_key_env = \"WX_C_AES\"\nlisten = \"127.0.0.1:0\"\n",
+        token.display().to_string()
+    );
+    let s = load(&toml, &OPEN_PLATFORM_VARS).expect("token from a file");
+    let op = s.open_platform.expect("configured");
+    assert_eq!(op.listen, Some("127.0.0.1:0".parse().expect("address")));
+    // Missing variables, a short key, both sources of one secret:
+    let err = load(
+        &open_platform("token_file = \"/nonexistent/token\"\n"),
+        &[("WX_SECRET", "s"), ("WX_C_AES", "short-key-value")],
+    )
+    .expect_err("must fail");
+    let text = err.to_string();
+    assert_eq!(
+        keys(err),
+        [
+            "open_platform.component_secret_env",
+            "open_platform.token_env",
+            "open_platform.encoding_aes_key_env",
+        ]
+    );
+    assert!(text.contains("WX_C_SECRET is not set; export it, or use component_secret_file"));
+    assert!(
+        text.contains("set only one of token_env and token_file"),
+        "{text}"
+    );
+    assert!(text.contains("must be 43 characters"), "{text}");
+    assert!(!text.contains("short-key-value"), "{text}");
+}
+
+#[test]
+fn open_platform_keys_are_checked_and_inline_secrets_refused() {
+    let err = load(
+        &open_platform(
+            "listen = \"everywhere\"\npath = \"events\"\nmax_message_age = \"10s\"\n\
+             max_body_bytes = 10\ntoken = \"inline-token\"\n",
+        ),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect_err("must fail");
+    let text = err.to_string();
+    assert_eq!(
+        keys(err),
+        [
+            "open_platform.token",
+            "open_platform.listen",
+            "open_platform.path",
+            "open_platform.max_message_age",
+            "open_platform.max_body_bytes",
+        ]
+    );
+    assert!(text.contains("use token_env or token_file"), "{text}");
+    assert!(!text.contains("inline-token"), "{text}");
+    let err = load(
+        &open_platform("previous_encoding_aes_key_env = \"WX_C_OLD\"\n")
+            .replace("wxcomponent0001", "wx:bad"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect_err("must fail");
+    assert_eq!(
+        keys(err),
+        [
+            "open_platform.component_appid",
+            "open_platform.previous_encoding_aes_key_env",
+        ]
+    );
+}
+
+#[test]
+fn open_platform_secrets_are_read_by_the_daemon_only_and_never_shown() {
+    let toml = open_platform("listen = \"127.0.0.1:8088\"\n");
+    let s = load_store_only(&toml).expect("no secret needed");
+    let op = s.open_platform.expect("configured");
+    assert!(op.secrets.is_none());
+    assert_eq!(op.component_appid, "wxcomponent0001");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, &toml).expect("write");
+    let shown = effective(Some(&path)).expect("valid");
+    let op = &shown["open_platform"];
+    assert_eq!(op["token_env"], "WX_C_TOKEN");
+    assert_eq!(op["path"], "/wechat/open/events");
+    assert_eq!(op["max_message_age"], "5m");
+    assert_eq!(op["max_body_bytes"], 65536);
+    assert_eq!(op["listen"], "127.0.0.1:8088");
+}

@@ -14,6 +14,7 @@ use crate::wechat::Api;
 
 use super::accounts::{account_specs, resolve_secrets, RawAccount};
 use super::mirrors::{mirror_settings, RawMirror};
+use super::open_platform::{open_platform_settings, RawOpenPlatform};
 use super::{
     AdminSettings, ConfigError, DaemonSettings, EnvSource, LeaseSettings, LogSettings,
     MongoSettings, Problem, RawLogSettings, RawMongoSettings, RawWechatSettings, RefreshSettings,
@@ -43,6 +44,8 @@ pub(super) struct RawSettings {
     accounts: Vec<RawAccount>,
     #[serde(default)]
     mirrors: Vec<RawMirror>,
+    #[serde(default)]
+    open_platform: Option<RawOpenPlatform>,
 }
 
 /// Collects problems so that one run reports all of them.
@@ -81,6 +84,10 @@ impl RawSettings {
             Scope::StoreOnly | Scope::Local => Vec::new(),
         };
         let mirrors = mirror_settings(&self.mirrors, &configured, env, scope, &mut problems);
+        let open_platform = self
+            .open_platform
+            .as_ref()
+            .map(|raw| open_platform_settings(raw, env, scope, &mut problems));
         let stable = configured
             .iter()
             .any(|a| a.endpoint == TokenEndpoint::StableToken);
@@ -109,6 +116,7 @@ impl RawSettings {
             accounts,
             configured,
             mirrors,
+            open_platform,
         })
     }
 

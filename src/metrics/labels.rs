@@ -94,6 +94,8 @@ pub enum Operation {
     Readiness,
     /// A Redis mirror reading the newest credentials to rewrite them.
     MirrorResync,
+    /// The Open Platform callback receiver storing what WeChat pushed.
+    Callback,
 }
 
 impl Operation {
@@ -112,6 +114,7 @@ impl Operation {
             Self::EnsureIndexes => "ensure_indexes",
             Self::Readiness => "readiness",
             Self::MirrorResync => "mirror_resync",
+            Self::Callback => "callback",
         }
     }
 }
@@ -153,6 +156,12 @@ pub struct ApiLabels {
 pub struct QuotaLabels {
     pub account: String,
     pub api: Api,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallbackLabels {
+    /// `stored`, `acknowledged`, `store_error` or a reject's reason.
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

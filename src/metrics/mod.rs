@@ -22,8 +22,8 @@ use crate::wechat::Api;
 mod labels;
 
 use labels::{
-    AccountLabels, ApiLabels, CommandLabels, CredentialLabels, Kind, KindLabels, MirrorLabels,
-    OperationLabels, OutcomeLabels, QuotaLabels,
+    AccountLabels, ApiLabels, CallbackLabels, CommandLabels, CredentialLabels, Kind, KindLabels,
+    MirrorLabels, OperationLabels, OutcomeLabels, QuotaLabels,
 };
 pub use labels::{Operation, Outcome};
 
@@ -85,6 +85,8 @@ pub struct Metrics {
     mirror_resyncs: Family<MirrorLabels, Counter>,
     mirror_up: Family<MirrorLabels, Gauge>,
     mirror_credentials: Family<MirrorLabels, Gauge>,
+    open_platform_callbacks: Family<CallbackLabels, Counter>,
+    verify_ticket_created: Gauge<f64, std::sync::atomic::AtomicU64>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -143,6 +145,8 @@ impl Metrics {
             mirror_resyncs: Family::default(),
             mirror_up: Family::default(),
             mirror_credentials: Family::default(),
+            open_platform_callbacks: Family::default(),
+            verify_ticket_created: Gauge::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -258,7 +262,40 @@ impl Metrics {
              leases it holds)",
             m.mirror_credentials.clone(),
         );
+        registry.register(
+            "wxtokend_open_platform_callbacks",
+            "Pushes to the Open Platform callback receiver by outcome: stored (a verify \
+             ticket), acknowledged (an authorization event, not acted on yet), store_error \
+             (MongoDB failed; answered 503) or the reason it was refused",
+            m.open_platform_callbacks.clone(),
+        );
+        registry.register(
+            "wxtokend_open_platform_verify_ticket_create_time_seconds",
+            "WeChat's CreateTime (Unix seconds) of the newest verify ticket this replica \
+             received; time() minus its max over replicas is the ticket's age",
+            m.verify_ticket_created.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one push to the Open Platform callback receiver.
+    pub fn open_platform_callback(&self, outcome: &str) {
+        self.open_platform_callbacks
+            .get_or_create(&CallbackLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Notes a verify ticket received and stored, created at `create_time`
+    /// (the gauge never goes back to an older one).
+    pub fn verify_ticket_received(&self, create_time: SystemTime) {
+        let secs = create_time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        if secs > self.verify_ticket_created.get() {
+            self.verify_ticket_created.set(secs);
+        }
     }
 
     /// Counts one MongoDB command sent (see `Store::on_command`).

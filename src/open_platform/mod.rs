@@ -7,10 +7,17 @@
 //! - [`event`]: those pushes, checked and read without I/O
 //!   ([`event::verify`]).
 //!
-//! Nothing here is wired into the daemon yet (issue 15, later steps).
+//! - [`store`]: the platform's collections (so far the verify tickets).
+//! - `receiver`: the callback receiver, an HTTP listener of its own.
+//!
+//! The daemon receives and stores verify tickets; authorization events are
+//! acknowledged but not acted on yet, and no component or authorizer token
+//! is fetched yet (issue 15, later steps).
 
 pub mod crypto;
 pub mod event;
+pub(crate) mod receiver;
+pub mod store;
 
 pub use crypto::{CryptoError, KeyRole, MessageCrypto};
 pub use event::{verify, CallbackQuery, Event, Reject};

@@ -19,6 +19,7 @@ mod mirror;
 mod modes;
 mod mongo_auth;
 mod mongodb_outage;
+mod open_platform;
 mod permits;
 // Needs the daemon built with injected faults: `--features failpoints`
 // (scripts/test.sh passes it).

@@ -120,7 +120,7 @@ async fn client(uri: &str) -> Client {
 /// The README's `db.createRole({...})` blocks (section "MongoDB: TLS,
 /// users and roles"), for database `db` instead of `wechat`, with
 /// `change` applied to each role's privileges.
-fn readme_role(role: &str, db: &str, change: impl Fn(&mut Vec<Document>)) -> Document {
+pub(crate) fn readme_role(role: &str, db: &str, change: impl Fn(&mut Vec<Document>)) -> Document {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("README.md");
     let section = readme

@@ -28,7 +28,11 @@
 //! - Callers can be told apart: [`FakeWechat::caller_url`] gives each caller
 //!   (a daemon replica) its own base URL, and [`FakeWechat::issued_by`] says
 //!   who got each token.
+//! - [`component`]: an Open Platform component's pushes (verify tickets,
+//!   authorization events), encrypted and signed as WeChat does, sent on
+//!   demand or on a timer.
 
+pub mod component;
 mod handlers;
 mod model;
 mod openapi;

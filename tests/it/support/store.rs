@@ -243,3 +243,16 @@ pub async fn insert_knowing(
 pub async fn permit(lease: &HeldLease, rules: PermitRules) -> Permit {
     lease.permit(rules).await.expect("permit")
 }
+
+/// The newest verify ticket of `component` stored in `db` (by WeChat's
+/// `CreateTime`), read with the daemon's own reader: the ticket and its
+/// `CreateTime`.
+pub async fn newest_verify_ticket(db: &TestDb, component: &str) -> Option<(String, SystemTime)> {
+    use secrecy::ExposeSecret;
+    let tickets = wxtokend::open_platform::store::Tickets::new(store(db).await);
+    tickets
+        .newest(component)
+        .await
+        .expect("read the newest ticket")
+        .map(|t| (t.ticket.expose_secret().to_owned(), t.create_time))
+}

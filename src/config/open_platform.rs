@@ -1,0 +1,269 @@
+//! `[open_platform]`: a WeChat Open Platform (第三方平台) component. Its
+//! secrets (the component secret, the message token, the EncodingAESKey and
+//! an optional previous one) are read like every secret
+//! ([`super::secrets`]), for the daemon only; the callback receiver's
+//! listener and limits are checked in every scope.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::secrets::read_secret;
+use super::validate::Problems;
+use super::{EnvSource, Scope};
+use crate::open_platform::{CryptoError, KeyRole, MessageCrypto};
+
+/// The table's name, which every problem's key starts with.
+const TABLE: &str = "open_platform";
+
+/// The shortest `max_message_age`: WeChat's pushes and the servers' clocks
+/// must fit in it.
+const MIN_MESSAGE_AGE: Duration = Duration::from_secs(30);
+
+/// The smallest `max_body_bytes`: a push is under 1 KiB, an authorization
+/// event somewhat more.
+const MIN_BODY_BYTES: usize = 1024;
+
+/// The largest `max_body_bytes`: more only helps whoever floods the port.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// `[open_platform]`, checked. `Debug` shows no secret.
+#[derive(Debug, Clone)]
+pub struct OpenPlatformSettings {
+    pub component_appid: String,
+    /// `listen`: where the callback receiver listens; `None` = off.
+    pub listen: Option<SocketAddr>,
+    /// The callback URL's path, which WeChat POSTs to.
+    pub path: String,
+    /// A push whose timestamp is further than this from MongoDB's clock is
+    /// refused (a replay).
+    pub max_message_age: Duration,
+    /// Larger bodies are refused before they are read.
+    pub max_body_bytes: usize,
+    /// The component's secrets: read for [`Scope::Daemon`] only.
+    pub secrets: Option<ComponentSecrets>,
+}
+
+/// What only the daemon reads. `Debug` shows neither the secret nor the
+/// keys ([`MessageCrypto`] shows its appid only).
+#[derive(Clone)]
+pub struct ComponentSecrets {
+    /// `component_appsecret`, for `api_component_token` (later steps).
+    pub component_secret: SecretString,
+    /// The message token and EncodingAESKey(s), checked.
+    pub crypto: MessageCrypto,
+}
+
+impl std::fmt::Debug for ComponentSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentSecrets")
+            .field("component_secret", &"****")
+            .field("crypto", &self.crypto)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOpenPlatform {
+    component_appid: String,
+    component_secret_env: Option<String>,
+    component_secret_file: Option<PathBuf>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    encoding_aes_key_env: Option<String>,
+    encoding_aes_key_file: Option<PathBuf>,
+    previous_encoding_aes_key_env: Option<String>,
+    previous_encoding_aes_key_file: Option<PathBuf>,
+    /// Accepted only to be refused with a helpful message.
+    component_secret: Option<serde::de::IgnoredAny>,
+    token: Option<serde::de::IgnoredAny>,
+    encoding_aes_key: Option<serde::de::IgnoredAny>,
+    previous_encoding_aes_key: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    listen: String,
+    #[serde(default = "default_path")]
+    path: String,
+    #[serde(default = "default_max_message_age", with = "humantime_serde")]
+    max_message_age: Duration,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+}
+
+pub(super) fn default_path() -> String {
+    "/wechat/open/events".to_owned()
+}
+
+pub(super) fn default_max_message_age() -> Duration {
+    Duration::from_secs(300)
+}
+
+pub(super) fn default_max_body_bytes() -> usize {
+    64 * 1024
+}
+
+/// `[open_platform]` checked; its secrets read in [`Scope::Daemon`] only.
+pub(super) fn open_platform_settings(
+    raw: &RawOpenPlatform,
+    env: &dyn EnvSource,
+    scope: Scope,
+    p: &mut Problems,
+) -> OpenPlatformSettings {
+    let key = |field: &str| format!("{TABLE}.{field}");
+    check_appid(&raw.component_appid, p);
+    for (inline, name) in [
+        (&raw.component_secret, "component_secret"),
+        (&raw.token, "token"),
+        (&raw.encoding_aes_key, "encoding_aes_key"),
+        (&raw.previous_encoding_aes_key, "previous_encoding_aes_key"),
+    ] {
+        if inline.is_some() {
+            p.add(
+                key(name),
+                format!("inline secrets are not allowed; use {name}_env or {name}_file"),
+            );
+        }
+    }
+    let listen = raw.listen.parse::<SocketAddr>().ok();
+    p.check(
+        raw.listen.is_empty() || listen.is_some(),
+        &key("listen"),
+        "must be an address such as \"0.0.0.0:8088\", or \"\" to turn the callback receiver off",
+    );
+    p.check(
+        raw.path.starts_with('/') && !raw.path.contains(['?', '#', ' ']),
+        &key("path"),
+        "must be a URL path starting with /, such as \"/wechat/open/events\"",
+    );
+    p.check(
+        raw.max_message_age >= MIN_MESSAGE_AGE,
+        &key("max_message_age"),
+        "must be at least 30s, for example \"5m\" (WeChat's pushes and clocks must fit in it)",
+    );
+    p.check(
+        (MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&raw.max_body_bytes),
+        &key("max_body_bytes"),
+        "must be between 1024 and 1048576 (a push is under 1 KiB; the default 65536 is plenty)",
+    );
+    let secrets = match scope {
+        Scope::Daemon => component_secrets(raw, env, p),
+        Scope::StoreOnly | Scope::Local => None,
+    };
+    OpenPlatformSettings {
+        component_appid: raw.component_appid.clone(),
+        listen,
+        path: raw.path.clone(),
+        max_message_age: raw.max_message_age,
+        max_body_bytes: raw.max_body_bytes,
+        secrets,
+    }
+}
+
+fn check_appid(appid: &str, p: &mut Problems) {
+    let shaped = !appid.is_empty()
+        && appid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    p.check(
+        shaped,
+        &format!("{TABLE}.component_appid"),
+        "must be the platform's appid (letters and digits, such as \"wx0123456789abcdef\")",
+    );
+}
+
+/// The secret `{name}_env` / `{name}_file` give, or `None` with a problem.
+fn secret(
+    name: &str,
+    var: &Option<String>,
+    file: &Option<PathBuf>,
+    env: &dyn EnvSource,
+    p: &mut Problems,
+) -> Option<SecretString> {
+    read_secret(TABLE, name, var.as_deref(), file.as_deref(), env)
+        .map_err(|problem| p.add(problem.key, problem.message))
+        .ok()
+}
+
+fn component_secrets(
+    raw: &RawOpenPlatform,
+    env: &dyn EnvSource,
+    p: &mut Problems,
+) -> Option<ComponentSecrets> {
+    let component_secret = secret(
+        "component_secret",
+        &raw.component_secret_env,
+        &raw.component_secret_file,
+        env,
+        p,
+    );
+    let token = secret("token", &raw.token_env, &raw.token_file, env, p);
+    let key = secret(
+        "encoding_aes_key",
+        &raw.encoding_aes_key_env,
+        &raw.encoding_aes_key_file,
+        env,
+        p,
+    );
+    let previous_given =
+        raw.previous_encoding_aes_key_env.is_some() || raw.previous_encoding_aes_key_file.is_some();
+    let previous = if previous_given {
+        Some(secret(
+            "previous_encoding_aes_key",
+            &raw.previous_encoding_aes_key_env,
+            &raw.previous_encoding_aes_key_file,
+            env,
+            p,
+        )?)
+    } else {
+        None
+    };
+    let key = key?;
+    // The keys are checked even when another secret is missing, so that
+    // one run names every problem; the placeholders are never used.
+    let crypto = MessageCrypto::new(
+        token.as_ref().map_or("unread", |t| t.expose_secret()),
+        key.expose_secret(),
+        previous.as_ref().map(|k| k.expose_secret()),
+        if raw.component_appid.is_empty() {
+            "unset"
+        } else {
+            &raw.component_appid
+        },
+    );
+    match crypto {
+        Ok(crypto) => Some(ComponentSecrets {
+            component_secret: component_secret?,
+            crypto: token.map(|_| crypto)?,
+        }),
+        Err(e) => {
+            // The error names which value is wrong and how, never its text.
+            p.add(crypto_problem_key(raw, e), format!("{e}"));
+            None
+        }
+    }
+}
+
+/// The key a problem of [`MessageCrypto::new`] is about, as the user gave
+/// it (`…_env` or `…_file`).
+fn crypto_problem_key(raw: &RawOpenPlatform, e: CryptoError) -> String {
+    let (name, from_file) = match e {
+        CryptoError::KeyLength {
+            key: KeyRole::Previous,
+            ..
+        }
+        | CryptoError::KeyAlphabet {
+            key: KeyRole::Previous,
+        } => (
+            "previous_encoding_aes_key",
+            raw.previous_encoding_aes_key_file.is_some(),
+        ),
+        CryptoError::EmptyToken => ("token", raw.token_file.is_some()),
+        CryptoError::EmptyAppId => return format!("{TABLE}.component_appid"),
+        _ => ("encoding_aes_key", raw.encoding_aes_key_file.is_some()),
+    };
+    let suffix = if from_file { "file" } else { "env" };
+    format!("{TABLE}.{name}_{suffix}")
+}

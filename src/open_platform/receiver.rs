@@ -1,0 +1,252 @@
+//! The callback receiver: the HTTP listener (`open_platform.listen`) WeChat
+//! POSTs the platform's pushes to (授权事件接收URL). Each push is checked
+//! with [`super::verify`] against MongoDB's clock; a verify ticket is
+//! stored in `component_verify_tickets` and answered `success` once
+//! stored; authorization events are acknowledged, logged and counted.
+//!
+//! Any replica may receive: MongoDB is the shared state, and the same push
+//! stored twice is one document ([`Tickets::insert`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+
+use super::event::{verify, CallbackQuery, Event, Reject};
+use super::store::{Stored, Tickets};
+use super::MessageCrypto;
+use crate::metrics::{Metrics, Operation};
+use crate::store::{Store, StoreError};
+
+/// At most one log line per reject reason per this long: a scanner hitting
+/// the port must not flood the logs (the counter counts every one).
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What the receiver needs.
+pub struct Receiver {
+    pub crypto: MessageCrypto,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// `open_platform.max_message_age`.
+    pub max_message_age: Duration,
+    /// How long one MongoDB write may take before the push is answered 503.
+    pub operation_timeout: Duration,
+    /// Written to `received_by`.
+    pub instance_id: String,
+}
+
+struct ReceiverState {
+    receiver: Receiver,
+    tickets: Tickets,
+    /// When each reject reason was last logged, and how many went unlogged
+    /// since.
+    reject_log: Mutex<HashMap<&'static str, (Option<Instant>, u64)>>,
+}
+
+/// `POST {path}` with bodies up to `max_body_bytes` (larger: 413); any
+/// other method on it 405, any other path 404.
+pub fn router(receiver: Receiver, path: &str, max_body_bytes: usize) -> Router {
+    let state = Arc::new(ReceiverState {
+        tickets: Tickets::new(receiver.store.clone()),
+        receiver,
+        reject_log: Mutex::new(HashMap::new()),
+    });
+    Router::new()
+        .route(path, post(callback))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn callback(
+    State(state): State<Arc<ReceiverState>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let receiver = &state.receiver;
+    let query = parse_query(query.as_deref().unwrap_or(""));
+    let now = receiver.store.clock().now();
+    let outcome = match verify(
+        &receiver.crypto,
+        &query,
+        &body,
+        now,
+        receiver.max_message_age,
+    ) {
+        Ok(event) => state.apply(event).await,
+        Err(reject) => Err(Refused::Reject(reject)),
+    };
+    match outcome {
+        Ok(label) => {
+            receiver.metrics.open_platform_callback(label);
+            text(StatusCode::OK, "success")
+        }
+        Err(Refused::Reject(reject)) => {
+            receiver.metrics.open_platform_callback(reject.reason());
+            state.log_reject(reject);
+            let status = match reject {
+                Reject::BadSignature | Reject::OtherAppId | Reject::OtherInnerAppId => {
+                    StatusCode::FORBIDDEN
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            text(status, &format!("refused: {}\n", reject.reason()))
+        }
+        Err(Refused::Store(e)) => {
+            receiver.metrics.open_platform_callback("store_error");
+            tracing::warn!(error = %e, "open platform callback: cannot store the verify ticket; answered 503 (WeChat pushes again in 10 minutes)");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "MongoDB is unavailable; try again\n",
+            )
+        }
+    }
+}
+
+/// Why a push was not answered `success`.
+enum Refused {
+    Reject(Reject),
+    Store(StoreError),
+}
+
+impl ReceiverState {
+    /// Does what `event` asks; the outcome's metrics label.
+    async fn apply(&self, event: Event) -> Result<&'static str, Refused> {
+        let receiver = &self.receiver;
+        match event {
+            Event::VerifyTicket {
+                create_time,
+                ticket,
+            } => {
+                let insert = self.tickets.insert(
+                    receiver.crypto.appid(),
+                    &ticket,
+                    create_time,
+                    &receiver.instance_id,
+                );
+                let observed = receiver.metrics.observe(Operation::Callback, insert);
+                let stored = tokio::time::timeout(receiver.operation_timeout, observed)
+                    .await
+                    .map_err(|_| StoreError::TimedOut(receiver.operation_timeout))
+                    .and_then(|stored| stored)
+                    .map_err(Refused::Store)?;
+                receiver.metrics.verify_ticket_received(create_time);
+                let create_time = humantime::format_rfc3339_seconds(create_time).to_string();
+                match stored {
+                    Stored::New => {
+                        tracing::info!(%create_time, "open platform: verify ticket stored");
+                    }
+                    Stored::Already => {
+                        tracing::debug!(%create_time, "open platform: verify ticket was stored already");
+                    }
+                }
+                Ok("stored")
+            }
+            // Not acted on yet: keeping authorizers (exchanging the code,
+            // stopping an authorizer that withdrew) comes with the
+            // authorizer directory (issue 15, later steps). WeChat is told
+            // `success` so that it does not retry; the code is never logged.
+            Event::Authorized {
+                authorizer_appid,
+                update,
+                ..
+            } => {
+                tracing::info!(
+                    authorizer = %authorizer_appid,
+                    update,
+                    "open platform: an account authorized the platform (not acted on yet)"
+                );
+                Ok("acknowledged")
+            }
+            Event::Unauthorized {
+                authorizer_appid, ..
+            } => {
+                tracing::info!(
+                    authorizer = %authorizer_appid,
+                    "open platform: an account withdrew its authorization (not acted on yet)"
+                );
+                Ok("acknowledged")
+            }
+            Event::Other { info_type } => {
+                tracing::info!(%info_type, "open platform: an event of another type (not acted on)");
+                Ok("acknowledged")
+            }
+        }
+    }
+
+    /// Logs a refused push, at most once per reason per
+    /// [`REJECT_LOG_EVERY`], with how many were not logged since.
+    fn log_reject(&self, reject: Reject) {
+        let mut log = self
+            .reject_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let entry = log.entry(reject.reason()).or_insert((None, 0));
+        if entry
+            .0
+            .is_some_and(|last| now.duration_since(last) < REJECT_LOG_EVERY)
+        {
+            entry.1 += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut entry.1);
+        entry.0 = Some(now);
+        tracing::warn!(
+            reason = reject.reason(),
+            error = %reject,
+            unlogged_since_last = unlogged,
+            "open platform callback refused"
+        );
+    }
+}
+
+/// The parameters [`verify`] reads; the first of a repeated one counts (the
+/// signature covers the values used, whatever else is there).
+fn parse_query(query: &str) -> CallbackQuery {
+    let mut parsed = CallbackQuery::default();
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match name {
+            "timestamp" => &mut parsed.timestamp,
+            "nonce" => &mut parsed.nonce,
+            "encrypt_type" => &mut parsed.encrypt_type,
+            "msg_signature" => &mut parsed.msg_signature,
+            _ => continue,
+        };
+        slot.get_or_insert_with(|| value.to_owned());
+    }
+    parsed
+}
+
+fn text(status: StatusCode, body: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.to_owned(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_query;
+
+    #[test]
+    fn the_query_string_gives_the_first_of_each_parameter() {
+        let q = parse_query(
+            "signature=x&timestamp=1&nonce=n&encrypt_type=aes&msg_signature=s&timestamp=2&extra",
+        );
+        assert_eq!(q.timestamp.as_deref(), Some("1"));
+        assert_eq!(q.nonce.as_deref(), Some("n"));
+        assert_eq!(q.encrypt_type.as_deref(), Some("aes"));
+        assert_eq!(q.msg_signature.as_deref(), Some("s"));
+        let q = parse_query("");
+        assert!(q.timestamp.is_none() && q.msg_signature.is_none());
+    }
+}
