@@ -82,6 +82,16 @@ fn secrets(s: &Scenario, component: &ComponentConfig, tickets: &[&str]) -> Vec<S
     all
 }
 
+/// Neither the daemon's /metrics nor its logs show a secret or a ticket.
+async fn assert_no_secret_shown(s: &Scenario, component: &ComponentConfig, tickets: &[&str]) {
+    let secrets = secrets(s, component, tickets);
+    let metrics = s.daemon().metrics().await;
+    for secret in &secrets {
+        assert!(!metrics.text().contains(secret), "{secret} in /metrics");
+    }
+    s.daemon().assert_logs_free_of(&secrets);
+}
+
 async fn callbacks(daemon: &TestDaemon, outcome: &str) -> f64 {
     daemon
         .metrics()
@@ -155,12 +165,7 @@ async fn a_pushed_verify_ticket_is_stored_once_and_answered_success() {
         "the newest, not the last received"
     );
     let tickets = ["ticket@@@first-one", "ticket@@@second", "ticket@@@late-old"];
-    let metrics = s.daemon().metrics().await;
-    for secret in secrets(&s, &config, &tickets) {
-        assert!(!metrics.text().contains(&secret), "{secret} in /metrics");
-    }
-    s.daemon()
-        .assert_logs_free_of(&secrets(&s, &config, &tickets));
+    assert_no_secret_shown(&s, &config, &tickets).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -258,12 +263,7 @@ async fn refused_pushes_store_nothing_and_say_why() {
         "ticket@@@sent-with-get",
         "ticket@@@too-big",
     ];
-    let metrics = s.daemon().metrics().await;
-    for secret in secrets(&s, &config, &tickets) {
-        assert!(!metrics.text().contains(&secret), "{secret} in /metrics");
-    }
-    s.daemon()
-        .assert_logs_free_of(&secrets(&s, &config, &tickets));
+    assert_no_secret_shown(&s, &config, &tickets).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
