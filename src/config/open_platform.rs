@@ -22,6 +22,8 @@ const TABLE: &str = "open_platform";
 /// The shortest `max_message_age`: WeChat's pushes and the servers' clocks
 /// must fit in it.
 const MIN_MESSAGE_AGE: Duration = Duration::from_secs(30);
+/// Longer would let a captured push be replayed for longer.
+const MAX_MESSAGE_AGE: Duration = Duration::from_secs(3600);
 
 /// The smallest `max_body_bytes`: a push is under 1 KiB, an authorization
 /// event somewhat more.
@@ -41,7 +43,7 @@ pub struct OpenPlatformSettings {
     /// A push whose timestamp is further than this from MongoDB's clock is
     /// refused (a replay).
     pub max_message_age: Duration,
-    /// Larger bodies are refused before they are read.
+    /// Larger bodies are refused (413) once that many bytes have come.
     pub max_body_bytes: usize,
     /// The component's secrets: read for [`Scope::Daemon`] only.
     pub secrets: Option<ComponentSecrets>,
@@ -133,15 +135,22 @@ pub(super) fn open_platform_settings(
         &key("listen"),
         "must be an address such as \"0.0.0.0:8088\", or \"\" to turn the callback receiver off",
     );
+    // Only characters no router reads as a parameter or wildcard (`:`,
+    // `*`, `{`).
     p.check(
-        raw.path.starts_with('/') && !raw.path.contains(['?', '#', ' ']),
+        raw.path.starts_with('/')
+            && raw
+                .path
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/._~-".contains(&b)),
         &key("path"),
-        "must be a URL path starting with /, such as \"/wechat/open/events\"",
+        "must be a URL path of letters, digits and / . _ ~ - starting with /, such as \"/wechat/open/events\"",
     );
     p.check(
-        raw.max_message_age >= MIN_MESSAGE_AGE,
+        (MIN_MESSAGE_AGE..=MAX_MESSAGE_AGE).contains(&raw.max_message_age),
         &key("max_message_age"),
-        "must be at least 30s, for example \"5m\" (WeChat's pushes and clocks must fit in it)",
+        "must be between 30s and 1h, for example \"5m\" (WeChat's pushes and clocks must fit \
+         in it; longer lets an old push be replayed for longer)",
     );
     p.check(
         (MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&raw.max_body_bytes),
@@ -209,16 +218,19 @@ fn component_secrets(
     );
     let previous_given =
         raw.previous_encoding_aes_key_env.is_some() || raw.previous_encoding_aes_key_file.is_some();
+    // A previous key that cannot be read is named, and the current key is
+    // still checked below.
     let previous = if previous_given {
-        Some(secret(
+        secret(
             "previous_encoding_aes_key",
             &raw.previous_encoding_aes_key_env,
             &raw.previous_encoding_aes_key_file,
             env,
             p,
-        )?)
+        )
+        .map(Some)
     } else {
-        None
+        Some(None)
     };
     let key = key?;
     // The keys are checked even when another secret is missing, so that
@@ -226,7 +238,10 @@ fn component_secrets(
     let crypto = MessageCrypto::new(
         token.as_ref().map_or("unread", |t| t.expose_secret()),
         key.expose_secret(),
-        previous.as_ref().map(|k| k.expose_secret()),
+        previous
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map(|k| k.expose_secret()),
         if raw.component_appid.is_empty() {
             "unset"
         } else {
@@ -234,10 +249,14 @@ fn component_secrets(
         },
     );
     match crypto {
-        Ok(crypto) => Some(ComponentSecrets {
-            component_secret: component_secret?,
-            crypto: token.map(|_| crypto)?,
-        }),
+        Ok(crypto) => {
+            // An unreadable previous key: already named.
+            previous?;
+            Some(ComponentSecrets {
+                component_secret: component_secret?,
+                crypto: token.map(|_| crypto)?,
+            })
+        }
         Err(e) => {
             // The error names which value is wrong and how, never its text.
             p.add(crypto_problem_key(raw, e), format!("{e}"));

@@ -950,6 +950,64 @@ fn open_platform_keys_are_checked_and_inline_secrets_refused() {
     );
 }
 
+/// A path a router would read as a parameter or a wildcard is a config
+/// error, not a crash at start; an age over an hour would let a captured
+/// push be replayed for that long.
+#[test]
+fn open_platform_paths_a_router_would_read_as_patterns_and_long_ages_are_refused() {
+    for path in [
+        "/wechat/:id",
+        "/wechat/*rest",
+        "/wechat/{x}",
+        "/a b",
+        "/%2F",
+    ] {
+        let err = load(
+            &open_platform(&format!("path = {path:?}\n")),
+            &OPEN_PLATFORM_VARS,
+        )
+        .expect_err(path);
+        assert_eq!(keys(err), ["open_platform.path"], "{path}");
+    }
+    let s = load(
+        &open_platform("path = \"/wx-open/v1.events_~\"\nmax_message_age = \"1h\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect("valid");
+    assert_eq!(
+        s.open_platform.expect("configured").path,
+        "/wx-open/v1.events_~"
+    );
+    let err = load(
+        &open_platform("max_message_age = \"100y\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect_err("too long");
+    assert_eq!(keys(err), ["open_platform.max_message_age"]);
+}
+
+/// An unreadable previous key does not hide a bad current one.
+#[test]
+fn open_platform_a_missing_previous_key_and_a_bad_current_one_are_both_named() {
+    let err = load(
+        &open_platform("previous_encoding_aes_key_env = \"WX_C_OLD\"\n"),
+        &[
+            ("WX_SECRET", "s"),
+            ("WX_C_SECRET", "component-secret-value"),
+            ("WX_C_TOKEN", "message-token-value"),
+            ("WX_C_AES", "short-key-value"),
+        ],
+    )
+    .expect_err("must fail");
+    assert_eq!(
+        keys(err),
+        [
+            "open_platform.previous_encoding_aes_key_env",
+            "open_platform.encoding_aes_key_env",
+        ]
+    );
+}
+
 #[test]
 fn open_platform_secrets_are_read_by_the_daemon_only_and_never_shown() {
     let toml = open_platform("listen = \"127.0.0.1:8088\"\n");

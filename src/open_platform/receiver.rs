@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -27,6 +27,15 @@ use crate::store::{Store, StoreError};
 /// At most one log line per reject reason per this long: a scanner hitting
 /// the port must not flood the logs (the counter counts every one).
 const REJECT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a client may take to send its body once its headers are in
+/// (the accept loop bounds the headers): a push is under 1 KiB.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this long for storing a verify ticket, whatever the MongoDB
+/// operation timeout: WeChat waits about 5 s for an answer, and a 503 it
+/// never sees is no answer.
+const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the receiver needs.
 pub struct Receiver {
@@ -66,8 +75,15 @@ pub fn router(receiver: Receiver, path: &str, max_body_bytes: usize) -> Router {
 async fn callback(
     State(state): State<Arc<ReceiverState>>,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    request: Request,
 ) -> Response {
+    // The body limit applies here (`DefaultBodyLimit`: 413 beyond it).
+    let body =
+        match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, &())).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(rejection)) => return rejection.into_response(),
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body took too long\n"),
+        };
     let receiver = &state.receiver;
     let query = parse_query(query.as_deref().unwrap_or(""));
     let now = receiver.store.clock().now();
@@ -129,11 +145,19 @@ impl ReceiverState {
                     create_time,
                     &receiver.instance_id,
                 );
-                let observed = receiver.metrics.observe(Operation::Callback, insert);
-                let stored = tokio::time::timeout(receiver.operation_timeout, observed)
+                // Cut off inside the observation, so that a timeout counts
+                // as a failed MongoDB operation like any other.
+                let limit = receiver.operation_timeout.min(STORE_TIMEOUT);
+                let bounded = async {
+                    tokio::time::timeout(limit, insert)
+                        .await
+                        .map_err(|_| StoreError::TimedOut(limit))
+                        .and_then(|stored| stored)
+                };
+                let stored = receiver
+                    .metrics
+                    .observe(Operation::Callback, bounded)
                     .await
-                    .map_err(|_| StoreError::TimedOut(receiver.operation_timeout))
-                    .and_then(|stored| stored)
                     .map_err(Refused::Store)?;
                 receiver.metrics.verify_ticket_received(create_time);
                 let create_time = humantime::format_rfc3339_seconds(create_time).to_string();

@@ -442,9 +442,11 @@ async fn timed_pushes_are_stored_and_authorization_events_only_acknowledged() {
     let answer = send(&event, &url).await;
     assert!(answer.delivered(), "{answer:?}");
     assert_eq!(callbacks(s.daemon(), "acknowledged").await, 1.0);
-    assert_eq!(
-        s.db.count(TICKETS).await,
-        stored,
+    // A timed push cut off by the drop may still be stored: look for the
+    // code, not at the count.
+    let docs = s.db.docs(TICKETS).await;
+    assert!(
+        docs.iter().all(|d| d.get_str("ticket") != Ok(code)),
         "an event stores no ticket"
     );
     let line = s
