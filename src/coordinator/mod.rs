@@ -36,7 +36,7 @@ mod requests;
 /// (each poll deletes what it read).
 const REQUESTS_PER_POLL: i64 = 1_000;
 
-/// At most this many leases are taken in one turn: one batch must finish
+/// At most this many leases are taken in one batch: one batch must finish
 /// well within the operation cut-off (a test server took over 10 s for
 /// 20,000, and a cut-off batch is given back, so 100,000 accounts over five
 /// replicas never got a lease; see BENCHMARKS.md, "Scale").
@@ -109,6 +109,9 @@ pub struct Coordinator {
     stranded: Vec<AccountId>,
     /// Where in `accounts` the next look for free leases begins.
     scan_at: usize,
+    /// The share at which a whole pass over the accounts found no free
+    /// lease.
+    exhausted_at: Option<usize>,
 }
 
 impl Coordinator {
@@ -138,6 +141,7 @@ impl Coordinator {
             stranded: Vec::new(),
             // Replicas start looking in different places.
             scan_at: rand::rng().random_range(0..accounts_len.max(1)),
+            exhausted_at: None,
         }
     }
 
@@ -264,15 +268,22 @@ impl Coordinator {
 
     /// Takes leases up to `share` in batches of at most [`BATCH`], one
     /// after the other for up to half a renew interval (10,000 accounts
-    /// then start in one turn, not in five renew intervals): while a batch
-    /// comes back full or took some, and, below the share, until every
-    /// account was looked at once in this turn. Each batch is cut off like
-    /// any one operation; a lease being taken when the cut comes may have
-    /// been taken all the same: it is given back at the next turn.
+    /// then start in one turn, not in five renew intervals), and only while
+    /// below the share: while a batch comes back full or took some, and
+    /// until every account was looked at once in this turn (unless such a
+    /// pass at this share found nothing: a replica below its share only by
+    /// rounding would scan everything every turn). At the share, one batch
+    /// (orphans only) a turn: other replicas' leases that lapsed in a
+    /// MongoDB outage get one tick to be renewed by their holders. Each
+    /// batch is cut off like any one operation; a lease being taken when
+    /// the cut comes may have been taken all the same: it is given back at
+    /// the next turn.
     async fn acquire_in_batches(&mut self, share: usize) {
         let metrics = self.ctx.metrics.clone();
         let limit = self.ctx.operation_timeout;
         let turn = std::time::Instant::now();
+        let n = self.accounts.len();
+        let held_at_start = self.held.len();
         let mut looked_at = 0;
         loop {
             let before = self.held.len();
@@ -289,9 +300,10 @@ impl Coordinator {
             match acquired {
                 Ok(batch) => {
                     looked_at += batch.passed;
-                    let unseen = looked_at < self.accounts.len() && self.held.len() < share;
-                    let more = batch.full || self.held.len() > before || unseen;
-                    if !(more && time_left) {
+                    let grew = self.held.len() > before;
+                    let unseen = looked_at < n && self.exhausted_at != Some(share);
+                    let more = batch.full || (grew && looked_at < n) || unseen;
+                    if !(self.held.len() < share && more && time_left) {
                         break;
                     }
                 }
@@ -300,6 +312,13 @@ impl Coordinator {
                     break;
                 }
             }
+        }
+        // A whole pass below the share that found nothing: until the share
+        // changes, later turns look at one window each.
+        if self.held.len() > held_at_start {
+            self.exhausted_at = None;
+        } else if looked_at >= n && self.held.len() < share {
+            self.exhausted_at = Some(share);
         }
     }
 
