@@ -982,6 +982,18 @@ async fn scale_with(
     Ok(())
 }
 
+/// The header of the table [`scale_with`] prints a row of.
+const SCALE_TABLE: &str = "| accounts | replicas | all first tokens after | accounts refreshed | refreshes late (>5 s into the margin) | least time left at refresh | duplicate calls | calls in flight at the end | leases per replica | RSS per replica | MongoDB commands/s per replica over the cycle |\n|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|";
+
+/// The number in environment variable `name`, or `default` when it is
+/// unset or not a number.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let uri =
@@ -1009,10 +1021,7 @@ async fn main() -> Result<()> {
         footprint(&uri, 10_000, 30).await?;
     }
     if wants("coldstart") {
-        let n = std::env::var("BENCH_ACCOUNTS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(10_000);
+        let n = env_or("BENCH_ACCOUNTS", 10_000);
         println!("\n## Cold start: {n} accounts, empty database, to the last first token\n");
         let fake = fake_with(n, Duration::from_secs(7200)).await?;
         let naive = naive_loop(&uri, &fake.url(), n, 16).await?;
@@ -1053,23 +1062,13 @@ async fn main() -> Result<()> {
         mirror(&uri, 10_000, 30).await?;
     }
     if wants("huge") {
-        let n = std::env::var("BENCH_HUGE_ACCOUNTS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(100_000);
-        let life = std::env::var("BENCH_HUGE_LIFETIME_S")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(600);
+        let n = env_or("BENCH_HUGE_ACCOUNTS", 100_000);
+        let life = env_or("BENCH_HUGE_LIFETIME_S", 600);
         // Renewals are one statement per lease each renew interval: at
         // 100,000 leases the default 10 s is 10,000 statements a second.
-        let lease = std::env::var("BENCH_HUGE_LEASE_S")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(300u64);
+        let lease = env_or("BENCH_HUGE_LEASE_S", 300u64);
         println!("\n## Scale: {n} accounts over 5 replicas, tokens live {life} s, margin {} s, lease {lease} s renewed every {} s, one full cycle\n", life / 2, lease / 3);
-        println!("| accounts | replicas | all first tokens after | accounts refreshed | refreshes late (>5 s into the margin) | least time left at refresh | duplicate calls | calls in flight at the end | leases per replica | RSS per replica | MongoDB commands/s per replica over the cycle |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|");
+        println!("{SCALE_TABLE}");
         scale_with(
             &uri,
             n,
@@ -1085,8 +1084,7 @@ async fn main() -> Result<()> {
     }
     if wants("scale") {
         println!("\n## Scale: 10,000 accounts, tokens live 120 s, margin 30 s, one full cycle\n");
-        println!("| accounts | replicas | all first tokens after | accounts refreshed | refreshes late (>5 s into the margin) | least time left at refresh | duplicate calls | calls in flight at the end | leases per replica | RSS per replica | MongoDB commands/s per replica over the cycle |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|");
+        println!("{SCALE_TABLE}");
         scale(&uri, 10_000, 1).await?;
         scale(&uri, 10_000, 3).await?;
     }
