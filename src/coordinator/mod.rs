@@ -51,7 +51,8 @@ const SAMPLE: usize = 4 * BATCH;
 
 /// What one batch of [`Coordinator::acquire_up_to`] did.
 struct Batch {
-    /// It took as many as a batch may: there may be more.
+    /// It chose as many as a batch may (some may have gone to another
+    /// replica): there may be more.
     full: bool,
     /// How many accounts (held or not) it went past to find the ones it
     /// looked at.
@@ -364,8 +365,9 @@ impl Coordinator {
     /// not hold.
     async fn acquire_up_to(&mut self, share: usize) -> Result<Batch, StoreError> {
         let store = self.ctx.store.clone();
-        let (mut ids, passed) = self.next_unheld(SAMPLE);
-        ids.shuffle(&mut rand::rng());
+        // In configuration order: `free` is shuffled below, and orphans
+        // come in MongoDB's order.
+        let (ids, passed) = self.next_unheld(SAMPLE);
         if self.held.len() >= share {
             // At our share: only orphans concern us, and that query returns
             // nothing when all is well.
