@@ -344,7 +344,7 @@ pub fn all_indexes(settings: &Settings) -> Vec<IndexSpec> {
 pub fn privileges_needed(steps: &[IndexStep]) -> Vec<Needed> {
     const CREDENTIALS: &[&str] = &["find", "insert", "listIndexes"];
     const COORDINATION: &[&str] = &["find", "insert", "update", "remove", "listIndexes"];
-    let mut needed: Vec<Needed> = CredentialKind::ALL
+    let mut needed: Vec<Needed> = CredentialKind::ACCOUNT_KINDS
         .into_iter()
         .map(|kind| (kind.collection(), CREDENTIALS))
         .collect();

@@ -762,6 +762,7 @@ mod tests {
     /// dates are `fetched_at` and `expires_at` milliseconds since 1970.
     fn stored(fetched_at: i64, expires_at: i64) -> Credential {
         Credential {
+            component_appid: None,
             app_id: AccountId::new("wx1234567890abcdef"),
             kind: CredentialKind::AccessToken,
             value: SecretString::from("TOKEN"),

@@ -97,7 +97,7 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
     let mut lines = Vec::new();
     for (account, known) in &known {
         let lease = known.lease.as_ref();
-        for kind in CredentialKind::ALL {
+        for kind in CredentialKind::ACCOUNT_KINDS {
             let configured = known.spec.is_some_and(|s| s.kinds().any(|k| k == kind));
             let newest = store.credentials().newest(kind, account).await?;
             if !configured && kind.is_ticket() && newest.is_none() {

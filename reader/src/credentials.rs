@@ -12,7 +12,7 @@ use mongodb::{Collection, Database};
 
 use crate::connect::connection_hint;
 use crate::document::{self, as_integer, field, DocumentError};
-use crate::domain::{AccountId, Credential, CredentialKind, Generation};
+use crate::domain::{AccountId, Credential, CredentialKind, Generation, Owner};
 use crate::refused::Refused;
 
 /// How many of the newest documents a read looks through for a readable
@@ -43,10 +43,10 @@ pub enum QueryError {
     /// server's message (see [`Refused`]).
     #[error(transparent)]
     Refused(Refused),
-    #[error("stored {kind} document for {app_id} is malformed: {problem}")]
+    #[error("stored {kind} document for {owner} is malformed: {problem}")]
     Malformed {
         kind: CredentialKind,
-        app_id: AccountId,
+        owner: Owner,
         problem: DocumentError,
     },
 }
@@ -89,12 +89,12 @@ impl Newest {
     fn readable(
         self,
         kind: CredentialKind,
-        app_id: &AccountId,
+        owner: &Owner,
     ) -> Result<Option<Credential>, QueryError> {
         match (self.credential, self.skipped.into_iter().next()) {
             (None, Some(problem)) => Err(QueryError::Malformed {
                 kind,
-                app_id: app_id.clone(),
+                owner: owner.clone(),
                 problem,
             }),
             (credential, _) => Ok(credential),
@@ -125,9 +125,20 @@ impl Credentials {
         kind: CredentialKind,
         app_id: &AccountId,
     ) -> Result<Option<Credential>, QueryError> {
-        self.scan_newest(kind, app_id, None)
+        self.newest_owned(kind, &Owner::account(app_id.clone()))
+            .await
+    }
+
+    /// [`Credentials::newest`] of any owner (an authorizer's: with its
+    /// component).
+    pub async fn newest_owned(
+        &self,
+        kind: CredentialKind,
+        owner: &Owner,
+    ) -> Result<Option<Credential>, QueryError> {
+        self.scan_newest_owned(kind, owner, None)
             .await?
-            .readable(kind, app_id)
+            .readable(kind, owner)
     }
 
     /// The business query: the newest credential still valid at `now`.
@@ -138,9 +149,20 @@ impl Credentials {
         app_id: &AccountId,
         now: SystemTime,
     ) -> Result<Option<Credential>, QueryError> {
-        self.scan_newest(kind, app_id, Some(now))
+        self.newest_valid_owned(kind, &Owner::account(app_id.clone()), now)
+            .await
+    }
+
+    /// [`Credentials::newest_valid`] of any owner.
+    pub async fn newest_valid_owned(
+        &self,
+        kind: CredentialKind,
+        owner: &Owner,
+        now: SystemTime,
+    ) -> Result<Option<Credential>, QueryError> {
+        self.scan_newest_owned(kind, owner, Some(now))
             .await?
-            .readable(kind, app_id)
+            .readable(kind, owner)
     }
 
     /// The newest readable credential (valid at `valid_at`, if given),
@@ -151,6 +173,20 @@ impl Credentials {
         app_id: &AccountId,
         valid_at: Option<SystemTime>,
     ) -> Result<Newest, QueryError> {
+        self.scan_newest_owned(kind, &Owner::account(app_id.clone()), valid_at)
+            .await
+    }
+
+    /// [`Credentials::scan_newest`] of any owner. The authorizer kinds are
+    /// also matched on `component_appid` (an owner without one matches
+    /// none of them).
+    pub async fn scan_newest_owned(
+        &self,
+        kind: CredentialKind,
+        owner: &Owner,
+        valid_at: Option<SystemTime>,
+    ) -> Result<Newest, QueryError> {
+        let whose = owner_filter(kind, owner);
         // The valid ones first by the business query alone: bounded by
         // `expires_at` (its index), cheap on every server. Only if it
         // meets a generation that is not a number below 2^53 (written by
@@ -160,10 +196,11 @@ impl Credentials {
         // costs a test server an order of magnitude more under load
         // (BENCHMARKS.md, "Reader under concurrency").
         if let Some(now) = valid_at {
-            let filter = doc! {
-                field::APP_ID: app_id.as_str(),
-                field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) },
-            };
+            let mut filter = whose.clone();
+            filter.insert(
+                field::EXPIRES_AT,
+                doc! { "$gt": DateTime::from_system_time(now) },
+            );
             let mut docs = self.find_newest(kind, filter).await?;
             // Those sorting below every number (no generation, null, NaN)
             // hide none: the bounded query leaves them out too.
@@ -174,10 +211,11 @@ impl Credentials {
         }
         // Only numeric generations, below 2^53 (the integers every driver
         // reads exactly): anything else is not a generation.
-        let mut filter = doc! {
-            field::APP_ID: app_id.as_str(),
-            field::GENERATION: { "$type": "number", "$lt": MAX_GENERATION },
-        };
+        let mut filter = whose;
+        filter.insert(
+            field::GENERATION,
+            doc! { "$type": "number", "$lt": MAX_GENERATION },
+        );
         if let Some(now) = valid_at {
             filter.insert(
                 field::EXPIRES_AT,
@@ -222,6 +260,16 @@ impl Credentials {
             .filter_map(|id| id.as_str().map(AccountId::new))
             .collect())
     }
+}
+
+/// The part of a query that selects `owner`'s documents of `kind`.
+pub fn owner_filter(kind: CredentialKind, owner: &Owner) -> Document {
+    let mut filter = doc! { field::APP_ID: owner.app_id.as_str() };
+    if kind.is_authorizer() {
+        let component = owner.component_appid.as_ref().map(AccountId::as_str);
+        filter.insert(field::COMPONENT_APPID, component);
+    }
+    filter
 }
 
 /// Whether `doc`'s generation is one the bounded query would also find: a

@@ -13,6 +13,8 @@ use crate::domain::{AccountId, Credential, CredentialKind, Generation, RefreshRe
 /// [`CredentialKind::value_field`] (`access_token` or `ticket`).
 pub mod field {
     pub const APP_ID: &str = "app_id";
+    /// The Open Platform component, in documents of the authorizer kinds.
+    pub const COMPONENT_APPID: &str = "component_appid";
     pub const EXPIRES_IN: &str = "expires_in";
     pub const FETCHED_AT: &str = "fetched_at";
     pub const EXPIRES_AT: &str = "expires_at";
@@ -40,12 +42,17 @@ pub fn to_document(credential: &Credential) -> Document {
     let expires_in = i32::try_from(credential.expires_in.as_secs()).unwrap_or(i32::MAX);
     let mut document = doc! {
         field::APP_ID: credential.app_id.as_str(),
+    };
+    if let Some(component) = &credential.component_appid {
+        document.insert(field::COMPONENT_APPID, component.as_str());
+    }
+    document.extend(doc! {
         credential.kind.value_field(): credential.value.expose_secret(),
         field::EXPIRES_IN: expires_in,
         field::FETCHED_AT: DateTime::from_system_time(credential.fetched_at),
         field::EXPIRES_AT: DateTime::from_system_time(credential.expires_at),
         field::GENERATION: credential.generation.0,
-    };
+    });
     if let Some(reason) = credential.reason {
         document.insert(field::REASON, reason.as_str());
     }
@@ -67,8 +74,14 @@ pub fn from_document(kind: CredentialKind, doc: &Document) -> Result<Credential,
     };
     let expires_in = u64::try_from(integer(doc, field::EXPIRES_IN)?)
         .map_err(|_| DocumentError::Negative(field::EXPIRES_IN))?;
+    let component_appid = if kind.is_authorizer() {
+        Some(AccountId::new(text(field::COMPONENT_APPID)?))
+    } else {
+        None
+    };
     Ok(Credential {
         app_id: AccountId::new(text(field::APP_ID)?),
+        component_appid,
         kind,
         value: SecretString::from(text(kind.value_field())?),
         expires_in: Duration::from_secs(expires_in),
@@ -116,6 +129,7 @@ mod tests {
         let fetched_at = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         Credential {
             app_id: AccountId::new("wx1"),
+            component_appid: None,
             kind: CredentialKind::JsapiTicket,
             value: SecretString::from("TICKET"),
             expires_in: Duration::from_secs(7200),
@@ -170,5 +184,26 @@ mod tests {
             from_document(CredentialKind::JsapiTicket, &document).map(|c| c.generation),
             Err(DocumentError::NotAString("ticket"))
         );
+    }
+
+    #[test]
+    fn an_authorizer_document_names_its_component() {
+        let mut written = credential();
+        written.kind = CredentialKind::AuthorizerAccessToken;
+        written.component_appid = Some(AccountId::new("wxc"));
+        let mut document = to_document(&written);
+        assert_eq!(document.get_str(field::COMPONENT_APPID), Ok("wxc"));
+        assert_eq!(document.get_str("authorizer_access_token"), Ok("TICKET"));
+        let read =
+            from_document(CredentialKind::AuthorizerAccessToken, &document).expect("readable");
+        assert_eq!(read.owner().to_string(), "wx1 (component wxc)");
+        // Without its component it is not one platform's token.
+        document.remove(field::COMPONENT_APPID);
+        assert_eq!(
+            from_document(CredentialKind::AuthorizerAccessToken, &document).map(|c| c.app_id),
+            Err(DocumentError::NotAString(field::COMPONENT_APPID))
+        );
+        // Other kinds neither write nor need it.
+        assert!(!to_document(&credential()).contains_key(field::COMPONENT_APPID));
     }
 }

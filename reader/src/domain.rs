@@ -49,6 +49,41 @@ impl From<&str> for AccountId {
     }
 }
 
+/// Whose credential it is: an account (`app_id` alone), or an account that
+/// authorized an Open Platform component (`app_id` with `component_appid`:
+/// one account may authorize several platforms, each with tokens of its
+/// own). A component's own token belongs to `Owner::account(component)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Owner {
+    pub app_id: AccountId,
+    pub component_appid: Option<AccountId>,
+}
+
+impl Owner {
+    pub fn account(app_id: AccountId) -> Self {
+        Self {
+            app_id,
+            component_appid: None,
+        }
+    }
+
+    pub fn authorizer(component_appid: AccountId, app_id: AccountId) -> Self {
+        Self {
+            app_id,
+            component_appid: Some(component_appid),
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.component_appid {
+            None => f.pad(self.app_id.as_str()),
+            Some(component) => f.pad(&format!("{} (component {component})", self.app_id)),
+        }
+    }
+}
+
 /// A kind of credential. Each kind has its own MongoDB collection and keeps
 /// WeChat's own name for the value field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -62,14 +97,50 @@ pub enum CredentialKind {
     WxCardTicket,
     /// WeCom app ticket for `wx.agentConfig` (`ticket/get?type=agent_config`).
     AgentConfigTicket,
+    /// Open Platform: the platform's own token
+    /// (`component/api_component_token`), `app_id` = the component appid.
+    ComponentAccessToken,
+    /// Open Platform: the token a platform holds for an account that
+    /// authorized it (`component/api_authorizer_token`); its documents also
+    /// name the platform (`component_appid`).
+    AuthorizerAccessToken,
+    /// Open Platform: an authorizer's JS-SDK ticket, fetched with its
+    /// authorizer token.
+    AuthorizerJsapiTicket,
+    /// Open Platform: an authorizer's WeChat Card ticket.
+    AuthorizerWxCardTicket,
 }
 
 impl CredentialKind {
-    pub const ALL: [CredentialKind; 4] = [
+    /// How many kinds there are.
+    pub const COUNT: usize = 8;
+
+    pub const ALL: [CredentialKind; Self::COUNT] = [
         Self::AccessToken,
         Self::JsapiTicket,
         Self::WxCardTicket,
         Self::AgentConfigTicket,
+        Self::ComponentAccessToken,
+        Self::AuthorizerAccessToken,
+        Self::AuthorizerJsapiTicket,
+        Self::AuthorizerWxCardTicket,
+    ];
+
+    /// The kinds of `[[accounts]]` (`app_id` alone names the owner).
+    pub const ACCOUNT_KINDS: [CredentialKind; 4] = [
+        Self::AccessToken,
+        Self::JsapiTicket,
+        Self::WxCardTicket,
+        Self::AgentConfigTicket,
+    ];
+
+    /// The kinds of the Open Platform: the component's token and its
+    /// authorizers' credentials.
+    pub const OPEN_PLATFORM_KINDS: [CredentialKind; 4] = [
+        Self::ComponentAccessToken,
+        Self::AuthorizerAccessToken,
+        Self::AuthorizerJsapiTicket,
+        Self::AuthorizerWxCardTicket,
     ];
 
     /// The collection holding this kind's history.
@@ -79,6 +150,10 @@ impl CredentialKind {
             Self::JsapiTicket => "jsapi_tickets",
             Self::WxCardTicket => "wx_card_tickets",
             Self::AgentConfigTicket => "agent_config_tickets",
+            Self::ComponentAccessToken => "component_access_tokens",
+            Self::AuthorizerAccessToken => "authorizer_access_tokens",
+            Self::AuthorizerJsapiTicket => "authorizer_jsapi_tickets",
+            Self::AuthorizerWxCardTicket => "authorizer_wx_card_tickets",
         }
     }
 
@@ -86,7 +161,13 @@ impl CredentialKind {
     pub fn value_field(self) -> &'static str {
         match self {
             Self::AccessToken => "access_token",
-            Self::JsapiTicket | Self::WxCardTicket | Self::AgentConfigTicket => "ticket",
+            Self::ComponentAccessToken => "component_access_token",
+            Self::AuthorizerAccessToken => "authorizer_access_token",
+            Self::JsapiTicket
+            | Self::WxCardTicket
+            | Self::AgentConfigTicket
+            | Self::AuthorizerJsapiTicket
+            | Self::AuthorizerWxCardTicket => "ticket",
         }
     }
 
@@ -97,6 +178,10 @@ impl CredentialKind {
             Self::JsapiTicket => 1,
             Self::WxCardTicket => 2,
             Self::AgentConfigTicket => 3,
+            Self::ComponentAccessToken => 4,
+            Self::AuthorizerAccessToken => 5,
+            Self::AuthorizerJsapiTicket => 6,
+            Self::AuthorizerWxCardTicket => 7,
         }
     }
 
@@ -106,6 +191,10 @@ impl CredentialKind {
             Self::JsapiTicket => "jsapi_ticket",
             Self::WxCardTicket => "wx_card_ticket",
             Self::AgentConfigTicket => "agent_config_ticket",
+            Self::ComponentAccessToken => "component_access_token",
+            Self::AuthorizerAccessToken => "authorizer_access_token",
+            Self::AuthorizerJsapiTicket => "authorizer_jsapi_ticket",
+            Self::AuthorizerWxCardTicket => "authorizer_wx_card_ticket",
         }
     }
 
@@ -113,8 +202,40 @@ impl CredentialKind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// A ticket (fetched with an access token), not an access token.
     pub fn is_ticket(self) -> bool {
-        self != Self::AccessToken
+        matches!(
+            self,
+            Self::JsapiTicket
+                | Self::WxCardTicket
+                | Self::AgentConfigTicket
+                | Self::AuthorizerJsapiTicket
+                | Self::AuthorizerWxCardTicket
+        )
+    }
+
+    /// A credential of an account that authorized an Open Platform
+    /// component: its documents name the component (`component_appid`).
+    pub fn is_authorizer(self) -> bool {
+        matches!(
+            self,
+            Self::AuthorizerAccessToken
+                | Self::AuthorizerJsapiTicket
+                | Self::AuthorizerWxCardTicket
+        )
+    }
+
+    /// The access token this kind is fetched with (a ticket's), if any.
+    pub fn access_token_kind(self) -> Option<CredentialKind> {
+        match self {
+            Self::JsapiTicket | Self::WxCardTicket | Self::AgentConfigTicket => {
+                Some(Self::AccessToken)
+            }
+            Self::AuthorizerJsapiTicket | Self::AuthorizerWxCardTicket => {
+                Some(Self::AuthorizerAccessToken)
+            }
+            Self::AccessToken | Self::ComponentAccessToken | Self::AuthorizerAccessToken => None,
+        }
     }
 }
 
@@ -191,6 +312,10 @@ impl fmt::Display for RefreshReason {
 #[derive(Clone)]
 pub struct Credential {
     pub app_id: AccountId,
+    /// The Open Platform component the account authorized, for the
+    /// authorizer kinds ([`CredentialKind::is_authorizer`]); `None` for
+    /// every other kind.
+    pub component_appid: Option<AccountId>,
     pub kind: CredentialKind,
     pub value: SecretString,
     pub expires_in: Duration,
@@ -202,6 +327,14 @@ pub struct Credential {
 }
 
 impl Credential {
+    /// Whose credential it is.
+    pub fn owner(&self) -> Owner {
+        Owner {
+            app_id: self.app_id.clone(),
+            component_appid: self.component_appid.clone(),
+        }
+    }
+
     /// Time left before WeChat stops accepting it (zero once expired).
     pub fn time_left(&self, now: SystemTime) -> Duration {
         self.expires_at.duration_since(now).unwrap_or_default()
@@ -221,6 +354,7 @@ impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
             .field("app_id", &self.app_id)
+            .field("component_appid", &self.component_appid)
             .field("kind", &self.kind)
             .field("value", &"****")
             .field("expires_at", &self.expires_at)

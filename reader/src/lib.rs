@@ -41,7 +41,7 @@ pub mod requests;
 
 pub use connect::{client_options, connect, connection_hint, open, ConnectError, ConnectOptions};
 pub use credentials::{Credentials, QueryError};
-pub use domain::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
+pub use domain::{AccountId, Credential, CredentialKind, Generation, Owner, RefreshReason};
 pub use jssdk::JsSdkConfig;
 pub use reader::{ReadError, Reader, HANDOVER_WAIT, MAX_CACHE_AGE};
 pub use refused::Refused;

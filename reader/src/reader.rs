@@ -76,7 +76,7 @@ pub struct Reader {
 #[derive(Debug)]
 struct Cache {
     max_age: Duration,
-    entries: RwLock<HashMap<AccountId, [Slot; 4]>>,
+    entries: RwLock<HashMap<AccountId, [Slot; CredentialKind::COUNT]>>,
 }
 
 #[derive(Debug, Default)]

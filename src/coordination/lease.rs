@@ -217,6 +217,7 @@ impl Lease {
     ) -> Credential {
         Credential {
             app_id: self.app_id.clone(),
+            component_appid: None,
             kind,
             value: fetched.value.clone(),
             expires_in: fetched.expires_in,

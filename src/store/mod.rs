@@ -194,7 +194,7 @@ impl Store {
     /// `refresh_requests` and of `others`: a `find` privilege the user
     /// lacks shows here.
     pub async fn check_reads(&self, others: &[&str]) -> Result<(), StoreError> {
-        let credentials = CredentialKind::ALL.map(CredentialKind::collection);
+        let credentials = CredentialKind::ACCOUNT_KINDS.map(CredentialKind::collection);
         let names = credentials
             .iter()
             .chain(&[requests::REFRESH_REQUESTS])
@@ -263,7 +263,7 @@ impl Store {
 /// (unique per generation), the valid documents', and the TTL index that
 /// bounds history to `retention` past each expiry.
 pub fn credential_indexes(retention: Duration) -> Vec<IndexSpec> {
-    CredentialKind::ALL
+    CredentialKind::ACCOUNT_KINDS
         .into_iter()
         .flat_map(|kind| {
             let collection = kind.collection();

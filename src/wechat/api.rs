@@ -48,7 +48,17 @@ impl Api {
             (Platform::Wecom, CredentialKind::AccessToken) => Self::WecomToken,
             (Platform::Wecom, CredentialKind::JsapiTicket) => Self::WecomJsapiTicket,
             (_, CredentialKind::AgentConfigTicket) => Self::AgentConfigTicket,
-            (_, CredentialKind::AccessToken) => match endpoint {
+            // No account has the Open Platform kinds (the configuration
+            // never asks for them); an authorizer's tickets come from the
+            // same APIs as an account's.
+            (_, CredentialKind::AuthorizerJsapiTicket) => Self::JsapiTicket,
+            (_, CredentialKind::AuthorizerWxCardTicket) => Self::WxCardTicket,
+            (
+                _,
+                CredentialKind::AccessToken
+                | CredentialKind::ComponentAccessToken
+                | CredentialKind::AuthorizerAccessToken,
+            ) => match endpoint {
                 TokenEndpoint::Token => Self::Token,
                 TokenEndpoint::StableToken => Self::StableToken,
             },

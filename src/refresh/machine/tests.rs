@@ -37,6 +37,7 @@ fn fetched(value: &str, at: SystemTime, lifetime: Duration) -> FetchedCredential
 
 fn stored(generation: i64, fetched_at: SystemTime, lifetime: Duration) -> Credential {
     Credential {
+        component_appid: None,
         app_id: AccountId::new("wx1"),
         kind: CredentialKind::AccessToken,
         value: SecretString::from("STORED"),
