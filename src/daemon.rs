@@ -18,6 +18,7 @@ use crate::open_platform::{
     self,
     receiver::{self, Receiver},
 };
+use crate::subject::Subject;
 use crate::watchdog::{self, Liveness};
 use mongodb::bson::Document;
 use wxtokend_reader::requests;
@@ -200,12 +201,13 @@ impl Daemon {
             metrics,
             operation_timeout: settings.mongodb_operation_timeout(),
         });
-        let coordinator = Coordinator::new(
-            ctx,
-            settings.accounts.clone(),
-            settings.lease.clone(),
-            liveness,
-        );
+        let subjects = settings
+            .accounts
+            .iter()
+            .cloned()
+            .map(Subject::Account)
+            .collect();
+        let coordinator = Coordinator::new(ctx, subjects, settings.lease.clone(), liveness);
         let mut task = tokio::spawn(coordinator.run(shutdown.clone()));
         tokio::select! {
             () = shutdown.cancelled() => {}

@@ -39,6 +39,7 @@ pub mod quota;
 mod refresh;
 mod status;
 pub mod store;
+mod subject;
 mod telemetry;
 mod watchdog;
 mod wechat;
@@ -48,7 +49,7 @@ pub use config::{
     effective as effective_config, ConfigError, ConfigFile, EnvSource, LogSettings, MongoSettings,
     Scope, Settings,
 };
-pub use coordination::{Lease, Leases};
+pub use coordination::{Lease, LeaseId, Leases};
 pub use daemon::{
     all_indexes, check_store, connect_store, open_platform_privileges, privileges_needed,
     shutdown_signal, CheckedIndexes, Daemon, DaemonError,

@@ -91,8 +91,10 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
         known.entry(spec.id.clone()).or_default().spec = Some(spec);
     }
     for lease in Leases::new(store.clone()).infos(&[]).await? {
-        let id = lease.app_id.clone();
-        known.entry(id).or_default().lease = Some(lease);
+        // The Open Platform's leases are not accounts.
+        if let Some(id) = lease.id.as_account() {
+            known.entry(id).or_default().lease = Some(lease);
+        }
     }
     let mut lines = Vec::new();
     for (account, known) in &known {

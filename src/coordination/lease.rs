@@ -12,11 +12,11 @@ use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 use secrecy::ExposeSecret;
 use wxtokend_reader::document::to_document;
-use wxtokend_reader::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
+use wxtokend_reader::{Credential, CredentialKind, Generation, Owner, RefreshReason};
 
 use super::permit::{self, Permit, PermitRules};
 use super::quota;
-use super::{counter, expire_now, field, generation_counter, Term, LEASES};
+use super::{counter, expire_now, field, generation_counter, LeaseId, Term, LEASES};
 use crate::store::{is_duplicate_key, Store, StoreError};
 use crate::wechat::{Api, FetchedCredential};
 
@@ -29,7 +29,9 @@ const INSERT_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone)]
 pub struct Lease {
     store: Store,
-    app_id: AccountId,
+    id: LeaseId,
+    /// Whose credentials it writes.
+    owner: Owner,
     holder: Arc<str>,
     term: Term,
 }
@@ -70,10 +72,17 @@ pub enum Inserted {
 }
 
 impl Lease {
-    pub(super) fn new(store: Store, app_id: AccountId, holder: Arc<str>, term: Term) -> Self {
+    pub(super) fn new(
+        store: Store,
+        id: LeaseId,
+        owner: Owner,
+        holder: Arc<str>,
+        term: Term,
+    ) -> Self {
         Self {
             store,
-            app_id,
+            id,
+            owner,
             holder,
             term,
         }
@@ -83,8 +92,13 @@ impl Lease {
         self.term
     }
 
-    pub fn app_id(&self) -> &AccountId {
-        &self.app_id
+    pub fn id(&self) -> &LeaseId {
+        &self.id
+    }
+
+    /// Whose credentials it writes.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
     }
 
     fn leases(&self) -> Collection<Document> {
@@ -94,7 +108,7 @@ impl Lease {
     /// The filter matching this lease only while it is ours at this term.
     fn held(&self) -> Document {
         doc! {
-            field::ID: self.app_id.as_str(),
+            field::ID: self.id.as_str(),
             field::HOLDER: self.holder.as_ref(),
             field::TERM: self.term.0,
         }
@@ -173,7 +187,9 @@ impl Lease {
                 // and read what is stored from now on.
                 Err(e) if is_duplicate_key(&e) => {
                     known = Newest::Unknown;
-                    let newest = credentials.scan_newest(kind, &self.app_id, None).await?;
+                    let newest = credentials
+                        .scan_newest_owned(kind, &self.owner, None)
+                        .await?;
                     if let Some(top) = newest.top_generation {
                         self.raise_generation_floor(kind, top).await?;
                     }
@@ -183,7 +199,7 @@ impl Lease {
         }
         Err(StoreError::Contended {
             kind,
-            app_id: self.app_id.clone(),
+            owner: self.owner.clone(),
         })
     }
 
@@ -197,7 +213,7 @@ impl Lease {
         let newest = self
             .store
             .credentials()
-            .scan_newest(kind, &self.app_id, None)
+            .scan_newest_owned(kind, &self.owner, None)
             .await?;
         Ok(newest
             .credential
@@ -216,8 +232,8 @@ impl Lease {
         generation: Generation,
     ) -> Credential {
         Credential {
-            app_id: self.app_id.clone(),
-            component_appid: None,
+            app_id: self.owner.app_id.clone(),
+            component_appid: self.owner.component_appid.clone(),
             kind,
             value: fetched.value.clone(),
             expires_in: fetched.expires_in,
@@ -266,7 +282,7 @@ impl Lease {
         let counter_field = generation_counter(kind);
         self.leases()
             .update_one(
-                doc! { field::ID: self.app_id.as_str() },
+                doc! { field::ID: self.id.as_str() },
                 doc! { "$max": { counter_field.as_str(): generation.0 } },
             )
             .upsert(true)

@@ -21,7 +21,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Collection;
 use wxtokend_reader::document::integer;
-use wxtokend_reader::AccountId;
+use wxtokend_reader::{AccountId, Owner};
 
 use crate::mirror::Health;
 use crate::store::{is_only_duplicate_keys, IndexSpec, Store, StoreError};
@@ -35,7 +35,7 @@ pub use requests::{RefreshRequest, Requests};
 pub const LEASES: &str = "leases";
 pub const INSTANCES: &str = "instances";
 
-/// Field names of lease documents (`_id` is the account id).
+/// Field names of lease documents (`_id` is a [`LeaseId`]).
 pub mod field {
     pub const ID: &str = "_id";
     pub const HOLDER: &str = "holder";
@@ -54,6 +54,57 @@ pub mod field {
     pub const BATCH: &str = "batch";
 }
 
+/// The `_id` of a lease document: an account's id (`[[accounts]]`), or for
+/// the Open Platform `open:{component_appid}` (the component's own token)
+/// and `open:{component_appid}:{authorizer_appid}` (an authorizer's).
+/// Appids never hold `:`, so no two owners share a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    /// The lease of a configured account: its id, as it always was.
+    pub fn account(id: &AccountId) -> Self {
+        Self(id.as_str().to_owned())
+    }
+
+    /// The lease of an Open Platform component's own token.
+    pub fn component(component_appid: &AccountId) -> Self {
+        Self(format!("open:{component_appid}"))
+    }
+
+    /// The lease of an account's credentials held through a component.
+    pub fn authorizer(component_appid: &AccountId, app_id: &AccountId) -> Self {
+        Self(format!("open:{component_appid}:{app_id}"))
+    }
+
+    /// An id as stored.
+    pub fn stored(id: &str) -> Self {
+        Self(id.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The configured account this lease is for, unless it is an Open
+    /// Platform lease.
+    pub fn as_account(&self) -> Option<AccountId> {
+        (!self.0.starts_with("open:")).then(|| AccountId::new(self.0.as_str()))
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for LeaseId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A lease term: increases by one each time the lease changes hands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Term(pub i64);
@@ -61,7 +112,7 @@ pub struct Term(pub i64);
 /// Who holds an account's lease, and its counters, for `status` and balancing.
 #[derive(Debug, Clone)]
 pub struct LeaseInfo {
-    pub app_id: AccountId,
+    pub id: LeaseId,
     pub holder: String,
     pub term: Term,
     pub expires_at: SystemTime,
@@ -95,8 +146,8 @@ impl Leases {
     /// got. Returns the leases taken.
     pub async fn acquire_many(
         &self,
-        ids: &[AccountId],
-        new: &[(AccountId, Vec<Api>)],
+        ids: &[(LeaseId, Owner)],
+        new: &[(LeaseId, Vec<Api>)],
         holder: &Arc<str>,
         duration: Duration,
     ) -> Result<Vec<Lease>, StoreError> {
@@ -106,7 +157,7 @@ impl Leases {
         let now = self.store.clock().now();
         if !new.is_empty() {
             let day = quota::quota_day(now);
-            let fresh = |(id, apis): &(AccountId, Vec<Api>)| {
+            let fresh = |(id, apis): &(LeaseId, Vec<Api>)| {
                 let quota: Document = apis
                     .iter()
                     .map(|api| (api.as_str().to_owned(), quota::started(&day).into()))
@@ -126,7 +177,7 @@ impl Leases {
                 Err(e) => return Err(e.into()),
             }
         }
-        let names: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+        let names: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
         let batch = rand::random::<i64>();
         let taken = self
             .collection()
@@ -166,12 +217,22 @@ impl Leases {
             .await?
             .try_collect()
             .await?;
+        let owners: std::collections::HashMap<&str, &Owner> =
+            ids.iter().map(|(id, owner)| (id.as_str(), owner)).collect();
         Ok(docs
             .iter()
             .filter_map(|lease| {
-                let id = AccountId::new(lease.get_str(field::ID).ok()?);
+                let (id, owner) = owners.get_key_value(lease.get_str(field::ID).ok()?)?;
                 let term = Term(integer(lease, field::TERM).ok()?);
-                Some(Lease::new(self.store.clone(), id, holder.clone(), term))
+                let owner = (*owner).clone();
+                let id = LeaseId::stored(id);
+                Some(Lease::new(
+                    self.store.clone(),
+                    id,
+                    owner,
+                    holder.clone(),
+                    term,
+                ))
             })
             .collect())
     }
@@ -186,8 +247,9 @@ impl Leases {
         holder: &Arc<str>,
         duration: Duration,
     ) -> Result<Option<Lease>, StoreError> {
-        let one = [app_id.clone()];
-        let new = [(app_id.clone(), Vec::new())];
+        let id = LeaseId::account(app_id);
+        let one = [(id.clone(), Owner::account(app_id.clone()))];
+        let new = [(id, Vec::new())];
         Ok(self.acquire_many(&one, &new, holder, duration).await?.pop())
     }
 
@@ -196,10 +258,10 @@ impl Leases {
     /// were taken over, possibly by a process with the same holder name).
     pub async fn renew_all(
         &self,
-        held: &[(AccountId, Term)],
+        held: &[(LeaseId, Term)],
         holder: &str,
         duration: Duration,
-    ) -> Result<Vec<AccountId>, StoreError> {
+    ) -> Result<Vec<LeaseId>, StoreError> {
         let now = self.store.server_time().await?;
         let expires_at = DateTime::from_system_time(now + duration);
         let matched = update_each(&self.store, held, holder, expires_at).await?;
@@ -227,7 +289,7 @@ impl Leases {
                     .and_then(|id| terms.get(id))
                     .is_some_and(|term| integer(d, field::TERM).ok() == Some(*term))
             })
-            .filter_map(|d| d.get_str(field::ID).ok().map(AccountId::new))
+            .filter_map(|d| d.get_str(field::ID).ok().map(LeaseId::stored))
             .collect())
     }
 
@@ -235,10 +297,10 @@ impl Leases {
     /// accounts nobody refreshes.
     pub async fn expired(
         &self,
-        ids: &[AccountId],
+        ids: &[LeaseId],
         before: SystemTime,
-    ) -> Result<Vec<AccountId>, StoreError> {
-        let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+    ) -> Result<Vec<LeaseId>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(LeaseId::as_str).collect();
         self.ids(doc! {
             field::ID: { "$in": ids },
             field::EXPIRES_AT: { "$lte": DateTime::from_system_time(before) },
@@ -246,7 +308,7 @@ impl Leases {
         .await
     }
 
-    async fn ids(&self, filter: Document) -> Result<Vec<AccountId>, StoreError> {
+    async fn ids(&self, filter: Document) -> Result<Vec<LeaseId>, StoreError> {
         let docs: Vec<Document> = self
             .collection()
             .find(filter)
@@ -256,7 +318,7 @@ impl Leases {
             .await?;
         Ok(docs
             .iter()
-            .filter_map(|d| d.get_str(field::ID).ok().map(AccountId::new))
+            .filter_map(|d| d.get_str(field::ID).ok().map(LeaseId::stored))
             .collect())
     }
 
@@ -265,7 +327,7 @@ impl Leases {
     /// expire now.
     pub async fn release_all(
         &self,
-        held: &[(AccountId, Term)],
+        held: &[(LeaseId, Term)],
         holder: &str,
     ) -> Result<(), StoreError> {
         if held.is_empty() {
@@ -279,21 +341,20 @@ impl Leases {
     /// Gives back a lease as `info` shows it (holder and term): one this
     /// replica took without knowing it (its answer was cut off).
     pub async fn release_taken(&self, info: &LeaseInfo) -> Result<(), StoreError> {
-        let lease = Lease::new(
-            self.store.clone(),
-            info.app_id.clone(),
-            info.holder.as_str().into(),
-            info.term,
-        );
-        lease.release().await
+        let held = doc! {
+            field::ID: info.id.as_str(),
+            field::HOLDER: info.holder.as_str(),
+            field::TERM: info.term.0,
+        };
+        expire_now(&self.store, held).await
     }
 
     /// The lease documents of `ids`, or of every account if `ids` is empty.
-    pub async fn infos(&self, ids: &[AccountId]) -> Result<Vec<LeaseInfo>, StoreError> {
+    pub async fn infos(&self, ids: &[LeaseId]) -> Result<Vec<LeaseInfo>, StoreError> {
         let filter = if ids.is_empty() {
             doc! {}
         } else {
-            let ids: Vec<&str> = ids.iter().map(AccountId::as_str).collect();
+            let ids: Vec<&str> = ids.iter().map(LeaseId::as_str).collect();
             doc! { field::ID: { "$in": ids } }
         };
         let docs: Vec<Document> = self
@@ -313,7 +374,7 @@ impl Leases {
     /// account's API counts: the daemon's refreshers see it at their next
     /// permit, within a minute. Returns the APIs whose counts were reset.
     pub async fn clear_quota_stops(&self, app_id: &AccountId) -> Result<Vec<Api>, StoreError> {
-        let filter = doc! { field::ID: app_id.as_str() };
+        let filter = doc! { field::ID: LeaseId::account(app_id).as_str() };
         let Some(lease) = self.collection().find_one(filter.clone()).await? else {
             return Ok(Vec::new());
         };
@@ -460,7 +521,7 @@ const STATEMENTS_PER_COMMAND: usize = 1_000;
 /// statement that failed on the server counts as not matched).
 async fn update_each(
     store: &Store,
-    held: &[(AccountId, Term)],
+    held: &[(LeaseId, Term)],
     holder: &str,
     expires_at: DateTime,
 ) -> Result<usize, StoreError> {
@@ -492,7 +553,7 @@ fn counter(doc: &Document, name: &'static str) -> i64 {
 fn lease_info(doc: &Document) -> LeaseInfo {
     let date = |name| doc.get_datetime(name).ok().map(|d| d.to_system_time());
     LeaseInfo {
-        app_id: AccountId::new(doc.get_str(field::ID).unwrap_or_default()),
+        id: LeaseId::stored(doc.get_str(field::ID).unwrap_or_default()),
         holder: doc.get_str(field::HOLDER).unwrap_or_default().to_owned(),
         term: Term(counter(doc, field::TERM)),
         expires_at: date(field::EXPIRES_AT).unwrap_or(UNIX_EPOCH),

@@ -22,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend_reader::{AccountId, CredentialKind, Refused};
 
-use crate::config::{Account, LeaseSettings};
-use crate::coordination::{Lease, Leases, Term};
+use crate::config::LeaseSettings;
+use crate::coordination::{Lease, LeaseId, Leases, Term};
 use crate::metrics::Operation;
 use crate::refresh::{Context, Refresher, RequestSlot};
 use crate::store::StoreError;
+use crate::subject::Subject;
 use crate::watchdog::Liveness;
 use crate::wechat::Api;
 
@@ -70,9 +71,9 @@ struct HeldLease {
 
 /// A refresh task ended without being told to (it panicked).
 #[derive(Debug, thiserror::Error)]
-#[error("the refresh task of account {account} died")]
+#[error("the refresh task of {lease} died")]
 pub struct RefresherDied {
-    pub account: AccountId,
+    pub lease: LeaseId,
 }
 
 /// Why the coordinator stopped the replica before shutdown.
@@ -89,9 +90,10 @@ pub enum CoordinatorError {
 pub struct Coordinator {
     ctx: Arc<Context>,
     leases: Leases,
-    accounts: Vec<Account>,
+    /// What there is to keep fresh: one lease each.
+    subjects: Vec<Subject>,
     lease: LeaseSettings,
-    held: HashMap<AccountId, HeldLease>,
+    held: HashMap<LeaseId, HeldLease>,
     /// The daemon's shutdown; each lease's stop token is a child of it, so
     /// no refresher starts a call after SIGTERM.
     shutdown: CancellationToken,
@@ -101,14 +103,14 @@ pub struct Coordinator {
     stopping: Vec<JoinHandle<()>>,
     /// Where the loop notes its progress for systemd's watchdog.
     liveness: Arc<Liveness>,
-    /// The accounts whose leases are being taken, while they are.
-    taking: Vec<AccountId>,
-    /// Where each account is in `accounts`.
-    index: HashMap<AccountId, usize>,
-    /// Accounts whose taking was cut off: MongoDB may have given this
-    /// replica the lease all the same.
-    stranded: Vec<AccountId>,
-    /// Where in `accounts` the next look for free leases begins.
+    /// The leases being taken, while they are.
+    taking: Vec<LeaseId>,
+    /// Where each lease's subject is in `subjects`.
+    index: HashMap<LeaseId, usize>,
+    /// Leases whose taking was cut off: MongoDB may have given them to
+    /// this replica all the same.
+    stranded: Vec<LeaseId>,
+    /// Where in `subjects` the next look for free leases begins.
     scan_at: usize,
     /// The share at which a whole pass over the accounts found no free
     /// lease.
@@ -118,21 +120,21 @@ pub struct Coordinator {
 impl Coordinator {
     pub fn new(
         ctx: Arc<Context>,
-        accounts: Vec<Account>,
+        subjects: Vec<Subject>,
         lease: LeaseSettings,
         liveness: Arc<Liveness>,
     ) -> Self {
-        let accounts_len = accounts.len();
-        let index = accounts
+        let subjects_len = subjects.len();
+        let index = subjects
             .iter()
             .enumerate()
-            .map(|(at, account)| (account.id.clone(), at))
+            .map(|(at, subject)| (subject.lease_id(), at))
             .collect();
         Self {
             index,
             leases: Leases::new(ctx.store.clone()),
             ctx,
-            accounts,
+            subjects,
             lease,
             held: HashMap::new(),
             shutdown: CancellationToken::new(),
@@ -141,7 +143,7 @@ impl Coordinator {
             taking: Vec::new(),
             stranded: Vec::new(),
             // Replicas start looking in different places.
-            scan_at: rand::rng().random_range(0..accounts_len.max(1)),
+            scan_at: rand::rng().random_range(0..subjects_len.max(1)),
             exhausted_at: None,
         }
     }
@@ -210,7 +212,7 @@ impl Coordinator {
     }
 
     /// Every held lease with its term.
-    fn held_terms(&self) -> Vec<(AccountId, Term)> {
+    fn held_terms(&self) -> Vec<(LeaseId, Term)> {
         self.held
             .iter()
             .map(|(id, held)| (id.clone(), held.lease.term()))
@@ -224,10 +226,10 @@ impl Coordinator {
             !held.stop.is_cancelled() && held.tasks.iter().any(JoinHandle::is_finished)
         });
         match dead {
-            Some((account, _)) => {
-                tracing::error!(%account, "a refresh task died; stopping this replica");
+            Some((lease, _)) => {
+                tracing::error!(%lease, "a refresh task died; stopping this replica");
                 Err(RefresherDied {
-                    account: account.clone(),
+                    lease: lease.clone(),
                 }
                 .into())
             }
@@ -255,7 +257,7 @@ impl Coordinator {
                 return;
             }
         };
-        let share = self.accounts.len().div_ceil(live);
+        let share = self.subjects.len().div_ceil(live);
         while self.held.len() > share {
             let Some(id) = self.held.keys().next().cloned() else {
                 break;
@@ -283,7 +285,7 @@ impl Coordinator {
         let metrics = self.ctx.metrics.clone();
         let limit = self.ctx.operation_timeout;
         let turn = std::time::Instant::now();
-        let n = self.accounts.len();
+        let n = self.subjects.len();
         let held_at_start = self.held.len();
         let mut looked_at = 0;
         loop {
@@ -340,19 +342,19 @@ impl Coordinator {
                 return;
             }
         };
-        let still: std::collections::HashSet<AccountId> = still.into_iter().collect();
+        let still: std::collections::HashSet<LeaseId> = still.into_iter().collect();
         for (id, _) in held {
             if still.contains(&id) {
                 continue;
             }
             if let Some(held) = self.held.get(&id) {
-                tracing::warn!(account = %id, term = held.lease.term().0, "lease taken over by another replica; stopping here");
-                if let Some((_, tasks)) = self.stop(&id) {
+                tracing::warn!(lease = %id, term = held.lease.term().0, "lease taken over by another replica; stopping here");
+                if let Some((lease, tasks)) = self.stop(&id) {
                     let metrics = self.ctx.metrics.clone();
                     self.stopping.push(tokio::spawn(async move {
                         join_all(&id, tasks).await;
                         // After the last call in flight recorded its metrics.
-                        metrics.lease_given_up(&id);
+                        metrics.lease_given_up(&lease.owner().app_id);
                     }));
                 }
             }
@@ -383,25 +385,25 @@ impl Coordinator {
                 .await
                 .map(|()| Batch { full, passed });
         }
-        let infos: HashMap<AccountId, _> = self
+        let infos: HashMap<LeaseId, _> = self
             .leases
             .infos(&ids)
             .await?
             .into_iter()
-            .map(|info| (info.app_id.clone(), info))
+            .map(|info| (info.id.clone(), info))
             .collect();
         let now = store.server_time().await?;
-        let mut free: Vec<AccountId> = ids
+        let mut free: Vec<LeaseId> = ids
             .into_iter()
             .filter(|id| infos.get(id).is_none_or(|i| i.expires_at <= now))
             .collect();
         free.shuffle(&mut rand::rng());
-        let orphaned = |id: &AccountId| {
+        let orphaned = |id: &LeaseId| {
             infos
                 .get(id)
                 .is_some_and(|i| i.expires_at + self.lease.renew_interval <= now)
         };
-        let (mut chosen, others): (Vec<AccountId>, Vec<AccountId>) =
+        let (mut chosen, others): (Vec<LeaseId>, Vec<LeaseId>) =
             free.into_iter().partition(|id| orphaned(id));
         chosen.extend(others.into_iter().take(share - self.held.len()));
         let full = chosen.len() >= BATCH;
@@ -410,8 +412,8 @@ impl Coordinator {
             .iter()
             .filter(|id| !infos.contains_key(*id))
             .filter_map(|id| {
-                let account = &self.accounts[*self.index.get(id)?];
-                let apis = account.kinds().map(|kind| account.api(kind)).collect();
+                let subject = &self.subjects[*self.index.get(id)?];
+                let apis = subject.kinds().map(|kind| subject.api(kind)).collect();
                 Some((id.clone(), apis))
             })
             .collect();
@@ -420,18 +422,18 @@ impl Coordinator {
             .map(|()| Batch { full, passed })
     }
 
-    /// Up to `limit` accounts this replica does not hold, from `scan_at`
-    /// on (wrapping around), and how many accounts were passed over to
+    /// Up to `limit` leases this replica does not hold, from `scan_at`
+    /// on (wrapping around), and how many subjects were passed over to
     /// find them; `scan_at` moves past them.
-    fn next_unheld(&mut self, limit: usize) -> (Vec<AccountId>, usize) {
-        let n = self.accounts.len();
+    fn next_unheld(&mut self, limit: usize) -> (Vec<LeaseId>, usize) {
+        let n = self.subjects.len();
         let mut ids = Vec::new();
         let mut passed = 0;
         while passed < n && ids.len() < limit {
-            let account = &self.accounts[(self.scan_at + passed) % n];
+            let id = self.subjects[(self.scan_at + passed) % n].lease_id();
             passed += 1;
-            if !self.held.contains_key(&account.id) {
-                ids.push(account.id.clone());
+            if !self.held.contains_key(&id) {
+                ids.push(id);
             }
         }
         if n > 0 {
@@ -444,8 +446,8 @@ impl Coordinator {
     /// document yet) and starts the refreshers of those it gets.
     async fn take(
         &mut self,
-        ids: Vec<AccountId>,
-        new: Vec<(AccountId, Vec<Api>)>,
+        ids: Vec<LeaseId>,
+        new: Vec<(LeaseId, Vec<Api>)>,
     ) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
@@ -453,9 +455,16 @@ impl Coordinator {
         // Until their refreshers run, leases this batch may have got are in
         // `taking`: a cut-off or an error gives them back at the next turn.
         self.taking.clone_from(&ids);
+        let owned: Vec<(LeaseId, wxtokend_reader::Owner)> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let owner = self.subjects[*self.index.get(&id)?].owner();
+                Some((id, owner))
+            })
+            .collect();
         let taken = self
             .leases
-            .acquire_many(&ids, &new, &self.ctx.instance_id, self.lease.duration)
+            .acquire_many(&owned, &new, &self.ctx.instance_id, self.lease.duration)
             .await;
         self.liveness.progress();
         let taken = match taken {
@@ -468,13 +477,13 @@ impl Coordinator {
         // Which of them have anything stored, one query per kind: a
         // refresher of an account with nothing stored (a new account) need
         // not read first.
-        let taken_ids: Vec<AccountId> = taken.iter().map(|l| l.app_id().clone()).collect();
+        let taken_ids: Vec<AccountId> = taken.iter().map(|l| l.owner().app_id.clone()).collect();
         let mut with_history = HashMap::new();
         for kind in CredentialKind::ALL {
-            let wanted = taken_ids.iter().any(|id| {
+            let wanted = taken.iter().any(|lease| {
                 self.index
-                    .get(id)
-                    .is_some_and(|&at| self.accounts[at].kinds().any(|k| k == kind))
+                    .get(lease.id())
+                    .is_some_and(|&at| self.subjects[at].kinds().any(|k| k == kind))
             });
             if wanted {
                 // On failure, every refresher reads for itself.
@@ -489,17 +498,17 @@ impl Coordinator {
             }
         }
         for lease in taken {
-            let account = self
+            let subject = self
                 .index
-                .get(lease.app_id())
-                .map(|&at| self.accounts[at].clone());
-            if let Some(account) = account {
-                let id = account.id.clone();
+                .get(lease.id())
+                .map(|&at| self.subjects[at].clone());
+            if let Some(subject) = subject {
+                let app_id = lease.owner().app_id.clone();
                 let stored = |kind| match with_history.get(&kind) {
-                    Some(Some(ids)) => ids.contains(&id),
+                    Some(Some(ids)) => ids.contains(&app_id),
                     _ => true,
                 };
-                self.start(account, lease, stored);
+                self.start(subject, lease, stored);
             }
         }
         self.taking.clear();
@@ -523,34 +532,34 @@ impl Coordinator {
             return;
         };
         for info in infos {
-            if info.holder != *self.ctx.instance_id || self.held.contains_key(&info.app_id) {
+            if info.holder != *self.ctx.instance_id || self.held.contains_key(&info.id) {
                 continue;
             }
             let release = self.leases.release_taken(&info);
             match self.observed(Operation::Release, release).await {
                 Ok(()) => {
-                    tracing::info!(account = %info.app_id, "released a lease whose taking was cut off")
+                    tracing::info!(lease = %info.id, "released a lease whose taking was cut off")
                 }
                 Err(e) => {
-                    tracing::warn!(account = %info.app_id, error = %e, "cannot release a lease whose taking was cut off; it expires on its own")
+                    tracing::warn!(lease = %info.id, error = %e, "cannot release a lease whose taking was cut off; it expires on its own")
                 }
             }
         }
     }
 
-    /// Starts the account's refreshers under `lease`; `stored(kind)`: some
+    /// Starts the subject's refreshers under `lease`; `stored(kind)`: some
     /// credential of that kind may be stored (read it before anything),
     /// `false` when none is.
-    fn start(&mut self, account: Account, lease: Lease, stored: impl Fn(CredentialKind) -> bool) {
-        tracing::info!(account = %account.id, term = lease.term().0, "took the lease");
-        self.ctx.metrics.lease_taken(&account.id);
+    fn start(&mut self, subject: Subject, lease: Lease, stored: impl Fn(CredentialKind) -> bool) {
+        tracing::info!(account = %lease.owner(), term = lease.term().0, "took the lease");
+        self.ctx.metrics.lease_taken(&lease.owner().app_id);
         let stop = self.shutdown.child_token();
         let mut requests = HashMap::new();
         let mut tasks = Vec::new();
-        for kind in account.kinds() {
+        for kind in subject.kinds() {
             let slot = Arc::new(RequestSlot::default());
             let refresher = Refresher::new(
-                account.clone(),
+                subject.clone(),
                 kind,
                 self.ctx.clone(),
                 lease.clone(),
@@ -566,7 +575,7 @@ impl Coordinator {
             tasks.push(tokio::spawn(refresher.run()));
         }
         self.held.insert(
-            account.id.clone(),
+            lease.id().clone(),
             HeldLease {
                 lease,
                 requests,
@@ -579,7 +588,7 @@ impl Coordinator {
     /// Tells the account's refreshers to stop, without waiting: one that
     /// already sent a call finishes it and stores what it fetched; the
     /// others stop at once. Returns the lease and the refreshers' tasks.
-    fn stop(&mut self, id: &AccountId) -> Option<(Lease, Vec<JoinHandle<()>>)> {
+    fn stop(&mut self, id: &LeaseId) -> Option<(Lease, Vec<JoinHandle<()>>)> {
         let held = self.held.remove(id)?;
         held.stop.cancel();
         Some((held.lease, held.tasks))
@@ -587,7 +596,7 @@ impl Coordinator {
 
     /// Gives the lease back once its refreshers have stopped (so a call in
     /// flight is stored under it first), in a task of its own.
-    fn give_back(&mut self, id: &AccountId, why: &'static str) {
+    fn give_back(&mut self, id: &LeaseId, why: &'static str) {
         let Some((lease, tasks)) = self.stop(id) else {
             return;
         };
@@ -596,12 +605,12 @@ impl Coordinator {
         self.stopping.push(tokio::spawn(async move {
             join_all(&id, tasks).await;
             // After the last call in flight recorded its metrics.
-            metrics.lease_given_up(&id);
+            metrics.lease_given_up(&lease.owner().app_id);
             let term = lease.term();
             match metrics.observe(Operation::Release, lease.release()).await {
-                Ok(()) => tracing::info!(account = %id, term = term.0, "released the lease: {why}"),
+                Ok(()) => tracing::info!(lease = %id, term = term.0, "released the lease: {why}"),
                 Err(e) => {
-                    tracing::warn!(account = %id, error = %e, "cannot release the lease; it expires on its own")
+                    tracing::warn!(lease = %id, error = %e, "cannot release the lease; it expires on its own")
                 }
             }
         }));
@@ -612,7 +621,7 @@ impl Coordinator {
     /// release every lease in one write.
     async fn stop_all(&mut self) {
         let held = self.held_terms();
-        let ids: Vec<AccountId> = held.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<LeaseId> = held.iter().map(|(id, _)| id.clone()).collect();
         for id in &ids {
             if let Some((_, tasks)) = self.stop(id) {
                 join_all(id, tasks).await;
@@ -645,11 +654,11 @@ async fn bounded<T>(
         .unwrap_or(Err(StoreError::TimedOut(limit)))
 }
 
-/// Waits for an account's refresher tasks.
-async fn join_all(id: &AccountId, tasks: Vec<JoinHandle<()>>) {
+/// Waits for a lease's refresher tasks.
+async fn join_all(id: &LeaseId, tasks: Vec<JoinHandle<()>>) {
     for task in tasks {
         if let Err(e) = task.await {
-            tracing::error!(account = %id, error = %e, "refresh task failed");
+            tracing::error!(lease = %id, error = %e, "refresh task failed");
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
 
 use super::{Coordinator, REQUESTS_PER_POLL};
-use crate::coordination::{RefreshRequest, Requests};
+use crate::coordination::{LeaseId, RefreshRequest, Requests};
 use crate::metrics::Operation;
 
 impl Coordinator {
@@ -30,7 +30,11 @@ impl Coordinator {
                 return;
             }
         }
-        let ids: Vec<AccountId> = self.held.keys().cloned().collect();
+        let ids: Vec<AccountId> = self
+            .held
+            .values()
+            .map(|held| held.lease.owner().app_id.clone())
+            .collect();
         let open = requests.open(&ids, REQUESTS_PER_POLL);
         let open = match self.observed(Operation::Requests, open).await {
             Ok(open) => open,
@@ -51,7 +55,7 @@ impl Coordinator {
         for request in summarize(open.requests) {
             let slot = self
                 .held
-                .get(&request.app_id)
+                .get(&lease_of(&request))
                 .and_then(|held| held.requests.get(&request.kind));
             match slot {
                 // A manual request comes after a report and takes its place:
@@ -87,6 +91,14 @@ impl Coordinator {
             Ok(dated) => tracing::info!(dated, "dated refresh requests filed without requested_at"),
             Err(e) => tracing::debug!(error = %e, "cannot date undated refresh requests"),
         }
+    }
+}
+
+/// The lease whose refreshers keep the credential a request names.
+fn lease_of(request: &RefreshRequest) -> LeaseId {
+    match request.kind {
+        CredentialKind::ComponentAccessToken => LeaseId::component(&request.app_id),
+        _ => LeaseId::account(&request.app_id),
     }
 }
 

@@ -12,6 +12,7 @@ use super::{Problem, Refresher};
 use crate::coordination::{Permit, PermitRules};
 use crate::metrics::{Operation, Outcome};
 use crate::store::StoreError;
+use crate::subject::Subject;
 use crate::wechat::{
     Api, CallSlot, ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY,
 };
@@ -32,8 +33,8 @@ impl Refresher {
     /// abandons the step; once sent, the call completes and its answer is
     /// kept. A ticket needs a valid access token first.
     pub(super) async fn fetch(&mut self, reason: RefreshReason) -> Duration {
-        let access_token = if self.kind.is_ticket() {
-            match Box::pin(self.access_token()).await {
+        let access_token = if let Some(token_kind) = self.kind.access_token_kind() {
+            match Box::pin(self.access_token(token_kind)).await {
                 Ok(Some(token)) => Some(token),
                 Ok(None) => {
                     tracing::debug!("waiting for a valid access_token");
@@ -77,8 +78,8 @@ impl Refresher {
                 lease_left,
             }) => {
                 let metrics = &self.ctx.metrics;
-                metrics.quota_calls_today(&self.account.id, self.api(), calls_today);
-                metrics.quota_exhausted(&self.account.id, self.api(), false);
+                metrics.quota_calls_today(self.subject.app_id(), self.api(), calls_today);
+                metrics.quota_exhausted(self.subject.app_id(), self.api(), false);
                 if !self.send_by(started + lease_left) {
                     return self.machine.not_holder();
                 }
@@ -112,13 +113,14 @@ impl Refresher {
         }
     }
 
-    /// The newest valid access token (malformed documents skipped).
-    async fn access_token(&self) -> Result<Option<Credential>, StoreError> {
+    /// The newest valid access token of `kind` (malformed documents
+    /// skipped).
+    async fn access_token(&self, kind: CredentialKind) -> Result<Option<Credential>, StoreError> {
         let read = async {
             let credentials = self.ctx.store.credentials();
             let now = Some(self.now());
             Ok(credentials
-                .scan_newest(CredentialKind::AccessToken, &self.account.id, now)
+                .scan_newest_owned(kind, self.lease.owner(), now)
                 .await?)
         };
         let newest = self.ctx.observe(Operation::ReadAccessToken, read).await?;
@@ -127,7 +129,7 @@ impl Refresher {
 
     /// The WeChat API this refresher calls: quotas are counted per API.
     fn api(&self) -> Api {
-        self.account.api(self.kind)
+        self.subject.api(self.kind)
     }
 
     fn permit_rules(&self) -> PermitRules {
@@ -164,8 +166,8 @@ impl Refresher {
     fn quota_spent(&mut self, calls_today: i64, cause: Option<&FetchError>) -> Duration {
         let api = self.api();
         let metrics = &self.ctx.metrics;
-        metrics.quota_calls_today(&self.account.id, api, calls_today);
-        metrics.quota_exhausted(&self.account.id, api, true);
+        metrics.quota_calls_today(self.subject.app_id(), api, calls_today);
+        metrics.quota_exhausted(self.subject.app_id(), api, true);
         let (reset, wait) = self.machine.quota_spent(self.now());
         if self.last_problem != Some(Problem::Quota) {
             tracing::error!(
@@ -219,25 +221,23 @@ impl Refresher {
         let sent_at = self.now();
         let wechat = &self.ctx.wechat;
         let held = self.machine.held_value();
-        let result = match access_token {
-            None => {
+        let result = match (&self.subject, access_token) {
+            (Subject::Account(account), None) => {
                 let force = self.force_refresh();
-                wechat
-                    .fetch_access_token(slot, &self.account, force, held)
-                    .await
+                wechat.fetch_access_token(slot, account, force, held).await
             }
-            Some(token) => {
+            (Subject::Account(account), Some(token)) => {
                 wechat
-                    .fetch_ticket(slot, &self.account, self.kind, &token.value, held)
+                    .fetch_ticket(slot, account, self.kind, &token.value, held)
                     .await
             }
         };
         let metrics = &self.ctx.metrics;
-        metrics.upstream_call(&self.account.id, self.kind, started.elapsed());
+        metrics.upstream_call(self.subject.app_id(), self.kind, started.elapsed());
         let outcome = result
             .as_ref()
             .map_or_else(|e| e.class().into(), |_| Outcome::Success);
-        metrics.refresh_outcome(&self.account.id, self.kind, outcome);
+        metrics.refresh_outcome(self.subject.app_id(), self.kind, outcome);
         match result {
             Ok(fetched) => {
                 self.fetched(fetched, sent_at, reason, calls_today);
@@ -297,8 +297,8 @@ impl Refresher {
     /// that token to be refreshed (once per generation, like any report).
     async fn report_stale_access_token(&self, token: &Credential) {
         let request = NewRequest {
-            app_id: &self.account.id,
-            kind: CredentialKind::AccessToken,
+            app_id: self.subject.app_id(),
+            kind: token.kind,
             reason: RefreshReason::ReportedInvalid,
             generation: Some(token.generation),
             requested_by: &self.ctx.instance_id,

@@ -22,11 +22,12 @@ use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 pub use backoff::Backoff;
 use machine::{Action, Machine, Requested};
 
-use crate::config::{Account, RefreshSettings};
+use crate::config::RefreshSettings;
 use crate::coordination::{Inserted, Lease, Newest, RefreshRequest, Stored};
 use crate::metrics::{Metrics, Operation};
 use crate::mirror::{Mirrored, Mirrors};
 use crate::store::{Store, StoreError};
+use crate::subject::Subject;
 use crate::wechat::{Api, ErrorClass, WechatClient};
 
 /// What every refresher of this replica shares.
@@ -108,7 +109,7 @@ impl RequestSlot {
 /// Keeps one credential of one account fresh while this replica holds the
 /// account's lease.
 pub struct Refresher {
-    account: Account,
+    subject: Subject,
     kind: CredentialKind,
     ctx: Arc<Context>,
     lease: Lease,
@@ -126,7 +127,7 @@ pub struct Refresher {
 
 impl Refresher {
     pub fn new(
-        account: Account,
+        subject: Subject,
         kind: CredentialKind,
         ctx: Arc<Context>,
         lease: Lease,
@@ -134,10 +135,10 @@ impl Refresher {
         stop: CancellationToken,
     ) -> Self {
         // Only stable_token can be told to issue a new token at once.
-        let can_force = account.api(kind) == Api::StableToken;
+        let can_force = subject.api(kind) == Api::StableToken;
         let machine = Machine::new(ctx.refresh.clone(), can_force);
         Self {
-            account,
+            subject,
             kind,
             ctx,
             lease,
@@ -162,7 +163,7 @@ impl Refresher {
     pub fn run(self) -> impl std::future::Future<Output = ()> {
         // Not an async fn: one would hold the refresher twice (its own
         // argument and the loop's), in every task.
-        let span = tracing::info_span!("refresh", account = %self.account.id, kind = %self.kind);
+        let span = tracing::info_span!("refresh", account = %self.lease.owner(), kind = %self.kind);
         self.run_until_stopped().instrument(span)
     }
 
@@ -200,7 +201,7 @@ impl Refresher {
         // The lease's next holder mirrors it from now on.
         self.ctx
             .mirrors
-            .withdraw(&self.account.id, self.kind, self.lease.term().0);
+            .withdraw(self.subject.app_id(), self.kind, self.lease.term().0);
     }
 
     /// Does the next action (load what is stored, store a pending token, or
@@ -263,7 +264,7 @@ impl Refresher {
                     .mirrors
                     .offer(&c.clone().into(), self.lease.term().0);
                 self.ctx.metrics.credential(
-                    &self.account.id,
+                    self.subject.app_id(),
                     self.kind,
                     c.generation,
                     c.fetched_at,
@@ -289,7 +290,7 @@ impl Refresher {
             .ctx
             .store
             .credentials()
-            .scan_newest(self.kind, &self.account.id, None)
+            .scan_newest_owned(self.kind, self.lease.owner(), None)
             .await?;
         if !newest.skipped.is_empty() {
             let problems: Vec<String> = newest.skipped.iter().map(ToString::to_string).collect();
@@ -351,7 +352,7 @@ impl Refresher {
             Ok(Inserted::Stored(generation)) => {
                 self.ctx.mirrors.offer(
                     &Mirrored {
-                        account: self.account.id.clone(),
+                        account: self.subject.app_id().clone(),
                         kind: self.kind,
                         generation,
                         value,
@@ -360,7 +361,7 @@ impl Refresher {
                     self.lease.term().0,
                 );
                 self.ctx.metrics.credential(
-                    &self.account.id,
+                    self.subject.app_id(),
                     self.kind,
                     generation,
                     fetched_at,

@@ -49,10 +49,10 @@ pub enum StoreError {
     Refused(Refused),
     #[error(transparent)]
     Query(QueryError),
-    #[error("another writer keeps inserting {kind} generations for {app_id}")]
+    #[error("another writer keeps inserting {kind} generations for {owner}")]
     Contended {
         kind: CredentialKind,
-        app_id: wxtokend_reader::AccountId,
+        owner: wxtokend_reader::Owner,
     },
     /// An index in place stands where one of ours must be: a person must
     /// drop it; trying again cannot help.

@@ -140,7 +140,7 @@ pub async fn leases(db: &TestDb) -> Option<HashMap<String, Lease>> {
                         .collect(),
                     last_error: l.last_error,
                 };
-                (l.app_id.to_string(), lease)
+                (l.id.to_string(), lease)
             })
             .collect(),
     )
