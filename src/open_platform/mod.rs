@@ -7,6 +7,8 @@
 //! - [`event`]: those pushes, checked and read without I/O
 //!   ([`event::verify`]).
 //!
+//! - [`secretbox`]: refresh tokens and authorization codes sealed at rest.
+//!
 //! - [`store`]: the platform's collections (so far the verify tickets).
 //! - `receiver`: the callback receiver, an HTTP listener of its own.
 //!
@@ -17,7 +19,9 @@
 pub mod crypto;
 pub mod event;
 pub(crate) mod receiver;
+pub mod secretbox;
 pub mod store;
 
 pub use crypto::{CryptoError, KeyRole, MessageCrypto};
 pub use event::{verify, CallbackQuery, Event, Reject};
+pub use secretbox::{Sealed, SecretBox, Unsealable};
