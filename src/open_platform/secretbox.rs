@@ -208,6 +208,10 @@ pub enum Unsealable {
     /// It authenticates but is not text (never sealed by wxtokend).
     #[error("opens to something that is not text")]
     NotText,
+    /// What is stored is not a sealed value (a field missing or of another
+    /// type, a nonce of another length): written by something else.
+    #[error("is not a sealed value (key_id, a 24-byte nonce and a ciphertext)")]
+    Malformed,
 }
 
 /// The current key, which seals, and optionally the previous one, which
