@@ -363,13 +363,28 @@ pub fn privileges_needed(steps: &[IndexStep]) -> Vec<Needed> {
 }
 
 /// What the Open Platform component adds, when configured: the receiver
-/// reads and inserts verify tickets (its index steps are in
-/// [`privileges_needed`]'s `steps`).
+/// reads and inserts verify tickets; the directory and the sealed secrets
+/// are upserted and updated, never removed (`$unset`). Index steps are in
+/// [`privileges_needed`]'s `steps`.
 pub fn open_platform_privileges() -> Vec<Needed> {
-    vec![(
+    const UPSERTED: &[&str] = &["find", "insert", "update", "listIndexes"];
+    vec![
+        (
+            open_platform::store::COMPONENT_VERIFY_TICKETS,
+            &["find", "insert", "listIndexes"],
+        ),
+        (open_platform::directory::AUTHORIZERS, UPSERTED),
+        (open_platform::secrets::AUTHORIZER_SECRETS, UPSERTED),
+    ]
+}
+
+/// The platform's collections `check` reads, when configured.
+fn open_platform_collections() -> [&'static str; 3] {
+    [
         open_platform::store::COMPONENT_VERIFY_TICKETS,
-        &["find", "insert", "listIndexes"],
-    )]
+        open_platform::directory::AUTHORIZERS,
+        open_platform::secrets::AUTHORIZER_SECRETS,
+    ]
 }
 
 /// [`StoreError::MissingPrivileges`] if the server listed the user's
@@ -477,7 +492,7 @@ pub async fn check_store(store: &Store, settings: &Settings) -> Result<CheckedIn
     approve(store, settings, status.as_ref(), &steps)?;
     let mut others = vec![LEASES, INSTANCES];
     if settings.open_platform.is_some() {
-        others.push(open_platform::store::COMPONENT_VERIFY_TICKETS);
+        others.extend(open_platform_collections());
     }
     store.check_reads(&others).await?;
     let mut checked = CheckedIndexes::default();

@@ -1,20 +1,24 @@
 //! `[open_platform]`: a WeChat Open Platform (第三方平台) component. Its
 //! secrets (the component secret, the message token, the EncodingAESKey and
 //! an optional previous one) are read like every secret
-//! ([`super::secrets`]), for the daemon only; the callback receiver's
-//! listener and limits are checked in every scope.
+//! ([`super::secrets`]), for the daemon only; so are the keys that seal
+//! authorizers' refresh tokens at rest (`refresh_token_key_file`, and
+//! `previous_refresh_token_key_file` after a rotation). The callback
+//! receiver's listener and limits are checked in every scope.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::secrets::read_secret;
 use super::validate::Problems;
 use super::{EnvSource, Scope};
-use crate::open_platform::{CryptoError, KeyRole, MessageCrypto};
+use crate::open_platform::secretbox::{Key, KeyError};
+use crate::open_platform::{CryptoError, KeyRole, MessageCrypto, SecretBox};
 
 /// The table's name, which every problem's key starts with.
 const TABLE: &str = "open_platform";
@@ -57,6 +61,10 @@ pub struct ComponentSecrets {
     pub component_secret: SecretString,
     /// The message token and EncodingAESKey(s), checked.
     pub crypto: MessageCrypto,
+    /// The keys that seal authorizers' refresh tokens and codes
+    /// (`refresh_token_key_file`, `previous_refresh_token_key_file`);
+    /// `None` when not configured.
+    pub refresh_tokens: Option<SecretBox>,
 }
 
 impl std::fmt::Debug for ComponentSecrets {
@@ -64,6 +72,7 @@ impl std::fmt::Debug for ComponentSecrets {
         f.debug_struct("ComponentSecrets")
             .field("component_secret", &"****")
             .field("crypto", &self.crypto)
+            .field("refresh_tokens", &self.refresh_tokens)
             .finish()
     }
 }
@@ -80,11 +89,15 @@ pub(super) struct RawOpenPlatform {
     encoding_aes_key_file: Option<PathBuf>,
     previous_encoding_aes_key_env: Option<String>,
     previous_encoding_aes_key_file: Option<PathBuf>,
+    refresh_token_key_file: Option<PathBuf>,
+    previous_refresh_token_key_file: Option<PathBuf>,
     /// Accepted only to be refused with a helpful message.
     component_secret: Option<serde::de::IgnoredAny>,
     token: Option<serde::de::IgnoredAny>,
     encoding_aes_key: Option<serde::de::IgnoredAny>,
     previous_encoding_aes_key: Option<serde::de::IgnoredAny>,
+    refresh_token_key: Option<serde::de::IgnoredAny>,
+    previous_refresh_token_key: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     listen: String,
     #[serde(default = "default_path")]
@@ -126,6 +139,20 @@ pub(super) fn open_platform_settings(
             p.add(
                 key(name),
                 format!("inline secrets are not allowed; use {name}_env or {name}_file"),
+            );
+        }
+    }
+    for (inline, name) in [
+        (&raw.refresh_token_key, "refresh_token_key"),
+        (
+            &raw.previous_refresh_token_key,
+            "previous_refresh_token_key",
+        ),
+    ] {
+        if inline.is_some() {
+            p.add(
+                key(name),
+                format!("inline keys are not allowed; use {name}_file"),
             );
         }
     }
@@ -201,6 +228,8 @@ fn component_secrets(
     env: &dyn EnvSource,
     p: &mut Problems,
 ) -> Option<ComponentSecrets> {
+    // Read first, so that their problems are named whatever else is wrong.
+    let refresh_tokens = refresh_token_keys(raw, p);
     let component_secret = secret(
         "component_secret",
         &raw.component_secret_env,
@@ -255,6 +284,7 @@ fn component_secrets(
             Some(ComponentSecrets {
                 component_secret: component_secret?,
                 crypto: token.map(|_| crypto)?,
+                refresh_tokens: refresh_tokens.ok()?,
             })
         }
         Err(e) => {
@@ -285,4 +315,62 @@ fn crypto_problem_key(raw: &RawOpenPlatform, e: CryptoError) -> String {
     };
     let suffix = if from_file { "file" } else { "env" };
     format!("{TABLE}.{name}_{suffix}")
+}
+
+/// The path `{name}` gives, if set (an empty one is not set: an
+/// environment override can unset it).
+fn path_of(path: &Option<PathBuf>) -> Option<&Path> {
+    path.as_deref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The refresh-token keys: `Ok(None)` when `refresh_token_key_file` is not
+/// set, `Err` with the problems added.
+fn refresh_token_keys(raw: &RawOpenPlatform, p: &mut Problems) -> Result<Option<SecretBox>, ()> {
+    const CURRENT: &str = "refresh_token_key_file";
+    const PREVIOUS: &str = "previous_refresh_token_key_file";
+    let current = path_of(&raw.refresh_token_key_file).map(|path| read_key(CURRENT, path, p));
+    let previous =
+        path_of(&raw.previous_refresh_token_key_file).map(|path| read_key(PREVIOUS, path, p));
+    match (current, previous) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => {
+            p.add(
+                format!("{TABLE}.{CURRENT}"),
+                format!(
+                    "missing: {PREVIOUS} only opens what an older key sealed; set {CURRENT} to \
+                     the current key's file"
+                ),
+            );
+            Err(())
+        }
+        (Some(current), previous) => {
+            let previous = previous.transpose()?;
+            Ok(Some(SecretBox::new(current?, previous)))
+        }
+    }
+}
+
+/// One key file, read and checked. A problem names the key and the fix,
+/// never what the file holds.
+fn read_key(name: &str, path: &Path, p: &mut Problems) -> Result<Key, ()> {
+    let key = format!("{TABLE}.{name}");
+    let mut contents = std::fs::read(path).map_err(|e| {
+        p.add(key.clone(), format!("cannot read {}: {e}", path.display()));
+    })?;
+    let parsed = Key::from_file_contents(&contents);
+    contents.zeroize();
+    parsed.map_err(|e| p.add(key, key_problem(name, path, &e)))
+}
+
+fn key_problem(name: &str, path: &Path, e: &KeyError) -> String {
+    let fix = if name.starts_with("previous_") {
+        "point it at the file of the key used before the rotation, or remove it".to_owned()
+    } else {
+        format!(
+            "make a key with: (umask 077; openssl rand -base64 32 > {}), and back it up with \
+             the database's credentials",
+            path.display()
+        )
+    };
+    format!("{} {e}; {fix}", path.display())
 }

@@ -5,7 +5,8 @@
 //! `mongodb.uri` (and the URI options that can carry one) shows as `****`;
 //! `mongodb.uri` is left out when `mongodb.uri_file` replaces it. The
 //! `[open_platform]` secrets are `*_env` and `*_file` names like the
-//! accounts', shown as written.
+//! accounts', shown as written, and so are its refresh-token key files
+//! (paths, never opened here).
 
 use std::path::Path;
 

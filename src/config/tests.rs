@@ -1026,3 +1026,137 @@ fn open_platform_secrets_are_read_by_the_daemon_only_and_never_shown() {
     assert_eq!(op["max_body_bytes"], 65536);
     assert_eq!(op["listen"], "127.0.0.1:8088");
 }
+
+/// A key file holding `contents` in `dir`.
+fn key_file(dir: &tempfile::TempDir, name: &str, contents: &[u8]) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).expect("write the key file");
+    path.display().to_string()
+}
+
+#[test]
+fn refresh_token_keys_are_read_from_files_as_base64_or_raw() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let current = key_file(
+        &dir,
+        "current",
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+        )
+        .as_bytes(),
+    );
+    let previous = key_file(&dir, "previous", &[9u8; 32]);
+    let s = load(&open_platform(""), &OPEN_PLATFORM_VARS).expect("valid");
+    let secrets = s.open_platform.expect("configured").secrets.expect("read");
+    assert!(secrets.refresh_tokens.is_none(), "no key file, no box");
+    let s = load(
+        &open_platform(&format!(
+            "refresh_token_key_file = {current:?}\nprevious_refresh_token_key_file = {previous:?}\n"
+        )),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect("valid");
+    let secrets = s.open_platform.expect("configured").secrets.expect("read");
+    let refresh_tokens = secrets.refresh_tokens.expect("the keys");
+    let expected = crate::open_platform::secretbox::Key::new([7u8; 32]).expect("key");
+    assert_eq!(refresh_tokens.current_key_id(), expected.id());
+    // An empty path (an environment override unsetting it) is not set.
+    let s = load(
+        &open_platform("refresh_token_key_file = \"\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect("valid");
+    let secrets = s.open_platform.expect("configured").secrets.expect("read");
+    assert!(secrets.refresh_tokens.is_none());
+}
+
+#[test]
+fn bad_refresh_token_key_files_name_the_key_and_the_fix_never_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = key_file(&dir, "short", b"short-key-never-shown\n");
+    let zeros = key_file(&dir, "zeros", &[0u8; 32]);
+    let cases = [
+        (
+            format!("refresh_token_key_file = {short:?}\n"),
+            "open_platform.refresh_token_key_file",
+            "must hold 32 random bytes, as base64 (44 characters) or raw; it holds 22 bytes; \
+             make a key with: (umask 077; openssl rand -base64 32 >",
+        ),
+        (
+            format!("refresh_token_key_file = {zeros:?}\n"),
+            "open_platform.refresh_token_key_file",
+            "holds a key of zeros, not a random one",
+        ),
+        (
+            "refresh_token_key_file = \"/nonexistent/key\"\n".to_owned(),
+            "open_platform.refresh_token_key_file",
+            "cannot read /nonexistent/key",
+        ),
+        (
+            format!("previous_refresh_token_key_file = {zeros:?}\n"),
+            "open_platform.refresh_token_key_file",
+            "missing: previous_refresh_token_key_file only opens what an older key sealed",
+        ),
+        (
+            "refresh_token_key = \"inline-key-never-shown\"\n".to_owned(),
+            "open_platform.refresh_token_key",
+            "inline keys are not allowed; use refresh_token_key_file",
+        ),
+    ];
+    for (extra, key, message) in cases {
+        let err = load(&open_platform(&extra), &OPEN_PLATFORM_VARS).expect_err(&extra);
+        let text = err.to_string();
+        assert!(text.contains(message), "{extra}: {text}");
+        assert!(!text.contains("never-shown"), "{text}");
+        assert!(keys(err).contains(&key.to_owned()), "{extra}: {text}");
+    }
+    // A bad previous key is named with its own fix, beside a bad current one
+    // and a bad EncodingAESKey.
+    let err = load(
+        &open_platform(&format!(
+            "refresh_token_key_file = {short:?}\nprevious_refresh_token_key_file = {zeros:?}\n"
+        )),
+        &[
+            ("WX_SECRET", "s"),
+            ("WX_C_SECRET", "component-secret-value"),
+            ("WX_C_TOKEN", "message-token-value"),
+            ("WX_C_AES", "short-key-value"),
+        ],
+    )
+    .expect_err("must fail");
+    let text = err.to_string();
+    assert_eq!(
+        keys(err),
+        [
+            "open_platform.refresh_token_key_file",
+            "open_platform.previous_refresh_token_key_file",
+            "open_platform.encoding_aes_key_env",
+        ]
+    );
+    assert!(
+        text.contains("point it at the file of the key used before the rotation"),
+        "{text}"
+    );
+}
+
+#[test]
+fn refresh_token_keys_are_read_by_the_daemon_only_and_shown_as_paths() {
+    let toml = open_platform(
+        "refresh_token_key_file = \"/nonexistent/rt-key\"\n\
+         previous_refresh_token_key_file = \"/nonexistent/rt-key-old\"\n",
+    );
+    let s = load_store_only(&toml).expect("no key file read");
+    assert!(s.open_platform.expect("configured").secrets.is_none());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wxtokend.toml");
+    std::fs::write(&path, &toml).expect("write");
+    let shown = effective(Some(&path)).expect("valid without reading the key files");
+    let op = &shown["open_platform"];
+    assert_eq!(op["refresh_token_key_file"], "/nonexistent/rt-key");
+    assert_eq!(
+        op["previous_refresh_token_key_file"],
+        "/nonexistent/rt-key-old"
+    );
+}

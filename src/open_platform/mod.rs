@@ -7,7 +7,12 @@
 //! - [`event`]: those pushes, checked and read without I/O
 //!   ([`event::verify`]).
 //!
-//! - [`store`]: the platform's collections (so far the verify tickets).
+//! - [`secretbox`]: refresh tokens and authorization codes sealed at rest.
+//!
+//! - [`store`]: the platform's collections (so far the verify tickets);
+//!   [`directory`]: the authorizers and their state (`authorizers`);
+//!   [`secrets`]: their sealed refresh tokens and codes
+//!   (`authorizer_secrets`).
 //! - `receiver`: the callback receiver, an HTTP listener of its own.
 //!
 //! The daemon receives and stores verify tickets; authorization events are
@@ -15,9 +20,13 @@
 //! is fetched yet (issue 15, later steps).
 
 pub mod crypto;
+pub mod directory;
 pub mod event;
 pub(crate) mod receiver;
+pub mod secretbox;
+pub mod secrets;
 pub mod store;
 
 pub use crypto::{CryptoError, KeyRole, MessageCrypto};
 pub use event::{verify, CallbackQuery, Event, Reject};
+pub use secretbox::{Sealed, SecretBox, Unsealable};

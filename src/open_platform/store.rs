@@ -29,15 +29,18 @@ pub mod field {
 /// received by two replicas, is a duplicate key, that is already stored.
 pub const TICKET_INDEX: &str = "component_appid_1_create_time_-1";
 
-/// The indexes of the platform's collections.
+/// The indexes of the platform's collections (`authorizer_secrets` has
+/// none beyond `_id`).
 pub fn indexes() -> Vec<IndexSpec> {
-    vec![IndexSpec {
+    let mut indexes = vec![IndexSpec {
         collection: COMPONENT_VERIFY_TICKETS,
         name: TICKET_INDEX,
         keys: &[(field::COMPONENT_APPID, 1), (field::CREATE_TIME, -1)],
         unique: true,
         ttl: None,
-    }]
+    }];
+    indexes.extend(super::directory::indexes());
+    indexes
 }
 
 /// What storing a ticket did.

@@ -1,7 +1,9 @@
 //! MongoDB as production runs it: TLS (with a private CA, and mutual TLS),
 //! SCRAM users from a connection string read from `mongodb.uri_file`, and
 //! the least-privilege roles the README gives (`wxtokend` for the daemon,
-//! `wxtokendReader` for business hosts), taken from the README itself.
+//! `wxtokendReader` for business hosts, `wxtokendTicketWriter` for a
+//! service handing over Open Platform verify tickets), taken from the
+//! README itself.
 //!
 //! Each test runs a server of its own with `--auth` and TLS (SecantusDB
 //! enforces SCRAM-SHA-256, TLS, client certificates and role privileges),
@@ -206,6 +208,10 @@ const READER: User = User {
     name: "order-service",
     password: "reader-Pa55word-never-shown",
 };
+const TICKET_WRITER: User = User {
+    name: "wechat-callback",
+    password: "writer-Pa55word-never-shown",
+};
 
 fn account() -> TestAccount {
     TestAccount::new("wx0000000000secure", "secure-app-secret-0123")
@@ -229,6 +235,7 @@ fn secrets() -> Vec<&'static str> {
         ROOT_PASSWORD,
         DAEMON.password,
         READER.password,
+        TICKET_WRITER.password,
         "wrong-Pa55word-never-shown",
         "secure-app-secret-0123",
     ]
@@ -553,6 +560,49 @@ async fn business_hosts_get_exactly_the_readers_privileges_and_clear_refusals() 
         .insert_one(doc! { "app_id": "wx-forged", "access_token": "FORGED" })
         .await;
     assert!(write.is_err(), "the reader role can write credentials");
+    // The Open Platform: the directory is readable, the sealed refresh
+    // tokens are not, and the refusal names the action and the collection.
+    let reader_db = reader.database(&db.name);
+    reader_db
+        .collection::<Document>("authorizers")
+        .find_one(doc! {})
+        .await
+        .expect("the reader role reads the authorizer directory");
+    let sealed = reader_db
+        .collection::<Document>("authorizer_secrets")
+        .find_one(doc! {})
+        .await
+        .expect_err("the reader role reads the sealed refresh tokens");
+    let refused = wxtokend_reader::Refused::of(&sealed)
+        .unwrap_or_else(|| panic!("not a refusal: {sealed}"))
+        .to_string();
+    let expected = format!(
+        "the user lacks the action find on {}.authorizer_secrets",
+        db.name
+    );
+    assert!(refused.contains(&expected), "{refused}");
+
+    // A service that hands over verify tickets may insert them, nothing
+    // more: not read them back, not touch a credential.
+    create_user(
+        &db,
+        readme_role("wxtokendTicketWriter", &db.name, |_| {}),
+        &TICKET_WRITER,
+    )
+    .await;
+    let writer = client(&mongo.uri(Some(&TICKET_WRITER), &db.name)).await;
+    let writer_db = writer.database(&db.name);
+    let tickets = writer_db.collection::<Document>("component_verify_tickets");
+    tickets
+        .insert_one(doc! { "component_appid": "wxc", "ticket": "ticket@@@external" })
+        .await
+        .expect("the ticket writer inserts a ticket");
+    assert!(tickets.find_one(doc! {}).await.is_err(), "it reads tickets");
+    let forged = writer_db
+        .collection::<Document>("access_tokens")
+        .insert_one(doc! { "app_id": "wx-forged", "access_token": "FORGED" })
+        .await;
+    assert!(forged.is_err(), "the ticket writer writes credentials");
 
     let id = account().id;
     let file = mongo.uri_file("reader", &mongo.uri(Some(&READER), &db.name));
@@ -603,6 +653,7 @@ fn the_readme_role_is_what_the_start_up_privilege_check_asks_for() {
         .iter()
         .chain(&wxtokend::store::request_indexes())
         .chain(&wxtokend::coordination::indexes())
+        .chain(&wxtokend::open_platform::store::indexes())
         .cloned()
         .map(IndexStep::Create)
         .collect();
@@ -615,7 +666,8 @@ fn the_readme_role_is_what_the_start_up_privilege_check_asks_for() {
                 from: Duration::from_secs(60),
             }),
     );
-    let needed = wxtokend::privileges_needed(&steps);
+    let mut needed = wxtokend::privileges_needed(&steps);
+    needed.extend(wxtokend::open_platform_privileges());
     let full = status(readme_role("wxtokend", "wechat", |_| {}));
     assert_eq!(
         MissingPrivileges::compare("wechat", Some(&full), &needed),
@@ -644,4 +696,14 @@ fn the_readme_role_is_what_the_start_up_privilege_check_asks_for() {
     // The reader's role is not enough for the daemon.
     let reader = status(readme_role("wxtokendReader", "wechat", |_| {}));
     assert!(MissingPrivileges::compare("wechat", Some(&reader), &everyday).is_some());
+    // With [open_platform], the daemon's role covers the directory and the
+    // sealed secrets; without update on the secrets, that is named.
+    let no_update = status(readme_role(
+        "wxtokend",
+        "wechat",
+        without("update", "authorizer_secrets"),
+    ));
+    let missing =
+        MissingPrivileges::compare("wechat", Some(&no_update), &needed).expect("update is missing");
+    assert_eq!(missing.missing, [("authorizer_secrets", "update")]);
 }

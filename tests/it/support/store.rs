@@ -256,3 +256,10 @@ pub async fn newest_verify_ticket(db: &TestDb, component: &str) -> Option<(Strin
         .expect("read the newest ticket")
         .map(|t| (t.ticket.expose_secret().to_owned(), t.create_time))
 }
+
+/// The daemon's store on `db`, for the store-level tests of the Open
+/// Platform's collections (`open_platform_store`), which drive the
+/// directory and the sealed secrets directly.
+pub async fn daemon_store(db: &TestDb) -> Store {
+    store(db).await
+}
