@@ -18,11 +18,11 @@ use crate::open_platform::{
     self,
     receiver::{self, Receiver},
 };
-use crate::subject::Subject;
+use crate::subject::{Component, Subject};
 use crate::watchdog::{self, Liveness};
 use mongodb::bson::Document;
 use wxtokend_reader::requests;
-use wxtokend_reader::{ConnectOptions, CredentialKind, Refused};
+use wxtokend_reader::{AccountId, ConnectOptions, CredentialKind, Refused};
 
 use crate::refresh::{Backoff, Context};
 use crate::store::{
@@ -142,10 +142,9 @@ impl Daemon {
             let admin = admin::Admin {
                 store: store.clone(),
                 metrics: metrics.clone(),
-                accounts: settings
-                    .accounts
+                accounts: subjects(&settings)
                     .iter()
-                    .map(|a| (a.id.clone(), a.kinds().collect()))
+                    .map(|s| (s.app_id().clone(), s.kinds().collect()))
                     .collect(),
                 interval: settings.lease.renew_interval,
                 stale_after: settings.lease.duration,
@@ -201,13 +200,8 @@ impl Daemon {
             metrics,
             operation_timeout: settings.mongodb_operation_timeout(),
         });
-        let subjects = settings
-            .accounts
-            .iter()
-            .cloned()
-            .map(Subject::Account)
-            .collect();
-        let coordinator = Coordinator::new(ctx, subjects, settings.lease.clone(), liveness);
+        let coordinator =
+            Coordinator::new(ctx, subjects(&settings), settings.lease.clone(), liveness);
         let mut task = tokio::spawn(coordinator.run(shutdown.clone()));
         tokio::select! {
             () = shutdown.cancelled() => {}
@@ -266,6 +260,13 @@ fn start_receiver(
         max_message_age: open_platform.max_message_age,
         operation_timeout: settings.mongodb_operation_timeout(),
         instance_id: settings.daemon.instance_id.clone(),
+        secrets: secrets.refresh_tokens.clone().map(|sealing| {
+            open_platform::secrets::Secrets::new(
+                store.clone(),
+                sealing,
+                settings.daemon.instance_id.as_str(),
+            )
+        }),
     };
     let app = receiver::router(receiver, &open_platform.path, open_platform.max_body_bytes);
     if let Ok(addr) = listener.local_addr() {
@@ -328,12 +329,38 @@ fn watch_over(
     tokio::spawn(watchdog::run(liveness, interval, shutdown));
 }
 
+/// What this replica's coordinator shares with the others: every
+/// configured account, and the Open Platform component (its own token)
+/// when `[open_platform]` is set.
+fn subjects(settings: &Settings) -> Vec<Subject> {
+    let mut subjects: Vec<Subject> = settings
+        .accounts
+        .iter()
+        .cloned()
+        .map(Subject::Account)
+        .collect();
+    let component = settings.open_platform.as_ref().and_then(|open_platform| {
+        let secrets = open_platform.secrets.as_ref()?;
+        Some(Component {
+            appid: AccountId::new(open_platform.component_appid.as_str()),
+            secret: secrets.component_secret.clone(),
+            start_push_ticket_after: open_platform.start_push_ticket_after,
+        })
+    });
+    subjects.extend(component.map(|c| Subject::Component(Arc::new(c))));
+    subjects
+}
+
 /// Every index the daemon needs, in every collection.
 pub fn all_indexes(settings: &Settings) -> Vec<IndexSpec> {
     let mut indexes = store::credential_indexes(settings.mongodb.history_retention);
     indexes.extend(store::request_indexes());
     indexes.extend(coordination::indexes());
     if settings.open_platform.is_some() {
+        indexes.extend(store::credential_indexes_of(
+            &[CredentialKind::ComponentAccessToken],
+            settings.mongodb.history_retention,
+        ));
         indexes.extend(open_platform::store::indexes());
     }
     indexes
@@ -363,14 +390,16 @@ pub fn privileges_needed(steps: &[IndexStep]) -> Vec<Needed> {
 }
 
 /// What the Open Platform component adds, when configured: the receiver
-/// reads and inserts verify tickets; the directory and the sealed secrets
-/// are upserted and updated, never removed (`$unset`). Index steps are in
-/// [`privileges_needed`]'s `steps`.
+/// reads and inserts verify tickets, the component's refresher marks those
+/// WeChat refused and writes the component token; the directory and the
+/// sealed secrets are upserted and updated, never removed (`$unset`).
+/// Index steps are in [`privileges_needed`]'s `steps`.
 pub fn open_platform_privileges() -> Vec<Needed> {
     const UPSERTED: &[&str] = &["find", "insert", "update", "listIndexes"];
     vec![
+        (open_platform::store::COMPONENT_VERIFY_TICKETS, UPSERTED),
         (
-            open_platform::store::COMPONENT_VERIFY_TICKETS,
+            CredentialKind::ComponentAccessToken.collection(),
             &["find", "insert", "listIndexes"],
         ),
         (open_platform::directory::AUTHORIZERS, UPSERTED),
@@ -379,9 +408,10 @@ pub fn open_platform_privileges() -> Vec<Needed> {
 }
 
 /// The platform's collections `check` reads, when configured.
-fn open_platform_collections() -> [&'static str; 3] {
+fn open_platform_collections() -> [&'static str; 4] {
     [
         open_platform::store::COMPONENT_VERIFY_TICKETS,
+        CredentialKind::ComponentAccessToken.collection(),
         open_platform::directory::AUTHORIZERS,
         open_platform::secrets::AUTHORIZER_SECRETS,
     ]

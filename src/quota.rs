@@ -376,6 +376,7 @@ mod tests {
             errmsg: "forbid to clear quota because of reaching the limit".into(),
             meaning: "used up",
             class: ErrorClass::Permanent,
+            effect: None,
             retry_after: None,
         };
         let text = refused_clear("WeChat did not clear wx1".into(), answered).to_string();

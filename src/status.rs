@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use wxtokend_reader::{AccountId, CredentialKind};
+use wxtokend_reader::{AccountId, Credential, CredentialKind, QueryError};
 
 use crate::config::{AccountSpec, Settings};
 use crate::coordination::quota::quota_day;
-use crate::coordination::{LeaseInfo, Leases};
+use crate::coordination::{LeaseId, LeaseInfo, Leases};
 use crate::mirror::Health;
 use crate::store::{Store, StoreError};
 use crate::wechat::{Api, STABLE_TOKEN_FORCED_PER_DAY};
@@ -70,7 +70,11 @@ impl Known<'_> {
     fn api(&self, kind: CredentialKind) -> Option<Api> {
         match (self.spec, &self.lease) {
             (Some(spec), _) => Some(spec.api(kind)),
-            (None, Some(lease)) => lease.quotas.keys().copied().find(|api| api.kind() == kind),
+            (None, Some(lease)) => lease
+                .quotas
+                .keys()
+                .copied()
+                .find(|api| api.kind() == Some(kind)),
             (None, None) => None,
         }
     }
@@ -81,7 +85,9 @@ impl Known<'_> {
 /// configuration keeps, whether anything is stored or not, and one for each
 /// other kind stored for it. An account with neither a configuration nor a
 /// stored ticket still has its access token line. Quotas are shown per
-/// line, for the API that issues that kind.
+/// line, for the API that issues that kind. With `[open_platform]`, a last
+/// line for the component's token (without its age and expiry for a user
+/// that may not read it, as the reader role may not).
 pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountStatus>, StoreError> {
     let server_now = store.server_time().await?;
     let today = quota_day(server_now);
@@ -90,12 +96,28 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
     for spec in &settings.configured {
         known.entry(spec.id.clone()).or_default().spec = Some(spec);
     }
+    let mut component_lease = None;
+    let component = settings
+        .open_platform
+        .as_ref()
+        .map(|o| AccountId::new(o.component_appid.as_str()));
     for lease in Leases::new(store.clone()).infos(&[]).await? {
         // The Open Platform's leases are not accounts.
         if let Some(id) = lease.id.as_account() {
             known.entry(id).or_default().lease = Some(lease);
+        } else if component
+            .as_ref()
+            .is_some_and(|c| lease.id == LeaseId::component(c))
+        {
+            component_lease = Some(lease);
         }
     }
+    let line = Line {
+        settings,
+        today: &today,
+        now,
+        server_now,
+    };
     let mut lines = Vec::new();
     for (account, known) in &known {
         let lease = known.lease.as_ref();
@@ -106,44 +128,86 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
                 continue;
             }
             let api = known.api(kind);
-            let quota = api
-                .and_then(|api| lease?.quotas.get(&api))
-                .map(|q| q.on(&today))
-                .unwrap_or_default();
-            let stable = api == Some(Api::StableToken);
-            let daily_call_limit = api
-                .filter(|_| known.spec.is_some())
-                .map(|api| settings.refresh.daily_call_limits.of(api));
-            lines.push(AccountStatus {
-                account: account.clone(),
-                kind,
-                configured,
-                generation: newest.as_ref().map(|c| c.generation.0),
-                age_s: newest.as_ref().map(|c| {
-                    now.duration_since(c.fetched_at)
-                        .unwrap_or_default()
-                        .as_secs()
-                }),
-                time_left_s: newest.as_ref().map(|c| c.time_left(now).as_secs()),
-                lease_valid: lease
-                    .is_some_and(|l| !l.holder.is_empty() && l.expires_at > server_now),
-                lease_holder: lease
-                    .filter(|l| !l.holder.is_empty())
-                    .map(|l| l.holder.clone()),
-                lease_term: lease.map_or(0, |l| l.term.0),
-                api,
-                quota_day: today.clone(),
-                calls_today: quota.calls,
-                daily_call_limit,
-                quota_exhausted: quota.exhausted
-                    || daily_call_limit.is_some_and(|limit| quota.calls >= limit),
-                forced_calls_today: stable.then_some(quota.forced_calls),
-                forced_call_limit: stable.then_some(STABLE_TOKEN_FORCED_PER_DAY),
-                last_error: lease.and_then(|l| l.last_error.clone()),
-            });
+            let limited = known.spec.is_some();
+            lines.push(line.of(account, kind, configured, newest, lease, api, limited));
         }
     }
+    if let Some(component) = &component {
+        let kind = CredentialKind::ComponentAccessToken;
+        let newest = match store.credentials().newest(kind, component).await {
+            Ok(newest) => newest,
+            // The reader role may not read the component token (with it
+            // anyone can list every authorizer's refresh token): the line
+            // shows the lease alone.
+            Err(QueryError::Refused(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let api = Some(Api::ComponentToken);
+        let lease = component_lease.as_ref();
+        lines.push(line.of(component, kind, true, newest, lease, api, true));
+    }
     Ok(lines)
+}
+
+/// What every line is computed with.
+struct Line<'a> {
+    settings: &'a Settings,
+    today: &'a str,
+    now: SystemTime,
+    server_now: SystemTime,
+}
+
+impl Line<'_> {
+    /// The line of `kind` of `account`; `limited`: the configuration
+    /// keeps it, so its API's ceiling applies.
+    #[allow(clippy::too_many_arguments)]
+    fn of(
+        &self,
+        account: &AccountId,
+        kind: CredentialKind,
+        configured: bool,
+        newest: Option<Credential>,
+        lease: Option<&LeaseInfo>,
+        api: Option<Api>,
+        limited: bool,
+    ) -> AccountStatus {
+        let now = self.now;
+        let quota = api
+            .and_then(|api| lease?.quotas.get(&api))
+            .map(|q| q.on(self.today))
+            .unwrap_or_default();
+        let stable = api == Some(Api::StableToken);
+        let daily_call_limit = api
+            .filter(|_| limited)
+            .map(|api| self.settings.refresh.daily_call_limits.of(api));
+        AccountStatus {
+            account: account.clone(),
+            kind,
+            configured,
+            generation: newest.as_ref().map(|c| c.generation.0),
+            age_s: newest.as_ref().map(|c| {
+                now.duration_since(c.fetched_at)
+                    .unwrap_or_default()
+                    .as_secs()
+            }),
+            time_left_s: newest.as_ref().map(|c| c.time_left(now).as_secs()),
+            lease_valid: lease
+                .is_some_and(|l| !l.holder.is_empty() && l.expires_at > self.server_now),
+            lease_holder: lease
+                .filter(|l| !l.holder.is_empty())
+                .map(|l| l.holder.clone()),
+            lease_term: lease.map_or(0, |l| l.term.0),
+            api,
+            quota_day: self.today.to_owned(),
+            calls_today: quota.calls,
+            daily_call_limit,
+            quota_exhausted: quota.exhausted
+                || daily_call_limit.is_some_and(|limit| quota.calls >= limit),
+            forced_calls_today: stable.then_some(quota.forced_calls),
+            forced_call_limit: stable.then_some(STABLE_TOKEN_FORCED_PER_DAY),
+            last_error: lease.and_then(|l| l.last_error.clone()),
+        }
+    }
 }
 
 /// A table for people.

@@ -168,6 +168,10 @@ pub struct DailyCallLimits {
     pub wecom_token: i64,
     pub wecom_jsapi_ticket: i64,
     pub agent_config_ticket: i64,
+    /// Open Platform: the component token (per component).
+    pub component_token: i64,
+    /// Open Platform: asking WeChat to push a verify ticket.
+    pub start_push_ticket: i64,
 }
 
 impl DailyCallLimits {
@@ -182,6 +186,8 @@ impl DailyCallLimits {
             wecom_token: limit,
             wecom_jsapi_ticket: limit,
             agent_config_ticket: limit,
+            component_token: limit,
+            start_push_ticket: limit,
         }
     }
 
@@ -194,6 +200,8 @@ impl DailyCallLimits {
             Api::WecomToken => self.wecom_token,
             Api::WecomJsapiTicket => self.wecom_jsapi_ticket,
             Api::AgentConfigTicket => self.agent_config_ticket,
+            Api::ComponentToken => self.component_token,
+            Api::StartPushTicket => self.start_push_ticket,
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct OpenPlatformSettings {
     pub max_message_age: Duration,
     /// Larger bodies are refused (413) once that many bytes have come.
     pub max_body_bytes: usize,
+    /// With no usable verify ticket for this long, the component's
+    /// refresher asks WeChat to push one (`api_start_push_ticket`), and
+    /// again after as long; `None` (`"0s"`) = never.
+    pub start_push_ticket_after: Option<Duration>,
     /// The component's secrets: read for [`Scope::Daemon`] only.
     pub secrets: Option<ComponentSecrets>,
 }
@@ -106,6 +110,8 @@ pub(super) struct RawOpenPlatform {
     max_message_age: Duration,
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: usize,
+    #[serde(default = "default_start_push_ticket_after", with = "humantime_serde")]
+    start_push_ticket_after: Duration,
 }
 
 pub(super) fn default_path() -> String {
@@ -119,6 +125,15 @@ pub(super) fn default_max_message_age() -> Duration {
 pub(super) fn default_max_body_bytes() -> usize {
     64 * 1024
 }
+
+/// Three missed pushes (WeChat pushes every 10 minutes).
+pub(super) fn default_start_push_ticket_after() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+/// Asking WeChat to push sooner than this would only spend the API's
+/// daily ceiling: a push takes a moment to come.
+const MIN_START_PUSH_TICKET_AFTER: Duration = Duration::from_secs(10);
 
 /// `[open_platform]` checked; its secrets read in [`Scope::Daemon`] only.
 pub(super) fn open_platform_settings(
@@ -184,6 +199,13 @@ pub(super) fn open_platform_settings(
         &key("max_body_bytes"),
         "must be between 1024 and 1048576 (a push is under 1 KiB; the default 65536 is plenty)",
     );
+    p.check(
+        raw.start_push_ticket_after.is_zero()
+            || raw.start_push_ticket_after >= MIN_START_PUSH_TICKET_AFTER,
+        &key("start_push_ticket_after"),
+        "must be at least 10s, for example \"30m\" (three missed pushes), or \"0s\" to never \
+         ask WeChat to push a verify ticket",
+    );
     let secrets = match scope {
         Scope::Daemon => component_secrets(raw, env, p),
         Scope::StoreOnly | Scope::Local => None,
@@ -194,6 +216,7 @@ pub(super) fn open_platform_settings(
         path: raw.path.clone(),
         max_message_age: raw.max_message_age,
         max_body_bytes: raw.max_body_bytes,
+        start_push_ticket_after: Some(raw.start_push_ticket_after).filter(|d| !d.is_zero()),
         secrets,
     }
 }

@@ -72,6 +72,13 @@ pub fn effective(file: Option<&Path>) -> Result<Value, ConfigError> {
         open_platform
             .entry("max_body_bytes")
             .or_insert_with(|| super::open_platform::default_max_body_bytes().into());
+        open_platform
+            .entry("start_push_ticket_after")
+            .or_insert_with(|| {
+                humantime::format_duration(super::open_platform::default_start_push_ticket_after())
+                    .to_string()
+                    .into()
+            });
     }
     Ok(sorted(value))
 }

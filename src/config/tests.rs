@@ -862,6 +862,7 @@ fn open_platform_is_off_unless_configured_and_has_defaults() {
     assert_eq!(op.path, "/wechat/open/events");
     assert_eq!(op.max_message_age, Duration::from_secs(300));
     assert_eq!(op.max_body_bytes, 65536);
+    assert_eq!(op.start_push_ticket_after, Some(Duration::from_secs(1800)));
     let secrets = op.secrets.expect("read for the daemon");
     assert_eq!(
         secrets.component_secret.expose_secret(),
@@ -986,6 +987,25 @@ fn open_platform_paths_a_router_would_read_as_patterns_and_long_ages_are_refused
     assert_eq!(keys(err), ["open_platform.max_message_age"]);
 }
 
+#[test]
+fn start_push_ticket_after_is_at_least_ten_seconds_or_never() {
+    let never = load(
+        &open_platform("start_push_ticket_after = \"0s\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect("valid");
+    assert_eq!(
+        never.open_platform.expect("set").start_push_ticket_after,
+        None
+    );
+    let err = load(
+        &open_platform("start_push_ticket_after = \"9s\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect_err("too soon");
+    assert_eq!(keys(err), ["open_platform.start_push_ticket_after"]);
+}
+
 /// An unreadable previous key does not hide a bad current one.
 #[test]
 fn open_platform_a_missing_previous_key_and_a_bad_current_one_are_both_named() {
@@ -1024,6 +1044,7 @@ fn open_platform_secrets_are_read_by_the_daemon_only_and_never_shown() {
     assert_eq!(op["path"], "/wechat/open/events");
     assert_eq!(op["max_message_age"], "5m");
     assert_eq!(op["max_body_bytes"], 65536);
+    assert_eq!(op["start_push_ticket_after"], "30m");
     assert_eq!(op["listen"], "127.0.0.1:8088");
 }
 

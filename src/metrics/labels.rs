@@ -76,6 +76,9 @@ pub enum Operation {
     LoadCredential,
     /// Reading the access token a ticket is fetched with.
     ReadAccessToken,
+    /// Reading the verify ticket a component token is fetched with, or
+    /// marking one WeChat refused.
+    ReadVerifyTicket,
     /// Noting an error or a spent quota on the lease document.
     LeaseNote,
     /// Renewing the held leases.
@@ -105,6 +108,7 @@ impl Operation {
             Self::InsertCredential => "insert_credential",
             Self::LoadCredential => "load_credential",
             Self::ReadAccessToken => "read_access_token",
+            Self::ReadVerifyTicket => "read_verify_ticket",
             Self::LeaseNote => "lease_note",
             Self::Renew => "renew",
             Self::Heartbeat => "heartbeat",
@@ -160,7 +164,8 @@ pub struct QuotaLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallbackLabels {
-    /// `stored`, `acknowledged`, `store_error` or a reject's reason.
+    /// `stored`, `authorized`, `updateauthorized`, `unauthorized`,
+    /// `acknowledged`, `store_error` or a reject's reason.
     pub outcome: String,
 }
 

@@ -265,8 +265,9 @@ impl Metrics {
         registry.register(
             "wxtokend_open_platform_callbacks",
             "Pushes to the Open Platform callback receiver by outcome: stored (a verify \
-             ticket), acknowledged (an authorization event, not acted on yet), store_error \
-             (MongoDB failed; answered 503) or the reason it was refused",
+             ticket), authorized, updateauthorized, unauthorized (authorization events, \
+             applied), acknowledged (another event), store_error (MongoDB failed; answered \
+             503) or the reason it was refused",
             m.open_platform_callbacks.clone(),
         );
         registry.register(

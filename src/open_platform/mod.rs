@@ -15,9 +15,10 @@
 //!   (`authorizer_secrets`).
 //! - `receiver`: the callback receiver, an HTTP listener of its own.
 //!
-//! The daemon receives and stores verify tickets; authorization events are
-//! acknowledged but not acted on yet, and no component or authorizer token
-//! is fetched yet (issue 15, later steps).
+//! The daemon receives and stores verify tickets and keeps the component
+//! token fresh (`crate::refresh`, under the component's lease); the
+//! receiver keeps authorization events in the directory and the codes
+//! sealed, but no authorizer token is fetched yet (issue 15, later steps).
 
 pub mod crypto;
 pub mod directory;

@@ -1,8 +1,13 @@
 //! The callback receiver: the HTTP listener (`open_platform.listen`) WeChat
 //! POSTs the platform's pushes to (授权事件接收URL). Each push is checked
-//! with [`super::verify`] against MongoDB's clock; a verify ticket is
-//! stored in `component_verify_tickets` and answered `success` once
-//! stored; authorization events are acknowledged, logged and counted.
+//! with [`super::verify`] against MongoDB's clock, applied to MongoDB, and
+//! answered `success` once written: a verify ticket is stored in
+//! `component_verify_tickets`; an authorization puts the authorizer in the
+//! directory (`authorizers`, `pending`) with its authorization code sealed
+//! in `authorizer_secrets`, for the authorizer's holder to exchange; a
+//! withdrawal makes it `unauthorized` and forgets its secrets. Events carry
+//! WeChat's `CreateTime`, and an older event never undoes a newer one (a
+//! replay, or pushes that crossed).
 //!
 //! Any replica may receive: MongoDB is the shared state, and the same push
 //! stored twice is one document ([`Tickets::insert`]).
@@ -18,7 +23,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
+use wxtokend_reader::AccountId;
+
+use super::directory::{Authorization, Directory, EventOutcome};
 use super::event::{verify, CallbackQuery, Event, Reject};
+use super::secretbox::SealError;
+use super::secrets::{Secrets, SecretsError};
 use super::store::{Stored, Tickets};
 use super::MessageCrypto;
 use crate::metrics::{Metrics, Operation};
@@ -32,9 +42,9 @@ const REJECT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// (the accept loop bounds the headers): a push is under 1 KiB.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// At most this long for storing a verify ticket, whatever the MongoDB
-/// operation timeout: WeChat waits about 5 s for an answer, and a 503 it
-/// never sees is no answer.
+/// At most this long for applying a push, whatever the MongoDB operation
+/// timeout: WeChat waits about 5 s for an answer, and a 503 it never sees
+/// is no answer.
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the receiver needs.
@@ -48,11 +58,16 @@ pub struct Receiver {
     pub operation_timeout: Duration,
     /// Written to `received_by`.
     pub instance_id: String,
+    /// Where authorization codes are kept, sealed; `None` without
+    /// `open_platform.refresh_token_key_file`: the directory is kept, the
+    /// codes are not (discovery finds those authorizers' refresh tokens).
+    pub secrets: Option<Secrets>,
 }
 
 struct ReceiverState {
     receiver: Receiver,
     tickets: Tickets,
+    directory: Directory,
     /// When each reject reason was last logged, and how many went unlogged
     /// since.
     reject_log: Mutex<HashMap<&'static str, (Option<Instant>, u64)>>,
@@ -63,6 +78,7 @@ struct ReceiverState {
 pub fn router(receiver: Receiver, path: &str, max_body_bytes: usize) -> Router {
     let state = Arc::new(ReceiverState {
         tickets: Tickets::new(receiver.store.clone()),
+        directory: Directory::new(receiver.store.clone()),
         receiver,
         reject_log: Mutex::new(HashMap::new()),
     });
@@ -115,11 +131,16 @@ async fn callback(
         }
         Err(Refused::Store(e)) => {
             receiver.metrics.open_platform_callback("store_error");
-            tracing::warn!(error = %e, "open platform callback: cannot store the verify ticket; answered 503 (WeChat pushes again in 10 minutes)");
+            tracing::warn!(error = %e, "open platform callback: cannot store what WeChat pushed; answered 503 (WeChat pushes again)");
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "MongoDB is unavailable; try again\n",
             )
+        }
+        Err(Refused::Seal(e)) => {
+            receiver.metrics.open_platform_callback("store_error");
+            tracing::error!(error = %e, "open platform callback: cannot seal the authorization code; answered 503");
+            text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
         }
     }
 }
@@ -128,6 +149,18 @@ async fn callback(
 enum Refused {
     Reject(Reject),
     Store(StoreError),
+    /// The system's random source failed: an authorization code could not
+    /// be sealed.
+    Seal(SealError),
+}
+
+impl From<SecretsError> for Refused {
+    fn from(error: SecretsError) -> Self {
+        match error {
+            SecretsError::Store(e) => Self::Store(e),
+            SecretsError::Seal(e) => Self::Seal(e),
+        }
+    }
 }
 
 impl ReceiverState {
@@ -171,36 +204,119 @@ impl ReceiverState {
                 }
                 Ok("stored")
             }
-            // Not acted on yet: keeping authorizers (exchanging the code,
-            // stopping an authorizer that withdrew) comes with the
-            // authorizer directory (issue 15, later steps). WeChat is told
-            // `success` so that it does not retry; the code is never logged.
             Event::Authorized {
                 authorizer_appid,
+                authorization_code,
+                code_expires_at,
+                create_time,
                 update,
-                ..
             } => {
-                tracing::info!(
-                    authorizer = %authorizer_appid,
-                    update,
-                    "open platform: an account authorized the platform (not acted on yet)"
-                );
-                Ok("acknowledged")
+                let component = AccountId::new(receiver.crypto.appid());
+                let authorizer = AccountId::new(authorizer_appid);
+                let authorization = if update {
+                    Authorization::UpdateAuthorized
+                } else {
+                    Authorization::Authorized
+                };
+                let apply = async {
+                    // The code first: `pending` in the directory promises a
+                    // code to exchange.
+                    if let Some(secrets) = &receiver.secrets {
+                        let set = secrets.set_code(
+                            &component,
+                            &authorizer,
+                            &authorization_code,
+                            code_expires_at,
+                            create_time,
+                        );
+                        set.await?;
+                    }
+                    let upsert =
+                        self.directory
+                            .upsert(&component, &authorizer, authorization, create_time);
+                    Ok::<_, SecretsError>(upsert.await?)
+                };
+                let outcome = self.bounded(apply).await?;
+                match (outcome, &receiver.secrets) {
+                    (EventOutcome::Superseded, _) => tracing::info!(
+                        authorizer = %authorizer,
+                        "open platform: an authorization older than one applied already; ignored"
+                    ),
+                    (EventOutcome::Applied, Some(_)) => tracing::info!(
+                        authorizer = %authorizer,
+                        update,
+                        "open platform: an account authorized the platform; its code is kept \
+                         for the exchange"
+                    ),
+                    (EventOutcome::Applied, None) => tracing::warn!(
+                        authorizer = %authorizer,
+                        update,
+                        "open platform: an account authorized the platform; its code is not kept \
+                         (no open_platform.refresh_token_key_file)"
+                    ),
+                }
+                Ok(authorization.as_str())
             }
             Event::Unauthorized {
-                authorizer_appid, ..
+                authorizer_appid,
+                create_time,
             } => {
-                tracing::info!(
-                    authorizer = %authorizer_appid,
-                    "open platform: an account withdrew its authorization (not acted on yet)"
-                );
-                Ok("acknowledged")
+                let component = AccountId::new(receiver.crypto.appid());
+                let authorizer = AccountId::new(authorizer_appid);
+                let apply = async {
+                    let outcome = self
+                        .directory
+                        .upsert(
+                            &component,
+                            &authorizer,
+                            Authorization::Unauthorized,
+                            create_time,
+                        )
+                        .await?;
+                    if let (EventOutcome::Applied, Some(secrets)) = (outcome, &receiver.secrets) {
+                        secrets
+                            .forget(&component, &authorizer, Some(create_time))
+                            .await?;
+                    }
+                    Ok::<_, SecretsError>(outcome)
+                };
+                match self.bounded(apply).await? {
+                    EventOutcome::Applied => tracing::info!(
+                        authorizer = %authorizer,
+                        "open platform: an account withdrew its authorization; it is unauthorized \
+                         and its refresh token forgotten"
+                    ),
+                    EventOutcome::Superseded => tracing::info!(
+                        authorizer = %authorizer,
+                        "open platform: a withdrawal older than an event applied already; ignored"
+                    ),
+                }
+                Ok(Authorization::Unauthorized.as_str())
             }
             Event::Other { info_type } => {
                 tracing::info!(%info_type, "open platform: an event of another type (not acted on)");
                 Ok("acknowledged")
             }
         }
+    }
+
+    /// `apply`, cut off after the MongoDB operation timeout or
+    /// [`STORE_TIMEOUT`] if shorter, and timed as a callback operation.
+    async fn bounded<T>(
+        &self,
+        apply: impl std::future::Future<Output = Result<T, SecretsError>>,
+    ) -> Result<T, Refused> {
+        let receiver = &self.receiver;
+        let limit = receiver.operation_timeout.min(STORE_TIMEOUT);
+        let bounded = async {
+            tokio::time::timeout(limit, apply)
+                .await
+                .unwrap_or(Err(SecretsError::Store(StoreError::TimedOut(limit))))
+        };
+        Ok(receiver
+            .metrics
+            .observe(Operation::Callback, bounded)
+            .await?)
     }
 
     /// Logs a refused push, at most once per reason per

@@ -2,7 +2,7 @@
 //! one document per verify ticket received (append-only, so concurrent
 //! receivers, replicas and an external writer never overwrite each other).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::options::FindOneOptions;
@@ -23,7 +23,21 @@ pub mod field {
     pub const RECEIVED_AT: &str = "received_at";
     /// The instance that stored it (or an external writer's name).
     pub const RECEIVED_BY: &str = "received_by";
+    /// Until when it may be used: 12 hours from `CreateTime` (or from
+    /// `received_at` if that is earlier); a value pushed again keeps the
+    /// expiry it was first stored with.
+    pub const EXPIRES_AT: &str = "expires_at";
+    /// When `api_component_token` refused it (61005 expired, 61006
+    /// invalid): never used again.
+    pub const REJECTED_AT: &str = "rejected_at";
 }
+
+/// How long WeChat says a verify ticket may be used ("有效期为 12h").
+pub const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
+
+/// How long a ticket document stays after its expiry (for `status` and
+/// post-mortems), then MongoDB removes it.
+const KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 /// One push per (component, `CreateTime`): the same push re-delivered, or
 /// received by two replicas, is a duplicate key, that is already stored.
@@ -32,13 +46,22 @@ pub const TICKET_INDEX: &str = "component_appid_1_create_time_-1";
 /// The indexes of the platform's collections (`authorizer_secrets` has
 /// none beyond `_id`).
 pub fn indexes() -> Vec<IndexSpec> {
-    let mut indexes = vec![IndexSpec {
-        collection: COMPONENT_VERIFY_TICKETS,
-        name: TICKET_INDEX,
-        keys: &[(field::COMPONENT_APPID, 1), (field::CREATE_TIME, -1)],
-        unique: true,
-        ttl: None,
-    }];
+    let mut indexes = vec![
+        IndexSpec {
+            collection: COMPONENT_VERIFY_TICKETS,
+            name: TICKET_INDEX,
+            keys: &[(field::COMPONENT_APPID, 1), (field::CREATE_TIME, -1)],
+            unique: true,
+            ttl: None,
+        },
+        IndexSpec {
+            collection: COMPONENT_VERIFY_TICKETS,
+            name: "expires_at_ttl",
+            keys: &[(field::EXPIRES_AT, 1)],
+            unique: false,
+            ttl: Some(KEPT_AFTER_EXPIRY),
+        },
+    ];
     indexes.extend(super::directory::indexes());
     indexes
 }
@@ -58,6 +81,18 @@ pub struct StoredTicket {
     pub ticket: SecretString,
     pub create_time: SystemTime,
     pub received_at: SystemTime,
+    /// `None` for a document written without one (an external writer
+    /// that left it out): such a ticket counts as valid for
+    /// [`TICKET_LIFE`] from `create_time`.
+    pub expires_at: Option<SystemTime>,
+    pub rejected_at: Option<SystemTime>,
+}
+
+impl StoredTicket {
+    /// Until when it may be used.
+    pub fn usable_until(&self) -> SystemTime {
+        self.expires_at.unwrap_or(self.create_time + TICKET_LIFE)
+    }
 }
 
 /// `component_verify_tickets`.
@@ -77,6 +112,10 @@ impl Tickets {
 
     /// Stores one push, stamped with MongoDB's clock. A duplicate key (the
     /// same push stored before, by this replica or another) is success.
+    /// It may be used for [`TICKET_LIFE`] from its `CreateTime` (or from
+    /// its arrival, if a wrong clock dated it later), unless the newest
+    /// stored ticket holds the same value: WeChat may push one value again,
+    /// and a repeat never extends its life.
     pub async fn insert(
         &self,
         component_appid: &str,
@@ -84,12 +123,21 @@ impl Tickets {
         create_time: SystemTime,
         received_by: &str,
     ) -> Result<Stored, StoreError> {
+        let received_at = self.store.clock().now();
+        let fresh = create_time.min(received_at) + TICKET_LIFE;
+        let expires_at = match self.newest(component_appid).await? {
+            Some(newest) if newest.ticket.expose_secret() == ticket.expose_secret() => {
+                newest.usable_until().min(fresh)
+            }
+            _ => fresh,
+        };
         let document = doc! {
             field::COMPONENT_APPID: component_appid,
             field::TICKET: ticket.expose_secret(),
             field::CREATE_TIME: DateTime::from_system_time(create_time),
-            field::RECEIVED_AT: DateTime::from_system_time(self.store.clock().now()),
+            field::RECEIVED_AT: DateTime::from_system_time(received_at),
             field::RECEIVED_BY: received_by,
+            field::EXPIRES_AT: DateTime::from_system_time(expires_at),
         };
         match self.collection().insert_one(document).await {
             Ok(_) => Ok(Stored::New),
@@ -117,6 +165,60 @@ impl Tickets {
             .await?;
         Ok(found.and_then(|d| parse(&d)))
     }
+
+    /// The newest ticket of `component_appid` that may be used at `now`:
+    /// not expired, not refused by WeChat. WeChat says to go on with the
+    /// last usable one when a push is missed.
+    pub async fn newest_usable(
+        &self,
+        component_appid: &str,
+        now: SystemTime,
+    ) -> Result<Option<StoredTicket>, StoreError> {
+        let now_date = DateTime::from_system_time(now);
+        let oldest_create_time = DateTime::from_system_time(now - TICKET_LIFE);
+        let options = FindOneOptions::builder()
+            .sort(doc! { field::CREATE_TIME: -1 })
+            .build();
+        let found = self
+            .collection()
+            .find_one(doc! {
+                field::COMPONENT_APPID: component_appid,
+                field::TICKET: { "$type": "string", "$ne": "" },
+                field::CREATE_TIME: { "$type": "date", "$gt": oldest_create_time },
+                field::REJECTED_AT: { "$exists": false },
+                "$or": [
+                    { field::EXPIRES_AT: { "$gt": now_date } },
+                    { field::EXPIRES_AT: { "$exists": false } },
+                ],
+            })
+            .with_options(options)
+            .await?;
+        Ok(found.and_then(|d| parse(&d)))
+    }
+
+    /// WeChat refused `ticket` (61005 expired, 61006 invalid): every
+    /// document of the component holding that value is marked, and none is
+    /// used again. Returns how many were marked.
+    pub async fn reject(
+        &self,
+        component_appid: &str,
+        ticket: &SecretString,
+    ) -> Result<u64, StoreError> {
+        let marked = self
+            .collection()
+            .update_many(
+                doc! {
+                    field::COMPONENT_APPID: component_appid,
+                    field::TICKET: ticket.expose_secret(),
+                    field::REJECTED_AT: { "$exists": false },
+                },
+                doc! { "$set": {
+                    field::REJECTED_AT: DateTime::from_system_time(self.store.clock().now()),
+                } },
+            )
+            .await?;
+        Ok(marked.modified_count)
+    }
 }
 
 fn parse(document: &Document) -> Option<StoredTicket> {
@@ -129,5 +231,11 @@ fn parse(document: &Document) -> Option<StoredTicket> {
         received_at: document
             .get_datetime(field::RECEIVED_AT)
             .map_or(SystemTime::UNIX_EPOCH, |t| t.to_system_time()),
+        expires_at: date(document, field::EXPIRES_AT),
+        rejected_at: date(document, field::REJECTED_AT),
     })
+}
+
+fn date(document: &Document, name: &str) -> Option<SystemTime> {
+    document.get_datetime(name).ok().map(|t| t.to_system_time())
 }

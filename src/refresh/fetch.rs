@@ -8,13 +8,13 @@ use tokio_util::sync::CancellationToken;
 use wxtokend_reader::requests::{self as request_docs, NewRequest};
 use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
 
-use super::{Problem, Refresher};
+use super::{Input, Problem, Refresher};
 use crate::coordination::{Permit, PermitRules};
 use crate::metrics::{Operation, Outcome};
 use crate::store::StoreError;
 use crate::subject::Subject;
 use crate::wechat::{
-    Api, CallSlot, ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY,
+    Api, CallSlot, Effect, ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY,
 };
 
 /// One permitted call to WeChat.
@@ -22,8 +22,8 @@ struct Call<'a> {
     slot: &'a CallSlot,
     reason: RefreshReason,
     calls_today: i64,
-    /// For a ticket: the access token to fetch it with.
-    access_token: Option<&'a Credential>,
+    /// What the call is made with, besides the subject's secret.
+    input: &'a Input,
 }
 
 impl Refresher {
@@ -31,21 +31,12 @@ impl Refresher {
     /// but only if the lease will outlast the call (see [`Self::send_by`]).
     /// Until the request is sent, a stop (lease given back, shutdown)
     /// abandons the step; once sent, the call completes and its answer is
-    /// kept. A ticket needs a valid access token first.
+    /// kept. A ticket needs a valid access token first, a component token
+    /// a verify ticket.
     pub(super) async fn fetch(&mut self, reason: RefreshReason) -> Duration {
-        let access_token = if let Some(token_kind) = self.kind.access_token_kind() {
-            match Box::pin(self.access_token(token_kind)).await {
-                Ok(Some(token)) => Some(token),
-                Ok(None) => {
-                    tracing::debug!("waiting for a valid access_token");
-                    return self.ctx.refresh.request_poll_interval;
-                }
-                Err(e) => {
-                    return self.store_failed(&e, "cannot read the access_token for a ticket")
-                }
-            }
-        } else {
-            None
+        let input = match self.input().await {
+            Ok(input) => input,
+            Err(wait) => return wait,
         };
         let stop = self.stop.clone();
         let slot = tokio::select! {
@@ -54,7 +45,26 @@ impl Refresher {
         };
         // Boxed: a refresher waiting for a call slot (thousands at start)
         // holds only that wait, not room for the permit and the call.
-        Box::pin(self.fetch_with_slot(slot, reason, access_token, stop)).await
+        Box::pin(self.fetch_with_slot(slot, reason, input, stop)).await
+    }
+
+    /// What the call needs, read from MongoDB, or how long to wait for it.
+    async fn input(&mut self) -> Result<Input, Duration> {
+        if let Some(token_kind) = self.kind.access_token_kind() {
+            return match Box::pin(self.access_token(token_kind)).await {
+                Ok(Some(token)) => Ok(Input::AccessToken(token)),
+                Ok(None) => {
+                    tracing::debug!("waiting for a valid {token_kind}");
+                    Err(self.ctx.refresh.request_poll_interval)
+                }
+                Err(e) => Err(self.store_failed(&e, "cannot read the access token for a ticket")),
+            };
+        }
+        if let Subject::Component(component) = &self.subject {
+            let component = component.clone();
+            return self.verify_ticket(&component).await;
+        }
+        Ok(Input::Nothing)
     }
 
     /// [`Self::fetch`] once it has a call slot.
@@ -62,7 +72,7 @@ impl Refresher {
         &mut self,
         slot: CallSlot,
         reason: RefreshReason,
-        access_token: Option<Credential>,
+        input: Input,
         stop: CancellationToken,
     ) -> Duration {
         // Before the request: the lease's end is measured from here.
@@ -87,7 +97,7 @@ impl Refresher {
                     slot: &slot,
                     reason,
                     calls_today,
-                    access_token: access_token.as_ref(),
+                    input: &input,
                 };
                 self.call_wechat(call).await
             }
@@ -132,7 +142,7 @@ impl Refresher {
         self.subject.api(self.kind)
     }
 
-    fn permit_rules(&self) -> PermitRules {
+    pub(super) fn permit_rules(&self) -> PermitRules {
         let forced = self.machine.forced();
         // A plain stable_token request replaces nothing: only calls with
         // force_refresh are spaced, and counted against WeChat's 20 a day.
@@ -191,7 +201,7 @@ impl Refresher {
     /// `lease_ends`: not after a stop, and not unless the whole call fits in
     /// what is left of the lease. A call sent by a replica whose lease then
     /// lapses would rotate the token another replica stores.
-    fn send_by(&self, lease_ends: Instant) -> bool {
+    pub(super) fn send_by(&self, lease_ends: Instant) -> bool {
         if self.stop.is_cancelled() {
             tracing::debug!("stopping: the call is not sent");
             return false;
@@ -214,22 +224,30 @@ impl Refresher {
             slot,
             reason,
             calls_today,
-            access_token,
+            input,
         } = call;
         let started = Instant::now();
         // WeChat's clock for the credential starts no sooner than this.
         let sent_at = self.now();
         let wechat = &self.ctx.wechat;
         let held = self.machine.held_value();
-        let result = match (&self.subject, access_token) {
-            (Subject::Account(account), None) => {
-                let force = self.force_refresh();
-                wechat.fetch_access_token(slot, account, force, held).await
-            }
-            (Subject::Account(account), Some(token)) => {
+        let result = match (&self.subject, input) {
+            (Subject::Account(account), Input::AccessToken(token)) => {
                 wechat
                     .fetch_ticket(slot, account, self.kind, &token.value, held)
                     .await
+            }
+            (Subject::Account(account), _) => {
+                let force = self.force_refresh();
+                wechat.fetch_access_token(slot, account, force, held).await
+            }
+            (Subject::Component(component), Input::VerifyTicket(ticket)) => {
+                wechat
+                    .fetch_component_token(slot, component, &ticket.ticket, held)
+                    .await
+            }
+            (Subject::Component(_), _) => {
+                unreachable!("a component token is fetched only with a verify ticket")
             }
         };
         let metrics = &self.ctx.metrics;
@@ -243,7 +261,7 @@ impl Refresher {
                 self.fetched(fetched, sent_at, reason, calls_today);
                 Duration::ZERO
             }
-            Err(e) => self.fetch_failed(&e, calls_today, access_token).await,
+            Err(e) => self.fetch_failed(&e, calls_today, input).await,
         }
     }
 
@@ -271,7 +289,7 @@ impl Refresher {
         &mut self,
         error: &FetchError,
         calls_today: i64,
-        access_token: Option<&Credential>,
+        input: &Input,
     ) -> Duration {
         if error.class() == ErrorClass::DailyQuota {
             let mark = self.lease.mark_quota_exhausted(self.api());
@@ -279,12 +297,23 @@ impl Refresher {
             self.lease_note_failed(marked);
             return self.quota_spent(calls_today, Some(error));
         }
-        if let (ErrorClass::InvalidToken, Some(token)) = (error.class(), access_token) {
-            self.report_stale_access_token(token).await;
+        let mut retry_after = error.retry_after();
+        match (input, &self.subject) {
+            (Input::AccessToken(token), _) if error.class() == ErrorClass::InvalidToken => {
+                self.report_stale_access_token(token).await;
+            }
+            (Input::VerifyTicket(ticket), Subject::Component(component))
+                if error.effect() == Some(Effect::TicketRejected) =>
+            {
+                self.reject_ticket(component, ticket).await;
+                // The next usable ticket, or the next push, soon.
+                retry_after = Some(self.ctx.refresh.request_poll_interval);
+            }
+            _ => {}
         }
         let wait = self
             .machine
-            .fetch_failed(error.class(), error.retry_after(), self.now());
+            .fetch_failed(error.class(), retry_after, self.now());
         self.report_fetch_error(error, wait);
         let message = error.to_string();
         let note = self.lease.note_error(Some(&message));

@@ -8,6 +8,7 @@
 //! span naming the account and the kind.
 
 mod backoff;
+mod component;
 mod fetch;
 mod machine;
 
@@ -26,6 +27,7 @@ use crate::config::RefreshSettings;
 use crate::coordination::{Inserted, Lease, Newest, RefreshRequest, Stored};
 use crate::metrics::{Metrics, Operation};
 use crate::mirror::{Mirrored, Mirrors};
+use crate::open_platform::store::StoredTicket;
 use crate::store::{Store, StoreError};
 use crate::subject::Subject;
 use crate::wechat::{Api, ErrorClass, WechatClient};
@@ -67,6 +69,18 @@ impl Context {
         };
         self.metrics.observe(what, bounded).await
     }
+}
+
+/// What a fetch is made with besides the subject's own secret, read from
+/// MongoDB before the call.
+#[derive(Debug)]
+pub(super) enum Input {
+    /// Nothing: an account's access token.
+    Nothing,
+    /// A ticket's: the valid access token it is fetched with.
+    AccessToken(Credential),
+    /// A component token's: the newest usable verify ticket.
+    VerifyTicket(StoredTicket),
 }
 
 /// What a problem was, to log a repeated one once rather than every retry.
@@ -123,6 +137,8 @@ pub struct Refresher {
     /// The last write of a fetched credential failed: what is stored must
     /// be read back before the next one (it may have landed).
     write_failed: bool,
+    /// A component's refresher: since when it has no usable verify ticket.
+    ticket_wait: Option<component::TicketWait>,
 }
 
 impl Refresher {
@@ -147,6 +163,7 @@ impl Refresher {
             machine,
             last_problem: None,
             write_failed: false,
+            ticket_wait: None,
         }
     }
 

@@ -259,13 +259,20 @@ impl Store {
     }
 }
 
-/// The indexes of the credential collections: the business query's
-/// (unique per generation), the valid documents', and the TTL index that
-/// bounds history to `retention` past each expiry.
+/// The indexes of the accounts' credential collections: the business
+/// query's (unique per generation), the valid documents', and the TTL
+/// index that bounds history to `retention` past each expiry.
 pub fn credential_indexes(retention: Duration) -> Vec<IndexSpec> {
-    CredentialKind::ACCOUNT_KINDS
-        .into_iter()
-        .flat_map(|kind| {
+    credential_indexes_of(&CredentialKind::ACCOUNT_KINDS, retention)
+}
+
+/// [`credential_indexes`] of the collections of `kinds` whose documents
+/// are named by `app_id` alone (not the authorizer kinds).
+pub fn credential_indexes_of(kinds: &[CredentialKind], retention: Duration) -> Vec<IndexSpec> {
+    kinds
+        .iter()
+        .filter(|kind| !kind.is_authorizer())
+        .flat_map(|&kind| {
             let collection = kind.collection();
             [
                 IndexSpec {

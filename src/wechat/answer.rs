@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use wxtokend_reader::CredentialKind;
 
-use super::errcode::{self, Call, ErrorClass};
+use super::errcode::{self, Call, Effect, ErrorClass};
 
 /// WeChat documents that tokens may be up to 512 characters; anything longer
 /// is not a token.
@@ -72,6 +72,8 @@ pub enum FetchError {
         errmsg: String,
         meaning: &'static str,
         class: ErrorClass,
+        /// What the errcode asks of the daemon besides its class.
+        effect: Option<Effect>,
         /// When WeChat lifts the refusal, where it says.
         retry_after: Option<Duration>,
     },
@@ -103,6 +105,14 @@ impl FetchError {
         }
     }
 
+    /// What the errcode asks besides its class (a verify ticket refused).
+    pub fn effect(&self) -> Option<Effect> {
+        match self {
+            Self::Api { effect, .. } => *effect,
+            _ => None,
+        }
+    }
+
     /// The errcode WeChat returned, if it returned one.
     pub fn errcode(&self) -> Option<i64> {
         match self {
@@ -117,6 +127,7 @@ impl FetchError {
 #[derive(Deserialize)]
 struct CredentialResponse {
     access_token: Option<String>,
+    component_access_token: Option<String>,
     ticket: Option<String>,
     expires_in: Option<i64>,
     errcode: Option<i64>,
@@ -172,6 +183,7 @@ pub(super) fn parse_repeatable(
     let field = kind.value_field();
     let value = match kind {
         CredentialKind::AccessToken => parsed.access_token,
+        CredentialKind::ComponentAccessToken => parsed.component_access_token,
         _ => parsed.ticket,
     }
     .ok_or_else(|| FetchError::InvalidResponse(format!("{field} is missing")))?;
@@ -211,7 +223,56 @@ pub(super) fn api_error(
         errmsg: errmsg.chars().take(MAX_ERRMSG_LEN).collect(),
         meaning: errcode::meaning(errcode, call),
         class: errcode::classify(errcode, call),
+        effect: errcode::effect(errcode, call),
         retry_after: errcode::retry_after(errcode, call),
+    }
+}
+
+/// `error` with `secret` too scrubbed from WeChat's `errmsg` (for a call
+/// made with more than one secret).
+pub(super) fn scrubbed(error: FetchError, secret: &SecretString) -> FetchError {
+    match error {
+        FetchError::Api {
+            errcode,
+            errmsg,
+            meaning,
+            class,
+            effect,
+            retry_after,
+        } => {
+            let secret = secret.expose_secret();
+            let errmsg = if secret.is_empty() {
+                errmsg
+            } else {
+                errmsg.replace(secret, "****")
+            };
+            FetchError::Api {
+                errcode,
+                errmsg,
+                meaning,
+                class,
+                effect,
+                retry_after,
+            }
+        }
+        other => other,
+    }
+}
+
+/// WeChat's plain `{errcode, errmsg}` answer to a call that issues
+/// nothing: `Ok` for errcode 0.
+pub(super) fn parse_ack(body: &[u8], secret: &SecretString, call: Call) -> Result<(), FetchError> {
+    #[derive(Deserialize)]
+    struct Ack {
+        errcode: Option<i64>,
+        errmsg: Option<String>,
+    }
+    let ack: Ack = serde_json::from_slice(body)
+        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
+    match ack.errcode {
+        Some(0) => Ok(()),
+        Some(errcode) => Err(api_error(errcode, ack.errmsg, secret, call)),
+        None => Err(FetchError::InvalidResponse("errcode is missing".into())),
     }
 }
 

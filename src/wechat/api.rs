@@ -28,10 +28,15 @@ pub enum Api {
     WecomJsapiTicket,
     /// WeCom's `GET /cgi-bin/ticket/get?type=agent_config`.
     AgentConfigTicket,
+    /// Open Platform: `POST /cgi-bin/component/api_component_token`.
+    ComponentToken,
+    /// Open Platform: `POST /cgi-bin/component/api_start_push_ticket`
+    /// (asks WeChat to push a verify ticket; issues nothing).
+    StartPushTicket,
 }
 
 impl Api {
-    pub const ALL: [Api; 7] = [
+    pub const ALL: [Api; 9] = [
         Self::Token,
         Self::StableToken,
         Self::JsapiTicket,
@@ -39,6 +44,8 @@ impl Api {
         Self::WecomToken,
         Self::WecomJsapiTicket,
         Self::AgentConfigTicket,
+        Self::ComponentToken,
+        Self::StartPushTicket,
     ];
 
     /// The API that issues `kind` for an account of `platform` whose
@@ -68,13 +75,16 @@ impl Api {
         }
     }
 
-    /// The credential kind this API issues.
-    pub fn kind(self) -> CredentialKind {
+    /// The credential kind this API issues (to an account, or to the
+    /// component), if it issues one.
+    pub fn kind(self) -> Option<CredentialKind> {
         match self {
-            Self::Token | Self::StableToken | Self::WecomToken => CredentialKind::AccessToken,
-            Self::JsapiTicket | Self::WecomJsapiTicket => CredentialKind::JsapiTicket,
-            Self::WxCardTicket => CredentialKind::WxCardTicket,
-            Self::AgentConfigTicket => CredentialKind::AgentConfigTicket,
+            Self::Token | Self::StableToken | Self::WecomToken => Some(CredentialKind::AccessToken),
+            Self::JsapiTicket | Self::WecomJsapiTicket => Some(CredentialKind::JsapiTicket),
+            Self::WxCardTicket => Some(CredentialKind::WxCardTicket),
+            Self::AgentConfigTicket => Some(CredentialKind::AgentConfigTicket),
+            Self::ComponentToken => Some(CredentialKind::ComponentAccessToken),
+            Self::StartPushTicket => None,
         }
     }
 
@@ -89,6 +99,8 @@ impl Api {
             Self::WecomToken => "wecom_token",
             Self::WecomJsapiTicket => "wecom_jsapi_ticket",
             Self::AgentConfigTicket => "agent_config_ticket",
+            Self::ComponentToken => "component_token",
+            Self::StartPushTicket => "start_push_ticket",
         }
     }
 
@@ -101,6 +113,8 @@ impl Api {
             Self::WecomToken => "/cgi-bin/gettoken",
             Self::WecomJsapiTicket => "/cgi-bin/get_jsapi_ticket",
             Self::AgentConfigTicket => "/cgi-bin/ticket/get",
+            Self::ComponentToken => "/cgi-bin/component/api_component_token",
+            Self::StartPushTicket => "/cgi-bin/component/api_start_push_ticket",
         }
     }
 
@@ -187,7 +201,23 @@ mod tests {
                 "{platform:?} {kind}"
             );
             assert_eq!(Api::from_name(api.as_str()), Some(api));
-            assert_eq!(api.kind(), kind);
+            assert_eq!(api.kind(), Some(kind));
         }
+    }
+
+    #[test]
+    fn every_api_has_its_own_name_and_the_component_apis_their_paths() {
+        for api in Api::ALL {
+            assert_eq!(Api::from_name(api.as_str()), Some(api));
+            assert!(!api.is_wecom() || api.cgi_path().starts_with("/cgi-bin/"));
+        }
+        assert_eq!(
+            Api::ComponentToken.kind(),
+            Some(CredentialKind::ComponentAccessToken)
+        );
+        assert_eq!(Api::StartPushTicket.kind(), None);
+        assert!(Api::ComponentToken
+            .cgi_path()
+            .ends_with("/component/api_component_token"));
     }
 }

@@ -53,11 +53,26 @@ pub enum Call {
     ManageQuota,
     /// Clearing an account's API quotas with its AppSecret (`clear_quota/v2`).
     ClearQuotaWithSecret,
+    /// Open Platform: `api_component_token` (the component secret and a
+    /// verify ticket).
+    IssueComponentToken,
+    /// Open Platform: `api_start_push_ticket` (the component secret).
+    StartPushTicket,
+}
+
+/// What an errcode asks of the daemon besides its class: the Open
+/// Platform's inputs that WeChat refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The verify ticket was refused (61005 expired, 61006 invalid): never
+    /// use it again, wait for the next push.
+    TicketRejected,
 }
 
 struct Entry {
     code: i64,
     class: ErrorClass,
+    effect: Option<Effect>,
     /// What it means and, for a refusal, what fixes it.
     meaning: &'static str,
     /// When to try again, if not as its class says (backoff for transient
@@ -69,6 +84,19 @@ const fn entry(code: i64, class: ErrorClass, meaning: &'static str) -> Entry {
     Entry {
         code,
         class,
+        effect: None,
+        meaning,
+        retry_after: None,
+    }
+}
+
+/// A code that asks for `effect` (its class: transient, tried again once
+/// the effect is done).
+const fn with_effect(code: i64, effect: Effect, meaning: &'static str) -> Entry {
+    Entry {
+        code,
+        class: Transient,
+        effect: Some(effect),
         meaning,
         retry_after: None,
     }
@@ -79,6 +107,7 @@ const fn retry(code: i64, after: Duration, meaning: &'static str) -> Entry {
     Entry {
         code,
         class: Permanent,
+        effect: None,
         meaning,
         retry_after: Some(after),
     }
@@ -132,6 +161,72 @@ const ISSUE_TOKEN: &[Entry] = &[
     entry(48001, Permanent, "this account is not authorized for the API"),
     entry(50002, Permanent, "this account is restricted by WeChat"),
     entry(61024, Permanent, "this call is not allowed for this account (see errmsg)"),
+];
+
+/// Where an Open Platform's own IP whitelist is set.
+const PLATFORM_IP_WHITELIST: &str =
+    "caller IP is not whitelisted for the platform: add this server's IP (in WeChat's errmsg) \
+     to the platform's whitelist (open.weixin.qq.com: 第三方平台 → 开发资料 → 白名单)";
+
+/// Codes returned by `api_component_token` (DOC component_access_token).
+const ISSUE_COMPONENT_TOKEN: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45011, Transient, "API minute quota reached"),
+    entry(45009, DailyQuota, "API daily quota reached"),
+    with_effect(
+        61005,
+        Effect::TicketRejected,
+        "component_verify_ticket expired: waiting for WeChat's next push (every 10 minutes)",
+    ),
+    with_effect(
+        61006,
+        Effect::TicketRejected,
+        "component_verify_ticket invalid: waiting for WeChat's next push (every 10 minutes)",
+    ),
+    entry(61004, Permanent, PLATFORM_IP_WHITELIST),
+    entry(
+        61011,
+        Permanent,
+        "not a third-party platform: check open_platform.component_appid",
+    ),
+    entry(
+        40125,
+        Permanent,
+        "component_appsecret is invalid: check open_platform.component_secret_env or _file",
+    ),
+    entry(
+        40001,
+        Permanent,
+        "component_appsecret is wrong: check open_platform.component_secret_env or _file",
+    ),
+    entry(41004, Permanent, "component_appsecret missing"),
+    entry(
+        40013,
+        Permanent,
+        "invalid appid: check open_platform.component_appid",
+    ),
+    entry(
+        47001,
+        Permanent,
+        "the request is malformed (data format error)",
+    ),
+    entry(
+        48001,
+        Permanent,
+        "the platform is not authorized for the API",
+    ),
+];
+
+/// Codes returned by `api_start_push_ticket`.
+const START_PUSH_TICKET: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45009, DailyQuota, "API daily quota reached"),
+    entry(
+        40013,
+        Permanent,
+        "invalid appid: check open_platform.component_appid",
+    ),
+    entry(61004, Permanent, PLATFORM_IP_WHITELIST),
 ];
 
 /// Codes returned by calls made with an access token.
@@ -209,6 +304,8 @@ fn lookup(errcode: i64, call: Call) -> Option<&'static Entry> {
         Call::UseToken => USE_TOKEN,
         Call::WecomIssueToken => WECOM_ISSUE_TOKEN,
         Call::WecomUseToken => WECOM_USE_TOKEN,
+        Call::IssueComponentToken => ISSUE_COMPONENT_TOKEN,
+        Call::StartPushTicket => START_PUSH_TICKET,
         Call::ManageQuota => {
             let own = MANAGE_QUOTA.iter().find(|e| e.code == errcode);
             return own.or_else(|| lookup(errcode, Call::UseToken));
@@ -232,6 +329,11 @@ pub fn classify(errcode: i64, call: Call) -> ErrorClass {
 /// or "unknown errcode".
 pub fn meaning(errcode: i64, call: Call) -> &'static str {
     lookup(errcode, call).map_or("unknown errcode", |e| e.meaning)
+}
+
+/// What the errcode asks of the daemon besides its class.
+pub fn effect(errcode: i64, call: Call) -> Option<Effect> {
+    lookup(errcode, call).and_then(|e| e.effect)
 }
 
 /// When to try again after this errcode, where WeChat says (the IP
@@ -304,6 +406,29 @@ mod tests {
         assert_eq!(classify(42001, Call::ManageQuota), InvalidToken);
         // With the AppSecret, 40001 is the secret, not a token.
         assert_eq!(classify(40001, Call::ClearQuotaWithSecret), Permanent);
+    }
+
+    #[test]
+    fn a_refused_verify_ticket_is_dropped_not_a_configuration_error() {
+        for code in [61005, 61006] {
+            let call = Call::IssueComponentToken;
+            assert_eq!(classify(code, call), Transient, "{code}");
+            assert_eq!(effect(code, call), Some(Effect::TicketRejected), "{code}");
+            assert!(meaning(code, call).contains("next push"));
+        }
+        for code in [61004, 61011, 40125, 40001, 41004, 40013, 47001] {
+            assert_eq!(
+                classify(code, Call::IssueComponentToken),
+                Permanent,
+                "{code}"
+            );
+            assert_eq!(effect(code, Call::IssueComponentToken), None, "{code}");
+        }
+        assert!(meaning(61004, Call::IssueComponentToken).contains("第三方平台"));
+        assert_eq!(classify(45009, Call::IssueComponentToken), DailyQuota);
+        // The same codes mean nothing of the kind elsewhere.
+        assert_eq!(effect(61005, Call::IssueToken), None);
+        assert_eq!(classify(40013, Call::StartPushTicket), Permanent);
     }
 
     #[test]

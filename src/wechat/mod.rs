@@ -21,13 +21,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wxtokend_reader::CredentialKind;
 
 use crate::config::{Account, WechatSettings};
-use answer::parse_repeatable;
+use crate::subject::Component;
+use answer::{parse_ack, parse_repeatable, scrubbed};
 pub use answer::{
     parse_token_answer, FetchError, FetchedCredential, DEFAULT_MIN_EXPIRES_IN, MAX_EXPIRES_IN,
     MAX_TOKEN_LEN,
 };
 pub use api::Api;
-pub use errcode::{Call, ErrorClass};
+pub use errcode::{Call, Effect, ErrorClass};
 pub use openapi::{CgiPath, RateLimit, WechatQuota};
 
 /// WeChat allows about 20 `force_refresh` calls of `stable_token` a day.
@@ -165,6 +166,56 @@ impl WechatClient {
         }
         let body = self.get(url).await?;
         parse_repeatable(&body, kind, call, access_token, self.min_expires_in, held)
+    }
+
+    /// An Open Platform component's token, minted with a verify ticket
+    /// (`POST /cgi-bin/component/api_component_token`); `held` as for
+    /// [`Self::fetch_access_token`]. Neither the secret nor the ticket can
+    /// be in an error.
+    #[tracing::instrument(name = "fetch_component_token", skip_all, fields(component = %component.appid))]
+    pub async fn fetch_component_token(
+        &self,
+        _slot: &CallSlot,
+        component: &Component,
+        ticket: &SecretString,
+        held: Option<&SecretString>,
+    ) -> Result<FetchedCredential, FetchError> {
+        let request = serde_json::json!({
+            "component_appid": component.appid.as_str(),
+            "component_appsecret": component.secret.expose_secret(),
+            "component_verify_ticket": ticket.expose_secret(),
+        });
+        let url = self.url(Api::ComponentToken);
+        let response = self.http.post(url).json(&request).send().await;
+        let body = self.read(response).await?;
+        parse_repeatable(
+            &body,
+            CredentialKind::ComponentAccessToken,
+            Call::IssueComponentToken,
+            &component.secret,
+            self.min_expires_in,
+            held,
+        )
+        .map_err(|e| scrubbed(e, ticket))
+    }
+
+    /// Asks WeChat to push a verify ticket to the platform's callback URL
+    /// (`POST /cgi-bin/component/api_start_push_ticket`; its body names
+    /// the secret `component_secret`, unlike the token call).
+    #[tracing::instrument(name = "start_push_ticket", skip_all, fields(component = %component.appid))]
+    pub async fn start_push_ticket(
+        &self,
+        _slot: &CallSlot,
+        component: &Component,
+    ) -> Result<(), FetchError> {
+        let request = serde_json::json!({
+            "component_appid": component.appid.as_str(),
+            "component_secret": component.secret.expose_secret(),
+        });
+        let url = self.url(Api::StartPushTicket);
+        let response = self.http.post(url).json(&request).send().await;
+        let body = self.read(response).await?;
+        parse_ack(&body, &component.secret, Call::StartPushTicket)
     }
 
     /// Where `api` is served: WeCom's APIs from `wechat.wecom_base_url`,

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use fake_wechat::component::{Answer, Component, ComponentConfig, Push};
+use mongodb::bson::Document;
 
 use crate::support::store::newest_verify_ticket;
 use crate::support::{eventually, Scenario, TestAccount, TestConfig, TestDaemon, WAIT};
@@ -21,8 +22,10 @@ fn open_platform(component: &ComponentConfig, listen: bool) -> impl FnOnce(&mut 
         config.extra_toml.push_str(&format!(
             "\n[open_platform]\ncomponent_appid = \"{}\"\n\
              component_secret_env = \"WXT_COMPONENT_SECRET\"\ntoken_env = \"WXT_COMPONENT_TOKEN\"\n\
-             encoding_aes_key_env = \"WXT_COMPONENT_AES_KEY\"\nmax_body_bytes = 2048\n{}",
+             encoding_aes_key_env = \"WXT_COMPONENT_AES_KEY\"\nmax_body_bytes = 2048\n\
+             refresh_token_key_file = \"{}\"\n{}",
             component.appid,
+            refresh_token_key_file().display(),
             if listen {
                 "listen = \"127.0.0.1:0\"\n"
             } else {
@@ -35,6 +38,19 @@ fn open_platform(component: &ComponentConfig, listen: bool) -> impl FnOnce(&mut 
             ("WXT_COMPONENT_AES_KEY", component.encoding_aes_key.clone()),
         ]);
     }
+}
+
+/// A fresh sealing key for authorizers' secrets, in a file of its own
+/// (read once at start; a few bytes left in the temporary directory).
+fn refresh_token_key_file() -> std::path::PathBuf {
+    use base64::Engine as _;
+    let key: [u8; 32] = rand::random();
+    let path = std::env::temp_dir().join(format!(
+        "wxtokend-test-rt-key-{:016x}",
+        rand::random::<u64>()
+    ));
+    std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(key)).expect("key file");
+    path
 }
 
 async fn scenario(component: &ComponentConfig, replicas: usize) -> Scenario {
@@ -415,11 +431,10 @@ async fn a_push_mongodb_cannot_store_is_answered_503_and_stored_when_sent_again(
     ));
 }
 
-/// WeChat's every-10-minutes push, on a short timer, and an authorization
-/// event: tickets keep being stored; the event is answered `success`,
-/// logged with the authorizer's appid (never the code) and not acted on.
+/// WeChat's every-10-minutes push, on a short timer: tickets keep being
+/// stored.
 #[tokio::test(flavor = "multi_thread")]
-async fn timed_pushes_are_stored_and_authorization_events_only_acknowledged() {
+async fn timed_pushes_are_stored() {
     use fake_wechat::component::TicketPusher;
     let config = ComponentConfig::random(COMPONENT);
     let component = Component::new(config.clone());
@@ -436,27 +451,258 @@ async fn timed_pushes_are_stored_and_authorization_events_only_acknowledged() {
     assert!(sent.iter().all(|(_, a)| a.delivered()), "{sent:?}");
     let stored = s.db.count(TICKETS).await;
     assert!(stored >= 3, "{stored} of {} pushes stored", sent.len());
+    let tickets: Vec<String> = sent.into_iter().map(|(ticket, _)| ticket).collect();
+    let tickets: Vec<&str> = tickets.iter().map(String::as_str).collect();
+    s.daemon()
+        .assert_logs_free_of(&secrets(&s, &config, &tickets));
+}
 
-    let code = "queryauthcode@@@never-logged-code";
-    let event = component.authorized("wxauthorizer000001", code, SystemTime::now());
-    let answer = send(&event, &url).await;
-    assert!(answer.delivered(), "{answer:?}");
-    assert_eq!(callbacks(s.daemon(), "acknowledged").await, 1.0);
-    // A timed push cut off by the drop may still be stored: look for the
-    // code, not at the count.
-    let docs = s.db.docs(TICKETS).await;
-    assert!(
-        docs.iter().all(|d| d.get_str("ticket") != Ok(code)),
-        "an event stores no ticket"
+const AUTHORIZER: &str = "wxauthorizer000001";
+
+/// The `unauthorized` event WeChat pushes when `authorizer` withdraws.
+fn unauthorized(component: &Component, authorizer: &str, create_time: SystemTime) -> Push {
+    let xml = format!(
+        "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{created}</CreateTime>\
+         <InfoType><![CDATA[unauthorized]]></InfoType>\
+         <AuthorizerAppid><![CDATA[{authorizer}]]></AuthorizerAppid></xml>",
+        appid = component.config().appid,
+        created = create_time
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs(),
     );
-    let line = s
-        .daemon()
+    component.push(&xml, create_time)
+}
+
+/// The authorizer's directory entry and secrets document, once.
+async fn authorizer_docs(s: &Scenario) -> (Document, Option<Document>) {
+    let id = format!("{COMPONENT}:{AUTHORIZER}");
+    let find = |collection: &'static str| {
+        let id = id.clone();
+        async move {
+            s.db.docs(collection)
+                .await
+                .into_iter()
+                .find(|d| d.get_str("_id") == Ok(id.as_str()))
+        }
+    };
+    let directory = find("authorizers").await.expect("in the directory");
+    (directory, find("authorizer_secrets").await)
+}
+
+/// Authorization events are applied in MongoDB before WeChat is answered:
+/// an authorization puts the authorizer in the directory (`pending`) with
+/// its code sealed (never in clear, never logged); a withdrawal makes it
+/// `unauthorized` and forgets the code; the older authorization replayed
+/// after it changes nothing; a newer one brings it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_events_are_kept_and_an_older_one_never_undoes_a_newer() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = scenario(&config, 1).await;
+    let url = callback_url(s.daemon()).await;
+    let now = SystemTime::now();
+    let first_code = "queryauthcode@@@first-never-logged";
+
+    let authorized = component.authorized(AUTHORIZER, first_code, now - Duration::from_secs(20));
+    assert!(send(&authorized, &url).await.delivered());
+    assert_eq!(callbacks(s.daemon(), "authorized").await, 1.0);
+    let (directory, sealed) = authorizer_docs(&s).await;
+    assert_eq!(directory.get_str("state"), Ok("pending"), "{directory}");
+    assert_eq!(directory.get_str("component_appid"), Ok(COMPONENT));
+    assert_eq!(directory.get_str("app_id"), Ok(AUTHORIZER));
+    let sealed = sealed.expect("the code is kept");
+    assert!(sealed.get_document("code").is_ok(), "{sealed}");
+    assert!(
+        !format!("{sealed:?}").contains(first_code),
+        "the code is sealed, never stored in clear"
+    );
+
+    let withdrawn = unauthorized(&component, AUTHORIZER, now - Duration::from_secs(10));
+    assert!(send(&withdrawn, &url).await.delivered());
+    let (directory, sealed) = authorizer_docs(&s).await;
+    assert_eq!(
+        directory.get_str("state"),
+        Ok("unauthorized"),
+        "{directory}"
+    );
+    let sealed = sealed.expect("the document stays");
+    assert!(sealed.get_document("code").is_err(), "forgotten: {sealed}");
+
+    // The older authorization again (a replay, or pushes that crossed):
+    // answered success, nothing changes.
+    assert!(send(&authorized, &url).await.delivered());
+    let (directory, sealed) = authorizer_docs(&s).await;
+    assert_eq!(
+        directory.get_str("state"),
+        Ok("unauthorized"),
+        "{directory}"
+    );
+    assert!(sealed.expect("kept").get_document("code").is_err());
+
+    // A newer authorization: pending again, with its own code.
+    let again_code = "queryauthcode@@@second-never-logged";
+    let again = component.authorized(AUTHORIZER, again_code, now);
+    assert!(send(&again, &url).await.delivered());
+    let (directory, sealed) = authorizer_docs(&s).await;
+    assert_eq!(directory.get_str("state"), Ok("pending"), "{directory}");
+    assert!(sealed.expect("kept").get_document("code").is_ok());
+    assert_eq!(callbacks(s.daemon(), "unauthorized").await, 1.0);
+    assert_eq!(callbacks(s.daemon(), "authorized").await, 3.0);
+    s.daemon()
         .wait_for_line("the authorization logged", |l| {
-            l["authorizer"] == "wxauthorizer000001"
+            l["authorizer"] == AUTHORIZER
         })
         .await;
-    assert_eq!(line["level"], "INFO", "{line}");
-    let mut secrets = secrets(&s, &config, &[code]);
-    secrets.extend(sent.into_iter().map(|(ticket, _)| ticket));
+    s.daemon()
+        .assert_logs_free_of(&secrets(&s, &config, &[first_code, again_code]));
+}
+
+const COMPONENT_TOKENS: &str = "component_access_tokens";
+
+/// A scenario whose fake WeChat knows the component (its secret, its token
+/// endpoint); `extra` is more `[open_platform]` TOML.
+async fn component_scenario(config: &ComponentConfig, extra: &'static str) -> Scenario {
+    let s = Scenario::new()
+        .account(TestAccount::numbered(1))
+        .config(open_platform(config, true))
+        .config(move |c: &mut TestConfig| c.extra_toml.push_str(extra))
+        .build()
+        .await;
+    // Before any ticket is stored, the component's refresher only waits.
+    s.fake
+        .add_component(fake_wechat::AppConfig::new(COMPONENT, COMPONENT_SECRET));
+    s
+}
+
+/// WeChat pushes `ticket` to the daemon's callback URL.
+async fn wechat_pushes(s: &Scenario, component: &Component, url: &str, ticket: &str) {
+    s.fake.pushed_verify_ticket(COMPONENT, ticket);
+    let answer = send(&ticket_push(component, ticket), url).await;
+    assert!(answer.delivered(), "{answer:?}");
+}
+
+/// The newest stored component token, once there is one.
+async fn component_token(s: &Scenario) -> Document {
+    eventually(WAIT, "a component token stored", || async {
+        let mut docs = s.db.docs(COMPONENT_TOKENS).await;
+        docs.sort_by_key(|d| d.get_i64("generation").unwrap_or_default());
+        docs.pop()
+    })
+    .await
+}
+
+/// The component is a lease like an account's: its holder mints the
+/// component token with the verify ticket WeChat pushed, and stores it
+/// (`app_id` = the component appid) for the platform's services.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_component_token_is_minted_with_the_pushed_ticket_and_stored() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "").await;
+    let url = callback_url(s.daemon()).await;
+
+    wechat_pushes(&s, &component, &url, "ticket@@@for-the-token").await;
+    let stored = component_token(&s).await;
+    assert_eq!(stored.get_str("app_id"), Ok(COMPONENT));
+    assert_eq!(stored.get_i64("generation"), Ok(1));
+    let token = stored
+        .get_str("component_access_token")
+        .expect("the value, in WeChat's own field name")
+        .to_owned();
+    assert!(
+        s.fake.is_accepted(&token),
+        "WeChat accepts the stored token"
+    );
+    assert_eq!(
+        s.fake
+            .calls(COMPONENT, fake_wechat::Endpoint::ComponentToken),
+        1
+    );
+    let lease =
+        s.db.docs("leases")
+            .await
+            .into_iter()
+            .find(|l| l.get_str("_id") == Ok(&format!("open:{COMPONENT}")))
+            .expect("the component's lease");
+    assert_eq!(lease.get_str("holder"), Ok("test-instance"));
+    // Ready: the component token counts like any configured credential.
+    eventually(WAIT, "/readyz to turn 200", || async {
+        (s.daemon().get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let mut secrets = secrets(&s, &config, &["ticket@@@for-the-token"]);
+    secrets.push(token);
+    let metrics = s.daemon().metrics().await;
+    for secret in &secrets {
+        assert!(
+            !metrics.text().contains(secret.as_str()),
+            "{secret} in /metrics"
+        );
+    }
     s.daemon().assert_logs_free_of(&secrets);
+}
+
+/// WeChat refuses the newest ticket (61005, expired): it is marked and
+/// never used again, and the next push brings the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ticket_wechat_refuses_is_marked_and_the_next_push_is_used() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "").await;
+    let url = callback_url(s.daemon()).await;
+
+    s.fake.set_ticket_life(COMPONENT, Duration::ZERO);
+    wechat_pushes(&s, &component, &url, "ticket@@@too-old").await;
+    let rejected = eventually(WAIT, "the ticket marked rejected", || async {
+        s.db.docs(TICKETS).await.into_iter().find(|d| {
+            d.get_str("ticket") == Ok("ticket@@@too-old") && d.contains_key("rejected_at")
+        })
+    })
+    .await;
+    assert!(rejected.get_datetime("expires_at").is_ok(), "{rejected}");
+    let calls = s
+        .fake
+        .calls(COMPONENT, fake_wechat::Endpoint::ComponentToken);
+    assert_eq!(s.db.count(COMPONENT_TOKENS).await, 0);
+
+    s.fake
+        .set_ticket_life(COMPONENT, fake_wechat::VERIFY_TICKET_LIFE);
+    // A second apart: CreateTime is in seconds, one push per second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@fresh").await;
+    let stored = component_token(&s).await;
+    let token = stored.get_str("component_access_token").expect("value");
+    assert!(s.fake.is_accepted(token));
+    // The refused ticket was not tried again in between.
+    let after = s
+        .fake
+        .calls(COMPONENT, fake_wechat::Endpoint::ComponentToken);
+    assert_eq!(after, calls + 1, "one call with the fresh ticket");
+}
+
+/// No ticket comes (the callback URL is wrong, WeChat stopped pushing):
+/// after `start_push_ticket_after` the holder asks WeChat to push one, and
+/// the ticket WeChat then pushes brings the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_ticket_for_long_the_holder_asks_wechat_to_push_one() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "start_push_ticket_after = \"10s\"\n").await;
+    let url = callback_url(s.daemon()).await;
+
+    eventually(WAIT, "api_start_push_ticket called", || async {
+        (s.fake.start_push_requests(COMPONENT) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(s.db.count(COMPONENT_TOKENS).await, 0);
+    s.daemon()
+        .wait_for_line("the request logged", |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("asked WeChat to push a component_verify_ticket"))
+        })
+        .await;
+    wechat_pushes(&s, &component, &url, "ticket@@@asked-for").await;
+    component_token(&s).await;
 }

@@ -17,7 +17,7 @@ use crate::{lock, Shared, World};
 
 /// Which base URL a request came in on.
 #[derive(Clone)]
-struct Caller(Arc<str>);
+pub(crate) struct Caller(pub(crate) Arc<str>);
 
 pub(crate) fn router(world: Shared, caller: &str) -> Router {
     Router::new()
@@ -31,6 +31,14 @@ pub(crate) fn router(world: Shared, caller: &str) -> Router {
         )
         .route(Endpoint::WecomAgentConfigTicket.cgi_path(), get(ticket))
         .route("/cgi-bin/getcallbackip", get(callback_ip))
+        .route(
+            Endpoint::ComponentToken.cgi_path(),
+            post(crate::platform::component_token),
+        )
+        .route(
+            "/cgi-bin/component/api_start_push_ticket",
+            post(crate::platform::start_push_ticket),
+        )
         .merge(crate::openapi::routes())
         .layer(Extension(Caller(caller.into())))
         .with_state(world)
@@ -79,7 +87,7 @@ fn fault_response(fault: Fault) -> Option<Response> {
 /// Applies the call's fault, if any, around `serve` (which checks the
 /// request and answers it): a delay before, a late answer after, or an
 /// answer of its own instead.
-async fn with_fault(
+pub(crate) async fn with_fault(
     world: &Shared,
     fault: Option<Fault>,
     serve: impl FnOnce(&mut World) -> Response,
@@ -102,7 +110,11 @@ async fn with_fault(
 }
 
 /// The answer to a credential call, in WeChat's shape for `field`.
-fn credential_json(answer: Result<Answer, Refusal>, field: &str, with_errcode: bool) -> Response {
+pub(crate) fn credential_json(
+    answer: Result<Answer, Refusal>,
+    field: &str,
+    with_errcode: bool,
+) -> Response {
     match answer {
         Ok(Answer { value, expires_in }) => {
             let mut body = json!({ field: value, "expires_in": expires_in.as_secs() });

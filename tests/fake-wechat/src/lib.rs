@@ -36,6 +36,7 @@ pub mod component;
 mod handlers;
 mod model;
 mod openapi;
+mod platform;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,11 +45,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use model::{App, Issued};
 pub use model::{AppConfig, Behaviour, Endpoint, Fault, Mode};
+pub use platform::TICKET_LIFE as VERIFY_TICKET_LIFE;
 
 #[derive(Default)]
 pub(crate) struct World {
     pub(crate) apps: HashMap<String, App>,
     pub(crate) openapi: openapi::Counters,
+    /// Open Platform components, by appid (each also in `apps`).
+    pub(crate) platforms: HashMap<String, platform::Platform>,
 }
 
 pub(crate) type Shared = Arc<Mutex<World>>;
@@ -140,6 +144,44 @@ impl FakeWechat {
         lock(&self.world)
             .apps
             .insert(config.appid.clone(), App::new(config));
+    }
+
+    /// Adds an Open Platform component: `config` is its appid and
+    /// component secret, and how [`Endpoint::ComponentToken`] behaves.
+    pub fn add_component(&self, config: AppConfig) {
+        let appid = config.appid.clone();
+        self.add_app(config);
+        lock(&self.world)
+            .platforms
+            .insert(appid, platform::Platform::default());
+    }
+
+    /// WeChat pushed `ticket` to `component`'s callback URL now: from now
+    /// on `api_component_token` accepts it, for the ticket life.
+    pub fn pushed_verify_ticket(&self, component: &str, ticket: &str) {
+        self.with_platform(component, |p| {
+            p.tickets.push((ticket.to_owned(), SystemTime::now()));
+        });
+    }
+
+    /// How long a verify ticket may be used (WeChat: 12 hours); shorter
+    /// makes a pushed ticket expire (61005).
+    pub fn set_ticket_life(&self, component: &str, life: Duration) {
+        self.with_platform(component, |p| p.ticket_life = life);
+    }
+
+    /// `api_start_push_ticket` calls answered `ok`.
+    pub fn start_push_requests(&self, component: &str) -> u32 {
+        self.with_platform(component, |p| p.push_requests)
+    }
+
+    fn with_platform<T>(&self, appid: &str, f: impl FnOnce(&mut platform::Platform) -> T) -> T {
+        let mut world = lock(&self.world);
+        let platform = world
+            .platforms
+            .get_mut(appid)
+            .unwrap_or_else(|| panic!("fake WeChat: no component {appid}"));
+        f(platform)
     }
 
     fn with_app<T>(&self, appid: &str, f: impl FnOnce(&mut App) -> T) -> T {

@@ -24,16 +24,20 @@ pub enum Endpoint {
     WecomJsapiTicket,
     /// WeCom's `GET /cgi-bin/ticket/get?type=agent_config`.
     WecomAgentConfigTicket,
+    /// Open Platform: `POST /cgi-bin/component/api_component_token`, for
+    /// an app added as a component ([`crate::FakeWechat::add_component`]).
+    ComponentToken,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::GetTicket,
         Endpoint::WecomToken,
         Endpoint::WecomJsapiTicket,
         Endpoint::WecomAgentConfigTicket,
+        Endpoint::ComponentToken,
     ];
 
     /// The path WeChat serves it on: what the router routes and what
@@ -46,6 +50,7 @@ impl Endpoint {
             Endpoint::WecomToken => "/cgi-bin/gettoken",
             Endpoint::WecomJsapiTicket => "/cgi-bin/get_jsapi_ticket",
             Endpoint::WecomAgentConfigTicket => "/cgi-bin/ticket/get",
+            Endpoint::ComponentToken => "/cgi-bin/component/api_component_token",
         }
     }
 
@@ -53,7 +58,8 @@ impl Endpoint {
         Endpoint::ALL.into_iter().find(|e| e.cgi_path() == path)
     }
 
-    /// Whether it issues access tokens (else tickets).
+    /// Whether it issues access tokens (what tickets and business APIs
+    /// are called with).
     pub const fn issues_tokens(self) -> bool {
         matches!(
             self,
@@ -61,11 +67,21 @@ impl Endpoint {
         )
     }
 
+    /// Whether it issues tickets.
+    pub const fn issues_tickets(self) -> bool {
+        matches!(
+            self,
+            Endpoint::GetTicket | Endpoint::WecomJsapiTicket | Endpoint::WecomAgentConfigTicket
+        )
+    }
+
     /// How it behaves unless a test says otherwise: WeChat's documented or
     /// reported behaviour (`shared/design.md`).
     pub fn default_behaviour(self) -> Behaviour {
         let mode = match self {
-            Endpoint::Token => Mode::NewEveryCall,
+            // The component token too, its previous one working for 5
+            // minutes (reported by WeChat staff, UNVERIFIED for it).
+            Endpoint::Token | Endpoint::ComponentToken => Mode::NewEveryCall,
             Endpoint::StableToken => Mode::Stable {
                 window: Duration::from_secs(300),
             },
@@ -77,6 +93,8 @@ impl Endpoint {
         };
         let daily_quota = match self {
             Endpoint::Token => 2000,
+            // What one platform saw in getApiQuota (a community report).
+            Endpoint::ComponentToken => 10_000,
             Endpoint::StableToken => 500_000,
             _ => 1_000_000,
         };
@@ -190,12 +208,15 @@ impl AppConfig {
 
     /// `expires_in` of new access tokens (every token endpoint).
     pub fn expires_in(self, expires_in: Duration) -> Self {
-        self.each(Endpoint::issues_tokens, |b| b.expires_in = expires_in)
+        self.each(
+            |e| e.issues_tokens() || e == Endpoint::ComponentToken,
+            |b| b.expires_in = expires_in,
+        )
     }
 
     /// `expires_in` of new tickets (every ticket endpoint).
     pub fn ticket_expires_in(self, expires_in: Duration) -> Self {
-        self.each(|e| !e.issues_tokens(), |b| b.expires_in = expires_in)
+        self.each(Endpoint::issues_tickets, |b| b.expires_in = expires_in)
     }
 
     /// How long a replaced `/cgi-bin/token` token keeps working.
