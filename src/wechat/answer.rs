@@ -128,6 +128,7 @@ impl FetchError {
 struct CredentialResponse {
     access_token: Option<String>,
     component_access_token: Option<String>,
+    authorizer_access_token: Option<String>,
     ticket: Option<String>,
     expires_in: Option<i64>,
     errcode: Option<i64>,
@@ -184,6 +185,7 @@ pub(super) fn parse_repeatable(
     let value = match kind {
         CredentialKind::AccessToken => parsed.access_token,
         CredentialKind::ComponentAccessToken => parsed.component_access_token,
+        CredentialKind::AuthorizerAccessToken => parsed.authorizer_access_token,
         _ => parsed.ticket,
     }
     .ok_or_else(|| FetchError::InvalidResponse(format!("{field} is missing")))?;
@@ -226,6 +228,81 @@ pub(super) fn api_error(
         effect: errcode::effect(errcode, call),
         retry_after: errcode::retry_after(errcode, call),
     }
+}
+
+/// The `authorizer_refresh_token` of an answer that parsed (absent:
+/// `None`), checked like a token.
+pub(super) fn refresh_token_in(body: &[u8]) -> Result<Option<SecretString>, FetchError> {
+    #[derive(Deserialize)]
+    struct WithRefreshToken {
+        authorizer_refresh_token: Option<String>,
+    }
+    let parsed: WithRefreshToken = serde_json::from_slice(body)
+        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
+    parsed
+        .authorizer_refresh_token
+        .map(|rt| check_value("authorizer_refresh_token", rt))
+        .transpose()
+}
+
+/// What `api_query_auth` answered: the authorizer, and its first token
+/// and refresh token (both absent when the account granted the platform
+/// no API: WeChat's docs).
+#[derive(Debug)]
+pub struct QueryAuth {
+    pub authorizer_appid: String,
+    pub token: Option<FetchedCredential>,
+    pub refresh_token: Option<SecretString>,
+}
+
+/// Parses `api_query_auth`'s answer (`{authorization_info: {…}}`);
+/// `secrets` are scrubbed from an error's `errmsg`.
+pub(super) fn parse_query_auth(
+    body: &[u8],
+    secrets: &[&SecretString],
+    min_expires_in: Duration,
+) -> Result<QueryAuth, FetchError> {
+    #[derive(Deserialize)]
+    struct Answer {
+        authorization_info: Option<serde_json::Value>,
+        errcode: Option<i64>,
+        errmsg: Option<String>,
+    }
+    let parsed: Answer = serde_json::from_slice(body)
+        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
+    if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
+        let error = api_error(errcode, parsed.errmsg, secrets[0], Call::ComponentUse);
+        return Err(secrets[1..].iter().fold(error, |e, s| scrubbed(e, s)));
+    }
+    let info = parsed
+        .authorization_info
+        .ok_or_else(|| FetchError::InvalidResponse("authorization_info is missing".into()))?;
+    let authorizer_appid = info
+        .get("authorizer_appid")
+        .and_then(serde_json::Value::as_str)
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .ok_or_else(|| FetchError::InvalidResponse("authorizer_appid is missing".into()))?
+        .to_owned();
+    let inner = info.to_string();
+    let token = if info.get("authorizer_access_token").is_some() {
+        let call = Call::ComponentUse;
+        let kind = CredentialKind::AuthorizerAccessToken;
+        Some(parse_repeatable(
+            inner.as_bytes(),
+            kind,
+            call,
+            secrets[0],
+            min_expires_in,
+            None,
+        )?)
+    } else {
+        None
+    };
+    Ok(QueryAuth {
+        authorizer_appid,
+        token,
+        refresh_token: refresh_token_in(inner.as_bytes())?,
+    })
 }
 
 /// `error` with `secret` too scrubbed from WeChat's `errmsg` (for a call

@@ -33,10 +33,16 @@ pub enum Api {
     /// Open Platform: `POST /cgi-bin/component/api_start_push_ticket`
     /// (asks WeChat to push a verify ticket; issues nothing).
     StartPushTicket,
+    /// Open Platform: `POST /cgi-bin/component/api_authorizer_token`
+    /// (counted in the authorizer's lease).
+    AuthorizerToken,
+    /// Open Platform: `POST /cgi-bin/component/api_query_auth`, the
+    /// exchange of an authorization code (the authorizer's lease).
+    QueryAuth,
 }
 
 impl Api {
-    pub const ALL: [Api; 9] = [
+    pub const ALL: [Api; 11] = [
         Self::Token,
         Self::StableToken,
         Self::JsapiTicket,
@@ -46,6 +52,8 @@ impl Api {
         Self::AgentConfigTicket,
         Self::ComponentToken,
         Self::StartPushTicket,
+        Self::AuthorizerToken,
+        Self::QueryAuth,
     ];
 
     /// The API that issues `kind` for an account of `platform` whose
@@ -84,6 +92,7 @@ impl Api {
             Self::WxCardTicket => Some(CredentialKind::WxCardTicket),
             Self::AgentConfigTicket => Some(CredentialKind::AgentConfigTicket),
             Self::ComponentToken => Some(CredentialKind::ComponentAccessToken),
+            Self::AuthorizerToken | Self::QueryAuth => Some(CredentialKind::AuthorizerAccessToken),
             Self::StartPushTicket => None,
         }
     }
@@ -101,6 +110,8 @@ impl Api {
             Self::AgentConfigTicket => "agent_config_ticket",
             Self::ComponentToken => "component_token",
             Self::StartPushTicket => "start_push_ticket",
+            Self::AuthorizerToken => "authorizer_token",
+            Self::QueryAuth => "query_auth",
         }
     }
 
@@ -115,6 +126,8 @@ impl Api {
             Self::AgentConfigTicket => "/cgi-bin/ticket/get",
             Self::ComponentToken => "/cgi-bin/component/api_component_token",
             Self::StartPushTicket => "/cgi-bin/component/api_start_push_ticket",
+            Self::AuthorizerToken => "/cgi-bin/component/api_authorizer_token",
+            Self::QueryAuth => "/cgi-bin/component/api_query_auth",
         }
     }
 

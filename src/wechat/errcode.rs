@@ -58,6 +58,9 @@ pub enum Call {
     IssueComponentToken,
     /// Open Platform: `api_start_push_ticket` (the component secret).
     StartPushTicket,
+    /// Open Platform: a call made with the component token for an
+    /// authorizer (`api_authorizer_token`, `api_query_auth`).
+    ComponentUse,
 }
 
 /// What an errcode asks of the daemon besides its class: the Open
@@ -67,6 +70,14 @@ pub enum Effect {
     /// The verify ticket was refused (61005 expired, 61006 invalid): never
     /// use it again, wait for the next push.
     TicketRejected,
+    /// The authorizer's refresh token is refused (61023): it needs a new
+    /// one (a re-authorization, or the authorizer list's).
+    RefreshTokenInvalid,
+    /// The account does not (or no longer) authorize the platform (61003).
+    NotAuthorized,
+    /// The authorization code is unknown, used or expired (61009, 61010):
+    /// drop it.
+    CodeUnusable,
 }
 
 struct Entry {
@@ -217,6 +228,61 @@ const ISSUE_COMPONENT_TOKEN: &[Entry] = &[
     ),
 ];
 
+/// A code that asks for `effect`, permanent (retried after
+/// `refresh.permanent_error_retry`, or when the directory changes).
+const fn permanent_effect(code: i64, effect: Effect, meaning: &'static str) -> Entry {
+    Entry {
+        code,
+        class: Permanent,
+        effect: Some(effect),
+        meaning,
+        retry_after: None,
+    }
+}
+
+/// Codes returned by calls made with the component token for an
+/// authorizer (`api_authorizer_token`, `api_query_auth`).
+const COMPONENT_USE: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45011, Transient, "API minute quota reached"),
+    entry(45009, DailyQuota, "API daily quota reached"),
+    entry(
+        40001,
+        InvalidToken,
+        "component_access_token is invalid or not the latest",
+    ),
+    entry(40014, InvalidToken, "component_access_token is not valid"),
+    entry(42001, InvalidToken, "component_access_token expired"),
+    entry(61004, Permanent, PLATFORM_IP_WHITELIST),
+    permanent_effect(
+        61023,
+        Effect::RefreshTokenInvalid,
+        "the authorizer's refresh token is invalid: it needs a new one (the authorizer list's, \
+         or the account authorizes the platform again)",
+    ),
+    permanent_effect(
+        61003,
+        Effect::NotAuthorized,
+        "the account does not authorize the platform (any more): stopped until it authorizes \
+         again",
+    ),
+    with_effect(
+        61009,
+        Effect::CodeUnusable,
+        "the authorization code is invalid: dropped",
+    ),
+    with_effect(
+        61010,
+        Effect::CodeUnusable,
+        "the authorization code expired or was used: dropped",
+    ),
+    entry(
+        61007,
+        Permanent,
+        "the account did not grant this API to the platform",
+    ),
+];
+
 /// Codes returned by `api_start_push_ticket`.
 const START_PUSH_TICKET: &[Entry] = &[
     entry(-1, Transient, "system busy"),
@@ -306,6 +372,7 @@ fn lookup(errcode: i64, call: Call) -> Option<&'static Entry> {
         Call::WecomUseToken => WECOM_USE_TOKEN,
         Call::IssueComponentToken => ISSUE_COMPONENT_TOKEN,
         Call::StartPushTicket => START_PUSH_TICKET,
+        Call::ComponentUse => COMPONENT_USE,
         Call::ManageQuota => {
             let own = MANAGE_QUOTA.iter().find(|e| e.code == errcode);
             return own.or_else(|| lookup(errcode, Call::UseToken));
@@ -429,6 +496,24 @@ mod tests {
         // The same codes mean nothing of the kind elsewhere.
         assert_eq!(effect(61005, Call::IssueToken), None);
         assert_eq!(classify(40013, Call::StartPushTicket), Permanent);
+    }
+
+    #[test]
+    fn an_authorizers_codes_say_what_became_of_it() {
+        let call = Call::ComponentUse;
+        assert_eq!(effect(61023, call), Some(Effect::RefreshTokenInvalid));
+        assert_eq!(classify(61023, call), Permanent);
+        assert_eq!(effect(61003, call), Some(Effect::NotAuthorized));
+        assert_eq!(classify(61003, call), Permanent);
+        for code in [61009, 61010] {
+            assert_eq!(effect(code, call), Some(Effect::CodeUnusable), "{code}");
+            assert_eq!(classify(code, call), Transient, "{code}");
+        }
+        for code in [40001, 40014, 42001] {
+            assert_eq!(classify(code, call), InvalidToken, "{code}");
+        }
+        assert_eq!(classify(45009, call), DailyQuota);
+        assert_eq!(effect(61023, Call::IssueToken), None);
     }
 
     #[test]

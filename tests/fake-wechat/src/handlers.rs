@@ -39,6 +39,14 @@ pub(crate) fn router(world: Shared, caller: &str) -> Router {
             "/cgi-bin/component/api_start_push_ticket",
             post(crate::platform::start_push_ticket),
         )
+        .route(
+            Endpoint::AuthorizerToken.cgi_path(),
+            post(crate::platform::authorizer_token),
+        )
+        .route(
+            "/cgi-bin/component/api_query_auth",
+            post(crate::platform::query_auth),
+        )
         .merge(crate::openapi::routes())
         .layer(Extension(Caller(caller.into())))
         .with_state(world)

@@ -175,6 +175,45 @@ impl FakeWechat {
         self.with_platform(component, |p| p.push_requests)
     }
 
+    /// `authorizer` authorizes `component` (a new refresh token; an
+    /// earlier one dies, as after a re-authorization): returns the
+    /// authorization code (valid an hour, once), which the test pushes in
+    /// an `authorized` event as WeChat would.
+    pub fn authorize(&self, component: &str, authorizer: &str) -> String {
+        lock(&self.world).authorize(component, authorizer)
+    }
+
+    /// `authorizer` withdraws: its refresh token and code die, and its
+    /// tokens at once.
+    pub fn unauthorize(&self, component: &str, authorizer: &str) {
+        self.with_platform(component, |p| {
+            if let Some(a) = p.authorizers.get_mut(authorizer) {
+                a.refresh_token = None;
+                a.previous.clear();
+                a.code = None;
+            }
+        });
+        self.invalidate_tokens(authorizer);
+    }
+
+    /// The authorizer's current refresh token at WeChat.
+    pub fn refresh_token_of(&self, component: &str, authorizer: &str) -> Option<String> {
+        self.with_platform(component, |p| {
+            p.authorizers.get(authorizer)?.refresh_token.clone()
+        })
+    }
+
+    /// From now on every `api_authorizer_token` answers a new refresh
+    /// token (the previous one accepted for a minute): the pessimistic
+    /// reading of WeChat's docs.
+    pub fn rotate_refresh_tokens(&self, component: &str, authorizer: &str, rotate: bool) {
+        self.with_platform(component, |p| {
+            if let Some(a) = p.authorizers.get_mut(authorizer) {
+                a.rotate = rotate;
+            }
+        });
+    }
+
     fn with_platform<T>(&self, appid: &str, f: impl FnOnce(&mut platform::Platform) -> T) -> T {
         let mut world = lock(&self.world);
         let platform = world

@@ -27,10 +27,14 @@ pub enum Endpoint {
     /// Open Platform: `POST /cgi-bin/component/api_component_token`, for
     /// an app added as a component ([`crate::FakeWechat::add_component`]).
     ComponentToken,
+    /// Open Platform: an authorizer's token, from
+    /// `POST /cgi-bin/component/api_authorizer_token` (and minted by
+    /// `api_query_auth`), counted on the authorizer's app.
+    AuthorizerToken,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::GetTicket,
@@ -38,6 +42,7 @@ impl Endpoint {
         Endpoint::WecomJsapiTicket,
         Endpoint::WecomAgentConfigTicket,
         Endpoint::ComponentToken,
+        Endpoint::AuthorizerToken,
     ];
 
     /// The path WeChat serves it on: what the router routes and what
@@ -51,6 +56,7 @@ impl Endpoint {
             Endpoint::WecomJsapiTicket => "/cgi-bin/get_jsapi_ticket",
             Endpoint::WecomAgentConfigTicket => "/cgi-bin/ticket/get",
             Endpoint::ComponentToken => "/cgi-bin/component/api_component_token",
+            Endpoint::AuthorizerToken => "/cgi-bin/component/api_authorizer_token",
         }
     }
 
@@ -63,7 +69,10 @@ impl Endpoint {
     pub const fn issues_tokens(self) -> bool {
         matches!(
             self,
-            Endpoint::Token | Endpoint::StableToken | Endpoint::WecomToken
+            Endpoint::Token
+                | Endpoint::StableToken
+                | Endpoint::WecomToken
+                | Endpoint::AuthorizerToken
         )
     }
 
@@ -81,7 +90,9 @@ impl Endpoint {
         let mode = match self {
             // The component token too, its previous one working for 5
             // minutes (reported by WeChat staff, UNVERIFIED for it).
-            Endpoint::Token | Endpoint::ComponentToken => Mode::NewEveryCall,
+            Endpoint::Token | Endpoint::ComponentToken | Endpoint::AuthorizerToken => {
+                Mode::NewEveryCall
+            }
             Endpoint::StableToken => Mode::Stable {
                 window: Duration::from_secs(300),
             },

@@ -12,11 +12,29 @@
 //!   component_secret}`: `{"errcode":0,"errmsg":"ok"}`, counted (the test
 //!   pushes the ticket, as WeChat would); 40013 an unknown appid.
 //!
+//! - `POST /cgi-bin/component/api_query_auth?component_access_token=T` with
+//!   `{component_appid, authorization_code}`: the authorizer's first token
+//!   and its refresh token (`authorization_info`); 61009 an unknown code,
+//!   61010 one used already or older than an hour.
+//! - `POST /cgi-bin/component/api_authorizer_token?component_access_token=T`
+//!   (`access_token=` too) with `{component_appid, authorizer_appid,
+//!   authorizer_refresh_token}`: a new authorizer token every call (the
+//!   previous one working for its overlap), and the refresh token: echoed,
+//!   as WeChat does, or in rotation mode a new one every call (the old one
+//!   accepted for a minute). 61003 an authorizer that withdrew (or never
+//!   authorized), 61023 a refresh token that is not its current one.
+//! - Both: 40001 a component token that is not the component's current
+//!   one (or not one at all), 42001 an expired one.
+//!
 //! Which tickets WeChat pushed is told by the test
 //! ([`crate::FakeWechat::pushed_verify_ticket`]): the pushes themselves go
 //! through [`crate::component`]'s sender.
 
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::Query;
+use rand::distr::{Alphanumeric, SampleString};
 
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +43,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::handlers::{credential_json, errcode, with_fault, Caller};
-use crate::model::Endpoint;
-use crate::{lock, Shared};
+use crate::model::{AppConfig, Endpoint};
+use crate::{lock, Shared, World};
 
 /// WeChat: a verify ticket may be used 12 hours ("有效期为 12h").
 pub const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
@@ -40,6 +58,8 @@ pub(crate) struct Platform {
     pub(crate) ticket_life: Duration,
     /// `api_start_push_ticket` calls answered `ok`.
     pub(crate) push_requests: u32,
+    /// The accounts that authorized it (or did and withdrew), by appid.
+    pub(crate) authorizers: HashMap<String, Authorizer>,
 }
 
 impl Default for Platform {
@@ -48,8 +68,230 @@ impl Default for Platform {
             tickets: Vec::new(),
             ticket_life: TICKET_LIFE,
             push_requests: 0,
+            authorizers: HashMap::new(),
         }
     }
+}
+
+/// How long an authorization code may be exchanged (WeChat: an hour).
+pub const CODE_LIFE: Duration = Duration::from_secs(3600);
+
+/// In rotation mode, how long a replaced refresh token is still accepted.
+const ROTATION_GRACE: Duration = Duration::from_secs(60);
+
+/// An account that authorized a component.
+#[derive(Debug, Clone)]
+pub(crate) struct Authorizer {
+    /// `None` after a withdrawal.
+    pub(crate) refresh_token: Option<String>,
+    /// Replaced refresh tokens still accepted until then (rotation mode).
+    pub(crate) previous: Vec<(String, Instant)>,
+    /// The authorization code and until when it may be exchanged; `None`
+    /// once used.
+    pub(crate) code: Option<(String, SystemTime)>,
+    /// Codes used already (61010, not 61009).
+    pub(crate) used_codes: Vec<String>,
+    /// A new refresh token at every `api_authorizer_token`.
+    pub(crate) rotate: bool,
+}
+
+fn random(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        Alphanumeric.sample_string(&mut rand::rng(), 32)
+    )
+}
+
+impl World {
+    /// `appid` authorizes `component`: a new refresh token and code (the
+    /// previous ones dead, as after a re-authorization). Returns the code.
+    pub(crate) fn authorize(&mut self, component: &str, appid: &str) -> String {
+        if !self.apps.contains_key(appid) {
+            // Its tokens are accepted by the business API and the ticket
+            // endpoints like any account's.
+            let app = AppConfig::new(appid, &random("unused-secret-"));
+            self.apps
+                .insert(appid.to_owned(), crate::model::App::new(app));
+        }
+        let code = random("queryauthcode@@@");
+        let platform = self
+            .platforms
+            .get_mut(component)
+            .unwrap_or_else(|| panic!("fake WeChat: no component {component}"));
+        let rotate = platform.authorizers.get(appid).is_some_and(|a| a.rotate);
+        platform.authorizers.insert(
+            appid.to_owned(),
+            Authorizer {
+                refresh_token: Some(random("refreshtoken@@@")),
+                previous: Vec::new(),
+                code: Some((code.clone(), SystemTime::now() + CODE_LIFE)),
+                used_codes: Vec::new(),
+                rotate,
+            },
+        );
+        code
+    }
+}
+
+/// `?component_access_token=` (or `access_token=`, as newer docs write).
+#[derive(Deserialize)]
+pub(crate) struct ComponentTokenQuery {
+    component_access_token: Option<String>,
+    access_token: Option<String>,
+}
+
+impl ComponentTokenQuery {
+    fn token(&self) -> &str {
+        self.component_access_token
+            .as_deref()
+            .or(self.access_token.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether `token` is `component`'s current token, else WeChat's errcode
+/// (boxed: a response is large).
+fn check_component_token(world: &World, component: &str, token: &str) -> Result<(), Box<Response>> {
+    let app = world
+        .apps
+        .get(component)
+        .filter(|_| world.platforms.contains_key(component))
+        .ok_or_else(|| Box::new(errcode(40013, "invalid appid")))?;
+    let now = Instant::now();
+    let issued = app
+        .issued
+        .iter()
+        .find(|i| i.endpoint == Endpoint::ComponentToken && i.value == token);
+    match issued {
+        Some(i) if i.accepted_at(now) => Ok(()),
+        Some(i) if now >= i.expires_at => Err(Box::new(errcode(42001, "access_token expired"))),
+        _ => Err(Box::new(errcode(
+            40001,
+            "invalid credential, access_token is invalid or not latest",
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct QueryAuthRequest {
+    component_appid: Option<String>,
+    authorization_code: Option<String>,
+}
+
+pub(crate) async fn query_auth(
+    State(world): State<Shared>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Query(q): Query<ComponentTokenQuery>,
+    Json(r): Json<QueryAuthRequest>,
+) -> Response {
+    let mut world = lock(&world);
+    let component = r.component_appid.as_deref().unwrap_or_default();
+    if let Err(refused) = check_component_token(&world, component, q.token()) {
+        return *refused;
+    }
+    let code = r.authorization_code.as_deref().unwrap_or_default();
+    let Some(platform) = world.platforms.get_mut(component) else {
+        return errcode(40013, "invalid appid");
+    };
+    let found = platform.authorizers.iter_mut().find(|(_, a)| {
+        a.code.as_ref().is_some_and(|(c, _)| c == code) || a.used_codes.iter().any(|c| c == code)
+    });
+    let Some((appid, authorizer)) = found else {
+        return errcode(61009, "code is invalid");
+    };
+    let appid = appid.clone();
+    match authorizer.code.take() {
+        Some((c, until)) if c == code && SystemTime::now() < until => {
+            authorizer.used_codes.push(c);
+        }
+        other => {
+            authorizer.code = other;
+            return errcode(61010, "code is expired");
+        }
+    }
+    let refresh_token = authorizer.refresh_token.clone().unwrap_or_default();
+    let Some(app) = world.apps.get_mut(&appid) else {
+        return errcode(61003, "component is not authorized by this account");
+    };
+    match app.answer(Endpoint::AuthorizerToken, "", &caller, false) {
+        Ok(answer) => Json(json!({ "authorization_info": {
+            "authorizer_appid": appid,
+            "authorizer_access_token": answer.value,
+            "expires_in": answer.expires_in.as_secs(),
+            "authorizer_refresh_token": refresh_token,
+            "func_info": [{ "funcscope_category": { "id": 1 } }],
+        }}))
+        .into_response(),
+        Err(_) => errcode(45009, "reach max api daily quota limit"),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AuthorizerTokenRequest {
+    component_appid: Option<String>,
+    authorizer_appid: Option<String>,
+    authorizer_refresh_token: Option<String>,
+}
+
+pub(crate) async fn authorizer_token(
+    State(world): State<Shared>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Query(q): Query<ComponentTokenQuery>,
+    Json(r): Json<AuthorizerTokenRequest>,
+) -> Response {
+    let fault = {
+        let mut world = lock(&world);
+        let app = r
+            .authorizer_appid
+            .as_deref()
+            .and_then(|id| world.apps.get_mut(id));
+        app.and_then(|app| app.take_call(Endpoint::AuthorizerToken))
+    };
+    with_fault(&world, fault, |world| {
+        let component = r.component_appid.as_deref().unwrap_or_default();
+        if let Err(refused) = check_component_token(world, component, q.token()) {
+            return *refused;
+        }
+        let appid = r.authorizer_appid.as_deref().unwrap_or_default();
+        let sent = r.authorizer_refresh_token.as_deref().unwrap_or_default();
+        let Some(authorizer) = world
+            .platforms
+            .get_mut(component)
+            .and_then(|p| p.authorizers.get_mut(appid))
+        else {
+            return errcode(61003, "component is not authorized by this account");
+        };
+        let Some(current) = authorizer.refresh_token.clone() else {
+            return errcode(61003, "component is not authorized by this account");
+        };
+        let now = Instant::now();
+        authorizer.previous.retain(|(_, until)| *until > now);
+        let known = sent == current || authorizer.previous.iter().any(|(t, _)| t == sent);
+        if !known {
+            return errcode(61023, "refresh_token is invalid");
+        }
+        let refresh_token = if authorizer.rotate {
+            let next = random("refreshtoken@@@");
+            authorizer.previous.push((current, now + ROTATION_GRACE));
+            authorizer.refresh_token = Some(next.clone());
+            next
+        } else {
+            current
+        };
+        let Some(app) = world.apps.get_mut(appid) else {
+            return errcode(61003, "component is not authorized by this account");
+        };
+        match app.answer(Endpoint::AuthorizerToken, "", &caller, false) {
+            Ok(answer) => Json(json!({
+                "authorizer_access_token": answer.value,
+                "expires_in": answer.expires_in.as_secs(),
+                "authorizer_refresh_token": refresh_token,
+            }))
+            .into_response(),
+            Err(_) => errcode(45009, "reach max api daily quota limit"),
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -252,6 +494,120 @@ mod tests {
         );
         let spent = token(&fake, COMPONENT, SECRET, "ticket@@@q").await;
         assert_eq!(spent["errcode"], 45009, "{spent}");
+    }
+
+    /// A component token, minted with a pushed ticket.
+    async fn component_token(fake: &FakeWechat) -> String {
+        fake.pushed_verify_ticket(COMPONENT, "ticket@@@for-calls");
+        let answer = token(fake, COMPONENT, SECRET, "ticket@@@for-calls").await;
+        answer["component_access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    async fn query_auth(fake: &FakeWechat, token: &str, code: &str) -> Value {
+        let path = format!("/cgi-bin/component/api_query_auth?component_access_token={token}");
+        let body = json!({ "component_appid": COMPONENT, "authorization_code": code });
+        post(fake, &path, body).await
+    }
+
+    async fn authorizer_token(fake: &FakeWechat, token: &str, appid: &str, rt: &str) -> Value {
+        // Newer docs write `access_token=`: both are accepted.
+        let path = format!("/cgi-bin/component/api_authorizer_token?access_token={token}");
+        let body = json!({
+            "component_appid": COMPONENT,
+            "authorizer_appid": appid,
+            "authorizer_refresh_token": rt,
+        });
+        post(fake, &path, body).await
+    }
+
+    const AUTHORIZER: &str = "wxauthorizer000001";
+
+    #[tokio::test]
+    async fn a_code_is_exchanged_once_for_the_first_token_and_the_refresh_token() {
+        let fake = fake().await;
+        let token = component_token(&fake).await;
+        let code = fake.authorize(COMPONENT, AUTHORIZER);
+        assert_eq!(
+            query_auth(&fake, "not-a-token", &code).await["errcode"],
+            40001
+        );
+        let info = query_auth(&fake, &token, &code).await;
+        let info = &info["authorization_info"];
+        assert_eq!(info["authorizer_appid"], AUTHORIZER);
+        let first = info["authorizer_access_token"].as_str().expect("a token");
+        assert!(fake.is_accepted(first), "accepted like an account's token");
+        assert_eq!(
+            info["authorizer_refresh_token"].as_str(),
+            fake.refresh_token_of(COMPONENT, AUTHORIZER).as_deref()
+        );
+        assert_eq!(
+            query_auth(&fake, &token, &code).await["errcode"],
+            61010,
+            "used"
+        );
+        assert_eq!(
+            query_auth(&fake, &token, "queryauthcode@@@nope").await["errcode"],
+            61009
+        );
+    }
+
+    #[tokio::test]
+    async fn the_refresh_token_is_echoed_or_rotated_and_dies_with_the_authorization() {
+        let fake = fake().await;
+        let token = component_token(&fake).await;
+        fake.authorize(COMPONENT, AUTHORIZER);
+        let rt = fake
+            .refresh_token_of(COMPONENT, AUTHORIZER)
+            .expect("authorized");
+        let answer = authorizer_token(&fake, &token, AUTHORIZER, &rt).await;
+        assert_eq!(
+            answer["authorizer_refresh_token"].as_str(),
+            Some(rt.as_str()),
+            "echoed"
+        );
+        let first = answer["authorizer_access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        assert_eq!(
+            authorizer_token(&fake, &token, AUTHORIZER, "refreshtoken@@@wrong").await["errcode"],
+            61023
+        );
+
+        fake.rotate_refresh_tokens(COMPONENT, AUTHORIZER, true);
+        let rotated = authorizer_token(&fake, &token, AUTHORIZER, &rt).await;
+        let next = rotated["authorizer_refresh_token"]
+            .as_str()
+            .expect("rt")
+            .to_owned();
+        assert_ne!(next, rt, "rotated");
+        let second = rotated["authorizer_access_token"].as_str().expect("token");
+        assert!(
+            fake.is_accepted(second) && fake.is_accepted(&first),
+            "overlap"
+        );
+        // The replaced one still works for a grace period; the new one too.
+        assert!(
+            authorizer_token(&fake, &token, AUTHORIZER, &rt).await["authorizer_access_token"]
+                .is_string()
+        );
+        assert_eq!(fake.calls(AUTHORIZER, Endpoint::AuthorizerToken), 4);
+
+        fake.unauthorize(COMPONENT, AUTHORIZER);
+        assert!(!fake.is_accepted(second), "its tokens die with it");
+        let current = fake.refresh_token_of(COMPONENT, AUTHORIZER);
+        assert_eq!(current, None);
+        assert_eq!(
+            authorizer_token(&fake, &token, AUTHORIZER, &next).await["errcode"],
+            61003
+        );
+        assert_eq!(
+            authorizer_token(&fake, &token, "wxnobody000000001", &next).await["errcode"],
+            61003
+        );
     }
 
     #[tokio::test]
