@@ -80,7 +80,9 @@ pub async fn serve(listener: TcpListener, admin: Admin, shutdown: CancellationTo
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
-    crate::http::serve(listener, app, shutdown, "admin HTTP").await;
+    // No connection cap: the admin port faces the operator's network, not
+    // the internet, and a scrape must never wait behind a full cap.
+    crate::http::serve(listener, app, shutdown, "admin HTTP", None).await;
     checker.abort();
 }
 

@@ -281,11 +281,16 @@ fn start_receiver(
             "open platform callback listening"
         );
     }
+    let cap = crate::http::ConnectionCap {
+        max: open_platform.max_connections,
+        setting: "open_platform.max_connections",
+    };
     Some(tokio::spawn(crate::http::serve(
         listener,
         app,
         shutdown.clone(),
         "open platform callback",
+        Some(cap),
     )))
 }
 

@@ -24,6 +24,7 @@
 //!   callback messages' crypto and events, the verify tickets in MongoDB and
 //!   the callback receiver (authorization events not acted on yet).
 //! - `http`: the accept loop the admin server and the callback receiver share.
+//! - `fuzzing`: entry points for the fuzz targets in `fuzz/` (hidden, unsupported).
 
 mod admin;
 mod clock;
@@ -31,6 +32,8 @@ mod config;
 pub mod coordination;
 mod coordinator;
 mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod metrics;
 mod mirror;
@@ -93,14 +96,6 @@ pub(crate) use stall_point;
 pub fn setup_failpoints() {
     #[cfg(feature = "failpoints")]
     std::mem::forget(fail::FailScenario::setup());
-}
-
-/// For the fuzzer (`fuzz/`): not part of the supported API.
-#[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::wechat::{
-        parse_token_answer, DEFAULT_MIN_EXPIRES_IN, MAX_EXPIRES_IN, MAX_TOKEN_LEN,
-    };
 }
 
 /// Property-test case count: `default`, or `PROPTEST_CASES` for a longer,

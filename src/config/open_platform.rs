@@ -29,6 +29,11 @@ const MIN_MESSAGE_AGE: Duration = Duration::from_secs(30);
 /// Longer would let a captured push be replayed for longer.
 const MAX_MESSAGE_AGE: Duration = Duration::from_secs(3600);
 
+/// `max_connections`: fewer would let a handful of idle clients delay
+/// every push; more than this is beyond what one listener should hold.
+const MIN_CONNECTIONS: usize = 16;
+const MAX_CONNECTIONS: usize = 65_536;
+
 /// The smallest `max_body_bytes`: a push is under 1 KiB, an authorization
 /// event somewhat more.
 const MIN_BODY_BYTES: usize = 1024;
@@ -42,6 +47,9 @@ pub struct OpenPlatformSettings {
     pub component_appid: String,
     /// `listen`: where the callback receiver listens; `None` = off.
     pub listen: Option<SocketAddr>,
+    /// At most this many connections open at once on `listen`; more wait
+    /// until one closes ([`crate::http::ConnectionCap`]).
+    pub max_connections: usize,
     /// The callback URL's path, which WeChat POSTs to.
     pub path: String,
     /// A push whose timestamp is further than this from MongoDB's clock is
@@ -104,6 +112,8 @@ pub(super) struct RawOpenPlatform {
     previous_refresh_token_key: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     listen: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
     #[serde(default = "default_path")]
     path: String,
     #[serde(default = "default_max_message_age", with = "humantime_serde")]
@@ -116,6 +126,10 @@ pub(super) struct RawOpenPlatform {
 
 pub(super) fn default_path() -> String {
     "/wechat/open/events".to_owned()
+}
+
+pub(super) fn default_max_connections() -> usize {
+    256
 }
 
 pub(super) fn default_max_message_age() -> Duration {
@@ -177,6 +191,13 @@ pub(super) fn open_platform_settings(
         &key("listen"),
         "must be an address such as \"0.0.0.0:8088\", or \"\" to turn the callback receiver off",
     );
+    p.check(
+        (MIN_CONNECTIONS..=MAX_CONNECTIONS).contains(&raw.max_connections),
+        &key("max_connections"),
+        "must be between 16 and 65536: how many connections the callback receiver keeps open \
+         at once (WeChat needs a few; the default 256 leaves file descriptors for MongoDB and \
+         WeChat)",
+    );
     // Only characters no router reads as a parameter or wildcard (`:`,
     // `*`, `{`).
     p.check(
@@ -213,6 +234,7 @@ pub(super) fn open_platform_settings(
     OpenPlatformSettings {
         component_appid: raw.component_appid.clone(),
         listen,
+        max_connections: raw.max_connections,
         path: raw.path.clone(),
         max_message_age: raw.max_message_age,
         max_body_bytes: raw.max_body_bytes,

@@ -62,6 +62,9 @@ pub fn effective(file: Option<&Path>) -> Result<Value, ConfigError> {
         // secrets are `*_env` and `*_file` names, shown as written.
         open_platform.entry("listen").or_insert_with(|| "".into());
         open_platform
+            .entry("max_connections")
+            .or_insert_with(|| super::open_platform::default_max_connections().into());
+        open_platform
             .entry("path")
             .or_insert_with(|| super::open_platform::default_path().into());
         open_platform.entry("max_message_age").or_insert_with(|| {

@@ -859,6 +859,7 @@ fn open_platform_is_off_unless_configured_and_has_defaults() {
     let op = s.open_platform.expect("configured");
     assert_eq!(op.component_appid, "wxcomponent0001");
     assert_eq!(op.listen, None, "the receiver is off by default");
+    assert_eq!(op.max_connections, 256);
     assert_eq!(op.path, "/wechat/open/events");
     assert_eq!(op.max_message_age, Duration::from_secs(300));
     assert_eq!(op.max_body_bytes, 65536);
@@ -1020,6 +1021,31 @@ fn start_push_ticket_after_is_at_least_ten_seconds_or_never() {
     assert_eq!(keys(err), ["open_platform.start_push_ticket_after"]);
 }
 
+#[test]
+fn max_connections_is_between_16_and_65536_and_named_when_not() {
+    for (max, ok) in [
+        (0, false),
+        (15, false),
+        (16, true),
+        (65536, true),
+        (65537, false),
+    ] {
+        let toml = open_platform(&format!("max_connections = {max}\n"));
+        match load(&toml, &OPEN_PLATFORM_VARS) {
+            Ok(s) => {
+                assert!(ok, "{max} accepted");
+                assert_eq!(s.open_platform.expect("set").max_connections, max);
+            }
+            Err(err) => {
+                assert!(!ok, "{max} refused: {err}");
+                let text = err.to_string();
+                assert!(text.contains("between 16 and 65536"), "{text}");
+                assert_eq!(keys(err), ["open_platform.max_connections"], "{max}");
+            }
+        }
+    }
+}
+
 /// An unreadable previous key does not hide a bad current one.
 #[test]
 fn open_platform_a_missing_previous_key_and_a_bad_current_one_are_both_named() {
@@ -1056,6 +1082,7 @@ fn open_platform_secrets_are_read_by_the_daemon_only_and_never_shown() {
     let op = &shown["open_platform"];
     assert_eq!(op["token_env"], "WX_C_TOKEN");
     assert_eq!(op["path"], "/wechat/open/events");
+    assert_eq!(op["max_connections"], 256);
     assert_eq!(op["max_message_age"], "5m");
     assert_eq!(op["max_body_bytes"], 65536);
     assert_eq!(op["start_push_ticket_after"], "30m");

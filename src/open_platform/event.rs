@@ -164,7 +164,7 @@ struct Envelope {
     encrypt: String,
 }
 
-fn envelope(body: &[u8]) -> Result<String, Reject> {
+pub(crate) fn envelope(body: &[u8]) -> Result<String, Reject> {
     let body = std::str::from_utf8(body).map_err(|_| Reject::BadEnvelope)?;
     let envelope: Envelope = quick_xml::de::from_str(body).map_err(|_| Reject::BadEnvelope)?;
     Ok(envelope.encrypt)
@@ -244,7 +244,6 @@ fn code_expires_at(value: Option<&str>, create_time: SystemTime) -> Result<Syste
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
     use secrecy::ExposeSecret;
 
     use super::super::crypto::tests::{A, E};
@@ -710,55 +709,213 @@ mod tests {
         }
     }
 
-    /// A query value: E's, absent, or anything.
-    fn value(e: &'static str) -> impl Strategy<Value = Option<String>> {
-        prop_oneof![
-            Just(Some(e.to_owned())),
-            Just(None),
-            any::<String>().prop_map(Some),
-            "[0-9]{0,25}".prop_map(Some),
-        ]
-    }
+    /// Hostile pushes, in CI: the same checks as the coverage-guided target
+    /// `fuzz/fuzz_targets/open_platform_callback.rs`, with inputs drawn
+    /// around vector E (`PROPTEST_CASES` for a longer run).
+    mod fuzz {
+        use proptest::prelude::*;
+        use sha1::{Digest, Sha1};
 
-    /// A body: E's with one byte changed, XML-ish text, or any bytes.
-    fn body() -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, byte)| {
-                let mut body = e_body().into_bytes();
-                let at = at.index(body.len());
-                body[at] = byte;
-                body
-            }),
-            "(<[A-Za-z!?/]{0,3}[A-Za-z]{0,8}>|<!\\[CDATA\\[|\\]\\]>|&[a-z#0-9]{0,5};|[A-Za-z0-9+/=]{0,40}){0,12}"
-                .prop_map(String::into_bytes),
-            proptest::collection::vec(any::<u8>(), 0..2048),
-        ]
-    }
+        use super::super::super::crypto::tests::{A, E};
+        use super::super::*;
+        use super::{crypto, e_body, e_query, MAX_AGE};
+        use crate::fuzzing::{callback_encrypt, verify_callback, CALLBACK_TOKEN};
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(crate::test_cases(2000)))]
+        /// `msg_signature` computed here, apart from `MessageCrypto`: the
+        /// SHA-1 of the four values sorted byte-wise, in lower-case hex.
+        fn signature(token: &str, timestamp: &str, nonce: &str, encrypt: &str) -> String {
+            let mut parts = [token, timestamp, nonce, encrypt];
+            parts.sort_unstable();
+            let digest = Sha1::digest(parts.concat().as_bytes());
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        }
+
+        /// Whether `query`'s `msg_signature` is `token`'s signature over its
+        /// `timestamp` and `nonce` and the `Encrypt` the receiver reads
+        /// from `body`.
+        fn signed(token: &str, query: &CallbackQuery, body: &[u8]) -> bool {
+            let (Some(timestamp), Some(nonce), Some(msg_signature), Some(encrypt)) = (
+                &query.timestamp,
+                &query.nonce,
+                &query.msg_signature,
+                callback_encrypt(body),
+            ) else {
+                return false;
+            };
+            *msg_signature == signature(token, timestamp, nonce, &encrypt)
+        }
+
+        /// What WeChat would send for E: the query string.
+        fn e_query_string() -> String {
+            format!(
+                "signature=9c4a719ef184968d4d302c2cc69eebf02c07c403&timestamp={}&nonce={}\
+                 &encrypt_type=aes&msg_signature={}",
+                E.timestamp, E.nonce, E.msg_signature
+            )
+        }
+
+        /// `base` with one to three edits, each a byte replaced, inserted
+        /// or removed.
+        fn mutated(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+            let edit = (any::<prop::sample::Index>(), any::<u8>(), 0..3u8);
+            proptest::collection::vec(edit, 1..=3).prop_map(move |edits| {
+                let mut bytes = base.clone();
+                for (at, byte, kind) in edits {
+                    let at = at.index(bytes.len() + 1);
+                    match kind {
+                        0 if at < bytes.len() => bytes[at] = byte,
+                        2 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        _ => bytes.insert(at, byte),
+                    }
+                }
+                bytes
+            })
+        }
+
+        /// A query value: E's (often enough that all four are, now and
+        /// then), E's mutated, absent, or anything.
+        fn value(e: &'static str) -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                4 => Just(Some(e.to_owned())),
+                1 => mutated(e.as_bytes().to_vec())
+                    .prop_map(|v| Some(String::from_utf8_lossy(&v).into_owned())),
+                1 => Just(None),
+                1 => any::<String>().prop_map(Some),
+                1 => "[0-9]{0,25}".prop_map(Some),
+            ]
+        }
+
+        /// A query string: E's, E's mutated, parameters in any order with
+        /// E's or other values (a repeated one: the first counts), or
+        /// anything.
+        fn query_string() -> impl Strategy<Value = String> {
+            let name = prop::sample::select(vec![
+                "timestamp",
+                "nonce",
+                "encrypt_type",
+                "msg_signature",
+                "signature",
+                "",
+            ]);
+            let value = prop_oneof![
+                prop::sample::select(vec![E.timestamp, E.nonce, "aes", E.msg_signature])
+                    .prop_map(str::to_owned),
+                "[0-9a-f]{0,41}",
+                "[^&]{0,12}",
+            ];
+            let params = proptest::collection::vec((name, value), 0..8).prop_map(|params| {
+                let params: Vec<String> = params.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                params.join("&")
+            });
+            prop_oneof![
+                2 => Just(e_query_string()),
+                3 => mutated(e_query_string().into_bytes())
+                    .prop_map(|q| String::from_utf8_lossy(&q).into_owned()),
+                2 => params,
+                1 => any::<String>(),
+            ]
+        }
+
+        /// A body: E's, E's mutated, E's `Encrypt` mutated in place,
+        /// XML-ish text, or any bytes.
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                2 => Just(e_body().into_bytes()),
+                4 => mutated(e_body().into_bytes()),
+                2 => mutated(E.encrypt.as_bytes().to_vec()).prop_map(|encrypt| {
+                    let encrypt = String::from_utf8_lossy(&encrypt).into_owned();
+                    e_body().replace(E.encrypt, &encrypt).into_bytes()
+                }),
+                1 => "(<[A-Za-z!?/]{0,3}[A-Za-z]{0,8}>|<!\\[CDATA\\[|\\]\\]>|&[a-z#0-9]{0,5};|[A-Za-z0-9+/=]{0,40}){0,12}"
+                    .prop_map(String::into_bytes),
+                1 => proptest::collection::vec(any::<u8>(), 0..2048),
+            ]
+        }
+
+        /// The receiver's clock: at E's timestamp, near it, or anywhen.
+        fn now() -> impl Strategy<Value = SystemTime> {
+            let sent: u64 = E.timestamp.parse().expect("E's timestamp");
+            prop_oneof![Just(sent), (sent - 600)..(sent + 600), any::<u64>(),].prop_map(|secs| {
+                UNIX_EPOCH
+                    .checked_add(Duration::from_secs(secs))
+                    .unwrap_or(UNIX_EPOCH)
+            })
+        }
+
+        /// What an accepted push must be, in inputs drawn around E: signed
+        /// over exactly the bytes given, and so E itself (nothing else here
+        /// carries a valid signature).
+        fn assert_only_e_passes(
+            result: &Result<Event, Reject>,
+            query: &CallbackQuery,
+            body: &[u8],
+        ) -> Result<(), TestCaseError> {
+            let Ok(event) = result else {
+                return Ok(());
+            };
+            prop_assert!(
+                signed(A.token, query, body),
+                "{query:?} {:?}",
+                String::from_utf8_lossy(body)
+            );
+            prop_assert_eq!(query.timestamp.as_deref(), Some(E.timestamp));
+            prop_assert_eq!(query.nonce.as_deref(), Some(E.nonce));
+            prop_assert_eq!(query.msg_signature.as_deref(), Some(E.msg_signature));
+            let encrypt = callback_encrypt(body);
+            prop_assert_eq!(encrypt.as_deref(), Some(E.encrypt));
+            prop_assert!(matches!(event, Event::VerifyTicket { .. }), "{event:?}");
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(crate::test_cases(2000)))]
+
+            #[test]
+            fn verify_never_panics_and_accepts_only_signed_pushes(
+                body in body(),
+                timestamp in value(E.timestamp),
+                nonce in value(E.nonce),
+                encrypt_type in value("aes"),
+                msg_signature in value(E.msg_signature),
+                now in now(),
+                max_age in prop_oneof![Just(MAX_AGE.as_secs()), any::<u64>()],
+            ) {
+                let query = CallbackQuery { timestamp, nonce, encrypt_type, msg_signature };
+                let result = verify(&crypto(), &query, &body, now, Duration::from_secs(max_age));
+                assert_only_e_passes(&result, &query, &body)?;
+            }
+
+            /// The fuzz target's own path: the raw query string read as the
+            /// receiver reads it, the clock at E's timestamp.
+            #[test]
+            fn pushes_as_sent_never_panic_and_only_signed_ones_pass(
+                query in query_string(),
+                body in body(),
+            ) {
+                let result = verify_callback(&query, &body);
+                let parsed = crate::open_platform::receiver::parse_query(&query);
+                assert_only_e_passes(&result, &parsed, &body)?;
+                if let Err(reject) = result {
+                    prop_assert!(!reject.to_string().contains(CALLBACK_TOKEN));
+                }
+            }
+        }
 
         #[test]
-        fn verify_never_panics(
-            body in body(),
-            timestamp in value(E.timestamp),
-            nonce in value(E.nonce),
-            encrypt_type in value("aes"),
-            msg_signature in value(E.msg_signature),
-            now in any::<u64>(),
-            max_age in any::<u64>(),
-        ) {
-            let query = CallbackQuery { timestamp, nonce, encrypt_type, msg_signature };
-            let now = UNIX_EPOCH.checked_add(Duration::from_secs(now)).unwrap_or(UNIX_EPOCH);
-            let result = verify(&crypto(), &query, &body, now, Duration::from_secs(max_age));
-            // Anything accepted is E: signed by its sender.
-            if result.is_ok() {
-                prop_assert_eq!(query.msg_signature.as_deref(), Some(E.msg_signature));
-                prop_assert_eq!(query.timestamp.as_deref(), Some(E.timestamp));
-                prop_assert_eq!(query.nonce.as_deref(), Some(E.nonce));
-                let body = String::from_utf8_lossy(&body);
-                prop_assert!(body.contains(E.encrypt), "{}", body);
-            }
+        fn e_as_sent_passes_and_its_signature_is_computed_alike_here() {
+            assert_eq!(
+                signature(A.token, E.timestamp, E.nonce, E.encrypt),
+                E.msg_signature
+            );
+            let body = e_body().into_bytes();
+            assert!(signed(A.token, &e_query(), &body));
+            let result = verify_callback(&e_query_string(), &body);
+            assert!(
+                matches!(result, Ok(Event::VerifyTicket { .. })),
+                "{result:?}"
+            );
         }
     }
 }

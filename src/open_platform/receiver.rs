@@ -354,7 +354,7 @@ impl ReceiverState {
 
 /// The parameters [`verify`] reads; the first of a repeated one counts (the
 /// signature covers the values used, whatever else is there).
-fn parse_query(query: &str) -> CallbackQuery {
+pub(crate) fn parse_query(query: &str) -> CallbackQuery {
     let mut parsed = CallbackQuery::default();
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));

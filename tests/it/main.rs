@@ -20,6 +20,7 @@ mod modes;
 mod mongo_auth;
 mod mongodb_outage;
 mod open_platform;
+mod open_platform_connections;
 mod open_platform_scale;
 mod open_platform_store;
 mod permits;

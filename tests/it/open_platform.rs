@@ -10,13 +10,16 @@ use mongodb::bson::Document;
 use crate::support::store::newest_verify_ticket;
 use crate::support::{eventually, Scenario, TestAccount, TestConfig, TestDaemon, WAIT};
 
-const COMPONENT: &str = "wxcomponent00000001";
+pub(crate) const COMPONENT: &str = "wxcomponent00000001";
 const COMPONENT_SECRET: &str = "component-secret-never-logged";
-const TICKETS: &str = "component_verify_tickets";
+pub(crate) const TICKETS: &str = "component_verify_tickets";
 
 /// `[open_platform]` for `component`, its secrets in the environment; the
 /// receiver on a free port when `listen`.
-fn open_platform(component: &ComponentConfig, listen: bool) -> impl FnOnce(&mut TestConfig) {
+pub(crate) fn open_platform(
+    component: &ComponentConfig,
+    listen: bool,
+) -> impl FnOnce(&mut TestConfig) {
     let component = component.clone();
     move |config: &mut TestConfig| {
         config.extra_toml.push_str(&format!(
@@ -63,7 +66,7 @@ async fn scenario(component: &ComponentConfig, replicas: usize) -> Scenario {
 }
 
 /// The receiver's callback URL, from the daemon's start-up line.
-async fn callback_url(daemon: &TestDaemon) -> String {
+pub(crate) async fn callback_url(daemon: &TestDaemon) -> String {
     let line = daemon
         .wait_for_line("open platform callback listening", |l| {
             l["message"] == "open platform callback listening" && l["addr"].is_string()
@@ -80,7 +83,7 @@ async fn send(push: &Push, url: &str) -> Answer {
     push.send(url).await.expect("the receiver answers")
 }
 
-fn ticket_push(component: &Component, ticket: &str) -> Push {
+pub(crate) fn ticket_push(component: &Component, ticket: &str) -> Push {
     let now = SystemTime::now();
     component.verify_ticket(ticket, now, now)
 }
