@@ -172,6 +172,12 @@ pub struct DailyCallLimits {
     pub component_token: i64,
     /// Open Platform: asking WeChat to push a verify ticket.
     pub start_push_ticket: i64,
+    /// Open Platform: an authorizer's token (per authorizer).
+    pub authorizer_token: i64,
+    /// Open Platform: exchanging an authorization code (per authorizer).
+    pub query_auth: i64,
+    /// Open Platform: listing the authorizers (per component).
+    pub authorizer_list: i64,
 }
 
 impl DailyCallLimits {
@@ -188,6 +194,9 @@ impl DailyCallLimits {
             agent_config_ticket: limit,
             component_token: limit,
             start_push_ticket: limit,
+            authorizer_token: limit,
+            query_auth: limit,
+            authorizer_list: limit,
         }
     }
 
@@ -202,6 +211,9 @@ impl DailyCallLimits {
             Api::AgentConfigTicket => self.agent_config_ticket,
             Api::ComponentToken => self.component_token,
             Api::StartPushTicket => self.start_push_ticket,
+            Api::AuthorizerToken => self.authorizer_token,
+            Api::QueryAuth => self.query_auth,
+            Api::AuthorizerList => self.authorizer_list,
         }
     }
 }
