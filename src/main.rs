@@ -184,6 +184,10 @@ enum Kind {
     JsapiTicket,
     WxCardTicket,
     AgentConfigTicket,
+    /// An Open Platform component's own token (ACCOUNT = the component
+    /// appid); MongoDB gives it to the daemon's role and
+    /// wxtokendComponentReader only.
+    ComponentAccessToken,
 }
 
 /// The tickets a page signature is made with.
@@ -209,6 +213,7 @@ impl From<Kind> for CredentialKind {
             Kind::JsapiTicket => CredentialKind::JsapiTicket,
             Kind::WxCardTicket => CredentialKind::WxCardTicket,
             Kind::AgentConfigTicket => CredentialKind::AgentConfigTicket,
+            Kind::ComponentAccessToken => CredentialKind::ComponentAccessToken,
         }
     }
 }

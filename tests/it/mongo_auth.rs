@@ -213,6 +213,11 @@ const TICKET_WRITER: User = User {
     password: "writer-Pa55word-never-shown",
 };
 
+const COMPONENT_READER: User = User {
+    name: "platform-service",
+    password: "platform-Pa55word-never-shown",
+};
+
 fn account() -> TestAccount {
     TestAccount::new("wx0000000000secure", "secure-app-secret-0123")
 }
@@ -581,6 +586,40 @@ async fn business_hosts_get_exactly_the_readers_privileges_and_clear_refusals() 
         db.name
     );
     assert!(refused.contains(&expected), "{refused}");
+    let component_token = reader_db
+        .collection::<Document>("component_access_tokens")
+        .find_one(doc! {})
+        .await;
+    assert!(
+        component_token.is_err(),
+        "the reader role reads the component token, which lists every refresh token"
+    );
+
+    // A platform's service may read the component token, nothing else.
+    create_user(
+        &db,
+        readme_role("wxtokendComponentReader", &db.name, |_| {}),
+        &COMPONENT_READER,
+    )
+    .await;
+    let platform = client(&mongo.uri(Some(&COMPONENT_READER), &db.name)).await;
+    let platform_db = platform.database(&db.name);
+    platform_db
+        .collection::<Document>("component_access_tokens")
+        .find_one(doc! {})
+        .await
+        .expect("the component reader reads the component token");
+    for refused in [
+        "authorizer_secrets",
+        "component_verify_tickets",
+        "access_tokens",
+    ] {
+        let read = platform_db
+            .collection::<Document>(refused)
+            .find_one(doc! {})
+            .await;
+        assert!(read.is_err(), "the component reader reads {refused}");
+    }
 
     // A service that hands over verify tickets may insert them, nothing
     // more: not read them back, not touch a credential.

@@ -631,6 +631,25 @@ async fn the_component_token_is_minted_with_the_pushed_ticket_and_stored() {
         (s.daemon().get("/readyz").await.0 == 200).then_some(())
     })
     .await;
+    // Operators read it as they read an account's token (with a user
+    // allowed to: the reader role is not), and `status` shows its line.
+    let (code, out, err) = s
+        .config
+        .run(&["get", COMPONENT, "--kind", "component-access-token"]);
+    assert_eq!((code, out.trim()), (0, token.as_str()), "{err}");
+    let (code, out, err) = s.config.run(&["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let line = lines
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|l| l["kind"] == "component_access_token")
+        .unwrap_or_else(|| panic!("the component's line: {out}"));
+    assert_eq!(line["account"], COMPONENT);
+    assert_eq!(line["generation"], 1);
+    assert_eq!(line["api"], "component_token");
+    assert_eq!(line["lease_holder"], "test-instance");
     let mut secrets = secrets(&s, &config, &["ticket@@@for-the-token"]);
     secrets.push(token);
     let metrics = s.daemon().metrics().await;
