@@ -345,6 +345,7 @@ fn subjects(settings: &Settings) -> Vec<Subject> {
             appid: AccountId::new(open_platform.component_appid.as_str()),
             secret: secrets.component_secret.clone(),
             start_push_ticket_after: open_platform.start_push_ticket_after,
+            sealing: secrets.refresh_tokens.clone(),
         })
     });
     subjects.extend(component.map(|c| Subject::Component(Arc::new(c))));
@@ -359,6 +360,9 @@ pub fn all_indexes(settings: &Settings) -> Vec<IndexSpec> {
     if settings.open_platform.is_some() {
         indexes.extend(store::credential_indexes_of(
             &[CredentialKind::ComponentAccessToken],
+            settings.mongodb.history_retention,
+        ));
+        indexes.extend(store::authorizer_credential_indexes(
             settings.mongodb.history_retention,
         ));
         indexes.extend(open_platform::store::indexes());
@@ -402,16 +406,21 @@ pub fn open_platform_privileges() -> Vec<Needed> {
             CredentialKind::ComponentAccessToken.collection(),
             &["find", "insert", "listIndexes"],
         ),
+        (
+            CredentialKind::AuthorizerAccessToken.collection(),
+            &["find", "insert", "listIndexes"],
+        ),
         (open_platform::directory::AUTHORIZERS, UPSERTED),
         (open_platform::secrets::AUTHORIZER_SECRETS, UPSERTED),
     ]
 }
 
 /// The platform's collections `check` reads, when configured.
-fn open_platform_collections() -> [&'static str; 4] {
+fn open_platform_collections() -> [&'static str; 5] {
     [
         open_platform::store::COMPONENT_VERIFY_TICKETS,
         CredentialKind::ComponentAccessToken.collection(),
+        CredentialKind::AuthorizerAccessToken.collection(),
         open_platform::directory::AUTHORIZERS,
         open_platform::secrets::AUTHORIZER_SECRETS,
     ]

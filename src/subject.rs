@@ -1,12 +1,14 @@
 //! [`Subject`]: what one lease is for, and so what its refreshers keep
-//! fresh: a configured account (`[[accounts]]`), or an Open Platform
-//! component's own token (`[open_platform]`). Authorizers come next
-//! (issue 15).
+//! fresh: a configured account (`[[accounts]]`), an Open Platform
+//! component's own token (`[open_platform]`), or the token of an account
+//! that authorized the component (an authorizer, found in the directory).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+use crate::open_platform::SecretBox;
 use wxtokend_reader::{AccountId, CredentialKind, Owner};
 
 use crate::config::Account;
@@ -21,6 +23,13 @@ pub enum Subject {
     /// An Open Platform component: its `component_access_token`, minted
     /// with the newest verify ticket WeChat pushed.
     Component(Arc<Component>),
+    /// An account that authorized the component: its
+    /// `authorizer_access_token`, from its refresh token (or first from its
+    /// authorization code).
+    Authorizer {
+        component: Arc<Component>,
+        app_id: AccountId,
+    },
 }
 
 /// An Open Platform component (`[open_platform]`), as its refresher needs
@@ -32,6 +41,10 @@ pub struct Component {
     pub secret: SecretString,
     /// With no usable verify ticket for this long, ask WeChat to push one.
     pub start_push_ticket_after: Option<Duration>,
+    /// Seals the authorizers' refresh tokens and codes
+    /// (`open_platform.refresh_token_key_file`); without it no authorizer
+    /// is kept.
+    pub sealing: Option<SecretBox>,
 }
 
 impl Subject {
@@ -40,12 +53,18 @@ impl Subject {
         match self {
             Self::Account(account) => LeaseId::account(&account.id),
             Self::Component(component) => LeaseId::component(&component.appid),
+            Self::Authorizer { component, app_id } => LeaseId::authorizer(&component.appid, app_id),
         }
     }
 
     /// Whose credentials its refreshers write.
     pub fn owner(&self) -> Owner {
-        Owner::account(self.app_id().clone())
+        match self {
+            Self::Authorizer { component, app_id } => {
+                Owner::authorizer(component.appid.clone(), app_id.clone())
+            }
+            _ => Owner::account(self.app_id().clone()),
+        }
     }
 
     /// The appid its credentials are stored under (`app_id`), and the
@@ -54,6 +73,7 @@ impl Subject {
         match self {
             Self::Account(account) => &account.id,
             Self::Component(component) => &component.appid,
+            Self::Authorizer { app_id, .. } => app_id,
         }
     }
 
@@ -62,6 +82,7 @@ impl Subject {
         let (token, tickets): (_, &[CredentialKind]) = match self {
             Self::Account(account) => (CredentialKind::AccessToken, &account.tickets),
             Self::Component(_) => (CredentialKind::ComponentAccessToken, &[]),
+            Self::Authorizer { .. } => (CredentialKind::AuthorizerAccessToken, &[]),
         };
         std::iter::once(token).chain(tickets.iter().copied())
     }
@@ -71,6 +92,9 @@ impl Subject {
         match self {
             Self::Account(account) => account.api(kind),
             Self::Component(_) => Api::ComponentToken,
+            // Its first token may come from `api_query_auth` instead,
+            // under a permit of that API (the refresher asks for it).
+            Self::Authorizer { .. } => Api::AuthorizerToken,
         }
     }
 }

@@ -25,9 +25,10 @@ use wxtokend_reader::{AccountId, CredentialKind, Refused};
 use crate::config::LeaseSettings;
 use crate::coordination::{Lease, LeaseId, Leases, Term};
 use crate::metrics::Operation;
+use crate::open_platform::directory::{AuthorizerState, Directory};
 use crate::refresh::{Context, Refresher, RequestSlot};
 use crate::store::StoreError;
-use crate::subject::Subject;
+use crate::subject::{Component, Subject};
 use crate::watchdog::Liveness;
 use crate::wechat::Api;
 
@@ -90,8 +91,14 @@ pub enum CoordinatorError {
 pub struct Coordinator {
     ctx: Arc<Context>,
     leases: Leases,
-    /// What there is to keep fresh: one lease each.
+    /// What there is to keep fresh: one lease each. The configured ones
+    /// first (`fixed` of them), then the component's authorizers as the
+    /// directory lists them.
     subjects: Vec<Subject>,
+    fixed: usize,
+    /// The component whose authorizers are subjects too, read from the
+    /// directory every renew interval.
+    directory: Option<(Directory, Arc<Component>)>,
     lease: LeaseSettings,
     held: HashMap<LeaseId, HeldLease>,
     /// The daemon's shutdown; each lease's stop token is a child of it, so
@@ -125,6 +132,13 @@ impl Coordinator {
         liveness: Arc<Liveness>,
     ) -> Self {
         let subjects_len = subjects.len();
+        // Authorizers only with a key to open their refresh tokens.
+        let directory = subjects.iter().find_map(|s| match s {
+            Subject::Component(c) if c.sealing.is_some() => {
+                Some((Directory::new(ctx.store.clone()), c.clone()))
+            }
+            _ => None,
+        });
         let index = subjects
             .iter()
             .enumerate()
@@ -134,7 +148,9 @@ impl Coordinator {
             index,
             leases: Leases::new(ctx.store.clone()),
             ctx,
+            fixed: subjects_len,
             subjects,
+            directory,
             lease,
             held: HashMap::new(),
             shutdown: CancellationToken::new(),
@@ -243,6 +259,7 @@ impl Coordinator {
         crate::stall_point!("coordinator-stall");
         self.stopping.retain(|task| !task.is_finished());
         self.renew_all().await;
+        self.read_directory().await;
         let mirrors = self.ctx.mirrors.health();
         let heartbeat = self.leases.heartbeat(
             &self.ctx.instance_id,
@@ -322,6 +339,63 @@ impl Coordinator {
             self.exhausted_at = None;
         } else if looked_at >= n && self.held.len() < share {
             self.exhausted_at = Some(share);
+        }
+    }
+
+    /// The component's authorizers, as the directory lists them now, become
+    /// the subjects after the configured ones (all but the `unauthorized`:
+    /// those needing re-authorization stay, so that a repair is picked up).
+    /// A held authorizer that left is given back. Every replica reads the
+    /// same directory, so the shares agree (a turn apart at most).
+    async fn read_directory(&mut self) {
+        let Some((directory, component)) = &self.directory else {
+            return;
+        };
+        let component = component.clone();
+        let read = directory.all(&component.appid);
+        let authorizers = match self.observed(Operation::Directory, read).await {
+            Ok(authorizers) => authorizers,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the authorizer directory; authorizers unchanged");
+                return;
+            }
+        };
+        let mut wanted: Vec<AccountId> = authorizers
+            .into_iter()
+            .filter(|a| a.state != AuthorizerState::Unauthorized)
+            .map(|a| a.app_id)
+            .collect();
+        wanted.sort();
+        let unchanged = self.subjects.len() - self.fixed == wanted.len()
+            && self.subjects[self.fixed..]
+                .iter()
+                .zip(&wanted)
+                .all(|(s, id)| s.app_id() == id);
+        if unchanged {
+            return;
+        }
+        self.subjects.truncate(self.fixed);
+        self.subjects
+            .extend(wanted.into_iter().map(|app_id| Subject::Authorizer {
+                component: component.clone(),
+                app_id,
+            }));
+        self.index = self
+            .subjects
+            .iter()
+            .enumerate()
+            .map(|(at, subject)| (subject.lease_id(), at))
+            .collect();
+        self.scan_at %= self.subjects.len().max(1);
+        self.exhausted_at = None;
+        let gone: Vec<LeaseId> = self
+            .held
+            .keys()
+            .filter(|id| !self.index.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.give_back(&id, "the account no longer authorizes the platform");
         }
     }
 

@@ -99,6 +99,9 @@ pub enum Operation {
     MirrorResync,
     /// The Open Platform callback receiver storing what WeChat pushed.
     Callback,
+    /// Reading the Open Platform's authorizer directory, and writing an
+    /// authorizer's state or sealed secrets.
+    Directory,
 }
 
 impl Operation {
@@ -119,6 +122,7 @@ impl Operation {
             Self::Readiness => "readiness",
             Self::MirrorResync => "mirror_resync",
             Self::Callback => "callback",
+            Self::Directory => "directory",
         }
     }
 }

@@ -60,11 +60,17 @@ impl Refresher {
                 Err(e) => Err(self.store_failed(&e, "cannot read the access token for a ticket")),
             };
         }
-        if let Subject::Component(component) = &self.subject {
-            let component = component.clone();
-            return self.verify_ticket(&component).await;
+        match &self.subject {
+            Subject::Component(component) => {
+                let component = component.clone();
+                self.verify_ticket(&component).await
+            }
+            Subject::Authorizer { component, app_id } => {
+                let (component, app_id) = (component.clone(), app_id.clone());
+                Box::pin(self.authorizer_input(&component, &app_id)).await
+            }
+            Subject::Account(_) => Ok(Input::Nothing),
         }
-        Ok(Input::Nothing)
     }
 
     /// [`Self::fetch`] once it has a call slot.
@@ -77,7 +83,13 @@ impl Refresher {
     ) -> Duration {
         // Before the request: the lease's end is measured from here.
         let started = Instant::now();
-        let ask = self.lease.permit(self.permit_rules());
+        let mut rules = self.permit_rules();
+        if let Input::Code(_) = input {
+            // The code's exchange has an API and a ceiling of its own.
+            rules.api = Api::QueryAuth;
+            rules.daily_limit = self.ctx.refresh.daily_call_limits.of(Api::QueryAuth);
+        }
+        let ask = self.lease.permit(rules);
         let permit = tokio::select! {
             permit = self.ctx.observe(Operation::Permit, ask) => permit,
             () = stop.cancelled() => return Duration::ZERO,
@@ -246,8 +258,15 @@ impl Refresher {
                     .fetch_component_token(slot, component, &ticket.ticket, held)
                     .await
             }
-            (Subject::Component(_), _) => {
-                unreachable!("a component token is fetched only with a verify ticket")
+            (Subject::Authorizer { component, app_id }, Input::Code(code)) => {
+                self.exchange_code(slot, component, app_id, code).await
+            }
+            (Subject::Authorizer { component, app_id }, Input::RefreshToken(refresh)) => {
+                self.refresh_authorizer(slot, component, app_id, refresh, held)
+                    .await
+            }
+            (Subject::Component(_) | Subject::Authorizer { .. }, _) => {
+                unreachable!("the Open Platform's calls are made only with their inputs")
             }
         };
         let metrics = &self.ctx.metrics;
@@ -298,9 +317,23 @@ impl Refresher {
             return self.quota_spent(calls_today, Some(error));
         }
         let mut retry_after = error.retry_after();
+        if let Subject::Authorizer { component, app_id } = &self.subject {
+            self.authorizer_refused(component, app_id, error, input)
+                .await;
+        }
         match (input, &self.subject) {
             (Input::AccessToken(token), _) if error.class() == ErrorClass::InvalidToken => {
                 self.report_stale_access_token(token).await;
+            }
+            (Input::Code(i), _) if error.class() == ErrorClass::InvalidToken => {
+                self.report_stale_access_token(i.component_token()).await;
+            }
+            (Input::RefreshToken(i), _) if error.class() == ErrorClass::InvalidToken => {
+                self.report_stale_access_token(i.component_token()).await;
+            }
+            (Input::Code(_), _) if error.effect() == Some(Effect::CodeUnusable) => {
+                // The refresh token, if one is stored, at once.
+                retry_after = Some(Duration::ZERO);
             }
             (Input::VerifyTicket(ticket), Subject::Component(component))
                 if error.effect() == Some(Effect::TicketRejected) =>
@@ -326,7 +359,7 @@ impl Refresher {
     /// that token to be refreshed (once per generation, like any report).
     async fn report_stale_access_token(&self, token: &Credential) {
         let request = NewRequest {
-            app_id: self.subject.app_id(),
+            app_id: &token.app_id,
             kind: token.kind,
             reason: RefreshReason::ReportedInvalid,
             generation: Some(token.generation),

@@ -7,6 +7,7 @@
 //! next; [`Refresher::run`] is only the loop around it, inside one `tracing`
 //! span naming the account and the kind.
 
+mod authorizer;
 mod backoff;
 mod component;
 mod fetch;
@@ -81,6 +82,11 @@ pub(super) enum Input {
     AccessToken(Credential),
     /// A component token's: the newest usable verify ticket.
     VerifyTicket(StoredTicket),
+    /// An authorizer's first token: its pending authorization code, with
+    /// the component token it is exchanged with.
+    Code(authorizer::CodeInput),
+    /// An authorizer's token: its refresh token, with the component token.
+    RefreshToken(authorizer::RefreshInput),
 }
 
 /// What a problem was, to log a repeated one once rather than every retry.

@@ -301,6 +301,49 @@ pub fn credential_indexes_of(kinds: &[CredentialKind], retention: Duration) -> V
         .collect()
 }
 
+/// The indexes of the authorizers' credential collections: as
+/// [`credential_indexes`], each led by `component_appid` (one account may
+/// authorize several platforms, each with its own generations).
+pub fn authorizer_credential_indexes(retention: Duration) -> Vec<IndexSpec> {
+    [CredentialKind::AuthorizerAccessToken]
+        .into_iter()
+        .flat_map(|kind| {
+            let collection = kind.collection();
+            [
+                IndexSpec {
+                    collection,
+                    name: "component_appid_1_app_id_1_generation_-1",
+                    keys: &[
+                        (field::COMPONENT_APPID, 1),
+                        (field::APP_ID, 1),
+                        (field::GENERATION, -1),
+                    ],
+                    unique: true,
+                    ttl: None,
+                },
+                IndexSpec {
+                    collection,
+                    name: "component_appid_1_app_id_1_expires_at_-1",
+                    keys: &[
+                        (field::COMPONENT_APPID, 1),
+                        (field::APP_ID, 1),
+                        (field::EXPIRES_AT, -1),
+                    ],
+                    unique: false,
+                    ttl: None,
+                },
+                IndexSpec {
+                    collection,
+                    name: RETENTION_INDEX,
+                    keys: &[(field::EXPIRES_AT, 1)],
+                    unique: false,
+                    ttl: Some(retention),
+                },
+            ]
+        })
+        .collect()
+}
+
 /// The indexes of `refresh_requests`: by account, and the TTL index that
 /// removes requests nobody handled.
 pub fn request_indexes() -> Vec<IndexSpec> {

@@ -295,13 +295,13 @@ const COMPONENT_USE: &[Entry] = &[
         "the account does not authorize the platform (it withdrew, or never did): no more calls \
          for it until it authorizes again",
     ),
-    refusal(
+    with_effect(
         61009,
         Effect::CodeUnusable,
         "the authorization code is invalid: dropped; the stored refresh token (or the one \
          api_get_authorizer_list gives) is used, else the account must authorize again",
     ),
-    refusal(
+    with_effect(
         61010,
         Effect::CodeUnusable,
         "the authorization code expired (it lives an hour) or was exchanged already: dropped; \
@@ -560,7 +560,13 @@ mod tests {
             (61010, Effect::CodeUnusable, "an hour"),
         ];
         for (code, wanted, fix) in effects {
-            assert_eq!(classify(code, call), Permanent, "{code}");
+            // A dropped code is no reason to wait: the refresh token is
+            // tried at once.
+            let class = match wanted {
+                Effect::CodeUnusable => Transient,
+                _ => Permanent,
+            };
+            assert_eq!(classify(code, call), class, "{code}");
             assert_eq!(effect(code, call), Some(wanted), "{code}");
             assert!(meaning(code, call).contains(fix), "{code}");
             assert_eq!(retry_after(code, call), None, "{code}");
@@ -582,6 +588,24 @@ mod tests {
         }
         // 40001 with the component secret is the secret, with its token the token.
         assert_eq!(classify(40001, Call::IssueComponentToken), Permanent);
+    }
+
+    #[test]
+    fn an_authorizers_codes_say_what_became_of_it() {
+        let call = Call::ComponentUse;
+        assert_eq!(effect(61023, call), Some(Effect::RefreshTokenInvalid));
+        assert_eq!(classify(61023, call), Permanent);
+        assert_eq!(effect(61003, call), Some(Effect::NotAuthorized));
+        assert_eq!(classify(61003, call), Permanent);
+        for code in [61009, 61010] {
+            assert_eq!(effect(code, call), Some(Effect::CodeUnusable), "{code}");
+            assert_eq!(classify(code, call), Transient, "{code}");
+        }
+        for code in [40001, 40014, 42001] {
+            assert_eq!(classify(code, call), InvalidToken, "{code}");
+        }
+        assert_eq!(classify(45009, call), DailyQuota);
+        assert_eq!(effect(61023, Call::IssueToken), None);
     }
 
     #[test]

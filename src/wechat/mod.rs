@@ -1,7 +1,8 @@
 //! The upstream: WeChat's HTTP API. Only this module speaks HTTP.
 //!
-//! Credentials are fetched here (`mod.rs`, answers in [`answer`]); the quota
-//! administration behind `wxtokend quota` is in [`openapi`].
+//! Credentials are fetched here (`mod.rs`, answers in [`answer`]; the Open
+//! Platform's calls made with the component token in [`open_platform`]);
+//! the quota administration behind `wxtokend quota` is in [`openapi`].
 //!
 //! The AppSecret travels in the query string of `/cgi-bin/token`, so every
 //! error leaving this module is built without the URL, and WeChat's own
@@ -10,9 +11,6 @@
 mod answer;
 mod api;
 mod errcode;
-// Called by the authorizer refresher and discovery (issue 15), which come
-// next; until then only by the tests.
-#[allow(dead_code)]
 mod open_platform;
 mod openapi;
 
@@ -33,10 +31,9 @@ pub use answer::{
 };
 pub use api::Api;
 pub use errcode::{Call, Effect, ErrorClass};
-#[allow(unused_imports)] // as `open_platform` above
-pub use open_platform::{
-    AuthorizerPage, FetchedAuthorizerToken, Listed, QueryAuth, AUTHORIZER_LIST_MAX_COUNT,
-};
+// Named by discovery (issue 15, next step); until then only the tests list.
+#[allow(unused_imports)]
+pub use open_platform::{AuthorizerPage, Listed, QueryAuth, AUTHORIZER_LIST_MAX_COUNT};
 pub use openapi::{CgiPath, RateLimit, WechatQuota};
 
 /// WeChat allows about 20 `force_refresh` calls of `stable_token` a day.

@@ -725,3 +725,159 @@ async fn with_no_ticket_for_long_the_holder_asks_wechat_to_push_one() {
     wechat_pushes(&s, &component, &url, "ticket@@@asked-for").await;
     component_token(&s).await;
 }
+
+const AUTHORIZER_TOKENS: &str = "authorizer_access_tokens";
+
+/// The stored tokens of AUTHORIZER through COMPONENT, oldest first.
+async fn authorizer_tokens(s: &Scenario) -> Vec<Document> {
+    let mut docs: Vec<Document> = s
+        .db
+        .docs(AUTHORIZER_TOKENS)
+        .await
+        .into_iter()
+        .filter(|d| {
+            d.get_str("app_id") == Ok(AUTHORIZER) && d.get_str("component_appid") == Ok(COMPONENT)
+        })
+        .collect();
+    docs.sort_by_key(|d| d.get_i64("generation").unwrap_or_default());
+    docs
+}
+
+async fn secrets_version(s: &Scenario) -> i64 {
+    let (_, sealed) = authorizer_docs(s).await;
+    sealed
+        .and_then(|d| wxtokend_reader::document::integer(&d, "version").ok())
+        .unwrap_or_default()
+}
+
+/// An account authorizes the platform: the authorization event's code is
+/// exchanged by the authorizer's lease holder (`api_query_auth`), its
+/// refresh token kept sealed, and its token stored with the component's
+/// appid, then refreshed from the refresh token before each expiry, one
+/// call per refresh; when WeChat rotates the refresh token, each new one
+/// replaces the stored one (no 61023). When it withdraws, its lease is
+/// given back and no call is made for it any more.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorizer_gets_its_token_kept_fresh_until_it_withdraws() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = Scenario::new()
+        .account(TestAccount::numbered(1))
+        .config(open_platform(&config, true))
+        .config(|c: &mut TestConfig| c.margin = "8s")
+        .build()
+        .await;
+    s.fake
+        .add_component(fake_wechat::AppConfig::new(COMPONENT, COMPONENT_SECRET));
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@for-authorizers").await;
+    component_token(&s).await;
+
+    let code = s.fake.authorize(COMPONENT, AUTHORIZER);
+    s.fake
+        .set_behaviour(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken, |b| {
+            b.expires_in = Duration::from_secs(12)
+        });
+    let event = component.authorized(AUTHORIZER, &code, SystemTime::now());
+    assert!(send(&event, &url).await.delivered());
+
+    let first = eventually(WAIT, "the authorizer's first token", || async {
+        authorizer_tokens(&s).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(first.get_i64("generation"), Ok(1));
+    let value = first
+        .get_str("authorizer_access_token")
+        .expect("value")
+        .to_owned();
+    assert!(s.fake.is_accepted(&value), "WeChat accepts it");
+    let (directory, sealed) = authorizer_docs(&s).await;
+    assert_eq!(directory.get_str("state"), Ok("active"), "{directory}");
+    let sealed = sealed.expect("secrets");
+    assert!(
+        sealed.get_document("code").is_err(),
+        "the code is used: {sealed}"
+    );
+    let refresh_token = s
+        .fake
+        .refresh_token_of(COMPONENT, AUTHORIZER)
+        .expect("authorized");
+    assert!(
+        !format!("{sealed:?}").contains(&refresh_token),
+        "sealed, never in clear"
+    );
+    // Business code reads it with the one query, naming the component.
+    let read = wxtokend_reader::Credentials::new(s.db.db())
+        .newest_valid_owned(
+            wxtokend_reader::CredentialKind::AuthorizerAccessToken,
+            &wxtokend_reader::Owner::authorizer(COMPONENT.into(), AUTHORIZER.into()),
+            SystemTime::now(),
+        )
+        .await
+        .expect("read")
+        .expect("a valid token");
+    assert_eq!(read.secret(), value);
+
+    // Refreshed from the refresh token, one call per generation.
+    let third = eventually(WAIT, "two refreshes", || async {
+        authorizer_tokens(&s)
+            .await
+            .into_iter()
+            .find(|d| d.get_i64("generation") == Ok(3))
+    })
+    .await;
+    assert!(s
+        .fake
+        .is_accepted(third.get_str("authorizer_access_token").expect("value")));
+    let calls = s
+        .fake
+        .calls(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken);
+    let generations = authorizer_tokens(&s).await.len() as u32;
+    assert!(
+        calls <= generations + 1,
+        "{calls} calls for {generations} generations (the first from the code)"
+    );
+    assert_eq!(
+        secrets_version(&s).await,
+        1,
+        "WeChat echoes the refresh token: never rewritten"
+    );
+
+    // WeChat rotates it at every call from now on: each is stored.
+    s.fake.rotate_refresh_tokens(COMPONENT, AUTHORIZER, true);
+    eventually(WAIT, "two rotated refresh tokens stored", || async {
+        (secrets_version(&s).await >= 3).then_some(())
+    })
+    .await;
+
+    // It withdraws: the lease is given back, and nothing is called for it.
+    s.fake.unauthorize(COMPONENT, AUTHORIZER);
+    let withdrawn = unauthorized(&component, AUTHORIZER, SystemTime::now());
+    assert!(send(&withdrawn, &url).await.delivered());
+    let lease_id = format!("open:{COMPONENT}:{AUTHORIZER}");
+    eventually(WAIT, "the authorizer's lease given back", || async {
+        let lease =
+            s.db.docs("leases")
+                .await
+                .into_iter()
+                .find(|l| l.get_str("_id") == Ok(lease_id.as_str()))?;
+        let expires_at = lease.get_datetime("expires_at").ok()?.to_system_time();
+        (expires_at <= SystemTime::now()).then_some(())
+    })
+    .await;
+    let calls = s
+        .fake
+        .calls(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken);
+    // Long enough for another refresh had it gone on (12 s lives, 8 s margin).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        s.fake
+            .calls(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken),
+        calls,
+        "no call for an authorizer that withdrew"
+    );
+    let mut secrets = secrets(&s, &config, &["ticket@@@for-authorizers", &code]);
+    secrets.push(refresh_token);
+    secrets.push(value);
+    s.daemon().assert_logs_free_of(&secrets);
+}

@@ -47,45 +47,36 @@ impl Secrets {
     }
 }
 
-fn authorizer_answer(body: &str) -> Result<FetchedAuthorizerToken, FetchError> {
+fn authorizer_answer(body: &str) -> Result<(FetchedCredential, Option<SecretString>), FetchError> {
     let s = Secrets::new();
     parse_authorizer_answer(body.as_bytes(), &s.all(), FLOOR, None)
 }
 
 #[test]
-fn an_authorizer_token_comes_with_the_refresh_token_wechat_echoes() {
-    let sent = SecretString::from("refreshtoken@@@sent");
-    let echo = authorizer_answer(
+fn an_authorizer_token_comes_with_the_refresh_token_wechat_answers() {
+    let (token, echoed) = authorizer_answer(
         r#"{"authorizer_access_token":"AUTH_TOKEN","expires_in":7200,
             "authorizer_refresh_token":"refreshtoken@@@sent"}"#,
     )
     .expect("WeChat's documented answer");
-    assert_eq!(echo.token.value.expose_secret(), "AUTH_TOKEN");
-    assert_eq!(echo.token.expires_in, Duration::from_secs(7200));
-    assert!(
-        echo.new_refresh_token(&sent).is_none(),
-        "an echo is no news"
-    );
-
-    let rotated = authorizer_answer(
-        r#"{"authorizer_access_token":"AUTH_TOKEN","expires_in":7200,
-            "authorizer_refresh_token":"refreshtoken@@@next"}"#,
-    )
-    .expect("a rotated refresh token");
-    let new = rotated
-        .new_refresh_token(&sent)
-        .expect("a new one to store");
-    assert_eq!(new.expose_secret(), "refreshtoken@@@next");
+    assert_eq!(token.value.expose_secret(), "AUTH_TOKEN");
+    assert_eq!(token.expires_in, Duration::from_secs(7200));
+    let echoed = echoed.expect("the refresh token");
+    assert_eq!(echoed.expose_secret(), "refreshtoken@@@sent");
 
     for body in [
         r#"{"authorizer_access_token":"T","expires_in":7200}"#,
         r#"{"authorizer_access_token":"T","expires_in":7200,"authorizer_refresh_token":""}"#,
     ] {
-        let answer = authorizer_answer(body).expect(body);
-        assert!(answer.refresh_token.is_none(), "nothing to store: {body}");
-        assert!(answer.new_refresh_token(&sent).is_none());
+        let (_, refresh_token) = authorizer_answer(body).expect(body);
+        assert!(refresh_token.is_none(), "nothing to store: {body}");
     }
-    let debug = format!("{rotated:?}");
+    let answer = authorizer_answer(
+        r#"{"authorizer_access_token":"AUTH_TOKEN","expires_in":7200,
+            "authorizer_refresh_token":"refreshtoken@@@next"}"#,
+    )
+    .expect("a new refresh token");
+    let debug = format!("{answer:?}");
     assert!(
         !debug.contains("AUTH_TOKEN") && !debug.contains("refreshtoken@@@next"),
         "{debug}"
@@ -176,7 +167,7 @@ const QUERY_AUTH: &str = r#"{"authorization_info":{
 fn an_exchanged_code_gives_the_first_token_the_refresh_token_and_the_permissions() {
     let s = Secrets::new();
     let answer = parse_query_auth(QUERY_AUTH.as_bytes(), &s.all(), FLOOR).expect("documented");
-    assert_eq!(answer.authorizer_appid.as_str(), "wxf8b4f85f3a794e77");
+    assert_eq!(answer.authorizer_appid, "wxf8b4f85f3a794e77");
     let token = answer.token.as_ref().expect("a token");
     assert!(token.value.expose_secret().starts_with("QXjUqNqf"));
     assert_eq!(token.expires_in, Duration::from_secs(7200));
@@ -206,7 +197,11 @@ fn an_unusable_code_or_a_malformed_exchange_is_refused() {
         let body = format!(r#"{{"errcode":{code},"errmsg":"code is invalid"}}"#);
         let err = parse_query_auth(body.as_bytes(), &s.all(), FLOOR).expect_err("refused");
         assert_eq!(err.effect(), Some(Effect::CodeUnusable), "{code}");
-        assert_eq!(err.class(), ErrorClass::Permanent, "{code}");
+        assert_eq!(
+            err.class(),
+            ErrorClass::Transient,
+            "{code}: the refresh token next"
+        );
     }
     for body in [
         r#"{}"#,
@@ -309,5 +304,219 @@ mod fuzz {
                 prop_assert!(!err.to_string().contains(secret.as_str()));
             }
         }
+    }
+}
+
+/// The client's calls against the fake WeChat (its own implementation of
+/// WeChat's rules): request shapes, the token in the query, the answers.
+mod against_the_fake {
+    use std::time::Duration;
+
+    use fake_wechat::{AppConfig, Endpoint, FakeWechat, Fault};
+    use secrecy::{ExposeSecret, SecretString};
+    use wxtokend_reader::AccountId;
+
+    use crate::config::WechatSettings;
+    use crate::subject::Component;
+    use crate::wechat::{Effect, ErrorClass, FetchError, WechatClient};
+
+    const COMPONENT: &str = "wxcomponent0000001";
+    const SECRET: &str = "component-secret-s3cret";
+    const AUTHORIZER: &str = "wxauthorizer000001";
+
+    struct Setup {
+        fake: FakeWechat,
+        client: WechatClient,
+        component: Component,
+        token: SecretString,
+    }
+
+    async fn setup() -> Setup {
+        let fake = FakeWechat::start().await.expect("fake WeChat");
+        fake.add_component(AppConfig::new(COMPONENT, SECRET));
+        let url = fake.url().parse().expect("url");
+        let client = WechatClient::new(&WechatSettings {
+            base_url: url,
+            wecom_base_url: fake.url().parse().expect("url"),
+            allow_http: true,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            max_response_bytes: 1 << 20,
+            max_concurrent_calls: 4,
+            min_expires_in: Duration::from_secs(60),
+        })
+        .expect("client");
+        let component = Component {
+            appid: AccountId::new(COMPONENT),
+            secret: SECRET.into(),
+            start_push_ticket_after: None,
+            sealing: None,
+        };
+        fake.pushed_verify_ticket(COMPONENT, "ticket@@@client-test");
+        let slot = client.slot().await;
+        let ticket = SecretString::from("ticket@@@client-test");
+        let token = client
+            .fetch_component_token(&slot, &component, &ticket, None)
+            .await
+            .expect("a component token")
+            .value;
+        Setup {
+            fake,
+            client,
+            component,
+            token,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_code_is_exchanged_then_the_refresh_token_mints_tokens_the_fake_accepts() {
+        let s = setup().await;
+        let slot = s.client.slot().await;
+        let authorizer = AccountId::new(AUTHORIZER);
+        let code = SecretString::from(s.fake.authorize(COMPONENT, AUTHORIZER));
+        let exchanged = s
+            .client
+            .query_auth(&slot, &s.component, &s.token, &code)
+            .await
+            .expect("exchanged");
+        assert_eq!(exchanged.authorizer_appid, AUTHORIZER);
+        assert_eq!(exchanged.func_info, [1, 2, 3]);
+        let first = exchanged.token.expect("a token");
+        assert!(s.fake.is_accepted(first.value.expose_secret()));
+        let rt = exchanged.refresh_token.expect("a refresh token");
+        assert_eq!(
+            Some(rt.expose_secret()),
+            s.fake.refresh_token_of(COMPONENT, AUTHORIZER).as_deref()
+        );
+
+        let (token, answered) = s
+            .client
+            .fetch_authorizer_token(&slot, &s.component, &s.token, &authorizer, &rt, None)
+            .await
+            .expect("a token");
+        assert!(s.fake.is_accepted(token.value.expose_secret()));
+        assert_eq!(token.expires_in, Duration::from_secs(7200));
+        assert_eq!(
+            answered.expect("echoed").expose_secret(),
+            rt.expose_secret()
+        );
+        s.fake.rotate_refresh_tokens(COMPONENT, AUTHORIZER, true);
+        let (_, rotated) = s
+            .client
+            .fetch_authorizer_token(&slot, &s.component, &s.token, &authorizer, &rt, None)
+            .await
+            .expect("a token");
+        let rotated = rotated.expect("a new refresh token");
+        assert_ne!(rotated.expose_secret(), rt.expose_secret());
+        assert_eq!(s.fake.calls(AUTHORIZER, Endpoint::AuthorizerToken), 2);
+        assert_eq!(s.fake.calls(AUTHORIZER, Endpoint::QueryAuth), 1);
+
+        let reused = s
+            .client
+            .query_auth(&slot, &s.component, &s.token, &code)
+            .await
+            .expect_err("a code is exchanged once");
+        assert_eq!(reused.effect(), Some(Effect::CodeUnusable));
+    }
+
+    #[tokio::test]
+    async fn refusals_carry_their_effect_and_no_secret_of_the_call() {
+        let s = setup().await;
+        let slot = s.client.slot().await;
+        let authorizer = AccountId::new(AUTHORIZER);
+        let code = SecretString::from(s.fake.authorize(COMPONENT, AUTHORIZER));
+        let held = SecretString::from(s.fake.refresh_token_of(COMPONENT, AUTHORIZER).expect("rt"));
+        s.fake.invalidate_refresh_token(COMPONENT, AUTHORIZER);
+        let err = s
+            .client
+            .fetch_authorizer_token(&slot, &s.component, &s.token, &authorizer, &held, None)
+            .await
+            .expect_err("61023");
+        assert_eq!(err.effect(), Some(Effect::RefreshTokenInvalid));
+        s.fake.unauthorize(COMPONENT, AUTHORIZER);
+        let err = s
+            .client
+            .fetch_authorizer_token(&slot, &s.component, &s.token, &authorizer, &held, None)
+            .await
+            .expect_err("61003");
+        assert_eq!(err.effect(), Some(Effect::NotAuthorized));
+
+        let stale = SecretString::from("not-the-component-token");
+        let err = s
+            .client
+            .authorizer_list(&slot, &s.component, &stale, 0, 500)
+            .await
+            .expect_err("40001");
+        assert_eq!(err.class(), ErrorClass::InvalidToken);
+
+        // WeChat echoing every secret of the call in its errmsg.
+        let echo = format!(
+            "{SECRET} {} {} {} rid: fake",
+            s.token.expose_secret(),
+            held.expose_secret(),
+            code.expose_secret()
+        );
+        let body = serde_json::json!({ "errcode": -1, "errmsg": echo }).to_string();
+        s.fake.push_faults_on(
+            AUTHORIZER,
+            Endpoint::AuthorizerToken,
+            [Fault::Body(body.clone())],
+        );
+        s.fake
+            .push_faults_on(COMPONENT, Endpoint::QueryAuth, [Fault::Body(body)]);
+        let token_call = s
+            .client
+            .fetch_authorizer_token(&slot, &s.component, &s.token, &authorizer, &held, None)
+            .await
+            .expect_err("-1");
+        let exchange = s
+            .client
+            .query_auth(&slot, &s.component, &s.token, &code)
+            .await
+            .expect_err("-1");
+        let refused = [
+            (token_call, held.expose_secret()),
+            (exchange, code.expose_secret()),
+        ];
+        for (err, own) in refused {
+            assert!(matches!(err, FetchError::Api { errcode: -1, .. }), "{err}");
+            let shown = format!("{err} {err:?}");
+            for secret in [SECRET, s.token.expose_secret(), own] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("rid: fake"), "{shown}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_list_comes_in_pages_of_at_most_500() {
+        let s = setup().await;
+        let slot = s.client.slot().await;
+        for n in 0..620 {
+            s.fake
+                .authorize_silently(COMPONENT, &format!("wxsilent{n:010}"));
+        }
+        s.fake.authorize(COMPONENT, AUTHORIZER);
+        // More than WeChat's 500 is asked as 500.
+        let first = s
+            .client
+            .authorizer_list(&slot, &s.component, &s.token, 0, 10_000)
+            .await
+            .expect("a page");
+        assert_eq!(first.total_count, 621);
+        assert_eq!(first.list.len(), 500);
+        assert_eq!(first.skipped, 0);
+        assert!(first.list.iter().all(|l| l.refresh_token.is_some()));
+        let rest = s
+            .client
+            .authorizer_list(&slot, &s.component, &s.token, 500, 500)
+            .await
+            .expect("a page");
+        assert_eq!(rest.list.len(), 121);
+        let last = rest.list.last().expect("one");
+        assert_eq!(last.authorizer_appid.as_str(), AUTHORIZER);
+        assert!(last.refresh_token.is_none(), "its code was never exchanged");
+        assert!(last.auth_time.is_some());
+        assert_eq!(s.fake.calls(COMPONENT, Endpoint::AuthorizerList), 2);
     }
 }
