@@ -142,9 +142,13 @@ impl Daemon {
             let admin = admin::Admin {
                 store: store.clone(),
                 metrics: metrics.clone(),
-                accounts: subjects(&settings)
+                // The accounts only: a replica that waits for its first
+                // verify ticket must stay ready, or a Service in front of
+                // the callback receiver routes WeChat's push nowhere.
+                accounts: settings
+                    .accounts
                     .iter()
-                    .map(|s| (s.app_id().clone(), s.kinds().collect()))
+                    .map(|a| (a.id.clone(), a.kinds().collect()))
                     .collect(),
                 interval: settings.lease.renew_interval,
                 stale_after: settings.lease.duration,

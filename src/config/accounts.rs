@@ -119,6 +119,14 @@ impl SecretSource {
 /// platform has its own tickets.
 fn check_account_shape(account: &RawAccount, i: usize, p: &mut Problems) {
     let key = |field: &str| format!("accounts[{i}].{field}");
+    // `:` separates the parts of the Open Platform's lease ids
+    // (`open:{component}:{authorizer}`); no appid or corpid holds one.
+    if account.id.contains(':') {
+        p.add(
+            key("id"),
+            "must not contain ':' (an appid, or \"corpid/agentid\" for wecom)",
+        );
+    }
     if account.platform == Platform::Wecom {
         let shaped = account
             .id

@@ -988,6 +988,20 @@ fn open_platform_paths_a_router_would_read_as_patterns_and_long_ages_are_refused
 }
 
 #[test]
+fn account_ids_hold_no_colon_and_are_not_the_component() {
+    let err = load(
+        &ONE_ACCOUNT.replace("id = \"wx", "id = \"open:wx"),
+        &[("WX_SECRET", "s")],
+    )
+    .expect_err("a colon");
+    assert_eq!(keys(err), ["accounts[0].id"]);
+    // ONE_ACCOUNT's id as the platform's appid.
+    let component_too = open_platform("").replace("wxcomponent0001", "wx0001");
+    let err = load(&component_too, &OPEN_PLATFORM_VARS).expect_err("the same appid");
+    assert_eq!(keys(err), ["accounts[0].id"]);
+}
+
+#[test]
 fn start_push_ticket_after_is_at_least_ten_seconds_or_never() {
     let never = load(
         &open_platform("start_push_ticket_after = \"0s\"\n"),

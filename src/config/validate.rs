@@ -88,6 +88,20 @@ impl RawSettings {
             .open_platform
             .as_ref()
             .map(|raw| open_platform_settings(raw, env, scope, &mut problems));
+        if let Some(op) = &open_platform {
+            // The component's token and an account's would share their
+            // metrics series (`account` = the appid).
+            if let Some(i) = configured
+                .iter()
+                .position(|a| a.id.as_str() == op.component_appid)
+            {
+                problems.add(
+                    format!("accounts[{i}].id"),
+                    "is open_platform.component_appid: a platform's token comes from \
+                     api_component_token, not /cgi-bin/token (61024); remove the account",
+                );
+            }
+        }
         let stable = configured
             .iter()
             .any(|a| a.endpoint == TokenEndpoint::StableToken);

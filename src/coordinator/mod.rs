@@ -72,7 +72,7 @@ struct HeldLease {
 
 /// A refresh task ended without being told to (it panicked).
 #[derive(Debug, thiserror::Error)]
-#[error("the refresh task of {lease} died")]
+#[error("the refresh task of account {lease} died")]
 pub struct RefresherDied {
     pub lease: LeaseId,
 }
@@ -243,7 +243,7 @@ impl Coordinator {
         });
         match dead {
             Some((lease, _)) => {
-                tracing::error!(%lease, "a refresh task died; stopping this replica");
+                tracing::error!(account = %lease, "a refresh task died; stopping this replica");
                 Err(RefresherDied {
                     lease: lease.clone(),
                 }
@@ -422,7 +422,7 @@ impl Coordinator {
                 continue;
             }
             if let Some(held) = self.held.get(&id) {
-                tracing::warn!(lease = %id, term = held.lease.term().0, "lease taken over by another replica; stopping here");
+                tracing::warn!(account = %id, term = held.lease.term().0, "lease taken over by another replica; stopping here");
                 if let Some((lease, tasks)) = self.stop(&id) {
                     let metrics = self.ctx.metrics.clone();
                     self.stopping.push(tokio::spawn(async move {
@@ -612,10 +612,10 @@ impl Coordinator {
             let release = self.leases.release_taken(&info);
             match self.observed(Operation::Release, release).await {
                 Ok(()) => {
-                    tracing::info!(lease = %info.id, "released a lease whose taking was cut off")
+                    tracing::info!(account = %info.id, "released a lease whose taking was cut off")
                 }
                 Err(e) => {
-                    tracing::warn!(lease = %info.id, error = %e, "cannot release a lease whose taking was cut off; it expires on its own")
+                    tracing::warn!(account = %info.id, error = %e, "cannot release a lease whose taking was cut off; it expires on its own")
                 }
             }
         }
@@ -682,9 +682,9 @@ impl Coordinator {
             metrics.lease_given_up(&lease.owner().app_id);
             let term = lease.term();
             match metrics.observe(Operation::Release, lease.release()).await {
-                Ok(()) => tracing::info!(lease = %id, term = term.0, "released the lease: {why}"),
+                Ok(()) => tracing::info!(account = %id, term = term.0, "released the lease: {why}"),
                 Err(e) => {
-                    tracing::warn!(lease = %id, error = %e, "cannot release the lease; it expires on its own")
+                    tracing::warn!(account = %id, error = %e, "cannot release the lease; it expires on its own")
                 }
             }
         }));
@@ -732,7 +732,7 @@ async fn bounded<T>(
 async fn join_all(id: &LeaseId, tasks: Vec<JoinHandle<()>>) {
     for task in tasks {
         if let Err(e) = task.await {
-            tracing::error!(lease = %id, error = %e, "refresh task failed");
+            tracing::error!(account = %id, error = %e, "refresh task failed");
         }
     }
 }

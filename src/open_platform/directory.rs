@@ -284,6 +284,35 @@ impl Directory {
         })
     }
 
+    /// [`Directory::set_state`] for what WeChat answered a call sent at
+    /// `as_of` (MongoDB's clock): nothing changes if an event at or after
+    /// it was applied meanwhile (a re-authorization that crossed the call
+    /// must not be undone by the call's stale answer).
+    pub async fn set_state_as_of(
+        &self,
+        component: &AccountId,
+        authorizer: &AccountId,
+        state: AuthorizerState,
+        reason: &str,
+        as_of: SystemTime,
+    ) -> Result<StateSet, StoreError> {
+        let filter = doc! {
+            field::ID: document_id(component, authorizer),
+            "$or": older_than(field::EVENT_TIME, as_of),
+        };
+        let update = doc! { "$set": {
+            field::STATE: state.as_str(),
+            field::STATE_REASON: reason,
+            field::UPDATED_AT: self.now(),
+        }};
+        let result = self.collection().update_one(filter, update).await?;
+        Ok(if result.matched_count == 1 {
+            StateSet::Set
+        } else {
+            StateSet::Kept
+        })
+    }
+
     /// Records the permission sets `api_query_auth` answered.
     pub async fn set_func_info(
         &self,

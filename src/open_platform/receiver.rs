@@ -264,6 +264,17 @@ impl ReceiverState {
                 let component = AccountId::new(receiver.crypto.appid());
                 let authorizer = AccountId::new(authorizer_appid);
                 let apply = async {
+                    // The secrets first, each write guarded by the event's
+                    // time on its own: a push answered 503 after one of
+                    // them and sent again completes the other.
+                    if let Some(secrets) = &receiver.secrets {
+                        secrets
+                            .forget(&component, &authorizer, Some(create_time))
+                            .await?;
+                    }
+                    // The test suite's stand-in for a push cut off between
+                    // its two writes.
+                    crate::stall_point!("receiver-between-writes");
                     let outcome = self
                         .directory
                         .upsert(
@@ -273,11 +284,6 @@ impl ReceiverState {
                             create_time,
                         )
                         .await?;
-                    if let (EventOutcome::Applied, Some(secrets)) = (outcome, &receiver.secrets) {
-                        secrets
-                            .forget(&component, &authorizer, Some(create_time))
-                            .await?;
-                    }
                     Ok::<_, SecretsError>(outcome)
                 };
                 match self.bounded(apply).await? {

@@ -125,13 +125,14 @@ impl Tickets {
     ) -> Result<Stored, StoreError> {
         let received_at = self.store.clock().now();
         let fresh = create_time.min(received_at) + TICKET_LIFE;
-        let expires_at = match self.newest(component_appid).await? {
+        let (expires_at, rejected_at) = match self.newest(component_appid).await? {
+            // A repeat keeps the first push's expiry, and a refusal.
             Some(newest) if newest.ticket.expose_secret() == ticket.expose_secret() => {
-                newest.usable_until().min(fresh)
+                (newest.usable_until().min(fresh), newest.rejected_at)
             }
-            _ => fresh,
+            _ => (fresh, None),
         };
-        let document = doc! {
+        let mut document = doc! {
             field::COMPONENT_APPID: component_appid,
             field::TICKET: ticket.expose_secret(),
             field::CREATE_TIME: DateTime::from_system_time(create_time),
@@ -139,6 +140,9 @@ impl Tickets {
             field::RECEIVED_BY: received_by,
             field::EXPIRES_AT: DateTime::from_system_time(expires_at),
         };
+        if let Some(rejected_at) = rejected_at {
+            document.insert(field::REJECTED_AT, DateTime::from_system_time(rejected_at));
+        }
         match self.collection().insert_one(document).await {
             Ok(_) => Ok(Stored::New),
             Err(e) if is_duplicate_key(&e) => Ok(Stored::Already),
@@ -198,18 +202,27 @@ impl Tickets {
 
     /// WeChat refused `ticket` (61005 expired, 61006 invalid): every
     /// document of the component holding that value is marked, and none is
-    /// used again. Returns how many were marked.
+    /// used again; with `older_too` (it expired), every ticket pushed
+    /// before it too (older ones expired before it). Returns how many were
+    /// marked.
     pub async fn reject(
         &self,
         component_appid: &str,
-        ticket: &SecretString,
+        ticket: &StoredTicket,
+        older_too: bool,
     ) -> Result<u64, StoreError> {
+        let mut which = vec![doc! { field::TICKET: ticket.ticket.expose_secret() }];
+        if older_too {
+            which.push(doc! {
+                field::CREATE_TIME: { "$lte": DateTime::from_system_time(ticket.create_time) },
+            });
+        }
         let marked = self
             .collection()
             .update_many(
                 doc! {
                     field::COMPONENT_APPID: component_appid,
-                    field::TICKET: ticket.expose_secret(),
+                    "$or": which,
                     field::REJECTED_AT: { "$exists": false },
                 },
                 doc! { "$set": {

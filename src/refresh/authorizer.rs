@@ -235,35 +235,41 @@ impl Refresher {
 
     /// What WeChat's refusal says of the authorizer, in the directory and
     /// its secrets.
+    /// `sent_at` (MongoDB's clock, when the call was sent) guards each
+    /// write: an authorization event applied since is newer than the
+    /// refusal, and stands.
     pub(super) async fn authorizer_refused(
         &self,
         component: &Component,
         app_id: &AccountId,
         error: &FetchError,
         input: &Input,
+        sent_at: std::time::SystemTime,
     ) {
         let directory = Directory::new(self.ctx.store.clone());
         match error.effect() {
             Some(Effect::RefreshTokenInvalid) => {
-                let set = directory.set_state(
+                let set = directory.set_state_as_of(
                     &component.appid,
                     app_id,
                     AuthorizerState::NeedsReauthorization,
                     "errcode:61023",
+                    sent_at,
                 );
                 self.noted(set, "cannot mark the authorizer").await;
                 tracing::error!("WeChat refused the authorizer's refresh token (61023): the account must authorize the platform again");
             }
             Some(Effect::NotAuthorized) => {
-                let set = directory.set_state(
+                let set = directory.set_state_as_of(
                     &component.appid,
                     app_id,
                     AuthorizerState::Unauthorized,
                     "errcode:61003",
+                    sent_at,
                 );
                 self.noted(set, "cannot mark the authorizer").await;
                 if let Some(secrets) = self.secrets(component) {
-                    let forget = secrets.forget(&component.appid, app_id, None);
+                    let forget = secrets.forget(&component.appid, app_id, Some(sent_at));
                     self.noted(forget, "cannot forget the authorizer's secrets")
                         .await;
                 }

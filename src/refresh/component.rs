@@ -22,6 +22,8 @@ pub(super) struct TicketWait {
     since: Instant,
     /// When WeChat was last asked to push one.
     asked_at: Option<Instant>,
+    /// Today's ceiling on asking was reported once.
+    ceiling_reported: bool,
 }
 
 impl Refresher {
@@ -59,8 +61,18 @@ impl Refresher {
             TicketWait {
                 since: now,
                 asked_at: None,
+                ceiling_reported: false,
             }
         });
+        if wait.since == now {
+            // For `status`: the lease's last error says why no token comes.
+            let note = self.lease.note_error(Some(
+                "no usable component_verify_ticket: waiting for WeChat's push to the callback URL",
+            ));
+            if let Err(e) = self.ctx.observe(Operation::LeaseNote, note).await {
+                tracing::debug!(error = %e, "cannot note the wait for a verify ticket");
+            }
+        }
         let Some(after) = component.start_push_ticket_after else {
             return poll;
         };
@@ -113,11 +125,17 @@ impl Refresher {
                     ),
                 }
             }
-            Ok(Permit::QuotaSpent { calls_today }) => tracing::warn!(
-                calls_today,
-                "not asking WeChat to push a component_verify_ticket: today's \
-                 refresh.daily_call_limits.start_push_ticket is spent"
-            ),
+            Ok(Permit::QuotaSpent { calls_today }) => {
+                let wait = self.ticket_wait.as_mut();
+                if let Some(wait) = wait.filter(|w| !w.ceiling_reported) {
+                    wait.ceiling_reported = true;
+                    tracing::warn!(
+                        calls_today,
+                        "not asking WeChat to push a component_verify_ticket: today's \
+                         refresh.daily_call_limits.start_push_ticket is spent"
+                    );
+                }
+            }
             Ok(_) => tracing::debug!("no permit to ask WeChat for a verify ticket"),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot get a permit to ask WeChat for a verify ticket");
@@ -128,19 +146,34 @@ impl Refresher {
     /// WeChat refused `ticket` (61005 expired, 61006 invalid): it is never
     /// used again; the next usable one (an older one still in its 12 hours,
     /// or the next push) is.
-    pub(super) async fn reject_ticket(&self, component: &Arc<Component>, ticket: &StoredTicket) {
+    /// Whether it was marked (else the same ticket may be tried again: the
+    /// caller backs off).
+    pub(super) async fn reject_ticket(
+        &self,
+        component: &Arc<Component>,
+        ticket: &StoredTicket,
+        errcode: Option<i64>,
+    ) -> bool {
         let tickets = Tickets::new(self.ctx.store.clone());
-        let reject = tickets.reject(component.appid.as_str(), &ticket.ticket);
+        // Expired: those pushed before it expired before it.
+        let older_too = errcode == Some(61005);
+        let reject = tickets.reject(component.appid.as_str(), ticket, older_too);
         match self.ctx.observe(Operation::ReadVerifyTicket, reject).await {
-            Ok(_) => tracing::warn!(
+            Ok(_) => {
+                tracing::warn!(
                 create_time = %humantime::format_rfc3339_seconds(ticket.create_time),
                 "WeChat refused the component_verify_ticket: it is marked rejected; waiting for \
                  the next push"
-            ),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "WeChat refused the component_verify_ticket, and it cannot be marked rejected"
-            ),
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "WeChat refused the component_verify_ticket, and it cannot be marked rejected"
+                );
+                false
+            }
         }
     }
 }

@@ -280,7 +280,7 @@ impl Refresher {
                 self.fetched(fetched, sent_at, reason, calls_today);
                 Duration::ZERO
             }
-            Err(e) => self.fetch_failed(&e, calls_today, input).await,
+            Err(e) => self.fetch_failed(&e, calls_today, input, sent_at).await,
         }
     }
 
@@ -309,6 +309,7 @@ impl Refresher {
         error: &FetchError,
         calls_today: i64,
         input: &Input,
+        sent_at: SystemTime,
     ) -> Duration {
         if error.class() == ErrorClass::DailyQuota {
             let mark = self.lease.mark_quota_exhausted(self.api());
@@ -318,7 +319,7 @@ impl Refresher {
         }
         let mut retry_after = error.retry_after();
         if let Subject::Authorizer { component, app_id } = &self.subject {
-            self.authorizer_refused(component, app_id, error, input)
+            self.authorizer_refused(component, app_id, error, input, sent_at)
                 .await;
         }
         match (input, &self.subject) {
@@ -338,9 +339,12 @@ impl Refresher {
             (Input::VerifyTicket(ticket), Subject::Component(component))
                 if error.effect() == Some(Effect::TicketRejected) =>
             {
-                self.reject_ticket(component, ticket).await;
-                // The next usable ticket, or the next push, soon.
-                retry_after = Some(self.ctx.refresh.request_poll_interval);
+                let marked = self.reject_ticket(component, ticket, error.errcode()).await;
+                // The next usable ticket, or the next push, soon; a ticket
+                // not marked would be tried again: back off as the class says.
+                if marked {
+                    retry_after = Some(self.ctx.refresh.request_poll_interval);
+                }
             }
             _ => {}
         }

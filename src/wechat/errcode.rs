@@ -228,7 +228,11 @@ const ISSUE_COMPONENT_TOKEN: &[Entry] = &[
         Permanent,
         "component_appsecret is wrong: check open_platform.component_secret_env or _file",
     ),
-    entry(41004, Permanent, "component_appsecret missing"),
+    entry(
+        41004,
+        Permanent,
+        "component_appsecret missing: check open_platform.component_secret_env or _file",
+    ),
     entry(
         40013,
         Permanent,
@@ -237,12 +241,13 @@ const ISSUE_COMPONENT_TOKEN: &[Entry] = &[
     entry(
         47001,
         Permanent,
-        "the request is malformed (data format error)",
+        "WeChat could not read the request (data format error): check \
+         open_platform.component_appid and verify tickets written by another service",
     ),
     entry(
         48001,
         Permanent,
-        "the platform is not authorized for the API",
+        "the platform is not authorized for the API: check its state on open.weixin.qq.com",
     ),
 ];
 
@@ -254,6 +259,16 @@ const START_PUSH_TICKET: &[Entry] = &[
         40013,
         Permanent,
         "invalid appid: check open_platform.component_appid",
+    ),
+    entry(
+        40125,
+        Permanent,
+        "component_appsecret is invalid: check open_platform.component_secret_env or _file",
+    ),
+    entry(
+        41004,
+        Permanent,
+        "component_appsecret missing: check open_platform.component_secret_env or _file",
     ),
     entry(61004, Permanent, PLATFORM_IP_WHITELIST),
 ];

@@ -687,7 +687,14 @@ fn the_readme_role_is_what_the_start_up_privilege_check_asks_for() {
     };
     use wxtokend::store::{IndexStep, MissingPrivileges};
     // The first start (every index created) and a changed retention.
-    let credentials = wxtokend::store::credential_indexes(Duration::from_secs(86_400));
+    let retention = Duration::from_secs(86_400);
+    let mut credentials = wxtokend::store::credential_indexes(retention);
+    // With [open_platform]: the component's and the authorizers' tokens.
+    credentials.extend(wxtokend::store::credential_indexes_of(
+        &[wxtokend_reader::CredentialKind::ComponentAccessToken],
+        retention,
+    ));
+    credentials.extend(wxtokend::store::authorizer_credential_indexes(retention));
     let mut steps: Vec<IndexStep> = credentials
         .iter()
         .chain(&wxtokend::store::request_indexes())

@@ -626,7 +626,8 @@ async fn the_component_token_is_minted_with_the_pushed_ticket_and_stored() {
             .find(|l| l.get_str("_id") == Ok(&format!("open:{COMPONENT}")))
             .expect("the component's lease");
     assert_eq!(lease.get_str("holder"), Ok("test-instance"));
-    // Ready: the component token counts like any configured credential.
+    // Ready with its accounts' tokens: a receiver waiting for its first
+    // ticket must stay reachable behind a readiness-gated load balancer.
     eventually(WAIT, "/readyz to turn 200", || async {
         (s.daemon().get("/readyz").await.0 == 200).then_some(())
     })
@@ -880,4 +881,44 @@ async fn an_authorizer_gets_its_token_kept_fresh_until_it_withdraws() {
     secrets.push(refresh_token);
     secrets.push(value);
     s.daemon().assert_logs_free_of(&secrets);
+}
+
+/// A withdrawal cut off between its two writes (answered 503) and sent
+/// again by WeChat is applied whole: the authorizer is `unauthorized` and
+/// its code forgotten, whichever write the cut came after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawal_cut_off_between_its_writes_is_completed_when_sent_again() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = Scenario::new()
+        .account(TestAccount::numbered(1))
+        .config(open_platform(&config, true))
+        .config(|c: &mut TestConfig| {
+            c.env
+                .push(("FAILPOINTS", "receiver-between-writes=1*return->off".into()));
+        })
+        .build()
+        .await;
+    let url = callback_url(s.daemon()).await;
+    let now = SystemTime::now();
+    let authorized = component.authorized(
+        AUTHORIZER,
+        "queryauthcode@@@cut",
+        now - Duration::from_secs(10),
+    );
+    assert!(send(&authorized, &url).await.delivered());
+
+    let withdrawn = unauthorized(&component, AUTHORIZER, now);
+    let cut = send(&withdrawn, &url).await;
+    assert_eq!(cut.status, 503, "{cut:?}");
+    let again = send(&withdrawn, &url).await;
+    assert!(again.delivered(), "{again:?}");
+    let (directory, sealed) = authorizer_docs(&s).await;
+    assert_eq!(
+        directory.get_str("state"),
+        Ok("unauthorized"),
+        "{directory}"
+    );
+    let sealed = sealed.expect("the document stays");
+    assert!(sealed.get_document("code").is_err(), "forgotten: {sealed}");
 }

@@ -364,3 +364,79 @@ async fn discovery_adds_authorizers_and_revives_only_withdrawals_older_than_itse
         .expect("all")
         .is_empty());
 }
+
+/// WeChat refused a ticket as expired (61005): it and every ticket pushed
+/// before it are never used again; the same value pushed again stays
+/// refused; a new value is used.
+#[tokio::test]
+async fn an_expired_ticket_takes_the_older_ones_with_it_and_a_repeat_stays_refused() {
+    use wxtokend::open_platform::store::Tickets;
+    let db = TestDb::new().await;
+    let store = daemon_store(&db).await;
+    let tickets = Tickets::new(store.clone());
+    let component = "wxcomponent0000001";
+    let now = store.clock().now();
+    let secret = |s: &str| SecretString::from(s.to_owned());
+    let at = |ago: u64| now - Duration::from_secs(ago);
+    tickets
+        .insert(component, &secret("ticket@@@older"), at(30), "test")
+        .await
+        .expect("insert");
+    tickets
+        .insert(component, &secret("ticket@@@newer"), at(20), "test")
+        .await
+        .expect("insert");
+    let newest = tickets
+        .newest_usable(component, now)
+        .await
+        .expect("read")
+        .expect("usable");
+    assert_eq!(newest.ticket.expose_secret(), "ticket@@@newer");
+
+    let marked = tickets
+        .reject(component, &newest, true)
+        .await
+        .expect("reject");
+    assert_eq!(marked, 2, "the older one with it");
+    assert!(tickets
+        .newest_usable(component, now)
+        .await
+        .expect("read")
+        .is_none());
+
+    // WeChat pushes the refused value again: still refused.
+    tickets
+        .insert(component, &secret("ticket@@@newer"), at(10), "test")
+        .await
+        .expect("insert");
+    assert!(tickets
+        .newest_usable(component, now)
+        .await
+        .expect("read")
+        .is_none());
+
+    // Invalid (61006), not expired: only that value goes.
+    tickets
+        .insert(component, &secret("ticket@@@next"), at(5), "test")
+        .await
+        .expect("insert");
+    tickets
+        .insert(component, &secret("ticket@@@garbage"), at(1), "test")
+        .await
+        .expect("insert");
+    let garbage = tickets
+        .newest_usable(component, now)
+        .await
+        .expect("read")
+        .expect("usable");
+    tickets
+        .reject(component, &garbage, false)
+        .await
+        .expect("reject");
+    let next = tickets
+        .newest_usable(component, now)
+        .await
+        .expect("read")
+        .expect("the one before it");
+    assert_eq!(next.ticket.expose_secret(), "ticket@@@next");
+}
