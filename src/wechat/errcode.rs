@@ -344,12 +344,13 @@ const COMPONENT_USE: &[Entry] = &[
     entry(
         47001,
         Permanent,
-        "the request is malformed (data format error)",
+        "WeChat could not read the request (data format error): check \
+         open_platform.component_appid and the authorizer's appid",
     ),
     entry(
         48001,
         Permanent,
-        "the platform is not authorized for the API",
+        "the platform is not authorized for the API: check its state on open.weixin.qq.com",
     ),
 ];
 
