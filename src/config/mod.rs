@@ -176,6 +176,8 @@ pub struct DailyCallLimits {
     pub authorizer_token: i64,
     /// Open Platform: exchanging an authorization code (per authorizer).
     pub query_auth: i64,
+    /// Open Platform: listing the authorizers (per component).
+    pub authorizer_list: i64,
 }
 
 impl DailyCallLimits {
@@ -194,6 +196,7 @@ impl DailyCallLimits {
             start_push_ticket: limit,
             authorizer_token: limit,
             query_auth: limit,
+            authorizer_list: limit,
         }
     }
 
@@ -210,6 +213,7 @@ impl DailyCallLimits {
             Api::StartPushTicket => self.start_push_ticket,
             Api::AuthorizerToken => self.authorizer_token,
             Api::QueryAuth => self.query_auth,
+            Api::AuthorizerList => self.authorizer_list,
         }
     }
 }

@@ -122,7 +122,7 @@ impl FetchError {
     }
 }
 
-/// Every credential answer: `{access_token|ticket, expires_in}` or
+/// Every credential answer: `{access_token|ticket|…, expires_in}` or
 /// `{errcode, errmsg}` (WeCom and tickets send both, errcode 0 on success).
 #[derive(Deserialize)]
 struct CredentialResponse {
@@ -144,22 +144,23 @@ pub fn parse_token_answer(body: &[u8]) -> Result<FetchedCredential, FetchError> 
         body,
         CredentialKind::AccessToken,
         Call::IssueToken,
-        &SecretString::from("fuzz-secret".to_owned()),
+        &[&SecretString::from("fuzz-secret".to_owned())],
         DEFAULT_MIN_EXPIRES_IN,
     )
 }
 
-/// Parses a credential answer. `secret` (the AppSecret, or the access token
-/// a ticket was fetched with) is scrubbed from WeChat's `errmsg`; an
-/// `expires_in` below `min_expires_in` (`wechat.min_expires_in`) is refused.
+/// Parses a credential answer. `secrets` (every secret the call was made
+/// with: the AppSecret, or the access token a ticket was fetched with) are
+/// scrubbed from WeChat's `errmsg`; an `expires_in` below `min_expires_in`
+/// (`wechat.min_expires_in`) is refused.
 pub(super) fn parse_credential(
     body: &[u8],
     kind: CredentialKind,
     call: Call,
-    secret: &SecretString,
+    secrets: &[&SecretString],
     min_expires_in: Duration,
 ) -> Result<FetchedCredential, FetchError> {
-    parse_repeatable(body, kind, call, secret, min_expires_in, None)
+    parse_repeatable(body, kind, call, secrets, min_expires_in, None)
 }
 
 /// As [`parse_credential`], except that an answer repeating `held` (the
@@ -172,26 +173,42 @@ pub(super) fn parse_repeatable(
     body: &[u8],
     kind: CredentialKind,
     call: Call,
-    secret: &SecretString,
+    secrets: &[&SecretString],
     min_expires_in: Duration,
     held: Option<&SecretString>,
 ) -> Result<FetchedCredential, FetchError> {
-    let parsed: CredentialResponse = serde_json::from_slice(body)
-        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
+    let parsed: CredentialResponse = read_json(body)?;
     if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
-        return Err(api_error(errcode, parsed.errmsg, secret, call));
+        return Err(api_error(errcode, parsed.errmsg, secrets, call));
     }
-    let field = kind.value_field();
     let value = match kind {
         CredentialKind::AccessToken => parsed.access_token,
         CredentialKind::ComponentAccessToken => parsed.component_access_token,
         CredentialKind::AuthorizerAccessToken => parsed.authorizer_access_token,
         _ => parsed.ticket,
-    }
-    .ok_or_else(|| FetchError::InvalidResponse(format!("{field} is missing")))?;
-    let expires_in = parsed
-        .expires_in
-        .ok_or_else(|| FetchError::InvalidResponse("expires_in is missing".into()))?;
+    };
+    let field = kind.value_field();
+    credential(field, value, parsed.expires_in, min_expires_in, held)
+}
+
+/// `body` as the JSON object `T`, or a transient [`FetchError::InvalidResponse`].
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FetchError> {
+    serde_json::from_slice(body)
+        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))
+}
+
+/// A credential named `field` in WeChat's answer, checked as
+/// [`parse_repeatable`] says.
+pub(super) fn credential(
+    field: &str,
+    value: Option<String>,
+    expires_in: Option<i64>,
+    min_expires_in: Duration,
+    held: Option<&SecretString>,
+) -> Result<FetchedCredential, FetchError> {
+    let value = value.ok_or_else(|| FetchError::InvalidResponse(format!("{field} is missing")))?;
+    let expires_in =
+        expires_in.ok_or_else(|| FetchError::InvalidResponse("expires_in is missing".into()))?;
     let value = check_value(field, value)?;
     let repeat = held.is_some_and(|held| held.expose_secret() == value.expose_secret());
     let expires_in = if repeat {
@@ -207,19 +224,16 @@ pub(super) fn parse_repeatable(
     })
 }
 
-/// WeChat's refusal as an error: classified by `call`, with `secret` (the
-/// AppSecret or token the call was made with) scrubbed from its `errmsg`.
+/// WeChat's refusal as an error: classified by `call`, with every one of
+/// `secrets` (what the call was made with: AppSecret, token, verify
+/// ticket, refresh token, authorization code) scrubbed from its `errmsg`.
 pub(super) fn api_error(
     errcode: i64,
     errmsg: Option<String>,
-    secret: &SecretString,
+    secrets: &[&SecretString],
     call: Call,
 ) -> FetchError {
-    let mut errmsg: String = errmsg.unwrap_or_default();
-    let secret = secret.expose_secret();
-    if !secret.is_empty() {
-        errmsg = errmsg.replace(secret, "****");
-    }
+    let errmsg = scrub(errmsg.unwrap_or_default(), secrets);
     FetchError::Api {
         errcode,
         errmsg: errmsg.chars().take(MAX_ERRMSG_LEN).collect(),
@@ -230,130 +244,56 @@ pub(super) fn api_error(
     }
 }
 
-/// The `authorizer_refresh_token` of an answer that parsed (absent:
-/// `None`), checked like a token.
-pub(super) fn refresh_token_in(body: &[u8]) -> Result<Option<SecretString>, FetchError> {
-    #[derive(Deserialize)]
-    struct WithRefreshToken {
-        authorizer_refresh_token: Option<String>,
+/// `text` with each secret, as sent and percent-encoded (as it would be
+/// in a URL WeChat might echo), replaced by `****`; longest first, so that
+/// a secret holding another is not left half shown.
+fn scrub(mut text: String, secrets: &[&SecretString]) -> String {
+    let mut forms: Vec<String> = secrets
+        .iter()
+        .map(|s| s.expose_secret())
+        .filter(|s| !s.is_empty())
+        .flat_map(|s| [s.to_owned(), percent_encoded(s)])
+        .collect();
+    forms.sort_unstable_by_key(|form| std::cmp::Reverse(form.len()));
+    for form in &forms {
+        text = text.replace(form.as_str(), "****");
     }
-    let parsed: WithRefreshToken = serde_json::from_slice(body)
-        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
-    parsed
-        .authorizer_refresh_token
-        .map(|rt| check_value("authorizer_refresh_token", rt))
-        .transpose()
+    text
 }
 
-/// What `api_query_auth` answered: the authorizer, and its first token
-/// and refresh token (both absent when the account granted the platform
-/// no API: WeChat's docs).
-#[derive(Debug)]
-pub struct QueryAuth {
-    pub authorizer_appid: String,
-    pub token: Option<FetchedCredential>,
-    pub refresh_token: Option<SecretString>,
-}
-
-/// Parses `api_query_auth`'s answer (`{authorization_info: {…}}`);
-/// `secrets` are scrubbed from an error's `errmsg`.
-pub(super) fn parse_query_auth(
-    body: &[u8],
-    secrets: &[&SecretString],
-    min_expires_in: Duration,
-) -> Result<QueryAuth, FetchError> {
-    #[derive(Deserialize)]
-    struct Answer {
-        authorization_info: Option<serde_json::Value>,
-        errcode: Option<i64>,
-        errmsg: Option<String>,
-    }
-    let parsed: Answer = serde_json::from_slice(body)
-        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
-    if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
-        let error = api_error(errcode, parsed.errmsg, secrets[0], Call::ComponentUse);
-        return Err(secrets[1..].iter().fold(error, |e, s| scrubbed(e, s)));
-    }
-    let info = parsed
-        .authorization_info
-        .ok_or_else(|| FetchError::InvalidResponse("authorization_info is missing".into()))?;
-    let authorizer_appid = info
-        .get("authorizer_appid")
-        .and_then(serde_json::Value::as_str)
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .ok_or_else(|| FetchError::InvalidResponse("authorizer_appid is missing".into()))?
-        .to_owned();
-    let inner = info.to_string();
-    let token = if info.get("authorizer_access_token").is_some() {
-        let call = Call::ComponentUse;
-        let kind = CredentialKind::AuthorizerAccessToken;
-        Some(parse_repeatable(
-            inner.as_bytes(),
-            kind,
-            call,
-            secrets[0],
-            min_expires_in,
-            None,
-        )?)
-    } else {
-        None
-    };
-    Ok(QueryAuth {
-        authorizer_appid,
-        token,
-        refresh_token: refresh_token_in(inner.as_bytes())?,
-    })
-}
-
-/// `error` with `secret` too scrubbed from WeChat's `errmsg` (for a call
-/// made with more than one secret).
-pub(super) fn scrubbed(error: FetchError, secret: &SecretString) -> FetchError {
-    match error {
-        FetchError::Api {
-            errcode,
-            errmsg,
-            meaning,
-            class,
-            effect,
-            retry_after,
-        } => {
-            let secret = secret.expose_secret();
-            let errmsg = if secret.is_empty() {
-                errmsg
-            } else {
-                errmsg.replace(secret, "****")
-            };
-            FetchError::Api {
-                errcode,
-                errmsg,
-                meaning,
-                class,
-                effect,
-                retry_after,
+/// `s` with every byte but `A-Za-z0-9-._~` written `%XX`.
+fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
             }
-        }
-        other => other,
-    }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// WeChat's plain `{errcode, errmsg}` answer to a call that issues
 /// nothing: `Ok` for errcode 0.
-pub(super) fn parse_ack(body: &[u8], secret: &SecretString, call: Call) -> Result<(), FetchError> {
+pub(super) fn parse_ack(
+    body: &[u8],
+    secrets: &[&SecretString],
+    call: Call,
+) -> Result<(), FetchError> {
     #[derive(Deserialize)]
     struct Ack {
         errcode: Option<i64>,
         errmsg: Option<String>,
     }
-    let ack: Ack = serde_json::from_slice(body)
-        .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
+    let ack: Ack = read_json(body)?;
     match ack.errcode {
         Some(0) => Ok(()),
-        Some(errcode) => Err(api_error(errcode, ack.errmsg, secret, call)),
+        Some(errcode) => Err(api_error(errcode, ack.errmsg, secrets, call)),
         None => Err(FetchError::InvalidResponse("errcode is missing".into())),
     }
 }
 
-fn check_value(field: &str, value: String) -> Result<SecretString, FetchError> {
+pub(super) fn check_value(field: &str, value: String) -> Result<SecretString, FetchError> {
     if value.is_empty() {
         return Err(FetchError::InvalidResponse(format!("{field} is empty")));
     }

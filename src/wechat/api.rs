@@ -39,10 +39,14 @@ pub enum Api {
     /// Open Platform: `POST /cgi-bin/component/api_query_auth`, the
     /// exchange of an authorization code (the authorizer's lease).
     QueryAuth,
+    /// Open Platform: `POST /cgi-bin/component/api_get_authorizer_list`
+    /// (every authorizer and its refresh token, in pages of at most 500;
+    /// counted in the component's lease; issues nothing).
+    AuthorizerList,
 }
 
 impl Api {
-    pub const ALL: [Api; 11] = [
+    pub const ALL: [Api; 12] = [
         Self::Token,
         Self::StableToken,
         Self::JsapiTicket,
@@ -54,6 +58,7 @@ impl Api {
         Self::StartPushTicket,
         Self::AuthorizerToken,
         Self::QueryAuth,
+        Self::AuthorizerList,
     ];
 
     /// The API that issues `kind` for an account of `platform` whose
@@ -93,7 +98,7 @@ impl Api {
             Self::AgentConfigTicket => Some(CredentialKind::AgentConfigTicket),
             Self::ComponentToken => Some(CredentialKind::ComponentAccessToken),
             Self::AuthorizerToken | Self::QueryAuth => Some(CredentialKind::AuthorizerAccessToken),
-            Self::StartPushTicket => None,
+            Self::StartPushTicket | Self::AuthorizerList => None,
         }
     }
 
@@ -112,6 +117,7 @@ impl Api {
             Self::StartPushTicket => "start_push_ticket",
             Self::AuthorizerToken => "authorizer_token",
             Self::QueryAuth => "query_auth",
+            Self::AuthorizerList => "authorizer_list",
         }
     }
 
@@ -128,6 +134,7 @@ impl Api {
             Self::StartPushTicket => "/cgi-bin/component/api_start_push_ticket",
             Self::AuthorizerToken => "/cgi-bin/component/api_authorizer_token",
             Self::QueryAuth => "/cgi-bin/component/api_query_auth",
+            Self::AuthorizerList => "/cgi-bin/component/api_get_authorizer_list",
         }
     }
 
@@ -230,6 +237,19 @@ mod tests {
             Some(CredentialKind::ComponentAccessToken)
         );
         assert_eq!(Api::StartPushTicket.kind(), None);
+        for api in [Api::AuthorizerToken, Api::QueryAuth] {
+            assert_eq!(api.kind(), Some(CredentialKind::AuthorizerAccessToken));
+        }
+        assert_eq!(Api::AuthorizerList.kind(), None, "a list issues nothing");
+        let paths = [
+            (Api::AuthorizerToken, "api_authorizer_token"),
+            (Api::QueryAuth, "api_query_auth"),
+            (Api::AuthorizerList, "api_get_authorizer_list"),
+        ];
+        for (api, path) in paths {
+            assert_eq!(api.cgi_path(), format!("/cgi-bin/component/{path}"));
+            assert!(!api.is_wecom());
+        }
         assert!(Api::ComponentToken
             .cgi_path()
             .ends_with("/component/api_component_token"));

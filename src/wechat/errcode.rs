@@ -58,8 +58,10 @@ pub enum Call {
     IssueComponentToken,
     /// Open Platform: `api_start_push_ticket` (the component secret).
     StartPushTicket,
-    /// Open Platform: a call made with the component token for an
-    /// authorizer (`api_authorizer_token`, `api_query_auth`).
+    /// Open Platform: a call made with the component token on an
+    /// authorizer's behalf or the platform's (`api_authorizer_token`,
+    /// `api_query_auth`, `api_get_authorizer_list`): 40001/40014/42001 are
+    /// that token's, the 6100x codes the authorizer's.
     ComponentUse,
 }
 
@@ -70,13 +72,17 @@ pub enum Effect {
     /// The verify ticket was refused (61005 expired, 61006 invalid): never
     /// use it again, wait for the next push.
     TicketRejected,
-    /// The authorizer's refresh token is refused (61023): it needs a new
-    /// one (a re-authorization, or the authorizer list's).
+    /// The authorizer's refresh token was refused (61023): replaced by a
+    /// re-authorization, or lost. Look for the current one
+    /// (`api_get_authorizer_list`); without one the account must
+    /// authorize the platform again.
     RefreshTokenInvalid,
-    /// The account does not (or no longer) authorize the platform (61003).
+    /// The account does not (or no longer) authorize the platform (61003):
+    /// stop refreshing it until it authorizes again.
     NotAuthorized,
-    /// The authorization code is unknown, used or expired (61009, 61010):
-    /// drop it.
+    /// The authorization code cannot be exchanged (61009 invalid, 61010
+    /// expired or used already): drop it, carry on with the refresh token
+    /// if there is one.
     CodeUnusable,
 }
 
@@ -107,6 +113,18 @@ const fn with_effect(code: i64, effect: Effect, meaning: &'static str) -> Entry 
     Entry {
         code,
         class: Transient,
+        effect: Some(effect),
+        meaning,
+        retry_after: None,
+    }
+}
+
+/// A permanent refusal of an Open Platform input that asks for `effect`:
+/// the same call with the same input would be refused again.
+const fn refusal(code: i64, effect: Effect, meaning: &'static str) -> Entry {
+    Entry {
+        code,
+        class: Permanent,
         effect: Some(effect),
         meaning,
         retry_after: None,
@@ -233,61 +251,6 @@ const ISSUE_COMPONENT_TOKEN: &[Entry] = &[
     ),
 ];
 
-/// A code that asks for `effect`, permanent (retried after
-/// `refresh.permanent_error_retry`, or when the directory changes).
-const fn permanent_effect(code: i64, effect: Effect, meaning: &'static str) -> Entry {
-    Entry {
-        code,
-        class: Permanent,
-        effect: Some(effect),
-        meaning,
-        retry_after: None,
-    }
-}
-
-/// Codes returned by calls made with the component token for an
-/// authorizer (`api_authorizer_token`, `api_query_auth`).
-const COMPONENT_USE: &[Entry] = &[
-    entry(-1, Transient, "system busy"),
-    entry(45011, Transient, "API minute quota reached"),
-    entry(45009, DailyQuota, "API daily quota reached"),
-    entry(
-        40001,
-        InvalidToken,
-        "component_access_token is invalid or not the latest",
-    ),
-    entry(40014, InvalidToken, "component_access_token is not valid"),
-    entry(42001, InvalidToken, "component_access_token expired"),
-    entry(61004, Permanent, PLATFORM_IP_WHITELIST),
-    permanent_effect(
-        61023,
-        Effect::RefreshTokenInvalid,
-        "the authorizer's refresh token is invalid: it needs a new one (the authorizer list's, \
-         or the account authorizes the platform again)",
-    ),
-    permanent_effect(
-        61003,
-        Effect::NotAuthorized,
-        "the account does not authorize the platform (any more): stopped until it authorizes \
-         again",
-    ),
-    with_effect(
-        61009,
-        Effect::CodeUnusable,
-        "the authorization code is invalid: dropped",
-    ),
-    with_effect(
-        61010,
-        Effect::CodeUnusable,
-        "the authorization code expired or was used: dropped",
-    ),
-    entry(
-        61007,
-        Permanent,
-        "the account did not grant this API to the platform",
-    ),
-];
-
 /// Codes returned by `api_start_push_ticket`.
 const START_PUSH_TICKET: &[Entry] = &[
     entry(-1, Transient, "system busy"),
@@ -308,6 +271,87 @@ const START_PUSH_TICKET: &[Entry] = &[
         "component_appsecret missing: check open_platform.component_secret_env or _file",
     ),
     entry(61004, Permanent, PLATFORM_IP_WHITELIST),
+];
+
+/// Codes returned by calls made with the component token
+/// (`api_authorizer_token`, `api_query_auth`, `api_get_authorizer_list`).
+/// Sources: design-issue15 §1.5 (WeChat's docs, staff answers, wechatpy's
+/// constants).
+const COMPONENT_USE: &[Entry] = &[
+    entry(-1, Transient, "system busy"),
+    entry(45011, Transient, "API minute quota reached"),
+    entry(45009, DailyQuota, "API daily quota reached"),
+    entry(
+        40001,
+        InvalidToken,
+        "component_access_token is invalid or not the latest: the component's refresher \
+         mints a new one",
+    ),
+    entry(
+        40014,
+        InvalidToken,
+        "component_access_token is not valid: the component's refresher mints a new one",
+    ),
+    entry(
+        42001,
+        InvalidToken,
+        "component_access_token expired: the component's refresher mints a new one",
+    ),
+    refusal(
+        61023,
+        Effect::RefreshTokenInvalid,
+        "the authorizer's refresh token is invalid (a re-authorization replaced it, or it was \
+         lost): the daemon looks for the current one with api_get_authorizer_list; if WeChat \
+         lists none, the account must authorize the platform again",
+    ),
+    refusal(
+        61003,
+        Effect::NotAuthorized,
+        "the account does not authorize the platform (it withdrew, or never did): no more calls \
+         for it until it authorizes again",
+    ),
+    with_effect(
+        61009,
+        Effect::CodeUnusable,
+        "the authorization code is invalid: dropped; the stored refresh token (or the one \
+         api_get_authorizer_list gives) is used, else the account must authorize again",
+    ),
+    with_effect(
+        61010,
+        Effect::CodeUnusable,
+        "the authorization code expired (it lives an hour) or was exchanged already: dropped; \
+         the stored refresh token (or the one api_get_authorizer_list gives) is used, else \
+         the account must authorize again",
+    ),
+    entry(61004, Permanent, PLATFORM_IP_WHITELIST),
+    entry(
+        61007,
+        Permanent,
+        "the account has not granted this API to the platform (its authorization's permission \
+         set)",
+    ),
+    entry(
+        40013,
+        Permanent,
+        "invalid appid: check open_platform.component_appid (and the authorizer's appid)",
+    ),
+    entry(41002, Permanent, "appid missing"),
+    entry(
+        40097,
+        Permanent,
+        "invalid arguments (api_get_authorizer_list takes at most 500 a page)",
+    ),
+    entry(
+        47001,
+        Permanent,
+        "WeChat could not read the request (data format error): check \
+         open_platform.component_appid and the authorizer's appid",
+    ),
+    entry(
+        48001,
+        Permanent,
+        "the platform is not authorized for the API: check its state on open.weixin.qq.com",
+    ),
 ];
 
 /// Codes returned by calls made with an access token.
@@ -511,6 +555,55 @@ mod tests {
         // The same codes mean nothing of the kind elsewhere.
         assert_eq!(effect(61005, Call::IssueToken), None);
         assert_eq!(classify(40013, Call::StartPushTicket), Permanent);
+    }
+
+    #[test]
+    fn calls_with_the_component_token_tell_its_staleness_from_the_authorizers_state() {
+        let call = Call::ComponentUse;
+        for code in [40001, 40014, 42001] {
+            assert_eq!(classify(code, call), InvalidToken, "{code}");
+            assert_eq!(effect(code, call), None, "{code}");
+            assert!(meaning(code, call).contains("component_access_token"));
+        }
+        let effects = [
+            (
+                61023,
+                Effect::RefreshTokenInvalid,
+                "api_get_authorizer_list",
+            ),
+            (61003, Effect::NotAuthorized, "authorizes again"),
+            (61009, Effect::CodeUnusable, "refresh token"),
+            (61010, Effect::CodeUnusable, "an hour"),
+        ];
+        for (code, wanted, fix) in effects {
+            // A dropped code is no reason to wait: the refresh token is
+            // tried at once.
+            let class = match wanted {
+                Effect::CodeUnusable => Transient,
+                _ => Permanent,
+            };
+            assert_eq!(classify(code, call), class, "{code}");
+            assert_eq!(effect(code, call), Some(wanted), "{code}");
+            assert!(meaning(code, call).contains(fix), "{code}");
+            assert_eq!(retry_after(code, call), None, "{code}");
+        }
+        for code in [61004, 61007, 40013, 41002, 40097, 47001, 48001] {
+            assert_eq!(classify(code, call), Permanent, "{code}");
+            assert_eq!(effect(code, call), None, "{code}");
+        }
+        assert!(meaning(61004, call).contains("第三方平台"));
+        assert_eq!(classify(45009, call), DailyQuota);
+        for code in [-1, 45011, 99999] {
+            assert_eq!(classify(code, call), Transient, "{code}");
+        }
+        // The authorizer's codes mean nothing of the kind on other calls.
+        for other in [Call::IssueToken, Call::UseToken, Call::IssueComponentToken] {
+            for code in [61023, 61003, 61009, 61010] {
+                assert_eq!(effect(code, other), None, "{code} {other:?}");
+            }
+        }
+        // 40001 with the component secret is the secret, with its token the token.
+        assert_eq!(classify(40001, Call::IssueComponentToken), Permanent);
     }
 
     #[test]

@@ -182,7 +182,7 @@ fn parse_quota(body: &[u8], access_token: &SecretString) -> Result<WechatQuota, 
         return Err(api_error(
             errcode,
             answer.errmsg,
-            access_token,
+            &[access_token],
             Call::ManageQuota,
         ));
     }
@@ -205,7 +205,7 @@ fn parse_status(body: &[u8], secret: &SecretString, call: Call) -> Result<(), Fe
         .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
     match answer.errcode {
         Some(0) => Ok(()),
-        Some(errcode) => Err(api_error(errcode, answer.errmsg, secret, call)),
+        Some(errcode) => Err(api_error(errcode, answer.errmsg, &[secret], call)),
         None => Err(FetchError::InvalidResponse("errcode is missing".into())),
     }
 }

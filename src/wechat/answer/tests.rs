@@ -7,7 +7,7 @@ fn parse(body: &str) -> Result<(SecretString, Duration), FetchError> {
         body.as_bytes(),
         CredentialKind::AccessToken,
         Call::IssueToken,
-        &SecretString::from("the-secret"),
+        &[&SecretString::from("the-secret")],
         Duration::from_secs(1),
     )
     .map(|c| (c.value, c.expires_in))
@@ -20,7 +20,7 @@ fn expires_in_below_the_configured_floor_is_a_transient_invalid_response() {
             body.as_bytes(),
             kind,
             call,
-            &SecretString::from("the-secret"),
+            &[&SecretString::from("the-secret")],
             min,
         )
     };
@@ -73,7 +73,7 @@ fn a_repeat_of_the_held_value_is_accepted_whatever_its_expires_in_and_a_new_one_
             body.as_bytes(),
             CredentialKind::JsapiTicket,
             Call::WecomUseToken,
-            &SecretString::from("the-token"),
+            &[&SecretString::from("the-token")],
             Duration::from_secs(60),
             Some(&held),
         )
@@ -105,7 +105,7 @@ fn ticket_answer_parses_and_a_stale_token_is_invalid_token() {
         br#"{"errcode":0,"errmsg":"ok","ticket":"TICKET","expires_in":7200}"#,
         CredentialKind::JsapiTicket,
         Call::UseToken,
-        &secret,
+        &[&secret],
         DEFAULT_MIN_EXPIRES_IN,
     )
     .expect("ticket");
@@ -114,7 +114,7 @@ fn ticket_answer_parses_and_a_stale_token_is_invalid_token() {
         br#"{"errcode":40001,"errmsg":"invalid credential ACCESS"}"#,
         CredentialKind::JsapiTicket,
         Call::UseToken,
-        &secret,
+        &[&secret],
         DEFAULT_MIN_EXPIRES_IN,
     )
     .expect_err("stale");
@@ -181,7 +181,7 @@ mod fuzz {
             body,
             CredentialKind::AccessToken,
             Call::IssueToken,
-            &SecretString::from("s3cret"),
+            &[&SecretString::from("s3cret")],
             DEFAULT_MIN_EXPIRES_IN,
         )
     }

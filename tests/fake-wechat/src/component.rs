@@ -21,7 +21,7 @@ use sha1::{Digest, Sha1};
 
 /// EncodingAESKey + "=" decodes to 32 bytes whose last symbol carries
 /// spare bits: the decoder must allow them, as WeChat's SDKs do.
-const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
+pub(crate) const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
 );
@@ -157,16 +157,44 @@ impl Component {
 
     /// An `authorized` event for `authorizer` with `code`.
     pub fn authorized(&self, authorizer: &str, code: &str, create_time: SystemTime) -> Push {
+        self.authorization("authorized", authorizer, code, create_time)
+    }
+
+    /// An `updateauthorized` event (the permission set changed) for
+    /// `authorizer` with a new `code`.
+    pub fn update_authorized(&self, authorizer: &str, code: &str, create_time: SystemTime) -> Push {
+        self.authorization("updateauthorized", authorizer, code, create_time)
+    }
+
+    fn authorization(
+        &self,
+        info_type: &str,
+        authorizer: &str,
+        code: &str,
+        create_time: SystemTime,
+    ) -> Push {
         let created = unix(create_time);
         let xml = format!(
             "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{created}</CreateTime>\
-             <InfoType><![CDATA[authorized]]></InfoType>\
+             <InfoType><![CDATA[{info_type}]]></InfoType>\
              <AuthorizerAppid><![CDATA[{authorizer}]]></AuthorizerAppid>\
              <AuthorizationCode><![CDATA[{code}]]></AuthorizationCode>\
              <AuthorizationCodeExpiredTime>{expires}</AuthorizationCodeExpiredTime>\
              <PreAuthCode><![CDATA[preauthcode@@@fake]]></PreAuthCode></xml>",
             appid = self.config.appid,
             expires = created + 3600,
+        );
+        self.push(&xml, create_time)
+    }
+
+    /// An `unauthorized` event: `authorizer` withdrew (no code).
+    pub fn unauthorized(&self, authorizer: &str, create_time: SystemTime) -> Push {
+        let xml = format!(
+            "<xml><AppId><![CDATA[{appid}]]></AppId><CreateTime>{created}</CreateTime>\
+             <InfoType><![CDATA[unauthorized]]></InfoType>\
+             <AuthorizerAppid><![CDATA[{authorizer}]]></AuthorizerAppid></xml>",
+            appid = self.config.appid,
+            created = unix(create_time),
         );
         self.push(&xml, create_time)
     }

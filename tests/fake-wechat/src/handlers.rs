@@ -31,22 +31,7 @@ pub(crate) fn router(world: Shared, caller: &str) -> Router {
         )
         .route(Endpoint::WecomAgentConfigTicket.cgi_path(), get(ticket))
         .route("/cgi-bin/getcallbackip", get(callback_ip))
-        .route(
-            Endpoint::ComponentToken.cgi_path(),
-            post(crate::platform::component_token),
-        )
-        .route(
-            "/cgi-bin/component/api_start_push_ticket",
-            post(crate::platform::start_push_ticket),
-        )
-        .route(
-            Endpoint::AuthorizerToken.cgi_path(),
-            post(crate::platform::authorizer_token),
-        )
-        .route(
-            "/cgi-bin/component/api_query_auth",
-            post(crate::platform::query_auth),
-        )
+        .merge(crate::platform_handlers::routes())
         .merge(crate::openapi::routes())
         .layer(Extension(Caller(caller.into())))
         .with_state(world)

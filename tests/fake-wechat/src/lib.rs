@@ -12,6 +12,9 @@
 //! | `POST /cgi-bin/stable_token` | [`Mode::Stable`]: the same token with its time left, a new one only in its last 5 minutes (the old one valid to its end); `force_refresh` kills the previous one at once; 500,000 calls a day |
 //! | `GET /cgi-bin/ticket/getticket?type=jsapi\|wx_card` | [`Mode::SameWhileValid`]: the same ticket while it is valid, always with the full `expires_in` |
 //! | WeCom `GET /cgi-bin/gettoken`, `get_jsapi_ticket`, `ticket/get?type=agent_config` | [`Mode::SameWhileValidCountingDown`] |
+//! | Open Platform `POST /cgi-bin/component/api_component_token` | [`Mode::NewEveryCall`], overlap 5 min; needs a verify ticket WeChat pushed within its 12 hours; 10,000 calls a day |
+//! | `POST /cgi-bin/component/api_authorizer_token` (and `api_query_auth`) | [`Mode::NewEveryCall`], overlap 5 min, accepted by `getticket` and `getcallbackip` like an account's token; the refresh token echoed (or rotated, per authorizer); counted per authorizer and per component |
+//! | `api_get_authorizer_list`, `api_create_preauthcode` (600 s), `api_start_push_ticket` | pages of at most 500; see [`platform_handlers`] |
 //!
 //! Any endpoint may be given any mode, and values that die early
 //! ([`Behaviour::early_invalidation`], as WeCom may do).
@@ -31,12 +34,19 @@
 //! - [`component`]: an Open Platform component's pushes (verify tickets,
 //!   authorization events), encrypted and signed as WeChat does, sent on
 //!   demand or on a timer.
+//! - Open Platform components ([`FakeWechat::add_component`]): the accounts
+//!   that authorize them ([`FakeWechat::authorize`], `unauthorize`, …), their
+//!   refresh tokens and codes ([`platform`]), the component endpoints
+//!   ([`platform_handlers`]), and WeChat's pushes to the callback URL, timed
+//!   or at once, in order, round-robin over the replicas ([`pushes`]).
 
 pub mod component;
 mod handlers;
 mod model;
 mod openapi;
 mod platform;
+mod platform_handlers;
+mod pushes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,7 +55,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use model::{App, Issued};
 pub use model::{AppConfig, Behaviour, Endpoint, Fault, Mode};
-pub use platform::TICKET_LIFE as VERIFY_TICKET_LIFE;
+pub use platform::{CODE_LIFE, REFRESH_TOKEN_GRACE, TICKET_LIFE as VERIFY_TICKET_LIFE};
+pub use pushes::PushLog;
 
 #[derive(Default)]
 pub(crate) struct World {
@@ -146,83 +157,6 @@ impl FakeWechat {
             .insert(config.appid.clone(), App::new(config));
     }
 
-    /// Adds an Open Platform component: `config` is its appid and
-    /// component secret, and how [`Endpoint::ComponentToken`] behaves.
-    pub fn add_component(&self, config: AppConfig) {
-        let appid = config.appid.clone();
-        self.add_app(config);
-        lock(&self.world)
-            .platforms
-            .insert(appid, platform::Platform::default());
-    }
-
-    /// WeChat pushed `ticket` to `component`'s callback URL now: from now
-    /// on `api_component_token` accepts it, for the ticket life.
-    pub fn pushed_verify_ticket(&self, component: &str, ticket: &str) {
-        self.with_platform(component, |p| {
-            p.tickets.push((ticket.to_owned(), SystemTime::now()));
-        });
-    }
-
-    /// How long a verify ticket may be used (WeChat: 12 hours); shorter
-    /// makes a pushed ticket expire (61005).
-    pub fn set_ticket_life(&self, component: &str, life: Duration) {
-        self.with_platform(component, |p| p.ticket_life = life);
-    }
-
-    /// `api_start_push_ticket` calls answered `ok`.
-    pub fn start_push_requests(&self, component: &str) -> u32 {
-        self.with_platform(component, |p| p.push_requests)
-    }
-
-    /// `authorizer` authorizes `component` (a new refresh token; an
-    /// earlier one dies, as after a re-authorization): returns the
-    /// authorization code (valid an hour, once), which the test pushes in
-    /// an `authorized` event as WeChat would.
-    pub fn authorize(&self, component: &str, authorizer: &str) -> String {
-        lock(&self.world).authorize(component, authorizer)
-    }
-
-    /// `authorizer` withdraws: its refresh token and code die, and its
-    /// tokens at once.
-    pub fn unauthorize(&self, component: &str, authorizer: &str) {
-        self.with_platform(component, |p| {
-            if let Some(a) = p.authorizers.get_mut(authorizer) {
-                a.refresh_token = None;
-                a.previous.clear();
-                a.code = None;
-            }
-        });
-        self.invalidate_tokens(authorizer);
-    }
-
-    /// The authorizer's current refresh token at WeChat.
-    pub fn refresh_token_of(&self, component: &str, authorizer: &str) -> Option<String> {
-        self.with_platform(component, |p| {
-            p.authorizers.get(authorizer)?.refresh_token.clone()
-        })
-    }
-
-    /// From now on every `api_authorizer_token` answers a new refresh
-    /// token (the previous one accepted for a minute): the pessimistic
-    /// reading of WeChat's docs.
-    pub fn rotate_refresh_tokens(&self, component: &str, authorizer: &str, rotate: bool) {
-        self.with_platform(component, |p| {
-            if let Some(a) = p.authorizers.get_mut(authorizer) {
-                a.rotate = rotate;
-            }
-        });
-    }
-
-    fn with_platform<T>(&self, appid: &str, f: impl FnOnce(&mut platform::Platform) -> T) -> T {
-        let mut world = lock(&self.world);
-        let platform = world
-            .platforms
-            .get_mut(appid)
-            .unwrap_or_else(|| panic!("fake WeChat: no component {appid}"));
-        f(platform)
-    }
-
     fn with_app<T>(&self, appid: &str, f: impl FnOnce(&mut App) -> T) -> T {
         let mut world = lock(&self.world);
         let app = world
@@ -321,13 +255,20 @@ impl FakeWechat {
         self.values(appid, |i| i.endpoint == endpoint)
     }
 
-    /// Every access token issued by `/cgi-bin/token` for `appid`, oldest
+    /// Every access token issued by `/cgi-bin/token` for `appid` (for an
+    /// Open Platform authorizer: by `api_authorizer_token` and
+    /// `api_query_auth`; for a component: its component tokens), oldest
     /// first, with the name of the caller that got it.
     pub fn issued_by(&self, appid: &str) -> Vec<(String, String)> {
         self.with_app(appid, |app| {
             app.issued
                 .iter()
-                .filter(|i| i.endpoint == Endpoint::Token)
+                .filter(|i| {
+                    matches!(
+                        i.endpoint,
+                        Endpoint::Token | Endpoint::AuthorizerToken | Endpoint::ComponentToken
+                    )
+                })
                 .map(|i| (i.value.clone(), i.caller.to_string()))
                 .collect()
         })

@@ -29,12 +29,28 @@ pub enum Endpoint {
     ComponentToken,
     /// Open Platform: an authorizer's token, from
     /// `POST /cgi-bin/component/api_authorizer_token` (and minted by
-    /// `api_query_auth`), counted on the authorizer's app.
+    /// `api_query_auth`), counted on the authorizer's app and the
+    /// component's (each with its own quota: WeChat's counting unit is
+    /// UNVERIFIED).
     AuthorizerToken,
+    /// Open Platform: `POST /cgi-bin/component/api_query_auth`, the
+    /// exchange of an authorization code; counted like `AuthorizerToken`.
+    /// Its token is one of `AuthorizerToken`'s values (same life, same
+    /// rotation).
+    QueryAuth,
+    /// Open Platform: `POST /cgi-bin/component/api_get_authorizer_list`,
+    /// counted on the component's app.
+    AuthorizerList,
+    /// Open Platform: `POST /cgi-bin/component/api_create_preauthcode`
+    /// (a `preauthcode@@@…` living 600 s), on the component's app.
+    CreatePreauthcode,
+    /// Open Platform: `POST /cgi-bin/component/api_start_push_ticket`, on
+    /// the component's app.
+    StartPushTicket,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::Token,
         Endpoint::StableToken,
         Endpoint::GetTicket,
@@ -43,6 +59,10 @@ impl Endpoint {
         Endpoint::WecomAgentConfigTicket,
         Endpoint::ComponentToken,
         Endpoint::AuthorizerToken,
+        Endpoint::QueryAuth,
+        Endpoint::AuthorizerList,
+        Endpoint::CreatePreauthcode,
+        Endpoint::StartPushTicket,
     ];
 
     /// The path WeChat serves it on: what the router routes and what
@@ -57,6 +77,10 @@ impl Endpoint {
             Endpoint::WecomAgentConfigTicket => "/cgi-bin/ticket/get",
             Endpoint::ComponentToken => "/cgi-bin/component/api_component_token",
             Endpoint::AuthorizerToken => "/cgi-bin/component/api_authorizer_token",
+            Endpoint::QueryAuth => "/cgi-bin/component/api_query_auth",
+            Endpoint::AuthorizerList => "/cgi-bin/component/api_get_authorizer_list",
+            Endpoint::CreatePreauthcode => "/cgi-bin/component/api_create_preauthcode",
+            Endpoint::StartPushTicket => "/cgi-bin/component/api_start_push_ticket",
         }
     }
 
@@ -76,6 +100,14 @@ impl Endpoint {
         )
     }
 
+    /// What WeChat's values of this endpoint start with.
+    const fn value_prefix(self) -> &'static str {
+        match self {
+            Endpoint::CreatePreauthcode => "preauthcode@@@",
+            _ => "",
+        }
+    }
+
     /// Whether it issues tickets.
     pub const fn issues_tickets(self) -> bool {
         matches!(
@@ -90,7 +122,14 @@ impl Endpoint {
         let mode = match self {
             // The component token too, its previous one working for 5
             // minutes (reported by WeChat staff, UNVERIFIED for it).
-            Endpoint::Token | Endpoint::ComponentToken | Endpoint::AuthorizerToken => {
+            // An authorizer's too (its overlap UNVERIFIED); pre-auth codes
+            // each live their 600 s (overlap as long).
+            Endpoint::Token
+            | Endpoint::ComponentToken
+            | Endpoint::AuthorizerToken
+            | Endpoint::CreatePreauthcode => Mode::NewEveryCall,
+            // Issue nothing of their own.
+            Endpoint::QueryAuth | Endpoint::AuthorizerList | Endpoint::StartPushTicket => {
                 Mode::NewEveryCall
             }
             Endpoint::StableToken => Mode::Stable {
@@ -109,10 +148,14 @@ impl Endpoint {
             Endpoint::StableToken => 500_000,
             _ => 1_000_000,
         };
+        let (expires_in, overlap) = match self {
+            Endpoint::CreatePreauthcode => (Duration::from_secs(600), Duration::from_secs(600)),
+            _ => (Duration::from_secs(7200), Duration::from_secs(300)),
+        };
         Behaviour {
             mode,
-            expires_in: Duration::from_secs(7200),
-            overlap: Duration::from_secs(300),
+            expires_in,
+            overlap,
             early_invalidation: None,
             daily_quota,
         }
@@ -380,18 +423,43 @@ impl App {
         caller: &Arc<str>,
         force: bool,
     ) -> Result<Answer, Refusal> {
+        self.spend(endpoint, force)?;
+        Ok(self.hand_out(endpoint, series, caller, force))
+    }
+
+    /// Whether `endpoint`'s daily quota has a call left.
+    pub fn has_quota(&mut self, endpoint: Endpoint) -> bool {
         let state = self.endpoint(endpoint);
-        if state.quota_used >= state.behaviour.daily_quota {
+        state.quota_used < state.behaviour.daily_quota
+    }
+
+    /// Counts an answered call against `endpoint`'s daily quota.
+    pub fn spend(&mut self, endpoint: Endpoint, force: bool) -> Result<(), Refusal> {
+        if !self.has_quota(endpoint) {
             return Err(Refusal::QuotaSpent);
         }
+        let state = self.endpoint(endpoint);
         state.quota_used += 1;
         if force {
             state.forced_calls += 1;
         }
-        let behaviour = state.behaviour.clone();
+        Ok(())
+    }
+
+    /// The value `endpoint` hands out now, as its mode says (its quota
+    /// already counted, possibly as another endpoint's: `api_query_auth`
+    /// hands out `api_authorizer_token`'s values).
+    pub fn hand_out(
+        &mut self,
+        endpoint: Endpoint,
+        series: &'static str,
+        caller: &Arc<str>,
+        force: bool,
+    ) -> Answer {
+        let behaviour = self.endpoint(endpoint).behaviour.clone();
         let now = Instant::now();
         if let Some(repeat) = self.repeat(endpoint, series, &behaviour, force, now) {
-            return Ok(repeat);
+            return repeat;
         }
         let kill_previous = match behaviour.mode {
             Mode::NewEveryCall => Some(now + behaviour.overlap),
@@ -404,7 +472,7 @@ impl App {
                 .filter(|i| i.endpoint == endpoint && i.series == series)
                 .for_each(|i| i.kill_at(at));
         }
-        Ok(self.issue(endpoint, series, caller, &behaviour, now))
+        self.issue(endpoint, series, caller, &behaviour, now)
     }
 
     /// The current value answered again, if the mode says so.
@@ -447,7 +515,11 @@ impl App {
         now: Instant,
     ) -> Answer {
         let length = if endpoint.issues_tokens() { 136 } else { 86 };
-        let value = Alphanumeric.sample_string(&mut rand::rng(), length);
+        let value = format!(
+            "{}{}",
+            endpoint.value_prefix(),
+            Alphanumeric.sample_string(&mut rand::rng(), length)
+        );
         self.issued.push(Issued {
             endpoint,
             series,
@@ -475,6 +547,13 @@ impl App {
             .iter_mut()
             .filter(|i| i.endpoint.issues_tokens())
             .for_each(|i| i.kill_at(now));
+    }
+
+    /// The component token `token`, if this app (a component) issued it.
+    pub fn component_token(&self, token: &str) -> Option<&Issued> {
+        self.issued
+            .iter()
+            .find(|i| i.endpoint == Endpoint::ComponentToken && i.value == token)
     }
 
     /// The app's access token `token`, if it issued it.

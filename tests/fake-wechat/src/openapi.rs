@@ -108,8 +108,11 @@ fn token_owner(world: &World, token: Option<&str>) -> Result<String, Refusal> {
         return Err((41001, "access_token missing"));
     };
     let now = Instant::now();
+    // An Open Platform component's token shows its quotas too (DOC
+    // getApiQuota), as an authorizer's token shows the authorizer's.
     let found = world.apps.iter().find_map(|(id, app)| {
         app.token(token)
+            .or_else(|| app.component_token(token))
             .map(|i| (id, i.accepted_at(now), now >= i.expires_at))
     });
     match found {

@@ -1,65 +1,66 @@
-//! The Open Platform's component endpoints, as WeChat documents them (DOC
-//! component_access_token.html, api_startpushticket.html):
+//! What WeChat knows of an Open Platform component (第三方平台) besides its
+//! app: the verify tickets it pushed, the accounts that authorized it
+//! (their refresh tokens, authorization codes), and where its pushes go.
+//! No HTTP here: the endpoints are in [`crate::platform_handlers`], the
+//! pushes in [`crate::pushes`].
 //!
-//! - `POST /cgi-bin/component/api_component_token` with `{component_appid,
-//!   component_appsecret, component_verify_ticket}`: a new
-//!   `component_access_token` every call, the previous one working for
-//!   its overlap (as `/cgi-bin/token`). Refusals: 41002 no appid, 40013 an
-//!   unknown appid, 61011 an app that is not a component, 41004 no secret,
-//!   40125 a wrong one, 61006 a ticket WeChat never pushed (or none), 61005
-//!   one older than the ticket life (12 hours), 45009 the daily quota.
-//! - `POST /cgi-bin/component/api_start_push_ticket` with `{component_appid,
-//!   component_secret}`: `{"errcode":0,"errmsg":"ok"}`, counted (the test
-//!   pushes the ticket, as WeChat would); 40013 an unknown appid.
+//! WeChat's rules as modelled (design-issue15 §1, `shared/open-platform.md`):
 //!
-//! - `POST /cgi-bin/component/api_query_auth?component_access_token=T` with
-//!   `{component_appid, authorization_code}`: the authorizer's first token
-//!   and its refresh token (`authorization_info`); 61009 an unknown code,
-//!   61010 one used already or older than an hour.
-//! - `POST /cgi-bin/component/api_authorizer_token?component_access_token=T`
-//!   (`access_token=` too) with `{component_appid, authorizer_appid,
-//!   authorizer_refresh_token}`: a new authorizer token every call (the
-//!   previous one working for its overlap), and the refresh token: echoed,
-//!   as WeChat does, or in rotation mode a new one every call (the old one
-//!   accepted for a minute). 61003 an authorizer that withdrew (or never
-//!   authorized), 61023 a refresh token that is not its current one.
-//! - Both: 40001 a component token that is not the component's current
-//!   one (or not one at all), 42001 an expired one.
-//!
-//! Which tickets WeChat pushed is told by the test
-//! ([`crate::FakeWechat::pushed_verify_ticket`]): the pushes themselves go
-//! through [`crate::component`]'s sender.
+//! - A verify ticket may be used for 12 hours after it was pushed; a
+//!   repeated push of the same value does not extend it.
+//! - An authorization gives a new refresh token (the earlier one dies at
+//!   once: "用户重新授权后,之前的刷新令牌会失效") and an authorization
+//!   code, which can be exchanged once, within an hour. WeChat echoes the
+//!   refresh token on every `api_authorizer_token`; in rotation mode (the
+//!   pessimistic reading) it answers a new one every call, the replaced one
+//!   accepted for a grace period.
+//! - `api_get_authorizer_list` shows an authorizer's refresh token only once
+//!   one of its codes was exchanged (community reports); withdrawn
+//!   authorizers are not listed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::Query;
 use rand::distr::{Alphanumeric, SampleString};
 
-use axum::extract::{Extension, State};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
-
-use crate::handlers::{credential_json, errcode, with_fault, Caller};
-use crate::model::{AppConfig, Endpoint};
-use crate::{lock, Shared, World};
+use crate::component::{Component, ComponentConfig};
+use crate::model::{App, AppConfig};
+use crate::pushes::{self, PushLog, Pushes};
+use crate::{lock, FakeWechat, World};
 
 /// WeChat: a verify ticket may be used 12 hours ("有效期为 12h").
 pub const TICKET_LIFE: Duration = Duration::from_secs(12 * 3600);
 
+/// How long an authorization code may be exchanged (WeChat: an hour).
+pub const CODE_LIFE: Duration = Duration::from_secs(3600);
+
+/// In rotation mode, how long a replaced refresh token is still accepted
+/// (a WeChat staff answer reports 5 minutes after a change; UNVERIFIED).
+pub const REFRESH_TOKEN_GRACE: Duration = Duration::from_secs(300);
+
+/// The permission sets an authorization grants unless a test says
+/// otherwise (`func_info[].funcscope_category.id`).
+const DEFAULT_FUNC_INFO: [i64; 3] = [1, 2, 3];
+
 /// One component's state besides its app (secret, token endpoint).
-#[derive(Debug, Clone)]
 pub(crate) struct Platform {
-    /// Every verify ticket WeChat pushed, with when.
+    /// Every verify ticket WeChat pushed, with when it first did.
     pub(crate) tickets: Vec<(String, SystemTime)>,
     /// How long a ticket may be used.
     pub(crate) ticket_life: Duration,
-    /// `api_start_push_ticket` calls answered `ok`.
+    /// `api_start_push_ticket` calls answered `ok` (pushes restarted).
     pub(crate) push_requests: u32,
     /// The accounts that authorized it (or did and withdrew), by appid.
     pub(crate) authorizers: HashMap<String, Authorizer>,
+    /// Their appids in the order they first authorized (the list's order).
+    pub(crate) order: Vec<String>,
+    /// Every authorization code issued, by value.
+    pub(crate) codes: HashMap<String, Code>,
+    /// How long a code may be exchanged (checked at the exchange).
+    pub(crate) code_life: Duration,
+    /// Rotation mode: how long a replaced refresh token is accepted.
+    pub(crate) grace: Duration,
+    pub(crate) pushes: Pushes,
 }
 
 impl Default for Platform {
@@ -69,15 +70,14 @@ impl Default for Platform {
             ticket_life: TICKET_LIFE,
             push_requests: 0,
             authorizers: HashMap::new(),
+            order: Vec::new(),
+            codes: HashMap::new(),
+            code_life: CODE_LIFE,
+            grace: REFRESH_TOKEN_GRACE,
+            pushes: Pushes::default(),
         }
     }
 }
-
-/// How long an authorization code may be exchanged (WeChat: an hour).
-pub const CODE_LIFE: Duration = Duration::from_secs(3600);
-
-/// In rotation mode, how long a replaced refresh token is still accepted.
-const ROTATION_GRACE: Duration = Duration::from_secs(60);
 
 /// An account that authorized a component.
 #[derive(Debug, Clone)]
@@ -86,543 +86,454 @@ pub(crate) struct Authorizer {
     pub(crate) refresh_token: Option<String>,
     /// Replaced refresh tokens still accepted until then (rotation mode).
     pub(crate) previous: Vec<(String, Instant)>,
-    /// The authorization code and until when it may be exchanged; `None`
-    /// once used.
-    pub(crate) code: Option<(String, SystemTime)>,
-    /// Codes used already (61010, not 61009).
-    pub(crate) used_codes: Vec<String>,
+    /// Whether a code of the current authorization was exchanged (else the
+    /// list leaves its refresh token out).
+    pub(crate) exchanged: bool,
     /// A new refresh token at every `api_authorizer_token`.
     pub(crate) rotate: bool,
+    pub(crate) auth_time: SystemTime,
+    /// Permission sets granted; none = no API permission (the exchange
+    /// then answers no token and no refresh token).
+    pub(crate) func_info: Vec<i64>,
 }
 
-fn random(prefix: &str) -> String {
+/// An authorization code.
+#[derive(Debug, Clone)]
+pub(crate) struct Code {
+    pub(crate) authorizer: String,
+    pub(crate) issued_at: Instant,
+    /// Exchanged, or killed by a later authorization or a withdrawal.
+    pub(crate) spent: bool,
+}
+
+/// Why a refresh token is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RefreshRefusal {
+    /// 61003: not authorized (never, or withdrawn).
+    NotAuthorized,
+    /// 61023: not its current refresh token (nor one in its grace).
+    Invalid,
+}
+
+/// Why a code cannot be exchanged.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CodeRefusal {
+    /// 61009: WeChat never issued it.
+    Unknown,
+    /// 61010: used, killed, or older than the code life.
+    Expired,
+}
+
+pub(crate) fn random(prefix: &str) -> String {
     format!(
         "{prefix}{}",
-        Alphanumeric.sample_string(&mut rand::rng(), 32)
+        Alphanumeric.sample_string(&mut rand::rng(), 43)
     )
 }
 
-impl World {
-    /// `appid` authorizes `component`: a new refresh token and code (the
-    /// previous ones dead, as after a re-authorization). Returns the code.
-    pub(crate) fn authorize(&mut self, component: &str, appid: &str) -> String {
-        if !self.apps.contains_key(appid) {
-            // Its tokens are accepted by the business API and the ticket
-            // endpoints like any account's.
-            let app = AppConfig::new(appid, &random("unused-secret-"));
-            self.apps
-                .insert(appid.to_owned(), crate::model::App::new(app));
+impl Platform {
+    /// Whether WeChat pushed `ticket` and it is within its life (`Ok`), or
+    /// 61006 (never pushed, or empty) / 61005 (too old).
+    pub(crate) fn check_ticket(&self, ticket: &str) -> Result<(), (i64, &'static str)> {
+        let pushed = self.tickets.iter().find(|(t, _)| t == ticket);
+        match pushed {
+            None => Err((61006, "component ticket is invalid")),
+            Some((_, at))
+                if SystemTime::now().duration_since(*at).unwrap_or_default()
+                    >= self.ticket_life =>
+            {
+                Err((61005, "component ticket is expired"))
+            }
+            Some(_) => Ok(()),
         }
-        let code = random("queryauthcode@@@");
-        let platform = self
-            .platforms
-            .get_mut(component)
-            .unwrap_or_else(|| panic!("fake WeChat: no component {component}"));
-        let rotate = platform.authorizers.get(appid).is_some_and(|a| a.rotate);
-        platform.authorizers.insert(
+    }
+
+    /// WeChat pushed `ticket` now (a repeat keeps its first time).
+    pub(crate) fn pushed(&mut self, ticket: &str) {
+        if !self.tickets.iter().any(|(t, _)| t == ticket) {
+            self.tickets.push((ticket.to_owned(), SystemTime::now()));
+        }
+    }
+
+    /// `appid` authorizes (again): a new refresh token, the earlier one and
+    /// earlier codes dead; with a code (returned) unless `silently`, in
+    /// which case the authorization counts as exchanged long ago (the list
+    /// shows its refresh token).
+    pub(crate) fn authorize(&mut self, appid: &str, silently: bool) -> Option<String> {
+        self.kill_codes(appid);
+        let (rotate, func_info) = self
+            .authorizers
+            .get(appid)
+            .map_or((false, DEFAULT_FUNC_INFO.to_vec()), |a| {
+                (a.rotate, a.func_info.clone())
+            });
+        if !self.authorizers.contains_key(appid) {
+            self.order.push(appid.to_owned());
+        }
+        self.authorizers.insert(
             appid.to_owned(),
             Authorizer {
                 refresh_token: Some(random("refreshtoken@@@")),
                 previous: Vec::new(),
-                code: Some((code.clone(), SystemTime::now() + CODE_LIFE)),
-                used_codes: Vec::new(),
+                exchanged: silently,
                 rotate,
+                auth_time: SystemTime::now(),
+                func_info,
+            },
+        );
+        (!silently).then(|| self.new_code(appid))
+    }
+
+    /// A new authorization code for `appid` (earlier ones dead).
+    pub(crate) fn new_code(&mut self, appid: &str) -> String {
+        self.kill_codes(appid);
+        let code = random("queryauthcode@@@");
+        self.codes.insert(
+            code.clone(),
+            Code {
+                authorizer: appid.to_owned(),
+                issued_at: Instant::now(),
+                spent: false,
             },
         );
         code
     }
-}
 
-/// `?component_access_token=` (or `access_token=`, as newer docs write).
-#[derive(Deserialize)]
-pub(crate) struct ComponentTokenQuery {
-    component_access_token: Option<String>,
-    access_token: Option<String>,
-}
-
-impl ComponentTokenQuery {
-    fn token(&self) -> &str {
-        self.component_access_token
-            .as_deref()
-            .or(self.access_token.as_deref())
-            .unwrap_or_default()
+    fn kill_codes(&mut self, appid: &str) {
+        self.codes
+            .values_mut()
+            .filter(|c| c.authorizer == appid)
+            .for_each(|c| c.spent = true);
     }
-}
 
-/// Whether `token` is `component`'s current token, else WeChat's errcode
-/// (boxed: a response is large).
-fn check_component_token(world: &World, component: &str, token: &str) -> Result<(), Box<Response>> {
-    let app = world
-        .apps
-        .get(component)
-        .filter(|_| world.platforms.contains_key(component))
-        .ok_or_else(|| Box::new(errcode(40013, "invalid appid")))?;
-    let now = Instant::now();
-    let issued = app
-        .issued
-        .iter()
-        .find(|i| i.endpoint == Endpoint::ComponentToken && i.value == token);
-    match issued {
-        Some(i) if i.accepted_at(now) => Ok(()),
-        Some(i) if now >= i.expires_at => Err(Box::new(errcode(42001, "access_token expired"))),
-        _ => Err(Box::new(errcode(
-            40001,
-            "invalid credential, access_token is invalid or not latest",
-        ))),
-    }
-}
-
-#[derive(Deserialize)]
-pub(crate) struct QueryAuthRequest {
-    component_appid: Option<String>,
-    authorization_code: Option<String>,
-}
-
-pub(crate) async fn query_auth(
-    State(world): State<Shared>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Query(q): Query<ComponentTokenQuery>,
-    Json(r): Json<QueryAuthRequest>,
-) -> Response {
-    let mut world = lock(&world);
-    let component = r.component_appid.as_deref().unwrap_or_default();
-    if let Err(refused) = check_component_token(&world, component, q.token()) {
-        return *refused;
-    }
-    let code = r.authorization_code.as_deref().unwrap_or_default();
-    let Some(platform) = world.platforms.get_mut(component) else {
-        return errcode(40013, "invalid appid");
-    };
-    let found = platform.authorizers.iter_mut().find(|(_, a)| {
-        a.code.as_ref().is_some_and(|(c, _)| c == code) || a.used_codes.iter().any(|c| c == code)
-    });
-    let Some((appid, authorizer)) = found else {
-        return errcode(61009, "code is invalid");
-    };
-    let appid = appid.clone();
-    match authorizer.code.take() {
-        Some((c, until)) if c == code && SystemTime::now() < until => {
-            authorizer.used_codes.push(c);
-        }
-        other => {
-            authorizer.code = other;
-            return errcode(61010, "code is expired");
+    /// `appid` withdraws: its refresh token and codes die.
+    pub(crate) fn unauthorize(&mut self, appid: &str) {
+        self.kill_codes(appid);
+        if let Some(a) = self.authorizers.get_mut(appid) {
+            a.refresh_token = None;
+            a.previous.clear();
+            a.exchanged = false;
         }
     }
-    let refresh_token = authorizer.refresh_token.clone().unwrap_or_default();
-    let Some(app) = world.apps.get_mut(&appid) else {
-        return errcode(61003, "component is not authorized by this account");
-    };
-    match app.answer(Endpoint::AuthorizerToken, "", &caller, false) {
-        Ok(answer) => Json(json!({ "authorization_info": {
-            "authorizer_appid": appid,
-            "authorizer_access_token": answer.value,
-            "expires_in": answer.expires_in.as_secs(),
-            "authorizer_refresh_token": refresh_token,
-            "func_info": [{ "funcscope_category": { "id": 1 } }],
-        }}))
-        .into_response(),
-        Err(_) => errcode(45009, "reach max api daily quota limit"),
-    }
-}
 
-#[derive(Deserialize)]
-pub(crate) struct AuthorizerTokenRequest {
-    component_appid: Option<String>,
-    authorizer_appid: Option<String>,
-    authorizer_refresh_token: Option<String>,
-}
-
-pub(crate) async fn authorizer_token(
-    State(world): State<Shared>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Query(q): Query<ComponentTokenQuery>,
-    Json(r): Json<AuthorizerTokenRequest>,
-) -> Response {
-    let fault = {
-        let mut world = lock(&world);
-        let app = r
-            .authorizer_appid
-            .as_deref()
-            .and_then(|id| world.apps.get_mut(id));
-        app.and_then(|app| app.take_call(Endpoint::AuthorizerToken))
-    };
-    with_fault(&world, fault, |world| {
-        let component = r.component_appid.as_deref().unwrap_or_default();
-        if let Err(refused) = check_component_token(world, component, q.token()) {
-            return *refused;
+    /// The authorizer whose code `code` is, if it can be exchanged now.
+    pub(crate) fn check_code(&self, code: &str) -> Result<String, CodeRefusal> {
+        let found = self.codes.get(code).ok_or(CodeRefusal::Unknown)?;
+        if found.spent || found.issued_at.elapsed() >= self.code_life {
+            return Err(CodeRefusal::Expired);
         }
-        let appid = r.authorizer_appid.as_deref().unwrap_or_default();
-        let sent = r.authorizer_refresh_token.as_deref().unwrap_or_default();
-        let Some(authorizer) = world
-            .platforms
-            .get_mut(component)
-            .and_then(|p| p.authorizers.get_mut(appid))
-        else {
-            return errcode(61003, "component is not authorized by this account");
+        Ok(found.authorizer.clone())
+    }
+
+    /// `code` (checked) is exchanged: spent, and its authorization's
+    /// refresh token listed from now on.
+    pub(crate) fn spend_code(&mut self, code: &str) {
+        let Some(found) = self.codes.get_mut(code) else {
+            return;
         };
-        let Some(current) = authorizer.refresh_token.clone() else {
-            return errcode(61003, "component is not authorized by this account");
-        };
+        found.spent = true;
+        if let Some(a) = self.authorizers.get_mut(&found.authorizer) {
+            a.exchanged = true;
+        }
+    }
+
+    /// Whether `sent` is `appid`'s refresh token: its current one, or in
+    /// rotation mode one replaced within the grace period.
+    pub(crate) fn check_refresh(&self, appid: &str, sent: &str) -> Result<(), RefreshRefusal> {
+        let authorizer = self
+            .authorizers
+            .get(appid)
+            .ok_or(RefreshRefusal::NotAuthorized)?;
+        let current = authorizer
+            .refresh_token
+            .as_deref()
+            .ok_or(RefreshRefusal::NotAuthorized)?;
+        let now = Instant::now();
+        let in_grace = |(t, until): &(String, Instant)| t == sent && *until > now;
+        match !sent.is_empty() && (sent == current || authorizer.previous.iter().any(in_grace)) {
+            true => Ok(()),
+            false => Err(RefreshRefusal::Invalid),
+        }
+    }
+
+    /// The refresh token a successful `api_authorizer_token` answers: the
+    /// current one, or in rotation mode a new one (the replaced one kept
+    /// for the grace period).
+    pub(crate) fn answer_refresh(&mut self, appid: &str) -> Option<String> {
+        let grace = self.grace;
+        let authorizer = self.authorizers.get_mut(appid)?;
+        let current = authorizer.refresh_token.clone()?;
+        if !authorizer.rotate {
+            return Some(current);
+        }
         let now = Instant::now();
         authorizer.previous.retain(|(_, until)| *until > now);
-        let known = sent == current || authorizer.previous.iter().any(|(t, _)| t == sent);
-        if !known {
-            return errcode(61023, "refresh_token is invalid");
-        }
-        let refresh_token = if authorizer.rotate {
-            let next = random("refreshtoken@@@");
-            authorizer.previous.push((current, now + ROTATION_GRACE));
-            authorizer.refresh_token = Some(next.clone());
-            next
-        } else {
-            current
-        };
-        let Some(app) = world.apps.get_mut(appid) else {
-            return errcode(61003, "component is not authorized by this account");
-        };
-        match app.answer(Endpoint::AuthorizerToken, "", &caller, false) {
-            Ok(answer) => Json(json!({
-                "authorizer_access_token": answer.value,
-                "expires_in": answer.expires_in.as_secs(),
-                "authorizer_refresh_token": refresh_token,
-            }))
-            .into_response(),
-            Err(_) => errcode(45009, "reach max api daily quota limit"),
-        }
-    })
-    .await
-}
-
-#[derive(Deserialize)]
-pub(crate) struct TokenRequest {
-    component_appid: Option<String>,
-    component_appsecret: Option<String>,
-    component_verify_ticket: Option<String>,
-}
-
-pub(crate) async fn component_token(
-    State(world): State<Shared>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Json(r): Json<TokenRequest>,
-) -> Response {
-    let fault = {
-        let mut world = lock(&world);
-        let app = r
-            .component_appid
-            .as_deref()
-            .and_then(|id| world.apps.get_mut(id));
-        app.and_then(|app| app.take_call(Endpoint::ComponentToken))
-    };
-    with_fault(&world, fault, |world| {
-        let Some(appid) = r.component_appid.as_deref().filter(|s| !s.is_empty()) else {
-            return errcode(41002, "appid missing");
-        };
-        let Some(platform) = world.platforms.get(appid).cloned() else {
-            return match world.apps.contains_key(appid) {
-                true => errcode(61011, "invalid component"),
-                false => errcode(40013, "invalid appid"),
-            };
-        };
-        let Some(app) = world.apps.get_mut(appid) else {
-            return errcode(40013, "invalid appid");
-        };
-        let Some(secret) = r.component_appsecret.as_deref().filter(|s| !s.is_empty()) else {
-            return errcode(41004, "appsecret missing");
-        };
-        if secret != app.config.secret {
-            return errcode(40125, "invalid appsecret");
-        }
-        let ticket = r.component_verify_ticket.as_deref().unwrap_or_default();
-        let pushed = platform.tickets.iter().find(|(t, _)| t == ticket);
-        match pushed {
-            None => return errcode(61006, "component ticket is invalid"),
-            Some((_, at))
-                if SystemTime::now().duration_since(*at).unwrap_or_default()
-                    >= platform.ticket_life =>
-            {
-                return errcode(61005, "component ticket is expired")
-            }
-            Some(_) => {}
-        }
-        let answer = app.answer(Endpoint::ComponentToken, "", &caller, false);
-        credential_json(answer, "component_access_token", false)
-    })
-    .await
-}
-
-#[derive(Deserialize)]
-pub(crate) struct StartPushRequest {
-    component_appid: Option<String>,
-    component_secret: Option<String>,
-}
-
-pub(crate) async fn start_push_ticket(
-    State(world): State<Shared>,
-    Json(r): Json<StartPushRequest>,
-) -> Response {
-    let mut world = lock(&world);
-    let appid = r.component_appid.as_deref().unwrap_or_default();
-    let secret_ok = world
-        .apps
-        .get(appid)
-        .is_some_and(|app| r.component_secret.as_deref() == Some(app.config.secret.as_str()));
-    let Some(platform) = world.platforms.get_mut(appid) else {
-        return errcode(40013, "invalid appid");
-    };
-    if !secret_ok {
-        return errcode(40125, "invalid appsecret");
+        let next = random("refreshtoken@@@");
+        authorizer.previous.push((current, now + grace));
+        authorizer.refresh_token = Some(next.clone());
+        Some(next)
     }
-    platform.push_requests += 1;
-    Json(json!({ "errcode": 0, "errmsg": "ok" })).into_response()
+
+    /// `appid`'s refresh token stops working with no event (lost, or made
+    /// stale behind the holder's back); WeChat's current one, which the
+    /// list shows, is a new one.
+    pub(crate) fn invalidate_refresh_token(&mut self, appid: &str) {
+        if let Some(a) = self.authorizers.get_mut(appid) {
+            if a.refresh_token.is_some() {
+                a.refresh_token = Some(random("refreshtoken@@@"));
+                a.previous.clear();
+                a.exchanged = true;
+            }
+        }
+    }
+
+    /// The authorizers `api_get_authorizer_list` counts, in order.
+    pub(crate) fn listed(&self) -> impl Iterator<Item = (&String, &Authorizer)> {
+        self.order.iter().filter_map(|appid| {
+            let a = self.authorizers.get(appid)?;
+            a.refresh_token.is_some().then_some((appid, a))
+        })
+    }
+}
+
+impl World {
+    pub(crate) fn platform(&mut self, component: &str) -> &mut Platform {
+        self.platforms
+            .get_mut(component)
+            .unwrap_or_else(|| panic!("fake WeChat: no component {component}"))
+    }
+
+    /// `appid` gets an app of its own, if it has none, so that its
+    /// authorizer tokens are accepted by the business API and the ticket
+    /// endpoints like any account's.
+    pub(crate) fn ensure_app(&mut self, appid: &str) {
+        if !self.apps.contains_key(appid) {
+            let config = AppConfig::new(appid, &random("authorizer-has-no-secret-"));
+            self.apps.insert(appid.to_owned(), App::new(config));
+        }
+    }
+}
+
+/// The test's side: components, authorizations, pushes.
+impl FakeWechat {
+    /// Adds an Open Platform component: `config` is its appid and
+    /// component secret, and how [`crate::Endpoint::ComponentToken`] (and the
+    /// other component endpoints) behave.
+    pub fn add_component(&self, config: AppConfig) {
+        let appid = config.appid.clone();
+        self.add_app(config);
+        lock(&self.world)
+            .platforms
+            .insert(appid, Platform::default());
+    }
+
+    fn with_platform<T>(&self, component: &str, f: impl FnOnce(&mut Platform) -> T) -> T {
+        f(lock(&self.world).platform(component))
+    }
+
+    /// WeChat pushed `ticket` to `component`'s callback URL now (the test
+    /// sent the push itself): from now on `api_component_token` accepts
+    /// it, for the ticket life.
+    pub fn pushed_verify_ticket(&self, component: &str, ticket: &str) {
+        self.with_platform(component, |p| p.pushed(ticket));
+    }
+
+    /// Every verify ticket WeChat pushed (or was told it pushed), oldest
+    /// first.
+    pub fn verify_tickets(&self, component: &str) -> Vec<String> {
+        self.with_platform(component, |p| {
+            p.tickets.iter().map(|(t, _)| t.clone()).collect()
+        })
+    }
+
+    /// How long a verify ticket may be used (WeChat: 12 hours), counted
+    /// from its first push, for tickets already pushed too; shorter makes
+    /// them expire (61005).
+    pub fn set_ticket_life(&self, component: &str, life: Duration) {
+        self.with_platform(component, |p| p.ticket_life = life);
+    }
+
+    /// `api_start_push_ticket` calls answered `ok` (pushes restarted).
+    pub fn start_push_requests(&self, component: &str) -> u32 {
+        self.with_platform(component, |p| p.push_requests)
+    }
+
+    /// From now on WeChat pushes `messages.appid`'s verify tickets (see
+    /// [`Self::start_pushes`], [`Self::push_ticket_now`]) and authorization
+    /// events ([`Self::authorize`], …) to `targets`, round-robin, encrypted
+    /// with `messages`' token and key. Needs a tokio runtime.
+    pub fn set_push_targets(&self, messages: &ComponentConfig, targets: Vec<String>) {
+        let sender = Component::new(messages.clone());
+        let task = pushes::set_targets(&self.world, &messages.appid, sender, targets);
+        self.keep(task);
+    }
+
+    /// Starts WeChat's timed verify ticket pushes (every 10 minutes at
+    /// WeChat), the first one now. Needs push targets.
+    pub fn start_pushes(&self, component: &str, every: Duration) {
+        let task = pushes::start_timer(&self.world, component, every);
+        self.keep(task);
+    }
+
+    fn keep(&self, task: tokio::task::JoinHandle<()>) {
+        self.servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(task);
+    }
+
+    /// Stops (or resumes) the timed ticket pushes, as when WeChat stops
+    /// pushing; `api_start_push_ticket` resumes them.
+    pub fn pause_pushes(&self, component: &str, paused: bool) {
+        self.with_platform(component, |p| p.pushes.paused = paused);
+    }
+
+    /// A new ticket value every `pushes` ticket pushes, repeats in between
+    /// (WeChat repeats values; when it changes them is UNVERIFIED). 1 (the
+    /// default): a new one every push.
+    pub fn new_ticket_every(&self, component: &str, pushes: u64) {
+        self.with_platform(component, |p| p.pushes.new_ticket_every = pushes);
+    }
+
+    /// Pushes a verify ticket now (after any queued push) and says how it
+    /// went. Needs push targets.
+    pub async fn push_ticket_now(&self, component: &str) -> PushLog {
+        pushes::ticket_now(&self.world, component).await
+    }
+
+    /// Every push sent so far, oldest first, with its answer.
+    pub fn pushes(&self, component: &str) -> Vec<PushLog> {
+        self.with_platform(component, |p| p.pushes.log.clone())
+    }
+
+    /// `authorizer` authorizes `component` (again): a new refresh token (an
+    /// earlier one and earlier codes die, as after a re-authorization) and
+    /// an authorization code (valid an hour, once), returned and pushed in
+    /// an `authorized` event when the component has push targets (else the
+    /// test pushes it). The authorizer gets an app of its own, whose tokens
+    /// `getticket` and `getcallbackip` accept like an account's.
+    pub fn authorize(&self, component: &str, authorizer: &str) -> String {
+        let mut world = lock(&self.world);
+        world.ensure_app(authorizer);
+        let platform = world.platform(component);
+        let code = platform
+            .authorize(authorizer, false)
+            .expect("a code unless silently");
+        platform.push_event("authorized", |sender, now| {
+            sender.authorized(authorizer, &code, now)
+        });
+        code
+    }
+
+    /// As [`Self::authorize`] long ago: no code, no event, and the list
+    /// shows its refresh token (bulk set-up for discovery).
+    pub fn authorize_silently(&self, component: &str, authorizer: &str) {
+        let mut world = lock(&self.world);
+        world.ensure_app(authorizer);
+        world.platform(component).authorize(authorizer, true);
+    }
+
+    /// `authorizer` changes its permission sets: a new code (earlier ones
+    /// die), pushed in an `updateauthorized` event; the refresh token
+    /// stays. Panics unless it authorizes `component` now.
+    pub fn update_authorization(&self, component: &str, authorizer: &str) -> String {
+        let mut world = lock(&self.world);
+        let platform = world.platform(component);
+        let authorized = platform
+            .authorizers
+            .get(authorizer)
+            .is_some_and(|a| a.refresh_token.is_some());
+        assert!(
+            authorized,
+            "fake WeChat: {authorizer} does not authorize {component}"
+        );
+        let code = platform.new_code(authorizer);
+        platform.push_event("updateauthorized", |sender, now| {
+            sender.update_authorized(authorizer, &code, now)
+        });
+        code
+    }
+
+    /// `authorizer` withdraws: its refresh token and codes die, and its
+    /// tokens at once; an `unauthorized` event is pushed.
+    pub fn unauthorize(&self, component: &str, authorizer: &str) {
+        let mut world = lock(&self.world);
+        let platform = world.platform(component);
+        platform.unauthorize(authorizer);
+        platform.push_event("unauthorized", |sender, now| {
+            sender.unauthorized(authorizer, now)
+        });
+        if let Some(app) = world.apps.get_mut(authorizer) {
+            app.invalidate_tokens();
+        }
+    }
+
+    /// The authorizer's current refresh token at WeChat (`None` if it never
+    /// authorized or withdrew).
+    pub fn refresh_token_of(&self, component: &str, authorizer: &str) -> Option<String> {
+        self.with_platform(component, |p| {
+            p.authorizers.get(authorizer)?.refresh_token.clone()
+        })
+    }
+
+    /// The refresh token the daemon holds stops working, with no event
+    /// (61023 from now on); WeChat's current one is a new one, which
+    /// `api_get_authorizer_list` shows.
+    pub fn invalidate_refresh_token(&self, component: &str, authorizer: &str) {
+        self.with_platform(component, |p| p.invalidate_refresh_token(authorizer));
+    }
+
+    /// From now on every `api_authorizer_token` of `authorizer` answers a
+    /// new refresh token, the replaced one accepted for the grace period
+    /// ([`Self::set_refresh_token_grace`]): the pessimistic reading of
+    /// WeChat's docs. `false`: echo it, as WeChat does. Kept across
+    /// re-authorizations.
+    pub fn rotate_refresh_tokens(&self, component: &str, authorizer: &str, rotate: bool) {
+        self.with_platform(component, |p| {
+            if let Some(a) = p.authorizers.get_mut(authorizer) {
+                a.rotate = rotate;
+            }
+        });
+    }
+
+    /// How long a refresh token replaced in rotation mode is still
+    /// accepted ([`REFRESH_TOKEN_GRACE`] by default).
+    pub fn set_refresh_token_grace(&self, component: &str, grace: Duration) {
+        self.with_platform(component, |p| p.grace = grace);
+    }
+
+    /// How long an authorization code may be exchanged ([`CODE_LIFE`] by
+    /// default), for codes already issued too.
+    pub fn set_code_life(&self, component: &str, life: Duration) {
+        self.with_platform(component, |p| p.code_life = life);
+    }
+
+    /// The permission sets `authorizer` (authorized already) grants from
+    /// now on, as the next exchange of its code answers them; none = no
+    /// API permission, so that the exchange answers no token and no
+    /// refresh token.
+    pub fn set_func_info(&self, component: &str, authorizer: &str, ids: &[i64]) {
+        self.with_platform(component, |p| {
+            if let Some(a) = p.authorizers.get_mut(authorizer) {
+                a.func_info = ids.to_vec();
+            }
+        });
+    }
+}
+
+impl Platform {
+    /// Queues the event `build` makes, if the component has push targets.
+    fn push_event(
+        &self,
+        info_type: &'static str,
+        build: impl FnOnce(&Component, SystemTime) -> crate::component::Push,
+    ) {
+        if let Some(sender) = self.pushes.sender() {
+            self.pushes
+                .event(build(sender, SystemTime::now()), info_type);
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use serde_json::{json, Value};
-
-    use crate::{AppConfig, Endpoint, FakeWechat};
-
-    const COMPONENT: &str = "wxcomponent0000001";
-    const SECRET: &str = "component-secret";
-
-    async fn post(fake: &FakeWechat, path: &str, body: Value) -> Value {
-        let answer = reqwest::Client::new()
-            .post(format!("{}{path}", fake.url()))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("the fake answers");
-        assert_eq!(answer.status(), 200, "WeChat answers errors with HTTP 200");
-        serde_json::from_str(&answer.text().await.expect("body")).expect("JSON")
-    }
-
-    async fn token(fake: &FakeWechat, appid: &str, secret: &str, ticket: &str) -> Value {
-        let body = json!({
-            "component_appid": appid,
-            "component_appsecret": secret,
-            "component_verify_ticket": ticket,
-        });
-        post(fake, Endpoint::ComponentToken.cgi_path(), body).await
-    }
-
-    async fn fake() -> FakeWechat {
-        let fake = FakeWechat::start().await.expect("fake");
-        fake.add_component(AppConfig::new(COMPONENT, SECRET));
-        fake.add_app(AppConfig::new("wxplainaccount0001", "s"));
-        fake
-    }
-
-    #[tokio::test]
-    async fn a_component_token_needs_a_ticket_wechat_pushed_and_rotates_with_overlap() {
-        let fake = fake().await;
-        let refused = token(&fake, COMPONENT, SECRET, "ticket@@@never-pushed").await;
-        assert_eq!(refused["errcode"], 61006, "{refused}");
-        assert_eq!(token(&fake, COMPONENT, SECRET, "").await["errcode"], 61006);
-
-        fake.pushed_verify_ticket(COMPONENT, "ticket@@@one");
-        let first = token(&fake, COMPONENT, SECRET, "ticket@@@one").await;
-        let first = first["component_access_token"]
-            .as_str()
-            .expect("a token")
-            .to_owned();
-        let second = token(&fake, COMPONENT, SECRET, "ticket@@@one").await;
-        assert_eq!(second["expires_in"], 7200);
-        let second = second["component_access_token"].as_str().expect("a token");
-        assert_ne!(first, second, "a new token every call");
-        assert!(fake.is_accepted(second));
-        assert!(
-            fake.is_accepted(&first),
-            "the previous one works for the overlap"
-        );
-        assert_eq!(fake.calls(COMPONENT, Endpoint::ComponentToken), 4);
-    }
-
-    #[tokio::test]
-    async fn a_ticket_past_its_life_is_expired() {
-        let fake = fake().await;
-        fake.pushed_verify_ticket(COMPONENT, "ticket@@@old");
-        fake.set_ticket_life(COMPONENT, Duration::ZERO);
-        let refused = token(&fake, COMPONENT, SECRET, "ticket@@@old").await;
-        assert_eq!(refused["errcode"], 61005, "{refused}");
-        assert!(refused["errmsg"]
-            .as_str()
-            .expect("errmsg")
-            .ends_with("rid: fake"));
-    }
-
-    #[tokio::test]
-    async fn wrong_credentials_get_wechats_errcodes() {
-        let fake = fake().await;
-        fake.pushed_verify_ticket(COMPONENT, "ticket@@@t");
-        let errcode = |v: Value| v["errcode"].as_i64();
-        assert_eq!(
-            errcode(token(&fake, COMPONENT, "wrong", "ticket@@@t").await),
-            Some(40125)
-        );
-        assert_eq!(
-            errcode(token(&fake, COMPONENT, "", "ticket@@@t").await),
-            Some(41004)
-        );
-        assert_eq!(
-            errcode(token(&fake, "", SECRET, "ticket@@@t").await),
-            Some(41002)
-        );
-        assert_eq!(
-            errcode(token(&fake, "wxnobody000000001", SECRET, "t").await),
-            Some(40013)
-        );
-        let account = token(&fake, "wxplainaccount0001", "s", "ticket@@@t").await;
-        assert_eq!(
-            errcode(account),
-            Some(61011),
-            "an account is not a component"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_component_token_has_its_own_daily_quota() {
-        let fake = fake().await;
-        fake.set_behaviour(COMPONENT, Endpoint::ComponentToken, |b| b.daily_quota = 1);
-        fake.pushed_verify_ticket(COMPONENT, "ticket@@@q");
-        assert!(
-            token(&fake, COMPONENT, SECRET, "ticket@@@q").await["component_access_token"]
-                .is_string()
-        );
-        let spent = token(&fake, COMPONENT, SECRET, "ticket@@@q").await;
-        assert_eq!(spent["errcode"], 45009, "{spent}");
-    }
-
-    /// A component token, minted with a pushed ticket.
-    async fn component_token(fake: &FakeWechat) -> String {
-        fake.pushed_verify_ticket(COMPONENT, "ticket@@@for-calls");
-        let answer = token(fake, COMPONENT, SECRET, "ticket@@@for-calls").await;
-        answer["component_access_token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    }
-
-    async fn query_auth(fake: &FakeWechat, token: &str, code: &str) -> Value {
-        let path = format!("/cgi-bin/component/api_query_auth?component_access_token={token}");
-        let body = json!({ "component_appid": COMPONENT, "authorization_code": code });
-        post(fake, &path, body).await
-    }
-
-    async fn authorizer_token(fake: &FakeWechat, token: &str, appid: &str, rt: &str) -> Value {
-        // Newer docs write `access_token=`: both are accepted.
-        let path = format!("/cgi-bin/component/api_authorizer_token?access_token={token}");
-        let body = json!({
-            "component_appid": COMPONENT,
-            "authorizer_appid": appid,
-            "authorizer_refresh_token": rt,
-        });
-        post(fake, &path, body).await
-    }
-
-    const AUTHORIZER: &str = "wxauthorizer000001";
-
-    #[tokio::test]
-    async fn a_code_is_exchanged_once_for_the_first_token_and_the_refresh_token() {
-        let fake = fake().await;
-        let token = component_token(&fake).await;
-        let code = fake.authorize(COMPONENT, AUTHORIZER);
-        assert_eq!(
-            query_auth(&fake, "not-a-token", &code).await["errcode"],
-            40001
-        );
-        let info = query_auth(&fake, &token, &code).await;
-        let info = &info["authorization_info"];
-        assert_eq!(info["authorizer_appid"], AUTHORIZER);
-        let first = info["authorizer_access_token"].as_str().expect("a token");
-        assert!(fake.is_accepted(first), "accepted like an account's token");
-        assert_eq!(
-            info["authorizer_refresh_token"].as_str(),
-            fake.refresh_token_of(COMPONENT, AUTHORIZER).as_deref()
-        );
-        assert_eq!(
-            query_auth(&fake, &token, &code).await["errcode"],
-            61010,
-            "used"
-        );
-        assert_eq!(
-            query_auth(&fake, &token, "queryauthcode@@@nope").await["errcode"],
-            61009
-        );
-    }
-
-    #[tokio::test]
-    async fn the_refresh_token_is_echoed_or_rotated_and_dies_with_the_authorization() {
-        let fake = fake().await;
-        let token = component_token(&fake).await;
-        fake.authorize(COMPONENT, AUTHORIZER);
-        let rt = fake
-            .refresh_token_of(COMPONENT, AUTHORIZER)
-            .expect("authorized");
-        let answer = authorizer_token(&fake, &token, AUTHORIZER, &rt).await;
-        assert_eq!(
-            answer["authorizer_refresh_token"].as_str(),
-            Some(rt.as_str()),
-            "echoed"
-        );
-        let first = answer["authorizer_access_token"]
-            .as_str()
-            .expect("token")
-            .to_owned();
-        assert_eq!(
-            authorizer_token(&fake, &token, AUTHORIZER, "refreshtoken@@@wrong").await["errcode"],
-            61023
-        );
-
-        fake.rotate_refresh_tokens(COMPONENT, AUTHORIZER, true);
-        let rotated = authorizer_token(&fake, &token, AUTHORIZER, &rt).await;
-        let next = rotated["authorizer_refresh_token"]
-            .as_str()
-            .expect("rt")
-            .to_owned();
-        assert_ne!(next, rt, "rotated");
-        let second = rotated["authorizer_access_token"].as_str().expect("token");
-        assert!(
-            fake.is_accepted(second) && fake.is_accepted(&first),
-            "overlap"
-        );
-        // The replaced one still works for a grace period; the new one too.
-        assert!(
-            authorizer_token(&fake, &token, AUTHORIZER, &rt).await["authorizer_access_token"]
-                .is_string()
-        );
-        assert_eq!(fake.calls(AUTHORIZER, Endpoint::AuthorizerToken), 4);
-
-        fake.unauthorize(COMPONENT, AUTHORIZER);
-        assert!(!fake.is_accepted(second), "its tokens die with it");
-        let current = fake.refresh_token_of(COMPONENT, AUTHORIZER);
-        assert_eq!(current, None);
-        assert_eq!(
-            authorizer_token(&fake, &token, AUTHORIZER, &next).await["errcode"],
-            61003
-        );
-        assert_eq!(
-            authorizer_token(&fake, &token, "wxnobody000000001", &next).await["errcode"],
-            61003
-        );
-    }
-
-    #[tokio::test]
-    async fn start_push_ticket_is_counted_for_a_component_only() {
-        let fake = fake().await;
-        let path = "/cgi-bin/component/api_start_push_ticket";
-        let body = json!({ "component_appid": COMPONENT, "component_secret": SECRET });
-        assert_eq!(
-            post(&fake, path, body).await,
-            json!({"errcode": 0, "errmsg": "ok"})
-        );
-        let unknown = json!({ "component_appid": "wxnobody000000001", "component_secret": SECRET });
-        assert_eq!(post(&fake, path, unknown).await["errcode"], 40013);
-        let wrong = json!({ "component_appid": COMPONENT, "component_secret": "wrong" });
-        assert_eq!(post(&fake, path, wrong).await["errcode"], 40125);
-        assert_eq!(fake.start_push_requests(COMPONENT), 1);
-    }
-}
+mod tests;
