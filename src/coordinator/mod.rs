@@ -99,6 +99,10 @@ pub struct Coordinator {
     /// The component whose authorizers are subjects too, read from the
     /// directory every renew interval.
     directory: Option<(Directory, Arc<Component>)>,
+    /// Each authorizer's last event time as last read: a newer one (a
+    /// re-authorization) wakes the refresher of a held authorizer, whose
+    /// new code must be exchanged before its refresh token dies.
+    event_times: HashMap<AccountId, Option<std::time::SystemTime>>,
     lease: LeaseSettings,
     held: HashMap<LeaseId, HeldLease>,
     /// The daemon's shutdown; each lease's stop token is a child of it, so
@@ -151,6 +155,7 @@ impl Coordinator {
             fixed: subjects_len,
             subjects,
             directory,
+            event_times: HashMap::new(),
             lease,
             held: HashMap::new(),
             shutdown: CancellationToken::new(),
@@ -360,6 +365,15 @@ impl Coordinator {
                 return;
             }
         };
+        for authorizer in &authorizers {
+            let before = self
+                .event_times
+                .insert(authorizer.app_id.clone(), authorizer.event_time);
+            let newer_event = before.is_some_and(|t| t != authorizer.event_time);
+            if newer_event && authorizer.state != AuthorizerState::Unauthorized {
+                self.wake(&component, &authorizer.app_id);
+            }
+        }
         let mut wanted: Vec<AccountId> = authorizers
             .into_iter()
             .filter(|a| a.state != AuthorizerState::Unauthorized)
@@ -397,6 +411,24 @@ impl Coordinator {
         for id in gone {
             self.give_back(&id, "the account no longer authorizes the platform");
         }
+    }
+
+    /// Asks the refresher of a held authorizer to act now (a manual
+    /// request): its pending code is exchanged at once.
+    fn wake(&self, component: &Component, app_id: &AccountId) {
+        let id = LeaseId::authorizer(&component.appid, app_id);
+        let kind = CredentialKind::AuthorizerAccessToken;
+        let Some(slot) = self.held.get(&id).and_then(|h| h.requests.get(&kind)) else {
+            return;
+        };
+        tracing::info!(account = %app_id, "a new authorization: exchanging its code now");
+        slot.put(crate::coordination::RefreshRequest {
+            id: mongodb::bson::Bson::Null,
+            app_id: app_id.clone(),
+            kind,
+            reason: wxtokend_reader::RefreshReason::Manual,
+            generation: None,
+        });
     }
 
     async fn renew_all(&mut self) {

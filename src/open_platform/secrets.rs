@@ -333,6 +333,71 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// Forgets the refresh token and code after WeChat answered 61003 to a
+    /// call sent at `as_of` (MongoDB's clock), unless an event at or after
+    /// it was applied meanwhile (a re-authorization that crossed the call).
+    /// Unlike an event, it leaves `event_time` as it is: a clock reading is
+    /// not WeChat's `CreateTime`, and must not turn a later event away.
+    pub async fn forget_as_of(
+        &self,
+        component: &AccountId,
+        authorizer: &AccountId,
+        as_of: SystemTime,
+    ) -> Result<EventOutcome, StoreError> {
+        let filter = doc! {
+            field::ID: document_id(component, authorizer),
+            "$or": super::directory::older_than(field::EVENT_TIME, as_of),
+        };
+        let update = doc! {
+            "$set": self.stamp(component, authorizer),
+            "$unset": { field::REFRESH_TOKEN: "", field::CODE: "", field::SOURCE: "" },
+            "$inc": { field::VERSION: 1_i64 },
+        };
+        let result = self.collection().update_one(filter, update).await?;
+        Ok(if result.matched_count == 1 {
+            EventOutcome::Applied
+        } else {
+            EventOutcome::Superseded
+        })
+    }
+
+    /// Stores the refresh token an exchange of the code of `event_time`
+    /// answered, and clears that code, in one write: the newest refresh
+    /// token by definition (an exchange invalidates the earlier ones), so
+    /// no version is compared; only a newer authorization's code (its own
+    /// exchange to come) turns it away. `false`: it was turned away.
+    pub async fn store_exchanged(
+        &self,
+        component: &AccountId,
+        authorizer: &AccountId,
+        event_time: SystemTime,
+        refresh_token: &SecretString,
+    ) -> Result<bool, SecretsError> {
+        let sealed =
+            self.secret_box
+                .seal(Field::RefreshToken, component, authorizer, refresh_token)?;
+        let mut set = self.stamp(component, authorizer);
+        set.insert(field::REFRESH_TOKEN, sealed_document(&sealed));
+        set.insert(field::SOURCE, Source::QueryAuth.as_str());
+        let filter = doc! {
+            field::ID: document_id(component, authorizer),
+            format!("{}.{}", field::CODE, field::EVENT_TIME): DateTime::from_system_time(event_time),
+        };
+        let update = doc! {
+            "$set": set,
+            "$unset": { field::CODE: "" },
+            "$inc": { field::VERSION: 1_i64 },
+        };
+        let result = self
+            .collection()
+            .update_one(filter, update)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(result.matched_count == 1)
+    }
+}
+
 /// The version stored (int64, or an int32 written by hand).
 fn version_of(document: &Document) -> i64 {
     match document.get(field::VERSION) {

@@ -30,10 +30,11 @@ use crate::wechat::{CallSlot, Effect, FetchError, FetchedCredential};
 pub(crate) struct CodeInput {
     component_token: Credential,
     code: SecretString,
+    /// A refresh token is stored too (an earlier authorization's).
+    refresh_token_stored: bool,
     /// The event's `CreateTime`: the code is cleared only if no newer one
     /// replaced it.
     event_time: std::time::SystemTime,
-    version: Version,
 }
 
 /// A refresh token to mint a token with.
@@ -49,6 +50,10 @@ pub(crate) struct RefreshInput {
 impl CodeInput {
     pub(super) fn component_token(&self) -> &Credential {
         &self.component_token
+    }
+
+    pub(super) fn refresh_token_stored(&self) -> bool {
+        self.refresh_token_stored
     }
 }
 
@@ -112,8 +117,8 @@ impl Refresher {
                     return Ok(Input::Code(CodeInput {
                         component_token,
                         code,
+                        refresh_token_stored: matches!(stored.refresh_token, Some(Ok(_))),
                         event_time: pending.event_time,
-                        version: stored.version,
                     }))
                 }
                 Err(e) => {
@@ -159,20 +164,46 @@ impl Refresher {
                 "api_query_auth answered for another authorizer".into(),
             ));
         }
-        if let (Some(refresh_token), Some(secrets)) =
-            (&answer.refresh_token, self.secrets(component))
-        {
-            let replace = secrets.replace_refresh_token(
-                &component.appid,
-                app_id,
-                input.version,
-                refresh_token,
-                Source::QueryAuth,
-            );
-            self.noted(replace, "cannot store the authorizer's refresh token")
-                .await;
+        let Some(secrets) = self.secrets(component) else {
+            return Err(FetchError::InvalidResponse("no sealing key".into()));
+        };
+        let Some(refresh_token) = &answer.refresh_token else {
+            // The account granted the platform no API: nothing to keep.
             let clear = secrets.clear_code(&component.appid, app_id, input.event_time);
             self.noted(clear, "cannot clear the exchanged code").await;
+            return Err(FetchError::InvalidResponse(
+                "api_query_auth answered no refresh token: the account granted the platform no API"
+                    .into(),
+            ));
+        };
+        // The code is used at WeChat: its refresh token exists nowhere else.
+        // Stored (with the code cleared in the same write) before anything,
+        // tried again within the call's stretch of the lease.
+        let mut stored = None;
+        for _ in 0..3 {
+            let store =
+                secrets.store_exchanged(&component.appid, app_id, input.event_time, refresh_token);
+            stored = self
+                .noted(store, "cannot store the authorizer's refresh token")
+                .await;
+            if stored.is_some() {
+                break;
+            }
+        }
+        match stored {
+            Some(true) => {}
+            Some(false) => {
+                tracing::info!(
+                    "a newer authorization replaced this code meanwhile: its own exchange follows"
+                );
+                return Err(FetchError::InvalidResponse(
+                    "the exchanged code was replaced by a newer authorization".into(),
+                ));
+            }
+            None => tracing::error!(
+                "the refresh token of an exchanged code could not be stored: the account may \
+                 have to authorize the platform again if the token below is lost too"
+            ),
         }
         let directory = Directory::new(self.ctx.store.clone());
         let set = directory.set_state(
@@ -269,7 +300,7 @@ impl Refresher {
                 );
                 self.noted(set, "cannot mark the authorizer").await;
                 if let Some(secrets) = self.secrets(component) {
-                    let forget = secrets.forget(&component.appid, app_id, Some(sent_at));
+                    let forget = secrets.forget_as_of(&component.appid, app_id, sent_at);
                     self.noted(forget, "cannot forget the authorizer's secrets")
                         .await;
                 }
@@ -279,7 +310,19 @@ impl Refresher {
                 if let (Input::Code(code), Some(secrets)) = (input, self.secrets(component)) {
                     let clear = secrets.clear_code(&component.appid, app_id, code.event_time);
                     self.noted(clear, "cannot clear the unusable code").await;
-                    tracing::warn!("the authorization code is unusable (61009/61010): dropped; the refresh token, if any, is used");
+                    if code.refresh_token_stored {
+                        tracing::warn!("the authorization code is unusable (61009/61010): dropped; the stored refresh token is used");
+                    } else {
+                        let set = directory.set_state_as_of(
+                            &component.appid,
+                            app_id,
+                            AuthorizerState::NeedsReauthorization,
+                            "errcode:61009/61010",
+                            sent_at,
+                        );
+                        self.noted(set, "cannot mark the authorizer").await;
+                        tracing::error!("the authorization code is unusable (61009/61010) and no refresh token is stored: the account must authorize the platform again");
+                    }
                 }
             }
             _ => {}

@@ -84,11 +84,9 @@ impl Refresher {
         // Before the request: the lease's end is measured from here.
         let started = Instant::now();
         let mut rules = self.permit_rules();
-        if let Input::Code(_) = input {
-            // The code's exchange has an API and a ceiling of its own.
-            rules.api = Api::QueryAuth;
-            rules.daily_limit = self.ctx.refresh.daily_call_limits.of(Api::QueryAuth);
-        }
+        // A code's exchange has an API and a ceiling of its own.
+        rules.api = self.api_of(&input);
+        rules.daily_limit = self.ctx.refresh.daily_call_limits.of(rules.api);
         let ask = self.lease.permit(rules);
         let permit = tokio::select! {
             permit = self.ctx.observe(Operation::Permit, ask) => permit,
@@ -100,8 +98,9 @@ impl Refresher {
                 lease_left,
             }) => {
                 let metrics = &self.ctx.metrics;
-                metrics.quota_calls_today(self.subject.app_id(), self.api(), calls_today);
-                metrics.quota_exhausted(self.subject.app_id(), self.api(), false);
+                let api = self.api_of(&input);
+                metrics.quota_calls_today(self.subject.app_id(), api, calls_today);
+                metrics.quota_exhausted(self.subject.app_id(), api, false);
                 if !self.send_by(started + lease_left) {
                     return self.machine.not_holder();
                 }
@@ -121,7 +120,10 @@ impl Refresher {
                 tracing::info!(retry_in_s = retry_in.as_secs(), %reason, "forced refresh postponed: the previous one was too recent");
                 self.machine.too_soon(retry_in, self.now())
             }
-            Ok(Permit::QuotaSpent { calls_today }) => self.quota_spent(calls_today, None),
+            Ok(Permit::QuotaSpent { calls_today }) => {
+                let api = self.api_of(&input);
+                self.quota_spent(api, calls_today, None)
+            }
             Ok(Permit::ForcedSpent) => {
                 tracing::warn!(
                     %reason,
@@ -152,6 +154,15 @@ impl Refresher {
     /// The WeChat API this refresher calls: quotas are counted per API.
     fn api(&self) -> Api {
         self.subject.api(self.kind)
+    }
+
+    /// The API a call with `input` is counted against: an authorization
+    /// code's exchange has its own.
+    fn api_of(&self, input: &Input) -> Api {
+        match input {
+            Input::Code(_) => Api::QueryAuth,
+            _ => self.api(),
+        }
     }
 
     pub(super) fn permit_rules(&self) -> PermitRules {
@@ -185,8 +196,7 @@ impl Refresher {
     /// No call to this API until WeChat's quota day ends; `cause` is
     /// WeChat's 45009 answer when it came from WeChat rather than our own
     /// ceiling. The account's other APIs go on.
-    fn quota_spent(&mut self, calls_today: i64, cause: Option<&FetchError>) -> Duration {
-        let api = self.api();
+    fn quota_spent(&mut self, api: Api, calls_today: i64, cause: Option<&FetchError>) -> Duration {
         let metrics = &self.ctx.metrics;
         metrics.quota_calls_today(self.subject.app_id(), api, calls_today);
         metrics.quota_exhausted(self.subject.app_id(), api, true);
@@ -265,9 +275,11 @@ impl Refresher {
                 self.refresh_authorizer(slot, component, app_id, refresh, held)
                     .await
             }
-            (Subject::Component(_) | Subject::Authorizer { .. }, _) => {
-                unreachable!("the Open Platform's calls are made only with their inputs")
-            }
+            // Not made: a programming error, reported like a failed call
+            // rather than a panic that would stop every replica in turn.
+            (Subject::Component(_) | Subject::Authorizer { .. }, _) => Err(
+                FetchError::InvalidResponse("internal: no input for this call".into()),
+            ),
         };
         let metrics = &self.ctx.metrics;
         metrics.upstream_call(self.subject.app_id(), self.kind, started.elapsed());
@@ -312,10 +324,11 @@ impl Refresher {
         sent_at: SystemTime,
     ) -> Duration {
         if error.class() == ErrorClass::DailyQuota {
-            let mark = self.lease.mark_quota_exhausted(self.api());
+            let api = self.api_of(input);
+            let mark = self.lease.mark_quota_exhausted(api);
             let marked = self.ctx.observe(Operation::LeaseNote, mark).await;
             self.lease_note_failed(marked);
-            return self.quota_spent(calls_today, Some(error));
+            return self.quota_spent(api, calls_today, Some(error));
         }
         let mut retry_after = error.retry_after();
         if let Subject::Authorizer { component, app_id } = &self.subject {
@@ -332,8 +345,10 @@ impl Refresher {
             (Input::RefreshToken(i), _) if error.class() == ErrorClass::InvalidToken => {
                 self.report_stale_access_token(i.component_token()).await;
             }
-            (Input::Code(_), _) if error.effect() == Some(Effect::CodeUnusable) => {
-                // The refresh token, if one is stored, at once.
+            (Input::Code(code), _)
+                if error.effect() == Some(Effect::CodeUnusable) && code.refresh_token_stored() =>
+            {
+                // The stored refresh token, at once.
                 retry_after = Some(Duration::ZERO);
             }
             (Input::VerifyTicket(ticket), Subject::Component(component))

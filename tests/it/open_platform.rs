@@ -838,7 +838,7 @@ async fn an_authorizer_gets_its_token_kept_fresh_until_it_withdraws() {
         .calls(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken);
     let generations = authorizer_tokens(&s).await.len() as u32;
     assert!(
-        calls <= generations + 1,
+        calls < generations,
         "{calls} calls for {generations} generations (the first from the code)"
     );
     assert_eq!(
@@ -847,12 +847,26 @@ async fn an_authorizer_gets_its_token_kept_fresh_until_it_withdraws() {
         "WeChat echoes the refresh token: never rewritten"
     );
 
-    // WeChat rotates it at every call from now on: each is stored.
+    // WeChat rotates it at every call from now on, the replaced one dead
+    // at once: each new one must be stored, or the next call gets 61023.
+    s.fake.set_refresh_token_grace(COMPONENT, Duration::ZERO);
     s.fake.rotate_refresh_tokens(COMPONENT, AUTHORIZER, true);
-    eventually(WAIT, "two rotated refresh tokens stored", || async {
-        (secrets_version(&s).await >= 3).then_some(())
-    })
+    let before = authorizer_tokens(&s).await.len();
+    eventually(
+        WAIT,
+        "three rotations and the refresh after them",
+        || async {
+            let rotated = secrets_version(&s).await >= 4;
+            (rotated && authorizer_tokens(&s).await.len() >= before + 4).then_some(())
+        },
+    )
     .await;
+    let (directory, _) = authorizer_docs(&s).await;
+    assert_eq!(
+        directory.get_str("state"),
+        Ok("active"),
+        "no 61023: {directory}"
+    );
 
     // It withdraws: the lease is given back, and nothing is called for it.
     s.fake.unauthorize(COMPONENT, AUTHORIZER);
@@ -924,4 +938,49 @@ async fn a_withdrawal_cut_off_between_its_writes_is_completed_when_sent_again() 
     );
     let sealed = sealed.expect("the document stays");
     assert!(sealed.get_document("code").is_err(), "forgotten: {sealed}");
+}
+
+/// An account authorizes the platform again while its token is held (its
+/// old refresh token dies at WeChat): the holder exchanges the new code at
+/// once, not at the next scheduled refresh two hours later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reauthorization_of_a_held_authorizer_is_exchanged_at_once() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "").await;
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@reauthorize").await;
+    component_token(&s).await;
+
+    let code = s.fake.authorize(COMPONENT, AUTHORIZER);
+    let first = component.authorized(
+        AUTHORIZER,
+        &code,
+        SystemTime::now() - Duration::from_secs(5),
+    );
+    assert!(send(&first, &url).await.delivered());
+    eventually(WAIT, "the first token", || async {
+        authorizer_tokens(&s).await.into_iter().next()
+    })
+    .await;
+
+    let again = s.fake.authorize(COMPONENT, AUTHORIZER);
+    let second = component.authorized(AUTHORIZER, &again, SystemTime::now());
+    assert!(send(&second, &url).await.delivered());
+    let newer = eventually(WAIT, "the new code exchanged", || async {
+        authorizer_tokens(&s)
+            .await
+            .into_iter()
+            .find(|d| d.get_i64("generation") == Ok(2))
+    })
+    .await;
+    assert!(s
+        .fake
+        .is_accepted(newer.get_str("authorizer_access_token").expect("value")));
+    let (directory, sealed) = authorizer_docs(&s).await;
+    assert_eq!(directory.get_str("state"), Ok("active"), "{directory}");
+    assert!(
+        sealed.expect("secrets").get_document("code").is_err(),
+        "exchanged"
+    );
 }
