@@ -271,17 +271,7 @@ impl Directory {
                 doc! { "$ne": AuthorizerState::Unauthorized.as_str() },
             );
         }
-        let update = doc! { "$set": {
-            field::STATE: state.as_str(),
-            field::STATE_REASON: reason,
-            field::UPDATED_AT: self.now(),
-        }};
-        let result = self.collection().update_one(filter, update).await?;
-        Ok(if result.matched_count == 1 {
-            StateSet::Set
-        } else {
-            StateSet::Kept
-        })
+        self.write_state(filter, state, reason).await
     }
 
     /// [`Directory::set_state`] for what WeChat answered a call sent at
@@ -300,6 +290,16 @@ impl Directory {
             field::ID: document_id(component, authorizer),
             "$or": older_than(field::EVENT_TIME, as_of),
         };
+        self.write_state(filter, state, reason).await
+    }
+
+    /// Sets `state` on the document `filter` matches, if it does.
+    async fn write_state(
+        &self,
+        filter: Document,
+        state: AuthorizerState,
+        reason: &str,
+    ) -> Result<StateSet, StoreError> {
         let update = doc! { "$set": {
             field::STATE: state.as_str(),
             field::STATE_REASON: reason,
