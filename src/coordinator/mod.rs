@@ -680,6 +680,16 @@ impl Coordinator {
             requests.insert(kind, slot);
             tasks.push(tokio::spawn(refresher.run()));
         }
+        // The component's holder also keeps the directory in line with
+        // WeChat's authorizer list.
+        if let Subject::Component(component) = &subject {
+            tasks.push(tokio::spawn(crate::refresh::discovery::run(
+                self.ctx.clone(),
+                lease.clone(),
+                component.clone(),
+                stop.clone(),
+            )));
+        }
         self.held.insert(
             lease.id().clone(),
             HeldLease {

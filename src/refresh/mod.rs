@@ -10,6 +10,7 @@
 mod authorizer;
 mod backoff;
 mod component;
+pub mod discovery;
 mod fetch;
 mod machine;
 

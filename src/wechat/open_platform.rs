@@ -41,7 +41,7 @@ pub struct QueryAuth {
 
 /// One page of `api_get_authorizer_list`.
 #[derive(Debug)]
-#[cfg_attr(not(test), allow(dead_code))] // discovery, the next step
+
 pub struct AuthorizerPage {
     /// Authorizers in all pages.
     pub total_count: u64,
@@ -54,7 +54,7 @@ pub struct AuthorizerPage {
 
 /// One authorizer as `api_get_authorizer_list` lists it.
 #[derive(Debug)]
-#[cfg_attr(not(test), allow(dead_code))] // discovery, the next step
+
 pub struct Listed {
     pub authorizer_appid: AccountId,
     /// Absent when the authorization code was never exchanged.
@@ -119,7 +119,7 @@ impl WechatClient {
     /// One page of the platform's authorizers, `count` (at most
     /// [`AUTHORIZER_LIST_MAX_COUNT`]; more is asked as that) from `offset`
     /// (`POST /cgi-bin/component/api_get_authorizer_list`).
-    #[cfg_attr(not(test), allow(dead_code))] // discovery, the next step
+
     #[tracing::instrument(
         name = "authorizer_list",
         skip_all,

@@ -984,3 +984,50 @@ async fn a_reauthorization_of_a_held_authorizer_is_exchanged_at_once() {
         "exchanged"
     );
 }
+
+/// Accounts that authorized the platform before wxtokend heard of them (no
+/// event reached it) are found in WeChat's authorizer list when the
+/// component's lease is taken, with their refresh tokens, and get their
+/// tokens like any other authorizer.
+#[tokio::test(flavor = "multi_thread")]
+async fn authorizers_known_only_to_wechats_list_are_discovered_and_served() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "").await;
+    let listed = [
+        "wxlisted0000000001",
+        "wxlisted0000000002",
+        "wxlisted0000000003",
+    ];
+    for appid in listed {
+        s.fake.authorize_silently(COMPONENT, appid);
+    }
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@discovery").await;
+
+    let tokens = eventually(WAIT, "every listed authorizer's token", || async {
+        let docs = s.db.docs(AUTHORIZER_TOKENS).await;
+        let served: Vec<Document> = listed
+            .iter()
+            .filter_map(|a| docs.iter().find(|d| d.get_str("app_id") == Ok(*a)).cloned())
+            .collect();
+        (served.len() == listed.len()).then_some(served)
+    })
+    .await;
+    for token in &tokens {
+        let value = token.get_str("authorizer_access_token").expect("value");
+        assert!(s.fake.is_accepted(value), "{token}");
+        assert_eq!(token.get_str("component_appid"), Ok(COMPONENT));
+    }
+    let directory = s.db.docs("authorizers").await;
+    assert_eq!(directory.len(), listed.len());
+    assert!(
+        directory.iter().all(|d| d.get_str("state") == Ok("active")),
+        "{directory:?}"
+    );
+    let mut secrets = secrets(&s, &config, &["ticket@@@discovery"]);
+    for appid in listed {
+        secrets.extend(s.fake.refresh_token_of(COMPONENT, appid));
+    }
+    s.daemon().assert_logs_free_of(&secrets);
+}

@@ -1,0 +1,212 @@
+//! Discovery: the component's lease holder lists the accounts that
+//! authorized the platform (`api_get_authorizer_list`, pages of 500) when
+//! it takes the lease and every [`DISCOVERY_INTERVAL`] after, and brings
+//! the directory in line: an authorizer it did not know is added (`active`
+//! with the listed refresh token, sealed, or `pending` without one); one
+//! that needs re-authorization gets the listed refresh token if it differs
+//! (WeChat staff's answer to 61023) and becomes `active`. The refresh
+//! token of an `active` authorizer is never replaced from the list: its
+//! holder's own is authoritative. Missing from the list changes nothing
+//! (the next call says, with 61003).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+use wxtokend_reader::{CredentialKind, Owner};
+
+use super::Context;
+use crate::coordination::{Lease, Permit, PermitRules};
+use crate::metrics::Operation;
+use crate::open_platform::directory::{AuthorizerState, Directory};
+use crate::open_platform::secrets::{Cas, Secrets, Source};
+use crate::subject::Component;
+use crate::wechat::Api;
+
+/// Between two discovery passes (WeChat's list changes when an account
+/// authorizes; its event brings it sooner).
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The most WeChat lists in one page.
+const PAGE: u32 = 500;
+
+/// Runs discovery under `lease` until `stop`.
+pub async fn run(
+    ctx: Arc<Context>,
+    lease: Lease,
+    component: Arc<Component>,
+    stop: CancellationToken,
+) {
+    let Some(sealing) = component.sealing.clone() else {
+        stop.cancelled().await;
+        return;
+    };
+    let secrets = Secrets::new(ctx.store.clone(), sealing, ctx.instance_id.as_ref());
+    let pass = Pass {
+        ctx: &ctx,
+        lease: &lease,
+        component: &component,
+        secrets: &secrets,
+        stop: &stop,
+    };
+    loop {
+        let wait = match pass.run().await {
+            Ok(listed) => {
+                tracing::info!(listed, "discovery: the authorizer list is read");
+                DISCOVERY_INTERVAL
+            }
+            Err(why) => {
+                tracing::debug!(%why, "discovery: not now");
+                ctx.refresh
+                    .request_poll_interval
+                    .max(Duration::from_secs(5))
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+struct Pass<'a> {
+    ctx: &'a Arc<Context>,
+    lease: &'a Lease,
+    component: &'a Arc<Component>,
+    secrets: &'a Secrets,
+    stop: &'a CancellationToken,
+}
+
+impl Pass<'_> {
+    /// One pass over every page; how many authorizers were listed.
+    async fn run(&self) -> Result<u64, String> {
+        let ctx = self.ctx;
+        let component = self.component;
+        let started = ctx.store.clock().now();
+        let owner = Owner::account(component.appid.clone());
+        let read = async {
+            Ok(ctx
+                .store
+                .credentials()
+                .scan_newest_owned(CredentialKind::ComponentAccessToken, &owner, Some(started))
+                .await?)
+        };
+        let token = ctx
+            .observe(Operation::ReadAccessToken, read)
+            .await
+            .map_err(|e| e.to_string())?
+            .credential
+            .ok_or("no valid component token yet")?;
+        let directory = Directory::new(ctx.store.clone());
+        let mut offset = 0;
+        let mut listed = 0;
+        loop {
+            let page = self.page(&token.value, offset).await?;
+            for entry in &page.list {
+                self.apply(&directory, entry, started).await;
+            }
+            listed += page.list.len() as u64;
+            if page.skipped > 0 {
+                tracing::warn!(
+                    skipped = page.skipped,
+                    "discovery: malformed list entries left out"
+                );
+            }
+            offset += PAGE;
+            if u64::from(offset) >= page.total_count || page.list.is_empty() {
+                return Ok(listed);
+            }
+        }
+    }
+
+    /// One page, under a permit of its own API, sent only if the lease
+    /// outlasts the call.
+    async fn page(
+        &self,
+        token: &secrecy::SecretString,
+        offset: u32,
+    ) -> Result<crate::wechat::AuthorizerPage, String> {
+        let ctx = self.ctx;
+        let slot = tokio::select! {
+            slot = ctx.wechat.slot() => slot,
+            () = self.stop.cancelled() => return Err("stopped".into()),
+        };
+        let started = Instant::now();
+        let rules = PermitRules {
+            api: Api::AuthorizerList,
+            min_remaining: ctx.lease_duration / 2,
+            daily_limit: ctx.refresh.daily_call_limits.of(Api::AuthorizerList),
+            forced_min_interval: None,
+            forced_daily_limit: None,
+            clock_max_age: ctx.lease_duration / 2,
+        };
+        let permit = ctx
+            .observe(Operation::Permit, self.lease.permit(rules))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Permit::Granted { lease_left, .. } = permit else {
+            return Err(format!("no permit: {permit:?}"));
+        };
+        let ends = started + lease_left;
+        if self.stop.is_cancelled()
+            || ends.saturating_duration_since(Instant::now()) < ctx.call_timeout
+        {
+            return Err("the lease would end before the call".into());
+        }
+        ctx.wechat
+            .authorizer_list(&slot, self.component, token, offset, PAGE)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// One entry into the directory and, where it helps, its refresh token
+    /// into the secrets. Failures are logged; the next pass tries again.
+    async fn apply(
+        &self,
+        directory: &Directory,
+        entry: &crate::wechat::Listed,
+        started: std::time::SystemTime,
+    ) {
+        let c = &self.component.appid;
+        let a = &entry.authorizer_appid;
+        let result: Result<(), String> = async {
+            let known = directory.get(c, a).await.map_err(|e| e.to_string())?;
+            let stored = self.secrets.read(c, a).await.map_err(|e| e.to_string())?;
+            let needs = known
+                .as_ref()
+                .is_some_and(|k| k.state == AuthorizerState::NeedsReauthorization);
+            let has_stored = matches!(stored.refresh_token, Some(Ok(_)));
+            if let Some(listed) = &entry.refresh_token {
+                let differs = match &stored.refresh_token {
+                    Some(Ok(rt)) => rt.expose_secret() != listed.expose_secret(),
+                    _ => true,
+                };
+                if (!has_stored || needs) && differs {
+                    let cas = self
+                        .secrets
+                        .replace_refresh_token(c, a, stored.version, listed, Source::AuthorizerList)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if cas != Cas::Lost && needs {
+                        directory
+                            .set_state(c, a, AuthorizerState::Active, "list")
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        tracing::info!(account = %a, "discovery: the listed refresh token repairs an authorizer that needed re-authorization");
+                    }
+                }
+            }
+            let has = entry.refresh_token.is_some() || has_stored;
+            directory
+                .upsert_listed(c, a, has, entry.auth_time, started)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(account = %a, error = %e, "discovery: cannot apply a listed authorizer");
+        }
+    }
+}
