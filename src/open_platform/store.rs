@@ -155,19 +155,12 @@ impl Tickets {
     /// is stored. A document without a string ticket or a date
     /// `create_time` (a broken external writer) is skipped over.
     pub async fn newest(&self, component_appid: &str) -> Result<Option<StoredTicket>, StoreError> {
-        let options = FindOneOptions::builder()
-            .sort(doc! { field::CREATE_TIME: -1 })
-            .build();
-        let found = self
-            .collection()
-            .find_one(doc! {
-                field::COMPONENT_APPID: component_appid,
-                field::TICKET: { "$type": "string" },
-                field::CREATE_TIME: { "$type": "date" },
-            })
-            .with_options(options)
-            .await?;
-        Ok(found.and_then(|d| parse(&d)))
+        self.newest_matching(doc! {
+            field::COMPONENT_APPID: component_appid,
+            field::TICKET: { "$type": "string" },
+            field::CREATE_TIME: { "$type": "date" },
+        })
+        .await
     }
 
     /// The newest ticket of `component_appid` that may be used at `now`:
@@ -180,21 +173,27 @@ impl Tickets {
     ) -> Result<Option<StoredTicket>, StoreError> {
         let now_date = DateTime::from_system_time(now);
         let oldest_create_time = DateTime::from_system_time(now - TICKET_LIFE);
+        self.newest_matching(doc! {
+            field::COMPONENT_APPID: component_appid,
+            field::TICKET: { "$type": "string", "$ne": "" },
+            field::CREATE_TIME: { "$type": "date", "$gt": oldest_create_time },
+            field::REJECTED_AT: { "$exists": false },
+            "$or": [
+                { field::EXPIRES_AT: { "$gt": now_date } },
+                { field::EXPIRES_AT: { "$exists": false } },
+            ],
+        })
+        .await
+    }
+
+    /// The ticket matching `filter` with the latest `CreateTime`.
+    async fn newest_matching(&self, filter: Document) -> Result<Option<StoredTicket>, StoreError> {
         let options = FindOneOptions::builder()
             .sort(doc! { field::CREATE_TIME: -1 })
             .build();
         let found = self
             .collection()
-            .find_one(doc! {
-                field::COMPONENT_APPID: component_appid,
-                field::TICKET: { "$type": "string", "$ne": "" },
-                field::CREATE_TIME: { "$type": "date", "$gt": oldest_create_time },
-                field::REJECTED_AT: { "$exists": false },
-                "$or": [
-                    { field::EXPIRES_AT: { "$gt": now_date } },
-                    { field::EXPIRES_AT: { "$exists": false } },
-                ],
-            })
+            .find_one(filter)
             .with_options(options)
             .await?;
         Ok(found.and_then(|d| parse(&d)))

@@ -273,30 +273,17 @@ pub fn credential_indexes_of(kinds: &[CredentialKind], retention: Duration) -> V
         .iter()
         .filter(|kind| !kind.is_authorizer())
         .flat_map(|&kind| {
-            let collection = kind.collection();
-            [
-                IndexSpec {
-                    collection,
-                    name: GENERATION_INDEX,
-                    keys: &[(field::APP_ID, 1), (field::GENERATION, -1)],
-                    unique: true,
-                    ttl: None,
-                },
-                IndexSpec {
-                    collection,
-                    name: VALID_INDEX,
-                    keys: &[(field::APP_ID, 1), (field::EXPIRES_AT, -1)],
-                    unique: false,
-                    ttl: None,
-                },
-                IndexSpec {
-                    collection,
-                    name: RETENTION_INDEX,
-                    keys: &[(field::EXPIRES_AT, 1)],
-                    unique: false,
-                    ttl: Some(retention),
-                },
-            ]
+            credential_collection_indexes(
+                kind.collection(),
+                [
+                    (
+                        GENERATION_INDEX,
+                        &[(field::APP_ID, 1), (field::GENERATION, -1)],
+                    ),
+                    (VALID_INDEX, &[(field::APP_ID, 1), (field::EXPIRES_AT, -1)]),
+                ],
+                retention,
+            )
         })
         .collect()
 }
@@ -305,43 +292,62 @@ pub fn credential_indexes_of(kinds: &[CredentialKind], retention: Duration) -> V
 /// [`credential_indexes`], each led by `component_appid` (one account may
 /// authorize several platforms, each with its own generations).
 pub fn authorizer_credential_indexes(retention: Duration) -> Vec<IndexSpec> {
-    [CredentialKind::AuthorizerAccessToken]
-        .into_iter()
-        .flat_map(|kind| {
-            let collection = kind.collection();
-            [
-                IndexSpec {
-                    collection,
-                    name: "component_appid_1_app_id_1_generation_-1",
-                    keys: &[
-                        (field::COMPONENT_APPID, 1),
-                        (field::APP_ID, 1),
-                        (field::GENERATION, -1),
-                    ],
-                    unique: true,
-                    ttl: None,
-                },
-                IndexSpec {
-                    collection,
-                    name: "component_appid_1_app_id_1_expires_at_-1",
-                    keys: &[
-                        (field::COMPONENT_APPID, 1),
-                        (field::APP_ID, 1),
-                        (field::EXPIRES_AT, -1),
-                    ],
-                    unique: false,
-                    ttl: None,
-                },
-                IndexSpec {
-                    collection,
-                    name: RETENTION_INDEX,
-                    keys: &[(field::EXPIRES_AT, 1)],
-                    unique: false,
-                    ttl: Some(retention),
-                },
-            ]
-        })
-        .collect()
+    credential_collection_indexes(
+        CredentialKind::AuthorizerAccessToken.collection(),
+        [
+            (
+                "component_appid_1_app_id_1_generation_-1",
+                &[
+                    (field::COMPONENT_APPID, 1),
+                    (field::APP_ID, 1),
+                    (field::GENERATION, -1),
+                ],
+            ),
+            (
+                "component_appid_1_app_id_1_expires_at_-1",
+                &[
+                    (field::COMPONENT_APPID, 1),
+                    (field::APP_ID, 1),
+                    (field::EXPIRES_AT, -1),
+                ],
+            ),
+        ],
+        retention,
+    )
+    .into()
+}
+
+/// The three indexes of one credential collection: `by_generation`
+/// (unique: the business query's, and the fence's last line), `valid`
+/// (the valid documents'), and the TTL index on `expires_at`.
+fn credential_collection_indexes(
+    collection: &'static str,
+    [by_generation, valid]: [(&'static str, &'static [(&'static str, i32)]); 2],
+    retention: Duration,
+) -> [IndexSpec; 3] {
+    [
+        IndexSpec {
+            collection,
+            name: by_generation.0,
+            keys: by_generation.1,
+            unique: true,
+            ttl: None,
+        },
+        IndexSpec {
+            collection,
+            name: valid.0,
+            keys: valid.1,
+            unique: false,
+            ttl: None,
+        },
+        IndexSpec {
+            collection,
+            name: RETENTION_INDEX,
+            keys: &[(field::EXPIRES_AT, 1)],
+            unique: false,
+            ttl: Some(retention),
+        },
+    ]
 }
 
 /// The indexes of `refresh_requests`: by account, and the TTL index that

@@ -45,7 +45,7 @@ pub(crate) fn open_platform(
 
 /// A fresh sealing key for authorizers' secrets, in a file of its own
 /// (read once at start; a few bytes left in the temporary directory).
-fn refresh_token_key_file() -> std::path::PathBuf {
+pub(crate) fn refresh_token_key_file() -> std::path::PathBuf {
     use base64::Engine as _;
     let key: [u8; 32] = rand::random();
     let path = std::env::temp_dir().join(format!(

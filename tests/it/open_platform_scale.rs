@@ -33,14 +33,7 @@ fn authorizer(n: u64) -> String {
 fn open_platform(config: &ComponentConfig) -> impl FnOnce(&mut TestConfig) {
     let config = config.clone();
     move |c: &mut TestConfig| {
-        use base64::Engine as _;
-        let key: [u8; 32] = rand::random();
-        let path = std::env::temp_dir().join(format!(
-            "wxtokend-test-rt-key-{:016x}",
-            rand::random::<u64>()
-        ));
-        std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(key))
-            .expect("key file");
+        let path = crate::open_platform::refresh_token_key_file();
         c.extra_toml.push_str(&format!(
             "\n[open_platform]\ncomponent_appid = \"{COMPONENT}\"\n\
              component_secret_env = \"WXT_COMPONENT_SECRET\"\ntoken_env = \"WXT_COMPONENT_TOKEN\"\n\
@@ -60,16 +53,7 @@ fn open_platform(config: &ComponentConfig) -> impl FnOnce(&mut TestConfig) {
 async fn callback_urls(s: &Scenario) -> Vec<String> {
     let mut urls = Vec::new();
     for daemon in &s.daemons {
-        let line = daemon
-            .wait_for_line("open platform callback listening", |l| {
-                l["message"] == "open platform callback listening"
-            })
-            .await;
-        urls.push(format!(
-            "http://{}{}",
-            line["addr"].as_str().expect("addr"),
-            line["path"].as_str().expect("path")
-        ));
+        urls.push(crate::open_platform::callback_url(daemon).await);
     }
     urls
 }
