@@ -355,6 +355,9 @@ fn subjects(settings: &Settings) -> Vec<Subject> {
             secret: secrets.component_secret.clone(),
             start_push_ticket_after: open_platform.start_push_ticket_after,
             sealing: secrets.refresh_tokens.clone(),
+            keep: open_platform.authorizers.clone(),
+            tickets: open_platform.authorizer_tickets.clone(),
+            discovery_interval: open_platform.discovery_interval,
         })
     });
     subjects.extend(component.map(|c| Subject::Component(Arc::new(c))));

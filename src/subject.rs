@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use crate::open_platform::SecretBox;
 use wxtokend_reader::{AccountId, CredentialKind, Owner};
 
-use crate::config::Account;
+use crate::config::{Account, AuthorizerSelection, Platform, TokenEndpoint};
 use crate::coordination::LeaseId;
 use crate::wechat::Api;
 
@@ -45,6 +45,13 @@ pub struct Component {
     /// (`open_platform.refresh_token_key_file`); without it no authorizer
     /// is kept.
     pub sealing: Option<SecretBox>,
+    /// Which authorizers are kept (`open_platform.authorizers`).
+    pub keep: AuthorizerSelection,
+    /// The tickets kept for every authorizer besides its access token
+    /// (`open_platform.authorizer_tickets`).
+    pub tickets: Vec<CredentialKind>,
+    /// Between two reads of WeChat's authorizer list.
+    pub discovery_interval: Duration,
 }
 
 impl Subject {
@@ -82,7 +89,9 @@ impl Subject {
         let (token, tickets): (_, &[CredentialKind]) = match self {
             Self::Account(account) => (CredentialKind::AccessToken, &account.tickets),
             Self::Component(_) => (CredentialKind::ComponentAccessToken, &[]),
-            Self::Authorizer { .. } => (CredentialKind::AuthorizerAccessToken, &[]),
+            Self::Authorizer { component, .. } => {
+                (CredentialKind::AuthorizerAccessToken, &component.tickets)
+            }
         };
         std::iter::once(token).chain(tickets.iter().copied())
     }
@@ -94,7 +103,13 @@ impl Subject {
             Self::Component(_) => Api::ComponentToken,
             // Its first token may come from `api_query_auth` instead,
             // under a permit of that API (the refresher asks for it).
-            Self::Authorizer { .. } => Api::AuthorizerToken,
+            Self::Authorizer { .. } if kind == CredentialKind::AuthorizerAccessToken => {
+                Api::AuthorizerToken
+            }
+            // Its tickets: `getticket` with its token, like an account's.
+            Self::Authorizer { .. } => {
+                Api::of(Platform::OfficialAccount, TokenEndpoint::Token, kind)
+            }
         }
     }
 }

@@ -652,7 +652,7 @@ mod show;
 mod validate;
 
 pub use mirrors::MirrorSettings;
-pub use open_platform::OpenPlatformSettings;
+pub use open_platform::{AuthorizerSelection, OpenPlatformSettings};
 pub use show::effective;
 
 #[cfg(test)]

@@ -6,13 +6,16 @@
 //! `previous_refresh_token_key_file` after a rotation). The callback
 //! receiver's listener and limits are checked in every scope.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use wxtokend_reader::{AccountId, CredentialKind};
 
 use super::secrets::read_secret;
 use super::validate::Problems;
@@ -61,8 +64,65 @@ pub struct OpenPlatformSettings {
     /// refresher asks WeChat to push one (`api_start_push_ticket`), and
     /// again after as long; `None` (`"0s"`) = never.
     pub start_push_ticket_after: Option<Duration>,
+    /// Which authorizers to keep fresh (`authorizers`).
+    pub authorizers: AuthorizerSelection,
+    /// The tickets kept for every authorizer besides its access token
+    /// (`authorizer_tickets`).
+    pub authorizer_tickets: Vec<CredentialKind>,
+    /// Between two reads of WeChat's authorizer list (`discovery_interval`).
+    pub discovery_interval: Duration,
     /// The component's secrets: read for [`Scope::Daemon`] only.
     pub secrets: Option<ComponentSecrets>,
+}
+
+/// `authorizers`: every account that authorized the component (`"all"`),
+/// or only the listed appids (the others are left alone: no lease, no
+/// call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthorizerSelection {
+    All,
+    Only(Arc<BTreeSet<AccountId>>),
+}
+
+impl AuthorizerSelection {
+    /// Whether the authorizer `app_id` is kept fresh.
+    pub fn keeps(&self, app_id: &AccountId) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(listed) => listed.contains(app_id),
+        }
+    }
+}
+
+/// `authorizers` as written: `"all"` or a list of appids.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSelection {
+    Word(String),
+    List(Vec<String>),
+}
+
+impl Default for RawSelection {
+    fn default() -> Self {
+        Self::Word("all".to_owned())
+    }
+}
+
+/// A ticket kept for every authorizer, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AuthorizerTicket {
+    Jsapi,
+    WxCard,
+}
+
+impl AuthorizerTicket {
+    fn kind(self) -> CredentialKind {
+        match self {
+            Self::Jsapi => CredentialKind::AuthorizerJsapiTicket,
+            Self::WxCard => CredentialKind::AuthorizerWxCardTicket,
+        }
+    }
 }
 
 /// What only the daemon reads. `Debug` shows neither the secret nor the
@@ -122,6 +182,12 @@ pub(super) struct RawOpenPlatform {
     max_body_bytes: usize,
     #[serde(default = "default_start_push_ticket_after", with = "humantime_serde")]
     start_push_ticket_after: Duration,
+    #[serde(default)]
+    authorizers: RawSelection,
+    #[serde(default)]
+    authorizer_tickets: Vec<AuthorizerTicket>,
+    #[serde(default = "default_discovery_interval", with = "humantime_serde")]
+    discovery_interval: Duration,
 }
 
 pub(super) fn default_path() -> String {
@@ -144,6 +210,16 @@ pub(super) fn default_max_body_bytes() -> usize {
 pub(super) fn default_start_push_ticket_after() -> Duration {
     Duration::from_secs(30 * 60)
 }
+
+/// WeChat's list changes when an account authorizes, and its event
+/// brings the change sooner; the list is a safety net.
+pub(super) fn default_discovery_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// A pass reads `authorizer_list` pages (500 calls a day): every minute
+/// at most, so a few thousand authorizers stay well inside it.
+const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Asking WeChat to push sooner than this would only spend the API's
 /// daily ceiling: a push takes a moment to come.
@@ -227,6 +303,23 @@ pub(super) fn open_platform_settings(
         "must be at least 10s, for example \"30m\" (three missed pushes), or \"0s\" to never \
          ask WeChat to push a verify ticket",
     );
+    p.check(
+        raw.discovery_interval >= MIN_DISCOVERY_INTERVAL,
+        &key("discovery_interval"),
+        "must be at least 1m, for example \"1h\" (each pass reads WeChat's authorizer list, \
+         500 calls a day)",
+    );
+    let authorizers = authorizer_selection(&raw.authorizers, p);
+    let mut authorizer_tickets = Vec::new();
+    for ticket in &raw.authorizer_tickets {
+        if authorizer_tickets.contains(&ticket.kind()) {
+            p.add(
+                key("authorizer_tickets"),
+                format!("{ticket:?} is listed twice"),
+            );
+        }
+        authorizer_tickets.push(ticket.kind());
+    }
     let secrets = match scope {
         Scope::Daemon => component_secrets(raw, env, p),
         Scope::StoreOnly | Scope::Local => None,
@@ -239,17 +332,60 @@ pub(super) fn open_platform_settings(
         max_message_age: raw.max_message_age,
         max_body_bytes: raw.max_body_bytes,
         start_push_ticket_after: Some(raw.start_push_ticket_after).filter(|d| !d.is_zero()),
+        authorizers,
+        authorizer_tickets,
+        discovery_interval: raw.discovery_interval,
         secrets,
     }
 }
 
-fn check_appid(appid: &str, p: &mut Problems) {
-    let shaped = !appid.is_empty()
+/// `authorizers`, checked: `"all"`, or a list of distinct appids.
+fn authorizer_selection(raw: &RawSelection, p: &mut Problems) -> AuthorizerSelection {
+    let key = format!("{TABLE}.authorizers");
+    match raw {
+        RawSelection::Word(word) if word == "all" => AuthorizerSelection::All,
+        RawSelection::Word(other) => {
+            p.add(
+                key,
+                format!(
+                    "{other:?} is not a choice: \"all\" (every account that authorizes the \
+                     platform) or a list of appids such as [\"wx0123456789abcdef\"]"
+                ),
+            );
+            AuthorizerSelection::All
+        }
+        RawSelection::List(ids) => {
+            let mut listed = BTreeSet::new();
+            for id in ids {
+                if !is_appid(id) {
+                    p.add(
+                        key.clone(),
+                        format!("{id:?} is not an appid (letters and digits, such as \"wx0123456789abcdef\")"),
+                    );
+                } else if !listed.insert(AccountId::new(id.as_str())) {
+                    p.add(key.clone(), format!("{id:?} is listed twice"));
+                }
+            }
+            p.check(
+                !ids.is_empty(),
+                &key,
+                "an empty list keeps no authorizer: list appids, or write \"all\"",
+            );
+            AuthorizerSelection::Only(Arc::new(listed))
+        }
+    }
+}
+
+fn is_appid(appid: &str) -> bool {
+    !appid.is_empty()
         && appid
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn check_appid(appid: &str, p: &mut Problems) {
     p.check(
-        shaped,
+        is_appid(appid),
         &format!("{TABLE}.component_appid"),
         "must be the platform's appid (letters and digits, such as \"wx0123456789abcdef\")",
     );

@@ -82,6 +82,19 @@ pub fn effective(file: Option<&Path>) -> Result<Value, ConfigError> {
                     .to_string()
                     .into()
             });
+        open_platform
+            .entry("authorizers")
+            .or_insert_with(|| "all".into());
+        open_platform
+            .entry("authorizer_tickets")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        open_platform
+            .entry("discovery_interval")
+            .or_insert_with(|| {
+                humantime::format_duration(super::open_platform::default_discovery_interval())
+                    .to_string()
+                    .into()
+            });
     }
     Ok(sorted(value))
 }

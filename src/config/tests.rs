@@ -864,6 +864,9 @@ fn open_platform_is_off_unless_configured_and_has_defaults() {
     assert_eq!(op.max_message_age, Duration::from_secs(300));
     assert_eq!(op.max_body_bytes, 65536);
     assert_eq!(op.start_push_ticket_after, Some(Duration::from_secs(1800)));
+    assert_eq!(op.authorizers, AuthorizerSelection::All);
+    assert!(op.authorizer_tickets.is_empty());
+    assert_eq!(op.discovery_interval, Duration::from_secs(3600));
     let secrets = op.secrets.expect("read for the daemon");
     assert_eq!(
         secrets.component_secret.expose_secret(),
@@ -950,6 +953,78 @@ fn open_platform_keys_are_checked_and_inline_secrets_refused() {
             "open_platform.previous_encoding_aes_key_env",
         ]
     );
+}
+
+/// `authorizers` is "all" or a list of appids, `authorizer_tickets` the
+/// tickets an authorizer can have, `discovery_interval` at least a minute:
+/// anything else names the key and the fix.
+#[test]
+fn open_platform_authorizer_choices_are_checked() {
+    let s = load(
+        &open_platform(
+            "authorizers = [\"wxauthorizer0001\", \"wxauthorizer0002\"]\n\
+             authorizer_tickets = [\"jsapi\", \"wx_card\"]\ndiscovery_interval = \"10m\"\n",
+        ),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect("valid");
+    let op = s.open_platform.expect("configured");
+    let kept = |id: &str| op.authorizers.keeps(&AccountId::new(id));
+    assert!(kept("wxauthorizer0001") && kept("wxauthorizer0002"));
+    assert!(!kept("wxauthorizer0003"), "only the listed ones are kept");
+    assert_eq!(
+        op.authorizer_tickets,
+        [
+            CredentialKind::AuthorizerJsapiTicket,
+            CredentialKind::AuthorizerWxCardTicket
+        ]
+    );
+    assert_eq!(op.discovery_interval, Duration::from_secs(600));
+
+    for (extra, key, says) in [
+        (
+            "authorizers = \"some\"\n",
+            "open_platform.authorizers",
+            "\"all\"",
+        ),
+        (
+            "authorizers = []\n",
+            "open_platform.authorizers",
+            "keeps no authorizer",
+        ),
+        (
+            "authorizers = [\"wx:a\"]\n",
+            "open_platform.authorizers",
+            "is not an appid",
+        ),
+        (
+            "authorizers = [\"wxa\", \"wxa\"]\n",
+            "open_platform.authorizers",
+            "listed twice",
+        ),
+        (
+            "authorizer_tickets = [\"jsapi\", \"jsapi\"]\n",
+            "open_platform.authorizer_tickets",
+            "listed twice",
+        ),
+        (
+            "discovery_interval = \"30s\"\n",
+            "open_platform.discovery_interval",
+            "at least 1m",
+        ),
+    ] {
+        let err = load(&open_platform(extra), &OPEN_PLATFORM_VARS).expect_err(extra);
+        let text = err.to_string();
+        assert_eq!(keys(err), [key], "{extra}");
+        assert!(text.contains(says), "{extra}: {text}");
+    }
+    // A ticket authorizers do not have (WeCom's) is not a choice at all.
+    let err = load(
+        &open_platform("authorizer_tickets = [\"agent_config\"]\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect_err("agent_config");
+    assert!(err.to_string().contains("authorizer_tickets"), "{err}");
 }
 
 /// A path a router would read as a parameter or a wildcard is a config

@@ -365,6 +365,12 @@ impl Coordinator {
                 return;
             }
         };
+        // Those `open_platform.authorizers` leaves out are not kept: no
+        // lease, no call (a listed one that withdraws still leaves).
+        let authorizers: Vec<_> = authorizers
+            .into_iter()
+            .filter(|a| component.keep.keeps(&a.app_id))
+            .collect();
         for authorizer in &authorizers {
             let before = self
                 .event_times

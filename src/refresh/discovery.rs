@@ -1,6 +1,6 @@
 //! Discovery: the component's lease holder lists the accounts that
 //! authorized the platform (`api_get_authorizer_list`, pages of 500) when
-//! it takes the lease and every [`DISCOVERY_INTERVAL`] after, and brings
+//! it takes the lease and every `open_platform.discovery_interval` after, and brings
 //! the directory in line: an authorizer it did not know is added (`active`
 //! with the listed refresh token, sealed, or `pending` without one); one
 //! that needs re-authorization gets the listed refresh token if it differs
@@ -23,10 +23,6 @@ use crate::open_platform::directory::{AuthorizerState, Directory};
 use crate::open_platform::secrets::{Cas, Secrets, Source};
 use crate::subject::Component;
 use crate::wechat::Api;
-
-/// Between two discovery passes (WeChat's list changes when an account
-/// authorizes; its event brings it sooner).
-pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The most WeChat lists in one page.
 const PAGE: u32 = 500;
@@ -54,7 +50,7 @@ pub async fn run(
         let wait = match pass.run().await {
             Ok(listed) => {
                 tracing::info!(listed, "discovery: the authorizer list is read");
-                DISCOVERY_INTERVAL
+                component.discovery_interval
             }
             Err(why) => {
                 tracing::debug!(%why, "discovery: not now");

@@ -254,9 +254,10 @@ impl Refresher {
         let wechat = &self.ctx.wechat;
         let held = self.machine.held_value();
         let result = match (&self.subject, input) {
-            (Subject::Account(account), Input::AccessToken(token)) => {
+            (subject, Input::AccessToken(token)) => {
+                let api = (subject.app_id(), subject.api(self.kind));
                 wechat
-                    .fetch_ticket(slot, account, self.kind, &token.value, held)
+                    .fetch_ticket(slot, api, self.kind, &token.value, held)
                     .await
             }
             (Subject::Account(account), _) => {
@@ -331,7 +332,14 @@ impl Refresher {
             return self.quota_spent(api, calls_today, Some(error));
         }
         let mut retry_after = error.retry_after();
-        if let Subject::Authorizer { component, app_id } = &self.subject {
+        // What the refresh token or the code was refused for (a ticket's
+        // call sends neither).
+        let authorizer = match (&self.subject, input) {
+            (_, Input::AccessToken(_)) => None,
+            (Subject::Authorizer { component, app_id }, _) => Some((component, app_id)),
+            _ => None,
+        };
+        if let Some((component, app_id)) = authorizer {
             self.authorizer_refused(component, app_id, error, input, sent_at)
                 .await;
         }

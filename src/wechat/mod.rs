@@ -20,7 +20,7 @@ use std::time::Duration;
 use reqwest::{redirect, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wxtokend_reader::CredentialKind;
+use wxtokend_reader::{AccountId, CredentialKind};
 
 use crate::config::{Account, WechatSettings};
 use crate::subject::Component;
@@ -147,16 +147,16 @@ impl WechatClient {
 
     /// A ticket, fetched with a currently valid access token; `held` as
     /// for [`Self::fetch_access_token`].
-    #[tracing::instrument(name = "fetch_ticket", skip_all, fields(account = %account.id, %kind))]
+    /// `api` is the ticket's (an account's or an authorizer's).
+    #[tracing::instrument(name = "fetch_ticket", skip_all, fields(account = %app_id, %kind))]
     pub async fn fetch_ticket(
         &self,
         _slot: &CallSlot,
-        account: &Account,
+        (app_id, api): (&AccountId, Api),
         kind: CredentialKind,
         access_token: &SecretString,
         held: Option<&SecretString>,
     ) -> Result<FetchedCredential, FetchError> {
-        let api = account.api(kind);
         let mut url = self.url(api);
         let ticket_type = api.ticket_type();
         let call = if api.is_wecom() {

@@ -1031,3 +1031,86 @@ async fn authorizers_known_only_to_wechats_list_are_discovered_and_served() {
     }
     s.daemon().assert_logs_free_of(&secrets);
 }
+
+/// `open_platform.authorizers` lists the authorizers to keep and
+/// `authorizer_tickets` their tickets: each listed authorizer gets its
+/// JS-SDK and card tickets, fetched with its own token and stored with the
+/// component's appid; an authorizer left out of the list gets no lease and
+/// no call, though WeChat's list shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let kept = ["wxlisted0000000001", "wxlisted0000000002"];
+    let left_out = "wxlisted0000000003";
+    let s = component_scenario(
+        &config,
+        "authorizers = [\"wxlisted0000000001\", \"wxlisted0000000002\"]\n\
+         authorizer_tickets = [\"jsapi\", \"wx_card\"]\n",
+    )
+    .await;
+    for appid in kept.iter().chain([&left_out]) {
+        s.fake.authorize_silently(COMPONENT, appid);
+    }
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@listed").await;
+
+    for (collection, ticket_type) in [
+        ("authorizer_jsapi_tickets", "jsapi"),
+        ("authorizer_wx_card_tickets", "wx_card"),
+    ] {
+        let tickets = eventually(WAIT, "each kept authorizer's ticket", || async {
+            let docs = s.db.docs(collection).await;
+            let found: Vec<Document> = kept
+                .iter()
+                .filter_map(|a| docs.iter().find(|d| d.get_str("app_id") == Ok(*a)).cloned())
+                .collect();
+            (found.len() == kept.len()).then_some(found)
+        })
+        .await;
+        for (ticket, appid) in tickets.iter().zip(kept) {
+            assert_eq!(ticket.get_str("component_appid"), Ok(COMPONENT), "{ticket}");
+            let value = ticket.get_str("ticket").expect("the ticket's value");
+            assert_eq!(
+                s.fake
+                    .issued_tickets(appid, ticket_type)
+                    .last()
+                    .map(String::as_str),
+                Some(value),
+                "the ticket WeChat issued to {appid}"
+            );
+        }
+    }
+    for appid in kept {
+        let tokens = s.db.docs(AUTHORIZER_TOKENS).await;
+        assert!(
+            tokens.iter().any(|d| d.get_str("app_id") == Ok(appid)),
+            "{appid}'s token"
+        );
+    }
+    assert_eq!(
+        s.fake
+            .calls(left_out, fake_wechat::Endpoint::AuthorizerToken),
+        0,
+        "no call for an authorizer left out"
+    );
+    let leases = s.db.docs("leases").await;
+    let lease_of = |appid: &str| format!("open:{COMPONENT}:{appid}");
+    assert!(
+        leases
+            .iter()
+            .all(|d| d.get_str("_id") != Ok(&lease_of(left_out))),
+        "no lease for {left_out}: {leases:?}"
+    );
+    assert!(
+        kept.iter()
+            .all(|a| leases.iter().any(|d| d.get_str("_id") == Ok(&lease_of(a)))),
+        "{leases:?}"
+    );
+    let mut secrets = secrets(&s, &config, &["ticket@@@listed"]);
+    for appid in kept.iter().chain([&left_out]) {
+        secrets.extend(s.fake.refresh_token_of(COMPONENT, appid));
+        secrets.extend(s.fake.issued_tickets(appid, "jsapi"));
+    }
+    s.daemon().assert_logs_free_of(&secrets);
+}

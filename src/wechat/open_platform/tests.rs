@@ -316,7 +316,7 @@ mod against_the_fake {
     use secrecy::{ExposeSecret, SecretString};
     use wxtokend_reader::AccountId;
 
-    use crate::config::WechatSettings;
+    use crate::config::{AuthorizerSelection, WechatSettings};
     use crate::subject::Component;
     use crate::wechat::{Effect, ErrorClass, FetchError, WechatClient};
 
@@ -351,6 +351,9 @@ mod against_the_fake {
             secret: SECRET.into(),
             start_push_ticket_after: None,
             sealing: None,
+            keep: AuthorizerSelection::All,
+            tickets: Vec::new(),
+            discovery_interval: Duration::from_secs(3600),
         };
         fake.pushed_verify_ticket(COMPONENT, "ticket@@@client-test");
         let slot = client.slot().await;
