@@ -7,7 +7,12 @@
 //! every write): a holder that read version `n` before calling WeChat
 //! stores what it got only if nobody wrote since, so a value fetched with
 //! an old token never overwrites one a re-authorization or discovery wrote
-//! meanwhile. The code is written by the callback receiver, guarded by the
+//! meanwhile. A holder's write also records its lease's term: a value a
+//! former holder wrote under an older term after the current holder read
+//! its version was issued by WeChat before the current holder's call (a
+//! holder calls only under a live lease), so the current holder's value
+//! replaces it (its compare-and-swap alone would lose, and keep the value
+//! WeChat rotated away). The code is written by the callback receiver, guarded by the
 //! event's `CreateTime` like the directory. The role has no `remove`:
 //! forgetting is `$unset`.
 
@@ -15,12 +20,14 @@ use std::time::SystemTime;
 
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{doc, Binary, Bson, DateTime, Document};
+use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 use secrecy::SecretString;
 use wxtokend_reader::AccountId;
 
 use super::directory::{document_id, upsert_unless_newer, EventOutcome};
 use super::secretbox::{Field, KeyId, SealError, Sealed, SecretBox, Unsealable, NONCE_LEN};
+use crate::coordination::Term;
 use crate::store::{is_duplicate_key, Store, StoreError};
 
 /// The collection.
@@ -46,6 +53,9 @@ pub mod field {
     pub const UPDATED_BY: &str = "updated_by";
     /// What gave the stored refresh token ([`super::Source`]).
     pub const SOURCE: &str = "source";
+    /// The term of the authorizer's lease its holder wrote the refresh
+    /// token under; absent when discovery or the receiver wrote last.
+    pub const LEASE_TERM: &str = "lease_term";
 
     /// Inside a sealed sub-document.
     pub const KEY_ID: &str = "key_id";
@@ -209,6 +219,7 @@ impl Secrets {
         expected: Version,
         refresh_token: &SecretString,
         source: Source,
+        term: Option<Term>,
     ) -> Result<Cas, SecretsError> {
         let sealed =
             self.secret_box
@@ -216,25 +227,42 @@ impl Secrets {
         let mut set = self.stamp(component, authorizer);
         set.insert(field::REFRESH_TOKEN, sealed_document(&sealed));
         set.insert(field::SOURCE, source.as_str());
-        let filter = doc! {
-            field::ID: document_id(component, authorizer),
-            field::VERSION: expected.0,
+        let mut update = doc! { "$inc": { field::VERSION: 1_i64 } };
+        let id = document_id(component, authorizer);
+        let filter = match term {
+            Some(term) => {
+                set.insert(field::LEASE_TERM, term.0);
+                // Ours, or one a former holder wrote since, under an older
+                // term (never discovery's or the receiver's: no term).
+                doc! {
+                    field::ID: id,
+                    "$or": [
+                        { field::VERSION: expected.0 },
+                        {
+                            field::VERSION: { "$gt": expected.0 },
+                            field::LEASE_TERM: { "$lt": term.0 },
+                        },
+                    ],
+                }
+            }
+            None => {
+                update.insert("$unset", doc! { field::LEASE_TERM: "" });
+                doc! { field::ID: id, field::VERSION: expected.0 }
+            }
         };
+        update.insert("$set", set);
         let written = self
             .collection()
-            .update_one(
-                filter,
-                doc! { "$set": set, "$inc": { field::VERSION: 1_i64 } },
-            )
+            .find_one_and_update(filter, update)
+            .projection(doc! { field::VERSION: 1 })
+            .return_document(ReturnDocument::After)
             // Only the first writer creates the document; a later one that
             // finds no document at its version lost to whoever wrote.
             .upsert(expected == Version::NONE)
             .await;
         match written {
-            Ok(result) if result.matched_count == 1 || result.upserted_id.is_some() => {
-                Ok(Cas::Won(Version(expected.0 + 1)))
-            }
-            Ok(_) => Ok(Cas::Lost),
+            Ok(Some(after)) => Ok(Cas::Won(Version(version_of(&after)))),
+            Ok(None) => Ok(Cas::Lost),
             Err(e) if is_duplicate_key(&e) => Ok(Cas::Lost),
             Err(e) => Err(StoreError::from(e).into()),
         }
@@ -314,7 +342,13 @@ impl Secrets {
         }
         let update = doc! {
             "$set": set,
-            "$unset": { field::REFRESH_TOKEN: "", field::CODE: "", field::SOURCE: "" },
+            // No term left: no holder's write may take a forgotten token's place.
+            "$unset": {
+                field::REFRESH_TOKEN: "",
+                field::CODE: "",
+                field::SOURCE: "",
+                field::LEASE_TERM: "",
+            },
             "$inc": { field::VERSION: 1_i64 },
         };
         let id = document_id(component, authorizer);
@@ -351,7 +385,13 @@ impl Secrets {
         };
         let update = doc! {
             "$set": self.stamp(component, authorizer),
-            "$unset": { field::REFRESH_TOKEN: "", field::CODE: "", field::SOURCE: "" },
+            // No term left: no holder's write may take a forgotten token's place.
+            "$unset": {
+                field::REFRESH_TOKEN: "",
+                field::CODE: "",
+                field::SOURCE: "",
+                field::LEASE_TERM: "",
+            },
             "$inc": { field::VERSION: 1_i64 },
         };
         let result = self.collection().update_one(filter, update).await?;
@@ -373,6 +413,7 @@ impl Secrets {
         authorizer: &AccountId,
         event_time: SystemTime,
         refresh_token: &SecretString,
+        term: Term,
     ) -> Result<bool, SecretsError> {
         let sealed =
             self.secret_box
@@ -380,6 +421,7 @@ impl Secrets {
         let mut set = self.stamp(component, authorizer);
         set.insert(field::REFRESH_TOKEN, sealed_document(&sealed));
         set.insert(field::SOURCE, Source::QueryAuth.as_str());
+        set.insert(field::LEASE_TERM, term.0);
         let filter = doc! {
             field::ID: document_id(component, authorizer),
             format!("{}.{}", field::CODE, field::EVENT_TIME): DateTime::from_system_time(event_time),

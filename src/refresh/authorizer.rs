@@ -181,8 +181,13 @@ impl Refresher {
         // tried again within the call's stretch of the lease.
         let mut stored = None;
         for _ in 0..3 {
-            let store =
-                secrets.store_exchanged(&component.appid, app_id, input.event_time, refresh_token);
+            let store = secrets.store_exchanged(
+                &component.appid,
+                app_id,
+                input.event_time,
+                refresh_token,
+                self.lease.term(),
+            );
             stored = self
                 .noted(store, "cannot store the authorizer's refresh token")
                 .await;
@@ -252,6 +257,7 @@ impl Refresher {
                 input.version,
                 &refresh_token,
                 Source::AuthorizerToken,
+                Some(self.lease.term()),
             );
             match self.noted(replace, "cannot store the new refresh token").await {
                 Some(Cas::Won(_)) => tracing::info!("WeChat answered a new refresh token: stored"),

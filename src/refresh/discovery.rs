@@ -181,7 +181,7 @@ impl Pass<'_> {
                 if (!has_stored || needs) && differs {
                     let cas = self
                         .secrets
-                        .replace_refresh_token(c, a, stored.version, listed, Source::AuthorizerList)
+                        .replace_refresh_token(c, a, stored.version, listed, Source::AuthorizerList, None)
                         .await
                         .map_err(|e| e.to_string())?;
                     if cas != Cas::Lost && needs {

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use mongodb::bson::{doc, Bson, Document};
 use secrecy::{ExposeSecret, SecretString};
+use wxtokend::coordination::Term;
 use wxtokend::open_platform::directory::{
     Authorization, AuthorizerState, Directory, Discovered, EventOutcome, StateSet, AUTHORIZERS,
 };
@@ -77,7 +78,7 @@ async fn a_refresh_token_write_loses_to_a_newer_version() {
         let (c, a) = (c.clone(), a.clone());
         async move {
             secrets
-                .replace_refresh_token(&c, &a, expected, &secret(token), Source::QueryAuth)
+                .replace_refresh_token(&c, &a, expected, &secret(token), Source::QueryAuth, None)
                 .await
                 .expect("written or lost")
         }
@@ -102,6 +103,85 @@ async fn a_refresh_token_write_loses_to_a_newer_version() {
     let read = secrets.read(&c, &a).await.expect("read");
     assert_eq!(read.version, Version(3));
     assert!(read.refresh_token.is_none());
+}
+
+/// Across a lease handover, the refresh token WeChat issued last is kept,
+/// whatever order the writes land in: a former holder (term 5) stores what
+/// its call rotated after the new holder (term 6) read the version, and the
+/// new holder's value (issued later: it calls only under its own lease)
+/// still replaces it; the former holder's write landing last loses. A value
+/// discovery wrote, or a withdrawal, is never replaced that way.
+#[tokio::test]
+async fn a_rotated_refresh_token_from_a_newer_lease_term_wins_over_a_former_holders() {
+    let (_db, _, secrets) = setup().await;
+    let (c, a) = (component(), authorizer(5));
+    let replace = |expected, token: &'static str, term: Option<i64>| {
+        let secrets = secrets.clone();
+        let (c, a) = (c.clone(), a.clone());
+        async move {
+            secrets
+                .replace_refresh_token(
+                    &c,
+                    &a,
+                    expected,
+                    &secret(token),
+                    Source::AuthorizerToken,
+                    term.map(Term),
+                )
+                .await
+                .expect("written or lost")
+        }
+    };
+    let stored = || async {
+        let read = secrets.read(&c, &a).await.expect("read");
+        let token = read.refresh_token.expect("stored").expect("opens");
+        (read.version, token.expose_secret().to_owned())
+    };
+    assert_eq!(
+        replace(Version::NONE, "rt-1", Some(5)).await,
+        Cas::Won(Version(1))
+    );
+    // Both holders read version 1 before their calls; the former one's
+    // (issued first) lands first, the new holder's still replaces it.
+    assert_eq!(
+        replace(Version(1), "rt-2-former", Some(5)).await,
+        Cas::Won(Version(2))
+    );
+    assert_eq!(
+        replace(Version(1), "rt-3-new", Some(6)).await,
+        Cas::Won(Version(3))
+    );
+    assert_eq!(stored().await, (Version(3), "rt-3-new".to_owned()));
+    // The former holder's value landing after the new holder's loses.
+    assert_eq!(replace(Version(1), "rt-2-late", Some(5)).await, Cas::Lost);
+    // So does one of the same term that read an older version.
+    assert_eq!(
+        replace(Version(2), "rt-same-term", Some(6)).await,
+        Cas::Lost
+    );
+    assert_eq!(stored().await, (Version(3), "rt-3-new".to_owned()));
+
+    // Discovery's write (no term) is never replaced by a holder that read
+    // before it, whatever its term.
+    assert_eq!(
+        replace(Version(3), "rt-listed", None).await,
+        Cas::Won(Version(4))
+    );
+    assert_eq!(replace(Version(3), "rt-stale", Some(9)).await, Cas::Lost);
+    assert_eq!(stored().await, (Version(4), "rt-listed".to_owned()));
+
+    // Nor is a withdrawal (61003 or the event): the token stays forgotten.
+    assert_eq!(
+        replace(Version(4), "rt-7", Some(7)).await,
+        Cas::Won(Version(5))
+    );
+    secrets.forget(&c, &a, None).await.expect("forget");
+    assert_eq!(
+        replace(Version(5), "rt-after-withdrawal", Some(8)).await,
+        Cas::Lost
+    );
+    let read = secrets.read(&c, &a).await.expect("read");
+    assert!(read.refresh_token.is_none(), "forgotten stays forgotten");
 }
 
 #[tokio::test]
@@ -216,6 +296,7 @@ async fn a_sealed_refresh_token_reads_back_and_the_raw_document_holds_no_plainte
             Version::NONE,
             &secret(REFRESH_TOKEN),
             Source::AuthorizerList,
+            None,
         )
         .await
         .expect("write");
