@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -99,10 +100,11 @@ pub struct Coordinator {
     /// The component whose authorizers are subjects too, read from the
     /// directory every renew interval.
     directory: Option<(Directory, Arc<Component>)>,
-    /// Each authorizer's last event time as last read: a newer one (a
-    /// re-authorization) wakes the refresher of a held authorizer, whose
-    /// new code must be exchanged before its refresh token dies.
-    event_times: HashMap<AccountId, Option<std::time::SystemTime>>,
+    /// Each kept authorizer as last read (its state and last event time:
+    /// a newer one, a re-authorization, wakes the refresher of a held
+    /// authorizer, whose new code must be exchanged before its refresh
+    /// token dies), and where the next read starts.
+    known: Known,
     lease: LeaseSettings,
     held: HashMap<LeaseId, HeldLease>,
     /// The daemon's shutdown; each lease's stop token is a child of it, so
@@ -126,6 +128,28 @@ pub struct Coordinator {
     /// The share at which a whole pass over the accounts found no free
     /// lease.
     exhausted_at: Option<usize>,
+}
+
+/// Between two reads of the whole authorizer directory: the incremental
+/// reads in between (by `updated_at`) see every change; this is the safety
+/// net for a writer whose clock was further off than the overlap.
+const DIRECTORY_FULL_READ: Duration = Duration::from_secs(600);
+
+/// The kept authorizers as the directory was last read.
+#[derive(Debug, Default)]
+struct Known {
+    entries: HashMap<AccountId, (AuthorizerState, Option<SystemTime>)>,
+    /// When the last read began (MongoDB's clock), and when the last full
+    /// read was made.
+    read_at: Option<(SystemTime, Instant)>,
+}
+
+impl Known {
+    /// Where the next read starts: `None` for a full read.
+    fn since(&self, overlap: Duration) -> Option<SystemTime> {
+        let (started, full) = self.read_at?;
+        (full.elapsed() < DIRECTORY_FULL_READ).then(|| started - overlap)
+    }
 }
 
 impl Coordinator {
@@ -155,7 +179,7 @@ impl Coordinator {
             fixed: subjects_len,
             subjects,
             directory,
-            event_times: HashMap::new(),
+            known: Known::default(),
             lease,
             held: HashMap::new(),
             shutdown: CancellationToken::new(),
@@ -357,7 +381,18 @@ impl Coordinator {
             return;
         };
         let component = component.clone();
-        let read = directory.all(&component.appid);
+        // From where the last read began, less an overlap for writes
+        // stamped before it that landed after (each writer's clock is an
+        // estimate of MongoDB's), or everything every DIRECTORY_FULL_READ.
+        let started = self.ctx.store.clock().now();
+        let overlap = 2 * self.lease.renew_interval + self.ctx.operation_timeout;
+        let since = self.known.since(overlap);
+        let read = async {
+            match since {
+                Some(since) => directory.changed_since(&component.appid, since).await,
+                None => directory.all(&component.appid).await,
+            }
+        };
         let authorizers = match self.observed(Operation::Directory, read).await {
             Ok(authorizers) => authorizers,
             Err(e) => {
@@ -365,25 +400,33 @@ impl Coordinator {
                 return;
             }
         };
+        if since.is_none() {
+            self.known.entries.clear();
+        }
+        let full_read_at = match (since, self.known.read_at) {
+            (Some(_), Some((_, full))) => full,
+            _ => Instant::now(),
+        };
+        self.known.read_at = Some((started, full_read_at));
         // Those `open_platform.authorizers` leaves out are not kept: no
         // lease, no call (a listed one that withdraws still leaves).
-        let authorizers: Vec<_> = authorizers
-            .into_iter()
-            .filter(|a| component.keep.keeps(&a.app_id))
-            .collect();
-        for authorizer in &authorizers {
-            let before = self
-                .event_times
-                .insert(authorizer.app_id.clone(), authorizer.event_time);
-            let newer_event = before.is_some_and(|t| t != authorizer.event_time);
+        for authorizer in authorizers {
+            if !component.keep.keeps(&authorizer.app_id) {
+                continue;
+            }
+            let now = (authorizer.state, authorizer.event_time);
+            let before = self.known.entries.insert(authorizer.app_id.clone(), now);
+            let newer_event = before.is_some_and(|(_, t)| t != authorizer.event_time);
             if newer_event && authorizer.state != AuthorizerState::Unauthorized {
                 self.wake(&component, &authorizer.app_id);
             }
         }
-        let mut wanted: Vec<AccountId> = authorizers
-            .into_iter()
-            .filter(|a| a.state != AuthorizerState::Unauthorized)
-            .map(|a| a.app_id)
+        let mut wanted: Vec<AccountId> = self
+            .known
+            .entries
+            .iter()
+            .filter(|(_, (state, _))| *state != AuthorizerState::Unauthorized)
+            .map(|(app_id, _)| app_id.clone())
             .collect();
         wanted.sort();
         let unchanged = self.subjects.len() - self.fixed == wanted.len()
