@@ -416,9 +416,20 @@ impl Coordinator {
             }
             let now = (authorizer.state, authorizer.event_time);
             let before = self.known.entries.insert(authorizer.app_id.clone(), now);
+            // A new authorization (its code), or discovery's repair of a
+            // refused refresh token: the holder acts at once.
             let newer_event = before.is_some_and(|(_, t)| t != authorizer.event_time);
-            if newer_event && authorizer.state != AuthorizerState::Unauthorized {
-                self.wake(&component, &authorizer.app_id);
+            let repaired = before.is_some_and(|(state, _)| {
+                state == AuthorizerState::NeedsReauthorization
+                    && authorizer.state == AuthorizerState::Active
+            });
+            if (newer_event || repaired) && authorizer.state != AuthorizerState::Unauthorized {
+                let why = if newer_event {
+                    "a new authorization: exchanging its code now"
+                } else {
+                    "a refresh token from WeChat's list: using it now"
+                };
+                self.wake(&component, &authorizer.app_id, why);
             }
         }
         let mut wanted: Vec<AccountId> = self
@@ -464,13 +475,13 @@ impl Coordinator {
 
     /// Asks the refresher of a held authorizer to act now (a manual
     /// request): its pending code is exchanged at once.
-    fn wake(&self, component: &Component, app_id: &AccountId) {
+    fn wake(&self, component: &Component, app_id: &AccountId, why: &str) {
         let id = LeaseId::authorizer(&component.appid, app_id);
         let kind = CredentialKind::AuthorizerAccessToken;
         let Some(slot) = self.held.get(&id).and_then(|h| h.requests.get(&kind)) else {
             return;
         };
-        tracing::info!(account = %app_id, "a new authorization: exchanging its code now");
+        tracing::info!(account = %app_id, "{why}");
         slot.put(crate::coordination::RefreshRequest {
             id: mongodb::bson::Bson::Null,
             app_id: app_id.clone(),

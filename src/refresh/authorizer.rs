@@ -114,17 +114,21 @@ impl Refresher {
         if let Some(pending) = stored.code.filter(|c| c.expires_at > now) {
             match pending.code {
                 Ok(code) => {
+                    self.idle = None;
                     return Ok(Input::Code(CodeInput {
                         component_token,
                         code,
                         refresh_token_stored: matches!(stored.refresh_token, Some(Ok(_))),
                         event_time: pending.event_time,
-                    }))
+                    }));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the authorization code cannot be opened (another sealing key?); it is left")
                 }
             }
+        }
+        if matches!(stored.refresh_token, Some(Ok(_))) {
+            self.idle = None;
         }
         match stored.refresh_token {
             Some(Ok(refresh_token)) => Ok(Input::RefreshToken(RefreshInput {
@@ -137,10 +141,19 @@ impl Refresher {
                 Err(self.ctx.refresh.permanent_error_retry)
             }
             None => {
-                tracing::debug!("no refresh token and no code: waiting for an authorization");
-                // Cheap (one read by _id); an authorization event writes
-                // the code this looks for.
-                Err(poll * 5)
+                // An authorization event (its code) or discovery's repair
+                // wakes this refresher at once (the coordinator sees
+                // either in the directory); the wait only backs off the
+                // reads, doubling up to `permanent_error_retry`.
+                let wait = self
+                    .idle
+                    .map_or(poll * 5, |wait| wait * 2)
+                    .min(self.ctx.refresh.permanent_error_retry.max(poll * 5));
+                if self.idle.is_none() {
+                    tracing::warn!("no refresh token and no authorization code: waiting for the account to authorize the platform again");
+                }
+                self.idle = Some(wait);
+                Err(wait)
             }
         }
     }

@@ -146,6 +146,9 @@ pub struct Refresher {
     write_failed: bool,
     /// A component's refresher: since when it has no usable verify ticket.
     ticket_wait: Option<component::TicketWait>,
+    /// An authorizer's refresher with neither a refresh token nor a code:
+    /// its last wait for one (they back off).
+    idle: Option<Duration>,
 }
 
 impl Refresher {
@@ -170,6 +173,7 @@ impl Refresher {
             machine,
             last_problem: None,
             write_failed: false,
+            idle: None,
             ticket_wait: None,
         }
     }
