@@ -414,6 +414,27 @@ impl Directory {
         Ok(found.as_ref().and_then(parse))
     }
 
+    /// Whether an authorizer of `component` was marked
+    /// `needs_reauthorization` at or after `since` (its refresh token
+    /// refused): discovery then reads WeChat's list sooner. One indexed
+    /// read.
+    pub async fn refused_since(
+        &self,
+        component: &AccountId,
+        since: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let found = self
+            .collection()
+            .find_one(doc! {
+                field::COMPONENT_APPID: component.as_str(),
+                field::STATE: AuthorizerState::NeedsReauthorization.as_str(),
+                field::UPDATED_AT: { "$gte": DateTime::from_system_time(since) },
+            })
+            .projection(doc! { field::ID: 1 })
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// Every authorizer of `component`. A document that cannot be read (a
     /// person's edit, a newer version's state) is skipped.
     pub async fn all(&self, component: &AccountId) -> Result<Vec<Authorizer>, StoreError> {

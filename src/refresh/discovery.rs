@@ -1,6 +1,8 @@
 //! Discovery: the component's lease holder lists the accounts that
 //! authorized the platform (`api_get_authorizer_list`, pages of 500) when
-//! it takes the lease and every `open_platform.discovery_interval` after, and brings
+//! it takes the lease and every `open_platform.discovery_interval` after
+//! (sooner, but at most every sixth of it, when a refresh token was refused
+//! since the last pass: WeChat's list has the current one), and brings
 //! the directory in line: an authorizer it did not know is added (`active`
 //! with the listed refresh token, sealed, or `pending` without one); one
 //! that needs re-authorization gets the listed refresh token if it differs
@@ -46,22 +48,41 @@ pub async fn run(
         secrets: &secrets,
         stop: &stop,
     };
+    // A pass sooner than `discovery_interval` when a refresh token was
+    // refused (61023) since the last one began: WeChat's list may have the
+    // current one. At most every sixth of the interval, so that such
+    // passes stay within the list's daily quota.
+    let soonest = component.discovery_interval / 6;
+    let check = ctx
+        .refresh
+        .request_poll_interval
+        .max(Duration::from_secs(5));
     loop {
-        let wait = match pass.run().await {
+        let began = Instant::now();
+        let began_at = ctx.store.clock().now();
+        let next = match pass.run().await {
             Ok(listed) => {
                 tracing::info!(listed, "discovery: the authorizer list is read");
-                component.discovery_interval
+                began + component.discovery_interval
             }
             Err(why) => {
                 tracing::debug!(%why, "discovery: not now");
-                ctx.refresh
-                    .request_poll_interval
-                    .max(Duration::from_secs(5))
+                Instant::now() + check
             }
         };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(check.min(next - now)) => {}
+            }
+            if began.elapsed() >= soonest && pass.refused_since(began_at).await {
+                tracing::info!("discovery: a refresh token was refused; reading WeChat's list now");
+                break;
+            }
         }
     }
 }
@@ -75,6 +96,17 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// Whether a refresh token was refused since `since` (a read error
+    /// says no: the next check asks again).
+    async fn refused_since(&self, since: std::time::SystemTime) -> bool {
+        let directory = Directory::new(self.ctx.store.clone());
+        let read = directory.refused_since(&self.component.appid, since);
+        self.ctx
+            .observe(Operation::Directory, read)
+            .await
+            .unwrap_or(false)
+    }
+
     /// One pass over every page; how many authorizers were listed.
     async fn run(&self) -> Result<u64, String> {
         let ctx = self.ctx;

@@ -1114,3 +1114,81 @@ async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
     }
     s.daemon().assert_logs_free_of(&secrets);
 }
+
+/// WeChat stops accepting an authorizer's refresh token with no event
+/// (61023: the stored one is stale): the authorizer is marked
+/// `needs_reauthorization`, the component's holder reads WeChat's list at
+/// once (not at its next hourly pass) and stores the current refresh token,
+/// and the authorizer's holder mints with it right away (not after
+/// `permanent_error_retry`): its token is served again within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_refresh_token_is_repaired_from_wechats_list_at_once() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = Scenario::new()
+        .account(TestAccount::numbered(1))
+        .config(open_platform(&config, true))
+        .config(|c: &mut TestConfig| {
+            c.margin = "8s";
+            // Only the repair may bring the next call.
+            c.permanent_error_retry = "10m";
+            // A pass sooner than a sixth of this (10 s) is not made.
+            c.extra_toml.push_str("discovery_interval = \"1m\"\n");
+        })
+        .build()
+        .await;
+    s.fake
+        .add_component(fake_wechat::AppConfig::new(COMPONENT, COMPONENT_SECRET));
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@repair").await;
+    component_token(&s).await;
+    let code = s.fake.authorize(COMPONENT, AUTHORIZER);
+    s.fake
+        .set_behaviour(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken, |b| {
+            b.expires_in = Duration::from_secs(12)
+        });
+    assert!(send(
+        &component.authorized(AUTHORIZER, &code, SystemTime::now()),
+        &url
+    )
+    .await
+    .delivered());
+    eventually(WAIT, "the authorizer's first token", || async {
+        authorizer_tokens(&s).await.into_iter().next()
+    })
+    .await;
+    let stale = s
+        .fake
+        .refresh_token_of(COMPONENT, AUTHORIZER)
+        .expect("authorized");
+
+    s.fake.invalidate_refresh_token(COMPONENT, AUTHORIZER);
+    let current = s
+        .fake
+        .refresh_token_of(COMPONENT, AUTHORIZER)
+        .expect("still authorized");
+    assert_ne!(current, stale);
+    eventually(WAIT, "61023 noted in the directory", || async {
+        let (directory, _) = authorizer_docs(&s).await;
+        (directory.get_str("state") == Ok("needs_reauthorization")).then_some(())
+    })
+    .await;
+    let refused_at = authorizer_tokens(&s).await.len();
+    let repaired = eventually(
+        WAIT,
+        "a token minted with WeChat's current refresh token",
+        || async {
+            let (directory, _) = authorizer_docs(&s).await;
+            let active = directory.get_str("state") == Ok("active");
+            let tokens = authorizer_tokens(&s).await;
+            let newest = tokens.last().filter(|_| tokens.len() > refused_at)?;
+            active.then(|| newest.clone())
+        },
+    )
+    .await;
+    let value = repaired.get_str("authorizer_access_token").expect("value");
+    assert!(s.fake.is_accepted(value), "WeChat accepts it");
+    let mut secrets = secrets(&s, &config, &["ticket@@@repair", &code]);
+    secrets.extend([stale, current, value.to_owned()]);
+    s.daemon().assert_logs_free_of(&secrets);
+}
