@@ -113,9 +113,11 @@ impl Tickets {
     /// Stores one push, stamped with MongoDB's clock. A duplicate key (the
     /// same push stored before, by this replica or another) is success.
     /// It may be used for [`TICKET_LIFE`] from its `CreateTime` (or from
-    /// its arrival, if a wrong clock dated it later), unless the newest
-    /// stored ticket holds the same value: WeChat may push one value again,
-    /// and a repeat never extends its life.
+    /// its arrival, if a wrong clock dated it later), as long as WeChat's
+    /// last push of the same value: WeChat pushes its current ticket every
+    /// 10 minutes, the same value for a while, so a value still pushed is
+    /// still current (were it not, WeChat's 61005 marks it refused and the
+    /// next new value is used). A repeat keeps a refusal.
     pub async fn insert(
         &self,
         component_appid: &str,
@@ -126,9 +128,9 @@ impl Tickets {
         let received_at = self.store.clock().now();
         let fresh = create_time.min(received_at) + TICKET_LIFE;
         let (expires_at, rejected_at) = match self.newest(component_appid).await? {
-            // A repeat keeps the first push's expiry, and a refusal.
+            // A repeat keeps a refusal.
             Some(newest) if newest.ticket.expose_secret() == ticket.expose_secret() => {
-                (newest.usable_until().min(fresh), newest.rejected_at)
+                (fresh, newest.rejected_at)
             }
             _ => (fresh, None),
         };

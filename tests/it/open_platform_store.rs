@@ -446,6 +446,44 @@ async fn discovery_adds_authorizers_and_revives_only_withdrawals_older_than_itse
         .is_empty());
 }
 
+/// WeChat pushes its current ticket every 10 minutes, one value for a
+/// while: a value first pushed 13 hours ago and pushed again now is usable
+/// for 12 hours from its last push, not expired since its first.
+#[tokio::test]
+async fn a_ticket_still_pushed_stays_usable_past_twelve_hours_from_its_first_push() {
+    use wxtokend::open_platform::store::Tickets;
+    let db = TestDb::new().await;
+    let store = daemon_store(&db).await;
+    let tickets = Tickets::new(store.clone());
+    let component = "wxcomponent0000002";
+    let now = store.clock().now();
+    let ticket = SecretString::from("ticket@@@still-current".to_owned());
+    let hours_ago = |h: u64| now - Duration::from_secs(h * 3600);
+    tickets
+        .insert(component, &ticket, hours_ago(13), "test")
+        .await
+        .expect("insert");
+    assert!(
+        tickets
+            .newest_usable(component, now)
+            .await
+            .expect("read")
+            .is_none(),
+        "13 hours old: expired"
+    );
+    tickets
+        .insert(component, &ticket, now - Duration::from_secs(5), "test")
+        .await
+        .expect("insert");
+    let usable = tickets
+        .newest_usable(component, now)
+        .await
+        .expect("read")
+        .expect("pushed again: usable");
+    assert_eq!(usable.ticket.expose_secret(), "ticket@@@still-current");
+    assert!(usable.usable_until() > now + Duration::from_secs(11 * 3600));
+}
+
 /// WeChat refused a ticket as expired (61005): it and every ticket pushed
 /// before it are never used again; the same value pushed again stays
 /// refused; a new value is used.
