@@ -457,6 +457,7 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
     };
     let request = NewRequest {
         app_id: &account,
+        component_appid: None,
         kind,
         reason: RefreshReason::Manual,
         generation: None,

@@ -20,10 +20,14 @@
 //! ```
 //!
 //! The query is the one every language runs (see the README):
-//! `find({app_id, expires_at: {$gt: now}}).sort({generation: -1}).limit(1)`.
+//! `find({app_id, expires_at: {$gt: now}}).sort({generation: -1}).limit(1)`;
+//! for the token an Open Platform component holds for an account that
+//! authorized it, the same with `component_appid` too
+//! ([`Reader::latest_authorizer`]).
 //!
-//! - [`Reader`]: the newest valid credential, cached or not; reports of
-//!   rejected tokens; JS-SDK signatures.
+//! - [`Reader`]: the newest valid credential of an account or an
+//!   authorizer, cached or not; reports of rejected tokens; JS-SDK
+//!   signatures.
 //! - [`Credentials`]: the queries on the credential collections, for tools
 //!   that want them without the reader's cache.
 //! - [`document`] and [`requests`]: the shape of the documents, in one place

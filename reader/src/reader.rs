@@ -10,7 +10,7 @@ use secrecy::SecretString;
 
 use crate::connect::{connect, ConnectError, ConnectOptions};
 use crate::credentials::{Credentials, QueryError};
-use crate::domain::{AccountId, Credential, CredentialKind, Generation, RefreshReason};
+use crate::domain::{AccountId, Credential, CredentialKind, Generation, Owner, RefreshReason};
 use crate::jssdk::{self, JsSdkConfig};
 use crate::requests::{self, NewRequest};
 
@@ -35,17 +35,25 @@ const REPORTER: &str = "wxtokend::reader";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("no {kind} stored for account {account}: is wxtokend configured for it and running?")]
+    #[error(
+        "no {kind} stored for account {}: is wxtokend configured for it and running?",
+        named(account, component_appid.as_ref())
+    )]
     NotFound {
         account: AccountId,
+        /// The component, for the authorizer kinds.
+        component_appid: Option<AccountId>,
         kind: CredentialKind,
     },
     #[error(
-        "the newest {kind} for account {account} (generation {generation}) has expired: \
-         wxtokend is not refreshing it (check its logs and `wxtokend status`)"
+        "the newest {kind} for account {} (generation {generation}) has expired: \
+         wxtokend is not refreshing it (check its logs and `wxtokend status`)",
+        named(account, component_appid.as_ref())
     )]
     Expired {
         account: AccountId,
+        /// The component, for the authorizer kinds.
+        component_appid: Option<AccountId>,
         kind: CredentialKind,
         generation: Generation,
         expired_at: SystemTime,
@@ -54,6 +62,15 @@ pub enum ReadError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Query(#[from] QueryError),
+}
+
+/// `wxA`, or `wxA (component wxC)` for an authorizer (as [`Owner`] shows it).
+fn named(account: &AccountId, component: Option<&AccountId>) -> String {
+    let owner = Owner {
+        app_id: account.clone(),
+        component_appid: component.cloned(),
+    };
+    owner.to_string()
 }
 
 impl From<mongodb::error::Error> for ReadError {
@@ -71,12 +88,79 @@ pub struct Reader {
     cache: Option<Cache>,
 }
 
-/// Per account, one slot per credential kind: a hit looks up by `&str` and
-/// clones an `Arc`, so it allocates nothing.
+/// Per owner, one slot per credential kind. An account and an authorizer
+/// with the same appid (or one authorizer of two components) have slots
+/// of their own. A hit looks up by `&str` and clones an `Arc`, so it
+/// allocates nothing, for accounts and authorizers alike.
 #[derive(Debug)]
 struct Cache {
     max_age: Duration,
-    entries: RwLock<HashMap<AccountId, [Slot; CredentialKind::COUNT]>>,
+    entries: RwLock<Entries>,
+}
+
+type Slots = [Slot; CredentialKind::COUNT];
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// By appid: the accounts' credentials (a component's own token too).
+    accounts: HashMap<AccountId, Slots>,
+    /// By component appid, then authorizer appid.
+    authorizers: HashMap<AccountId, HashMap<AccountId, Slots>>,
+}
+
+impl Entries {
+    fn get(&self, whose: Whose<'_>) -> Option<&Slots> {
+        match whose.component {
+            None => self.accounts.get(whose.app_id.as_str()),
+            Some(component) => self
+                .authorizers
+                .get(component.as_str())?
+                .get(whose.app_id.as_str()),
+        }
+    }
+
+    fn get_or_insert(&mut self, whose: Whose<'_>) -> &mut Slots {
+        let accounts = match whose.component {
+            None => &mut self.accounts,
+            Some(component) => self.authorizers.entry(component.clone()).or_default(),
+        };
+        accounts.entry(whose.app_id.clone()).or_default()
+    }
+}
+
+/// Whose credential a read is for, borrowed: an [`Owner`] without the
+/// clone. The component counts for the authorizer kinds only (as in the
+/// query: [`crate::credentials::owner_filter`]).
+#[derive(Debug, Clone, Copy)]
+struct Whose<'a> {
+    app_id: &'a AccountId,
+    component: Option<&'a AccountId>,
+}
+
+impl<'a> Whose<'a> {
+    fn account(app_id: &'a AccountId) -> Self {
+        Whose {
+            app_id,
+            component: None,
+        }
+    }
+
+    fn of(kind: CredentialKind, owner: &'a Owner) -> Self {
+        Whose {
+            app_id: &owner.app_id,
+            component: owner
+                .component_appid
+                .as_ref()
+                .filter(|_| kind.is_authorizer()),
+        }
+    }
+
+    fn to_owner(self) -> Owner {
+        Owner {
+            app_id: self.app_id.clone(),
+            component_appid: self.component.cloned(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -116,7 +200,7 @@ impl Reader {
     pub fn with_cache(mut self, max_age: Duration) -> Reader {
         self.cache = Some(Cache {
             max_age: max_age.min(MAX_CACHE_AGE),
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
         });
         self
     }
@@ -133,20 +217,61 @@ impl Reader {
         kind: CredentialKind,
         account: &AccountId,
     ) -> Result<Arc<Credential>, ReadError> {
+        self.latest_whose(kind, Whose::account(account)).await
+    }
+
+    /// The newest valid credential of `kind` of any owner: an account's
+    /// (as [`Reader::latest_of`]), or for the authorizer kinds
+    /// ([`CredentialKind::is_authorizer`]) an account's through an Open
+    /// Platform component, `Owner::authorizer(component, app_id)`. The
+    /// component is ignored for the other kinds, as in the query.
+    pub async fn latest_owned(
+        &self,
+        kind: CredentialKind,
+        owner: &Owner,
+    ) -> Result<Arc<Credential>, ReadError> {
+        self.latest_whose(kind, Whose::of(kind, owner)).await
+    }
+
+    /// The newest valid `authorizer_access_token` that `component` holds
+    /// for `authorizer`, the account that authorized it.
+    pub async fn latest_authorizer(
+        &self,
+        component: &AccountId,
+        authorizer: &AccountId,
+    ) -> Result<Arc<Credential>, ReadError> {
+        let whose = Whose {
+            app_id: authorizer,
+            component: Some(component),
+        };
+        self.latest_whose(CredentialKind::AuthorizerAccessToken, whose)
+            .await
+    }
+
+    async fn latest_whose(
+        &self,
+        kind: CredentialKind,
+        whose: Whose<'_>,
+    ) -> Result<Arc<Credential>, ReadError> {
         let now = SystemTime::now();
-        if let Some(hit) = self.cached(kind, account, now) {
+        if let Some(hit) = self.cached(kind, whose, now) {
             return Ok(hit);
         }
-        let found = match self.credentials.newest_valid(kind, account, now).await? {
+        let owner = whose.to_owner();
+        let found = match self
+            .credentials
+            .newest_valid_owned(kind, &owner, now)
+            .await?
+        {
             Some(credential) => Arc::new(credential),
-            None => Arc::new(self.wait_for_next(kind, account).await?),
+            None => Arc::new(self.wait_for_next(kind, &owner).await?),
         };
         if let Some(cache) = &self.cache {
             let mut entries = cache
                 .entries
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            let slot = &mut entries.entry(account.clone()).or_default()[kind.index()];
+            let slot = &mut entries.get_or_insert(whose)[kind.index()];
             if slot.reported.is_none_or(|r| found.generation > r) {
                 slot.cached = Some(Cached {
                     stored_at: Instant::now(),
@@ -160,14 +285,12 @@ impl Reader {
     fn cached(
         &self,
         kind: CredentialKind,
-        account: &AccountId,
+        whose: Whose<'_>,
         now: SystemTime,
     ) -> Option<Arc<Credential>> {
         let cache = self.cache.as_ref()?;
         let entries = cache.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let hit = entries.get(account.as_str())?[kind.index()]
-            .cached
-            .as_ref()?;
+        let hit = entries.get(whose)?[kind.index()].cached.as_ref()?;
         (hit.stored_at.elapsed() < cache.max_age && hit.credential.is_valid_at(now))
             .then(|| hit.credential.clone())
     }
@@ -178,19 +301,25 @@ impl Reader {
     /// services report it, and within the forced-refresh rate limit. The
     /// cached copy is dropped, and this generation (or an older one) is
     /// never cached again: reads go to MongoDB until the refresh lands.
+    /// An authorizer's credential is reported with its component, and
+    /// reaches the refresher of that authorizer.
     pub async fn report_invalid(&self, credential: &Credential) -> Result<(), ReadError> {
         if let Some(cache) = &self.cache {
             let mut entries = cache
                 .entries
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            let slot =
-                &mut entries.entry(credential.app_id.clone()).or_default()[credential.kind.index()];
+            let whose = Whose {
+                app_id: &credential.app_id,
+                component: credential.component_appid.as_ref(),
+            };
+            let slot = &mut entries.get_or_insert(whose)[credential.kind.index()];
             slot.cached = None;
             slot.reported = slot.reported.max(Some(credential.generation));
         }
         let request = NewRequest {
             app_id: &credential.app_id,
+            component_appid: credential.component_appid.as_ref(),
             kind: credential.kind,
             reason: RefreshReason::ReportedInvalid,
             generation: Some(credential.generation),
@@ -221,17 +350,27 @@ impl Reader {
         url: &str,
     ) -> Result<JsSdkConfig, ReadError> {
         let ticket = self.latest_of(ticket, account).await?;
-        let timestamp = SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let nonce_str = jssdk::nonce();
-        Ok(JsSdkConfig {
-            app_id: account.js_app_id().to_owned(),
-            signature: jssdk::sign(ticket.secret(), &nonce_str, timestamp, url),
-            timestamp,
-            nonce_str,
-        })
+        Ok(signed(&ticket, account.js_app_id(), url))
+    }
+
+    /// The `wx.config` parameters for a page of `authorizer` (an account
+    /// that authorized the Open Platform `component`), signed with its
+    /// newest valid `authorizer_jsapi_ticket`; `appId` is the authorizer's
+    /// appid, as the page's `wx.config` needs.
+    pub async fn authorizer_signature(
+        &self,
+        component: &AccountId,
+        authorizer: &AccountId,
+        url: &str,
+    ) -> Result<JsSdkConfig, ReadError> {
+        let whose = Whose {
+            app_id: authorizer,
+            component: Some(component),
+        };
+        let ticket = self
+            .latest_whose(CredentialKind::AuthorizerJsapiTicket, whose)
+            .await?;
+        Ok(signed(&ticket, authorizer.as_str(), url))
     }
 
     /// Nothing valid is stored: if the newest value expired a moment ago,
@@ -241,9 +380,9 @@ impl Reader {
     async fn wait_for_next(
         &self,
         kind: CredentialKind,
-        account: &AccountId,
+        owner: &Owner,
     ) -> Result<Credential, ReadError> {
-        let missing = self.explain_missing(kind, account).await;
+        let missing = self.explain_missing(kind, owner).await;
         let ReadError::Expired { expired_at, .. } = missing else {
             return Err(missing);
         };
@@ -253,7 +392,11 @@ impl Reader {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(HANDOVER_POLL_MAX);
             let now = SystemTime::now();
-            if let Some(next) = self.credentials.newest_valid(kind, account, now).await? {
+            if let Some(next) = self
+                .credentials
+                .newest_valid_owned(kind, owner, now)
+                .await?
+            {
                 return Ok(next);
             }
         }
@@ -261,19 +404,36 @@ impl Reader {
     }
 
     /// Tells "never stored" from "stored but expired" (the daemon stopped).
-    async fn explain_missing(&self, kind: CredentialKind, account: &AccountId) -> ReadError {
-        match self.credentials.newest(kind, account).await {
+    async fn explain_missing(&self, kind: CredentialKind, owner: &Owner) -> ReadError {
+        match self.credentials.newest_owned(kind, owner).await {
             Ok(Some(stale)) => ReadError::Expired {
-                account: account.clone(),
+                account: owner.app_id.clone(),
+                component_appid: owner.component_appid.clone(),
                 kind,
                 generation: stale.generation,
                 expired_at: stale.expires_at,
             },
             Ok(None) => ReadError::NotFound {
-                account: account.clone(),
+                account: owner.app_id.clone(),
+                component_appid: owner.component_appid.clone(),
                 kind,
             },
             Err(e) => ReadError::Query(e),
         }
+    }
+}
+
+/// The `wx.config` parameters signed with `ticket` for `app_id`'s page.
+fn signed(ticket: &Credential, app_id: &str, url: &str) -> JsSdkConfig {
+    let timestamp = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let nonce_str = jssdk::nonce();
+    JsSdkConfig {
+        app_id: app_id.to_owned(),
+        signature: jssdk::sign(ticket.secret(), &nonce_str, timestamp, url),
+        timestamp,
+        nonce_str,
     }
 }

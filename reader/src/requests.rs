@@ -16,8 +16,13 @@ pub const REFRESH_REQUESTS: &str = "refresh_requests";
 /// Field names of refresh request documents.
 pub mod field {
     pub const APP_ID: &str = "app_id";
-    /// `access_token`, `jsapi_ticket`, `wx_card_ticket` or `agent_config_ticket`
-    /// (default `access_token`).
+    /// The Open Platform component, for the authorizer kinds only (the
+    /// account authorized it); absent for every other kind.
+    pub const COMPONENT_APPID: &str = "component_appid";
+    /// `access_token`, `jsapi_ticket`, `wx_card_ticket`, `agent_config_ticket`,
+    /// `component_access_token`, or with [`COMPONENT_APPID`]
+    /// `authorizer_access_token`, `authorizer_jsapi_ticket`,
+    /// `authorizer_wx_card_ticket` (default `access_token`).
     pub const KIND: &str = "kind";
     /// `reported_invalid` (with `generation`) or `manual`.
     pub const REASON: &str = "reason";
@@ -35,6 +40,9 @@ pub const REQUEST_RETENTION: Duration = Duration::from_secs(86_400);
 #[derive(Debug, Clone)]
 pub struct NewRequest<'a> {
     pub app_id: &'a AccountId,
+    /// The component `app_id` authorized, for the authorizer kinds
+    /// ([`CredentialKind::is_authorizer`]); `None` for the others.
+    pub component_appid: Option<&'a AccountId>,
     pub kind: CredentialKind,
     pub reason: RefreshReason,
     /// The rejected generation, for [`RefreshReason::ReportedInvalid`].
@@ -55,13 +63,17 @@ pub fn collection(db: &Database) -> Collection<Document> {
 }
 
 fn to_document(request: &NewRequest<'_>) -> Document {
-    let mut document = doc! {
-        field::APP_ID: request.app_id.as_str(),
+    let mut document = doc! { field::APP_ID: request.app_id.as_str() };
+    // An account's request keeps the shape it always had.
+    if let Some(component) = request.component_appid {
+        document.insert(field::COMPONENT_APPID, component.as_str());
+    }
+    document.extend(doc! {
         field::KIND: request.kind.as_str(),
         field::REASON: request.reason.as_str(),
         field::REQUESTED_AT: DateTime::from_system_time(SystemTime::now()),
         field::REQUESTED_BY: request.requested_by,
-    };
+    });
     if let Some(generation) = request.generation {
         document.insert(field::GENERATION, generation.0);
     }

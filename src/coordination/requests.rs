@@ -2,6 +2,7 @@
 //! refresh` and the daemon itself; see the reader crate's `requests`): the
 //! lease holder of an account acts on them and deletes them.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use futures_util::TryStreamExt;
@@ -9,7 +10,7 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::{Collection, Database};
 use wxtokend_reader::document::as_integer;
 use wxtokend_reader::requests::{collection, field};
-use wxtokend_reader::{AccountId, CredentialKind, Generation, RefreshReason};
+use wxtokend_reader::{AccountId, CredentialKind, Generation, Owner, RefreshReason};
 
 use crate::store::StoreError;
 
@@ -20,6 +21,8 @@ pub struct RefreshRequest {
     /// value another program chose).
     pub id: Bson,
     pub app_id: AccountId,
+    /// The component, for the authorizer kinds (and only for them).
+    pub component_appid: Option<AccountId>,
     pub kind: CredentialKind,
     pub reason: RefreshReason,
     pub generation: Option<Generation>,
@@ -50,14 +53,15 @@ impl Requests {
         Ok(first.is_some())
     }
 
-    /// The open requests for `accounts` (those this replica holds), oldest
-    /// first, at most `limit`; requests for other accounts are left to
-    /// their holders. Unreadable ones come back apart, to be deleted.
-    pub async fn open(&self, accounts: &[AccountId], limit: i64) -> Result<Open, StoreError> {
-        let ids: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
+    /// The open requests for `owners` (those this replica holds), oldest
+    /// first, at most `limit`; requests for other owners are left to their
+    /// holders (an account's holder never reads an authorizer's request of
+    /// the same appid, nor the reverse). Unreadable ones come back apart,
+    /// to be deleted.
+    pub async fn open(&self, owners: &[Owner], limit: i64) -> Result<Open, StoreError> {
         let docs: Vec<Document> = self
             .collection
-            .find(doc! { field::APP_ID: { "$in": ids } })
+            .find(filter(owners))
             .sort(doc! { field::REQUESTED_AT: 1 })
             .limit(limit)
             .await?
@@ -97,6 +101,32 @@ impl Requests {
     }
 }
 
+/// The requests of `owners`: an account's have no `component_appid`
+/// (missing or null), an authorizer's name its component. One `$in` per
+/// component (all of them use the `app_id` index).
+fn filter(owners: &[Owner]) -> Document {
+    let mut by_component: BTreeMap<Option<&str>, Vec<&str>> = BTreeMap::new();
+    for owner in owners {
+        let component = owner.component_appid.as_ref().map(AccountId::as_str);
+        by_component
+            .entry(component)
+            .or_default()
+            .push(owner.app_id.as_str());
+    }
+    let mut clauses: Vec<Document> = by_component
+        .into_iter()
+        .map(|(component, ids)| {
+            doc! { field::APP_ID: { "$in": ids }, field::COMPONENT_APPID: component }
+        })
+        .collect();
+    match clauses.len() {
+        // Nothing held: nothing matches (`$or` refuses an empty list).
+        0 => doc! { field::APP_ID: { "$in": [] } },
+        1 => clauses.remove(0),
+        _ => doc! { "$or": clauses },
+    }
+}
+
 /// What a poll found.
 #[derive(Debug, Default)]
 pub struct Open {
@@ -128,9 +158,20 @@ fn parse(doc: &Document) -> Result<RefreshRequest, &'static str> {
     if reason == RefreshReason::ReportedInvalid && generation.is_none() {
         return Err("a reported_invalid request names no generation");
     }
+    let component_appid = match doc.get(field::COMPONENT_APPID) {
+        None | Some(Bson::Null) => None,
+        Some(Bson::String(component)) => Some(AccountId::new(component.as_str())),
+        Some(_) => return Err("component_appid is not a string"),
+    };
+    match (kind.is_authorizer(), &component_appid) {
+        (true, None) => return Err("an authorizer kind names no component_appid"),
+        (false, Some(_)) => return Err("component_appid is for the authorizer kinds only"),
+        _ => {}
+    }
     Ok(RefreshRequest {
         id: doc.get("_id").cloned().ok_or("no _id")?,
         app_id: AccountId::new(doc.get_str(field::APP_ID).map_err(|_| "no app_id")?),
+        component_appid,
         kind,
         reason,
         generation,
@@ -148,11 +189,21 @@ mod tests {
         let read = parse(&ok).expect("readable");
         assert_eq!(read.kind, CredentialKind::AccessToken);
         assert_eq!(read.generation, Some(Generation(4)));
+        assert_eq!(read.component_appid, None);
         let manual = doc! { "_id": 2, "app_id": "wx1", "kind": "jsapi_ticket", "reason": "manual" };
         assert_eq!(
             parse(&manual).map(|r| r.kind),
             Ok(CredentialKind::JsapiTicket)
         );
+        let authorizer = doc! {
+            "_id": 8, "app_id": "wx1", "component_appid": "wxC",
+            "kind": "authorizer_access_token", "reason": "reported_invalid", "generation": 2,
+        };
+        let read = parse(&authorizer).expect("readable");
+        assert_eq!(read.component_appid, Some(AccountId::new("wxC")));
+        assert_eq!(read.kind, CredentialKind::AuthorizerAccessToken);
+        let null = doc! { "_id": 9, "app_id": "wx1", "component_appid": null, "reason": "manual" };
+        assert_eq!(parse(&null).map(|r| r.component_appid), Ok(None));
         for (bad, why) in [
             (
                 doc! { "_id": 3, "app_id": "wx1", "kind": "bogus", "reason": "manual" },
@@ -173,6 +224,21 @@ mod tests {
             (
                 doc! { "_id": 7, "app_id": "wx1", "reason": "reported_invalid", "generation": "4" },
                 "generation is not a whole number",
+            ),
+            (
+                doc! { "_id": 10, "app_id": "wx1", "kind": "authorizer_jsapi_ticket", "reason": "manual" },
+                "an authorizer kind names no component_appid",
+            ),
+            (
+                doc! { "_id": 11, "app_id": "wx1", "component_appid": "wxC", "reason": "manual" },
+                "component_appid is for the authorizer kinds only",
+            ),
+            (
+                doc! {
+                    "_id": 12, "app_id": "wx1", "component_appid": 5,
+                    "kind": "authorizer_access_token", "reason": "manual",
+                },
+                "component_appid is not a string",
             ),
         ] {
             assert_eq!(parse(&bad).map(|r| r.kind), Err(why));

@@ -485,6 +485,7 @@ impl Coordinator {
         slot.put(crate::coordination::RefreshRequest {
             id: mongodb::bson::Bson::Null,
             app_id: app_id.clone(),
+            component_appid: Some(component.appid.clone()),
             kind,
             reason: wxtokend_reader::RefreshReason::Manual,
             generation: None,

@@ -4,16 +4,17 @@
 
 use std::collections::HashMap;
 
-use wxtokend_reader::{AccountId, CredentialKind, RefreshReason};
+use wxtokend_reader::{CredentialKind, Owner, RefreshReason};
 
 use super::{Coordinator, REQUESTS_PER_POLL};
 use crate::coordination::{LeaseId, RefreshRequest, Requests};
 use crate::metrics::Operation;
 
 impl Coordinator {
-    /// Hands the open refresh requests of held accounts to their
-    /// refreshers, oldest first: per account, the newest reported generation
-    /// and one manual request. Unreadable requests are deleted and logged.
+    /// Hands the open refresh requests of held accounts (and authorizers)
+    /// to their refreshers, oldest first: per credential, the newest
+    /// reported generation and one manual request. Unreadable requests are
+    /// deleted and logged.
     pub(super) async fn dispatch_requests(&mut self) {
         if self.held.is_empty() {
             return;
@@ -30,12 +31,12 @@ impl Coordinator {
                 return;
             }
         }
-        let ids: Vec<AccountId> = self
+        let owners: Vec<Owner> = self
             .held
             .values()
-            .map(|held| held.lease.owner().app_id.clone())
+            .map(|held| held.lease.owner().clone())
             .collect();
-        let open = requests.open(&ids, REQUESTS_PER_POLL);
+        let open = requests.open(&owners, REQUESTS_PER_POLL);
         let open = match self.observed(Operation::Requests, open).await {
             Ok(open) => open,
             Err(e) => {
@@ -52,17 +53,17 @@ impl Coordinator {
             );
             handled.extend(open.unreadable.into_iter().filter_map(|(id, _)| id));
         }
-        for request in summarize(open.requests) {
+        for (lease, request) in summarize(open.requests) {
             let slot = self
                 .held
-                .get(&lease_of(&request))
+                .get(&lease)
                 .and_then(|held| held.requests.get(&request.kind));
             match slot {
                 // A manual request comes after a report and takes its place:
                 // either way one refresh follows.
                 Some(slot) => slot.put(request),
                 None => tracing::warn!(
-                    account = %request.app_id,
+                    account = %lease,
                     kind = %request.kind,
                     "refresh request for a credential this account does not keep; deleted"
                 ),
@@ -96,21 +97,22 @@ impl Coordinator {
 
 /// The lease whose refreshers keep the credential a request names.
 fn lease_of(request: &RefreshRequest) -> LeaseId {
-    match request.kind {
-        CredentialKind::ComponentAccessToken => LeaseId::component(&request.app_id),
-        _ => LeaseId::account(&request.app_id),
+    match (&request.component_appid, request.kind) {
+        (Some(component), _) => LeaseId::authorizer(component, &request.app_id),
+        (None, CredentialKind::ComponentAccessToken) => LeaseId::component(&request.app_id),
+        (None, _) => LeaseId::account(&request.app_id),
     }
 }
 
-/// Reduces a batch of requests to what matters: per account and kind, the
-/// report of the highest generation and at most one manual request.
-/// Requests for kinds an account does not keep are dropped.
-fn summarize(requests: Vec<RefreshRequest>) -> Vec<RefreshRequest> {
-    type Key = (AccountId, CredentialKind);
+/// Reduces a batch of requests to what matters: per lease and kind, the
+/// report of the highest generation and at most one manual request, each
+/// with the lease whose refreshers keep it.
+fn summarize(requests: Vec<RefreshRequest>) -> Vec<(LeaseId, RefreshRequest)> {
+    type Key = (LeaseId, CredentialKind);
     let mut reported: HashMap<Key, RefreshRequest> = HashMap::new();
     let mut manual: HashMap<Key, RefreshRequest> = HashMap::new();
     for request in requests {
-        let key = (request.app_id.clone(), request.kind);
+        let key = (lease_of(&request), request.kind);
         match request.reason {
             RefreshReason::ReportedInvalid => {
                 let entry = reported.entry(key).or_insert(request.clone());
@@ -123,5 +125,66 @@ fn summarize(requests: Vec<RefreshRequest>) -> Vec<RefreshRequest> {
             }
         }
     }
-    reported.into_values().chain(manual.into_values()).collect()
+    reported
+        .into_iter()
+        .chain(manual)
+        .map(|((lease, _), request)| (lease, request))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use mongodb::bson::Bson;
+    use wxtokend_reader::{AccountId, Generation};
+
+    use super::*;
+
+    fn request(
+        component: Option<&str>,
+        kind: CredentialKind,
+        reason: RefreshReason,
+        generation: Option<i64>,
+    ) -> RefreshRequest {
+        RefreshRequest {
+            id: Bson::Null,
+            app_id: AccountId::new("wxA"),
+            component_appid: component.map(AccountId::new),
+            kind,
+            reason,
+            generation: generation.map(Generation),
+        }
+    }
+
+    /// An account's and an authorizer's requests of one appid go to their
+    /// own leases and are summarized apart: neither hides the other.
+    #[test]
+    fn each_request_reaches_the_lease_of_its_owner() {
+        use CredentialKind::{AccessToken, AuthorizerAccessToken, ComponentAccessToken};
+        use RefreshReason::{Manual, ReportedInvalid};
+        let summarized = summarize(vec![
+            request(None, AccessToken, ReportedInvalid, Some(3)),
+            request(Some("wxC"), AuthorizerAccessToken, ReportedInvalid, Some(7)),
+            request(Some("wxC"), AuthorizerAccessToken, ReportedInvalid, Some(8)),
+            request(Some("wxD"), AuthorizerAccessToken, Manual, None),
+            request(None, ComponentAccessToken, Manual, None),
+        ]);
+        let mut got: Vec<(String, CredentialKind, Option<Generation>)> = summarized
+            .into_iter()
+            .map(|(lease, r)| (lease.to_string(), r.kind, r.generation))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![
+                ("open:wxA".to_owned(), ComponentAccessToken, None),
+                (
+                    "open:wxC:wxA".to_owned(),
+                    AuthorizerAccessToken,
+                    Some(Generation(8))
+                ),
+                ("open:wxD:wxA".to_owned(), AuthorizerAccessToken, None),
+                ("wxA".to_owned(), AccessToken, Some(Generation(3))),
+            ]
+        );
+    }
 }

@@ -387,6 +387,7 @@ impl Refresher {
     async fn report_stale_access_token(&self, token: &Credential) {
         let request = NewRequest {
             app_id: &token.app_id,
+            component_appid: token.component_appid.as_ref(),
             kind: token.kind,
             reason: RefreshReason::ReportedInvalid,
             generation: Some(token.generation),

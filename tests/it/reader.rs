@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use wxtokend_reader::Generation;
+use mongodb::bson::Document;
+use secrecy::SecretString;
+use wxtokend_reader::{AccountId, Credential, CredentialKind, Generation, Owner, RefreshReason};
 use wxtokend_reader::{ReadError, Reader, HANDOVER_WAIT};
 
 use crate::support::mongo::TestDb;
@@ -190,4 +192,157 @@ async fn a_reported_generation_is_never_cached_again() {
         reader.latest(&"wxA".into()).await.expect("read").secret(),
         "refreshed"
     );
+}
+
+/// Stores `value` as `owner`'s generation `generation` of `kind`, valid for
+/// an hour, as the daemon writes it.
+async fn store_owned(
+    db: &TestDb,
+    kind: CredentialKind,
+    owner: &Owner,
+    value: &str,
+    generation: i64,
+) {
+    let now = SystemTime::now();
+    let credential = Credential {
+        app_id: owner.app_id.clone(),
+        component_appid: owner.component_appid.clone(),
+        kind,
+        value: SecretString::from(value.to_owned()),
+        expires_in: HOUR,
+        fetched_at: now,
+        expires_at: now + HOUR,
+        generation: Generation(generation),
+        reason: Some(RefreshReason::Scheduled),
+        fetched_by: "test-writer".into(),
+    };
+    db.db()
+        .collection::<Document>(kind.collection())
+        .insert_one(wxtokend_reader::document::to_document(&credential))
+        .await
+        .expect("insert");
+}
+
+/// One appid, three owners: the account itself and the account as it
+/// authorized two Open Platform components (each holds tokens of its own).
+/// Each read returns its owner's token, from MongoDB and from the cache
+/// alike, and a report about one never touches the others' cache.
+#[tokio::test]
+async fn an_account_and_its_authorizations_of_two_components_are_read_and_cached_apart() {
+    let db = database().await;
+    let app: AccountId = "wxA".into();
+    let (c1, c2): (AccountId, AccountId) = ("wxC1".into(), "wxC2".into());
+    let via = |c: &AccountId| Owner::authorizer(c.clone(), app.clone());
+    let authorizer_token = CredentialKind::AuthorizerAccessToken;
+    store_token(&db, "wxA", "account-token", Duration::ZERO, HOUR).await;
+    store_owned(&db, authorizer_token, &via(&c1), "via-c1", 1).await;
+    store_owned(&db, authorizer_token, &via(&c2), "via-c2", 1).await;
+    let reader = reader(&db).await.with_cache(Duration::from_secs(60));
+
+    // Twice each: the second read of each comes from the cache.
+    for _ in 0..2 {
+        assert_eq!(
+            reader.latest(&app).await.expect("account").secret(),
+            "account-token"
+        );
+        let first = reader.latest_authorizer(&c1, &app).await.expect("via C1");
+        assert_eq!(first.secret(), "via-c1");
+        assert_eq!(first.component_appid.as_ref(), Some(&c1));
+        let second = reader.latest_authorizer(&c2, &app).await.expect("via C2");
+        assert_eq!(second.secret(), "via-c2");
+        assert_eq!(second.component_appid.as_ref(), Some(&c2));
+        let owned = reader.latest_owned(authorizer_token, &via(&c2)).await;
+        assert_eq!(owned.expect("via C2").secret(), "via-c2");
+        let account = Owner::account(app.clone());
+        let owned = reader
+            .latest_owned(CredentialKind::AccessToken, &account)
+            .await;
+        assert_eq!(owned.expect("account").secret(), "account-token");
+    }
+
+    // A component the account never authorized has nothing, and says whose.
+    match reader.latest_authorizer(&"wxC3".into(), &app).await {
+        Err(e @ ReadError::NotFound { .. }) => {
+            assert!(e.to_string().contains("wxA (component wxC3)"), "{e}")
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // An authorizer kind read without a component matches no document.
+    assert!(matches!(
+        reader
+            .latest_owned(authorizer_token, &Owner::account(app.clone()))
+            .await,
+        Err(ReadError::NotFound { .. })
+    ));
+
+    // C1's token is rejected and refreshed: C1's next read sees the new
+    // one at once; C2's cached token and the account's are untouched.
+    let rejected = reader.latest_authorizer(&c1, &app).await.expect("via C1");
+    reader.report_invalid(&rejected).await.expect("report");
+    store_owned(&db, authorizer_token, &via(&c1), "via-c1-refreshed", 2).await;
+    store_owned(&db, authorizer_token, &via(&c2), "via-c2-newer", 2).await;
+    let refreshed = reader.latest_authorizer(&c1, &app).await.expect("via C1");
+    assert_eq!(refreshed.secret(), "via-c1-refreshed");
+    let cached = reader.latest_authorizer(&c2, &app).await.expect("via C2");
+    assert_eq!(cached.secret(), "via-c2", "still cached");
+}
+
+/// An authorizer's token reported invalid is filed with its component,
+/// so that the daemon's holder of that authorizer gets the request; an
+/// account's report keeps the fields it always had.
+#[tokio::test]
+async fn a_report_of_an_authorizers_token_names_its_component() {
+    let db = database().await;
+    let app: AccountId = "wxA".into();
+    let owner = Owner::authorizer("wxC".into(), app.clone());
+    store_token(&db, "wxA", "account-token", Duration::ZERO, HOUR).await;
+    store_owned(
+        &db,
+        CredentialKind::AuthorizerAccessToken,
+        &owner,
+        "authorizer-token",
+        4,
+    )
+    .await;
+    let reader = reader(&db).await;
+    let account = reader.latest(&app).await.expect("account");
+    let authorizer = reader
+        .latest_authorizer(&"wxC".into(), &app)
+        .await
+        .expect("authorizer");
+    reader.report_invalid(&account).await.expect("report");
+    reader.report_invalid(&authorizer).await.expect("report");
+
+    let requests = db.docs("refresh_requests").await;
+    let filed = |kind: &str| {
+        requests
+            .iter()
+            .find(|d| d.get_str("kind") == Ok(kind))
+            .unwrap_or_else(|| panic!("a {kind} request: {requests:?}"))
+    };
+    let of_account = filed("access_token");
+    let fields: Vec<&str> = of_account.keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        [
+            "_id",
+            "app_id",
+            "kind",
+            "reason",
+            "requested_at",
+            "requested_by",
+            "generation"
+        ],
+        "{of_account}"
+    );
+    let of_authorizer = filed("authorizer_access_token");
+    assert_eq!(of_authorizer.get_str("app_id"), Ok("wxA"));
+    assert_eq!(
+        of_authorizer.get_str("component_appid"),
+        Ok("wxC"),
+        "{of_authorizer}"
+    );
+    assert_eq!(of_authorizer.get_str("reason"), Ok("reported_invalid"));
+    assert_eq!(of_authorizer.get_i64("generation"), Ok(4));
+    assert!(!format!("{requests:?}").contains("-token"), "a value filed");
 }

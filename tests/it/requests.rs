@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fake_wechat::{Endpoint, Fault};
 use mongodb::bson::{doc, DateTime, Document};
 
+use crate::support::mongo::TestDb;
 use crate::support::{eventually, Scenario, TestAccount, WAIT};
 
 #[tokio::test]
@@ -103,5 +104,62 @@ async fn refresh_means_now_even_after_a_permanent_error() {
         s.db.docs("jsapi_tickets").await.len(),
         1,
         "a repeat was stored"
+    );
+}
+
+/// An account and an authorizer of the same appid are held apart, maybe
+/// by two replicas: each holder reads (and then deletes) its own requests
+/// only, never the other's.
+#[tokio::test]
+async fn a_holder_reads_only_its_own_owners_requests_when_appids_are_shared() {
+    use wxtokend::coordination::Requests;
+    use wxtokend_reader::requests::{file, NewRequest};
+    use wxtokend_reader::{AccountId, CredentialKind, Owner, RefreshReason};
+
+    let db = TestDb::new().await;
+    let (app, component): (AccountId, AccountId) = ("wxA".into(), "wxC".into());
+    for (component, kind) in [
+        (None, CredentialKind::AccessToken),
+        (Some(&component), CredentialKind::AuthorizerAccessToken),
+    ] {
+        let request = NewRequest {
+            app_id: &app,
+            component_appid: component,
+            kind,
+            reason: RefreshReason::Manual,
+            generation: None,
+            requested_by: "test",
+        };
+        file(&db.db(), &request).await.expect("filed");
+    }
+    let requests = Requests::new(&db.db());
+    let read = |owners: Vec<Owner>| {
+        let requests = requests.clone();
+        async move {
+            let open = requests.open(&owners, 100).await.expect("open");
+            assert!(open.unreadable.is_empty(), "{:?}", open.unreadable);
+            let mut kinds: Vec<CredentialKind> = open.requests.iter().map(|r| r.kind).collect();
+            kinds.sort_by_key(|k| k.index());
+            kinds
+        }
+    };
+    let account = Owner::account(app.clone());
+    let authorizer = Owner::authorizer(component.clone(), app.clone());
+    let other = Owner::authorizer("wxD".into(), app.clone());
+    assert_eq!(
+        read(vec![account.clone()]).await,
+        [CredentialKind::AccessToken]
+    );
+    assert_eq!(
+        read(vec![authorizer.clone()]).await,
+        [CredentialKind::AuthorizerAccessToken]
+    );
+    assert_eq!(read(vec![other]).await, []);
+    assert_eq!(
+        read(vec![account, authorizer]).await,
+        [
+            CredentialKind::AccessToken,
+            CredentialKind::AuthorizerAccessToken
+        ]
     );
 }

@@ -54,6 +54,7 @@ fn request(reason: RefreshReason, generation: Option<i64>) -> RefreshRequest {
     RefreshRequest {
         id: ObjectId::new().into(),
         app_id: AccountId::new("wx1"),
+        component_appid: None,
         kind: CredentialKind::AccessToken,
         reason,
         generation: generation.map(Generation),
