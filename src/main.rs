@@ -17,7 +17,7 @@ use wxtokend::{
 };
 use wxtokend_reader::requests::{self, NewRequest};
 use wxtokend_reader::{
-    AccountId, ConnectError, Credential, CredentialKind, QueryError, ReadError, Reader,
+    AccountId, ConnectError, Credential, CredentialKind, Owner, QueryError, ReadError, Reader,
     RefreshReason, Refused,
 };
 
@@ -38,9 +38,11 @@ Exit codes:
   0  success
   1  unexpected failure; health: not healthy (or not ready); check: a
      mirror's Redis does not answer
-  2  bad command line; quota: an account that is not configured or is
-     WeCom's, or --clear not confirmed (answered no, or no terminal to ask
-     and no --yes)
+  2  bad command line (get, refresh: an authorizer kind without
+     --component, or --component with another kind; sign: --component with
+     --kind agent-config-ticket); quota: an account that is not configured
+     or is WeCom's, or --clear not confirmed (answered no, or no terminal to
+     ask and no --yes)
   3  invalid configuration (the message names the key); MongoDB refused
      the connection string's user or a privilege (the message names the
      action, the collection and the role to grant); check, run: an index in
@@ -80,11 +82,14 @@ enum Command {
     Run,
     /// Print the newest valid credential of ACCOUNT (exit 5 if there is none).
     Get {
-        /// The account id (the appid) as configured.
+        /// The account id (the appid) as configured; with --component, the
+        /// appid of an account that authorized that Open Platform component.
         account: String,
         /// Which credential.
         #[arg(long, value_enum, default_value_t = Kind::AccessToken)]
         kind: Kind,
+        #[command(flatten)]
+        component: ComponentArg,
         /// Print a JSON object with generation and expiry instead of the bare value.
         #[arg(long)]
         json: bool,
@@ -93,7 +98,8 @@ enum Command {
     /// {appId, timestamp, nonceStr, signature}, signed with the newest valid
     /// jsapi_ticket of ACCOUNT (exit 5 if there is none).
     Sign {
-        /// The account id as configured.
+        /// The account id as configured; with --component, the appid of an
+        /// account that authorized that Open Platform component.
         account: String,
         /// The full URL of the page (a #fragment is ignored).
         url: String,
@@ -103,16 +109,23 @@ enum Command {
         /// "corpid/agentid" account.
         #[arg(long, value_enum, default_value_t = SignKind::JsapiTicket)]
         kind: SignKind,
+        /// The Open Platform component (its appid) that ACCOUNT authorized:
+        /// signs with ACCOUNT's authorizer_jsapi_ticket; appId is ACCOUNT.
+        #[arg(long, value_name = "COMPONENT_APPID")]
+        component: Option<String>,
     },
     /// Ask the daemon to refresh a credential of ACCOUNT now, even while it
     /// waits after a permanent error (you fixed the cause); never past a
     /// spent quota or refresh.forced_min_interval. Needs no WeChat secret.
     Refresh {
-        /// The account id (the appid) as configured.
+        /// The account id (the appid) as configured; with --component, the
+        /// appid of an account that authorized that Open Platform component.
         account: String,
         /// Which credential.
         #[arg(long, value_enum, default_value_t = Kind::AccessToken)]
         kind: Kind,
+        #[command(flatten)]
+        component: ComponentArg,
     },
     /// Show every configured account and every account found in MongoDB,
     /// one line per credential kind, whether refreshed yet or not:
@@ -188,6 +201,75 @@ enum Kind {
     /// appid); MongoDB gives it to the daemon's role and
     /// wxtokendComponentReader only.
     ComponentAccessToken,
+    /// The token an Open Platform component holds for ACCOUNT, an account
+    /// that authorized it (needs --component).
+    AuthorizerAccessToken,
+    /// ACCOUNT's JS-SDK ticket through the component (needs --component).
+    AuthorizerJsapiTicket,
+    /// ACCOUNT's WeChat Card ticket through the component (needs
+    /// --component).
+    AuthorizerWxCardTicket,
+}
+
+/// `--component` of `get` and `refresh`.
+#[derive(Debug, clap::Args)]
+struct ComponentArg {
+    /// The Open Platform component (its appid) that ACCOUNT authorized:
+    /// required with the authorizer kinds, refused with the others.
+    #[arg(long, value_name = "COMPONENT_APPID")]
+    component: Option<String>,
+}
+
+impl ComponentArg {
+    /// Why `--component` does not go with `kind`, if it does not.
+    fn problem(&self, kind: Kind) -> Option<String> {
+        let kind = CredentialKind::from(kind);
+        let name = kind.as_str().replace('_', "-");
+        match (&self.component, kind.is_authorizer()) {
+            (None, true) => Some(format!(
+                "--kind {name} is a credential of an account that authorized an Open Platform \
+                 component: name the component with --component COMPONENT_APPID"
+            )),
+            (Some(_), false) => Some(format!(
+                "--component is for the authorizer kinds (authorizer-access-token, \
+                 authorizer-jsapi-ticket, authorizer-wx-card-ticket); --kind {name} is not one"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whose credential ACCOUNT names, once [`ComponentArg::problem`]
+    /// found nothing wrong.
+    fn owner(self, account: String) -> Owner {
+        Owner {
+            app_id: AccountId::new(account),
+            component_appid: self.component.map(AccountId::new),
+        }
+    }
+}
+
+impl Command {
+    /// What clap cannot check: `--component` with the right kinds only.
+    fn usage_problem(&self) -> Option<String> {
+        match self {
+            Command::Get {
+                kind, component, ..
+            }
+            | Command::Refresh {
+                kind, component, ..
+            } => component.problem(*kind),
+            Command::Sign {
+                kind: SignKind::AgentConfigTicket,
+                component: Some(_),
+                ..
+            } => Some(
+                "--component signs with an authorizer's jsapi ticket: it does not go with \
+                 --kind agent-config-ticket (WeCom's)"
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// The tickets a page signature is made with.
@@ -214,12 +296,18 @@ impl From<Kind> for CredentialKind {
             Kind::WxCardTicket => CredentialKind::WxCardTicket,
             Kind::AgentConfigTicket => CredentialKind::AgentConfigTicket,
             Kind::ComponentAccessToken => CredentialKind::ComponentAccessToken,
+            Kind::AuthorizerAccessToken => CredentialKind::AuthorizerAccessToken,
+            Kind::AuthorizerJsapiTicket => CredentialKind::AuthorizerJsapiTicket,
+            Kind::AuthorizerWxCardTicket => CredentialKind::AuthorizerWxCardTicket,
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(problem) = cli.command.usage_problem() {
+        return ExitCode::from(report(&problem, exit::BAD_COMMAND_LINE));
+    }
     let file = ConfigFile::choose(cli.config);
     let scope = match cli.command {
         Command::Get { .. }
@@ -248,14 +336,26 @@ fn main() -> ExitCode {
             Command::Get {
                 account,
                 kind,
+                component,
                 json,
-            } => get(settings, AccountId::new(account), kind.into(), json).await,
-            Command::Sign { account, url, kind } => {
-                sign(settings, AccountId::new(account), &url, kind).await
+            } => get(settings, &component.owner(account), kind.into(), json).await,
+            Command::Sign {
+                account,
+                url,
+                kind,
+                component,
+            } => {
+                let owner = Owner {
+                    app_id: AccountId::new(account),
+                    component_appid: component.map(AccountId::new),
+                };
+                sign(settings, &owner, &url, kind).await
             }
-            Command::Refresh { account, kind } => {
-                refresh(settings, AccountId::new(account), kind.into()).await
-            }
+            Command::Refresh {
+                account,
+                kind,
+                component,
+            } => refresh(settings, &component.owner(account), kind.into()).await,
             Command::Status { json, mirrors } => status(settings, json, mirrors).await,
             Command::Quota {
                 account,
@@ -346,13 +446,13 @@ async fn run(settings: Settings, file: &ConfigFile) -> u8 {
     }
 }
 
-async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json: bool) -> u8 {
+async fn get(settings: Settings, owner: &Owner, kind: CredentialKind, json: bool) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return store_failure(&settings.mongodb, &e),
     };
     match Reader::new(store.database().clone())
-        .latest_of(kind, &account)
+        .latest_owned(kind, owner)
         .await
     {
         Ok(credential) if json => {
@@ -370,9 +470,11 @@ async fn get(settings: Settings, account: AccountId, kind: CredentialKind, json:
     }
 }
 
+/// `get --json`: an account's credential, or an authorizer's with its
+/// `component_appid` too.
 fn credential_json(c: &Credential) -> serde_json::Value {
     let now = SystemTime::now();
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "app_id": c.app_id,
         "kind": c.kind,
         c.kind.value_field(): c.secret(),
@@ -383,7 +485,11 @@ fn credential_json(c: &Credential) -> serde_json::Value {
         "generation": c.generation,
         "reason": c.reason,
         "fetched_by": c.fetched_by,
-    })
+    });
+    if let (Some(component), Some(object)) = (&c.component_appid, json.as_object_mut()) {
+        object.insert("component_appid".into(), component.as_str().into());
+    }
+    json
 }
 
 /// First and last millisecond that RFC 3339 can write (years 0000 to 9999).
@@ -404,10 +510,12 @@ fn json_date(at: SystemTime) -> serde_json::Value {
     millis.into()
 }
 
-async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind) -> u8 {
+/// `sign`; an owner with a component signs with its authorizer jsapi
+/// ticket (`kind` is then jsapi-ticket: checked before).
+async fn sign(settings: Settings, owner: &Owner, url: &str, kind: SignKind) -> u8 {
     // wx.agentConfig names the app: only a "corpid/agentid" account has one.
     let agent =
-        match (kind, account.as_str().split_once('/')) {
+        match (kind, owner.app_id.as_str().split_once('/')) {
             (SignKind::AgentConfigTicket, Some((corp, agent))) => {
                 Some((corp.to_owned(), agent.to_owned()))
             }
@@ -421,20 +529,26 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind)
         Ok(store) => store,
         Err(e) => return store_failure(&settings.mongodb, &e),
     };
-    let signed = Reader::new(store.database().clone())
-        .signature_with(kind.into(), &account, url)
-        .await
-        .map(|config| match agent {
-            // What wx.agentConfig takes, with its own field names.
-            Some((corpid, agentid)) => serde_json::json!({
-                "corpid": corpid,
-                "agentid": agentid,
-                "timestamp": config.timestamp,
-                "nonceStr": config.nonce_str,
-                "signature": config.signature,
-            }),
-            None => serde_json::json!(config),
-        });
+    let reader = Reader::new(store.database().clone());
+    let signed = match &owner.component_appid {
+        Some(component) => {
+            reader
+                .authorizer_signature(component, &owner.app_id, url)
+                .await
+        }
+        None => reader.signature_with(kind.into(), &owner.app_id, url).await,
+    };
+    let signed = signed.map(|config| match agent {
+        // What wx.agentConfig takes, with its own field names.
+        Some((corpid, agentid)) => serde_json::json!({
+            "corpid": corpid,
+            "agentid": agentid,
+            "timestamp": config.timestamp,
+            "nonceStr": config.nonce_str,
+            "signature": config.signature,
+        }),
+        None => serde_json::json!(config),
+    });
     match signed {
         Ok(config) => match serde_json::to_string(&config) {
             Ok(text) => {
@@ -450,14 +564,14 @@ async fn sign(settings: Settings, account: AccountId, url: &str, kind: SignKind)
     }
 }
 
-async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -> u8 {
+async fn refresh(settings: Settings, owner: &Owner, kind: CredentialKind) -> u8 {
     let store = match connect_store(&settings).await {
         Ok(store) => store,
         Err(e) => return store_failure(&settings.mongodb, &e),
     };
     let request = NewRequest {
-        app_id: &account,
-        component_appid: None,
+        app_id: &owner.app_id,
+        component_appid: owner.component_appid.as_ref(),
         kind,
         reason: RefreshReason::Manual,
         generation: None,
@@ -467,7 +581,7 @@ async fn refresh(settings: Settings, account: AccountId, kind: CredentialKind) -
     match filed {
         Ok(()) => {
             println!(
-                "refresh of the {kind} of {account} requested; the daemon holding its lease acts \
+                "refresh of the {kind} of {owner} requested; the daemon holding its lease acts \
                  within refresh.request_poll_interval (see `wxtokend status`)"
             );
             exit::OK

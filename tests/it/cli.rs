@@ -68,9 +68,11 @@ fn help_lists_commands_and_exit_codes() {
         "  0  success\n  \
            1  unexpected failure; health: not healthy (or not ready); check: a\n     \
               mirror's Redis does not answer\n  \
-           2  bad command line; quota: an account that is not configured or is\n     \
-              WeCom's, or --clear not confirmed (answered no, or no terminal to ask\n     \
-              and no --yes)\n  \
+           2  bad command line (get, refresh: an authorizer kind without\n     \
+              --component, or --component with another kind; sign: --component with\n     \
+              --kind agent-config-ticket); quota: an account that is not configured\n     \
+              or is WeCom's, or --clear not confirmed (answered no, or no terminal to\n     \
+              ask and no --yes)\n  \
            3  invalid configuration (the message names the key); MongoDB refused\n     \
               the connection string's user or a privilege (the message names the\n     \
               action, the collection and the role to grant); check, run: an index in\n     \

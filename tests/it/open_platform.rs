@@ -1192,3 +1192,188 @@ async fn a_refused_refresh_token_is_repaired_from_wechats_list_at_once() {
     secrets.extend([stale, current, value.to_owned()]);
     s.daemon().assert_logs_free_of(&secrets);
 }
+
+/// Reads an authorizer's credential of `kind` as a shell script does.
+fn get_authorizer(s: &Scenario, kind: &str, json: bool) -> (i32, String, String) {
+    let mut args = vec!["get", AUTHORIZER, "--kind", kind, "--component", COMPONENT];
+    if json {
+        args.push("--json");
+    }
+    s.config.run(&args)
+}
+
+/// The stored token of generation `generation`, once there is one.
+async fn authorizer_generation(s: &Scenario, generation: i64) -> Document {
+    eventually(WAIT, &format!("generation {generation}"), || async {
+        authorizer_tokens(s)
+            .await
+            .into_iter()
+            .find(|d| d.get_i64("generation") == Ok(generation))
+    })
+    .await
+}
+
+/// Business code and operators reach an authorizer's token as they reach
+/// an account's, naming the platform: `wxtokend get --component` prints it
+/// (and refuses an authorizer kind without the component: a usage error),
+/// a report of the token as rejected, or `wxtokend refresh --component`,
+/// reaches the holder of that authorizer's lease, which fetches a new
+/// generation, one call per request.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorizers_token_is_read_and_refreshed_on_request_naming_its_component() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "").await;
+    s.fake.authorize_silently(COMPONENT, AUTHORIZER);
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@readers").await;
+    let first = authorizer_generation(&s, 1).await;
+    let value = first
+        .get_str("authorizer_access_token")
+        .expect("value")
+        .to_owned();
+
+    let (code, out, err) = get_authorizer(&s, "authorizer-access-token", false);
+    assert_eq!((code, out.trim()), (0, value.as_str()), "{err}");
+    let (code, out, err) = get_authorizer(&s, "authorizer-access-token", true);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(json["app_id"], AUTHORIZER);
+    assert_eq!(json["component_appid"], COMPONENT);
+    assert_eq!(json["kind"], "authorizer_access_token");
+    assert_eq!(json["authorizer_access_token"], value.as_str());
+    assert_eq!(json["generation"], 1);
+
+    // An authorizer kind needs its component; an account's kind takes none.
+    let (code, _, err) = s
+        .config
+        .run(&["get", AUTHORIZER, "--kind", "authorizer-access-token"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--component COMPONENT_APPID"), "{err}");
+    let (code, _, err) = s.config.run(&["get", AUTHORIZER, "--component", COMPONENT]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--kind access-token is not one"), "{err}");
+
+    // A service reports the token WeChat rejected: a new generation.
+    let reader = wxtokend_reader::Reader::connect(&s.db.uri, &s.db.name)
+        .await
+        .expect("reader");
+    let token = reader
+        .latest_authorizer(&COMPONENT.into(), &AUTHORIZER.into())
+        .await
+        .expect("a valid token");
+    assert_eq!(token.secret(), value);
+    reader.report_invalid(&token).await.expect("report");
+    let second = authorizer_generation(&s, 2).await;
+    assert_eq!(second.get_str("reason"), Ok("reported_invalid"));
+    let second_value = second.get_str("authorizer_access_token").expect("value");
+    assert!(s.fake.is_accepted(second_value));
+
+    // An operator asks for one: another.
+    let (code, out, err) = s.config.run(&[
+        "refresh",
+        AUTHORIZER,
+        "--kind",
+        "authorizer-access-token",
+        "--component",
+        COMPONENT,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("{AUTHORIZER} (component {COMPONENT})")),
+        "{out}"
+    );
+    let third = authorizer_generation(&s, 3).await;
+    assert_eq!(third.get_str("reason"), Ok("manual"));
+    // The old generation reported again is ignored: it is no longer the newest.
+    reader.report_invalid(&token).await.expect("report");
+    let (code, out, err) = get_authorizer(&s, "authorizer-access-token", false);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        third.get_str("authorizer_access_token").expect("value")
+    );
+    eventually(WAIT, "every request handled", || async {
+        (s.db.count("refresh_requests").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.fake
+            .calls(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken),
+        3,
+        "one call per generation"
+    );
+    assert_eq!(authorizer_tokens(&s).await.len(), 3);
+    let mut secrets = secrets(&s, &config, &["ticket@@@readers"]);
+    secrets.extend(s.fake.refresh_token_of(COMPONENT, AUTHORIZER));
+    secrets.extend(
+        authorizer_tokens(&s)
+            .await
+            .iter()
+            .filter_map(|d| d.get_str("authorizer_access_token").ok().map(str::to_owned)),
+    );
+    s.daemon().assert_logs_free_of(&secrets);
+}
+
+/// A page of an authorizer is signed with the authorizer's own JS-SDK
+/// ticket (the one WeChat issued to it through the platform), for its own
+/// appid: `wxtokend sign --component` prints what the page's `wx.config`
+/// takes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorizers_page_is_signed_with_its_own_jsapi_ticket() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "authorizer_tickets = [\"jsapi\"]\n").await;
+    s.fake.authorize_silently(COMPONENT, AUTHORIZER);
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@sign").await;
+    let stored = eventually(WAIT, "the authorizer's jsapi ticket", || async {
+        s.db.docs("authorizer_jsapi_tickets")
+            .await
+            .into_iter()
+            .find(|d| d.get_str("app_id") == Ok(AUTHORIZER))
+    })
+    .await;
+    let ticket = stored.get_str("ticket").expect("value").to_owned();
+    assert_eq!(
+        s.fake.issued_tickets(AUTHORIZER, "jsapi").last(),
+        Some(&ticket),
+        "the ticket WeChat issued to the authorizer"
+    );
+
+    let page = "https://shop.example.com/item?id=42#reviews";
+    let (code, out, err) = s
+        .config
+        .run(&["sign", AUTHORIZER, page, "--component", COMPONENT]);
+    assert_eq!(code, 0, "{err}");
+    let signed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(signed["appId"], AUTHORIZER);
+    let nonce = signed["nonceStr"].as_str().expect("nonceStr");
+    let timestamp = signed["timestamp"].as_u64().expect("timestamp");
+    assert_eq!(
+        signed["signature"],
+        wxtokend_reader::jssdk::sign(&ticket, nonce, timestamp, page),
+        "{out}"
+    );
+    let (code, out, err) = get_authorizer(&s, "authorizer-jsapi-ticket", false);
+    assert_eq!((code, out.trim()), (0, ticket.as_str()), "{err}");
+
+    // Without the component it is an account's page, and that account
+    // (not configured here) has no ticket; WeCom's ticket has no component.
+    let (code, _, err) = s.config.run(&["sign", AUTHORIZER, page]);
+    assert_eq!(code, 5, "{err}");
+    let (code, _, err) = s.config.run(&[
+        "sign",
+        AUTHORIZER,
+        page,
+        "--component",
+        COMPONENT,
+        "--kind",
+        "agent-config-ticket",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let mut secrets = secrets(&s, &config, &["ticket@@@sign"]);
+    secrets.push(ticket);
+    secrets.extend(s.fake.refresh_token_of(COMPONENT, AUTHORIZER));
+    s.daemon().assert_logs_free_of(&secrets);
+}
