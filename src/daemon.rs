@@ -412,30 +412,34 @@ pub fn privileges_needed(steps: &[IndexStep]) -> Vec<Needed> {
 /// Index steps are in [`privileges_needed`]'s `steps`.
 pub fn open_platform_privileges() -> Vec<Needed> {
     const UPSERTED: &[&str] = &["find", "insert", "update", "listIndexes"];
-    vec![
+    const CREDENTIALS: &[&str] = &["find", "insert", "listIndexes"];
+    let mut needed = vec![
         (open_platform::store::COMPONENT_VERIFY_TICKETS, UPSERTED),
         (
             CredentialKind::ComponentAccessToken.collection(),
-            &["find", "insert", "listIndexes"],
-        ),
-        (
-            CredentialKind::AuthorizerAccessToken.collection(),
-            &["find", "insert", "listIndexes"],
+            CREDENTIALS,
         ),
         (open_platform::directory::AUTHORIZERS, UPSERTED),
         (open_platform::secrets::AUTHORIZER_SECRETS, UPSERTED),
-    ]
+    ];
+    needed.extend(
+        store::AUTHORIZER_KINDS
+            .into_iter()
+            .map(|kind| (kind.collection(), CREDENTIALS)),
+    );
+    needed
 }
 
 /// The platform's collections `check` reads, when configured.
-fn open_platform_collections() -> [&'static str; 5] {
-    [
+fn open_platform_collections() -> Vec<&'static str> {
+    let mut collections = vec![
         open_platform::store::COMPONENT_VERIFY_TICKETS,
         CredentialKind::ComponentAccessToken.collection(),
-        CredentialKind::AuthorizerAccessToken.collection(),
         open_platform::directory::AUTHORIZERS,
         open_platform::secrets::AUTHORIZER_SECRETS,
-    ]
+    ];
+    collections.extend(store::AUTHORIZER_KINDS.map(CredentialKind::collection));
+    collections
 }
 
 /// [`StoreError::MissingPrivileges`] if the server listed the user's

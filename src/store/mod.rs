@@ -288,34 +288,46 @@ pub fn credential_indexes_of(kinds: &[CredentialKind], retention: Duration) -> V
         .collect()
 }
 
-/// The indexes of the authorizers' credential collections: as
-/// [`credential_indexes`], each led by `component_appid` (one account may
-/// authorize several platforms, each with its own generations).
+/// The indexes of the authorizers' credential collections (the token and
+/// each ticket): as [`credential_indexes`], each led by `component_appid`
+/// (one account may authorize several platforms, each with its own
+/// generations).
 pub fn authorizer_credential_indexes(retention: Duration) -> Vec<IndexSpec> {
-    credential_collection_indexes(
-        CredentialKind::AuthorizerAccessToken.collection(),
-        [
-            (
-                "component_appid_1_app_id_1_generation_-1",
-                &[
-                    (field::COMPONENT_APPID, 1),
-                    (field::APP_ID, 1),
-                    (field::GENERATION, -1),
+    AUTHORIZER_KINDS
+        .into_iter()
+        .flat_map(|kind| {
+            credential_collection_indexes(
+                kind.collection(),
+                [
+                    (
+                        "component_appid_1_app_id_1_generation_-1",
+                        &[
+                            (field::COMPONENT_APPID, 1),
+                            (field::APP_ID, 1),
+                            (field::GENERATION, -1),
+                        ],
+                    ),
+                    (
+                        "component_appid_1_app_id_1_expires_at_-1",
+                        &[
+                            (field::COMPONENT_APPID, 1),
+                            (field::APP_ID, 1),
+                            (field::EXPIRES_AT, -1),
+                        ],
+                    ),
                 ],
-            ),
-            (
-                "component_appid_1_app_id_1_expires_at_-1",
-                &[
-                    (field::COMPONENT_APPID, 1),
-                    (field::APP_ID, 1),
-                    (field::EXPIRES_AT, -1),
-                ],
-            ),
-        ],
-        retention,
-    )
-    .into()
+                retention,
+            )
+        })
+        .collect()
 }
+
+/// The credentials of accounts that authorized an Open Platform component.
+pub const AUTHORIZER_KINDS: [CredentialKind; 3] = [
+    CredentialKind::AuthorizerAccessToken,
+    CredentialKind::AuthorizerJsapiTicket,
+    CredentialKind::AuthorizerWxCardTicket,
+];
 
 /// The three indexes of one credential collection: `by_generation`
 /// (unique: the business query's, and the fence's last line), `valid`

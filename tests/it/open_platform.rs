@@ -1107,6 +1107,27 @@ async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
             .all(|a| leases.iter().any(|d| d.get_str("_id") == Ok(&lease_of(a)))),
         "{leases:?}"
     );
+    // Each of the authorizers' collections has its unique generation
+    // index (the fence's last line, and the business query's) and a TTL.
+    for kind in ["access_tokens", "jsapi_tickets", "wx_card_tickets"] {
+        let collection = format!("authorizer_{kind}");
+        let names =
+            s.db.db()
+                .collection::<Document>(&collection)
+                .list_index_names()
+                .await
+                .expect("list indexes");
+        for index in [
+            "component_appid_1_app_id_1_generation_-1",
+            "component_appid_1_app_id_1_expires_at_-1",
+            "expires_at_ttl",
+        ] {
+            assert!(
+                names.iter().any(|n| n == index),
+                "{collection}: {index} missing from {names:?}"
+            );
+        }
+    }
     let mut secrets = secrets(&s, &config, &["ticket@@@listed"]);
     for appid in kept.iter().chain([&left_out]) {
         secrets.extend(s.fake.refresh_token_of(COMPONENT, appid));
