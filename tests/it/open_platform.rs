@@ -566,10 +566,22 @@ const COMPONENT_TOKENS: &str = "component_access_tokens";
 /// A scenario whose fake WeChat knows the component (its secret, its token
 /// endpoint); `extra` is more `[open_platform]` TOML.
 async fn component_scenario(config: &ComponentConfig, extra: &'static str) -> Scenario {
+    component_scenario_with(config, move |c: &mut TestConfig| {
+        c.extra_toml.push_str(extra)
+    })
+    .await
+}
+
+/// [`component_scenario`] with any change to the daemon's configuration
+/// (TOML pushed to `extra_toml` lands in `[open_platform]`).
+async fn component_scenario_with(
+    config: &ComponentConfig,
+    change: impl FnOnce(&mut TestConfig) + 'static,
+) -> Scenario {
     let s = Scenario::new()
         .account(TestAccount::numbered(1))
         .config(open_platform(config, true))
-        .config(move |c: &mut TestConfig| c.extra_toml.push_str(extra))
+        .config(change)
         .build()
         .await;
     // Before any ticket is stored, the component's refresher only waits.
@@ -1146,38 +1158,22 @@ async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
 async fn a_refused_refresh_token_is_repaired_from_wechats_list_at_once() {
     let config = ComponentConfig::random(COMPONENT);
     let component = Component::new(config.clone());
-    let s = Scenario::new()
-        .account(TestAccount::numbered(1))
-        .config(open_platform(&config, true))
-        .config(|c: &mut TestConfig| {
-            c.margin = "8s";
-            // Only the repair may bring the next call.
-            c.permanent_error_retry = "10m";
-            // A pass sooner than a sixth of this (10 s) is not made.
-            c.extra_toml.push_str("discovery_interval = \"1m\"\n");
-        })
-        .build()
-        .await;
-    s.fake
-        .add_component(fake_wechat::AppConfig::new(COMPONENT, COMPONENT_SECRET));
-    let url = callback_url(s.daemon()).await;
-    wechat_pushes(&s, &component, &url, "ticket@@@repair").await;
-    component_token(&s).await;
-    let code = s.fake.authorize(COMPONENT, AUTHORIZER);
+    let s = component_scenario_with(&config, |c: &mut TestConfig| {
+        c.margin = "8s";
+        // Only the repair may bring the next call.
+        c.permanent_error_retry = "10m";
+        // A pass sooner than a sixth of this (10 s) is not made.
+        c.extra_toml.push_str("discovery_interval = \"1m\"\n");
+    })
+    .await;
+    s.fake.authorize_silently(COMPONENT, AUTHORIZER);
     s.fake
         .set_behaviour(AUTHORIZER, fake_wechat::Endpoint::AuthorizerToken, |b| {
             b.expires_in = Duration::from_secs(12)
         });
-    assert!(send(
-        &component.authorized(AUTHORIZER, &code, SystemTime::now()),
-        &url
-    )
-    .await
-    .delivered());
-    eventually(WAIT, "the authorizer's first token", || async {
-        authorizer_tokens(&s).await.into_iter().next()
-    })
-    .await;
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@repair").await;
+    authorizer_generation(&s, 1).await;
     let stale = s
         .fake
         .refresh_token_of(COMPONENT, AUTHORIZER)
@@ -1209,7 +1205,7 @@ async fn a_refused_refresh_token_is_repaired_from_wechats_list_at_once() {
     .await;
     let value = repaired.get_str("authorizer_access_token").expect("value");
     assert!(s.fake.is_accepted(value), "WeChat accepts it");
-    let mut secrets = secrets(&s, &config, &["ticket@@@repair", &code]);
+    let mut secrets = secrets(&s, &config, &["ticket@@@repair"]);
     secrets.extend([stale, current, value.to_owned()]);
     s.daemon().assert_logs_free_of(&secrets);
 }
