@@ -96,7 +96,10 @@ impl AuthorizerSelection {
 
 /// `authorizers` as written: `"all"` or a list of appids.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "\"all\" or a list of appids such as [\"wx0123456789abcdef\"]"
+)]
 enum RawSelection {
     Word(String),
     List(Vec<String>),
@@ -117,6 +120,14 @@ enum AuthorizerTicket {
 }
 
 impl AuthorizerTicket {
+    /// As written in the configuration.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Jsapi => "jsapi",
+            Self::WxCard => "wx_card",
+        }
+    }
+
     fn kind(self) -> CredentialKind {
         match self {
             Self::Jsapi => CredentialKind::AuthorizerJsapiTicket,
@@ -217,8 +228,10 @@ pub(super) fn default_discovery_interval() -> Duration {
     Duration::from_secs(3600)
 }
 
-/// A pass reads `authorizer_list` pages (500 calls a day): every minute
-/// at most, so a few thousand authorizers stay well inside it.
+/// A pass reads `ceil(authorizers / 500)` `authorizer_list` pages; the
+/// day's ceiling (`refresh.daily_call_limits.authorizer_list`, 500) is
+/// enforced by the permits, not by this floor, which only keeps a typo
+/// (`"1s"`) from spending it in minutes.
 const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Asking WeChat to push sooner than this would only spend the API's
@@ -315,7 +328,7 @@ pub(super) fn open_platform_settings(
         if authorizer_tickets.contains(&ticket.kind()) {
             p.add(
                 key("authorizer_tickets"),
-                format!("{ticket:?} is listed twice"),
+                format!("{:?} is listed twice", ticket.name()),
             );
         }
         authorizer_tickets.push(ticket.kind());

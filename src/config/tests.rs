@@ -1005,7 +1005,7 @@ fn open_platform_authorizer_choices_are_checked() {
         (
             "authorizer_tickets = [\"jsapi\", \"jsapi\"]\n",
             "open_platform.authorizer_tickets",
-            "listed twice",
+            "\"jsapi\" is listed twice",
         ),
         (
             "discovery_interval = \"30s\"\n",
@@ -1018,6 +1018,11 @@ fn open_platform_authorizer_choices_are_checked() {
         assert_eq!(keys(err), [key], "{extra}");
         assert!(text.contains(says), "{extra}: {text}");
     }
+    let err = load(&open_platform("authorizers = 5\n"), &OPEN_PLATFORM_VARS).expect_err("5");
+    assert!(
+        err.to_string().contains("\"all\" or a list of appids"),
+        "{err}"
+    );
     // A ticket authorizers do not have (WeCom's) is not a choice at all.
     let err = load(
         &open_platform("authorizer_tickets = [\"agent_config\"]\n"),

@@ -400,9 +400,13 @@ impl Coordinator {
                 return;
             }
         };
-        if since.is_none() {
-            self.known.entries.clear();
-        }
+        // A full read replaces what is known (an authorizer no longer
+        // listed leaves), compared with what was known before.
+        let before = if since.is_none() {
+            std::mem::take(&mut self.known.entries)
+        } else {
+            HashMap::new()
+        };
         let full_read_at = match (since, self.known.read_at) {
             (Some(_), Some((_, full))) => full,
             _ => Instant::now(),
@@ -415,21 +419,15 @@ impl Coordinator {
                 continue;
             }
             let now = (authorizer.state, authorizer.event_time);
-            let before = self.known.entries.insert(authorizer.app_id.clone(), now);
-            // A new authorization (its code), or discovery's repair of a
-            // refused refresh token: the holder acts at once.
-            let newer_event = before.is_some_and(|(_, t)| t != authorizer.event_time);
-            let repaired = before.is_some_and(|(state, _)| {
-                state == AuthorizerState::NeedsReauthorization
-                    && authorizer.state == AuthorizerState::Active
-            });
-            if (newer_event || repaired) && authorizer.state != AuthorizerState::Unauthorized {
-                let why = if newer_event {
-                    "a new authorization: exchanging its code now"
-                } else {
-                    "a refresh token from WeChat's list: using it now"
-                };
-                self.wake(&component, &authorizer.app_id, why);
+            let known = self.known.entries.insert(authorizer.app_id.clone(), now);
+            // A new authorization (its code): the holder exchanges it at
+            // once. (Discovery's repair of a refused refresh token files a
+            // refresh request: a state a read may not see is no signal.)
+            let newer_event = known
+                .or_else(|| before.get(&authorizer.app_id).copied())
+                .is_some_and(|(_, t)| t != authorizer.event_time);
+            if newer_event && authorizer.state != AuthorizerState::Unauthorized {
+                self.wake(&component, &authorizer.app_id);
             }
         }
         let mut wanted: Vec<AccountId> = self
@@ -475,13 +473,13 @@ impl Coordinator {
 
     /// Asks the refresher of a held authorizer to act now (a manual
     /// request): its pending code is exchanged at once.
-    fn wake(&self, component: &Component, app_id: &AccountId, why: &str) {
+    fn wake(&self, component: &Component, app_id: &AccountId) {
         let id = LeaseId::authorizer(&component.appid, app_id);
         let kind = CredentialKind::AuthorizerAccessToken;
         let Some(slot) = self.held.get(&id).and_then(|h| h.requests.get(&kind)) else {
             return;
         };
-        tracing::info!(account = %app_id, "{why}");
+        tracing::info!(account = %app_id, "a new authorization: exchanging its code now");
         slot.put(crate::coordination::RefreshRequest {
             id: mongodb::bson::Bson::Null,
             app_id: app_id.clone(),
@@ -646,6 +644,8 @@ impl Coordinator {
         // not read first.
         let taken_ids: Vec<AccountId> = taken.iter().map(|l| l.owner().app_id.clone()).collect();
         let mut with_history = HashMap::new();
+        let component = self.directory.as_ref().map(|(_, c)| c.appid.clone());
+        let component = component.as_ref();
         for kind in CredentialKind::ALL {
             let wanted = taken.iter().any(|lease| {
                 self.index
@@ -657,7 +657,7 @@ impl Coordinator {
                 let any = self
                     .ctx
                     .store
-                    .accounts_with_history(kind, &taken_ids)
+                    .accounts_with_history(kind, &taken_ids, component)
                     .await
                     .ok();
                 with_history.insert(kind, any);

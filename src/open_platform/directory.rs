@@ -286,8 +286,12 @@ impl Directory {
         reason: &str,
         as_of: SystemTime,
     ) -> Result<StateSet, StoreError> {
+        // Only a change is written: `updated_at` then says when the state
+        // changed (a refused refresh token retried every
+        // `permanent_error_retry` must not look refused anew each time).
         let filter = doc! {
             field::ID: document_id(component, authorizer),
+            field::STATE: { "$ne": state.as_str() },
             "$or": older_than(field::EVENT_TIME, as_of),
         };
         self.write_state(filter, state, reason).await

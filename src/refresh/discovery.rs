@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use wxtokend_reader::{CredentialKind, Owner};
+use wxtokend_reader::requests::{self as request_docs, NewRequest};
+use wxtokend_reader::{AccountId, CredentialKind, Owner, RefreshReason};
 
 use super::Context;
 use crate::coordination::{Lease, Permit, PermitRules};
@@ -57,17 +58,26 @@ pub async fn run(
         .refresh
         .request_poll_interval
         .max(Duration::from_secs(5));
+    // A failed pass is tried again after `check`, doubling up to
+    // `soonest`: its pages read before the failure count against the
+    // list's daily quota.
+    let mut retry = check;
     loop {
         let began = Instant::now();
-        let began_at = ctx.store.clock().now();
+        // Less an overlap: a 61023 noted by a replica whose estimate of
+        // MongoDB's clock is behind this one's is still seen.
+        let began_at = ctx.store.clock().now() - 2 * ctx.operation_timeout;
         let next = match pass.run().await {
             Ok(listed) => {
                 tracing::info!(listed, "discovery: the authorizer list is read");
+                retry = check;
                 began + component.discovery_interval
             }
             Err(why) => {
-                tracing::debug!(%why, "discovery: not now");
-                Instant::now() + check
+                tracing::debug!(%why, retry_in_s = retry.as_secs(), "discovery: not now");
+                let next = Instant::now() + retry;
+                retry = (retry * 2).min(soonest.max(check));
+                next
             }
         };
         loop {
@@ -188,6 +198,22 @@ impl Pass<'_> {
             .map_err(|e| e.to_string())
     }
 
+    /// Asks the holder of `authorizer`'s lease for a token now (a manual
+    /// refresh request naming the component).
+    async fn request_token(&self, authorizer: &AccountId) -> Result<(), String> {
+        let request = NewRequest {
+            app_id: authorizer,
+            component_appid: Some(&self.component.appid),
+            kind: CredentialKind::AuthorizerAccessToken,
+            reason: RefreshReason::Manual,
+            generation: None,
+            requested_by: &self.ctx.instance_id,
+        };
+        request_docs::file(self.ctx.store.database(), &request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// One entry into the directory and, where it helps, its refresh token
     /// into the secrets. Failures are logged; the next pass tries again.
     async fn apply(
@@ -222,6 +248,12 @@ impl Pass<'_> {
                             .await
                             .map_err(|e| e.to_string())?;
                         tracing::info!(account = %a, "discovery: the listed refresh token repairs an authorizer that needed re-authorization");
+                    }
+                    if cas != Cas::Lost && known.is_some() {
+                        // Its holder may be waiting long (after a 61023,
+                        // or for a refresh token): a request reaches it
+                        // wherever it runs, however the directory is read.
+                        self.request_token(a).await?;
                     }
                 }
             }

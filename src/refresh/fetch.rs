@@ -17,6 +17,10 @@ use crate::wechat::{
     Api, CallSlot, Effect, ErrorClass, FetchError, FetchedCredential, STABLE_TOKEN_FORCED_PER_DAY,
 };
 
+/// The longest an authorizer's ticket waits between two looks for its
+/// token: a ticket follows a repaired authorizer's token within this.
+const AUTHORIZER_TOKEN_WAIT_MAX: Duration = Duration::from_secs(30);
+
 /// One permitted call to WeChat.
 struct Call<'a> {
     slot: &'a CallSlot,
@@ -48,14 +52,35 @@ impl Refresher {
         Box::pin(self.fetch_with_slot(slot, reason, input, stop)).await
     }
 
+    /// How long a ticket's refresher waits for its access token: an
+    /// account's polls (its token comes within seconds); an authorizer's
+    /// backs off up to [`AUTHORIZER_TOKEN_WAIT_MAX`], since one waiting
+    /// for a re-authorization may have no token for days, and thousands
+    /// of them would otherwise poll MongoDB every second.
+    fn token_wait(&mut self) -> Duration {
+        let poll = self.ctx.refresh.request_poll_interval;
+        if !matches!(self.subject, Subject::Authorizer { .. }) {
+            return poll;
+        }
+        let wait = self
+            .idle
+            .map_or(poll, |wait| wait * 2)
+            .min(AUTHORIZER_TOKEN_WAIT_MAX.max(poll));
+        self.idle = Some(wait);
+        wait
+    }
+
     /// What the call needs, read from MongoDB, or how long to wait for it.
     async fn input(&mut self) -> Result<Input, Duration> {
         if let Some(token_kind) = self.kind.access_token_kind() {
             return match Box::pin(self.access_token(token_kind)).await {
-                Ok(Some(token)) => Ok(Input::AccessToken(token)),
+                Ok(Some(token)) => {
+                    self.idle = None;
+                    Ok(Input::AccessToken(token))
+                }
                 Ok(None) => {
                     tracing::debug!("waiting for a valid {token_kind}");
-                    Err(self.ctx.refresh.request_poll_interval)
+                    Err(self.token_wait())
                 }
                 Err(e) => Err(self.store_failed(&e, "cannot read the access token for a ticket")),
             };

@@ -221,12 +221,18 @@ impl Store {
         &self,
         kind: CredentialKind,
         ids: &[wxtokend_reader::AccountId],
+        component: Option<&wxtokend_reader::AccountId>,
     ) -> Result<std::collections::HashSet<wxtokend_reader::AccountId>, StoreError> {
         let names: Vec<&str> = ids.iter().map(wxtokend_reader::AccountId::as_str).collect();
+        let mut filter = doc! { field::APP_ID: { "$in": names } };
+        // The authorizers' indexes lead with the component.
+        if let Some(component) = component.filter(|_| kind.is_authorizer()) {
+            filter.insert(field::COMPONENT_APPID, component.as_str());
+        }
         let found = self
             .credentials
             .collection(kind)
-            .distinct(field::APP_ID, doc! { field::APP_ID: { "$in": names } })
+            .distinct(field::APP_ID, filter)
             .await?;
         Ok(found
             .iter()

@@ -1100,6 +1100,14 @@ async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
             "{appid}'s token"
         );
     }
+    // Discovery saw it (it is in the directory), and kept it out.
+    let directory = s.db.docs("authorizers").await;
+    assert!(
+        directory
+            .iter()
+            .any(|d| d.get_str("app_id") == Ok(left_out)),
+        "{directory:?}"
+    );
     assert_eq!(
         s.fake
             .calls(left_out, fake_wechat::Endpoint::AuthorizerToken),
@@ -1205,6 +1213,15 @@ async fn a_refused_refresh_token_is_repaired_from_wechats_list_at_once() {
     .await;
     let value = repaired.get_str("authorizer_access_token").expect("value");
     assert!(s.fake.is_accepted(value), "WeChat accepts it");
+    // By the early pass, not the regular one a minute after the first.
+    assert!(
+        s.daemon()
+            .logs()
+            .iter()
+            .any(|l| l["message"]
+                == "discovery: a refresh token was refused; reading WeChat's list now"),
+        "an early discovery pass"
+    );
     let mut secrets = secrets(&s, &config, &["ticket@@@repair"]);
     secrets.extend([stale, current, value.to_owned()]);
     s.daemon().assert_logs_free_of(&secrets);

@@ -245,6 +245,29 @@ async fn a_replayed_unauthorized_after_a_later_authorized_changes_nothing() {
     );
     assert_eq!(state(&directory, 2).await, AuthorizerState::Active);
 
+    // A refused refresh token (61023) is noted once: a retry that is
+    // refused again leaves `updated_at`, which says when it was first
+    // refused (discovery's early pass looks for that).
+    let refused = || {
+        directory.set_state_as_of(
+            &c,
+            &a,
+            AuthorizerState::NeedsReauthorization,
+            "errcode:61023",
+            SystemTime::now(),
+        )
+    };
+    assert_eq!(refused().await.expect("set"), StateSet::Set);
+    let first = directory.get(&c, &a).await.expect("read").expect("known");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(refused().await.expect("set"), StateSet::Kept);
+    let again = directory.get(&c, &a).await.expect("read").expect("known");
+    assert_eq!(again.updated_at, first.updated_at);
+    directory
+        .set_state(&c, &a, AuthorizerState::Active, "list")
+        .await
+        .expect("repaired");
+
     // The secrets follow the same clock: an older code, or a replayed
     // withdrawal, changes nothing.
     let set_code = |code: &'static str, t| {
