@@ -71,8 +71,22 @@ pub struct OpenPlatformSettings {
     pub authorizer_tickets: Vec<CredentialKind>,
     /// Between two reads of WeChat's authorizer list (`discovery_interval`).
     pub discovery_interval: Duration,
+    /// `/readyz` wants a usable verify ticket received this recently
+    /// (`ticket_fresh_within`).
+    pub ticket_fresh_within: Duration,
     /// The component's secrets: read for [`Scope::Daemon`] only.
     pub secrets: Option<ComponentSecrets>,
+}
+
+impl OpenPlatformSettings {
+    /// The credential kinds `/readyz` and `status` want valid for every
+    /// `active` authorizer (one `distinct` each, by `component_appid` and
+    /// `expires_at`, on the authorizer collections' indexes): its access
+    /// token. The one place to add the configured tickets
+    /// (`self.authorizer_tickets`).
+    pub fn authorizer_kinds_checked(&self) -> Vec<CredentialKind> {
+        vec![CredentialKind::AuthorizerAccessToken]
+    }
 }
 
 /// `authorizers`: every account that authorized the component (`"all"`),
@@ -199,6 +213,8 @@ pub(super) struct RawOpenPlatform {
     authorizer_tickets: Vec<AuthorizerTicket>,
     #[serde(default = "default_discovery_interval", with = "humantime_serde")]
     discovery_interval: Duration,
+    #[serde(default = "default_ticket_fresh_within", with = "humantime_serde")]
+    ticket_fresh_within: Duration,
 }
 
 pub(super) fn default_path() -> String {
@@ -226,6 +242,12 @@ pub(super) fn default_start_push_ticket_after() -> Duration {
 /// brings the change sooner; the list is a safety net.
 pub(super) fn default_discovery_interval() -> Duration {
     Duration::from_secs(3600)
+}
+
+/// Three missed pushes (WeChat pushes every 10 minutes), as
+/// `start_push_ticket_after`.
+pub(super) fn default_ticket_fresh_within() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 /// A pass reads `ceil(authorizers / 500)` `authorizer_list` pages; the
@@ -322,6 +344,12 @@ pub(super) fn open_platform_settings(
         "must be at least 1m, for example \"1h\" (each pass reads WeChat's authorizer list, \
          500 calls a day)",
     );
+    p.check(
+        !raw.ticket_fresh_within.is_zero(),
+        &key("ticket_fresh_within"),
+        "must be more than 0s, for example \"30m\" (three missed pushes: WeChat pushes a \
+         verify ticket every 10 minutes); /readyz wants one received this recently",
+    );
     let authorizers = authorizer_selection(&raw.authorizers, p);
     let mut authorizer_tickets = Vec::new();
     for ticket in &raw.authorizer_tickets {
@@ -348,6 +376,7 @@ pub(super) fn open_platform_settings(
         authorizers,
         authorizer_tickets,
         discovery_interval: raw.discovery_interval,
+        ticket_fresh_within: raw.ticket_fresh_within,
         secrets,
     }
 }

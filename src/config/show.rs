@@ -95,6 +95,13 @@ pub fn effective(file: Option<&Path>) -> Result<Value, ConfigError> {
                     .to_string()
                     .into()
             });
+        open_platform
+            .entry("ticket_fresh_within")
+            .or_insert_with(|| {
+                humantime::format_duration(super::open_platform::default_ticket_fresh_within())
+                    .to_string()
+                    .into()
+            });
     }
     Ok(sorted(value))
 }

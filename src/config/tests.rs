@@ -867,6 +867,7 @@ fn open_platform_is_off_unless_configured_and_has_defaults() {
     assert_eq!(op.authorizers, AuthorizerSelection::All);
     assert!(op.authorizer_tickets.is_empty());
     assert_eq!(op.discovery_interval, Duration::from_secs(3600));
+    assert_eq!(op.ticket_fresh_within, Duration::from_secs(1800));
     let secrets = op.secrets.expect("read for the daemon");
     assert_eq!(
         secrets.component_secret.expose_secret(),
@@ -1101,6 +1102,35 @@ fn start_push_ticket_after_is_at_least_ten_seconds_or_never() {
     assert_eq!(keys(err), ["open_platform.start_push_ticket_after"]);
 }
 
+/// `/readyz` wants a verify ticket received within `ticket_fresh_within`:
+/// zero would never be ready, and is refused naming the key.
+#[test]
+fn ticket_fresh_within_must_be_more_than_zero() {
+    let set = load(
+        &open_platform("ticket_fresh_within = \"45m\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect("valid");
+    assert_eq!(
+        set.open_platform.expect("set").ticket_fresh_within,
+        Duration::from_secs(45 * 60)
+    );
+    let err = load(
+        &open_platform("ticket_fresh_within = \"0s\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect_err("never fresh");
+    let text = err.to_string();
+    assert_eq!(keys(err), ["open_platform.ticket_fresh_within"]);
+    assert!(text.contains("must be more than 0s"), "{text}");
+    let err = load(
+        &open_platform("ticket_fresh_within = \"soon\"\n"),
+        &OPEN_PLATFORM_VARS,
+    )
+    .expect_err("not a duration");
+    assert!(err.to_string().contains("ticket_fresh_within"), "{err}");
+}
+
 #[test]
 fn max_connections_is_between_16_and_65536_and_named_when_not() {
     for (max, ok) in [
@@ -1166,6 +1196,7 @@ fn open_platform_secrets_are_read_by_the_daemon_only_and_never_shown() {
     assert_eq!(op["max_message_age"], "5m");
     assert_eq!(op["max_body_bytes"], 65536);
     assert_eq!(op["start_push_ticket_after"], "30m");
+    assert_eq!(op["ticket_fresh_within"], "30m");
     assert_eq!(op["listen"], "127.0.0.1:8088");
 }
 
