@@ -1,6 +1,9 @@
 //! The admin HTTP server (loopback by default): `/healthz` (the process
-//! answers and its coordinator loop is not stuck), `/readyz` (every configured account has a valid token stored,
-//! as last checked), `/metrics` (Prometheus text format).
+//! answers and its coordinator loop is not stuck), `/readyz` (every
+//! configured account has a valid token stored, and with `[open_platform]`
+//! a fresh verify ticket, the component token and every active
+//! authorizer's token, as last checked), `/metrics` (Prometheus text
+//! format).
 //!
 //! Probes are answered from memory: readiness is checked against MongoDB by
 //! a task of its own every `interval`, never per probe, so a probe storm
@@ -24,9 +27,16 @@ use tokio_util::sync::CancellationToken;
 
 use wxtokend_reader::{AccountId, CredentialKind};
 
+use crate::config::AuthorizerSelection;
 use crate::metrics::{Metrics, Operation};
-use crate::store::Store;
+use crate::open_platform::directory::{AuthorizerState, Directory};
+use crate::open_platform::store::{TicketSeen, Tickets};
+use crate::store::{Store, StoreError};
 use crate::watchdog::Liveness;
+
+/// At most this many authorizer credentials are named in `/readyz`; the
+/// others are counted (`more_without_valid_token`).
+const AUTHORIZER_NAMES: usize = 100;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -34,8 +44,11 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct Admin {
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    /// Every configured account with the credential kinds it keeps.
+    /// Every configured account with the credential kinds it keeps, and
+    /// the Open Platform component with its token.
     pub accounts: Vec<(AccountId, Vec<CredentialKind>)>,
+    /// With `[open_platform]`: what else readiness wants of the component.
+    pub open_platform: Option<OpenPlatformReadiness>,
     /// How often readiness is checked against MongoDB.
     pub interval: Duration,
     /// A check older than this makes the daemon not ready.
@@ -47,6 +60,21 @@ pub struct Admin {
     /// ...and the longest it may go without any before `/healthz` says
     /// the process is stuck (for a supervisor without systemd's watchdog).
     pub stuck_after: Duration,
+}
+
+/// What `/readyz` wants of an Open Platform component besides its token
+/// (which is among [`Admin::accounts`]).
+pub struct OpenPlatformReadiness {
+    pub component: AccountId,
+    /// A usable verify ticket received this recently
+    /// (`open_platform.ticket_fresh_within`).
+    pub ticket_fresh_within: Duration,
+    /// The authorizers kept (`open_platform.authorizers`): only those are
+    /// waited for.
+    pub keep: AuthorizerSelection,
+    /// What every `active` authorizer must have valid
+    /// ([`crate::config::OpenPlatformSettings::authorizer_kinds_checked`]).
+    pub authorizer_kinds: Vec<CredentialKind>,
 }
 
 #[derive(Clone)]
@@ -61,7 +89,46 @@ struct AdminState {
 /// The last readiness check.
 #[derive(Default)]
 struct Readiness {
-    checked: Option<(Instant, Result<Vec<String>, String>)>,
+    checked: Option<(Instant, Result<Missing, String>)>,
+}
+
+/// What a readiness check found missing.
+#[derive(Debug, Default)]
+struct Missing {
+    /// The credentials without a valid stored value: `account` for an
+    /// access token, `account kind` for another kind (a ticket, the
+    /// component's token or verify ticket), `component:authorizer kind`
+    /// for an authorizer's (at most [`AUTHORIZER_NAMES`] of those).
+    names: Vec<String>,
+    /// Authorizer credentials missing beyond those named.
+    more: usize,
+    /// Why the verify ticket is not fresh, if it is not.
+    verify_ticket: Option<String>,
+}
+
+impl Missing {
+    /// Names the first [`AUTHORIZER_NAMES`] of `names` (authorizer
+    /// credentials) and counts the others: 10,000 authorizers without a
+    /// token must not make a probe's answer megabytes long.
+    fn add_authorizers(&mut self, names: Vec<String>) {
+        self.more += names.len().saturating_sub(AUTHORIZER_NAMES);
+        self.names.extend(names.into_iter().take(AUTHORIZER_NAMES));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.more == 0 && self.verify_ticket.is_none()
+    }
+
+    fn body(&self) -> Value {
+        let mut body = json!({ "ready": false, "without_valid_token": self.names });
+        if self.more > 0 {
+            body["more_without_valid_token"] = json!(self.more);
+        }
+        if let Some(why) = &self.verify_ticket {
+            body["verify_ticket"] = json!(why);
+        }
+        body
+    }
 }
 
 /// Serves until `shutdown`, and checks readiness meanwhile.
@@ -113,7 +180,9 @@ async fn healthz(State(state): State<AdminState>) -> Response {
 }
 
 /// 200 when the last check (recent enough) found a valid credential of
-/// every kind for every configured account; 503 with the reasons otherwise.
+/// every kind for every configured account (and, with `[open_platform]`,
+/// a fresh verify ticket and a valid token for the component and for
+/// every active authorizer); 503 with the reasons otherwise.
 async fn readyz(State(state): State<AdminState>) -> Response {
     let readiness = state
         .readiness
@@ -130,7 +199,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         }),
         Some((_, Err(e))) => json!({ "ready": false, "mongodb": e }),
         Some((_, Ok(missing))) if missing.is_empty() => json!({ "ready": true }),
-        Some((_, Ok(missing))) => json!({ "ready": false, "without_valid_token": missing }),
+        Some((_, Ok(missing))) => missing.body(),
     };
     let status = if body["ready"] == Value::Bool(true) {
         StatusCode::OK
@@ -174,10 +243,112 @@ async fn check_readiness(
     }
 }
 
-/// The configured credentials without a valid stored value (`account` for
-/// an access token, `account kind` for a ticket), or MongoDB's error.
-async fn missing(admin: &Admin) -> Result<Vec<String>, String> {
+/// What readiness lacks, or MongoDB's error.
+async fn missing(admin: &Admin) -> Result<Missing, String> {
     let now = admin.store.clock().now();
+    let mut missing = Missing {
+        names: missing_credentials(admin, now).await?,
+        ..Missing::default()
+    };
+    if let Some(open_platform) = &admin.open_platform {
+        let store = &admin.store;
+        missing.verify_ticket = stale_ticket(admin, open_platform, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        if missing.verify_ticket.is_some() {
+            let component = &open_platform.component;
+            missing
+                .names
+                .push(format!("{component} component_verify_ticket"));
+        }
+        let authorizers = authorizers_without_valid(store, open_platform, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        missing.add_authorizers(authorizers);
+    }
+    Ok(missing)
+}
+
+/// Why the component has no usable verify ticket received within
+/// `ticket_fresh_within`, or `None` if it has one. Notes the newest
+/// ticket's arrival in the metrics on the way (no value is read).
+async fn stale_ticket(
+    admin: &Admin,
+    open_platform: &OpenPlatformReadiness,
+    now: std::time::SystemTime,
+) -> Result<Option<String>, StoreError> {
+    let tickets = Tickets::new(admin.store.clone());
+    let component = &open_platform.component;
+    let newest = tickets.newest_seen(component.as_str()).await?;
+    // A ticket an external writer stored without `received_at`: from its
+    // CreateTime.
+    let arrived = |t: &TicketSeen| t.received_at.unwrap_or(t.create_time);
+    admin
+        .metrics
+        .verify_ticket_seen(component, newest.as_ref().map(arrived));
+    let within = open_platform.ticket_fresh_within;
+    let since = now.checked_sub(within).unwrap_or(std::time::UNIX_EPOCH);
+    if tickets
+        .usable_received_since(component.as_str(), now, since)
+        .await?
+    {
+        return Ok(None);
+    }
+    let within = humantime::format_duration(within);
+    Ok(Some(match newest {
+        None => "no verify ticket stored yet: WeChat pushes one every 10 minutes to the \
+                 callback URL"
+            .to_owned(),
+        Some(t) if t.rejected_at.is_some() => {
+            "the newest verify ticket was refused by WeChat (61005/61006)".to_owned()
+        }
+        Some(t) => {
+            let age = now
+                .duration_since(arrived(&t))
+                .unwrap_or_default()
+                .as_secs();
+            format!(
+                "no usable verify ticket received within open_platform.ticket_fresh_within \
+                 ({within}); the newest arrived {age}s ago"
+            )
+        }
+    }))
+}
+
+/// Every kept `active` authorizer's credential of each checked kind without
+/// a valid stored value, as `component:authorizer kind`, sorted: one query
+/// for the directory and one `distinct` per kind.
+async fn authorizers_without_valid(
+    store: &Store,
+    open_platform: &OpenPlatformReadiness,
+    now: std::time::SystemTime,
+) -> Result<Vec<String>, StoreError> {
+    let component = &open_platform.component;
+    let mut active = Directory::new(store.clone())
+        .app_ids_in(component, AuthorizerState::Active)
+        .await?;
+    active.retain(|a| open_platform.keep.keeps(a));
+    active.sort();
+    let mut missing = Vec::new();
+    for &kind in &open_platform.authorizer_kinds {
+        let valid = store.authorizers_with_valid(kind, component, now).await?;
+        missing.extend(
+            active
+                .iter()
+                .filter(|a| !valid.contains(*a))
+                .map(|a| format!("{component}:{a} {kind}")),
+        );
+    }
+    Ok(missing)
+}
+
+/// The configured credentials (and the component's token) without a
+/// valid stored value (`account` for an access token, `account kind` for
+/// another kind), or MongoDB's error.
+async fn missing_credentials(
+    admin: &Admin,
+    now: std::time::SystemTime,
+) -> Result<Vec<String>, String> {
     let mut missing = Vec::new();
     for kind in CredentialKind::ALL {
         let wanted: Vec<&AccountId> = admin
@@ -248,5 +419,38 @@ pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), ProbeError> {
             status,
             body: body.trim().to_owned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hundred_authorizers_are_named_and_the_others_counted() {
+        let mut missing = Missing {
+            names: vec!["wxaccount".to_owned()],
+            ..Missing::default()
+        };
+        missing.add_authorizers(
+            (0..250)
+                .map(|n| format!("wxc:wxa{n:03} authorizer_access_token"))
+                .collect(),
+        );
+        let body = missing.body();
+        let names = body["without_valid_token"].as_array().expect("names");
+        assert_eq!(names.len(), 1 + AUTHORIZER_NAMES);
+        assert_eq!(names[0], "wxaccount");
+        assert_eq!(
+            names[AUTHORIZER_NAMES],
+            "wxc:wxa099 authorizer_access_token"
+        );
+        assert_eq!(body["more_without_valid_token"], 150);
+        assert_eq!(body["ready"], false);
+        let few = Missing {
+            names: vec!["wxaccount".to_owned()],
+            ..Missing::default()
+        };
+        assert!(few.body().get("more_without_valid_token").is_none());
     }
 }

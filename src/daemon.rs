@@ -142,14 +142,19 @@ impl Daemon {
             let admin = admin::Admin {
                 store: store.clone(),
                 metrics: metrics.clone(),
-                // The accounts only: a replica that waits for its first
-                // verify ticket must stay ready, or a Service in front of
-                // the callback receiver routes WeChat's push nowhere.
-                accounts: settings
-                    .accounts
-                    .iter()
-                    .map(|a| (a.id.clone(), a.kinds().collect()))
-                    .collect(),
+                // With the component's token: a replica waiting for its
+                // first verify ticket is not ready, and WeChat's pushes
+                // reach it through a Service of the callback port that
+                // publishes unready pods (README, "Kubernetes").
+                accounts: readiness_accounts(&settings),
+                open_platform: settings.open_platform.as_ref().map(|o| {
+                    admin::OpenPlatformReadiness {
+                        component: AccountId::new(o.component_appid.as_str()),
+                        ticket_fresh_within: o.ticket_fresh_within,
+                        keep: o.authorizers.clone(),
+                        authorizer_kinds: o.authorizer_kinds_checked(),
+                    }
+                }),
                 interval: settings.lease.renew_interval,
                 stale_after: settings.lease.duration,
                 indexes_ready,
@@ -243,6 +248,23 @@ impl Daemon {
         tracing::info!("wxtokend stopped");
         Ok(())
     }
+}
+
+/// What `/readyz` wants a valid value of, by owner: every configured
+/// account's kinds, and the Open Platform component's token.
+fn readiness_accounts(settings: &Settings) -> Vec<(AccountId, Vec<CredentialKind>)> {
+    let mut accounts: Vec<(AccountId, Vec<CredentialKind>)> = settings
+        .accounts
+        .iter()
+        .map(|a| (a.id.clone(), a.kinds().collect()))
+        .collect();
+    if let Some(open_platform) = &settings.open_platform {
+        accounts.push((
+            AccountId::new(open_platform.component_appid.as_str()),
+            vec![CredentialKind::ComponentAccessToken],
+        ));
+    }
+    accounts
 }
 
 /// Serves the Open Platform callback receiver on `listener` until

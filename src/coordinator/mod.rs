@@ -430,6 +430,7 @@ impl Coordinator {
                 self.wake(&component, &authorizer.app_id);
             }
         }
+        self.count_authorizers(&component.appid);
         let mut wanted: Vec<AccountId> = self
             .known
             .entries
@@ -469,6 +470,16 @@ impl Coordinator {
         for id in gone {
             self.give_back(&id, "the account no longer authorizes the platform");
         }
+    }
+
+    /// The directory as last read, by state, into the metrics (every
+    /// replica reads it, so every replica exports it).
+    fn count_authorizers(&self, component: &AccountId) {
+        let mut counts = HashMap::new();
+        for (state, _) in self.known.entries.values() {
+            *counts.entry(*state).or_default() += 1;
+        }
+        self.ctx.metrics.authorizers(component, &counts);
     }
 
     /// Asks the refresher of a held authorizer to act now (a manual

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use wxtokend_reader::CredentialKind;
 
+use crate::open_platform::directory::AuthorizerState;
 use crate::wechat::{Api, ErrorClass};
 
 /// A label value that is one of a fixed set of names.
@@ -29,6 +30,7 @@ impl Kind {
 
 label_value!(Kind);
 label_value!(Api);
+label_value!(AuthorizerState);
 
 /// The `outcome` label of `wxtokend_refresh_total`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -171,6 +173,19 @@ pub struct CallbackLabels {
     /// `stored`, `authorized`, `updateauthorized`, `unauthorized`,
     /// `acknowledged`, `store_error` or a reject's reason.
     pub outcome: String,
+}
+
+/// The `component` label: an Open Platform component's appid.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorizerStateLabels {
+    pub component: String,
+    /// `pending`, `active`, `needs_reauthorization`, `unauthorized`.
+    pub state: AuthorizerState,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -18,12 +18,14 @@ use wxtokend_reader::{AccountId, CredentialKind, Generation};
 
 use crate::clock::Clock;
 use crate::config::{AccountSeries, DailyCallLimits};
+use crate::open_platform::directory::AuthorizerState;
 use crate::wechat::Api;
 mod labels;
 
 use labels::{
-    AccountLabels, ApiLabels, CallbackLabels, CommandLabels, CredentialLabels, Kind, KindLabels,
-    MirrorLabels, OperationLabels, OutcomeLabels, QuotaLabels,
+    AccountLabels, ApiLabels, AuthorizerStateLabels, CallbackLabels, CommandLabels,
+    ComponentLabels, CredentialLabels, Kind, KindLabels, MirrorLabels, OperationLabels,
+    OutcomeLabels, QuotaLabels,
 };
 pub use labels::{Operation, Outcome};
 
@@ -86,7 +88,11 @@ pub struct Metrics {
     mirror_up: Family<MirrorLabels, Gauge>,
     mirror_credentials: Family<MirrorLabels, Gauge>,
     open_platform_callbacks: Family<CallbackLabels, Counter>,
-    verify_ticket_created: Gauge<f64, std::sync::atomic::AtomicU64>,
+    verify_ticket_age: Family<ComponentLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// When each component's newest verify ticket was stored (MongoDB's
+    /// clock): its age is brought up to now at each scrape.
+    verify_tickets: Mutex<HashMap<String, SystemTime>>,
+    authorizers: Family<AuthorizerStateLabels, Gauge>,
     held: Mutex<HashMap<(AccountId, CredentialKind), Held>>,
     clock: Arc<Clock>,
 }
@@ -146,7 +152,9 @@ impl Metrics {
             mirror_up: Family::default(),
             mirror_credentials: Family::default(),
             open_platform_callbacks: Family::default(),
-            verify_ticket_created: Gauge::default(),
+            verify_ticket_age: Family::default(),
+            verify_tickets: Mutex::new(HashMap::new()),
+            authorizers: Family::default(),
             held: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -271,10 +279,16 @@ impl Metrics {
             m.open_platform_callbacks.clone(),
         );
         registry.register(
-            "wxtokend_open_platform_verify_ticket_create_time_seconds",
-            "WeChat's CreateTime (Unix seconds) of the newest verify ticket this replica \
-             received; time() minus its max over replicas is the ticket's age",
-            m.verify_ticket_created.clone(),
+            "wxtokend_open_platform_verify_ticket_age_seconds",
+            "Seconds since the component's newest verify ticket was stored in MongoDB \
+             (by any replica or writer; WeChat pushes one every 10 minutes)",
+            m.verify_ticket_age.clone(),
+        );
+        registry.register(
+            "wxtokend_open_platform_authorizers",
+            "Authorizers of the component this daemon keeps, by state, as this replica \
+             last read the directory",
+            m.authorizers.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -288,14 +302,50 @@ impl Metrics {
             .inc();
     }
 
-    /// Notes a verify ticket received and stored, created at `create_time`
-    /// (the gauge never goes back to an older one).
-    pub fn verify_ticket_received(&self, create_time: SystemTime) {
-        let secs = create_time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        if secs > self.verify_ticket_created.get() {
-            self.verify_ticket_created.set(secs);
+    /// When the newest verify ticket of `component` was stored, as MongoDB
+    /// says (the readiness check reads it); `None`: none is stored, and the
+    /// component has no series.
+    pub fn verify_ticket_seen(&self, component: &AccountId, received_at: Option<SystemTime>) {
+        let mut tickets = self
+            .verify_tickets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match received_at {
+            Some(at) => {
+                tickets.insert(component.to_string(), at);
+            }
+            None => {
+                tickets.remove(component.as_str());
+                self.verify_ticket_age.remove(&ComponentLabels {
+                    component: component.to_string(),
+                });
+            }
+        }
+    }
+
+    /// This replica's receiver stored a new verify ticket of `component`
+    /// at `received_at`: its age starts again from there (never from an
+    /// older time).
+    pub fn verify_ticket_received(&self, component: &AccountId, received_at: SystemTime) {
+        self.verify_tickets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(component.to_string())
+            .and_modify(|at| *at = (*at).max(received_at))
+            .or_insert(received_at);
+    }
+
+    /// How many authorizers of `component` are in each state (`counts`
+    /// by [`AuthorizerState`]; a state not counted is 0).
+    pub fn authorizers(&self, component: &AccountId, counts: &HashMap<AuthorizerState, usize>) {
+        for state in AuthorizerState::ALL {
+            let n = counts.get(&state).copied().unwrap_or_default();
+            self.authorizers
+                .get_or_create(&AuthorizerStateLabels {
+                    component: component.to_string(),
+                    state,
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -497,6 +547,19 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(held.generation.0);
             }
+        }
+        for (component, received_at) in self
+            .verify_tickets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let age = now.duration_since(*received_at).unwrap_or_default();
+            self.verify_ticket_age
+                .get_or_create(&ComponentLabels {
+                    component: component.clone(),
+                })
+                .set(age.as_secs_f64());
         }
         let mut text = String::new();
         // Writing into a String cannot fail.

@@ -446,6 +446,30 @@ impl Directory {
             .await
     }
 
+    /// The appids of the authorizers of `component` in `state` (for
+    /// `/readyz`: the active ones): one query on the
+    /// `component_appid_1_state_1` index, the appids alone read.
+    pub async fn app_ids_in(
+        &self,
+        component: &AccountId,
+        state: AuthorizerState,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let documents: Vec<Document> = self
+            .collection()
+            .find(doc! {
+                field::COMPONENT_APPID: component.as_str(),
+                field::STATE: state.as_str(),
+            })
+            .projection(doc! { field::ID: 0, field::APP_ID: 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(documents
+            .iter()
+            .filter_map(|d| d.get_str(field::APP_ID).ok().map(AccountId::new))
+            .collect())
+    }
+
     /// The authorizers of `component` changed at or after `since` (by
     /// `updated_at`), oldest change first: the coordinators' incremental
     /// poll, one indexed query.

@@ -192,10 +192,14 @@ impl ReceiverState {
                     .observe(Operation::Callback, bounded)
                     .await
                     .map_err(Refused::Store)?;
-                receiver.metrics.verify_ticket_received(create_time);
                 let create_time = humantime::format_rfc3339_seconds(create_time).to_string();
                 match stored {
                     Stored::New => {
+                        let component = AccountId::new(receiver.crypto.appid());
+                        let received_at = receiver.store.clock().now();
+                        receiver
+                            .metrics
+                            .verify_ticket_received(&component, received_at);
                         tracing::info!(%create_time, "open platform: verify ticket stored");
                     }
                     Stored::Already => {

@@ -91,8 +91,32 @@ pub struct StoredTicket {
 impl StoredTicket {
     /// Until when it may be used.
     pub fn usable_until(&self) -> SystemTime {
-        self.expires_at.unwrap_or(self.create_time + TICKET_LIFE)
+        usable_until(self.expires_at, self.create_time)
     }
+}
+
+/// What `status`, `/readyz` and the metrics know of a stored ticket:
+/// its dates, never its value (which is not even read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TicketSeen {
+    pub create_time: SystemTime,
+    /// MongoDB's clock when it was stored; `None` for an external writer
+    /// that left it out.
+    pub received_at: Option<SystemTime>,
+    pub expires_at: Option<SystemTime>,
+    pub rejected_at: Option<SystemTime>,
+}
+
+impl TicketSeen {
+    /// Until when it may be used.
+    pub fn usable_until(&self) -> SystemTime {
+        usable_until(self.expires_at, self.create_time)
+    }
+}
+
+/// `expires_at`, or [`TICKET_LIFE`] from `create_time` without one.
+fn usable_until(expires_at: Option<SystemTime>, create_time: SystemTime) -> SystemTime {
+    expires_at.unwrap_or(create_time + TICKET_LIFE)
 }
 
 /// `component_verify_tickets`.
@@ -157,12 +181,44 @@ impl Tickets {
     /// is stored. A document without a string ticket or a date
     /// `create_time` (a broken external writer) is skipped over.
     pub async fn newest(&self, component_appid: &str) -> Result<Option<StoredTicket>, StoreError> {
-        self.newest_matching(doc! {
-            field::COMPONENT_APPID: component_appid,
-            field::TICKET: { "$type": "string" },
-            field::CREATE_TIME: { "$type": "date" },
-        })
-        .await
+        let found = self
+            .newest_matching(any_filter(component_appid), None)
+            .await?;
+        Ok(found.and_then(|d| parse(&d)))
+    }
+
+    /// The dates of [`Tickets::newest`], without reading its value (for
+    /// `status`, which may run as a user allowed to read no ticket, and
+    /// the metrics).
+    pub async fn newest_seen(
+        &self,
+        component_appid: &str,
+    ) -> Result<Option<TicketSeen>, StoreError> {
+        let dates = doc! { field::TICKET: 0 };
+        let found = self
+            .newest_matching(any_filter(component_appid), Some(dates))
+            .await?;
+        Ok(found.and_then(|d| parse_seen(&d)))
+    }
+
+    /// Whether a ticket usable at `now` (as [`Tickets::newest_usable`]
+    /// finds them) was received at or after `since`: what `/readyz` wants
+    /// (`open_platform.ticket_fresh_within`). Reads no value.
+    pub async fn usable_received_since(
+        &self,
+        component_appid: &str,
+        now: SystemTime,
+        since: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let mut filter = usable_filter(component_appid, now);
+        filter.insert(
+            field::RECEIVED_AT,
+            doc! { "$gte": DateTime::from_system_time(since) },
+        );
+        let found = self
+            .newest_matching(filter, Some(doc! { "_id": 1 }))
+            .await?;
+        Ok(found.is_some())
     }
 
     /// The newest ticket of `component_appid` that may be used at `now`:
@@ -173,32 +229,28 @@ impl Tickets {
         component_appid: &str,
         now: SystemTime,
     ) -> Result<Option<StoredTicket>, StoreError> {
-        let now_date = DateTime::from_system_time(now);
-        let oldest_create_time = DateTime::from_system_time(now - TICKET_LIFE);
-        self.newest_matching(doc! {
-            field::COMPONENT_APPID: component_appid,
-            field::TICKET: { "$type": "string", "$ne": "" },
-            field::CREATE_TIME: { "$type": "date", "$gt": oldest_create_time },
-            field::REJECTED_AT: { "$exists": false },
-            "$or": [
-                { field::EXPIRES_AT: { "$gt": now_date } },
-                { field::EXPIRES_AT: { "$exists": false } },
-            ],
-        })
-        .await
+        let found = self
+            .newest_matching(usable_filter(component_appid, now), None)
+            .await?;
+        Ok(found.and_then(|d| parse(&d)))
     }
 
-    /// The ticket matching `filter` with the latest `CreateTime`.
-    async fn newest_matching(&self, filter: Document) -> Result<Option<StoredTicket>, StoreError> {
+    /// The ticket document matching `filter` with the latest `CreateTime`,
+    /// with only the fields `projection` keeps.
+    async fn newest_matching(
+        &self,
+        filter: Document,
+        projection: Option<Document>,
+    ) -> Result<Option<Document>, StoreError> {
         let options = FindOneOptions::builder()
             .sort(doc! { field::CREATE_TIME: -1 })
+            .projection(projection)
             .build();
-        let found = self
+        Ok(self
             .collection()
             .find_one(filter)
             .with_options(options)
-            .await?;
-        Ok(found.and_then(|d| parse(&d)))
+            .await?)
     }
 
     /// WeChat refused `ticket` (61005 expired, 61006 invalid): every
@@ -233,6 +285,42 @@ impl Tickets {
             .await?;
         Ok(marked.modified_count)
     }
+}
+
+/// Every readable ticket of `component_appid` (a string value, a date
+/// `create_time`).
+fn any_filter(component_appid: &str) -> Document {
+    doc! {
+        field::COMPONENT_APPID: component_appid,
+        field::TICKET: { "$type": "string" },
+        field::CREATE_TIME: { "$type": "date" },
+    }
+}
+
+/// The tickets of `component_appid` that may be used at `now`: not
+/// expired, not refused by WeChat.
+fn usable_filter(component_appid: &str, now: SystemTime) -> Document {
+    let now_date = DateTime::from_system_time(now);
+    let oldest_create_time = DateTime::from_system_time(now - TICKET_LIFE);
+    doc! {
+        field::COMPONENT_APPID: component_appid,
+        field::TICKET: { "$type": "string", "$ne": "" },
+        field::CREATE_TIME: { "$type": "date", "$gt": oldest_create_time },
+        field::REJECTED_AT: { "$exists": false },
+        "$or": [
+            { field::EXPIRES_AT: { "$gt": now_date } },
+            { field::EXPIRES_AT: { "$exists": false } },
+        ],
+    }
+}
+
+fn parse_seen(document: &Document) -> Option<TicketSeen> {
+    Some(TicketSeen {
+        create_time: date(document, field::CREATE_TIME)?,
+        received_at: date(document, field::RECEIVED_AT),
+        expires_at: date(document, field::EXPIRES_AT),
+        rejected_at: date(document, field::REJECTED_AT),
+    })
 }
 
 fn parse(document: &Document) -> Option<StoredTicket> {

@@ -110,6 +110,13 @@ async fn metrics_match_what_happened() {
     assert!(m.mongodb_ops("permit") >= 4, "{}", m.text());
     // No token series for an account that never had one.
     assert_eq!(m.generation(BAD), None);
+    // Nor any Open Platform series without `[open_platform]`.
+    let open_platform = m
+        .text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with("wxtokend_open_platform"));
+    assert_eq!(open_platform, None, "{}", m.text());
     for secret in [&s.accounts[0].secret, &s.accounts[1].secret] {
         assert!(!m.text().contains(secret.as_str()));
     }

@@ -166,23 +166,16 @@ async fn a_pushed_verify_ticket_is_stored_once_and_answered_success() {
         .is_none());
 
     assert_eq!(callbacks(s.daemon(), "stored").await, 4.0);
-    let created = s
+    let age = s
         .daemon()
         .metrics()
         .await
         .get(
-            "wxtokend_open_platform_verify_ticket_create_time_seconds",
-            &[],
+            "wxtokend_open_platform_verify_ticket_age_seconds",
+            &[("component", COMPONENT)],
         )
-        .expect("the newest ticket's CreateTime");
-    let expected = later
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    assert_eq!(
-        created, expected as f64,
-        "the newest, not the last received"
-    );
+        .expect("the newest ticket's age");
+    assert!((0.0..60.0).contains(&age), "{age}");
     let tickets = ["ticket@@@first-one", "ticket@@@second", "ticket@@@late-old"];
     assert_no_secret_shown(&s, &config, &tickets).await;
 }
@@ -1409,5 +1402,134 @@ async fn an_authorizers_page_is_signed_with_its_own_jsapi_ticket() {
     let mut secrets = secrets(&s, &config, &["ticket@@@sign"]);
     secrets.push(ticket);
     secrets.extend(s.fake.refresh_token_of(COMPONENT, AUTHORIZER));
+    s.daemon().assert_logs_free_of(&secrets);
+}
+
+/// `/readyz`: its status and JSON body.
+async fn readyz(daemon: &TestDaemon) -> (u16, serde_json::Value) {
+    let (status, body) = daemon.get("/readyz").await;
+    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// What `/readyz` names in `without_valid_token`, sorted.
+fn without_valid(body: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = body["without_valid_token"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Polls `/readyz` until it answers `status` naming exactly `names`, and
+/// returns that body.
+async fn readyz_until(s: &Scenario, status: u16, names: &[&str]) -> serde_json::Value {
+    let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    names.sort();
+    let what = format!("/readyz {status} naming {names:?}");
+    eventually(WAIT, &what, || async {
+        let (answered, body) = readyz(s.daemon()).await;
+        (answered == status && without_valid(&body) == names).then_some(body)
+    })
+    .await
+}
+
+/// A verify ticket written as the README tells a service that receives
+/// the callback itself (no `expires_at`: 12 hours from `create_time`),
+/// received at `at`.
+async fn external_ticket(s: &Scenario, ticket: &str, at: SystemTime) {
+    use mongodb::bson::{doc, DateTime};
+    s.db.db()
+        .collection::<Document>(TICKETS)
+        .insert_one(doc! {
+            "component_appid": COMPONENT,
+            "ticket": ticket,
+            "create_time": DateTime::from_system_time(at),
+            "received_at": DateTime::from_system_time(at),
+            "received_by": "a-service-of-our-own",
+        })
+        .await
+        .expect("insert a ticket");
+}
+
+/// `/readyz` with `[open_platform]`: not ready before WeChat's first push,
+/// naming the verify ticket and the component token; ready once a ticket
+/// came and the component's and the active authorizer's tokens are stored;
+/// not ready while that authorizer has no valid token (named
+/// `component:authorizer kind`), nor when the only ticket was received
+/// longer ago than `ticket_fresh_within`; ready again with a fresh ticket
+/// written by a service of the operator's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_wants_a_fresh_ticket_the_component_token_and_active_authorizers_tokens() {
+    use mongodb::bson::doc;
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = component_scenario(&config, "ticket_fresh_within = \"1m\"\n").await;
+    let url = callback_url(s.daemon()).await;
+    let ticket_name = format!("{COMPONENT} component_verify_ticket");
+    let token_name = format!("{COMPONENT} component_access_token");
+
+    let body = readyz_until(&s, 503, &[&ticket_name, &token_name]).await;
+    let why = body["verify_ticket"].as_str().unwrap_or_default();
+    assert!(why.contains("no verify ticket stored yet"), "{body}");
+
+    wechat_pushes(&s, &component, &url, "ticket@@@readiness").await;
+    component_token(&s).await;
+    let code = s.fake.authorize(COMPONENT, AUTHORIZER);
+    let event = component.authorized(AUTHORIZER, &code, SystemTime::now());
+    assert!(send(&event, &url).await.delivered());
+    let token = eventually(WAIT, "the authorizer's token", || async {
+        authorizer_tokens(&s).await.into_iter().next()
+    })
+    .await;
+    let body = readyz_until(&s, 200, &[]).await;
+    assert_eq!(body, serde_json::json!({ "ready": true }));
+
+    // The active authorizer's token is gone (its history expired, say).
+    let tokens = s.db.db().collection::<Document>(AUTHORIZER_TOKENS);
+    tokens
+        .delete_many(doc! { "app_id": AUTHORIZER })
+        .await
+        .expect("delete");
+    let authorizer_name = format!("{COMPONENT}:{AUTHORIZER} authorizer_access_token");
+    readyz_until(&s, 503, &[&authorizer_name]).await;
+    tokens.insert_one(&token).await.expect("put it back");
+    readyz_until(&s, 200, &[]).await;
+
+    // The only ticket is older than ticket_fresh_within (1m).
+    let tickets = s.db.db().collection::<Document>(TICKETS);
+    tickets.delete_many(doc! {}).await.expect("delete");
+    let old = SystemTime::now() - Duration::from_secs(120);
+    external_ticket(&s, "ticket@@@external-old", old).await;
+    let body = readyz_until(&s, 503, &[&ticket_name]).await;
+    let why = body["verify_ticket"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("open_platform.ticket_fresh_within (1m)") && why.contains("arrived 1"),
+        "{body}"
+    );
+    external_ticket(&s, "ticket@@@external-new", SystemTime::now()).await;
+    readyz_until(&s, 200, &[]).await;
+
+    let value = token
+        .get_str("authorizer_access_token")
+        .expect("value")
+        .to_owned();
+    let mut secrets = secrets(
+        &s,
+        &config,
+        &[
+            "ticket@@@readiness",
+            "ticket@@@external-old",
+            "ticket@@@external-new",
+            &code,
+        ],
+    );
+    secrets.push(value);
     s.daemon().assert_logs_free_of(&secrets);
 }
