@@ -2,7 +2,7 @@
 //! configuration alone (no WeChat secret), so it can run anywhere the
 //! database is reachable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +16,10 @@ use crate::coordination::{LeaseId, LeaseInfo, Leases};
 use crate::mirror::Health;
 use crate::store::{Store, StoreError};
 use crate::wechat::{Api, STABLE_TOKEN_FORCED_PER_DAY};
+
+mod open_platform;
+
+use open_platform::OpenPlatformStatus;
 
 /// One line: a credential kind of an account.
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +59,9 @@ pub struct AccountStatus {
     /// stable_token: WeChat's limit on them (20 a day).
     pub forced_call_limit: Option<i64>,
     pub last_error: Option<String>,
+    /// The component's line only: its verify ticket and authorizers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_platform: Option<OpenPlatformStatus>,
 }
 
 /// What is known of one account: its configuration, its lease document.
@@ -87,7 +94,8 @@ impl Known<'_> {
 /// stored ticket still has its access token line. Quotas are shown per
 /// line, for the API that issues that kind. With `[open_platform]`, a last
 /// line for the component's token (without its age and expiry for a user
-/// that may not read it, as the reader role may not).
+/// that may not read it, as the reader role may not), which carries the
+/// Open Platform block (`open_platform`).
 pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountStatus>, StoreError> {
     let server_now = store.server_time().await?;
     let today = quota_day(server_now);
@@ -96,20 +104,17 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
     for spec in &settings.configured {
         known.entry(spec.id.clone()).or_default().spec = Some(spec);
     }
-    let mut component_lease = None;
     let component = settings
         .open_platform
         .as_ref()
         .map(|o| AccountId::new(o.component_appid.as_str()));
+    // The Open Platform's leases are not accounts.
+    let mut open_leases = HashMap::new();
     for lease in Leases::new(store.clone()).infos(&[]).await? {
-        // The Open Platform's leases are not accounts.
         if let Some(id) = lease.id.as_account() {
             known.entry(id).or_default().lease = Some(lease);
-        } else if component
-            .as_ref()
-            .is_some_and(|c| lease.id == LeaseId::component(c))
-        {
-            component_lease = Some(lease);
+        } else if component.is_some() {
+            open_leases.insert(lease.id.clone(), lease);
         }
     }
     let line = Line {
@@ -132,7 +137,7 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
             lines.push(line.of(account, kind, configured, newest, lease, api, limited));
         }
     }
-    if let Some(component) = &component {
+    if let (Some(component), Some(open_platform)) = (&component, &settings.open_platform) {
         let kind = CredentialKind::ComponentAccessToken;
         let newest = match store.credentials().newest(kind, component).await {
             Ok(newest) => newest,
@@ -143,8 +148,11 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
             Err(e) => return Err(e.into()),
         };
         let api = Some(Api::ComponentToken);
-        let lease = component_lease.as_ref();
-        lines.push(line.of(component, kind, true, newest, lease, api, true));
+        let lease = open_leases.get(&LeaseId::component(component));
+        let mut status = line.of(component, kind, true, newest, lease, api, true);
+        let block = open_platform::collect(store, open_platform, &open_leases, server_now);
+        status.open_platform = Some(block.await?);
+        lines.push(status);
     }
     Ok(lines)
 }
@@ -206,6 +214,7 @@ impl Line<'_> {
             forced_calls_today: stable.then_some(quota.forced_calls),
             forced_call_limit: stable.then_some(STABLE_TOKEN_FORCED_PER_DAY),
             last_error: lease.and_then(|l| l.last_error.clone()),
+            open_platform: None,
         }
     }
 }
@@ -273,6 +282,14 @@ pub fn render(lines: &[AccountStatus]) -> String {
             "* not kept by this configuration: found in MongoDB (another configuration's \
              account, or one since removed)\n",
         );
+    }
+    for l in lines {
+        if let Some(block) = &l.open_platform {
+            out.push_str(&open_platform::render(
+                block,
+                Some((l.generation, l.time_left_s)),
+            ));
+        }
     }
     out
 }

@@ -1533,3 +1533,171 @@ async fn readiness_wants_a_fresh_ticket_the_component_token_and_active_authorize
     secrets.push(value);
     s.daemon().assert_logs_free_of(&secrets);
 }
+
+const WITHDRAWN: &str = "wxauthorizer000002";
+const REFUSED: &str = "wxauthorizer000003";
+
+/// `status` and the metrics show the platform: the verify ticket's age,
+/// the authorizers by state (one active, one whose refresh token WeChat
+/// refused, one that withdrew), and a line for each that is not active or
+/// has no valid token, never a ticket or a token.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_metrics_show_the_ticket_and_the_authorizers_by_state() {
+    let config = ComponentConfig::random(COMPONENT);
+    let component = Component::new(config.clone());
+    let s = Scenario::new()
+        .account(TestAccount::numbered(1))
+        .config(open_platform(&config, true))
+        .config(|c: &mut TestConfig| c.margin = "8s")
+        .build()
+        .await;
+    s.fake
+        .add_component(fake_wechat::AppConfig::new(COMPONENT, COMPONENT_SECRET));
+    let url = callback_url(s.daemon()).await;
+    wechat_pushes(&s, &component, &url, "ticket@@@status").await;
+    component_token(&s).await;
+
+    let mut codes = Vec::new();
+    for authorizer in [AUTHORIZER, WITHDRAWN, REFUSED] {
+        let code = s.fake.authorize(COMPONENT, authorizer);
+        if authorizer == REFUSED {
+            // Its tokens live 12 s (refreshed 8 s before): its next
+            // refresh meets the refused refresh token soon.
+            s.fake
+                .set_behaviour(REFUSED, fake_wechat::Endpoint::AuthorizerToken, |b| {
+                    b.expires_in = Duration::from_secs(12)
+                });
+        }
+        // Seconds before the withdrawal below (CreateTime counts seconds:
+        // an event of the same second would be older or as old).
+        let before = SystemTime::now() - Duration::from_secs(10);
+        let event = component.authorized(authorizer, &code, before);
+        assert!(send(&event, &url).await.delivered());
+        codes.push(code);
+    }
+    eventually(WAIT, "a token for each authorizer", || async {
+        let docs = s.db.docs(AUTHORIZER_TOKENS).await;
+        let served = [AUTHORIZER, WITHDRAWN, REFUSED]
+            .iter()
+            .all(|a| docs.iter().any(|d| d.get_str("app_id") == Ok(*a)));
+        served.then_some(())
+    })
+    .await;
+    s.fake.unauthorize(COMPONENT, WITHDRAWN);
+    let withdrawn = unauthorized(&component, WITHDRAWN, SystemTime::now());
+    assert!(send(&withdrawn, &url).await.delivered());
+    s.fake.invalidate_refresh_token(COMPONENT, REFUSED);
+
+    // The metrics: every replica's reading of the directory, and the
+    // ticket's age.
+    let state = |m: &crate::support::metrics::Metrics, state: &str| {
+        m.get(
+            "wxtokend_open_platform_authorizers",
+            &[("component", COMPONENT), ("state", state)],
+        )
+    };
+    let m = s
+        .daemon()
+        .wait_metrics("the authorizers by state", |m| {
+            state(m, "active") == Some(1.0)
+                && state(m, "needs_reauthorization") == Some(1.0)
+                && state(m, "unauthorized") == Some(1.0)
+                && state(m, "pending") == Some(0.0)
+        })
+        .await;
+    let age = m
+        .get(
+            "wxtokend_open_platform_verify_ticket_age_seconds",
+            &[("component", COMPONENT)],
+        )
+        .expect("the ticket's age");
+    assert!((0.0..120.0).contains(&age), "{age}");
+
+    // status --json: the component's line carries the platform's block;
+    // REFUSED is listed once its last token expired.
+    let block = eventually(WAIT, "status naming REFUSED without a token", || async {
+        let (code, out, err) = s.config.run(&["status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let lines: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+        let line = lines
+            .as_array()
+            .expect("an array")
+            .iter()
+            .find(|l| l["kind"] == "component_access_token")
+            .cloned()
+            .expect("the component's line");
+        let block = line["open_platform"].clone();
+        let refused = block["not_ok"]
+            .as_array()?
+            .iter()
+            .find(|a| a["app_id"] == REFUSED)?
+            .clone();
+        (refused["without_valid"] == serde_json::json!(["authorizer_access_token"]))
+            .then_some(block)
+    })
+    .await;
+    assert_eq!(block["component"], COMPONENT);
+    assert_eq!(
+        block["authorizers"],
+        serde_json::json!({
+            "active": 1, "needs_reauthorization": 1, "pending": 0, "unauthorized": 1
+        })
+    );
+    assert_eq!(block["verify_ticket"]["state"], "usable");
+    let age = block["verify_ticket"]["age_s"].as_u64().expect("an age");
+    assert!(age < 120, "{block}");
+    let not_ok: Vec<(&str, &str)> = block["not_ok"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|a| {
+            (
+                a["app_id"].as_str().unwrap_or_default(),
+                a["state"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        not_ok,
+        [
+            (REFUSED, "needs_reauthorization"),
+            (WITHDRAWN, "unauthorized")
+        ],
+        "{block}"
+    );
+    assert_eq!(block["not_ok"][0]["state_reason"], "errcode:61023");
+
+    // The same for people.
+    let (code, text, err) = s.config.run(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains(&format!("OPEN PLATFORM {COMPONENT}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("verify ticket:   usable, received "),
+        "{text}"
+    );
+    assert!(text.contains("component token: generation 1, "), "{text}");
+    assert!(
+        text.contains("1 active, 1 needs_reauthorization, 0 pending, 1 unauthorized"),
+        "{text}"
+    );
+    let listed = |appid: &str| text.lines().any(|l| l.starts_with(appid));
+    assert!(listed(REFUSED) && listed(WITHDRAWN), "{text}");
+    assert!(!listed(AUTHORIZER), "the active one is fine: {text}");
+
+    let mut secrets = secrets(&s, &config, &["ticket@@@status"]);
+    secrets.extend(codes);
+    for doc in s.db.docs(AUTHORIZER_TOKENS).await {
+        secrets.extend(doc.get_str("authorizer_access_token").map(str::to_owned));
+    }
+    for doc in s.db.docs(COMPONENT_TOKENS).await {
+        secrets.extend(doc.get_str("component_access_token").map(str::to_owned));
+    }
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "{secret} in status");
+        assert!(!m.text().contains(secret.as_str()), "{secret} in /metrics");
+    }
+    s.daemon().assert_logs_free_of(&secrets);
+}
