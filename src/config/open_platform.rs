@@ -82,10 +82,11 @@ impl OpenPlatformSettings {
     /// The credential kinds `/readyz` and `status` want valid for every
     /// `active` authorizer (one `distinct` each, by `component_appid` and
     /// `expires_at`, on the authorizer collections' indexes): its access
-    /// token. The one place to add the configured tickets
-    /// (`self.authorizer_tickets`).
+    /// token and the configured tickets (`authorizer_tickets`).
     pub fn authorizer_kinds_checked(&self) -> Vec<CredentialKind> {
-        vec![CredentialKind::AuthorizerAccessToken]
+        std::iter::once(CredentialKind::AuthorizerAccessToken)
+            .chain(self.authorizer_tickets.iter().copied())
+            .collect()
     }
 }
 

@@ -1093,6 +1093,24 @@ async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
             "{appid}'s token"
         );
     }
+    // Ready with every kept authorizer's token and tickets; a missing
+    // ticket is named (the left-out authorizer never is).
+    readyz_until(&s, 200, &[]).await;
+    let jsapi = s.db.db().collection::<Document>("authorizer_jsapi_tickets");
+    let filter = mongodb::bson::doc! { "app_id": kept[0] };
+    let gone: Vec<Document> = s.db.docs("authorizer_jsapi_tickets").await;
+    jsapi.delete_many(filter).await.expect("delete");
+    let name = format!("{COMPONENT}:{} authorizer_jsapi_ticket", kept[0]);
+    readyz_until(&s, 503, &[&name]).await;
+    jsapi
+        .insert_many(
+            gone.into_iter()
+                .filter(|d| d.get_str("app_id") == Ok(kept[0])),
+        )
+        .await
+        .expect("put it back");
+    readyz_until(&s, 200, &[]).await;
+
     // Discovery saw it (it is in the directory), and kept it out.
     let directory = s.db.docs("authorizers").await;
     assert!(
