@@ -324,6 +324,9 @@ async fn authorizers_without_valid(
     now: std::time::SystemTime,
 ) -> Result<Vec<String>, StoreError> {
     let component = &open_platform.component;
+    if open_platform.authorizer_kinds.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut active = Directory::new(store.clone())
         .app_ids_in(component, AuthorizerState::Active)
         .await?;
@@ -332,10 +335,28 @@ async fn authorizers_without_valid(
     let mut missing = Vec::new();
     for &kind in &open_platform.authorizer_kinds {
         let valid = store.authorizers_with_valid(kind, component, now).await?;
+        // A ticket is wanted only from an authorizer that has had one:
+        // WeChat gives a Mini Program no JS-SDK ticket, nor an account
+        // that did not grant the platform those APIs.
+        let had = if kind.is_ticket() {
+            let unsure: Vec<AccountId> = active
+                .iter()
+                .filter(|a| !valid.contains(*a))
+                .cloned()
+                .collect();
+            Some(
+                store
+                    .accounts_with_history(kind, &unsure, Some(component))
+                    .await?,
+            )
+        } else {
+            None
+        };
         missing.extend(
             active
                 .iter()
                 .filter(|a| !valid.contains(*a))
+                .filter(|a| had.as_ref().is_none_or(|had| had.contains(*a)))
                 .map(|a| format!("{component}:{a} {kind}")),
         );
     }

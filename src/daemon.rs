@@ -152,7 +152,17 @@ impl Daemon {
                         component: AccountId::new(o.component_appid.as_str()),
                         ticket_fresh_within: o.ticket_fresh_within,
                         keep: o.authorizers.clone(),
-                        authorizer_kinds: o.authorizer_kinds_checked(),
+                        // Without the key no authorizer is kept: none is
+                        // waited for.
+                        authorizer_kinds: if o
+                            .secrets
+                            .as_ref()
+                            .is_some_and(|s| s.refresh_tokens.is_some())
+                        {
+                            o.authorizer_kinds_checked()
+                        } else {
+                            Vec::new()
+                        },
                     }
                 }),
                 interval: settings.lease.renew_interval,

@@ -211,9 +211,15 @@ impl Tickets {
         since: SystemTime,
     ) -> Result<bool, StoreError> {
         let mut filter = usable_filter(component_appid, now);
+        let since = DateTime::from_system_time(since);
+        // One stored without `received_at` (an external writer) arrived
+        // at its CreateTime, as status and the metrics say.
         filter.insert(
-            field::RECEIVED_AT,
-            doc! { "$gte": DateTime::from_system_time(since) },
+            "$and",
+            vec![doc! { "$or": [
+                { field::RECEIVED_AT: { "$gte": since } },
+                { field::RECEIVED_AT: { "$exists": false }, field::CREATE_TIME: { "$gte": since } },
+            ] }],
         );
         let found = self
             .newest_matching(filter, Some(doc! { "_id": 1 }))

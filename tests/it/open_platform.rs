@@ -634,8 +634,7 @@ async fn the_component_token_is_minted_with_the_pushed_ticket_and_stored() {
             .find(|l| l.get_str("_id") == Ok(&format!("open:{COMPONENT}")))
             .expect("the component's lease");
     assert_eq!(lease.get_str("holder"), Ok("test-instance"));
-    // Ready with its accounts' tokens: a receiver waiting for its first
-    // ticket must stay reachable behind a readiness-gated load balancer.
+    // Ready: a fresh ticket, the component token, the account's token.
     eventually(WAIT, "/readyz to turn 200", || async {
         (s.daemon().get("/readyz").await.0 == 200).then_some(())
     })
@@ -1044,19 +1043,27 @@ async fn authorizers_known_only_to_wechats_list_are_discovered_and_served() {
 /// no call, though WeChat's list shows it.
 #[tokio::test(flavor = "multi_thread")]
 async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
+    use futures_util::TryStreamExt;
     let config = ComponentConfig::random(COMPONENT);
     let component = Component::new(config.clone());
     let kept = ["wxlisted0000000001", "wxlisted0000000002"];
     let left_out = "wxlisted0000000003";
+    // Kept too, but WeChat gives it no ticket (a Mini Program: 48001).
+    let mini_program = "wxlisted0000000004";
     let s = component_scenario(
         &config,
-        "authorizers = [\"wxlisted0000000001\", \"wxlisted0000000002\"]\n\
+        "authorizers = [\"wxlisted0000000001\", \"wxlisted0000000002\", \"wxlisted0000000004\"]\n\
          authorizer_tickets = [\"jsapi\", \"wx_card\"]\n",
     )
     .await;
-    for appid in kept.iter().chain([&left_out]) {
+    for appid in kept.iter().chain([&left_out, &mini_program]) {
         s.fake.authorize_silently(COMPONENT, appid);
     }
+    s.fake.set_sticky_fault_on(
+        mini_program,
+        fake_wechat::Endpoint::GetTicket,
+        Some(fake_wechat::Fault::Errcode(48001)),
+    );
     let url = callback_url(s.daemon()).await;
     wechat_pushes(&s, &component, &url, "ticket@@@listed").await;
 
@@ -1093,22 +1100,44 @@ async fn only_listed_authorizers_are_kept_each_with_its_tickets() {
             "{appid}'s token"
         );
     }
-    // Ready with every kept authorizer's token and tickets; a missing
-    // ticket is named (the left-out authorizer never is).
+    // Ready with every kept authorizer's token and tickets (the Mini
+    // Program with its token only: it never had a ticket); a ticket that
+    // expired is named (the left-out authorizer never is).
     readyz_until(&s, 200, &[]).await;
+    assert!(s
+        .db
+        .docs("authorizer_jsapi_tickets")
+        .await
+        .iter()
+        .all(|d| d.get_str("app_id") != Ok(mini_program)));
     let jsapi = s.db.db().collection::<Document>("authorizer_jsapi_tickets");
     let filter = mongodb::bson::doc! { "app_id": kept[0] };
-    let gone: Vec<Document> = s.db.docs("authorizer_jsapi_tickets").await;
-    jsapi.delete_many(filter).await.expect("delete");
-    let name = format!("{COMPONENT}:{} authorizer_jsapi_ticket", kept[0]);
-    readyz_until(&s, 503, &[&name]).await;
+    let valid: Vec<Document> = jsapi
+        .find(filter.clone())
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("collect");
+    let expired = mongodb::bson::DateTime::from_system_time(SystemTime::now());
     jsapi
-        .insert_many(
-            gone.into_iter()
-                .filter(|d| d.get_str("app_id") == Ok(kept[0])),
+        .update_many(
+            filter,
+            mongodb::bson::doc! { "$set": { "expires_at": expired } },
         )
         .await
-        .expect("put it back");
+        .expect("expire");
+    let name = format!("{COMPONENT}:{} authorizer_jsapi_ticket", kept[0]);
+    readyz_until(&s, 503, &[&name]).await;
+    for ticket in valid {
+        jsapi
+            .replace_one(
+                mongodb::bson::doc! { "_id": ticket.get_object_id("_id").expect("_id") },
+                &ticket,
+            )
+            .await
+            .expect("put it back");
+    }
     readyz_until(&s, 200, &[]).await;
 
     // Discovery saw it (it is in the directory), and kept it out.
@@ -1488,7 +1517,9 @@ async fn readiness_wants_a_fresh_ticket_the_component_token_and_active_authorize
     use mongodb::bson::doc;
     let config = ComponentConfig::random(COMPONENT);
     let component = Component::new(config.clone());
-    let s = component_scenario(&config, "ticket_fresh_within = \"1m\"\n").await;
+    // Long enough for a slow machine to reach the ready steps well
+    // within it after the only push.
+    let s = component_scenario(&config, "ticket_fresh_within = \"5m\"\n").await;
     let url = callback_url(s.daemon()).await;
     let ticket_name = format!("{COMPONENT} component_verify_ticket");
     let token_name = format!("{COMPONENT} component_access_token");
@@ -1520,18 +1551,27 @@ async fn readiness_wants_a_fresh_ticket_the_component_token_and_active_authorize
     tokens.insert_one(&token).await.expect("put it back");
     readyz_until(&s, 200, &[]).await;
 
-    // The only ticket is older than ticket_fresh_within (1m).
+    // The only ticket is older than ticket_fresh_within (5m).
     let tickets = s.db.db().collection::<Document>(TICKETS);
     tickets.delete_many(doc! {}).await.expect("delete");
-    let old = SystemTime::now() - Duration::from_secs(120);
+    let old = SystemTime::now() - Duration::from_secs(600);
     external_ticket(&s, "ticket@@@external-old", old).await;
     let body = readyz_until(&s, 503, &[&ticket_name]).await;
     let why = body["verify_ticket"].as_str().unwrap_or_default();
     assert!(
-        why.contains("open_platform.ticket_fresh_within (1m)") && why.contains("arrived 1"),
+        why.contains("open_platform.ticket_fresh_within (5m)") && why.contains("arrived 6"),
         "{body}"
     );
-    external_ticket(&s, "ticket@@@external-new", SystemTime::now()).await;
+    // A service of the operator's own that leaves `received_at` out: the
+    // ticket arrived at its CreateTime.
+    tickets
+        .insert_one(doc! {
+            "component_appid": COMPONENT,
+            "ticket": "ticket@@@external-new",
+            "create_time": mongodb::bson::DateTime::from_system_time(SystemTime::now()),
+        })
+        .await
+        .expect("insert a ticket");
     readyz_until(&s, 200, &[]).await;
 
     let value = token
