@@ -247,6 +247,12 @@ pub(super) fn default_discovery_interval() -> Duration {
 
 /// Three missed pushes (WeChat pushes every 10 minutes), as
 /// `start_push_ticket_after`.
+/// Shorter would turn replicas unready between two of WeChat's pushes
+/// (every 10 minutes, give or take); longer than a ticket's 12 hours
+/// would call a ticket fresh that may no longer be used.
+const MIN_TICKET_FRESH_WITHIN: Duration = Duration::from_secs(60);
+const MAX_TICKET_FRESH_WITHIN: Duration = Duration::from_secs(12 * 3600);
+
 pub(super) fn default_ticket_fresh_within() -> Duration {
     Duration::from_secs(30 * 60)
 }
@@ -346,10 +352,10 @@ pub(super) fn open_platform_settings(
          500 calls a day)",
     );
     p.check(
-        !raw.ticket_fresh_within.is_zero(),
+        (MIN_TICKET_FRESH_WITHIN..=MAX_TICKET_FRESH_WITHIN).contains(&raw.ticket_fresh_within),
         &key("ticket_fresh_within"),
-        "must be more than 0s, for example \"30m\" (three missed pushes: WeChat pushes a \
-         verify ticket every 10 minutes); /readyz wants one received this recently",
+        "must be between 1m and 12h, for example \"30m\" (three missed pushes: WeChat pushes \
+         a verify ticket every 10 minutes); /readyz wants one received this recently",
     );
     let authorizers = authorizer_selection(&raw.authorizers, p);
     let mut authorizer_tickets = Vec::new();
