@@ -166,6 +166,24 @@ impl Secrets {
         }
     }
 
+    /// The `$set` of a new refresh token: sealed, stamped, with what gave
+    /// it.
+    fn refresh_token_set(
+        &self,
+        component: &AccountId,
+        authorizer: &AccountId,
+        refresh_token: &SecretString,
+        source: Source,
+    ) -> Result<Document, SealError> {
+        let sealed =
+            self.secret_box
+                .seal(Field::RefreshToken, component, authorizer, refresh_token)?;
+        let mut set = self.stamp(component, authorizer);
+        set.insert(field::REFRESH_TOKEN, sealed_document(&sealed));
+        set.insert(field::SOURCE, source.as_str());
+        Ok(set)
+    }
+
     /// The authorizer's refresh token and pending code, opened, and the
     /// version to expect when replacing the token.
     pub async fn read(
@@ -221,12 +239,7 @@ impl Secrets {
         source: Source,
         term: Option<Term>,
     ) -> Result<Cas, SecretsError> {
-        let sealed =
-            self.secret_box
-                .seal(Field::RefreshToken, component, authorizer, refresh_token)?;
-        let mut set = self.stamp(component, authorizer);
-        set.insert(field::REFRESH_TOKEN, sealed_document(&sealed));
-        set.insert(field::SOURCE, source.as_str());
+        let mut set = self.refresh_token_set(component, authorizer, refresh_token, source)?;
         let mut update = doc! { "$inc": { field::VERSION: 1_i64 } };
         let id = document_id(component, authorizer);
         let filter = match term {
@@ -340,17 +353,7 @@ impl Secrets {
         if let Some(t) = event_time {
             set.insert(field::EVENT_TIME, DateTime::from_system_time(t));
         }
-        let update = doc! {
-            "$set": set,
-            // No term left: no holder's write may take a forgotten token's place.
-            "$unset": {
-                field::REFRESH_TOKEN: "",
-                field::CODE: "",
-                field::SOURCE: "",
-                field::LEASE_TERM: "",
-            },
-            "$inc": { field::VERSION: 1_i64 },
-        };
+        let update = forgetting(set);
         let id = document_id(component, authorizer);
         match event_time {
             Some(t) => {
@@ -383,17 +386,7 @@ impl Secrets {
             field::ID: document_id(component, authorizer),
             "$or": super::directory::older_than(field::EVENT_TIME, as_of),
         };
-        let update = doc! {
-            "$set": self.stamp(component, authorizer),
-            // No term left: no holder's write may take a forgotten token's place.
-            "$unset": {
-                field::REFRESH_TOKEN: "",
-                field::CODE: "",
-                field::SOURCE: "",
-                field::LEASE_TERM: "",
-            },
-            "$inc": { field::VERSION: 1_i64 },
-        };
+        let update = forgetting(self.stamp(component, authorizer));
         let result = self.collection().update_one(filter, update).await?;
         Ok(if result.matched_count == 1 {
             EventOutcome::Applied
@@ -415,12 +408,8 @@ impl Secrets {
         refresh_token: &SecretString,
         term: Term,
     ) -> Result<bool, SecretsError> {
-        let sealed =
-            self.secret_box
-                .seal(Field::RefreshToken, component, authorizer, refresh_token)?;
-        let mut set = self.stamp(component, authorizer);
-        set.insert(field::REFRESH_TOKEN, sealed_document(&sealed));
-        set.insert(field::SOURCE, Source::QueryAuth.as_str());
+        let mut set =
+            self.refresh_token_set(component, authorizer, refresh_token, Source::QueryAuth)?;
         set.insert(field::LEASE_TERM, term.0);
         let filter = doc! {
             field::ID: document_id(component, authorizer),
@@ -437,6 +426,23 @@ impl Secrets {
             .await
             .map_err(StoreError::from)?;
         Ok(result.matched_count == 1)
+    }
+}
+
+/// The update that forgets an authorizer's secrets (a withdrawal): `set`,
+/// the token, code and their source removed, the version bumped so that
+/// a write in flight loses. No term is left: no holder's write may take a
+/// forgotten token's place.
+fn forgetting(set: Document) -> Document {
+    doc! {
+        "$set": set,
+        "$unset": {
+            field::REFRESH_TOKEN: "",
+            field::CODE: "",
+            field::SOURCE: "",
+            field::LEASE_TERM: "",
+        },
+        "$inc": { field::VERSION: 1_i64 },
     }
 }
 

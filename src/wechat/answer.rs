@@ -178,9 +178,7 @@ pub(super) fn parse_repeatable(
     held: Option<&SecretString>,
 ) -> Result<FetchedCredential, FetchError> {
     let parsed: CredentialResponse = read_json(body)?;
-    if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
-        return Err(api_error(errcode, parsed.errmsg, secrets, call));
-    }
+    refused(parsed.errcode, parsed.errmsg, secrets, call)?;
     let value = match kind {
         CredentialKind::AccessToken => parsed.access_token,
         CredentialKind::ComponentAccessToken => parsed.component_access_token,
@@ -222,6 +220,19 @@ pub(super) fn credential(
         expires_in,
         fetched_at: SystemTime::now(),
     })
+}
+
+/// `Err` when WeChat answered a non-zero `errcode` (see [`api_error`]).
+pub(super) fn refused(
+    errcode: Option<i64>,
+    errmsg: Option<String>,
+    secrets: &[&SecretString],
+    call: Call,
+) -> Result<(), FetchError> {
+    match errcode.filter(|code| *code != 0) {
+        Some(errcode) => Err(api_error(errcode, errmsg, secrets, call)),
+        None => Ok(()),
+    }
 }
 
 /// WeChat's refusal as an error: classified by `call`, with every one of

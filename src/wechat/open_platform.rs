@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use wxtokend_reader::{AccountId, CredentialKind};
 
-use super::answer::{api_error, check_value, credential, read_json, FetchError, FetchedCredential};
+use super::answer::{check_value, credential, read_json, refused, FetchError, FetchedCredential};
 use super::{Api, Call, CallSlot, WechatClient};
 use crate::subject::Component;
 
@@ -181,14 +181,7 @@ fn parse_authorizer_answer(
     held: Option<&SecretString>,
 ) -> Result<(FetchedCredential, Option<SecretString>), FetchError> {
     let parsed: AuthorizerTokenResponse = read_json(body)?;
-    if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
-        return Err(api_error(
-            errcode,
-            parsed.errmsg,
-            secrets,
-            Call::ComponentUse,
-        ));
-    }
+    refused(parsed.errcode, parsed.errmsg, secrets, Call::ComponentUse)?;
     let token = credential(
         CredentialKind::AuthorizerAccessToken.value_field(),
         parsed.authorizer_access_token,
@@ -232,14 +225,7 @@ fn parse_query_auth(
     min_expires_in: Duration,
 ) -> Result<QueryAuth, FetchError> {
     let parsed: QueryAuthResponse = read_json(body)?;
-    if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
-        return Err(api_error(
-            errcode,
-            parsed.errmsg,
-            secrets,
-            Call::ComponentUse,
-        ));
-    }
+    refused(parsed.errcode, parsed.errmsg, secrets, Call::ComponentUse)?;
     let info = parsed
         .authorization_info
         .ok_or_else(|| FetchError::InvalidResponse("authorization_info is missing".into()))?;
@@ -301,14 +287,7 @@ fn parse_authorizer_list(
     secrets: &[&SecretString],
 ) -> Result<AuthorizerPage, FetchError> {
     let parsed: ListResponse = read_json(body)?;
-    if let Some(errcode) = parsed.errcode.filter(|code| *code != 0) {
-        return Err(api_error(
-            errcode,
-            parsed.errmsg,
-            secrets,
-            Call::ComponentUse,
-        ));
-    }
+    refused(parsed.errcode, parsed.errmsg, secrets, Call::ComponentUse)?;
     let total_count = parsed
         .total_count
         .and_then(|n| u64::try_from(n).ok())

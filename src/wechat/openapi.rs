@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use wxtokend_reader::AccountId;
 
-use super::answer::{api_error, FetchError};
+use super::answer::{api_error, refused, FetchError};
 use super::errcode::Call;
 use super::{endpoint, WechatClient};
 
@@ -178,14 +178,12 @@ impl WechatClient {
 fn parse_quota(body: &[u8], access_token: &SecretString) -> Result<WechatQuota, FetchError> {
     let answer: QuotaAnswer = serde_json::from_slice(body)
         .map_err(|e| FetchError::InvalidResponse(format!("not the expected JSON object ({e})")))?;
-    if let Some(errcode) = answer.errcode.filter(|code| *code != 0) {
-        return Err(api_error(
-            errcode,
-            answer.errmsg,
-            &[access_token],
-            Call::ManageQuota,
-        ));
-    }
+    refused(
+        answer.errcode,
+        answer.errmsg,
+        &[access_token],
+        Call::ManageQuota,
+    )?;
     let counts = answer
         .quota
         .ok_or_else(|| FetchError::InvalidResponse("quota is missing".into()))?;
