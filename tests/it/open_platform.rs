@@ -769,14 +769,7 @@ async fn secrets_version(s: &Scenario) -> i64 {
 async fn an_authorizer_gets_its_token_kept_fresh_until_it_withdraws() {
     let config = ComponentConfig::random(COMPONENT);
     let component = Component::new(config.clone());
-    let s = Scenario::new()
-        .account(TestAccount::numbered(1))
-        .config(open_platform(&config, true))
-        .config(|c: &mut TestConfig| c.margin = "8s")
-        .build()
-        .await;
-    s.fake
-        .add_component(fake_wechat::AppConfig::new(COMPONENT, COMPONENT_SECRET));
+    let s = component_scenario_with(&config, |c: &mut TestConfig| c.margin = "8s").await;
     let url = callback_url(s.daemon()).await;
     wechat_pushes(&s, &component, &url, "ticket@@@for-authorizers").await;
     component_token(&s).await;
@@ -1603,14 +1596,7 @@ const REFUSED: &str = "wxauthorizer000003";
 async fn status_and_metrics_show_the_ticket_and_the_authorizers_by_state() {
     let config = ComponentConfig::random(COMPONENT);
     let component = Component::new(config.clone());
-    let s = Scenario::new()
-        .account(TestAccount::numbered(1))
-        .config(open_platform(&config, true))
-        .config(|c: &mut TestConfig| c.margin = "8s")
-        .build()
-        .await;
-    s.fake
-        .add_component(fake_wechat::AppConfig::new(COMPONENT, COMPONENT_SECRET));
+    let s = component_scenario_with(&config, |c: &mut TestConfig| c.margin = "8s").await;
     let url = callback_url(s.daemon()).await;
     wechat_pushes(&s, &component, &url, "ticket@@@status").await;
     component_token(&s).await;
