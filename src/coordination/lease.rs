@@ -182,7 +182,12 @@ impl Lease {
             }
             let document = to_document(&self.credential(kind, fetched, reason, generation));
             match credentials.collection(kind).insert_one(document).await {
-                Ok(_) => return Ok(Inserted::Stored(generation)),
+                Ok(_) => {
+                    // The test suite's stand-in for an insert that lands
+                    // but whose answer never comes back.
+                    crate::stall_point!("insert-answer-lost");
+                    return Ok(Inserted::Stored(generation));
+                }
                 // The counter was behind the stored history: catch it up,
                 // and read what is stored from now on.
                 Err(e) if is_duplicate_key(&e) => {

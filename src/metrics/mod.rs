@@ -255,8 +255,8 @@ impl Metrics {
         );
         registry.register(
             "wxtokend_mirror_resyncs",
-            "Rewrites of every held credential from MongoDB (at start, after a Redis outage \
-             or restart)",
+            "Rewrites of every held credential from MongoDB (at Redis's first answer, and \
+             when it restarted or was replaced: a new run_id)",
             m.mirror_resyncs.clone(),
         );
         registry.register(

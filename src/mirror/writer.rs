@@ -1,8 +1,9 @@
 //! One task per mirror: writes the credentials offered to it into Redis,
 //! every configured SDK layout of a credential in one atomic script, many
 //! credentials per pipeline. It rewrites all of them from MongoDB whenever
-//! Redis may have lost them (the first contact, a return after a failure,
-//! a restart seen as a new `run_id`), and every `repair_interval` it checks
+//! Redis may have lost them (the first contact, a restart or replacement
+//! seen as a new `run_id`; the same server answering again after a failure
+//! gets what waited meanwhile), and every `repair_interval` it checks
 //! every key of what it holds and writes again those that are missing or
 //! hold something else (a key deleted, evicted or flushed, or written by an
 //! SDK that fetched a token of its own).

@@ -17,10 +17,11 @@ mod machine;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use secrecy::SecretString;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use wxtokend_reader::{Credential, CredentialKind, RefreshReason};
+use wxtokend_reader::{Credential, CredentialKind, Generation, RefreshReason};
 
 pub use backoff::Backoff;
 use machine::{Action, Machine, Requested};
@@ -356,6 +357,7 @@ impl Refresher {
             pending.fetched.expires_in,
         );
         let reason = pending.reason;
+        let held_generation = pending.held.as_ref().map(|held| held.generation);
         // What this holder last read or wrote is what is stored, unless a
         // write failed since (it may have landed all the same).
         let newest = if self.write_failed {
@@ -378,23 +380,7 @@ impl Refresher {
         }
         match inserted {
             Ok(Inserted::Stored(generation)) => {
-                self.ctx.mirrors.offer(
-                    &Mirrored {
-                        account: self.subject.app_id().clone(),
-                        kind: self.kind,
-                        generation,
-                        value,
-                        expires_at,
-                    },
-                    self.lease.term().0,
-                );
-                self.ctx.metrics.credential(
-                    self.subject.app_id(),
-                    self.kind,
-                    generation,
-                    fetched_at,
-                    expires_at,
-                );
+                self.published(generation, value, fetched_at, expires_at);
                 self.machine.stored(generation);
                 tracing::info!(
                     %generation,
@@ -408,6 +394,18 @@ impl Refresher {
                 generation,
                 expires_at: stored_expiry,
             }) => {
+                // Newer than what this holder held: an earlier attempt
+                // landed although its answer was lost (or cut off by the
+                // operation timeout), so this fetch is the newest stored
+                // value, which the mirrors and metrics have not seen yet.
+                if held_generation.is_none_or(|held| held < generation) {
+                    tracing::info!(
+                        %generation,
+                        "a write whose answer was lost had stored the {}", self.kind
+                    );
+                    let expires_at = stored_expiry.min(expires_at);
+                    self.published(generation, value, fetched_at, expires_at);
+                }
                 self.machine.repeated(generation, stored_expiry, self.now());
                 tracing::debug!(
                     %generation,
@@ -431,6 +429,33 @@ impl Refresher {
                 self.store_failed(&e, &what)
             }
         }
+    }
+
+    /// A newly stored value, to the mirrors and the metrics.
+    fn published(
+        &self,
+        generation: Generation,
+        value: SecretString,
+        fetched_at: SystemTime,
+        expires_at: SystemTime,
+    ) {
+        self.ctx.mirrors.offer(
+            &Mirrored {
+                account: self.subject.app_id().clone(),
+                kind: self.kind,
+                generation,
+                value,
+                expires_at,
+            },
+            self.lease.term().0,
+        );
+        self.ctx.metrics.credential(
+            self.subject.app_id(),
+            self.kind,
+            generation,
+            fetched_at,
+            expires_at,
+        );
     }
 
     /// A write succeeded: a MongoDB problem noted before is over.

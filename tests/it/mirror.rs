@@ -415,11 +415,13 @@ async fn an_older_generation_never_replaces_a_newer_one_in_redis() {
     );
 }
 
+/// A Redis that hangs (SIGSTOP) delays no refresh; when it answers again
+/// as the same server (same `run_id`, its keys kept) it gets the newest
+/// token without a reread of MongoDB.
 #[tokio::test]
-async fn a_frozen_redis_never_delays_refreshes() {
+async fn a_frozen_redis_never_delays_refreshes_and_gets_the_newest_token_when_it_thaws() {
     let id = "wxmirrorfrozen00001";
     let redis_server = PrivateRedis::start();
-    redis_server.signal("STOP");
     let s = Scenario::new()
         .account(TestAccount::new(id, "mirror-frozen-secret"))
         .app(|app| app.expires_in(Duration::from_secs(2)))
@@ -432,24 +434,83 @@ async fn a_frozen_redis_never_delays_refreshes() {
         })
         .build()
         .await;
+    let sdk = [("mirror", "sdk")];
+    s.daemon()
+        .wait_metrics("the mirror's first contact", |m| {
+            m.get("wxtokend_mirror_up", &sdk) == Some(1.0)
+                && m.get("wxtokend_mirror_resyncs_total", &sdk) == Some(1.0)
+        })
+        .await;
+    redis_server.signal("STOP");
+    let before = s.tokens().await.len();
     // Every refresh is on time (one a second) although each Redis call
     // hangs until its timeout (2 s): a refresher that waited for Redis
-    // would take twice as long.
-    let tokens = s.wait_for_tokens(4).await;
+    // would take about 9 s for three refreshes.
+    let tokens = s.wait_for_tokens(before + 4).await;
     let at = |i: usize| {
-        tokens[i]
+        tokens[before + i]
             .get_datetime("fetched_at")
             .expect("fetched_at")
             .to_system_time()
     };
     let spread = at(3).duration_since(at(0)).expect("in order");
     assert!(
-        spread < Duration::from_millis(5500),
+        spread < Duration::from_secs(7),
         "three refreshes took {spread:?}"
     );
     s.daemon()
         .wait_metrics("the mirror down", |m| {
-            m.get("wxtokend_mirror_up", &[("mirror", "sdk")]) == Some(0.0)
+            m.get("wxtokend_mirror_up", &sdk) == Some(0.0)
+        })
+        .await;
+    redis_server.signal("CONT");
+    let redis = RedisView::new(&redis_server.url());
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+    let m = s
+        .daemon()
+        .wait_metrics("the mirror up again", |m| {
+            m.get("wxtokend_mirror_up", &sdk) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.get("wxtokend_mirror_resyncs_total", &sdk),
+        Some(1.0),
+        "the same server answering again is not reread from MongoDB: {}",
+        m.text()
+    );
+}
+
+/// An insert that lands but whose answer is lost (cut off by the operation
+/// timeout) is found stored when retried: that token is the newest in
+/// MongoDB, so it reaches Redis and the metrics too, instead of Redis
+/// keeping nothing (or the token before it) for a whole refresh cycle.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_token_whose_insert_answer_was_lost_reaches_redis_and_the_metrics() {
+    let id = "wxmirrorlostanswer1";
+    let s = Scenario::new()
+        .account(TestAccount::new(id, "mirror-lost-answer-secret"))
+        .config(|c| {
+            c.extra_toml = mirror(&shared_url(), &["wxjava"]);
+            c.env
+                .push(("FAILPOINTS", "insert-answer-lost=1*return->off".into()));
+        })
+        .build()
+        .await;
+    let redis = RedisView::new(&shared_url());
+    let keys = vec![(Sdk::Wxjava, format!("wx:access_token:{id}"))];
+    let generation = wait_mirrored(&s, &redis, id, CredentialKind::AccessToken, &keys).await;
+    assert_eq!(
+        generation, 1,
+        "stored once, by the write whose answer was lost"
+    );
+    assert_eq!(s.fake.tokens_issued(id), 1);
+    s.daemon()
+        .wait_metrics("the stored token's series", |m| {
+            m.generation(id) == Some(1)
+                && m.token("wxtokend_token_seconds_until_expiry", id)
+                    .is_some_and(|left| left > 0.0)
         })
         .await;
 }
