@@ -297,6 +297,15 @@ fn mirror_url(
         Ok((url, key, source)) => {
             if let Err(message) = check_url(url.expose_secret(), &source) {
                 p.add(key, message);
+            } else if mirror.url.is_some() && has_password(url.expose_secret()) {
+                // Like an inline AppSecret: a password never sits in the
+                // configuration file, which business hosts read too.
+                p.add(
+                    key,
+                    "holds a password (not shown); move the URL to the file named by url_file \
+                     or the variable named by url_env"
+                        .to_owned(),
+                );
             }
             url
         }
@@ -317,6 +326,16 @@ fn url_from_file(path: &Path) -> Result<SecretString, String> {
         )),
         url => Ok(SecretString::from(url.to_owned())),
     }
+}
+
+/// Whether a URL [`check_url`] accepted carries a password.
+fn has_password(url: &str) -> bool {
+    redis::Client::open(url).is_ok_and(|c| {
+        c.get_connection_info()
+            .redis_settings()
+            .password()
+            .is_some_and(|p| !p.is_empty())
+    })
 }
 
 /// The schemes this build speaks; the URL itself is never quoted.

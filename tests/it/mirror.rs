@@ -687,7 +687,7 @@ async fn wechatpy_1_8_itself_uses_the_daemons_tokens_and_fetches_none() {
 /// wechatpy 2 also reads `…_access_token_expires_at` and fetches on its own
 /// once 60 s or less are left: tokens live 150 s here, refreshed with 75 s
 /// left (the daemon's margin is at most half a lifetime), 15 s of room
-/// above wechatpy's 60 s on a loaded machine; one refresh in 90 s.
+/// above wechatpy's 60 s on a loaded machine; three refreshes in 240 s.
 #[tokio::test]
 async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
     let s = Scenario::new()
@@ -704,9 +704,17 @@ async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
     let ticket = vec![(Sdk::Wechatpy, format!("wechatpy:{}_jsapi_ticket", s.id()))];
     wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &token).await;
     wait_mirrored(&s, &redis, s.id(), CredentialKind::JsapiTicket, &ticket).await;
-    let used = wechatpy_proof(&s, "2.0.0a26", 90).await;
-    assert_eq!(used.tokens.len(), 2, "one refresh in 90 s");
-    assert_eq!(used.tickets.len(), 2, "one ticket refresh in 90 s");
+    let used = wechatpy_proof(&s, "2.0.0a26", 240).await;
+    assert!(
+        used.tokens.len() >= 4,
+        "wechatpy saw {} tokens: at least three refreshes in 240 s",
+        used.tokens.len()
+    );
+    assert!(
+        used.tickets.len() >= 4,
+        "wechatpy saw {} tickets: at least three ticket refreshes in 240 s",
+        used.tickets.len()
+    );
 }
 
 #[tokio::test]
