@@ -574,16 +574,37 @@ struct BenchRedis {
 impl BenchRedis {
     fn start() -> Result<BenchRedis> {
         let dir = tempfile::tempdir()?;
+        let url = Self::serve(dir.path(), "0")?;
+        Ok(BenchRedis { url, dir })
+    }
+
+    fn serve(dir: &std::path::Path, port: &str) -> Result<String> {
         let out = Command::new("scripts/test-redis.sh")
             .arg("start")
-            .arg(dir.path())
+            .arg(dir)
+            .arg(port)
             .stderr(Stdio::inherit())
             .output()?;
         if !out.status.success() {
             return Err("cannot start Redis (scripts/test-redis.sh)".into());
         }
-        let url = String::from_utf8(out.stdout)?.trim().to_owned();
-        Ok(BenchRedis { url, dir })
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Stops the server and starts an empty one on the same port (no
+    /// persistence): a restart as the mirror sees it, a new `run_id`.
+    fn restart(&self) -> Result<()> {
+        let port = self
+            .url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .ok_or("no port in the Redis URL")?
+            .to_owned();
+        Command::new("scripts/test-redis.sh")
+            .arg("stop")
+            .arg(self.dir.path())
+            .status()?;
+        Self::serve(self.dir.path(), &port).map(|_| ())
     }
 }
 
@@ -599,7 +620,8 @@ impl Drop for BenchRedis {
 /// A Redis mirror of `n` accounts (every layout: 4 SDK keys and the
 /// generation key per account): how long after MongoDB every key is in
 /// Redis, then `seconds` of repair passes every 5 s: Redis's time per pass
-/// (its own `EVALSHA` statistics) and the daemon's CPU meanwhile.
+/// (its own `EVALSHA` statistics) and the daemon's CPU meanwhile; last, a
+/// Redis restart (emptied): how long until every key is back.
 async fn mirror(uri: &str, n: usize, seconds: u64) -> Result<()> {
     const KEYS_PER_ACCOUNT: i64 = 5;
     const REPAIR: u64 = 5;
@@ -619,16 +641,7 @@ async fn mirror(uri: &str, n: usize, seconds: u64) -> Result<()> {
     let daemon = spawn_daemon_with(uri, &db, &fake.url(), n, "10m", "mirror", &extra)?;
     let pid = daemon.child.id();
     let in_mongodb = wait_all_valid(&store, n, Duration::from_secs(300)).await?;
-    let in_redis = loop {
-        let keys: i64 = redis::cmd("DBSIZE").query_async(&mut connection).await?;
-        if keys >= n as i64 * KEYS_PER_ACCOUNT {
-            break started.elapsed();
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            return Err(format!("{keys} keys in Redis after 300 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let in_redis = all_keys(&mut connection, n as i64 * KEYS_PER_ACCOUNT, started).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -660,8 +673,36 @@ async fn mirror(uri: &str, n: usize, seconds: u64) -> Result<()> {
         stat("usec_per_call"),
         rss_max as f64 / 1024.0,
     );
+    let restarted = Instant::now();
+    redis.restart()?;
+    let mut connection = redis::Client::open(redis.url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let back = all_keys(&mut connection, n as i64 * KEYS_PER_ACCOUNT, restarted).await?;
+    println!(
+        "  - {n} accounts: every key back {:.1} s after a Redis restart (stop, start, emptied)",
+        back.as_secs_f64()
+    );
     drop(daemon);
     Ok(())
+}
+
+/// Waits until Redis holds `keys` keys; the time since `since`.
+async fn all_keys(
+    connection: &mut redis::aio::MultiplexedConnection,
+    keys: i64,
+    since: Instant,
+) -> Result<Duration> {
+    loop {
+        let held: i64 = redis::cmd("DBSIZE").query_async(connection).await?;
+        if held >= keys {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > Duration::from_secs(300) {
+            return Err(format!("{held} keys in Redis after 300 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// `/metrics` of a daemon holding `n` accounts: size, lines naming an

@@ -31,6 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::{stream, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 use secrecy::ExposeSecret;
@@ -43,6 +44,14 @@ use super::{update, Key, Mailbox, Mirrored, SharedHealth};
 use crate::config::{MirrorSettings, Platform};
 use crate::metrics::{Metrics, MirrorTally, Operation};
 use crate::store::Store;
+
+/// The first retry after a failure ([`Writer::next_check_in`]).
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+
+/// MongoDB reads in flight while a resync rereads what a mirror holds: a
+/// Redis restart at 10,000 credentials would otherwise wait for 10,000
+/// round trips in sequence before the first key is written again.
+const RESYNC_READS: usize = 16;
 
 /// Writes one credential's SDK keys unless Redis holds a newer generation
 /// of it. KEYS[1]: the generation key; KEYS[2..]: the SDK keys. ARGV[1]:
@@ -146,6 +155,8 @@ pub(super) struct Writer {
     refusing: bool,
     /// A failure was logged; logged again only after Redis took writes.
     failing: bool,
+    /// The wait before the next check while failing ([`Self::next_check_in`]).
+    retry: Duration,
     health: SharedHealth,
 }
 
@@ -180,6 +191,7 @@ impl Writer {
             connected: false,
             refusing: false,
             failing: false,
+            retry: RETRY_FIRST,
             health,
         })
     }
@@ -225,7 +237,7 @@ impl Writer {
                     // check.
                     let now = Instant::now();
                     self.check().await;
-                    next_check = now + self.settings.check_interval;
+                    next_check = now + self.next_check_in();
                     if now >= next_repair && self.connected {
                         // Every key of everything held is compared.
                         self.unwritten.extend(self.latest.keys().cloned());
@@ -236,6 +248,21 @@ impl Writer {
             self.take_offers();
             self.flush().await;
         }
+    }
+
+    /// The time to the next check: `check_interval`, or after a failure
+    /// from [`RETRY_FIRST`], doubling up to it. A restarted Redis is back
+    /// within a second or so, empty, and every SDK that looks before its
+    /// keys are written again fetches a token of its own.
+    fn next_check_in(&mut self) -> Duration {
+        let interval = self.settings.check_interval;
+        if !self.failing {
+            self.retry = RETRY_FIRST;
+            return interval;
+        }
+        let wait = self.retry.min(interval);
+        self.retry = (self.retry * 2).min(interval);
+        wait
     }
 
     /// Takes what the refreshers offered and withdrew.
@@ -342,16 +369,29 @@ impl Writer {
         }
     }
 
-    /// Rereads the newest valid credential of everything held from MongoDB
-    /// (a newer one than offered wins; a failed read keeps what was
-    /// offered) and marks it all for writing.
+    /// Writes everything held at once, then rereads the newest valid
+    /// credential of each from MongoDB ([`RESYNC_READS`] at a time; a newer
+    /// one than offered wins, a failed read keeps what was offered) and
+    /// marks it all for writing (compared, where nothing changed).
     async fn resync(&mut self) {
         self.metrics.mirror_resynced(&self.settings.name);
+        // What is held first: Redis may be empty, and an SDK that finds no
+        // key fetches a token of its own. MongoDB's newer ones follow.
+        self.unwritten.extend(self.latest.keys().cloned());
+        self.flush().await;
         let keys: Vec<Key> = self.latest.keys().cloned().collect();
-        for (account, kind) in keys {
-            let now = self.store.clock().now();
-            let read = self.store.credentials().newest_valid(kind, &account, now);
-            let read = self.metrics.observe(Operation::MirrorResync, read).await;
+        let (store, metrics) = (&self.store, &self.metrics);
+        let reads: Vec<_> = stream::iter(keys)
+            .map(|(account, kind)| async move {
+                let now = store.clock().now();
+                let read = store.credentials().newest_valid(kind, &account, now);
+                let read = metrics.observe(Operation::MirrorResync, read).await;
+                ((account, kind), read)
+            })
+            .buffer_unordered(RESYNC_READS)
+            .collect()
+            .await;
+        for ((account, kind), read) in reads {
             match read {
                 Ok(Some(stored)) => self.take(stored.into()),
                 Ok(None) => {}
@@ -577,7 +617,7 @@ impl Writer {
         } else {
             tracing::warn!(
                 error = %said,
-                retry_in_s = self.settings.check_interval.as_secs_f32(),
+                retry_in_s = self.retry.min(self.settings.check_interval).as_secs_f32(),
                 "cannot write to Redis; the SDKs keep the keys they have until they expire"
             );
         }
