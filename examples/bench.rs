@@ -600,10 +600,13 @@ impl BenchRedis {
             .and_then(|(_, rest)| rest.split('/').next())
             .ok_or("no port in the Redis URL")?
             .to_owned();
-        Command::new("scripts/test-redis.sh")
+        let stopped = Command::new("scripts/test-redis.sh")
             .arg("stop")
             .arg(self.dir.path())
             .status()?;
+        if !stopped.success() {
+            return Err("cannot stop Redis (scripts/test-redis.sh)".into());
+        }
         Self::serve(self.dir.path(), &port).map(|_| ())
     }
 }
@@ -680,7 +683,7 @@ async fn mirror(uri: &str, n: usize, seconds: u64) -> Result<()> {
         .await?;
     let back = all_keys(&mut connection, n as i64 * KEYS_PER_ACCOUNT, restarted).await?;
     println!(
-        "  - {n} accounts: every key back {:.1} s after a Redis restart (stop, start, emptied)",
+        "  - {n} accounts: every key back {:.1} s after a Redis restart began (stop, start, emptied)",
         back.as_secs_f64()
     );
     drop(daemon);

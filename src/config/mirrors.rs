@@ -28,7 +28,8 @@ pub struct MirrorSettings {
     /// `None`: every kind.
     pub kinds: Option<Vec<CredentialKind>>,
     pub key_prefix: KeyPrefixes,
-    /// How often Redis is checked for a restart or a return.
+    /// How often Redis is checked for a restart (a new `run_id`); after a
+    /// failure, sooner (from 250 ms, doubling up to it).
     pub check_interval: Duration,
     /// How often every key is compared with what it should hold, and
     /// written again where it is missing or differs.

@@ -43,6 +43,7 @@ use super::layout::{entries, Value};
 use super::{update, Key, Mailbox, Mirrored, SharedHealth};
 use crate::config::{MirrorSettings, Platform};
 use crate::metrics::{Metrics, MirrorTally, Operation};
+use crate::refresh::Backoff;
 use crate::store::Store;
 
 /// The first retry after a failure ([`Writer::next_check_in`]).
@@ -117,7 +118,9 @@ const ERROR_CHARS: usize = 200;
 /// How a round of writes failed.
 enum Failure {
     /// No answer (connection refused, dropped, timed out): Redis may have
-    /// restarted meanwhile, so everything is rewritten when it answers.
+    /// restarted meanwhile, so everything is rewritten from MongoDB if it
+    /// answers as another server (a new `run_id`); the same server gets
+    /// what waited.
     Connection(RedisError),
     /// Redis answered but refused `n` writes (out of memory, a read-only
     /// replica, a missing permission...): retried at each check, nothing
@@ -155,8 +158,8 @@ pub(super) struct Writer {
     refusing: bool,
     /// A failure was logged; logged again only after Redis took writes.
     failing: bool,
-    /// The wait before the next check while failing ([`Self::next_check_in`]).
-    retry: Duration,
+    /// The waits between checks while failing ([`Self::next_check_in`]).
+    retry: Backoff,
     health: SharedHealth,
 }
 
@@ -175,6 +178,7 @@ impl Writer {
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1);
         let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(|_| ())?;
+        let retry = Backoff::new(RETRY_FIRST, settings.check_interval);
         Ok(Self {
             settings,
             platforms,
@@ -191,7 +195,7 @@ impl Writer {
             connected: false,
             refusing: false,
             failing: false,
-            retry: RETRY_FIRST,
+            retry,
             health,
         })
     }
@@ -246,23 +250,26 @@ impl Writer {
                 }
             }
             self.take_offers();
+            let failing = self.failing;
             self.flush().await;
+            if self.failing && !failing {
+                // A write found Redis failing: retry as soon as a check would.
+                next_check = next_check.min(Instant::now() + self.next_check_in());
+            }
         }
     }
 
     /// The time to the next check: `check_interval`, or after a failure
-    /// from [`RETRY_FIRST`], doubling up to it. A restarted Redis is back
-    /// within a second or so, empty, and every SDK that looks before its
-    /// keys are written again fetches a token of its own.
+    /// from [`RETRY_FIRST`], doubling up to it (jittered). A restarted
+    /// Redis is back within a second or so, empty, and every SDK that looks
+    /// before its keys are written again fetches a token of its own.
     fn next_check_in(&mut self) -> Duration {
-        let interval = self.settings.check_interval;
-        if !self.failing {
-            self.retry = RETRY_FIRST;
-            return interval;
+        if self.failing {
+            self.retry.next_delay()
+        } else {
+            self.retry.reset();
+            self.settings.check_interval
         }
-        let wait = self.retry.min(interval);
-        self.retry = (self.retry * 2).min(interval);
-        wait
     }
 
     /// Takes what the refreshers offered and withdrew.
@@ -370,9 +377,9 @@ impl Writer {
     }
 
     /// Writes everything held at once, then rereads the newest valid
-    /// credential of each from MongoDB ([`RESYNC_READS`] at a time; a newer
-    /// one than offered wins, a failed read keeps what was offered) and
-    /// marks it all for writing (compared, where nothing changed).
+    /// credential of each from MongoDB ([`RESYNC_READS`] at a time) and
+    /// marks the newer ones for writing (a failed read keeps what was
+    /// offered).
     async fn resync(&mut self) {
         self.metrics.mirror_resynced(&self.settings.name);
         // What is held first: Redis may be empty, and an SDK that finds no
@@ -393,8 +400,17 @@ impl Writer {
             .await;
         for ((account, kind), read) in reads {
             match read {
-                Ok(Some(stored)) => self.take(stored.into()),
-                Ok(None) => {}
+                // What was just written, or is still to be, stands unless
+                // MongoDB has a newer generation.
+                Ok(Some(stored))
+                    if self
+                        .latest
+                        .get(&(account.clone(), kind))
+                        .is_none_or(|held| held.generation < stored.generation) =>
+                {
+                    self.take(stored.into());
+                }
+                Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(
                         error = %e, %account, %kind,
@@ -402,7 +418,6 @@ impl Writer {
                     );
                 }
             }
-            self.unwritten.insert((account, kind));
         }
     }
 
@@ -617,7 +632,8 @@ impl Writer {
         } else {
             tracing::warn!(
                 error = %said,
-                retry_in_s = self.retry.min(self.settings.check_interval).as_secs_f32(),
+                retry_from_s = RETRY_FIRST.as_secs_f32(),
+                retry_max_s = self.settings.check_interval.as_secs_f32(),
                 "cannot write to Redis; the SDKs keep the keys they have until they expire"
             );
         }

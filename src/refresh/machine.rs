@@ -412,6 +412,18 @@ impl Machine {
         }));
     }
 
+    /// The pending credential was found stored as `generation`, newer than
+    /// the one held, expiring at `stored_expiry` (a write whose answer was
+    /// lost had landed, or a former holder stored the same value): stored,
+    /// with the earlier of the two expiries. Not a repeat: it is a new
+    /// value, so a report about the held one is answered.
+    pub fn landed(&mut self, generation: Generation, stored_expiry: SystemTime) {
+        self.stored(generation);
+        if let State::Holding(Some(held)) = &mut self.state {
+            held.expires_at = held.expires_at.min(stored_expiry);
+        }
+    }
+
     /// WeChat answered with the value stored as `generation`, which
     /// expires at `stored_expiry`: the earliest known expiry stands (a
     /// repeat never extends it), and the next try comes as the module

@@ -393,19 +393,27 @@ impl Refresher {
             Ok(Inserted::Repeat {
                 generation,
                 expires_at: stored_expiry,
+            }) if held_generation.is_none_or(|held| held < generation) => {
+                // Newer than what this holder held: this fetch is stored
+                // already (an earlier attempt landed although its answer
+                // was lost or cut off, or a former holder stored the same
+                // value), and the mirrors and metrics have not seen it.
+                let expires_at = stored_expiry.min(expires_at);
+                self.published(generation, value, fetched_at, expires_at);
+                self.machine.landed(generation, stored_expiry);
+                tracing::info!(
+                    %generation,
+                    %reason,
+                    "the fetched {} was found stored already (a write whose answer was lost, or a \
+                     former holder's)",
+                    self.kind
+                );
+                Duration::ZERO
+            }
+            Ok(Inserted::Repeat {
+                generation,
+                expires_at: stored_expiry,
             }) => {
-                // Newer than what this holder held: an earlier attempt
-                // landed although its answer was lost (or cut off by the
-                // operation timeout), so this fetch is the newest stored
-                // value, which the mirrors and metrics have not seen yet.
-                if held_generation.is_none_or(|held| held < generation) {
-                    tracing::info!(
-                        %generation,
-                        "a write whose answer was lost had stored the {}", self.kind
-                    );
-                    let expires_at = stored_expiry.min(expires_at);
-                    self.published(generation, value, fetched_at, expires_at);
-                }
                 self.machine.repeated(generation, stored_expiry, self.now());
                 tracing::debug!(
                     %generation,

@@ -381,6 +381,29 @@ fn an_expired_stored_value_is_held_to_recognise_a_repeat_but_fetched_at_once() {
     assert!(empty.held_value().is_none());
 }
 
+/// A new value whose write landed although its answer was lost, found
+/// stored on the retry, is the answer to a report: nothing is forced (a
+/// forced refresh would rotate the value just stored), and it is held with
+/// the earlier of the stored and fetched expiries.
+#[test]
+fn a_reported_token_replaced_by_a_write_whose_answer_was_lost_is_not_forced() {
+    let mut m = reported_stable();
+    let now = t0() + HOUR;
+    assert_eq!(m.next(now), Action::Fetch(RefreshReason::ReportedInvalid));
+    m.fetched(
+        fetched("NEW", now, TWO_HOURS),
+        RefreshReason::ReportedInvalid,
+    );
+    let stored_expiry = now + TWO_HOURS - Duration::from_secs(1);
+    m.landed(Generation(2), stored_expiry);
+    assert!(!m.force_refresh());
+    assert_eq!(m.forced(), None);
+    assert_eq!(
+        m.next(now),
+        Action::Wait(TWO_HOURS - Duration::from_secs(601))
+    );
+}
+
 /// A stable_token machine holding generation 1, whose report was accepted.
 fn reported_stable() -> Machine {
     let mut m = Machine::new(settings(), true);
