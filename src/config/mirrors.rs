@@ -69,8 +69,11 @@ pub(super) struct RawMirror {
     repair_interval: Duration,
 }
 
+/// One `INFO` a second: a Redis that restarted empty is noticed, and
+/// written again, within about a second (SDKs that look meanwhile find no
+/// key and fetch a token of their own).
 fn default_check_interval() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(1)
 }
 
 fn default_repair_interval() -> Duration {

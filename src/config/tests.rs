@@ -672,7 +672,7 @@ fn a_mirror_reads_its_url_from_the_environment_and_wants_everything_by_default()
         ]
     );
     assert_eq!(mirror.key_prefix, crate::mirror::KeyPrefixes::default());
-    assert_eq!(mirror.check_interval, Duration::from_secs(5));
+    assert_eq!(mirror.check_interval, Duration::from_secs(1));
     assert_eq!(mirror.repair_interval, Duration::from_secs(30));
     assert!(mirror.wants(&AccountId::new("wx0001"), CredentialKind::WxCardTicket));
     assert!(!format!("{s:?}").contains(":pw@"));

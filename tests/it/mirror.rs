@@ -565,6 +565,18 @@ struct Used {
     tickets: Vec<String>,
 }
 
+impl Used {
+    /// At least `n` tokens and `n` tickets: the proof spanned refreshes.
+    fn saw_at_least(&self, n: usize) {
+        assert!(
+            self.tokens.len() >= n && self.tickets.len() >= n,
+            "wechatpy saw {} tokens and {} tickets, fewer than {n}",
+            self.tokens.len(),
+            self.tickets.len()
+        );
+    }
+}
+
 /// Runs tests/sdk/wechatpy_proof.py with wechatpy `version` for `seconds`
 /// against the scenario's fake and mirror, then checks that every token and
 /// ticket it used came from the daemon and that it fetched none itself.
@@ -671,17 +683,7 @@ async fn wechatpy_1_8_itself_uses_the_daemons_tokens_and_fetches_none() {
     wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &token).await;
     wait_mirrored(&s, &redis, s.id(), CredentialKind::JsapiTicket, &ticket).await;
     // About four refresh cycles.
-    let used = wechatpy_proof(&s, "1.8.18", 12).await;
-    assert!(
-        used.tokens.len() >= 3,
-        "wechatpy saw {} tokens",
-        used.tokens.len()
-    );
-    assert!(
-        used.tickets.len() >= 3,
-        "wechatpy saw {} tickets",
-        used.tickets.len()
-    );
+    wechatpy_proof(&s, "1.8.18", 12).await.saw_at_least(3);
 }
 
 /// wechatpy 2 also reads `…_access_token_expires_at` and fetches on its own
@@ -704,17 +706,8 @@ async fn wechatpy_2_itself_uses_the_daemons_tokens_and_fetches_none() {
     let ticket = vec![(Sdk::Wechatpy, format!("wechatpy:{}_jsapi_ticket", s.id()))];
     wait_mirrored(&s, &redis, s.id(), CredentialKind::AccessToken, &token).await;
     wait_mirrored(&s, &redis, s.id(), CredentialKind::JsapiTicket, &ticket).await;
-    let used = wechatpy_proof(&s, "2.0.0a26", 240).await;
-    assert!(
-        used.tokens.len() >= 4,
-        "wechatpy saw {} tokens: at least three refreshes in 240 s",
-        used.tokens.len()
-    );
-    assert!(
-        used.tickets.len() >= 4,
-        "wechatpy saw {} tickets: at least three ticket refreshes in 240 s",
-        used.tickets.len()
-    );
+    // At least three refreshes in 240 s.
+    wechatpy_proof(&s, "2.0.0a26", 240).await.saw_at_least(4);
 }
 
 #[tokio::test]
