@@ -160,7 +160,7 @@ fn check_interval(mirror: &RawMirror, i: usize, p: &mut Problems) -> Duration {
     p.check(
         mirror.check_interval >= Duration::from_millis(100),
         &format!("mirrors[{i}].check_interval"),
-        "must be at least 100ms, for example \"5s\"",
+        "must be at least 100ms, for example \"1s\"",
     );
     mirror.check_interval
 }

@@ -452,12 +452,12 @@ fn a_reported_stable_token_replaced_by_a_plain_request_spends_no_force() {
             now + TWO_HOURS
         };
         assert!(!m.force_refresh(), "lost answer: {lost_answer}");
-        assert_eq!(m.forced(), None);
-        let margin = Duration::from_secs(600);
-        let due = expires_at - margin;
+        assert_eq!(m.forced(), None, "lost answer: {lost_answer}");
+        let due = expires_at - settings().margin;
         assert_eq!(
             m.next(now),
-            Action::Wait(due.duration_since(now).expect("later"))
+            Action::Wait(due.duration_since(now).expect("later")),
+            "lost answer: {lost_answer}"
         );
     }
 }
