@@ -139,19 +139,21 @@ pub async fn collect(store: &Store, settings: &Settings) -> Result<Vec<AccountSt
     }
     if let (Some(component), Some(open_platform)) = (&component, &settings.open_platform) {
         let kind = CredentialKind::ComponentAccessToken;
-        let newest = match store.credentials().newest(kind, component).await {
-            Ok(newest) => newest,
+        let (newest, readable) = match store.credentials().newest(kind, component).await {
+            Ok(newest) => (newest, true),
             // The reader role may not read the component token (with it
             // anyone can list every authorizer's refresh token): the line
             // shows the lease alone.
-            Err(QueryError::Refused(_)) => None,
+            Err(QueryError::Refused(_)) => (None, false),
             Err(e) => return Err(e.into()),
         };
         let api = Some(Api::ComponentToken);
         let lease = open_leases.get(&LeaseId::component(component));
         let mut status = line.of(component, kind, true, newest, lease, api, true);
         let block = open_platform::collect(store, open_platform, &open_leases, server_now);
-        status.open_platform = Some(block.await?);
+        let mut block = block.await?;
+        block.component_token_readable = readable;
+        status.open_platform = Some(block);
         lines.push(status);
     }
     Ok(lines)

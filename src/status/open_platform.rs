@@ -41,6 +41,9 @@ pub struct OpenPlatformStatus {
     /// credential: those an active one lacks first, then by state and
     /// appid.
     pub not_ok: Vec<AuthorizerStatus>,
+    /// Whether this MongoDB user may read the component token (the reader
+    /// role may not): the component's line shows none either way.
+    pub component_token_readable: bool,
 }
 
 /// The component's newest verify ticket (its value is never read).
@@ -136,6 +139,7 @@ pub async fn collect(
         authorizers,
         left_out,
         not_ok: not_ok.into_iter().map(|(_, status)| status).collect(),
+        component_token_readable: true,
     })
 }
 
@@ -214,7 +218,8 @@ pub fn render(op: &OpenPlatformStatus, token: Option<(Option<i64>, Option<u64>)>
         Some((Some(generation), Some(left))) => {
             format!("generation {generation}, {} left", short_duration(left))
         }
-        _ => "none readable".to_owned(),
+        _ if !op.component_token_readable => "not readable by this MongoDB user".to_owned(),
+        _ => "none stored yet".to_owned(),
     };
     let _ = writeln!(out, "  component token: {token}");
     let counts: Vec<String> = op
@@ -298,6 +303,7 @@ mod tests {
                     last_error: None,
                 })
                 .collect(),
+            component_token_readable: true,
         }
     }
 
@@ -326,7 +332,15 @@ mod tests {
     #[test]
     fn a_block_with_every_authorizer_fine_has_no_list() {
         let text = render(&status(0), None);
-        assert!(text.contains("component token: none readable"), "{text}");
+        assert!(text.contains("component token: none stored yet"), "{text}");
         assert!(!text.contains("AUTHORIZER"), "{text}");
+        // The reader role may not read it: said so, not "none stored".
+        let mut refused = status(0);
+        refused.component_token_readable = false;
+        let text = render(&refused, None);
+        assert!(
+            text.contains("component token: not readable by this MongoDB user"),
+            "{text}"
+        );
     }
 }
