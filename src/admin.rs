@@ -280,12 +280,9 @@ async fn stale_ticket(
     let tickets = Tickets::new(admin.store.clone());
     let component = &open_platform.component;
     let newest = tickets.newest_seen(component.as_str()).await?;
-    // A ticket an external writer stored without `received_at`: from its
-    // CreateTime.
-    let arrived = |t: &TicketSeen| t.received_at.unwrap_or(t.create_time);
     admin
         .metrics
-        .verify_ticket_seen(component, newest.as_ref().map(arrived));
+        .verify_ticket_seen(component, newest.as_ref().map(TicketSeen::arrived));
     let within = open_platform.ticket_fresh_within;
     let since = now.checked_sub(within).unwrap_or(std::time::UNIX_EPOCH);
     if tickets
@@ -304,7 +301,7 @@ async fn stale_ticket(
         }
         Some(t) => {
             let age = now
-                .duration_since(arrived(&t))
+                .duration_since(t.arrived())
                 .unwrap_or_default()
                 .as_secs();
             format!(

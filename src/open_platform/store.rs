@@ -112,6 +112,12 @@ impl TicketSeen {
     pub fn usable_until(&self) -> SystemTime {
         usable_until(self.expires_at, self.create_time)
     }
+
+    /// When it was stored; from its CreateTime when an external writer
+    /// left `received_at` out.
+    pub fn arrived(&self) -> SystemTime {
+        self.received_at.unwrap_or(self.create_time)
+    }
 }
 
 /// `expires_at`, or [`TICKET_LIFE`] from `create_time` without one.

@@ -189,7 +189,7 @@ async fn ticket(
     } else {
         "usable"
     };
-    let arrived = t.received_at.unwrap_or(t.create_time);
+    let arrived = t.arrived();
     Ok(TicketStatus {
         state,
         age_s: Some(now.duration_since(arrived).unwrap_or_default().as_secs()),
