@@ -331,7 +331,10 @@ async fn authorizers_without_valid(
     active.sort();
     let mut missing = Vec::new();
     for &kind in &open_platform.authorizer_kinds {
-        let valid = store.authorizers_with_valid(kind, component, now).await?;
+        let valid = store
+            .credentials()
+            .authorizers_with_valid(kind, component, now)
+            .await?;
         // A ticket is wanted only from an authorizer that has had one:
         // WeChat gives a Mini Program no JS-SDK ticket, nor an account
         // that did not grant the platform those APIs.

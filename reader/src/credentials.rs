@@ -248,12 +248,37 @@ impl Credentials {
         kind: CredentialKind,
         now: SystemTime,
     ) -> Result<HashSet<AccountId>, QueryError> {
+        self.app_ids_with_valid(kind, doc! {}, now).await
+    }
+
+    /// The authorizers of `component` with a credential of `kind` (an
+    /// authorizer kind) valid at `now`: one `distinct`, served by the
+    /// `component_appid_1_app_id_1_expires_at_-1` index.
+    pub async fn authorizers_with_valid(
+        &self,
+        kind: CredentialKind,
+        component: &AccountId,
+        now: SystemTime,
+    ) -> Result<HashSet<AccountId>, QueryError> {
+        let filter = doc! { field::COMPONENT_APPID: component.as_str() };
+        self.app_ids_with_valid(kind, filter, now).await
+    }
+
+    /// The `app_id`s of the documents of `kind` matching `filter` and
+    /// valid at `now`.
+    async fn app_ids_with_valid(
+        &self,
+        kind: CredentialKind,
+        mut filter: Document,
+        now: SystemTime,
+    ) -> Result<HashSet<AccountId>, QueryError> {
+        filter.insert(
+            field::EXPIRES_AT,
+            doc! { "$gt": DateTime::from_system_time(now) },
+        );
         let ids = self
             .collection(kind)
-            .distinct(
-                field::APP_ID,
-                doc! { field::EXPIRES_AT: { "$gt": DateTime::from_system_time(now) } },
-            )
+            .distinct(field::APP_ID, filter)
             .await?;
         Ok(ids
             .iter()

@@ -89,6 +89,7 @@ pub async fn collect(
     let mut valid: Vec<(CredentialKind, HashSet<AccountId>)> = Vec::new();
     for kind in kinds {
         let with = store
+            .credentials()
             .authorizers_with_valid(kind, &component, server_now)
             .await?;
         valid.push((kind, with));

@@ -240,32 +240,6 @@ impl Store {
             .collect())
     }
 
-    /// The authorizers of `component` with a credential of `kind` (an
-    /// authorizer kind) valid at `now`: one `distinct`, served by the
-    /// `component_appid_1_app_id_1_expires_at_-1` index.
-    pub async fn authorizers_with_valid(
-        &self,
-        kind: CredentialKind,
-        component: &wxtokend_reader::AccountId,
-        now: SystemTime,
-    ) -> Result<std::collections::HashSet<wxtokend_reader::AccountId>, StoreError> {
-        let found = self
-            .credentials
-            .collection(kind)
-            .distinct(
-                field::APP_ID,
-                doc! {
-                    field::COMPONENT_APPID: component.as_str(),
-                    field::EXPIRES_AT: { "$gt": mongodb::bson::DateTime::from_system_time(now) },
-                },
-            )
-            .await?;
-        Ok(found
-            .iter()
-            .filter_map(|id| id.as_str().map(wxtokend_reader::AccountId::new))
-            .collect())
-    }
-
     /// The credential collections, read-only.
     pub fn credentials(&self) -> &Credentials {
         &self.credentials
